@@ -1,0 +1,1 @@
+"""Benchmarks, the replay harness and the fake upstream."""

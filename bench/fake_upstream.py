@@ -1,0 +1,347 @@
+"""A fake OpenAI-compatible server, for tests, benchmarks and demos.
+
+`FakeUpstream(responder).app` is a Starlette app answering like OpenAI's API:
+
+- POST /v1/chat/completions: a `chat.completion`, or with `"stream": true` an SSE stream shaped like
+  OpenAI's (role chunk, content in several chunks, tool-call deltas, finish chunk, usage chunk when
+  `stream_options.include_usage`, `data: [DONE]`);
+- GET /v1/models, POST /v1/embeddings (vectors derived from the input text);
+- anything else: 404 with OpenAI's error body.
+
+The `responder` maps the request JSON to the assistant message (`{"content": ..., "tool_calls": [...]}`).
+Everything is deterministic: ids count requests (`chatcmpl-fake-1`, ...), `created` is fixed, token
+counts are a character estimate. Every request is recorded in `requests`; statuses queued in
+`fail_next` are answered (with an OpenAI error body) instead of the next requests.
+
+`serve(app)` runs any ASGI app under uvicorn in a background thread on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+CREATED = 1_700_000_000
+MODELS = ("fake-model",)
+EMBEDDING_DIMENSIONS = 8
+ARGUMENT_PIECE = 8
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+Responder = Callable[[dict[str, Any]], dict[str, Any]]
+Json = dict[str, Any]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+def default_responder(request: Json) -> Json:
+    return {"content": "ok"}
+
+
+def estimate_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+class FakeUpstream:
+    """The fake. `responder` and `chunk_delay` are read per request, so tests may change them."""
+
+    def __init__(self, responder: Responder | None = None, *, chunk_delay: float = 0.0) -> None:
+        self.responder = responder or default_responder
+        self.chunk_delay = chunk_delay
+        self.requests: list[Recorded] = []
+        self.fail_next: list[int] = []
+        self._lock = threading.Lock()
+        self._completions = 0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+                Route("/{path:path}", self._not_found, methods=ALL_METHODS),
+            ]
+        )
+
+    async def _receive(self, request: Request) -> tuple[Json | None, Response | None]:
+        """Record the request; answer it with a queued failure if there is one."""
+        body = _json_object(await request.body())
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        with self._lock:
+            self.requests.append(Recorded(request.method, request.url.path, headers, body))
+            status = self.fail_next.pop(0) if self.fail_next else None
+        if status is None:
+            return body, None
+        return body, error(status, f"fake upstream failure {status}")
+
+    def _next_id(self) -> str:
+        with self._lock:
+            self._completions += 1
+            return f"chatcmpl-fake-{self._completions}"
+
+    async def _chat(self, request: Request) -> Response:
+        body, failure = await self._receive(request)
+        if failure is not None:
+            return failure
+        if body is None or not isinstance(body.get("messages"), list):
+            return error(400, "'messages' is a required property", param="messages")
+        reply = _assistant(self.responder(body))
+        head = {"id": self._next_id(), "created": CREATED, "model": body.get("model", MODELS[0])}
+        usage = _usage(body["messages"], reply)
+        if body.get("stream"):
+            events = stream_events(head, reply, usage, _include_usage(body))
+            return StreamingResponse(self._paced(events), media_type="text/event-stream")
+        return JSONResponse(completion(head, reply, usage))
+
+    async def _paced(self, events: list[bytes]) -> AsyncIterator[bytes]:
+        for number, event in enumerate(events):
+            if number and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            yield event
+
+    async def _models(self, request: Request) -> Response:
+        _, failure = await self._receive(request)
+        if failure is not None:
+            return failure
+        data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in MODELS]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _embeddings(self, request: Request) -> Response:
+        body, failure = await self._receive(request)
+        if failure is not None:
+            return failure
+        if body is None or "input" not in body:
+            return error(400, "'input' is a required property", param="input")
+        return JSONResponse(embeddings(body))
+
+    async def _not_found(self, request: Request) -> Response:
+        _, failure = await self._receive(request)
+        if failure is not None:
+            return failure
+        return error(404, f"Unknown request URL: {request.method} {request.url.path}")
+
+
+def error(status: int, message: str, *, param: str | None = None) -> JSONResponse:
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    code = "rate_limit_exceeded" if status == 429 else None
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status
+    )
+
+
+def _json_object(raw: bytes) -> Json | None:
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _include_usage(body: Json) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _assistant(reply: Json) -> Json:
+    """The responder's message, completed: role, content (None with tool calls), call ids and types."""
+    calls = [_tool_call(n, c) for n, c in enumerate(reply.get("tool_calls") or [])]
+    message: Json = {"role": "assistant", "content": reply.get("content")}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _tool_call(number: int, call: Json) -> Json:
+    function = call.get("function", call)
+    arguments = function.get("arguments", "")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments)
+    return {
+        "id": call.get("id") or f"call_fake_{number}",
+        "type": "function",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+
+
+def _text(message: Any) -> str:
+    """All the text of one request message that a tokenizer would see."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    calls = message.get("tool_calls") or []
+    parts = [str(content or "")] + [json.dumps(c, sort_keys=True) for c in calls]
+    return "".join(parts)
+
+
+def _usage(messages: Sequence[Any], reply: Json) -> Json:
+    prompt = 3 + sum(4 + estimate_tokens(_text(m)) for m in messages)
+    completion_tokens = estimate_tokens(_text(reply))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
+
+
+def _finish_reason(reply: Json) -> str:
+    return "tool_calls" if reply.get("tool_calls") else "stop"
+
+
+def completion(head: Json, reply: Json, usage: Json) -> Json:
+    choice = {"index": 0, "message": reply, "logprobs": None, "finish_reason": _finish_reason(reply)}
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [choice],
+        "usage": usage,
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def stream_events(head: Json, reply: Json, usage: Json, include_usage: bool) -> list[bytes]:
+    """The SSE events of one streamed completion, exactly in OpenAI's order."""
+    deltas: list[Json] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": piece} for piece in content_pieces(reply.get("content") or "")]
+    for number, call in enumerate(reply.get("tool_calls", [])):
+        deltas += tool_call_deltas(number, call)
+    chunks = [_chunk(head, delta, None, include_usage) for delta in deltas]
+    chunks.append(_chunk(head, {}, _finish_reason(reply), include_usage))
+    if include_usage:
+        chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    return [_event(chunk) for chunk in chunks] + [b"data: [DONE]\n\n"]
+
+
+def content_pieces(content: str) -> list[str]:
+    """Word-sized pieces (each word with the spaces after it), the way tokens stream."""
+    return re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
+
+
+def tool_call_deltas(number: int, call: Json) -> list[Json]:
+    function = call["function"]
+    first = {"index": number, "id": call["id"], "type": "function"}
+    first["function"] = {"name": function["name"], "arguments": ""}
+    arguments = function["arguments"]
+    pieces = [arguments[i : i + ARGUMENT_PIECE] for i in range(0, len(arguments), ARGUMENT_PIECE)]
+    rest = [{"index": number, "function": {"arguments": piece}} for piece in pieces]
+    return [{"tool_calls": [delta]} for delta in [first, *rest]]
+
+
+def _chunk(head: Json, delta: Json, finish_reason: str | None, include_usage: bool) -> Json:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    chunk = {**head, "object": "chat.completion.chunk", "system_fingerprint": "fp_fake", "choices": [choice]}
+    if include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def _event(chunk: Json) -> bytes:
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+
+def embeddings(body: Json) -> Json:
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    as_base64 = body.get("encoding_format") == "base64"
+    data = [_embedding(n, str(text), as_base64) for n, text in enumerate(texts)]
+    tokens = sum(estimate_tokens(str(text)) for text in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": body.get("model", MODELS[0]), "usage": usage}
+
+
+def embedding_vector(text: str) -> list[float]:
+    """A unit-free, deterministic vector in [-1, 1] from the text's SHA-256."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return [round(b / 127.5 - 1.0, 6) for b in digest[:EMBEDDING_DIMENSIONS]]
+
+
+def _embedding(number: int, text: str, as_base64: bool) -> Json:
+    vector: Any = embedding_vector(text)
+    if as_base64:
+        vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return {"object": "embedding", "index": number, "embedding": vector}
+
+
+@contextmanager
+def serve(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` under uvicorn in a thread; yield "http://HOST:PORT/v1" once it accepts connections."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{host}:{port}", daemon=True)
+    thread.start()
+    try:
+        bound = _wait_started(server, thread)
+        _wait_accepting(host, bound)
+        yield f"http://{host}:{bound}/v1"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread, limit: float = 10.0) -> int:
+    deadline = time.monotonic() + limit
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.005)
+    return int(server.servers[0].sockets[0].getsockname()[1])
+
+
+def _wait_accepting(host: str, port: int) -> None:
+    with socket.create_connection((host, port), timeout=5.0):
+        pass
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    fake: FakeUpstream
+
+
+@contextmanager
+def running(fake: FakeUpstream | None = None) -> Iterator[Running]:
+    """A fake served on a free port: `.url` is its api_base, `.fake` the instance to script and inspect."""
+    fake = fake or FakeUpstream()
+    with serve(fake.app) as url:
+        yield Running(url, fake)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a fake OpenAI-compatible API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
+    args = parser.parse_args(argv)
+    print(f"fake upstream on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(FakeUpstream(chunk_delay=args.chunk_delay).app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The I/O edge: HTTP app, store, upstream, settings, CLI."""

@@ -1,0 +1,96 @@
+"""The ASGI application: routes, error handlers and the lifespan that owns every client.
+
+`create_app(settings)` wires everything through constructor arguments (Starlette 1.x style);
+shared clients live in lifespan state. Tests pass their own store URL or upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypedDict
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import KeyRing
+from gateway.embedded import EmbeddedRedis
+from gateway.errors import GatewayError, NotFound, error_response
+from gateway.models import ModelCatalog
+from gateway.pipeline import Services, chat_completions
+from gateway.relay import relay
+from gateway.session_state import SessionState
+from gateway.settings import Settings
+from gateway.store import RedisStore
+from gateway.tokens import Tokenizers
+from gateway.upstream import LiteLLMProvider, OpenAICompatible
+
+log = logging.getLogger("clawvm.gateway")
+
+
+class State(TypedDict):
+    services: Services
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with AsyncExitStack() as stack:
+            yield {"services": await _services(settings, stack)}
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/{path:path}", relay, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ],
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _bug},
+        lifespan=lifespan,
+    )
+
+
+async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
+    url = settings.store.url
+    if settings.store.embedded:
+        url = stack.enter_context(EmbeddedRedis(settings.store.data_dir))
+    store = RedisStore.from_url(url)
+    stack.push_async_callback(store.aclose)
+    upstream = OpenAICompatible()
+    stack.push_async_callback(upstream.aclose)
+    return Services(
+        settings=settings,
+        keyring=KeyRing(settings),
+        sessions=SessionState(store),
+        upstream=upstream,
+        provider=LiteLLMProvider(),
+        tokenizers=Tokenizers(),
+        catalog=ModelCatalog.load(),
+    )
+
+
+async def health(request: Request) -> Response:
+    services: Services = request.state.services
+    store_ok = await services.sessions.store.ping()
+    body = {"status": "ok" if store_ok else "degraded", "store": "ok" if store_ok else "unavailable"}
+    return JSONResponse(body, status_code=200 if store_ok else 503)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown route {request.method} {request.url.path}"))
+    return error_response(GatewayError(exc.detail, status_code=exc.status_code))
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500))

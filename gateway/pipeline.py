@@ -1,0 +1,140 @@
+"""One chat completion through the gateway (DESIGN §1).
+
+authenticate -> read and validate the body -> resolve the session -> load its page table ->
+plan the turn (the pure policy engine, timed) -> persist pages and evidence -> forward
+upstream -> relay the answer, streaming bytes as they come, with our headers on top.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth import KeyRing
+from gateway.chat import ChatRequest, parse_request, to_wire
+from gateway.errors import ContextLengthExceeded, ServiceUnavailable
+from gateway.http import read_body, respond, upstream_target
+from gateway.models import ModelCatalog, resolve_window
+from gateway.session_state import SessionState
+from gateway.sessions import SessionIds, resolve
+from gateway.settings import Settings, Tenant
+from gateway.store import StoreUnavailable, VersionConflict
+from gateway.tokens import Tokenizers, count_tools
+from gateway.upstream import LiteLLMProvider, OpenAICompatible
+from policies.budget import TokenBudget, resolve_budget
+from policies.tokens import TokenCounter
+from policies.turn import TurnPlan, plan_turn
+
+RECALL_TOOL = "clawvm_recall"
+COMMIT_ATTEMPTS = 3
+# Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
+LITELLM_PREFIXES = frozenset(
+    {
+        "anthropic", "bedrock", "bedrock_converse", "vertex_ai", "vertex_ai_beta", "gemini", "cohere",
+        "cohere_chat", "sagemaker", "azure", "azure_ai", "watsonx", "replicate", "huggingface", "ollama",
+        "ollama_chat", "databricks", "predibase", "cloudflare", "ai21", "nlp_cloud", "aleph_alpha",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    keyring: KeyRing
+    sessions: SessionState
+    upstream: OpenAICompatible
+    provider: LiteLLMProvider
+    tokenizers: Tokenizers
+    catalog: ModelCatalog
+
+
+def uses_litellm(model: str) -> bool:
+    prefix, sep, _ = model.partition("/")
+    return bool(sep) and prefix in LITELLM_PREFIXES
+
+
+async def chat_completions(request: Request) -> Response:
+    started = time.perf_counter_ns()
+    services: Services = request.state.services
+    tenant = services.keyring.authenticate(request.headers)
+    chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
+    ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
+    body, headers = await prepare(services, tenant, chat, ids)
+    target = upstream_target(tenant, request.headers)
+    if uses_litellm(chat.model):
+        upstream = await services.provider.chat(json.loads(body), target)
+    else:
+        upstream = await services.upstream.send(target, "POST", "/chat/completions", body, _forwarded(request))
+    headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
+    return await respond(upstream, headers)
+
+
+def _forwarded(request: Request) -> dict[str, str]:
+    forwarded = {"content-type": "application/json"}
+    if "accept" in request.headers:
+        forwarded["accept"] = request.headers["accept"]
+    return forwarded
+
+
+async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds) -> tuple[bytes, dict[str, str]]:
+    """Plan the turn and persist it; returns the upstream body and our response headers."""
+    override = services.settings.models.get(chat.model)
+    counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
+    budget = _budget(services, tenant, chat, counter)
+    async with services.sessions.locked(tenant.name, ids.session):
+        plan, policy_ns = await _plan_and_commit(services, tenant, chat, ids, counter, budget)
+    prompt_tokens = plan.assembly.tokens + budget.tools
+    headers = {
+        "x-clawvm-session": ids.session,
+        "x-clawvm-prompt-tokens": str(prompt_tokens),
+        "x-clawvm-budget": str(budget.cap),
+        "x-clawvm-budget-source": budget.source,
+        "x-clawvm-policy-us": str(policy_ns // 1000),
+    }
+    if plan.assembly.insufficient:
+        headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget)
+    body = dict(chat.body)
+    body["messages"] = to_wire(plan.messages)
+    body["model"] = tenant.upstream.upstream_model(chat.model)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"), headers
+
+
+def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
+    if prompt_tokens > budget.hard_limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {budget.hard_limit} prompt tokens after the output reserve, "
+            f"but the pinned pages and the newest turn alone need {prompt_tokens} tokens (physical insufficiency: "
+            "nothing more can be paged out). Shorten the newest message or raise the budget.",
+            param="messages",
+        )
+    return f"minimum set {prompt_tokens} tokens exceeds budget {budget.cap}"
+
+
+def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TokenCounter) -> TokenBudget:
+    server = services.settings.server
+    window, source = resolve_window(chat.model, services.catalog, services.settings.models, server.default_context_window)
+    tools = count_tools(counter, chat.body.get("tools")) if isinstance(chat.body.get("tools"), list) else 0
+    return resolve_budget(tenant.policy.budget, window, source, tools)
+
+
+async def _plan_and_commit(
+    services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, counter: TokenCounter, budget: TokenBudget
+) -> tuple[TurnPlan, int]:
+    for _ in range(COMMIT_ATTEMPTS):
+        try:
+            table = await services.sessions.load(tenant.name, ids.session, ids.project)
+            started = time.perf_counter_ns()
+            plan = plan_turn(table, chat.messages, tenant.policy, counter, budget, recall_tool=RECALL_TOOL)
+            elapsed = time.perf_counter_ns() - started
+            await services.sessions.commit(table, plan.ingest.new_pages)
+            return plan, elapsed
+        except VersionConflict:
+            services.sessions.forget(tenant.name, ids.session)
+        except StoreUnavailable as exc:
+            services.sessions.forget(tenant.name, ids.session)
+            raise ServiceUnavailable(f"the page store is unavailable: {exc}") from exc
+    raise ServiceUnavailable("the session is being updated concurrently; retry the request")

@@ -1,0 +1,170 @@
+"""Two-phase knapsack assembly (DESIGN §3, the paper's selector).
+
+Phase 1 installs every page at its floor: hard-pinned pages (bootstrap, constraints, the
+current plan) at structured, everything else at pointer, the newest turn at full. If that
+minimum set does not fit, that is physical insufficiency, reported, not a fault.
+Phase 2 upgrades one level at a time in order of utility gained per token, ties broken by
+(page id, level), until the budget is spent.
+
+Stability: decisions are kept from turn to turn. A turn whose new pages fit beside the kept
+decisions costs only the accounting; a turn that overflows re-plans everything down to a
+low-water mark, so the next turns append without touching the prefix (provider prompt caches
+stay warm, and most turns do no planning at all).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from policies.layout import Layout, collapsible, message_cost, pinned_hard, total_cost
+from policies.pages import Fidelity, PageType, Pin
+from policies.tenant import Weights
+
+LOW_WATER = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    page_id: str
+    level: Fidelity
+    reason: str  # "floor" | "budget" | "newest_turn" | "kept"
+
+
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    levels: Mapping[str, Fidelity]
+    tokens: int           # accounted tokens of the messages (tools excluded)
+    minimum: int          # tokens of the minimum set
+    insufficient: bool    # the minimum set exceeds the budget
+    replanned: bool
+    decisions: tuple[Decision, ...]
+
+
+def floor_of(layout: Layout, position: int) -> Fidelity:
+    page = layout.pages[layout.order[position]]
+    if position >= layout.newest:
+        return Fidelity.FULL
+    if page.type is PageType.PLAN and not pinned_hard(layout, page):
+        return Fidelity.POINTER
+    return page.floor
+
+
+def assemble(
+    layout: Layout,
+    budget: int,
+    weights: Weights,
+    turn: int,
+    born: Mapping[str, int],
+    previous: Mapping[str, Fidelity] | None,
+) -> Assembly:
+    floors = {layout.order[i]: floor_of(layout, i) for i in range(len(layout.order))}
+    if previous is not None:
+        kept = {p: max(previous.get(p, Fidelity.FULL), f) for p, f in floors.items()}
+        cost = total_cost(layout, kept)
+        if cost <= budget:
+            return Assembly(kept, cost, -1, False, False, ())
+    return replan(layout, floors, budget, weights, turn, born)
+
+
+def replan(
+    layout: Layout,
+    floors: dict[str, Fidelity],
+    budget: int,
+    weights: Weights,
+    turn: int,
+    born: Mapping[str, int],
+) -> Assembly:
+    levels = dict(floors)
+    minimum = total_cost(layout, levels)
+    if minimum > budget:
+        return Assembly(levels, minimum, minimum, True, True, _decisions(layout, floors, levels))
+    target = int(budget * LOW_WATER) if minimum <= budget * LOW_WATER else budget
+    cost = _upgrade(layout, levels, target, weights, turn, born, minimum)
+    return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
+
+
+def score(layout: Layout, page_id: str, weights: Weights, turn: int, born: Mapping[str, int]) -> float:
+    page = layout.pages[page_id]
+    pin = Pin.HARD if pinned_hard(layout, page) else page.pin
+    boost = weights.pin_hard if pin is Pin.HARD else weights.pin_soft if pin is Pin.SOFT else 0.0
+    recency = weights.recency_decay ** max(turn - born.get(page_id, turn), 0)
+    return page.base_utility + boost + weights.recency * recency + weights.recompute * page.recompute_cost
+
+
+def _upgrade(
+    layout: Layout,
+    levels: dict[str, Fidelity],
+    target: int,
+    weights: Weights,
+    turn: int,
+    born: Mapping[str, int],
+    cost: int,
+) -> int:
+    block_of = _block_index(layout)
+    heap: list[tuple[float, str, int]] = []
+    for page_id, level in levels.items():
+        if level < Fidelity.FULL:
+            _push(heap, layout, page_id, level, score(layout, page_id, weights, turn, born))
+    applied: list[tuple[str, Fidelity]] = []
+    while heap:
+        _, page_id, raw_level = heapq.heappop(heap)
+        level = Fidelity(raw_level)
+        if levels[page_id] + 1 != level:
+            continue
+        delta = _delta(layout, levels, block_of[page_id], page_id, level)
+        if cost + delta > target:
+            continue
+        applied.append((page_id, levels[page_id]))
+        levels[page_id] = level
+        cost += delta
+        if level < Fidelity.FULL:
+            _push(heap, layout, page_id, level, score(layout, page_id, weights, turn, born))
+    return _settle(layout, levels, target, applied)
+
+
+def _push(heap: list[tuple[float, str, int]], layout: Layout, page_id: str, level: Fidelity, value: float) -> None:
+    step = Fidelity(level + 1)
+    gain = layout.pages[page_id].tokens(step) - layout.pages[page_id].tokens(level)
+    ratio = value / gain if gain > 0 else float("inf")
+    heapq.heappush(heap, (-ratio, page_id, int(step)))
+
+
+def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str, level: Fidelity) -> int:
+    """Token change of one upgrade, span header aside (settled exactly afterwards)."""
+    if not collapsible(layout, block, levels):
+        return message_cost(layout, page_id, level) - message_cost(layout, page_id, levels[page_id])
+    start, stop = layout.blocks[block]
+    members = layout.order[start:stop]
+    before = sum(layout.entries[p] + 1 for p in members)
+    after = sum(message_cost(layout, p, level if p == page_id else levels[p]) for p in members)
+    return after - before
+
+
+def _settle(layout: Layout, levels: dict[str, Fidelity], target: int, applied: list[tuple[str, Fidelity]]) -> int:
+    """Undo the last upgrades until the exact accounting fits the target."""
+    cost = total_cost(layout, levels)
+    while cost > target and applied:
+        page_id, level = applied.pop()
+        levels[page_id] = level
+        cost = total_cost(layout, levels)
+    return cost
+
+
+def _block_index(layout: Layout) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for block, (start, stop) in enumerate(layout.blocks):
+        for page_id in layout.order[start:stop]:
+            index[page_id] = block
+    return index
+
+
+def _decisions(layout: Layout, floors: Mapping[str, Fidelity], levels: Mapping[str, Fidelity]) -> tuple[Decision, ...]:
+    out = []
+    for page_id in layout.order:
+        level = levels[page_id]
+        if level is Fidelity.FULL:
+            continue
+        out.append(Decision(page_id, level, "floor" if level == floors[page_id] else "budget"))
+    return tuple(out)

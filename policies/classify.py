@@ -1,0 +1,227 @@
+"""Deterministic page typing and fact extraction: rules only, no model.
+
+`carrier_type` says which page type a whole message becomes: system/developer text is
+bootstrap, a tool result is evidence, an assistant message holding a plan is a plan, and
+everything else is conversation.
+
+`extract_facts` finds the rule and preference sentences inside instruction and user text.
+Text is cut into units (paragraphs with wrapped lines joined, bullet and numbered items,
+`key: value` lines; fenced code and markdown headings are skipped), units into sentences.
+
+Injection safety: facts come only from system, developer and user text. A tool result or an
+assistant message never yields a fact, whatever it says and whatever tenant rules match it.
+
+Precedence inside one sentence (the first that applies wins):
+  1. tenant rules, in their configured order (only CONSTRAINT and PREFERENCE rules count);
+  2. in user text, preference cues before constraint cues: "please always use tabs" is what
+     this user likes, a preference (project scope, soft pin), not a session rule;
+  3. in system/developer text, constraint cues before preference cues: operator wording such
+     as "you should use X instead of Y" is a rule.
+A question ("should we ...?") is not a rule: it yields no built-in fact, though a tenant rule
+may still match it. Fragments under three words are skipped, and a fact is cut to 400
+characters (the cut ends with "…"). A tenant rule with an invalid pattern raises `re.error`;
+the settings loader is expected to compile rules once at start-up to reject them early.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from policies.pages import PageType
+from policies.transcript import Message, ToolCall
+
+if TYPE_CHECKING:
+    from policies.tenant import ClassifierRule
+
+MAX_FACT_CHARS = 400
+MIN_FACT_WORDS = 3
+FACT_ROLES = frozenset({"system", "developer", "user"})
+FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE})
+PLAN_TOOLS = frozenset({"todowrite", "updatetodos", "updateplan", "writetodos"})
+
+_FENCE = re.compile(r"^\s*(?:```|~~~)")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
+_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+(?:\[[ xX]\]\s+)?")
+_LABEL = re.compile(r"^\s*[A-Za-z_][\w .'/-]{0,30}:\s")
+_SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[*`]?[A-Z0-9])")
+_APOS = "['\u2019]"
+_CONSTRAINT = re.compile(
+    r"\b(?:must|never|always|only|should|shall|required|requires?|forbidden|prohibited|mandatory"
+    rf"|must{_APOS}?n{_APOS}?t|should{_APOS}?n{_APOS}?t|don{_APOS}t|do\s+not|can{_APOS}t|cannot|can\s+not"
+    r"|may\s+not|not\s+(?:allowed|permitted)|at\s+(?:most|least)|no\s+more\s+than|(?:have|has)\s+to"
+    r"|make\s+sure|be\s+sure|ensure|remember\s+to|under\s+no\s+circumstances"
+    r"|(?:you|agent|assistant|user|we|it|they)\s+(?:\w+\s+)?needs?\s+to)\b",
+    re.IGNORECASE,
+)
+# "I don't remember", "I need to cancel", "I should end": the user describing themselves
+_FIRST_PERSON = re.compile(r"\bI(?:\s+(?:just|actually|really|also|still|only|simply))?\s+$", re.IGNORECASE)
+_PREFERENCE = re.compile(
+    rf"\bI(?:{_APOS}d|\s+would)?\s+(?:really\s+)?prefer\b|\bplease\s+(?:always|never)\b|\bcall\s+me\b"
+    rf"|\bI\s+(?:really\s+)?(?:like|love|dislike|hate)\b|\bI\s+(?:do\s+not|don{_APOS}t)\s+like\b"
+    rf"|\bI(?:{_APOS}d|\s+would)\s+rather\b|\bmy\s+(?:preferred|preference)\b"
+    r"|\buse\s+[\w.`'\"/-]+(?:\s+[\w.`'\"/-]+){0,3},?\s+(?:not|instead\s+of|rather\s+than)\s+\S",
+    re.IGNORECASE,
+)
+_PLAN_MARKER = re.compile(
+    r"^\s{0,3}#{1,6}\s[^\n]*\bplan\b"
+    r"|^[ \t]*(?:\*\*)?(?:plan|initial\s+plan|updated\s+plan|new\s+plan|revised\s+plan)(?:\*\*)?\s*:"
+    r"|^[^\n]{0,60}\bplan\b[^\n]{0,30}:(?:\*\*)?[ \t]*$"
+    r"|\bhere\s+is\s+the\s+plan\s+to\s+follow\b|^[ \t]*updated\s+ledger\s*:",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CHECKLIST = re.compile(r"^\s*(?:[-*+]\s+\[[ xX]\]|[☐☒])\s+\S", re.MULTILINE)
+_NUMBERED = re.compile(r"^\s{0,3}(?:\*\*)?(?:step\s+)?\d{1,3}[.)](?:\*\*)?\s+\S", re.IGNORECASE)
+_STEP_CUE = re.compile(
+    rf"\b(?:plan|steps?|approach|todos?|to-?do|tasks?|roadmap|strategy|let{_APOS}?s|going\s+to)\b"
+    rf"|\b(?:I|we)(?:{_APOS}ll|\s+will)\b(?!\s+need)",
+    re.IGNORECASE,
+)
+MIN_PLAN_STEPS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    type: PageType  # CONSTRAINT or PREFERENCE
+    text: str  # the sentence, whitespace-normalised, as it stands in the source
+
+
+def carrier_type(message: Message) -> PageType:
+    if message.role in ("system", "developer"):
+        return PageType.BOOTSTRAP
+    if message.role == "tool":
+        return PageType.EVIDENCE
+    if message.role == "assistant" and is_plan(message):
+        return PageType.PLAN
+    return PageType.CONVERSATION
+
+
+def is_plan(message: Message) -> bool:
+    """An assistant message that holds a plan: a plan-tool call or plan-shaped text."""
+    return any(is_plan_call(c) for c in message.tool_calls) or is_plan_text(message.text)
+
+
+def is_plan_call(call: ToolCall) -> bool:
+    """todo_write, TodoWrite, update_plan, write_todos, "Update Todos" (any case or separator)."""
+    return re.sub(r"[^a-z]", "", call.name.lower()) in PLAN_TOOLS
+
+
+def is_plan_text(text: str) -> bool:
+    """Plan headers ("Plan:", "## Plan", Magentic-One's plan and ledger), checklists, or a
+    numbered list of at least three steps introduced as steps ("I will:", "next steps:")."""
+    if not text:
+        return False
+    return bool(_PLAN_MARKER.search(text) or _CHECKLIST.search(text)) or _has_step_list(text)
+
+
+def _has_step_list(text: str) -> bool:
+    recent: list[str] = []
+    count = 0
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if _NUMBERED.match(line):
+            count += 1
+            if count >= MIN_PLAN_STEPS and _STEP_CUE.search(" ".join(recent)):
+                return True
+        elif not (line[:1].isspace() and count):
+            recent, count = [*recent[-2:], stripped], 0
+    return False
+
+
+def extract_facts(
+    message: Message, rules: tuple[ClassifierRule, ...] = (), *, max_chars: int | None = MAX_FACT_CHARS
+) -> tuple[Fact, ...]:
+    """Rule and preference sentences of a system, developer or user message, in source order.
+
+    `max_chars=None` keeps long sentences whole (the bootstrap's structured view uses that)."""
+    if message.role not in FACT_ROLES or not message.text:
+        return ()
+    compiled = _compile(rules, message.role)
+    facts: dict[Fact, None] = {}
+    for sentence in sentences(message.text):
+        page_type = _sentence_type(sentence, message.role, compiled)
+        if page_type is not None:
+            facts[Fact(page_type, _cap(sentence, max_chars))] = None
+    return tuple(facts)
+
+
+def _compile(rules: tuple[ClassifierRule, ...], role: str) -> tuple[tuple[re.Pattern[str], PageType], ...]:
+    return tuple(
+        (re.compile(r.pattern, re.IGNORECASE), r.type) for r in rules if role in r.roles and r.type in FACT_TYPES
+    )
+
+
+def _sentence_type(
+    sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...]
+) -> PageType | None:
+    if len(sentence.split()) < MIN_FACT_WORDS:
+        return None
+    for pattern, page_type in compiled:
+        if pattern.search(sentence):
+            return page_type
+    if sentence.endswith("?"):
+        return None
+    return builtin_type(sentence, role)
+
+
+def builtin_type(sentence: str, role: str) -> PageType | None:
+    """The built-in cue type of one sentence, with the role's precedence applied."""
+    preference = _PREFERENCE.search(sentence) is not None
+    constraint = has_rule_cue(sentence)
+    if role == "user":
+        order = ((preference, PageType.PREFERENCE), (constraint, PageType.CONSTRAINT))
+    else:
+        order = ((constraint, PageType.CONSTRAINT), (preference, PageType.PREFERENCE))
+    return next((page_type for hit, page_type in order if hit), None)
+
+
+def has_rule_cue(sentence: str) -> bool:
+    """A rule word (must, never, only, don't ...) that is not the speaker describing themselves."""
+    return any(
+        not _FIRST_PERSON.search(sentence, max(0, m.start() - 20), m.start()) for m in _CONSTRAINT.finditer(sentence)
+    )
+
+
+def sentences(text: str) -> Iterator[str]:
+    """Whitespace-normalised sentences of `text`, unit by unit, in source order."""
+    for unit in units(text):
+        for part in _SENTENCE_BREAK.split(unit):
+            sentence = " ".join(part.split())
+            if sentence:
+                yield sentence
+
+
+def units(text: str) -> Iterator[str]:
+    """Paragraphs (wrapped lines joined), list items and `key: value` lines; no code, no headings."""
+    current: list[str] = []
+    in_fence = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence and line.strip() and not _HEADING.match(line):
+            if _starts_unit(line, current):
+                yield from _flush(current)
+            current.append(_ITEM.sub("", line, count=1).strip())
+            continue
+        yield from _flush(current)
+    yield from _flush(current)
+
+
+def _starts_unit(line: str, current: list[str]) -> bool:
+    return bool(_ITEM.match(line) or _LABEL.match(line) or (current and current[-1].endswith(":")))
+
+
+def _flush(current: list[str]) -> Iterator[str]:
+    if current:
+        yield " ".join(current)
+        current.clear()
+
+
+def _cap(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…"

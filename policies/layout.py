@@ -1,0 +1,121 @@
+"""The shape of an assembled prompt and its exact token accounting.
+
+Messages group into blocks: an assistant message with `tool_calls` together with the tool
+results that answer it, or a single message. A block whose pages all sit at pointer level,
+none of them pinned hard, is *collapsible*: a run of neighbouring collapsible blocks renders
+as one span stub listing the page ids, which costs far less than a stub per message and keeps
+tool-call pairing valid (whole groups go or stay). Extracted facts (constraints, preferences)
+cost nothing while a parent that holds them is resident at a level that contains them;
+otherwise they are listed in one retained-state message before the newest turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from policies.pages import Fidelity, Page, PageType, Pin
+from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, framed
+
+SPAN_HEADER_TOKENS = 48      # upper bound of the span stub's fixed text (checked by tests)
+RETAINED_HEADER_TOKENS = 40  # upper bound of the retained-state message's fixed text
+LINE_TOKENS = 1              # the newline between listed entries
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Everything about one request's transcript that does not depend on the levels chosen."""
+
+    order: tuple[str, ...]              # message page ids in transcript order
+    blocks: tuple[tuple[int, int], ...]  # [start, stop) positions of each block
+    newest: int                          # position where the newest turn starts
+    pages: Mapping[str, Page]
+    named: frozenset[str]                # message pages that carry a `name`
+    entries: Mapping[str, int]           # span entry tokens per page
+    facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]
+    # each live fact: (fact page id, ((parent page id, parent levels that contain it), ...))
+    current_plan: str | None
+
+
+def message_cost(layout: Layout, page_id: str, level: Fidelity) -> int:
+    return framed(layout.pages[page_id].tokens(level), named=page_id in layout.named)
+
+
+def pinned_hard(layout: Layout, page: Page) -> bool:
+    if page.type is PageType.PLAN:
+        return page.id == layout.current_plan
+    return page.pin is Pin.HARD
+
+
+def collapsible(layout: Layout, block: int, levels: Mapping[str, Fidelity]) -> bool:
+    start, stop = layout.blocks[block]
+    if stop > layout.newest:
+        return False
+    for page_id in layout.order[start:stop]:
+        page = layout.pages[page_id]
+        if levels[page_id] is not Fidelity.POINTER or pinned_hard(layout, page):
+            return False
+        if page.type is PageType.BOOTSTRAP:
+            return False
+    return True
+
+
+def uncovered_facts(layout: Layout, levels: Mapping[str, Fidelity]) -> list[str]:
+    missing = []
+    for fact_id, parents in layout.facts:
+        if not any(levels.get(parent, Fidelity.NONE) in holds for parent, holds in parents):
+            missing.append(fact_id)
+    return missing
+
+
+def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
+    """Exact accounting (an upper bound where text is joined) of the rendered prompt's messages."""
+    cost = REPLY_PRIMING
+    span = -1
+    for block in range(len(layout.blocks)):
+        start, stop = layout.blocks[block]
+        if collapsible(layout, block, levels):
+            if span < 0:
+                span = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS
+            span += sum(layout.entries[p] + LINE_TOKENS for p in layout.order[start:stop])
+            continue
+        if span >= 0:
+            cost, span = cost + span, -1
+        cost += sum(message_cost(layout, p, levels[p]) for p in layout.order[start:stop])
+    if span >= 0:
+        cost += span
+    return cost + retained_cost(layout, uncovered_facts(layout, levels))
+
+
+def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:
+    if not fact_ids:
+        return 0
+    body = sum(layout.pages[f].tokens(layout.pages[f].floor) + LINE_TOKENS for f in fact_ids)
+    return MESSAGE_OVERHEAD + RETAINED_HEADER_TOKENS + body
+
+
+def newest_turn(order: Sequence[str], pages: Mapping[str, Page]) -> int:
+    """Where the newest turn starts: after the model last spoke, or at its last tool call."""
+    for position in range(len(order) - 1, -1, -1):
+        page = pages[order[position]]
+        if page.provenance.role == "assistant":
+            if page.reprs.full.tool_calls or position == len(order) - 1:
+                return position
+            return position + 1
+    for position in range(len(order) - 1, -1, -1):
+        if pages[order[position]].provenance.role == "user":
+            return position
+    return max(len(order) - 1, 0)
+
+
+def group_blocks(order: Sequence[str], pages: Mapping[str, Page]) -> tuple[tuple[int, int], ...]:
+    blocks: list[tuple[int, int]] = []
+    open_calls: frozenset[str] = frozenset()
+    for position, page_id in enumerate(order):
+        page = pages[page_id]
+        if page.provenance.role == "tool" and page.provenance.tool_call_id in open_calls and blocks:
+            blocks[-1] = (blocks[-1][0], position + 1)
+            continue
+        blocks.append((position, position + 1))
+        open_calls = frozenset(c.id for c in page.reprs.full.tool_calls)
+    return tuple(blocks)

@@ -1,0 +1,229 @@
+"""The session's page table and incremental ingest.
+
+`PageTable` is the session state the gateway persists: every page it knows, the order of the
+transcript's message pages, the facts each message yielded, the last assembly's decisions.
+`ingest` brings a new transcript into the table. Messages already seen are recognised by a
+cheap positional key and are not re-classified, re-represented or re-counted: per-turn cost
+follows the new content, not the session length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from policies.classify import carrier_type, extract_facts
+from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Scope
+from policies.represent import represent, represent_fact, span_entry
+from policies.tenant import TenantPolicy
+from policies.tokens import TokenCounter
+from policies.transcript import Message, ToolCall
+
+CALL_ARGUMENTS_KEPT = 400
+EDIT_TOOLS = ("edit", "write", "replace", "create", "patch", "update", "modify", "delete", "insert")
+READ_TOOLS = ("read", "bash", "shell", "grep", "glob", "search", "list", "get", "find", "fetch", "cat", "ls")
+
+
+@dataclass(slots=True)
+class PageTable:
+    tenant: str
+    session: str
+    project: str
+    pages: dict[str, Page] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    facts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    covering: dict[str, frozenset[Fidelity]] = field(default_factory=dict)
+    entries: dict[str, tuple[str, int]] = field(default_factory=dict)
+    born: dict[str, int] = field(default_factory=dict)
+    levels: dict[str, Fidelity] = field(default_factory=dict)
+    calls: dict[str, tuple[str, str]] = field(default_factory=dict)
+    plan_key: str = ""
+    turn: int = 0
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    kind: str                      # "append" | "rewrite"
+    kept: int                      # how many leading messages were already known
+    new_pages: tuple[Page, ...]    # pages created by this ingest (to persist)
+
+
+def message_key(message: Message) -> str:
+    """A cheap positional fingerprint: role, size and a checksum of both ends of the text."""
+    text = message.text
+    ends = (text[:64] + "\x00" + text[-64:]).encode("utf-8", "surrogatepass")
+    calls = "".join(c.id for c in message.tool_calls)
+    return f"{message.role}:{len(text)}:{zlib.crc32(ends):08x}:{message.tool_call_id or ''}:{calls}"
+
+
+def content_digest(message: Message) -> str:
+    calls = json.dumps([[c.id, c.name, c.arguments] for c in message.tool_calls], ensure_ascii=False)
+    parts = (message.role, message.text, message.tool_call_id or "", message.name or "", calls)
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def known_prefix(table: PageTable, keys: Sequence[str]) -> int:
+    """How many leading messages of the incoming transcript the table already holds."""
+    known = len(table.keys)
+    if len(keys) >= known and (known == 0 or (keys[0] == table.keys[0] and keys[known - 1] == table.keys[-1])):
+        return known
+    limit = min(known, len(keys))
+    for index in range(limit):
+        if keys[index] != table.keys[index]:
+            return index
+    return limit
+
+
+def ingest(
+    table: PageTable,
+    messages: Sequence[Message],
+    policy: TenantPolicy,
+    counter: TokenCounter,
+    *,
+    recall_tool: str = "clawvm_recall",
+) -> IngestResult:
+    keys = [message_key(m) for m in messages]
+    kept = known_prefix(table, keys)
+    kind = "append" if kept == len(table.order) else "rewrite"
+    del table.order[kept:]
+    del table.keys[kept:]
+    seen = {pid: None for pid in table.order}
+    created: list[Page] = []
+    for index in range(kept, len(messages)):
+        page_id = _unique_id(f"p:{content_digest(messages[index])[:10]}", seen)
+        seen[page_id] = None
+        if page_id not in table.pages:
+            created.extend(_admit(table, messages[index], index, page_id, policy, counter, recall_tool))
+        table.order.append(page_id)
+        table.keys.append(keys[index])
+    return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
+
+
+def _unique_id(base: str, seen: dict[str, None]) -> str:
+    candidate, n = base, 1
+    while candidate in seen:
+        n += 1
+        candidate = f"{base}~{n}"
+    return candidate
+
+
+def _admit(
+    table: PageTable,
+    message: Message,
+    index: int,
+    page_id: str,
+    policy: TenantPolicy,
+    counter: TokenCounter,
+    recall_tool: str,
+) -> list[Page]:
+    for call in message.tool_calls:
+        table.calls[call.id] = (call.name, call.arguments[:CALL_ARGUMENTS_KEPT])
+    answered = table.calls.get(message.tool_call_id) if message.tool_call_id else None
+    call = ToolCall(message.tool_call_id or "", answered[0], answered[1]) if answered else None
+    page = _message_page(message, index, page_id, call, policy, counter, recall_tool)
+    table.pages[page_id] = page
+    table.born[page_id] = table.turn
+    entry = span_entry(page_id, message, call=call)
+    table.entries[page_id] = (entry, counter.count(entry))
+    created = [page]
+    fact_ids: list[str] = []
+    for fact in extract_facts(message, policy.rules):
+        fact_id = f"p:{hashlib.sha256(f'{fact.type}|{fact.text}'.encode()).hexdigest()[:10]}"
+        fact_ids.append(fact_id)
+        table.covering[f"{page_id}|{fact_id}"] = _covering_levels(page, fact.text)
+        if fact_id in table.pages:
+            continue
+        fact_page = _fact_page(fact.type, fact.text, fact_id, page, policy, counter, recall_tool)
+        table.pages[fact_id] = fact_page
+        table.born[fact_id] = table.turn
+        created.append(fact_page)
+    table.facts[page_id] = tuple(dict.fromkeys(fact_ids))
+    return created
+
+
+def _message_page(
+    message: Message,
+    index: int,
+    page_id: str,
+    call: ToolCall | None,
+    policy: TenantPolicy,
+    counter: TokenCounter,
+    recall_tool: str,
+) -> Page:
+    page_type = carrier_type(message)
+    rule = policy.type_policy(page_type)
+    provenance = Provenance(
+        message_index=index,
+        role=message.role,
+        tool_call_id=message.tool_call_id,
+        tool_name=call.name if call else message.name,
+        tool_arguments=call.arguments if call else None,
+    )
+    return Page(
+        id=page_id,
+        type=page_type,
+        scope=rule.scope if page_type is PageType.BOOTSTRAP else Scope.SESSION,
+        provenance=provenance,
+        pin=rule.pin,
+        floor=rule.floor,
+        reprs=represent(message, page_type, page_id, counter, recall_tool=recall_tool, call=call),
+        base_utility=rule.base_utility,
+        recompute_cost=recompute_cost(page_type, provenance.tool_name),
+    )
+
+
+def _fact_page(
+    page_type: PageType,
+    text: str,
+    fact_id: str,
+    parent: Page,
+    policy: TenantPolicy,
+    counter: TokenCounter,
+    recall_tool: str,
+) -> Page:
+    rule = policy.type_policy(page_type)
+    provenance = Provenance(
+        message_index=parent.provenance.message_index, role=parent.provenance.role, parent_id=parent.id
+    )
+    scope = Scope.PROJECT if parent.scope is Scope.PROJECT else rule.scope
+    return Page(
+        id=fact_id,
+        type=page_type,
+        scope=scope,
+        provenance=provenance,
+        pin=rule.pin,
+        floor=rule.floor,
+        reprs=represent_fact(text, page_type, fact_id, parent.id, counter, recall_tool=recall_tool),
+        base_utility=rule.base_utility,
+        recompute_cost=0.0,
+    )
+
+
+def _covering_levels(parent: Page, fact_text: str) -> frozenset[Fidelity]:
+    needle = " ".join(fact_text.split()).rstrip("…").strip()
+    return frozenset(
+        level for level in LEVELS if needle and needle in " ".join(parent.reprs.at(level).text.split())
+    )
+
+
+def recompute_cost(page_type: PageType, tool_name: str | None) -> float:
+    """What it costs the agent to get a page back by redoing its work (the paper's 6/8/12)."""
+    if page_type is not PageType.EVIDENCE:
+        return 1.0 if page_type is PageType.CONVERSATION else 0.0
+    name = (tool_name or "").lower()
+    if any(word in name for word in EDIT_TOOLS):
+        return 12.0
+    if any(word in name for word in READ_TOOLS):
+        return 8.0
+    return 6.0
+
+
+def effective_pin(page: Page, current_plan: str | None) -> Pin:
+    if page.type is PageType.PLAN and page.id != current_plan:
+        return Pin.SOFT
+    return page.pin

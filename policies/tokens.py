@@ -1,0 +1,37 @@
+"""Token arithmetic the selector relies on.
+
+The core never loads a tokenizer: callers inject a `TokenCounter` (tiktoken in the gateway,
+anything deterministic in tests). The framing constants follow OpenAI's published chat
+accounting: every message costs a few tokens beyond its text, and the reply is primed.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from policies.transcript import ToolCall
+
+MESSAGE_OVERHEAD = 4  # <|start|>role ... <|end|> plus a separator
+NAME_OVERHEAD = 1
+TOOL_CALL_OVERHEAD = 8  # id, type, function wrapper around name + arguments
+REPLY_PRIMING = 3
+
+
+class TokenCounter(Protocol):
+    def count(self, text: str) -> int: ...
+
+
+def tool_calls_tokens(counter: TokenCounter, calls: tuple[ToolCall, ...]) -> int:
+    return sum(TOOL_CALL_OVERHEAD + counter.count(c.name) + counter.count(c.arguments) for c in calls)
+
+
+def framed(text_tokens: int, *, named: bool = False) -> int:
+    """Tokens of one whole message whose text (and tool calls) count `text_tokens`."""
+    return MESSAGE_OVERHEAD + text_tokens + (NAME_OVERHEAD if named else 0)
+
+
+class CharCounter:
+    """A deterministic stand-in: one token per four characters, rounded up."""
+
+    def count(self, text: str) -> int:
+        return (len(text) + 3) // 4

@@ -1,0 +1,35 @@
+"""The neutral transcript: what every wire format is translated into.
+
+A `Message` is one turn of a chat transcript with the fields the policy core reasons about.
+`raw` keeps the message exactly as the client sent it, so that a message kept at full
+fidelity is forwarded byte for byte (content parts, images, vendor fields and all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_instruction(self) -> bool:
+        return self.role in ("system", "developer")

@@ -1,0 +1,569 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import (
+    ConfigError,
+    ModelOverride,
+    Overrides,
+    Settings,
+    StoreSettings,
+    load_settings,
+)
+from policies.pages import Fidelity, PageType, Pin, Scope
+from policies.tenant import DEFAULT_TYPES, Budget, ClassifierRule, Weights
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    return load_settings(write(tmp_path, text), env or {}, Overrides(**overrides))  # type: ignore[arg-type]
+
+
+def error(tmp_path: Path, text: str, env: dict[str, str] | None = None, **overrides: object) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text, env, **overrides)
+    return str(caught.value)
+
+
+def example_block(config: str) -> str:
+    """The commented-out tenant example of the repo's config.yaml, uncommented."""
+    lines = config.splitlines()
+    start = lines.index("# --- tenant example ---") + 1
+    end = lines.index("# --- end tenant example ---")
+    return "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines[start:end])
+
+
+ACME = """
+tenants:
+  acme:
+    api_keys: [sk-acme]
+"""
+
+
+# ---------------------------------------------------------------- defaults and the repo's config.yaml
+
+
+def test_no_file_gives_open_defaults() -> None:
+    settings = load_settings(None, {})
+    assert settings.open
+    assert [t.name for t in settings.tenants] == ["default"]
+    assert settings.tenants[0].api_keys == ()
+    assert settings.store == StoreSettings("embedded", Path(".clawvm-data"))
+    assert settings.server.port == 4000 and settings.server.host == "127.0.0.1"
+    assert settings.server.default_context_window == 128000
+    assert settings.server.max_body_bytes == 67108864 and settings.server.max_header_bytes == 65536
+    assert not settings.server.log_content
+    assert settings.upstream.api_base == "https://api.openai.com/v1"
+    assert settings.upstream.api_key is None
+    assert settings.upstream.timeout == 600.0
+    assert settings.tenants[0].policy.types == DEFAULT_TYPES
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "nope.yaml", {})
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load(tmp_path, "# nothing\n") == load_settings(None, {})
+
+
+def test_repo_config_loads_with_empty_env() -> None:
+    settings = load_settings(REPO_CONFIG, {})
+    assert settings == load_settings(None, {})
+
+
+def test_repo_config_reads_its_env_references() -> None:
+    env = {"CLAWVM_PORT": "4100", "OPENAI_API_KEY": "sk-up", "CLAWVM_STORE_URL": "redis://h:6379/1"}
+    settings = load_settings(REPO_CONFIG, env)
+    assert settings.server.port == 4100
+    assert settings.upstream.api_key == "sk-up"
+    assert settings.store.url == "redis://h:6379/1"
+
+
+def test_repo_config_tenant_example_is_valid(tmp_path: Path) -> None:
+    config = REPO_CONFIG.read_text(encoding="utf-8")
+    settings = load(tmp_path, config + "\n" + example_block(config) + "\n")
+    assert not settings.open
+    acme, beta = settings.tenants
+    assert (acme.name, beta.name) == ("acme", "beta")
+    assert acme.api_keys == ("sk-acme-change-me", "sk-acme-literal")
+    assert acme.policy.budget == Budget(16000, None, 4096, 0.02)
+    never = ClassifierRule(r"\bNEVER\b", PageType.CONSTRAINT, frozenset({"user", "system"}))
+    assert acme.policy.rules == (never,)
+    assert acme.upstream.upstream_model("gpt-4o") == "acme-gpt-4o"
+    assert beta.upstream.model_map == {}
+
+
+def test_same_input_same_settings(tmp_path: Path) -> None:
+    text = REPO_CONFIG.read_text(encoding="utf-8")
+    text += "\n" + example_block(text)
+    first, second = load(tmp_path, text), load(tmp_path, text)
+    assert first == second
+    assert repr(first) == repr(second)
+
+
+# ---------------------------------------------------------------- tenants and policies
+
+
+FULL_TENANT = """
+tenants:
+  acme:
+    api_keys: [sk-1, sk-2]
+    budget: {max_prompt_tokens: 16000, window_fraction: 0.5, output_reserve: 0, safety_margin: 0}
+    pages:
+      constraint: {floor: full, pin: soft}
+      preference: {floor: structured, pin: none, scope: session, base_utility: 1.5}
+    weights: {pin_hard: 3, pin_soft: 0.5, recency: 0.1, recency_decay: 1, recompute: 0}
+    rules:
+      - {pattern: "\\\\bNEVER\\\\b", type: constraint, roles: [user, system]}
+      - {pattern: "call me \\\\w+", type: preference}
+"""
+
+
+def test_tenant_policy_is_built(tmp_path: Path) -> None:
+    (acme,) = load(tmp_path, FULL_TENANT).tenants
+    policy = acme.policy
+    assert policy.name == "acme"
+    assert policy.budget == Budget(16000, 0.5, 0, 0.0)
+    assert policy.type_policy(PageType.CONSTRAINT).floor is Fidelity.FULL
+    assert policy.type_policy(PageType.CONSTRAINT).pin is Pin.SOFT
+    assert policy.type_policy(PageType.CONSTRAINT).scope is DEFAULT_TYPES[PageType.CONSTRAINT].scope
+    preference = policy.type_policy(PageType.PREFERENCE)
+    assert preference.floor is Fidelity.STRUCTURED
+    assert preference.pin is Pin.NONE
+    assert preference.scope is Scope.SESSION
+    assert preference.base_utility == 1.5
+    assert policy.type_policy(PageType.EVIDENCE) == DEFAULT_TYPES[PageType.EVIDENCE]
+    assert policy.weights == Weights(3.0, 0.5, 0.1, 1.0, 0.0)
+    assert policy.rules[0] == ClassifierRule(r"\bNEVER\b", PageType.CONSTRAINT, frozenset({"user", "system"}))
+    assert policy.rules[1].roles == ClassifierRule("x", PageType.PLAN).roles
+
+
+def test_tenants_keep_config_order(tmp_path: Path) -> None:
+    text = "tenants:\n  zed: {api_keys: [k1]}\n  alpha: {api_keys: [k2]}\n  mid: {api_keys: [k3]}\n"
+    assert [t.name for t in load(tmp_path, text).tenants] == ["zed", "alpha", "mid"]
+
+
+def test_api_keys_are_not_in_repr(tmp_path: Path) -> None:
+    settings = load(tmp_path, ACME + "upstream: {api_key: sk-upstream-secret}\n")
+    assert "sk-acme" not in repr(settings)
+    assert "sk-upstream-secret" not in repr(settings)
+
+
+def test_tenant_needs_keys(tmp_path: Path) -> None:
+    expected = "tenants.acme.api_keys: a tenant needs at least one API key"
+    assert error(tmp_path, "tenants:\n  acme: {}\n") == expected
+    assert "tenants.acme.api_keys" in error(tmp_path, "tenants:\n  acme: {api_keys: []}\n")
+
+
+def test_empty_key_is_rejected(tmp_path: Path) -> None:
+    message = error(tmp_path, 'tenants:\n  acme: {api_keys: ["${K:-}"]}\n')
+    assert message == "tenants.acme.api_keys[0]: expected a non-empty string, got an empty string"
+
+
+def test_duplicate_keys_across_tenants(tmp_path: Path) -> None:
+    text = "tenants:\n  a: {api_keys: [k1, shared]}\n  b: {api_keys: [shared]}\n"
+    message = error(tmp_path, text)
+    assert message == "tenants.b.api_keys[0]: duplicate API key (also at tenants.a.api_keys[1])"
+    assert "shared" not in message
+
+
+def test_duplicate_keys_within_a_tenant(tmp_path: Path) -> None:
+    assert "duplicate API key" in error(tmp_path, "tenants:\n  a: {api_keys: [k1, k1]}\n")
+
+
+@pytest.mark.parametrize("name", ["bad name", "x" * 65, "é", "a/b"])
+def test_bad_tenant_names(tmp_path: Path, name: str) -> None:
+    message = error(tmp_path, f'tenants:\n  "{name}": {{api_keys: [k]}}\n')
+    assert message.startswith(f"tenants.{name}: a tenant name is 1-64 characters")
+
+
+def test_good_tenant_name(tmp_path: Path) -> None:
+    name = "Acme-1.prod_" + "x" * 52
+    assert load(tmp_path, f"tenants:\n  {name}: {{api_keys: [k]}}\n").tenants[0].name == name
+
+
+def test_empty_tenants_section_is_open(tmp_path: Path) -> None:
+    assert load(tmp_path, "tenants: {}\n").open
+    assert load(tmp_path, "tenants:\n").open
+
+
+# ---------------------------------------------------------------- validation messages
+
+
+VALIDATION_CASES = [
+    (
+        ACME + "    budget: {max_prompt_tokens: -5}\n",
+        "tenants.acme.budget.max_prompt_tokens: expected a positive integer, got -5",
+    ),
+    (
+        ACME + "    budgt: {}\n",
+        "unknown key tenants.acme.budgt (did you mean budget?)",
+    ),
+    (
+        "servr: {}\n",
+        "unknown key servr (did you mean server?)",
+    ),
+    (
+        "server: {port: 0}\n",
+        "server.port: expected an integer from 1 to 65535, got 0",
+    ),
+    (
+        "server: {port: 70000}\n",
+        "server.port: expected an integer from 1 to 65535, got 70000",
+    ),
+    (
+        "server: {port: '4000'}\n",
+        "server.port: expected an integer from 1 to 65535, got '4000'",
+    ),
+    (
+        "server: {port: true}\n",
+        "server.port: expected an integer from 1 to 65535, got true",
+    ),
+    (
+        "server: {port: 4.5}\n",
+        "server.port: expected an integer from 1 to 65535, got 4.5",
+    ),
+    (
+        "server: {max_body_bytes: 0}\n",
+        "server.max_body_bytes: expected a positive integer, got 0",
+    ),
+    (
+        "server: {log_content: 'yes'}\n",
+        "server.log_content: expected true or false, got 'yes'",
+    ),
+    (
+        "server: {host: null}\n",
+        "server.host: expected a non-empty string, got null",
+    ),
+    (
+        "server: [1]\n",
+        "server: expected a mapping, got a list",
+    ),
+    (
+        "- 1\n- 2\n",
+        "top level: expected a mapping, got a list",
+    ),
+    (
+        "just text\n",
+        "top level: expected a mapping, got 'just text'",
+    ),
+    (
+        "store: {url: 'http://x'}\n",
+        'store.url: expected "embedded" or a redis://, rediss:// or unix:// URL',
+    ),
+    (
+        "upstream: {api_base: 'ftp://x'}\n",
+        "upstream.api_base: expected an http:// or https:// URL, got 'ftp://x'",
+    ),
+    (
+        "upstream: {timeout_seconds: 0}\n",
+        "upstream.timeout_seconds: expected a number in (0, inf), got 0",
+    ),
+    (
+        "upstream: {model_map: [a]}\n",
+        "upstream.model_map: expected a mapping, got a list",
+    ),
+    (
+        "upstream: {model_map: {a: ''}}\n",
+        "upstream.model_map.a: expected a non-empty string, got ''",
+    ),
+    (
+        "models: {m: {context_window: 0}}\n",
+        "models.m.context_window: expected a positive integer, got 0",
+    ),
+    (
+        "models: {m: {encoding: r50k_base}}\n",
+        "models.m.encoding: expected one of cl100k_base, o200k_base, o200k_harmony, p50k_base, "
+        "got 'r50k_base'",
+    ),
+    (
+        "models: {m: {size: 1}}\n",
+        "unknown key models.m.size (expected one of: context_window, encoding)",
+    ),
+    (
+        ACME + "    budget: {window_fraction: 0}\n",
+        "tenants.acme.budget.window_fraction: expected a number in (0, 1], got 0",
+    ),
+    (
+        ACME + "    budget: {window_fraction: 1.5}\n",
+        "tenants.acme.budget.window_fraction: expected a number in (0, 1], got 1.5",
+    ),
+    (
+        ACME + "    budget: {safety_margin: 1}\n",
+        "tenants.acme.budget.safety_margin: expected a number in [0, 1), got 1",
+    ),
+    (
+        ACME + "    budget: {output_reserve: -1}\n",
+        "tenants.acme.budget.output_reserve: expected a non-negative integer, got -1",
+    ),
+    (
+        ACME + "    pages: {constraint: {floor: none}}\n",
+        "tenants.acme.pages.constraint.floor: expected one of pointer, structured, compressed, full, "
+        "got 'none'",
+    ),
+    (
+        ACME + "    pages: {constraint: {pin: always}}\n",
+        "tenants.acme.pages.constraint.pin: expected one of hard, soft, none, got 'always'",
+    ),
+    (
+        ACME + "    pages: {preference: {scope: global}}\n",
+        "tenants.acme.pages.preference.scope: expected one of session, project, got 'global'",
+    ),
+    (
+        ACME + "    pages: {preference: {base_utility: -1}}\n",
+        "tenants.acme.pages.preference.base_utility: expected a number in [0, inf), got -1",
+    ),
+    (
+        ACME + "    pages: {memo: {pin: hard}}\n",
+        "unknown key tenants.acme.pages.memo "
+        "(expected one of: bootstrap, constraint, plan, preference, evidence, conversation)",
+    ),
+    (
+        ACME + "    weights: {recency_decay: 0}\n",
+        "tenants.acme.weights.recency_decay: expected a number in (0, 1], got 0",
+    ),
+    (
+        ACME + "    weights: {pin_hard: .nan}\n",
+        "tenants.acme.weights.pin_hard: expected a number, got nan",
+    ),
+    (
+        ACME + "    rules: [{pattern: x}]\n",
+        "tenants.acme.rules[0].type: required",
+    ),
+    (
+        ACME + "    rules: [{pattern: x, type: memo}]\n",
+        "tenants.acme.rules[0].type: "
+        "expected one of bootstrap, constraint, plan, preference, evidence, conversation, got 'memo'",
+    ),
+    (
+        ACME + "    rules: [{pattern: x, type: plan, roles: [robot]}]\n",
+        "tenants.acme.rules[0].roles[0]: "
+        "expected one of assistant, developer, system, tool, user, got 'robot'",
+    ),
+    (
+        ACME + "    rules: [{pattern: x, type: plan, roles: []}]\n",
+        "tenants.acme.rules[0].roles: expected at least one role",
+    ),
+    (
+        ACME + "    rules: {pattern: x}\n",
+        "tenants.acme.rules: expected a list, got a dict",
+    ),
+    (
+        ACME + "    upstream: {forward_client_key: 1}\n",
+        "tenants.acme.upstream.forward_client_key: expected true or false, got 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), VALIDATION_CASES)
+def test_validation_messages(tmp_path: Path, text: str, expected: str) -> None:
+    assert error(tmp_path, text) == expected
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    message = error(tmp_path, ACME + "    rules: [{pattern: '(unclosed', type: constraint}]\n")
+    assert message.startswith("tenants.acme.rules[0].pattern: invalid regular expression: ")
+
+
+def test_secret_values_are_not_echoed(tmp_path: Path) -> None:
+    assert error(tmp_path, "tenants:\n  a: {api_keys: [12345]}\n") == (
+        "tenants.a.api_keys[0]: expected a non-empty string, got a value of type int"
+    )
+    assert "hunter2" not in error(tmp_path, "store: {url: 'http://u:hunter2@h'}\n")
+
+
+# ---------------------------------------------------------------- YAML problems
+
+
+def test_yaml_syntax_error_has_line_info(tmp_path: Path) -> None:
+    message = error(tmp_path, "server:\n  port: [1, 2\n")
+    assert "invalid YAML" in message
+    assert re.search(r"line \d+, column \d+", message)
+
+
+def test_unquoted_env_reference_in_flow_list(tmp_path: Path) -> None:
+    message = error(tmp_path, "tenants:\n  a:\n    api_keys: [${K}, other]\n")
+    assert "invalid YAML: line 3" in message
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
+    message = error(tmp_path, "server:\n  port: 1\n  port: 2\n")
+    assert "duplicate key 'port'" in message and "line 3" in message
+
+
+def test_non_string_keys_are_rejected(tmp_path: Path) -> None:
+    message = error(tmp_path, "models:\n  123: {context_window: 5}\n")
+    assert message == "models.123: keys must be strings, got 123"
+
+
+def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
+    text = (
+        "tenants:\n  a: &base\n    api_keys: [k1]\n    budget: {max_prompt_tokens: 100}\n"
+        "  b:\n    <<: *base\n    api_keys: [k2]\n"
+    )
+    a, b = load(tmp_path, text).tenants
+    assert b.policy.budget.max_prompt_tokens == 100 and b.api_keys == ("k2",)
+
+
+# ---------------------------------------------------------------- environment references
+
+
+def test_env_reference_resolves(tmp_path: Path) -> None:
+    text = 'tenants:\n  acme:\n    api_keys: ["${ACME_KEY}", sk-literal]\n'
+    settings = load(tmp_path, text, {"ACME_KEY": "sk-from-env"})
+    assert settings.tenants[0].api_keys == ("sk-from-env", "sk-literal")
+
+
+def test_missing_env_reference_names_key_and_variable(tmp_path: Path) -> None:
+    text = 'tenants:\n  acme:\n    api_keys: ["${ACME_KEY}"]\n'
+    message = error(tmp_path, text)
+    assert message.startswith("tenants.acme.api_keys[0]: environment variable ACME_KEY is not set")
+
+
+def test_env_default_and_embedding(tmp_path: Path) -> None:
+    text = "upstream:\n  api_base: http://${HOST:-localhost}:${PORT:-8000}/v1\n"
+    assert load(tmp_path, text).upstream.api_base == "http://localhost:8000/v1"
+    assert load(tmp_path, text, {"PORT": "9"}).upstream.api_base == "http://localhost:9/v1"
+
+
+def test_env_reference_can_be_a_number_or_boolean(tmp_path: Path) -> None:
+    text = (
+        "server:\n  port: ${PORT:-4000}\n  log_content: ${LOG:-false}\n"
+        "upstream:\n  timeout_seconds: ${T:-2.5}\n"
+    )
+    settings = load(tmp_path, text, {"PORT": "8123", "LOG": "true"})
+    assert settings.server.port == 8123 and settings.server.log_content
+    assert settings.upstream.timeout == 2.5
+    message = error(tmp_path, text, {"PORT": "abc"})
+    assert message == "server.port: expected an integer from 1 to 65535, got 'abc'"
+
+
+def test_env_reference_expanding_to_empty_means_unset(tmp_path: Path) -> None:
+    text = ACME + "    budget: {max_prompt_tokens: '${BUDGET:-}'}\nupstream: {api_key: '${KEY:-}'}\n"
+    settings = load(tmp_path, text, {"OPENAI_API_KEY": "sk-fallback"})
+    assert settings.tenants[0].policy.budget.max_prompt_tokens is None
+    assert settings.upstream.api_key == "sk-fallback"
+
+
+def test_literal_dollar_text_is_kept(tmp_path: Path) -> None:
+    text = ACME + "    rules: [{pattern: 'costs \\$5', type: constraint}]\n"
+    assert load(tmp_path, text).tenants[0].policy.rules[0].pattern == "costs \\$5"
+
+
+# ---------------------------------------------------------------- upstream precedence
+
+
+def test_upstream_base_precedence(tmp_path: Path) -> None:
+    env = {"CLAWVM_UPSTREAM_BASE_URL": "http://env:1/v1"}
+    assert load_settings(None, {}).upstream.api_base == "https://api.openai.com/v1"
+    assert load_settings(None, env).upstream.api_base == "http://env:1/v1"
+    configured = "upstream: {api_base: 'http://config:2/v1/'}\n"
+    assert load(tmp_path, configured, env).upstream.api_base == "http://config:2/v1"
+    assert load(tmp_path, configured, env, upstream="http://flag:3").upstream.api_base == "http://flag:3"
+
+
+def test_upstream_key_precedence(tmp_path: Path) -> None:
+    env = {"CLAWVM_UPSTREAM_API_KEY": "sk-clawvm", "OPENAI_API_KEY": "sk-openai"}
+    assert load_settings(None, {"OPENAI_API_KEY": "sk-openai"}).upstream.api_key == "sk-openai"
+    assert load_settings(None, env).upstream.api_key == "sk-clawvm"
+    assert load(tmp_path, "upstream: {api_key: sk-config}\n", env).upstream.api_key == "sk-config"
+
+
+def test_tenant_upstream_overrides_field_by_field(tmp_path: Path) -> None:
+    text = (
+        "upstream:\n  api_base: http://default/v1\n  api_key: sk-default\n  timeout_seconds: 30\n"
+        "  model_map: {gpt-4o: dep-a, gpt-4: dep-b}\n"
+        + ACME
+        + "    upstream: {api_key: sk-acme-up, model_map: {gpt-4o: acme-dep}, forward_client_key: true}\n"
+        "  plain:\n    api_keys: [k2]\n"
+    )
+    settings = load(tmp_path, text, upstream="http://flag/v1")
+    acme, plain = settings.tenants
+    assert acme.upstream.api_base == "http://flag/v1"
+    assert acme.upstream.api_key == "sk-acme-up"
+    assert acme.upstream.timeout == 30.0
+    assert acme.upstream.forward_client_key
+    assert dict(acme.upstream.model_map) == {"gpt-4o": "acme-dep"}
+    assert acme.upstream.upstream_model("gpt-4") == "gpt-4"
+    assert plain.upstream == settings.upstream
+    assert plain.upstream.upstream_model("gpt-4") == "dep-b"
+
+
+def test_tenant_api_base_beats_the_flag(tmp_path: Path) -> None:
+    text = ACME + "    upstream: {api_base: 'http://acme/v1'}\n"
+    assert load(tmp_path, text, upstream="http://flag/v1").tenants[0].upstream.api_base == "http://acme/v1"
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_host_port_store(tmp_path: Path) -> None:
+    text = "server: {host: 0.0.0.0, port: 5000}\nstore: {url: 'redis://config:6379/0', data_dir: /var/x}\n"
+    settings = load(tmp_path, text, host="10.0.0.1", port=5001, store="rediss://flag:1/2")
+    assert (settings.server.host, settings.server.port) == ("10.0.0.1", 5001)
+    assert settings.store == StoreSettings("rediss://flag:1/2", Path("/var/x"))
+    assert not settings.store.embedded
+    assert load(tmp_path, text, store="embedded").store.embedded
+
+
+def test_overrides_are_validated(tmp_path: Path) -> None:
+    assert error(tmp_path, "", port=0) == "--port: expected an integer from 1 to 65535, got 0"
+    assert error(tmp_path, "", store="mysql://x").startswith("--store: expected")
+    message = error(tmp_path, "", upstream="nope")
+    assert message == "--upstream: expected an http:// or https:// URL, got 'nope'"
+    assert error(tmp_path, "", budget=0) == "--budget: expected a positive integer, got 0"
+
+
+def test_config_is_validated_even_when_overridden(tmp_path: Path) -> None:
+    assert error(tmp_path, "server: {port: -1}\n", port=5000).startswith("server.port:")
+
+
+def test_budget_override_open(tmp_path: Path) -> None:
+    settings = load_settings(None, {}, Overrides(budget=9000))
+    assert settings.tenants[0].policy.budget.max_prompt_tokens == 9000
+
+
+def test_budget_override_applies_where_unset(tmp_path: Path) -> None:
+    text = (
+        "tenants:\n  fixed: {api_keys: [k1], budget: {max_prompt_tokens: 100}}\n"
+        "  free: {api_keys: [k2], budget: {window_fraction: 0.5}}\n"
+        "  bare: {api_keys: [k3]}\n"
+    )
+    fixed, free, bare = load(tmp_path, text, budget=9000).tenants
+    assert fixed.policy.budget.max_prompt_tokens == 100
+    assert free.policy.budget.max_prompt_tokens == 9000
+    assert free.policy.budget.window_fraction == 0.5
+    assert bare.policy.budget.max_prompt_tokens == 9000
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_model_overrides(tmp_path: Path) -> None:
+    text = (
+        "models:\n  my-local-llama: {context_window: 32768, encoding: cl100k_base}\n"
+        "  other: {encoding: null}\n"
+    )
+    models = load(tmp_path, text).models
+    assert models["my-local-llama"] == ModelOverride(32768, "cl100k_base")
+    assert models["other"] == ModelOverride(None, None)
+
+
+def test_settings_are_immutable() -> None:
+    settings = load_settings(None, {})
+    with pytest.raises(AttributeError):
+        settings.open = False  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings.models["x"] = ModelOverride()  # type: ignore[index]

@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.codec import dump_page
+from gateway.embedded import free_port
+from gateway.store import (
+    CorruptData,
+    InvalidKeyError,
+    Keys,
+    RedisStore,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TableRecord,
+    VersionConflict,
+    body_digest,
+    project_scope,
+    session_scope,
+)
+from tests.factories import make_page
+
+pytestmark = pytest.mark.anyio
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant of its own for each test: the Redis server is shared by the test session."""
+    return f"t{next(_ids)}"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_url)
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+BODY = "x" * 500 + " full tool output"
+DIGEST = hashlib.sha256(BODY.encode()).hexdigest()
+S1 = session_scope("sess-1")
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+async def test_scope_helpers() -> None:
+    assert session_scope("agent:main:main") == "s:agent:main:main"
+    assert project_scope("repo.x") == "project:repo.x"
+
+
+async def test_key_layout() -> None:
+    keys = Keys.of("acme", session_scope("s1"))
+    assert keys.table == "cvm:{acme:s:s1}:table"
+    assert keys.page("p:0a1b~2") == "cvm:{acme:s:s1}:page:p:0a1b~2"
+    assert keys.body(DIGEST) == f"cvm:{{acme:s:s1}}:body:{DIGEST}"
+    assert Keys.of("acme", project_scope("r")).table == "cvm:{acme:project:r}:table"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a b", "a{b", "a}b", "a\nb", "ü", "x" * 129, "a*", "a/b"],
+)
+async def test_invalid_session_and_project_ids(bad: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        session_scope(bad)
+    with pytest.raises(InvalidKeyError):
+        project_scope(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "a b", "a{b}", "x" * 129, "ten/ant"])
+async def test_invalid_tenants(bad: str, store: RedisStore) -> None:
+    with pytest.raises(InvalidKeyError):
+        await store.load_table(bad, S1)
+
+
+@pytest.mark.parametrize("bad", ["sess-1", "x:sess-1", "s:", "s:a b", "project:{x}", "session:a"])
+async def test_scope_ids_must_come_from_the_helpers(bad: str, store: RedisStore, tenant: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        await store.load_table(tenant, bad)
+
+
+async def test_invalid_page_ids_and_digests(store: RedisStore, tenant: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        await store.get_pages(tenant, S1, ["p 1"])
+    with pytest.raises(InvalidKeyError):
+        await store.get_pages(tenant, S1, ["p}1"])
+    with pytest.raises(InvalidKeyError):
+        await store.get_body(tenant, S1, "ABC")
+    with pytest.raises(InvalidKeyError):
+        await store.save(tenant, S1, "{}", [make_page(id="")], {}, None)
+
+
+async def test_invalid_key_error_is_a_value_error() -> None:
+    assert issubclass(InvalidKeyError, ValueError) and issubclass(InvalidKeyError, StoreError)
+
+
+async def test_body_digest_is_sha256_hex() -> None:
+    assert body_digest(BODY) == DIGEST == RedisStore.body_digest(BODY)
+
+
+# -- save / load ---------------------------------------------------------------------------
+
+
+async def test_missing_table_loads_as_none(store: RedisStore, tenant: str) -> None:
+    assert await store.load_table(tenant, S1) is None
+
+
+async def test_save_and_load_round_trip(store: RedisStore, tenant: str) -> None:
+    pages = [make_page("p1"), make_page("p2", text="second page")]
+    version = await store.save(tenant, S1, '{"order":["p1","p2"]}', pages, {DIGEST: BODY}, None)
+    assert version == 1
+    assert await store.load_table(tenant, S1) == TableRecord(1, '{"order":["p1","p2"]}')
+    assert await store.get_pages(tenant, S1, ["p2", "p1"]) == {"p2": pages[1], "p1": pages[0]}
+    assert await store.get_body(tenant, S1, DIGEST) == BODY
+
+
+async def test_pages_are_stored_as_codec_json(store: RedisStore, raw: aioredis.Redis, tenant: str) -> None:
+    page = make_page("p1", text="ünïcødé")
+    await store.save(tenant, S1, "{}", [page], {}, None)
+    assert await raw.get(Keys.of(tenant, S1).page("p1")) == dump_page(page)
+
+
+async def test_get_pages_leaves_out_missing_and_repeats(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, "{}", [make_page("p1")], {}, None)
+    assert list(await store.get_pages(tenant, S1, ["p1", "nope", "p1"])) == ["p1"]
+    assert await store.get_pages(tenant, S1, []) == {}
+
+
+async def test_missing_body_is_none(store: RedisStore, tenant: str) -> None:
+    assert await store.get_body(tenant, S1, "0" * 64) is None
+
+
+async def test_version_bumps_on_each_change(store: RedisStore, tenant: str) -> None:
+    assert await store.save(tenant, S1, '{"n":1}', [], {}, None) == 1
+    assert await store.save(tenant, S1, '{"n":2}', [], {}, 1) == 2
+    assert await store.save(tenant, S1, '{"n":3}', [], {}, None) == 3
+    assert await store.load_table(tenant, S1) == TableRecord(3, '{"n":3}')
+
+
+async def test_expected_version_zero_means_create(store: RedisStore, tenant: str) -> None:
+    assert await store.save(tenant, S1, '{"n":1}', [], {}, 0) == 1
+    with pytest.raises(VersionConflict):
+        await store.save(tenant, S1, '{"other":1}', [], {}, 0)
+
+
+async def test_version_conflict(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"n":1}', [], {}, None)
+    await store.save(tenant, S1, '{"n":2}', [], {}, 1)
+    with pytest.raises(VersionConflict) as info:
+        await store.save(tenant, S1, '{"n":"stale"}', [make_page("late")], {}, 1)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    assert await store.load_table(tenant, S1) == TableRecord(2, '{"n":2}')
+    assert await store.get_pages(tenant, S1, ["late"]) == {}
+
+
+async def test_retry_of_committed_save_is_idempotent(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"n":1}', [], {}, None)
+    assert await store.save(tenant, S1, '{"n":2}', [make_page("p")], {DIGEST: BODY}, 1) == 2
+    assert await store.save(tenant, S1, '{"n":2}', [make_page("p")], {DIGEST: BODY}, 1) == 2
+    assert await store.load_table(tenant, S1) == TableRecord(2, '{"n":2}')
+
+
+async def test_identical_table_keeps_its_version(store: RedisStore, tenant: str) -> None:
+    assert await store.save(tenant, S1, '{"n":1}', [], {}, None) == 1
+    assert await store.save(tenant, S1, '{"n":1}', [make_page("p9")], {}, None) == 1
+    assert await store.save(tenant, S1, '{"n":1}', [], {}, 1) == 1
+    assert list(await store.get_pages(tenant, S1, ["p9"])) == ["p9"]
+
+
+async def test_pages_are_overwritten_bodies_are_not(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    await store.save(tenant, S1, "{}", [make_page("p1", text="old")], {DIGEST: BODY}, None)
+    await raw.set(Keys.of(tenant, S1).body(DIGEST), "tampered")
+    await store.save(tenant, S1, '{"n":2}', [make_page("p1", text="new", version=2)], {DIGEST: BODY}, None)
+    assert (await store.get_pages(tenant, S1, ["p1"]))["p1"].reprs.full.text == "new"
+    assert await store.get_body(tenant, S1, DIGEST) == "tampered"  # SET NX: the first write stays
+
+
+async def test_body_must_match_its_digest(store: RedisStore, tenant: str) -> None:
+    with pytest.raises(InvalidKeyError, match="does not match"):
+        await store.save(tenant, S1, "{}", [], {DIGEST: BODY + "!"}, None)
+    assert await store.load_table(tenant, S1) is None
+
+
+async def test_lone_surrogates_survive(store: RedisStore, tenant: str) -> None:
+    body = "broken pair \ud83d here"
+    page = make_page("p1", text=body)
+    await store.save(tenant, S1, '{"t":"\ud83d"}', [page], {body_digest(body): body}, None)
+    assert await store.get_body(tenant, S1, body_digest(body)) == body
+    assert await store.get_pages(tenant, S1, ["p1"]) == {"p1": page}
+    assert (await store.load_table(tenant, S1)) == TableRecord(1, '{"t":"\ud83d"}')
+
+
+async def test_concurrent_optimistic_saves_one_wins(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"n":0}', [], {}, None)
+    outcomes: list[str] = []
+
+    async def writer(n: int) -> None:
+        try:
+            await store.save(tenant, S1, f'{{"writer":{n}}}', [make_page(f"w{n}")], {}, 1)
+            outcomes.append("ok")
+        except VersionConflict:
+            outcomes.append("conflict")
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(writer, n)
+    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    record = await store.load_table(tenant, S1)
+    assert record is not None and record.version == 2
+    winner = re.fullmatch(r'\{"writer":(\d)\}', record.data)
+    assert winner is not None
+    assert list(await store.get_pages(tenant, S1, [f"w{n}" for n in range(8)])) == [f"w{winner[1]}"]
+
+
+async def test_concurrent_unconditional_saves_all_land(store: RedisStore, tenant: str) -> None:
+    async with anyio.create_task_group() as tg:
+        for n in range(6):
+            tg.start_soon(store.save, tenant, S1, f'{{"n":{n}}}', [], {}, None)
+    record = await store.load_table(tenant, S1)
+    assert record is not None and record.version == 6
+
+
+# -- isolation and hash tags ---------------------------------------------------------------
+
+
+async def test_tenants_are_isolated(store: RedisStore, tenant: str) -> None:
+    other = tenant + "-other"
+    await store.save(tenant, S1, '{"who":"a"}', [make_page("p1", text="a")], {}, None)
+    await store.save(other, S1, '{"who":"b"}', [make_page("p1", text="b")], {}, None)
+    assert (await store.load_table(tenant, S1)) == TableRecord(1, '{"who":"a"}')
+    assert (await store.load_table(other, S1)) == TableRecord(1, '{"who":"b"}')
+    assert (await store.get_pages(other, S1, ["p1"]))["p1"].reprs.full.text == "b"
+
+
+async def test_colons_cannot_make_two_tenants_share_keys(tenant: str) -> None:
+    # a tenant "x:s:y" with session "z" and tenant "x" with session "y:s:z" would collide
+    # if tenants could hold ':'; they cannot, so the tag splits one way only.
+    with pytest.raises(InvalidKeyError):
+        Keys.of(f"{tenant}:s:y", session_scope("z"))
+    assert Keys.of(tenant, session_scope("y:s:z")).tag == f"{tenant}:s:y:s:z"
+
+
+async def test_session_and_project_scopes_are_apart(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, session_scope("same"), '{"k":"session"}', [], {}, None)
+    await store.save(tenant, project_scope("same"), '{"k":"project"}', [], {}, None)
+    assert await store.load_table(tenant, session_scope("same")) == TableRecord(1, '{"k":"session"}')
+    assert await store.load_table(tenant, project_scope("same")) == TableRecord(1, '{"k":"project"}')
+
+
+async def test_every_key_of_a_session_shares_one_hash_tag(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    pages = [make_page(f"p:{n:04d}~1") for n in range(5)]
+    bodies = {body_digest(f"body {n}"): f"body {n}" for n in range(3)}
+    await store.save(tenant, S1, "{}", pages, bodies, None)
+    keys = [key async for key in raw.scan_iter(match=f"cvm:{{{tenant}:*")]
+    assert len(keys) == 1 + len(pages) + len(bodies)
+    assert {_hash_tag(key) for key in keys} == {f"{tenant}:s:sess-1"}
+
+
+def _hash_tag(key: str) -> str:
+    """The part Redis Cluster hashes: between the first '{' and the next '}'."""
+    start = key.index("{")
+    return key[start + 1 : key.index("}", start)]
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+async def test_dead_server_raises_store_unavailable(tenant: str) -> None:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.load_table(tenant, S1)
+        assert isinstance(info.value.__cause__, Exception)
+        with pytest.raises(StoreUnavailable):
+            await store.save(tenant, S1, "{}", [make_page()], {}, None)
+        with pytest.raises(StoreUnavailable):
+            await store.get_body(tenant, S1, DIGEST)
+        assert await store.ping() is False
+    finally:
+        await store.aclose()
+
+
+async def test_ping(store: RedisStore) -> None:
+    assert await store.ping() is True
+
+
+async def test_bad_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError):
+        RedisStore.from_url("http://127.0.0.1:1/0")
+
+
+async def test_other_redis_errors_become_store_error(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    await raw.set(Keys.of(tenant, S1).table, "a string, not a hash")
+    with pytest.raises(StoreError) as info:
+        await store.load_table(tenant, S1)
+    assert not isinstance(info.value, StoreUnavailable)
+
+
+async def test_corrupt_stored_values_raise_corrupt_data(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    keys = Keys.of(tenant, S1)
+    await raw.set(keys.page("p1"), "{not json")
+    with pytest.raises(CorruptData):
+        await store.get_pages(tenant, S1, ["p1"])
+    await raw.hset(keys.table, mapping={"v": "seven", "data": "{}"})
+    with pytest.raises(CorruptData):
+        await store.load_table(tenant, S1)
+
+
+async def test_unix_socket_url_is_accepted() -> None:
+    store = RedisStore.from_url("unix:///nonexistent/redis.sock", socket_connect_timeout=0.5)
+    try:
+        assert await store.ping() is False
+    finally:
+        await store.aclose()
+
+
+async def test_redis_store_satisfies_the_protocol(store: RedisStore) -> None:
+    as_protocol: Store = store
+    assert await as_protocol.ping()
+
+
+async def test_store_is_an_async_context_manager(redis_url: str, tenant: str) -> None:
+    async with RedisStore.from_url(redis_url) as store:
+        await store.save(tenant, S1, "{}", [], {}, None)
+        assert await store.load_table(tenant, S1) == TableRecord(1, "{}")
