@@ -27,7 +27,7 @@ from gateway.tokens import Tokenizers, count_tools
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from policies.budget import TokenBudget, resolve_budget
 from policies.tokens import TokenCounter
-from policies.turn import TurnPlan, plan_turn
+from policies.turn import TurnPlan, assemble_turn, ingest_turn
 
 RECALL_TOOL = "clawvm_recall"
 COMMIT_ATTEMPTS = 3
@@ -50,6 +50,14 @@ class Services:
     provider: LiteLLMProvider
     tokenizers: Tokenizers
     catalog: ModelCatalog
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The policy engine's time on one turn: ingesting new content, then assembling."""
+
+    ingest_ns: int
+    assembly_ns: int
 
 
 def uses_litellm(model: str) -> bool:
@@ -86,14 +94,15 @@ async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: Se
     counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
     budget = _budget(services, tenant, chat, counter)
     async with services.sessions.locked(tenant.name, ids.session):
-        plan, policy_ns = await _plan_and_commit(services, tenant, chat, ids, counter, budget)
+        plan, timing = await _plan_and_commit(services, tenant, chat, ids, counter, budget)
     prompt_tokens = plan.assembly.tokens + budget.tools
     headers = {
         "x-clawvm-session": ids.session,
         "x-clawvm-prompt-tokens": str(prompt_tokens),
         "x-clawvm-budget": str(budget.cap),
         "x-clawvm-budget-source": budget.source,
-        "x-clawvm-policy-us": str(policy_ns // 1000),
+        "x-clawvm-policy-us": str((timing.ingest_ns + timing.assembly_ns) // 1000),
+        "x-clawvm-assembly-us": str(timing.assembly_ns // 1000),
     }
     if plan.assembly.insufficient:
         headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget)
@@ -123,15 +132,17 @@ def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: Toke
 
 async def _plan_and_commit(
     services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, counter: TokenCounter, budget: TokenBudget
-) -> tuple[TurnPlan, int]:
+) -> tuple[TurnPlan, Timing]:
     for _ in range(COMMIT_ATTEMPTS):
         try:
             table = await services.sessions.load(tenant.name, ids.session, ids.project)
             started = time.perf_counter_ns()
-            plan = plan_turn(table, chat.messages, tenant.policy, counter, budget, recall_tool=RECALL_TOOL)
-            elapsed = time.perf_counter_ns() - started
+            result = ingest_turn(table, chat.messages, tenant.policy, counter, recall_tool=RECALL_TOOL)
+            ingested = time.perf_counter_ns()
+            plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
+            timing = Timing(ingest_ns=ingested - started, assembly_ns=time.perf_counter_ns() - ingested)
             await services.sessions.commit(table, plan.ingest.new_pages)
-            return plan, elapsed
+            return plan, timing
         except VersionConflict:
             services.sessions.forget(tenant.name, ids.session)
         except StoreUnavailable as exc:

@@ -49,12 +49,12 @@ class SessionState:
                 del self._locks[key]
 
     async def load(self, tenant: str, session: str, project: str) -> PageTable:
-        record = await self.store.load_table(tenant, session_scope(session))
         cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
+        if cached is not None and cached.version == await self.store.table_version(tenant, session_scope(session)):
+            return cached
+        record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
             return PageTable(tenant=tenant, session=session, project=project)
-        if cached is not None and cached.version == record.version:
-            return cached
         return await self._decode(tenant, session, record)
 
     async def _decode(self, tenant: str, session: str, record: TableRecord) -> PageTable:

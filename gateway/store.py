@@ -91,6 +91,8 @@ class TableRecord:
 class Store(Protocol):
     async def load_table(self, tenant: str, scope_id: str) -> TableRecord | None: ...
 
+    async def table_version(self, tenant: str, scope_id: str) -> int: ...
+
     async def save(
         self,
         tenant: str,
@@ -203,6 +205,13 @@ class RedisStore:
         if version is None and data is None:
             return None
         return TableRecord(_version(version, keys.table), _data(data, keys.table))
+
+    async def table_version(self, tenant: str, scope_id: str) -> int:
+        """The stored table's version, 0 when there is none: a cheap freshness check."""
+        keys = Keys.of(tenant, scope_id)
+        with _mapped_errors():
+            version = await self._client.hget(keys.table, "v")
+        return 0 if version is None else _version(version, keys.table)
 
     async def save(
         self,

@@ -35,6 +35,8 @@ def dump_table(table: PageTable) -> str:
         "born": table.born,
         "levels": {k: v.label for k, v in table.levels.items()},
         "calls": {k: list(v) for k, v in table.calls.items()},
+        "names": table.names,
+        "cost": table.cost,
         "plan_key": table.plan_key,
         "turn": table.turn,
     }
@@ -64,6 +66,8 @@ def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
             born={k: int(v) for k, v in raw["born"].items()},
             levels={k: Fidelity.parse(v) for k, v in raw["levels"].items()},
             calls={k: (v[0], v[1]) for k, v in raw["calls"].items()},
+            names=dict(raw["names"]),
+            cost=int(raw["cost"]),
             plan_key=raw["plan_key"],
             turn=int(raw["turn"]),
             version=version,

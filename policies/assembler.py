@@ -18,11 +18,20 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policies.layout import Layout, collapsible, message_cost, pinned_hard, total_cost
+from policies.layout import (
+    LINE_TOKENS,
+    SPAN_HEADER_TOKENS,
+    Layout,
+    collapsible,
+    message_cost,
+    pinned_hard,
+    total_cost,
+)
 from policies.pages import Fidelity, PageType, Pin
 from policies.tenant import Weights
+from policies.tokens import MESSAGE_OVERHEAD
 
-LOW_WATER = 0.8
+LOW_WATER = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +141,19 @@ def _push(heap: list[tuple[float, str, int]], layout: Layout, page_id: str, leve
 
 
 def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str, level: Fidelity) -> int:
-    """Token change of one upgrade, span header aside (settled exactly afterwards)."""
+    """Token change of one upgrade. Taking a block out of a span run splits the run (one more
+    stub) or ends it (one stub less). Facts it newly covers are not credited: an over-estimate,
+    corrected by the exact accounting at the end."""
     if not collapsible(layout, block, levels):
         return message_cost(layout, page_id, level) - message_cost(layout, page_id, levels[page_id])
     start, stop = layout.blocks[block]
     members = layout.order[start:stop]
-    before = sum(layout.entries[p] + 1 for p in members)
+    before = sum(layout.entries[p] + LINE_TOKENS for p in members)
     after = sum(message_cost(layout, p, level if p == page_id else levels[p]) for p in members)
-    return after - before
+    left = block > 0 and collapsible(layout, block - 1, levels)
+    right = block + 1 < len(layout.blocks) and collapsible(layout, block + 1, levels)
+    stub = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS
+    return after - before + (stub if left and right else -stub if not (left or right) else 0)
 
 
 def _settle(layout: Layout, levels: dict[str, Fidelity], target: int, applied: list[tuple[str, Fidelity]]) -> int:

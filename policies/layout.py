@@ -30,7 +30,7 @@ class Layout:
     blocks: tuple[tuple[int, int], ...]  # [start, stop) positions of each block
     newest: int                          # position where the newest turn starts
     pages: Mapping[str, Page]
-    named: frozenset[str]                # message pages that carry a `name`
+    names: Mapping[str, str]             # the `name` of message pages that carry one
     entries: Mapping[str, int]           # span entry tokens per page
     facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]
     # each live fact: (fact page id, ((parent page id, parent levels that contain it), ...))
@@ -38,7 +38,7 @@ class Layout:
 
 
 def message_cost(layout: Layout, page_id: str, level: Fidelity) -> int:
-    return framed(layout.pages[page_id].tokens(level), named=page_id in layout.named)
+    return framed(layout.pages[page_id].tokens(level), named=page_id in layout.names)
 
 
 def pinned_hard(layout: Layout, page: Page) -> bool:

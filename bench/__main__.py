@@ -1,0 +1,75 @@
+"""`python -m bench [policy|latency|all]`: print the figures the README quotes.
+
+policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
+latency  the latency the gateway adds over calling the fake upstream directly (bench.latency).
+
+Offline and loopback only; every process the latency bench starts is stopped before it returns.
+`--json PATH` also writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.latency import BUDGET, REQUESTS, WARMUP, BenchError, format_latency, run_latency
+from bench.policy_time import BUDGETS, MODEL, format_policy, run_policy
+from bench.traces import Trace, load_traces, traces_dir
+from gateway.tokens import Tokenizers, prepare_offline
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m bench", description="ClawVM Gateway benchmarks.")
+    top.add_argument("what", nargs="?", default="all", choices=["policy", "latency", "all"])
+    top.add_argument("--traces", type=Path, default=None, help="trace directory (default: shared/traces/real)")
+    top.add_argument("--budget", type=int, default=None, help=f"token budget (default: policy {BUDGETS}, latency {BUDGET})")
+    top.add_argument("--requests", type=int, default=REQUESTS, help="measured requests per path and series")
+    top.add_argument("--warmup", type=int, default=WARMUP, help="discarded warm-up requests per path and series")
+    top.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    prepare_offline(os.environ)
+    traces = load_traces(args.traces or traces_dir(os.environ))
+    if not traces:
+        print(f"bench: no traces in {args.traces or traces_dir(os.environ)}", file=sys.stderr)
+        return 2
+    try:
+        figures = run(args, traces)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    failures = figures.get("latency", {}).get("failures", 0)
+    return 1 if failures else 0
+
+
+def run(args: argparse.Namespace, traces: list[Trace]) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    if args.what in ("policy", "all"):
+        counter = Tokenizers.from_env(os.environ).for_model(MODEL)
+        report = run_policy(traces, counter, (args.budget,) if args.budget else BUDGETS)
+        _print(format_policy(report))
+        figures["policy"] = dataclasses.asdict(report)
+    if args.what in ("latency", "all"):
+        latency = run_latency(traces, args.requests, args.warmup, args.budget or BUDGET)
+        _print(format_latency(latency))
+        figures["latency"] = {**dataclasses.asdict(latency), "failures": latency.failures}
+    return figures
+
+
+def _print(lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

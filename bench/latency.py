@@ -1,0 +1,409 @@
+"""Gateway-added latency: the fake upstream called directly and through the gateway, side by side.
+
+Both servers run as subprocesses on free loopback ports: `python -m bench.fake_upstream` and
+`clawvm serve --store embedded` (with a throw-away config whose `store.data_dir` is a temporary
+directory). One keep-alive `httpx.Client` interleaves the two paths (direct, gateway, direct, ...)
+with byte-identical bodies, after a discarded warm-up. Four series: a fixed tau-bench prefix of
+about ten messages with its tools (a transcript the gateway already knows after the first request)
+and a growing session (each request appends an assistant tool call and its result), each
+non-streaming and streaming (the whole SSE body is read). Every process started here is stopped,
+its process group included (the gateway's embedded redis-server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.policy_time import Summary, summarize_ns
+from bench.traces import Trace
+from gateway.embedded import free_port
+from gateway.tokens import prepare_offline
+
+MODEL = "gpt-4o"
+REQUESTS = 400
+WARMUP = 50
+BUDGET = 16000
+PREFIX_MESSAGES = 10
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+REQUEST_TIMEOUT_S = 30.0
+HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
+REPO = Path(__file__).resolve().parent.parent
+
+Json = dict[str, Any]
+BodyFactory = Callable[[int], bytes]
+
+
+class BenchError(RuntimeError):
+    """A server would not start, or the bench could not run."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    name: str
+    pid: int             # also the process group id (each server starts its own session)
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    name: str
+    stream: bool
+    direct: Summary
+    gateway: Summary
+    added_median_us: float      # median(gateway) - median(direct)
+    overhead_header: Summary | None  # the gateway's x-clawvm-overhead-us (None: header absent)
+    policy_header: Summary | None    # the gateway's x-clawvm-policy-us
+    direct_failures: int
+    gateway_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyReport:
+    trace: str
+    prefix_messages: int
+    requests: int
+    warmup: int
+    budget: int | None
+    series: tuple[Series, ...]
+    processes: tuple[ProcessRecord, ...]
+
+    @property
+    def failures(self) -> int:
+        return sum(s.direct_failures + s.gateway_failures for s in self.series)
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass(slots=True)
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    exit_code: int | None = None
+
+    def record(self) -> ProcessRecord:
+        return ProcessRecord(self.name, self.process.pid, self.exit_code)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of group `pgid` exists (zombies included)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def server_env(base: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    prepare_offline(env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@contextmanager
+def launched(name: str, argv: Sequence[str], health_url: str, env: Mapping[str, str], log: Path) -> Iterator[Server]:
+    """Start `argv` in a new process group, wait until `health_url` answers 200, stop it on exit."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            list(argv), cwd=REPO, env=dict(env), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    server = Server(name, process, log)
+    try:
+        wait_healthy(server, health_url)
+        yield server
+    finally:
+        stop(server)
+
+
+def wait_healthy(server: Server, url: str, limit: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + limit
+    with httpx.Client(trust_env=False, timeout=2.0) as probe:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise BenchError(f"{server.name} exited with {server.process.returncode}:\n{log_tail(server.log)}")
+            if _answers(probe, url):
+                return
+            time.sleep(0.05)
+    raise BenchError(f"{server.name} did not answer {url} within {limit:.0f}s:\n{log_tail(server.log)}")
+
+
+def _answers(probe: httpx.Client, url: str) -> bool:
+    try:
+        return probe.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def stop(server: Server) -> None:
+    """SIGTERM and wait; then make sure nothing of its process group is left (SIGKILL as a last resort)."""
+    process = server.process
+    if process.poll() is None:
+        process.terminate()
+    try:
+        server.exit_code = process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _kill_group(process.pid)
+        server.exit_code = process.wait()
+    _reap_group(process.pid)
+
+
+def _reap_group(pgid: int) -> None:
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if group_alive(pgid):
+        _kill_group(pgid)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def clawvm_command() -> list[str]:
+    """The `clawvm` entry point beside this interpreter; `python -m gateway.cli` when not installed."""
+    script = Path(sys.executable).parent / "clawvm"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "gateway.cli"]
+
+
+def gateway_argv(config: Path, port: int, upstream: str, budget: int | None) -> list[str]:
+    argv = clawvm_command() + ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--upstream", upstream, "--store", "embedded", "--log-level", "warning"]
+    return argv + (["--budget", str(budget)] if budget is not None else [])
+
+
+def write_config(directory: Path) -> Path:
+    config = directory / "config.yaml"
+    data_dir = directory / "data"
+    config.write_text(f"store:\n  data_dir: {json.dumps(str(data_dir))}\n", encoding="utf-8")
+    return config
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def latency_trace(traces: Sequence[Trace]) -> Trace:
+    """A tau-bench trace with tools (the first by name), else any trace with tools."""
+    with_tools = [t for t in traces if t.tools]
+    preferred = [t for t in with_tools if t.name.startswith("taubench")]
+    if not (preferred or with_tools):
+        raise BenchError("no trace with tools to build a latency body from")
+    return (preferred or with_tools)[0]
+
+
+def prefix(trace: Trace, size: int = PREFIX_MESSAGES) -> list[Json]:
+    """The first request of the trace carrying at least `size` messages (a valid transcript)."""
+    turns = list(trace.turns())
+    if not turns:
+        raise BenchError(f"trace {trace.name} has no request to replay")
+    return next((t for t in turns if len(t) >= size), turns[-1])
+
+
+def encode(body: Json) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def request_body(messages: Sequence[Json], tools: Sequence[Json], stream: bool, session: str) -> Json:
+    body: Json = {"model": MODEL, "messages": list(messages), "user": session}
+    if tools:
+        body["tools"] = list(tools)
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def static_bodies(trace: Trace, stream: bool, session: str) -> BodyFactory:
+    body = encode(request_body(prefix(trace), trace.tools, stream, session))
+    return lambda _: body
+
+
+def growing_bodies(trace: Trace, stream: bool, session: str) -> BodyFactory:
+    """Request n carries the prefix plus n + 1 appended tool-call steps: the agent loop's growth."""
+    start, tool = prefix(trace), _tool_name(trace)
+
+    def body(number: int) -> bytes:
+        steps = [message for step in range(number + 1) for message in appended_step(step, tool)]
+        return encode(request_body(start + steps, trace.tools, stream, session))
+
+    return body
+
+
+def _tool_name(trace: Trace) -> str:
+    function = trace.tools[0].get("function", trace.tools[0])
+    return str(function.get("name", "lookup"))
+
+
+def appended_step(step: int, tool: str) -> list[Json]:
+    call_id = f"call_bench_{step:06d}"
+    call = {"id": call_id, "type": "function", "function": {"name": tool, "arguments": json.dumps({"step": step})}}
+    result = "; ".join(f"record {step}-{n}: status confirmed, amount {100 + n}.00 USD" for n in range(8))
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass(slots=True)
+class PathSamples:
+    times_ns: list[int]
+    overhead_us: list[int]
+    policy_us: list[int]
+    failures: int = 0
+
+    @classmethod
+    def empty(cls) -> PathSamples:
+        return cls([], [], [])
+
+
+def succeeded(response: httpx.Response, stream: bool) -> bool:
+    if response.status_code != 200:
+        return False
+    if stream:
+        return response.content.rstrip().endswith(b"data: [DONE]")
+    try:
+        return bool(response.json().get("choices"))
+    except ValueError:
+        return False
+
+
+def timed_post(client: httpx.Client, url: str, body: bytes, stream: bool, samples: PathSamples) -> None:
+    started = time.perf_counter_ns()
+    response = client.post(url, content=body, headers=HEADERS)
+    _ = response.content  # the whole body, SSE included, is inside the timed region
+    samples.times_ns.append(time.perf_counter_ns() - started)
+    if not succeeded(response, stream):
+        samples.failures += 1
+    for header, values in (("x-clawvm-overhead-us", samples.overhead_us), ("x-clawvm-policy-us", samples.policy_us)):
+        if header in response.headers:
+            values.append(int(response.headers[header]))
+
+
+def interleave(client: httpx.Client, urls: tuple[str, str], bodies: BodyFactory, count: int, stream: bool) -> tuple[PathSamples, PathSamples]:
+    direct, gateway = PathSamples.empty(), PathSamples.empty()
+    for number in range(count):
+        body = bodies(number)
+        timed_post(client, urls[0], body, stream, direct)
+        timed_post(client, urls[1], body, stream, gateway)
+    return direct, gateway
+
+
+def measure(client: httpx.Client, urls: tuple[str, str], name: str, bodies: BodyFactory, stream: bool, counts: tuple[int, int]) -> Series:
+    """`counts` is (warm-up, measured); the warm-up requests are the first bodies, discarded."""
+    warmup, requests = counts
+    interleave(client, urls, bodies, warmup, stream)
+    direct, gateway = interleave(client, urls, lambda n: bodies(warmup + n), requests, stream)
+    return series(name, stream, direct, gateway)
+
+
+def series(name: str, stream: bool, direct: PathSamples, gateway: PathSamples) -> Series:
+    direct_summary, gateway_summary = summarize_ns(direct.times_ns), summarize_ns(gateway.times_ns)
+    return Series(
+        name=name,
+        stream=stream,
+        direct=direct_summary,
+        gateway=gateway_summary,
+        added_median_us=round(gateway_summary.median_us - direct_summary.median_us, 1),
+        overhead_header=_header_summary(gateway.overhead_us),
+        policy_header=_header_summary(gateway.policy_us),
+        direct_failures=direct.failures,
+        gateway_failures=gateway.failures,
+    )
+
+
+def _header_summary(values_us: Sequence[int]) -> Summary | None:
+    return summarize_ns([us * 1000 for us in values_us]) if values_us else None
+
+
+# ---------------------------------------------------------------- the whole bench
+
+
+def run_latency(traces: Sequence[Trace], requests: int = REQUESTS, warmup: int = WARMUP, budget: int | None = BUDGET) -> LatencyReport:
+    trace = latency_trace(traces)
+    env = server_env(os.environ)
+    with tempfile.TemporaryDirectory(prefix="clawvm-bench-") as scratch, ExitStack() as stack:
+        directory = Path(scratch)
+        fake_port, gateway_port = free_port(), free_port()
+        fake_argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)]
+        fake_url = f"http://127.0.0.1:{fake_port}/v1"
+        fake = stack.enter_context(launched("fake upstream", fake_argv, fake_url + "/models", env, directory / "fake.log"))
+        argv = gateway_argv(write_config(directory), gateway_port, fake_url, budget)
+        gateway_root = f"http://127.0.0.1:{gateway_port}"
+        gateway = stack.enter_context(launched("gateway", argv, gateway_root + "/health", env, directory / "gateway.log"))
+        urls = (fake_url + "/chat/completions", gateway_root + "/v1/chat/completions")
+        measured = _all_series(urls, trace, (warmup, requests))
+    return LatencyReport(trace.name, len(prefix(trace)), requests, warmup, budget, measured, (fake.record(), gateway.record()))
+
+
+def _all_series(urls: tuple[str, str], trace: Trace, counts: tuple[int, int]) -> tuple[Series, ...]:
+    plans = [
+        ("static", False, static_bodies), ("static", True, static_bodies),
+        ("growing", False, growing_bodies), ("growing", True, growing_bodies),
+    ]  # fmt: skip
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+        return tuple(
+            measure(client, urls, name, make(trace, stream, f"bench-{name}-{'stream' if stream else 'json'}"), stream, counts)
+            for name, stream, make in plans
+        )
+
+
+def format_latency(report: LatencyReport) -> list[str]:
+    lines = [
+        "gateway-added latency: fake upstream direct vs via gateway (subprocesses, loopback, keep-alive)",
+        f"  body: {report.trace}, prefix of {report.prefix_messages} messages with tools; budget {report.budget or 'default'}",
+        f"  {report.requests} interleaved requests per path and series, after {report.warmup} warm-up each",
+    ]
+    for item in report.series:
+        lines += _format_series(item)
+    lines += [f"  {p.name}: pid {p.pid}, exit code {p.exit_code}" for p in report.processes]
+    return lines
+
+
+def _format_series(item: Series) -> list[str]:
+    mode = "stream" if item.stream else "non-stream"
+    lines = [f"{item.name}, {mode}:"]
+    for label, summary in (("direct", item.direct), ("gateway", item.gateway)):
+        lines.append(
+            f"  {label:<8} median {summary.median_us:>9.1f} µs  p95 {summary.p95_us:>9.1f} µs  p99 {summary.p99_us:>9.1f} µs"
+        )
+    lines.append(f"  added (median gateway - median direct): {item.added_median_us:.1f} µs")
+    for label, header in (("x-clawvm-overhead-us", item.overhead_header), ("x-clawvm-policy-us", item.policy_header)):
+        shown = f"median {header.median_us:.0f} µs, p95 {header.p95_us:.0f} µs" if header else "absent"
+        lines.append(f"  {label}: {shown}")
+    if item.direct_failures or item.gateway_failures:
+        lines.append(f"  FAILED requests: direct {item.direct_failures}, gateway {item.gateway_failures}")
+    return lines

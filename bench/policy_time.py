@@ -1,0 +1,248 @@
+"""Policy-engine time per turn, in process: the real traces replayed through `plan_turn`.
+
+Each trace is replayed request by request (`Trace.turns()`) into one `PageTable`, at each budget.
+The chat wire adapter builds the `Message` list outside the timed region; only `plan_turn` is
+timed (`time.perf_counter_ns`), with the real tiktoken counter. When `TurnPlan` carries
+`ingest_ns` / `assembly_ns` (representing and counting new content / layout, knapsack and
+render), those are summarised too. One full replay runs first and is discarded (warm-up).
+
+"Cost growth" times turns 10, 100 and 1000 of a synthetic agent loop (a fixed system prompt,
+then assistant tool call + ~300-token tool result per turn), each the median of 5 replays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from bench.traces import Trace
+from gateway.chat import parse_messages
+from gateway.tokens import count_tools
+from policies.budget import TokenBudget, resolve_budget
+from policies.pagetable import PageTable
+from policies.tenant import Budget, TenantPolicy
+from policies.tokens import TokenCounter
+from policies.transcript import Message
+from policies.turn import plan_turn
+
+MODEL = "gpt-4o"
+WINDOW = 128_000
+BUDGETS = (4000, 16000)
+GROWTH_TURNS = (10, 100, 1000)
+GROWTH_REPEATS = 5
+RESULT_LINES = 15  # lines of one synthetic tool result: ~300 tokens
+SYSTEM_PROMPT = (
+    "You are a coding agent working in a Python repository.\n"
+    "Always run the test suite before you report a task as done.\n"
+    "Never edit files under vendor/ or third_party/.\n"
+    "Prefer small, reviewable changes; explain each change in one sentence.\n"
+    "Use the read_file tool to inspect code before editing it."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Timings in microseconds. Percentiles are nearest-rank, so every figure is a measured value."""
+
+    count: int
+    median_us: float
+    p95_us: float
+    p99_us: float
+    max_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnTime:
+    total_ns: int
+    ingest_ns: int | None
+    assembly_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReport:
+    budget: int
+    total: Summary
+    ingest: Summary | None      # None while TurnPlan has no ingest_ns
+    assembly: Summary | None    # None while TurnPlan has no assembly_ns
+    per_trace_median_us: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class GrowthPoint:
+    turn: int
+    messages: int
+    median_us: float
+    samples_us: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    model: str
+    encoding: str
+    budgets: tuple[BudgetReport, ...]
+    growth_budget: int
+    growth: tuple[GrowthPoint, ...]
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    rank = max(math.ceil(fraction * len(sorted_values)), 1)
+    return sorted_values[rank - 1]
+
+
+def summarize_ns(values_ns: Sequence[int]) -> Summary:
+    ordered = sorted(v / 1000 for v in values_ns)
+    return Summary(
+        count=len(ordered),
+        median_us=round(statistics.median(ordered), 1),
+        p95_us=round(percentile(ordered, 0.95), 1),
+        p99_us=round(percentile(ordered, 0.99), 1),
+        max_us=round(ordered[-1], 1),
+    )
+
+
+def trace_budget(trace: Trace, budget: int, counter: TokenCounter) -> TokenBudget:
+    """The budget the gateway would resolve: the tool schemas count against the cap."""
+    return resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", count_tools(counter, trace.tools))
+
+
+def timed_turn(table: PageTable, messages: Sequence[Message], counter: TokenCounter, budget: TokenBudget) -> TurnTime:
+    policy = TenantPolicy()
+    started = time.perf_counter_ns()
+    plan = plan_turn(table, messages, policy, counter, budget)
+    elapsed = time.perf_counter_ns() - started
+    return TurnTime(elapsed, getattr(plan, "ingest_ns", None), getattr(plan, "assembly_ns", None))
+
+
+def replay_trace(trace: Trace, budget: int, counter: TokenCounter) -> list[TurnTime]:
+    table = PageTable(tenant="bench", session=trace.name, project=trace.name)
+    resolved = trace_budget(trace, budget, counter)
+    times = []
+    for raw in trace.turns():
+        messages = parse_messages(raw)
+        times.append(timed_turn(table, messages, counter, resolved))
+    return times
+
+
+def budget_report(traces: Sequence[Trace], budget: int, counter: TokenCounter) -> BudgetReport:
+    per_trace = {trace.name: replay_trace(trace, budget, counter) for trace in traces}
+    turns = [t for times in per_trace.values() for t in times]
+    medians = {name: summarize_ns([t.total_ns for t in times]).median_us for name, times in per_trace.items() if times}
+    return BudgetReport(
+        budget=budget,
+        total=summarize_ns([t.total_ns for t in turns]),
+        ingest=_part([t.ingest_ns for t in turns]),
+        assembly=_part([t.assembly_ns for t in turns]),
+        per_trace_median_us=medians,
+    )
+
+
+def _part(values: Sequence[int | None]) -> Summary | None:
+    known = [v for v in values if v is not None]
+    return summarize_ns(known) if known and len(known) == len(values) else None
+
+
+# ---------------------------------------------------------------- cost growth
+
+
+def synthetic_session(turns: int) -> list[dict[str, object]]:
+    """The raw transcript of request `turns` of an agent loop: system, task, then turns-1 call/result pairs."""
+    raw: list[dict[str, object]] = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "The parser tests fail on empty input. Find the cause and fix it."},
+    ]
+    for step in range(1, turns):
+        raw.extend(_tool_step(step))
+    return raw
+
+
+def _tool_step(step: int) -> list[dict[str, object]]:
+    call_id = f"call_{step:05d}"
+    arguments = json.dumps({"path": f"src/handlers/module_{step:04d}.py"})
+    call = {"id": call_id, "type": "function", "function": {"name": "read_file", "arguments": arguments}}
+    lines = (_result_line(step, line) for line in range(RESULT_LINES))
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "\n".join(lines)},
+    ]
+
+
+def _result_line(step: int, line: int) -> str:
+    return f"{step:04d}.{line:02d}: def handle_{step}_{line}(request): return respond(request, {200 + line})"
+
+
+def request_sizes(turns: int) -> Iterator[int]:
+    """How many messages request 1, 2, ... `turns` of the synthetic session carries."""
+    return (2 + 2 * (turn - 1) for turn in range(1, turns + 1))
+
+
+def growth_replay(messages: Sequence[Message], marks: Sequence[int], counter: TokenCounter, budget: TokenBudget) -> dict[int, int]:
+    """One replay up to the last mark; the time of each marked turn, in ns."""
+    table = PageTable(tenant="bench", session="synthetic", project="synthetic")
+    timed: dict[int, int] = {}
+    for turn, size in enumerate(request_sizes(max(marks)), start=1):
+        result = timed_turn(table, messages[:size], counter, budget)
+        if turn in marks:
+            timed[turn] = result.total_ns
+    return timed
+
+
+def cost_growth(counter: TokenCounter, budget: int, marks: Sequence[int] = GROWTH_TURNS, repeats: int = GROWTH_REPEATS) -> tuple[GrowthPoint, ...]:
+    messages = parse_messages(synthetic_session(max(marks)))
+    resolved = resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", 0)
+    runs = [growth_replay(messages, marks, counter, resolved) for _ in range(repeats)]
+    return tuple(_growth_point(turn, [run[turn] for run in runs]) for turn in marks)
+
+
+def _growth_point(turn: int, samples_ns: Sequence[int]) -> GrowthPoint:
+    samples = tuple(round(s / 1000, 1) for s in samples_ns)
+    return GrowthPoint(turn=turn, messages=2 * turn, median_us=round(statistics.median(samples), 1), samples_us=samples)
+
+
+# ---------------------------------------------------------------- the whole bench
+
+
+def run_policy(
+    traces: Sequence[Trace],
+    counter: TokenCounter,
+    budgets: Sequence[int] = BUDGETS,
+    *,
+    growth_turns: Sequence[int] = GROWTH_TURNS,
+    repeats: int = GROWTH_REPEATS,
+) -> PolicyReport:
+    for trace in traces:  # warm-up: one full replay, discarded
+        replay_trace(trace, budgets[0], counter)
+    reports = tuple(budget_report(traces, budget, counter) for budget in budgets)
+    growth = cost_growth(counter, min(budgets), growth_turns, repeats) if growth_turns else ()
+    return PolicyReport(MODEL, counter.name, reports, min(budgets), growth)
+
+
+def format_policy(report: PolicyReport) -> list[str]:
+    lines = [f"policy time per turn (plan_turn, in process; {report.model}, {report.encoding})"]
+    for budget in report.budgets:
+        lines += _format_budget(budget)
+    lines.append(f"cost growth: synthetic agent loop at budget {report.growth_budget} (median of repeats)")
+    for point in report.growth:
+        lines.append(f"  turn {point.turn:>5} ({point.messages:>5} messages): {point.median_us:>10.1f} µs")
+    return lines
+
+
+def _format_budget(report: BudgetReport) -> list[str]:
+    lines = [f"budget {report.budget}:", "  " + _row("total", report.total)]
+    lines += ["  " + _row(name, part) for name, part in (("ingest", report.ingest), ("assembly", report.assembly)) if part]
+    if report.ingest is None:
+        lines.append("  (no ingest/assembly split: TurnPlan has no ingest_ns/assembly_ns)")
+    lines.append("  per-trace median µs:")
+    width = max((len(name) for name in report.per_trace_median_us), default=0)
+    lines += [f"    {name:<{width}}  {us:>10.1f}" for name, us in report.per_trace_median_us.items()]
+    return lines
+
+
+def _row(name: str, summary: Summary) -> str:
+    return (
+        f"{name:<9} turns {summary.count:>5}  median {summary.median_us:>9.1f} µs  "
+        f"p95 {summary.p95_us:>9.1f} µs  max {summary.max_us:>9.1f} µs"
+    )

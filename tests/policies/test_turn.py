@@ -1,0 +1,334 @@
+"""Property tests of `plan_turn` over random agent sessions replayed turn by turn.
+
+Every request of a generated session goes through ONE page table, as an agent's would; the
+output is checked as the upstream will see it (`to_wire`), with the gateway's own counting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.chat import parse_messages, to_wire
+from gateway.tokens import count_messages
+from policies.budget import resolve_budget
+from policies.classify import extract_facts
+from policies.pages import Fidelity, PageType
+from policies.pagetable import PageTable
+from policies.tenant import Budget, TenantPolicy
+from policies.tokens import CharCounter
+from policies.transcript import Message
+from policies.turn import plan_turn
+from tests.policies.strategies import (
+    RecordingCounter,
+    Session,
+    Turn,
+    Wire,
+    newest_turn_of,
+    replay,
+    requests,
+    sessions,
+    tiktoken_counter,
+    tool_results,
+    transcripts,
+)
+
+PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~\d+)?")
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+COUNTER = CharCounter()
+
+
+def content_text(message: Wire) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p.get("text"), str))
+    return content or ""
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def output_text(output: Sequence[Wire]) -> str:
+    return normalised("\n".join(content_text(m) for m in output))
+
+
+def is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- invariant checks
+
+
+def assert_pairing(request: Sequence[Wire], output: Sequence[Wire]) -> None:
+    """Every tool_calls entry answered right after its message, in order; no orphan tool message."""
+    sent = {c["id"]: c["function"]["arguments"] for m in request for c in m.get("tool_calls") or ()}
+    position = 0
+    while position < len(output):
+        message = output[position]
+        assert message["role"] != "tool", f"orphan tool message at {position}: {message}"
+        calls = message.get("tool_calls") or []
+        position += 1
+        if not calls:
+            continue
+        assert message["role"] == "assistant"
+        ids = [c["id"] for c in calls]
+        answers = []
+        while position < len(output) and output[position]["role"] == "tool":
+            answers.append(output[position]["tool_call_id"])
+            position += 1
+        assert answers == ids, f"calls {ids} answered by {answers}"
+        for call in calls:
+            assert call["id"] in sent
+            arguments = call["function"]["arguments"]
+            assert isinstance(arguments, str)
+            if is_json(sent[call["id"]]):
+                assert is_json(arguments), f"{call['id']}: arguments no longer JSON: {arguments!r}"
+
+
+def assert_order_kept(request: Sequence[Wire], output: Sequence[Wire]) -> None:
+    """Messages forwarded as sent keep their original relative order."""
+    where = {id(m): i for i, m in enumerate(request)}
+    positions = [where[id(m)] for m in output if id(m) in where]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == len(positions)
+
+
+def assert_newest_turn_intact(request: Sequence[Wire], output: Sequence[Wire]) -> None:
+    tail = newest_turn_of(request)
+    assert tail, "a request always has a newest turn"
+    assert output[-len(tail) :] == tail
+    assert json.dumps(output[-len(tail) :]) == json.dumps(tail)
+
+
+def assert_within_budget(turn: Turn, budget_usable: int) -> None:
+    counted = count_messages(COUNTER, turn.output)
+    assembly = turn.plan.assembly
+    assert assembly.tokens >= counted, "the accounting under-counts the rendered prompt"
+    if not assembly.insufficient:
+        assert counted <= budget_usable
+
+
+def assert_pointers_resolve(table: PageTable, output: Sequence[Wire]) -> None:
+    for message in output:
+        for page_id in PAGE_ID.findall(content_text(message)):
+            assert page_id in table.pages, f"{page_id} is named in the prompt but not in the page table"
+
+
+def assert_system_rules_kept(request: Sequence[Wire], output: Sequence[Wire]) -> None:
+    if request[0]["role"] not in ("system", "developer"):
+        return
+    text = output_text(output)
+    instruction = Message(role=request[0]["role"], text=content_text(request[0]))
+    for fact in extract_facts(instruction):
+        if fact.type is PageType.CONSTRAINT:
+            needle = normalised(fact.text).rstrip("…").strip()
+            assert needle in text, f"system rule lost: {needle!r}"
+
+
+# ---------------------------------------------------------------- properties over sessions
+
+
+@PROPERTY
+@given(sessions())
+def test_tool_calls_stay_paired(session: Session) -> None:
+    for turn in replay(session, COUNTER).turns:
+        assert_pairing(turn.request, turn.output)
+        assert_order_kept(turn.request, turn.output)
+
+
+@PROPERTY
+@given(sessions())
+def test_system_message_comes_first(session: Session) -> None:
+    for turn in replay(session, COUNTER).turns:
+        if turn.request[0]["role"] in ("system", "developer"):
+            assert turn.output[0]["role"] == turn.request[0]["role"]
+            assert turn.plan.messages[0].text.strip() or not content_text(turn.request[0]).strip()
+
+
+@PROPERTY
+@given(sessions())
+def test_newest_turn_is_forwarded_unchanged(session: Session) -> None:
+    for turn in replay(session, COUNTER).turns:
+        assert_newest_turn_intact(turn.request, turn.output)
+
+
+@PROPERTY
+@given(sessions())
+def test_prompt_fits_the_budget_whenever_the_minimum_does(session: Session) -> None:
+    for turn in replay(session, COUNTER).turns:
+        assert_within_budget(turn, session.budget.usable)
+
+
+@PROPERTY
+@given(sessions())
+def test_replay_is_deterministic(session: Session) -> None:
+    first = [json.dumps(t.output) for t in replay(session, COUNTER).turns]
+    second = [json.dumps(t.output) for t in replay(session, COUNTER).turns]
+    assert first == second
+
+
+@PROPERTY
+@given(sessions())
+def test_every_named_page_resolves_and_system_rules_survive(session: Session) -> None:
+    result = replay(session, COUNTER)
+    for turn in result.turns:
+        assert_pointers_resolve(result.table, turn.output)
+        assert_system_rules_kept(turn.request, turn.output)
+
+
+@PROPERTY
+@given(sessions())
+def test_every_constraint_stays_in_the_prompt(session: Session) -> None:
+    """Constraints are hard-pinned at structured: resident in their parent or restated."""
+    result = replay(session, COUNTER)
+    for turn in result.turns:
+        text = output_text(turn.output)
+        for page in turn.pages_after.values():
+            if page.type is PageType.CONSTRAINT and page.provenance.parent_id in turn.order:
+                body = normalised(page.reprs.full.text.split(": ", 1)[1]).rstrip("…").strip()
+                assert body in text, f"constraint {page.id} lost: {body!r}"
+
+
+@PROPERTY
+@given(sessions())
+def test_degraded_pages_name_their_id_or_lose_nothing(session: Session) -> None:
+    """A page shown as a pointer or folded into a span stub can be recalled by its id."""
+    result = replay(session, COUNTER)
+    for turn in result.turns:
+        text = "\n".join(content_text(m) for m in turn.output)
+        for page_id, level in turn.plan.assembly.levels.items():
+            page = result.table.pages[page_id]
+            if level is Fidelity.POINTER and page.reprs.pointer.text != page.reprs.full.text:
+                assert page_id in text, f"{page_id} at pointer level is not named in the prompt"
+
+
+# ---------------------------------------------------------------- incremental ingest
+
+
+@PROPERTY
+@given(sessions())
+def test_a_turn_counts_only_new_messages(session: Session) -> None:
+    """Per-turn work follows new content: replaying turn by turn counts exactly the texts a
+    single ingest of the whole transcript counts, and a repeated request counts nothing."""
+    recorder = RecordingCounter(COUNTER)
+    result = replay(session, recorder)
+    incremental = Counter(recorder.take())
+    whole = parse_messages(requests(session.wire)[-1])
+    plan_turn(PageTable("t", "s", "p"), whole, TenantPolicy(), recorder, session.budget)
+    assert Counter(recorder.take()) == incremental
+    plan_turn(result.table, whole, TenantPolicy(), recorder, session.budget)
+    assert recorder.take() == []
+
+
+@PROPERTY
+@given(sessions())
+def test_old_texts_are_never_recounted(session: Session) -> None:
+    recorder = RecordingCounter(COUNTER)
+    table = PageTable("t", "s", "p")
+    for request in requests(session.wire):
+        before = set(table.pages)
+        plan = plan_turn(table, parse_messages(request), TenantPolicy(), recorder, session.budget)
+        counted = recorder.take()
+        old_ids = before - {p.id for p in plan.ingest.new_pages}
+        assert plan.ingest.kind == "append"
+        for text in counted:
+            assert not set(PAGE_ID.findall(text)) & old_ids, f"an old page's text was counted again: {text[:80]!r}"
+        if not plan.ingest.new_pages:
+            assert counted == []
+
+
+@PROPERTY
+@given(sessions())
+def test_page_table_grows_only_by_new_messages(session: Session) -> None:
+    result = replay(session, COUNTER)
+    for turn in result.turns:
+        ingest = turn.plan.ingest
+        added = set(turn.pages_after) - set(turn.pages_before)
+        assert added == {p.id for p in ingest.new_pages}
+        new_messages = set(turn.order[ingest.kept :])
+        for page_id in added:
+            page = turn.pages_after[page_id]
+            assert page_id in new_messages or page.provenance.parent_id in new_messages
+        for page_id, page in turn.pages_before.items():
+            assert turn.pages_after[page_id] is page, f"{page_id} was rebuilt"
+        assert len(turn.order) == len(turn.request)
+
+
+def test_page_table_keeps_the_order_of_an_appended_prefix() -> None:
+    wire = [
+        {"role": "system", "content": "You must never push to main."},
+        {"role": "user", "content": "Fix the test."},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Thanks."},
+    ]
+    budget = resolve_budget(Budget(max_prompt_tokens=10_000), 128_000, "model_map", 0)
+    table = PageTable("t", "s", "p")
+    plan_turn(table, parse_messages(wire[:2]), TenantPolicy(), COUNTER, budget)
+    first = list(table.order)
+    plan = plan_turn(table, parse_messages(wire), TenantPolicy(), COUNTER, budget)
+    assert table.order[:2] == first
+    assert plan.ingest.kind == "append"
+    assert plan.ingest.kept == 2
+    assert len(table.order) == 4
+
+
+# ---------------------------------------------------------------- physical insufficiency
+
+
+@settings(max_examples=25, deadline=None)
+@given(transcripts(max_rounds=3), st.data())
+def test_an_oversized_newest_turn_is_reported_not_raised(wire: list[Wire], data: st.DataObject) -> None:
+    huge = data.draw(tool_results("call_huge"))
+    huge["content"] = "x" * 20_000 + content_text(huge)
+    call = {"id": "call_huge", "type": "function", "function": {"name": "read_file", "arguments": "{}"}}
+    request = [*wire, {"role": "assistant", "content": None, "tool_calls": [call]}, huge]
+    budget = resolve_budget(Budget(max_prompt_tokens=data.draw(st.integers(0, 4000))), 128_000, "model_map", 0)
+    plan = plan_turn(PageTable("t", "s", "p"), parse_messages(request), TenantPolicy(), COUNTER, budget)
+    output = to_wire(plan.messages)
+    assert plan.assembly.insufficient
+    assert plan.assembly.minimum > budget.usable
+    assert_newest_turn_intact(request, output)
+    assert_pairing(request, output)
+
+
+def test_insufficiency_clears_when_the_budget_allows() -> None:
+    request = [{"role": "user", "content": "word " * 2000}]
+    table = PageTable("t", "s", "p")
+    small = resolve_budget(Budget(max_prompt_tokens=1000), 128_000, "model_map", 0)
+    large = resolve_budget(Budget(max_prompt_tokens=10_000), 128_000, "model_map", 0)
+    assert plan_turn(table, parse_messages(request), TenantPolicy(), COUNTER, small).assembly.insufficient
+    assert not plan_turn(table, parse_messages(request), TenantPolicy(), COUNTER, large).assembly.insufficient
+
+
+# ---------------------------------------------------------------- with a real tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiktoken() -> Any:
+    return tiktoken_counter()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sessions(max_rounds=3))
+def test_invariants_hold_with_tiktoken(tiktoken: Any, session: Session) -> None:
+    result = replay(session, tiktoken)
+    for turn in result.turns:
+        counted = count_messages(tiktoken, turn.output)
+        assert turn.plan.assembly.tokens >= counted
+        if not turn.plan.assembly.insufficient:
+            assert counted <= session.budget.usable
+        assert_pairing(turn.request, turn.output)
+        assert_newest_turn_intact(turn.request, turn.output)
+        assert_pointers_resolve(result.table, turn.output)
