@@ -27,10 +27,11 @@ from gateway.tokens import Tokenizers, prepare_offline
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m bench", description="ClawVM Gateway benchmarks.")
     top.add_argument("what", nargs="?", default="all", choices=["policy", "latency", "all"])
-    top.add_argument("--traces", type=Path, default=None, help="trace directory (default: shared/traces/real)")
-    top.add_argument("--budget", type=int, default=None, help=f"token budget (default: policy {BUDGETS}, latency {BUDGET})")
+    top.add_argument("--traces", type=Path, default=None, help="trace directory (default: bench.traces)")
+    budgets = ", ".join(map(str, BUDGETS))
+    top.add_argument("--budget", type=int, default=None, help=f"policy: {budgets}; latency: {BUDGET}")
     top.add_argument("--requests", type=int, default=REQUESTS, help="measured requests per path and series")
-    top.add_argument("--warmup", type=int, default=WARMUP, help="discarded warm-up requests per path and series")
+    top.add_argument("--warmup", type=int, default=WARMUP, help="discarded warm-up requests per path, series")
     top.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     return top
 
@@ -38,9 +39,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     prepare_offline(os.environ)
-    traces = load_traces(args.traces or traces_dir(os.environ))
+    directory = args.traces or traces_dir(os.environ)
+    traces = load_traces(directory)
     if not traces:
-        print(f"bench: no traces in {args.traces or traces_dir(os.environ)}", file=sys.stderr)
+        print(f"bench: no traces in {directory}", file=sys.stderr)
         return 2
     try:
         figures = run(args, traces)
@@ -49,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    failures = figures.get("latency", {}).get("failures", 0)
-    return 1 if failures else 0
+    return 1 if figures.get("latency", {}).get("failures") else 0
 
 
 def run(args: argparse.Namespace, traces: list[Trace]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ BUDGET = 16000
 PREFIX_MESSAGES = 10
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+GROUP_GRACE_S = 3.0
 REQUEST_TIMEOUT_S = 30.0
 HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ class BenchError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class ProcessRecord:
     name: str
-    pid: int             # also the process group id (each server starts its own session)
+    pid: int  # also its process group id: each server starts its own session
     exit_code: int | None
 
 
@@ -64,9 +65,9 @@ class Series:
     stream: bool
     direct: Summary
     gateway: Summary
-    added_median_us: float      # median(gateway) - median(direct)
-    overhead_header: Summary | None  # the gateway's x-clawvm-overhead-us (None: header absent)
-    policy_header: Summary | None    # the gateway's x-clawvm-policy-us
+    added_median_us: float            # median(gateway) - median(direct)
+    overhead_header: Summary | None   # the gateway's x-clawvm-overhead-us (None: header absent)
+    policy_header: Summary | None     # the gateway's x-clawvm-policy-us
     direct_failures: int
     gateway_failures: int
 
@@ -101,7 +102,25 @@ class Server:
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process of group `pgid` exists (zombies included)."""
+    """True while a live process (not a zombie) of group `pgid` exists.
+
+    Zombies are dead: they wait for a parent to reap them, and a container's PID 1 may never do so.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return _group_signalable(pgid)
+    return any(_live_member(entry, pgid) for entry in proc.iterdir() if entry.name.isdigit())
+
+
+def _live_member(entry: Path, pgid: int) -> bool:
+    try:
+        fields = (entry / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False  # it ended while we looked
+    return len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid
+
+
+def _group_signalable(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -120,13 +139,20 @@ def server_env(base: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def launched(name: str, argv: Sequence[str], health_url: str, env: Mapping[str, str], log: Path) -> Iterator[Server]:
+def launched(
+    name: str, argv: Sequence[str], health_url: str, env: Mapping[str, str], log: Path
+) -> Iterator[Server]:
     """Start `argv` in a new process group, wait until `health_url` answers 200, stop it on exit."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            list(argv), cwd=REPO, env=dict(env), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            list(argv),
+            cwd=REPO,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: children (redis-server) are found on stop
+        )
     server = Server(name, process, log)
     try:
         wait_healthy(server, health_url)
@@ -140,7 +166,8 @@ def wait_healthy(server: Server, url: str, limit: float = START_TIMEOUT_S) -> No
     with httpx.Client(trust_env=False, timeout=2.0) as probe:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
-                raise BenchError(f"{server.name} exited with {server.process.returncode}:\n{log_tail(server.log)}")
+                code = server.process.returncode
+                raise BenchError(f"{server.name} exited with {code} while starting:\n{log_tail(server.log)}")
             if _answers(probe, url):
                 return
             time.sleep(0.05)
@@ -155,29 +182,32 @@ def _answers(probe: httpx.Client, url: str) -> bool:
 
 
 def stop(server: Server) -> None:
-    """SIGTERM and wait; then make sure nothing of its process group is left (SIGKILL as a last resort)."""
+    """SIGTERM the leader and wait; then stop whatever of its process group is left."""
     process = server.process
     if process.poll() is None:
         process.terminate()
     try:
         server.exit_code = process.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
+        _signal_group(process.pid, signal.SIGKILL)
         server.exit_code = process.wait()
-    _reap_group(process.pid)
+    clear_group(process.pid)
 
 
-def _reap_group(pgid: int) -> None:
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if group_alive(pgid):
-        _kill_group(pgid)
+def clear_group(pgid: int) -> None:
+    """SIGTERM, then SIGKILL, what is still alive in the group (a child the leader left behind)."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if not group_alive(pgid):
+            return
+        _signal_group(pgid, signum)
+        deadline = time.monotonic() + GROUP_GRACE_S
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
-def _kill_group(pgid: int) -> None:
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, signum)
     except ProcessLookupError:
         return
 
@@ -197,8 +227,8 @@ def clawvm_command() -> list[str]:
 
 
 def gateway_argv(config: Path, port: int, upstream: str, budget: int | None) -> list[str]:
-    argv = clawvm_command() + ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--upstream", upstream, "--store", "embedded", "--log-level", "warning"]
+    argv = clawvm_command() + ["serve", "--config", str(config), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--upstream", upstream, "--store", "embedded", "--log-level", "warning"]
     return argv + (["--budget", str(budget)] if budget is not None else [])
 
 
@@ -266,7 +296,8 @@ def _tool_name(trace: Trace) -> str:
 
 def appended_step(step: int, tool: str) -> list[Json]:
     call_id = f"call_bench_{step:06d}"
-    call = {"id": call_id, "type": "function", "function": {"name": tool, "arguments": json.dumps({"step": step})}}
+    function = {"name": tool, "arguments": json.dumps({"step": step})}
+    call = {"id": call_id, "type": "function", "function": function}
     result = "; ".join(f"record {step}-{n}: status confirmed, amount {100 + n}.00 USD" for n in range(8))
     return [
         {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -277,16 +308,27 @@ def appended_step(step: int, tool: str) -> list[Json]:
 # ---------------------------------------------------------------- measuring
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    direct: str   # the fake upstream's /v1/chat/completions
+    gateway: str  # the gateway's /v1/chat/completions
+
+
 @dataclass(slots=True)
 class PathSamples:
-    times_ns: list[int]
-    overhead_us: list[int]
-    policy_us: list[int]
+    times_ns: list[int] = field(default_factory=list)
+    overhead_us: list[int] = field(default_factory=list)
+    policy_us: list[int] = field(default_factory=list)
     failures: int = 0
 
-    @classmethod
-    def empty(cls) -> PathSamples:
-        return cls([], [], [])
+    def add(self, elapsed_ns: int, response: httpx.Response, stream: bool) -> None:
+        self.times_ns.append(elapsed_ns)
+        self.failures += 0 if succeeded(response, stream) else 1
+        headers = response.headers
+        if "x-clawvm-overhead-us" in headers:
+            self.overhead_us.append(int(headers["x-clawvm-overhead-us"]))
+        if "x-clawvm-policy-us" in headers:
+            self.policy_us.append(int(headers["x-clawvm-policy-us"]))
 
 
 def succeeded(response: httpx.Response, stream: bool) -> bool:
@@ -301,39 +343,47 @@ def succeeded(response: httpx.Response, stream: bool) -> bool:
 
 
 def timed_post(client: httpx.Client, url: str, body: bytes, stream: bool, samples: PathSamples) -> None:
+    """One request; the whole response body (every SSE event too) is read inside the timed region."""
     started = time.perf_counter_ns()
     response = client.post(url, content=body, headers=HEADERS)
-    _ = response.content  # the whole body, SSE included, is inside the timed region
-    samples.times_ns.append(time.perf_counter_ns() - started)
-    if not succeeded(response, stream):
-        samples.failures += 1
-    for header, values in (("x-clawvm-overhead-us", samples.overhead_us), ("x-clawvm-policy-us", samples.policy_us)):
-        if header in response.headers:
-            values.append(int(response.headers[header]))
+    elapsed = time.perf_counter_ns() - started
+    samples.add(elapsed, response, stream)
 
 
-def interleave(client: httpx.Client, urls: tuple[str, str], bodies: BodyFactory, count: int, stream: bool) -> tuple[PathSamples, PathSamples]:
-    direct, gateway = PathSamples.empty(), PathSamples.empty()
-    for number in range(count):
+def interleave(
+    client: httpx.Client, endpoints: Endpoints, bodies: BodyFactory, numbers: range, stream: bool
+) -> tuple[PathSamples, PathSamples]:
+    """Request n goes direct, then through the gateway, with the same bytes."""
+    direct, gateway = PathSamples(), PathSamples()
+    for number in numbers:
         body = bodies(number)
-        timed_post(client, urls[0], body, stream, direct)
-        timed_post(client, urls[1], body, stream, gateway)
+        timed_post(client, endpoints.direct, body, stream, direct)
+        timed_post(client, endpoints.gateway, body, stream, gateway)
     return direct, gateway
 
 
-def measure(client: httpx.Client, urls: tuple[str, str], name: str, bodies: BodyFactory, stream: bool, counts: tuple[int, int]) -> Series:
-    """`counts` is (warm-up, measured); the warm-up requests are the first bodies, discarded."""
-    warmup, requests = counts
-    interleave(client, urls, bodies, warmup, stream)
-    direct, gateway = interleave(client, urls, lambda n: bodies(warmup + n), requests, stream)
-    return series(name, stream, direct, gateway)
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    stream: bool
+    bodies: BodyFactory
 
 
-def series(name: str, stream: bool, direct: PathSamples, gateway: PathSamples) -> Series:
+def measure(
+    client: httpx.Client, endpoints: Endpoints, workload: Workload, warmup: int, requests: int
+) -> Series:
+    """The first `warmup` bodies are sent and discarded; the next `requests` are measured."""
+    interleave(client, endpoints, workload.bodies, range(warmup), workload.stream)
+    measured = range(warmup, warmup + requests)
+    direct, gateway = interleave(client, endpoints, workload.bodies, measured, workload.stream)
+    return series(workload, direct, gateway)
+
+
+def series(workload: Workload, direct: PathSamples, gateway: PathSamples) -> Series:
     direct_summary, gateway_summary = summarize_ns(direct.times_ns), summarize_ns(gateway.times_ns)
     return Series(
-        name=name,
-        stream=stream,
+        name=workload.name,
+        stream=workload.stream,
         direct=direct_summary,
         gateway=gateway_summary,
         added_median_us=round(gateway_summary.median_us - direct_summary.median_us, 1),
@@ -348,60 +398,74 @@ def _header_summary(values_us: Sequence[int]) -> Summary | None:
     return summarize_ns([us * 1000 for us in values_us]) if values_us else None
 
 
+def workloads(trace: Trace) -> list[Workload]:
+    """Each series talks to its own gateway session (the `user` field)."""
+    made = []
+    for name, factory in (("static", static_bodies), ("growing", growing_bodies)):
+        for stream in (False, True):
+            session = f"bench-{name}-{'stream' if stream else 'json'}"
+            made.append(Workload(name, stream, factory(trace, stream, session)))
+    return made
+
+
 # ---------------------------------------------------------------- the whole bench
 
 
-def run_latency(traces: Sequence[Trace], requests: int = REQUESTS, warmup: int = WARMUP, budget: int | None = BUDGET) -> LatencyReport:
+def run_latency(
+    traces: Sequence[Trace], requests: int = REQUESTS, warmup: int = WARMUP, budget: int | None = BUDGET
+) -> LatencyReport:
     trace = latency_trace(traces)
-    env = server_env(os.environ)
     with tempfile.TemporaryDirectory(prefix="clawvm-bench-") as scratch, ExitStack() as stack:
-        directory = Path(scratch)
-        fake_port, gateway_port = free_port(), free_port()
-        fake_argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)]
-        fake_url = f"http://127.0.0.1:{fake_port}/v1"
-        fake = stack.enter_context(launched("fake upstream", fake_argv, fake_url + "/models", env, directory / "fake.log"))
-        argv = gateway_argv(write_config(directory), gateway_port, fake_url, budget)
-        gateway_root = f"http://127.0.0.1:{gateway_port}"
-        gateway = stack.enter_context(launched("gateway", argv, gateway_root + "/health", env, directory / "gateway.log"))
-        urls = (fake_url + "/chat/completions", gateway_root + "/v1/chat/completions")
-        measured = _all_series(urls, trace, (warmup, requests))
-    return LatencyReport(trace.name, len(prefix(trace)), requests, warmup, budget, measured, (fake.record(), gateway.record()))
+        fake, gateway, endpoints = start_servers(stack, Path(scratch), budget)
+        limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+        with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+            measured = tuple(measure(client, endpoints, w, warmup, requests) for w in workloads(trace))
+    processes = (fake.record(), gateway.record())  # both stopped by now
+    return LatencyReport(trace.name, len(prefix(trace)), requests, warmup, budget, measured, processes)
 
 
-def _all_series(urls: tuple[str, str], trace: Trace, counts: tuple[int, int]) -> tuple[Series, ...]:
-    plans = [
-        ("static", False, static_bodies), ("static", True, static_bodies),
-        ("growing", False, growing_bodies), ("growing", True, growing_bodies),
-    ]  # fmt: skip
-    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-        return tuple(
-            measure(client, urls, name, make(trace, stream, f"bench-{name}-{'stream' if stream else 'json'}"), stream, counts)
-            for name, stream, make in plans
-        )
+def start_servers(stack: ExitStack, directory: Path, budget: int | None) -> tuple[Server, Server, Endpoints]:
+    """The fake upstream, then the gateway in front of it; `stack` stops them in reverse order."""
+    env = server_env(os.environ)
+    fake_port, gateway_port = free_port(), free_port()
+    fake_base = f"http://127.0.0.1:{fake_port}/v1"
+    fake_argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)]
+    fake_log, gateway_log = directory / "fake.log", directory / "gateway.log"
+    fake = stack.enter_context(launched("fake upstream", fake_argv, fake_base + "/models", env, fake_log))
+    gateway_root = f"http://127.0.0.1:{gateway_port}"
+    argv = gateway_argv(write_config(directory), gateway_port, fake_base, budget)
+    gateway = stack.enter_context(launched("gateway", argv, gateway_root + "/health", env, gateway_log))
+    return fake, gateway, Endpoints(fake_base + "/chat/completions", gateway_root + "/v1/chat/completions")
 
 
 def format_latency(report: LatencyReport) -> list[str]:
+    budget = report.budget if report.budget is not None else "default"
     lines = [
         "gateway-added latency: fake upstream direct vs via gateway (subprocesses, loopback, keep-alive)",
-        f"  body: {report.trace}, prefix of {report.prefix_messages} messages with tools; budget {report.budget or 'default'}",
+        f"  body: {report.trace}, prefix of {report.prefix_messages} messages with tools; budget {budget}",
         f"  {report.requests} interleaved requests per path and series, after {report.warmup} warm-up each",
     ]
     for item in report.series:
         lines += _format_series(item)
-    lines += [f"  {p.name}: pid {p.pid}, exit code {p.exit_code}" for p in report.processes]
-    return lines
+    return lines + [f"  {p.name}: pid {p.pid}, {_exit(p.exit_code)}" for p in report.processes]
+
+
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return f"ended by signal {-code}" if code < 0 else f"exit code {code}"
 
 
 def _format_series(item: Series) -> list[str]:
-    mode = "stream" if item.stream else "non-stream"
-    lines = [f"{item.name}, {mode}:"]
+    lines = [f"{item.name}, {'stream' if item.stream else 'non-stream'}:"]
     for label, summary in (("direct", item.direct), ("gateway", item.gateway)):
         lines.append(
-            f"  {label:<8} median {summary.median_us:>9.1f} µs  p95 {summary.p95_us:>9.1f} µs  p99 {summary.p99_us:>9.1f} µs"
+            f"  {label:<8} median {summary.median_us:>9.1f} µs  "
+            f"p95 {summary.p95_us:>9.1f} µs  p99 {summary.p99_us:>9.1f} µs"
         )
     lines.append(f"  added (median gateway - median direct): {item.added_median_us:.1f} µs")
-    for label, header in (("x-clawvm-overhead-us", item.overhead_header), ("x-clawvm-policy-us", item.policy_header)):
+    headers = (("x-clawvm-overhead-us", item.overhead_header), ("x-clawvm-policy-us", item.policy_header))
+    for label, header in headers:
         shown = f"median {header.median_us:.0f} µs, p95 {header.p95_us:.0f} µs" if header else "absent"
         lines.append(f"  {label}: {shown}")
     if item.direct_failures or item.gateway_failures:

@@ -7,17 +7,20 @@ timed (`time.perf_counter_ns`), with the real tiktoken counter. When `TurnPlan` 
 render), those are summarised too. One full replay runs first and is discarded (warm-up).
 
 "Cost growth" times turns 10, 100 and 1000 of a synthetic agent loop (a fixed system prompt,
-then assistant tool call + ~300-token tool result per turn), each the median of 5 replays.
+then assistant tool call + ~300-token tool result per turn): the session is replayed up to each
+of those turns, and the turn is timed 5 times, each on a copy of the page table as the replay left
+it (the median is reported).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.traces import Trace
 from gateway.chat import parse_messages
@@ -95,6 +98,8 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 def summarize_ns(values_ns: Sequence[int]) -> Summary:
     ordered = sorted(v / 1000 for v in values_ns)
+    if not ordered:
+        return Summary(0, 0.0, 0.0, 0.0, 0.0)
     return Summary(
         count=len(ordered),
         median_us=round(statistics.median(ordered), 1),
@@ -104,40 +109,51 @@ def summarize_ns(values_ns: Sequence[int]) -> Summary:
     )
 
 
-def trace_budget(trace: Trace, budget: int, counter: TokenCounter) -> TokenBudget:
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """`plan_turn` with everything but the table and the transcript fixed."""
+
+    counter: TokenCounter
+    budget: TokenBudget
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+
+    def turn(self, table: PageTable, messages: Sequence[Message]) -> TurnTime:
+        started = time.perf_counter_ns()
+        plan = plan_turn(table, messages, self.policy, self.counter, self.budget)
+        elapsed = time.perf_counter_ns() - started
+        return TurnTime(elapsed, getattr(plan, "ingest_ns", None), getattr(plan, "assembly_ns", None))
+
+
+def engine(counter: TokenCounter, budget: int, tools: Sequence[object] = ()) -> Engine:
     """The budget the gateway would resolve: the tool schemas count against the cap."""
-    return resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", count_tools(counter, trace.tools))
-
-
-def timed_turn(table: PageTable, messages: Sequence[Message], counter: TokenCounter, budget: TokenBudget) -> TurnTime:
-    policy = TenantPolicy()
-    started = time.perf_counter_ns()
-    plan = plan_turn(table, messages, policy, counter, budget)
-    elapsed = time.perf_counter_ns() - started
-    return TurnTime(elapsed, getattr(plan, "ingest_ns", None), getattr(plan, "assembly_ns", None))
+    tools_tokens = count_tools(counter, tools)
+    return Engine(counter, resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", tools_tokens))
 
 
 def replay_trace(trace: Trace, budget: int, counter: TokenCounter) -> list[TurnTime]:
     table = PageTable(tenant="bench", session=trace.name, project=trace.name)
-    resolved = trace_budget(trace, budget, counter)
+    bound = engine(counter, budget, trace.tools)
     times = []
     for raw in trace.turns():
         messages = parse_messages(raw)
-        times.append(timed_turn(table, messages, counter, resolved))
+        times.append(bound.turn(table, messages))
     return times
 
 
 def budget_report(traces: Sequence[Trace], budget: int, counter: TokenCounter) -> BudgetReport:
     per_trace = {trace.name: replay_trace(trace, budget, counter) for trace in traces}
     turns = [t for times in per_trace.values() for t in times]
-    medians = {name: summarize_ns([t.total_ns for t in times]).median_us for name, times in per_trace.items() if times}
     return BudgetReport(
         budget=budget,
         total=summarize_ns([t.total_ns for t in turns]),
         ingest=_part([t.ingest_ns for t in turns]),
         assembly=_part([t.assembly_ns for t in turns]),
-        per_trace_median_us=medians,
+        per_trace_median_us={name: _median_us(times) for name, times in per_trace.items() if times},
     )
+
+
+def _median_us(times: Sequence[TurnTime]) -> float:
+    return summarize_ns([t.total_ns for t in times]).median_us
 
 
 def _part(values: Sequence[int | None]) -> Summary | None:
@@ -149,7 +165,7 @@ def _part(values: Sequence[int | None]) -> Summary | None:
 
 
 def synthetic_session(turns: int) -> list[dict[str, object]]:
-    """The raw transcript of request `turns` of an agent loop: system, task, then turns-1 call/result pairs."""
+    """Request number `turns` of an agent loop: system, task, then `turns - 1` call/result pairs."""
     raw: list[dict[str, object]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "The parser tests fail on empty input. Find the cause and fix it."},
@@ -179,27 +195,43 @@ def request_sizes(turns: int) -> Iterator[int]:
     return (2 + 2 * (turn - 1) for turn in range(1, turns + 1))
 
 
-def growth_replay(messages: Sequence[Message], marks: Sequence[int], counter: TokenCounter, budget: TokenBudget) -> dict[int, int]:
-    """One replay up to the last mark; the time of each marked turn, in ns."""
+def growth_replay(
+    messages: Sequence[Message], marks: Sequence[int], bound: Engine, repeats: int
+) -> dict[int, list[int]]:
+    """One replay up to the last mark; each marked turn timed `repeats` times, in ns."""
     table = PageTable(tenant="bench", session="synthetic", project="synthetic")
-    timed: dict[int, int] = {}
+    timed: dict[int, list[int]] = {}
     for turn, size in enumerate(request_sizes(max(marks)), start=1):
-        result = timed_turn(table, messages[:size], counter, budget)
         if turn in marks:
-            timed[turn] = result.total_ns
+            timed[turn], table = repeated_turn(bound, table, messages[:size], repeats)
+        else:
+            bound.turn(table, messages[:size])
     return timed
 
 
-def cost_growth(counter: TokenCounter, budget: int, marks: Sequence[int] = GROWTH_TURNS, repeats: int = GROWTH_REPEATS) -> tuple[GrowthPoint, ...]:
+def repeated_turn(
+    bound: Engine, table: PageTable, messages: Sequence[Message], repeats: int
+) -> tuple[list[int], PageTable]:
+    """The same turn timed `repeats` times, each on a copy of the table as the replay left it."""
+    samples, attempt = [], table
+    for _ in range(max(repeats, 1)):
+        attempt = copy.deepcopy(table)
+        samples.append(bound.turn(attempt, messages).total_ns)
+    return samples, attempt
+
+
+def cost_growth(
+    counter: TokenCounter, budget: int, marks: Sequence[int] = GROWTH_TURNS, repeats: int = GROWTH_REPEATS
+) -> tuple[GrowthPoint, ...]:
     messages = parse_messages(synthetic_session(max(marks)))
-    resolved = resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", 0)
-    runs = [growth_replay(messages, marks, counter, resolved) for _ in range(repeats)]
-    return tuple(_growth_point(turn, [run[turn] for run in runs]) for turn in marks)
+    timed = growth_replay(messages, marks, engine(counter, budget), repeats)
+    return tuple(_growth_point(turn, timed[turn]) for turn in marks)
 
 
 def _growth_point(turn: int, samples_ns: Sequence[int]) -> GrowthPoint:
     samples = tuple(round(s / 1000, 1) for s in samples_ns)
-    return GrowthPoint(turn=turn, messages=2 * turn, median_us=round(statistics.median(samples), 1), samples_us=samples)
+    median = round(statistics.median(samples), 1)
+    return GrowthPoint(turn=turn, messages=2 * turn, median_us=median, samples_us=samples)
 
 
 # ---------------------------------------------------------------- the whole bench
@@ -232,7 +264,8 @@ def format_policy(report: PolicyReport) -> list[str]:
 
 def _format_budget(report: BudgetReport) -> list[str]:
     lines = [f"budget {report.budget}:", "  " + _row("total", report.total)]
-    lines += ["  " + _row(name, part) for name, part in (("ingest", report.ingest), ("assembly", report.assembly)) if part]
+    parts = (("ingest", report.ingest), ("assembly", report.assembly))
+    lines += ["  " + _row(name, part) for name, part in parts if part]
     if report.ingest is None:
         lines.append("  (no ingest/assembly split: TurnPlan has no ingest_ns/assembly_ns)")
     lines.append("  per-trace median µs:")

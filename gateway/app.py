@@ -88,7 +88,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(NotFound(f"Unknown route {request.method} {request.url.path}"))
-    return error_response(GatewayError(exc.detail, status_code=exc.status_code))
+    error = GatewayError(exc.detail, status_code=exc.status_code)
+    if 400 <= exc.status_code < 500:
+        error.type = "invalid_request_error"
+    return error_response(error)
 
 
 async def _bug(request: Request, exc: Exception) -> Response:

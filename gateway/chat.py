@@ -8,11 +8,11 @@ full fidelity is the client's own dict, forwarded unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import jsonio
 from gateway.errors import InvalidRequest
 from policies.transcript import ROLES, Message, ToolCall
 
@@ -27,7 +27,7 @@ class ChatRequest:
 
 def parse_request(raw: bytes) -> ChatRequest:
     try:
-        body = json.loads(raw)
+        body = jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -39,10 +39,10 @@ def parse_request(raw: bytes) -> ChatRequest:
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("'messages' is a required property and must be a non-empty array.", param="messages")
     messages = parse_messages(raw_messages)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    return ChatRequest(body=body, model=model, messages=messages, stream=stream)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean or null.", param="stream")
+    return ChatRequest(body=body, model=model, messages=messages, stream=bool(stream))
 
 
 def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:

@@ -121,7 +121,7 @@ class EmbeddedRedis:
         """Start the server and wait for PING; returns `redis://127.0.0.1:PORT/0`."""
         if self.running:
             return self.url
-        self.data_dir = Path(self.data_dir)
+        self.data_dir = Path(self.data_dir).resolve()  # redis-server chdirs into --dir first
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire_lock(self.data_dir)
         try:

@@ -17,7 +17,7 @@ from gateway.upstream import UpstreamResponse, UpstreamTarget
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(_too_large(int(declared), limit))
     chunks: list[bytes] = []
     size = 0

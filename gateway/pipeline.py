@@ -7,13 +7,13 @@ upstream -> relay the answer, streaming bytes as they come, with our headers on 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.auth import KeyRing
 from gateway.chat import ChatRequest, parse_request, to_wire
 from gateway.errors import ContextLengthExceeded, ServiceUnavailable
@@ -22,7 +22,8 @@ from gateway.models import ModelCatalog, resolve_window
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds, resolve
 from gateway.settings import Settings, Tenant
-from gateway.store import StoreUnavailable, VersionConflict
+from gateway.store import CorruptData, StoreUnavailable, VersionConflict
+from gateway.tables import TableFormatError
 from gateway.tokens import Tokenizers, count_tools
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from policies.budget import TokenBudget, resolve_budget
@@ -74,7 +75,7 @@ async def chat_completions(request: Request) -> Response:
     body, headers = await prepare(services, tenant, chat, ids)
     target = upstream_target(tenant, request.headers)
     if uses_litellm(chat.model):
-        upstream = await services.provider.chat(json.loads(body), target)
+        upstream = await services.provider.chat(jsonio.loads(body), target)
     else:
         upstream = await services.upstream.send(target, "POST", "/chat/completions", body, _forwarded(request))
     headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
@@ -109,7 +110,7 @@ async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: Se
     body = dict(chat.body)
     body["messages"] = to_wire(plan.messages)
     body["model"] = tenant.upstream.upstream_model(chat.model)
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"), headers
+    return jsonio.dumps(body), headers
 
 
 def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
@@ -148,4 +149,11 @@ async def _plan_and_commit(
         except StoreUnavailable as exc:
             services.sessions.forget(tenant.name, ids.session)
             raise ServiceUnavailable(f"the page store is unavailable: {exc}") from exc
+        except (CorruptData, TableFormatError) as exc:
+            services.sessions.forget(tenant.name, ids.session)
+            raise ServiceUnavailable(
+                f"the stored state of session {ids.session!r} cannot be read ({exc}); it was left untouched "
+                "for inspection. Use a new session id (X-ClawVM-Session) to continue.",
+                code="session_state_unreadable",
+            ) from exc
     raise ServiceUnavailable("the session is being updated concurrently; retry the request")

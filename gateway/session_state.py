@@ -2,8 +2,9 @@
 
 Requests for one session are serialised by a per-session lock in this process; across
 processes the store's optimistic version check decides (a lost race re-plans on fresh state).
-The in-process cache is checked against the stored version on every request, so a replica
-never plans on a table another replica has moved past.
+The in-process cache is trusted without a round trip: the save is optimistic (it carries the
+version the table was loaded at), so a replica that planned on a table another replica has
+moved past loses the save, drops its copy and plans again on the stored state.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class SessionState:
 
     async def load(self, tenant: str, session: str, project: str) -> PageTable:
         cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
-        if cached is not None and cached.version == await self.store.table_version(tenant, session_scope(session)):
-            return cached
+        if cached is not None:
+            return cached  # trusted: a stale copy loses the optimistic save and is reloaded
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
             return PageTable(tenant=tenant, session=session, project=project)

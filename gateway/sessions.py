@@ -17,7 +17,7 @@ from typing import Any
 
 from policies.transcript import Message
 
-SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,96}")
+SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,96}")
 
 
 @dataclass(frozen=True, slots=True)

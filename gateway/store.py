@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.client import Pipeline
 
 from gateway.codec import CodecError, dump_page, load_page
 from policies.pages import Page
@@ -44,7 +43,28 @@ _PAGE_ID = re.compile(r"[\x21-\x7a\x7c\x7e]{1,256}")  # printable ASCII except s
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 SESSION_PREFIX = "s:"
 PROJECT_PREFIX = "project:"
-SAVE_ATTEMPTS = 8
+CONFLICT = "VERSION_CONFLICT"
+# One atomic round trip: check the version (ARGV[1], -1 = unchecked), write the pages (SET),
+# the bodies (SET NX) and the table (HSET v, data). A retry of a save that already committed
+# (stored = expected + 1 with the same data) returns the stored version; an unchanged table
+# keeps its version. KEYS: table, pages..., bodies...; ARGV: expected, data, page count,
+# page JSON..., body text...
+SAVE_SCRIPT = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local expected = tonumber(ARGV[1])
+local data = ARGV[2]
+local same = cur > 0 and redis.call('HGET', KEYS[1], 'data') == data
+if expected >= 0 and cur ~= expected then
+  if cur == expected + 1 and same then return cur end
+  return redis.error_reply('VERSION_CONFLICT ' .. cur)
+end
+local npages = tonumber(ARGV[3])
+for i = 1, npages do redis.call('SET', KEYS[1 + i], ARGV[3 + i]) end
+for i = 2 + npages, #KEYS do redis.call('SET', KEYS[i], ARGV[2 + i], 'NX') end
+if same then return cur end
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', data)
+return cur + 1
+"""
 # Lone surrogates (valid in JSON escapes, so possible in transcripts) round-trip instead of failing.
 DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = MappingProxyType(
     {
@@ -169,7 +189,7 @@ def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
 
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
-    """redis-py exceptions -> StoreError subclasses (`save` handles WatchError before this)."""
+    """redis-py exceptions -> StoreError subclasses."""
     try:
         yield
     except (rexc.ConnectionError, rexc.TimeoutError) as exc:
@@ -186,6 +206,7 @@ class RedisStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
+        self._save_script = client.register_script(SAVE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisStore:
@@ -222,7 +243,7 @@ class RedisStore:
         bodies: Mapping[str, str],
         expected_version: int | None,
     ) -> int:
-        """Write pages, bodies and the table in one MULTI/EXEC under WATCH; returns the new version.
+        """Write pages, bodies and the table in one Lua script (one round trip, atomic); returns the new version.
 
         The version counts table contents: it is bumped only when `table_json` differs from the
         stored data. With `expected_version`, the stored version must equal it (0 = no table yet),
@@ -233,30 +254,23 @@ class RedisStore:
         """
         keys = Keys.of(tenant, scope_id)
         writes = _Writes.build(keys, table_json, pages, bodies)
+        names = [keys.table, *(keys.page(p) for p, _ in writes.pages), *(keys.body(d) for d, _ in writes.bodies)]
+        args = [
+            -1 if expected_version is None else expected_version,
+            writes.table_json,
+            len(writes.pages),
+            *(j for _, j in writes.pages),
+            *(t for _, t in writes.bodies),
+        ]
         with _mapped_errors():
-            for _ in range(SAVE_ATTEMPTS):
-                version = await self._try_save(keys, writes, expected_version)
-                if version is not None:
-                    return version
-        message = f"{keys.table}: gave up after {SAVE_ATTEMPTS} concurrent writes"
-        raise VersionConflict(message, expected_version)
-
-    async def _try_save(self, keys: Keys, writes: _Writes, expected: int | None) -> int | None:
-        """One optimistic attempt; None when another writer touched the table meanwhile."""
-        async with self._client.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(keys.table)
-                stored_v, stored_data = await pipe.hmget(keys.table, ["v", "data"])
-                current = 0 if stored_v is None else _version(stored_v, keys.table)
-                new = _next_version(current, stored_data, writes.table_json, expected)
-                if new is None:
-                    return current
-                pipe.multi()
-                writes.queue(pipe, keys, new)
-                await pipe.execute()
-                return new
-            except rexc.WatchError:
-                return None
+                return int(await self._save_script(keys=names, args=args))
+            except rexc.ResponseError as exc:
+                if not str(exc).startswith(CONFLICT):
+                    raise
+                actual = int(str(exc).split()[1])
+                message = f"{keys.table}: version is {actual}, expected {expected_version}"
+                raise VersionConflict(message, expected_version, actual) from exc
 
     async def get_pages(self, tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]:
         """The stored pages among `page_ids`, in the order asked; missing ids are left out."""
@@ -316,23 +330,6 @@ class _Writes:
                 raise InvalidKeyError(f"body digest {digest} does not match its text")
         return cls(table_json, encoded, tuple(sorted(bodies.items())))
 
-    def queue(self, pipe: Pipeline, keys: Keys, version: int) -> None:
-        for page_id, page_json in self.pages:
-            pipe.set(keys.page(page_id), page_json)
-        for digest, text in self.bodies:
-            pipe.set(keys.body(digest), text, nx=True)
-        pipe.hset(keys.table, mapping={"v": version, "data": self.table_json})
-
-
-def _next_version(current: int, stored_data: str | None, table_json: str, expected: int | None) -> int | None:
-    """The version to write, None when the save already committed, or raise VersionConflict."""
-    if expected is not None and current != expected:
-        if current == expected + 1 and stored_data == table_json:
-            return None
-        raise VersionConflict(f"table version is {current}, expected {expected}", expected, current)
-    if current > 0 and stored_data == table_json:
-        return current
-    return current + 1
 
 
 def _version(raw: object, key: str) -> int:

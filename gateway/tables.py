@@ -6,10 +6,10 @@ bytes. Loading needs the pages themselves, fetched by id from the store.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from gateway import jsonio
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable
 
@@ -40,11 +40,14 @@ def dump_table(table: PageTable) -> str:
         "plan_key": table.plan_key,
         "turn": table.turn,
     }
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return jsonio.dumps_text(data, sort_keys=True)
 
 
 def page_ids(data: str) -> list[str]:
-    return list(_parse(data)["pages"])
+    pages = _parse(data).get("pages")
+    if not isinstance(pages, list) or not all(isinstance(p, str) for p in pages):
+        raise TableFormatError("stored table has no list of page ids")
+    return pages
 
 
 def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
@@ -72,7 +75,7 @@ def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
             turn=int(raw["turn"]),
             version=version,
         )
-    except (KeyError, TypeError, IndexError, ValueError) as exc:
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
         if isinstance(exc, TableFormatError):
             raise
         raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
@@ -80,7 +83,7 @@ def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
 
 def _parse(data: str) -> dict[str, Any]:
     try:
-        raw = json.loads(data)
+        raw = jsonio.loads(data)
     except ValueError as exc:
         raise TableFormatError(f"stored table is not JSON: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("v") != FORMAT:

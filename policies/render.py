@@ -26,6 +26,7 @@ class View:
     prefix: list[int | Message]
     newest: int
     retained: Message | None
+    retained_ids: frozenset[str] = frozenset()
 
     def messages(self, messages: Sequence[Message]) -> list[Message]:
         out = [messages[x] if type(x) is int else x for x in self.prefix]  # type: ignore[index]
@@ -49,7 +50,7 @@ def render(layout: Layout, levels: Mapping[str, Fidelity], entries: Mapping[str,
     _flush(prefix, span, entries, recall_tool)
     facts = uncovered_facts(layout, levels)
     retained = Message(role="system", text=retained_text(layout, facts)) if facts else None
-    return View(prefix=prefix, newest=layout.newest, retained=retained)
+    return View(prefix=prefix, newest=layout.newest, retained=retained, retained_ids=frozenset(facts))
 
 
 def _flush(prefix: list[int | Message], span: list[str], entries: Mapping[str, str], recall_tool: str) -> None:

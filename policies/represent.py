@@ -5,26 +5,28 @@ Made once at ingest, deterministically, from the message (or the extracted fact)
 - full: the text and tool calls as sent.
 - compressed: texts under `COMPRESS_FROM` tokens stay whole. JSON is minified, long arrays cut
   to their first items (`"… 37 more items"`), long strings shortened. Other text keeps a head,
-  a tail and, between them, the lines with errors, identifiers, paths and numbers; the gaps are
-  marked `[… N tokens elided; clawvm page ID …]`. Tool-call arguments over
-  `CALL_ARGS_LIMIT` characters are shortened and stay valid JSON objects.
-- structured: typed `key: value` fields that satisfy the type's floor (see `_structured`).
-  Tool calls keep their ids and names; arguments shrink to a small JSON object.
-- pointer: one line of at most ~`POINTER_TOKENS` tokens naming the page.
+  a tail and, between them, the lines with errors, then identifiers and paths, then numbers;
+  the first gap says `[… N tokens elided; clawvm page ID …]`, later gaps `[…]`. A bootstrap's
+  compressed view is its structured view (its key lines are its rules); a plan's leads with
+  its structured fields. Tool-call arguments over `CALL_ARGS_LIMIT` characters are shortened
+  and stay valid JSON objects.
+- structured: typed `key: value` lines that satisfy the type's floor (`_structured`). Tool
+  calls keep their ids and names; their arguments shrink to a small JSON object.
+- pointer: one line of at most `POINTER_TOKENS` tokens naming the page, its type, origin and size.
 
 Invariants: token counts never grow as fidelity drops (a level that would come out longer
-reuses the next-higher level), and a page whose full text is empty has empty text at every
-level (its tool calls stay). `Representation.tokens` counts text plus tool calls, no framing.
-
-Pages are named by their id as given (`p:3f9a2c1b0d`); the recall instructions name
-`recall_tool` with the same id.
+reuses the next-higher level); a page whose full text is blank has empty text at every level
+(its tool calls stay); a pointer either names its page id or holds the page's whole text. `Representation.tokens` counts text plus tool calls, no framing;
+each distinct text is counted once. Pages are named by their id as given (`p:3f9a2c1b0d`).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from policies.classify import extract_facts, sentences
@@ -36,46 +38,55 @@ COMPRESS_FROM = 200  # tokens; shorter texts stay whole at compressed
 CALL_ARGS_LIMIT = 300  # characters of tool-call arguments kept at compressed
 SCALAR_LIMIT = 40  # characters of one argument value kept at structured and pointer
 POINTER_TOKENS = 20
+POINTER_ARGS = 24
 SPAN_ARGS = 40
-LINE_CAP = 200
+LINE_CAP = 200  # lines longer than twice this are cut into pieces for the excerpt
+KEY_LINE_CAP = 160
 KEY_LINES = 3
+TAIL_LINES = 3  # an error word in the last lines marks a tool result as failed
 MAX_IDENTIFIERS = 12
+MAX_TOKEN = 120  # longer candidate tokens are not identifiers (except URLs, which are cut)
 FIRST_SENTENCE_WORDS = 30
-# JSON shrinking passes: (objects kept per array, scalars kept per array, string cap)
+OPENING_WORDS = 6  # a shorter first sentence takes the next one along
+STEP_WORDS = 40
+# JSON shrinking passes: (containers kept per array, scalars kept per array, string cap)
 JSON_PASSES = ((3, 20, 160), (1, 8, 60))
+CALL_PASSES = ((3, 8, CALL_ARGS_LIMIT // 2), (1, 3, SCALAR_LIMIT))
 MAX_JSON_DEPTH = 8
 
 _ERROR = re.compile(r"\b(?:error|errors|exception|traceback|failed|failure|fatal|panic)\b", re.IGNORECASE)
 _ERROR_STATUS = re.compile(
-    r"^\W*(?:error|exception|fatal|traceback)\b|Traceback \(most recent call last\)"
+    r"^[^\w\n]{0,8}(?:error|exception|fatal|traceback)\b|Traceback \(most recent call last\)"
     r"|(?:exit|return)\s+(?:code|status)\s*:?\s*[1-9]|non-zero exit",
     re.IGNORECASE | re.MULTILINE,
 )
-_IDENT = re.compile(
-    r"(?P<url>https?://[^\s\"'<>()\[\]{}]+)"
-    r"|(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"
-    r"|(?P<path>(?<![\w/])(?:~|\.{1,2})?/[\w.@+-]+(?:/[\w.@+-]+)+|\b[\w.-]+(?:/[\w.-]+)+\.[A-Za-z]\w{0,5}\b"
-    r"|\b[\w-]+\.(?:py|js|ts|tsx|md|json|ya?ml|toml|txt|cfg|ini|sh|rs|go|java|rb|c|h|cpp|html|css|lock|sql)\b)"
-    r"|(?P<ref>#[A-Z]{0,3}\d{3,}\b)"
-    r"|(?P<code>\b(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{5,}\b)"
-    r"|(?P<name>\b[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*[_-]\d{3,}\b)"
-    r"|(?P<hash>\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b)"
-    r"|(?P<number>\$\d[\d,]*(?:\.\d+)?|\b\d{4}-\d{2}-\d{2}\b|\b\d+(?:\.\d+)+\b|\b\d{3,}\b)"
+# Identifier candidates: runs of non-separators holding a digit, slash, dot, hash or dollar;
+# each starts only where a run starts, so the scan is linear. `_KIND` then types one token.
+_SEP = r"\s\"'<>()\[\]{};|`*"
+_CANDIDATE = re.compile(rf"(?<![^{_SEP}])[^{_SEP}]*?[\d/.#$][^{_SEP}]*+")
+_KIND = re.compile(
+    r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"|(?P<path>(?:~|\.{1,2})?/[\w.@+-]+(?:/[\w.@+-]+)+|(?=[\w.-]*[A-Za-z])[\w.-]+(?:/[\w.-]+)+"
+    r"|[\w-]+(?:\.[\w-]+)*\.(?:py|js|ts|tsx|md|json|ya?ml|toml|txt|cfg|ini|sh|rs|go|java|rb|c|h|cpp"
+    r"|html|css|lock|sql|plist|swift))"
+    r"|(?P<ref>#[A-Z]{0,3}\d{3,})"
+    r"|(?P<code>(?=[A-Z]*\d)(?=\d*[A-Z])[A-Z0-9]{5,})"
+    r"|(?P<name>[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*[_-]\d{3,})"
+    r"|(?P<hash>(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40})"
+    r"|(?P<number>\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?|\$\d+(?:\.\d+)?|\d{4}-\d{2}-\d{2}|\d+(?:\.\d+)+|\d{3,})"
 )
+_TRIM = ".,:;!?"
 _NUMBERED = re.compile(r"^\s{0,3}(?:\*\*)?(?:step\s+)?\d{1,3}[.)](?:\*\*)?\s+(?P<text>\S.*)$", re.IGNORECASE)
 _SUB_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s")
 _CHECK = re.compile(r"^\s*(?:[-*+]\s+\[(?P<mark>[ xX])\]|(?P<glyph>[☐☒]))\s+(?P<text>\S.*)$")
 _DONE_MARK = re.compile(r"✅|✓|~~|\((?:done|completed)\)", re.IGNORECASE)
-_GOAL = re.compile(
-    r"(?:following user request|\bgoal|\bobjective)\s*:\s*(?P<goal>\S[^\n]*)", re.IGNORECASE
-)
+_GOAL = re.compile(r"(?:following user request|\bgoal|\bobjective)\s*:\s*(?P<goal>\S[^\n]*)", re.IGNORECASE)
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+\S")
 _PLAN_START = re.compile(
-    r"^[^\n]{0,80}\bplan\b[^\n]{0,60}:(?:\*\*)?[ \t]*$|^\s{0,3}#{1,6}\s[^\n]*\bplan\b[^\n]*$",
+    r"^[^\n]{0,80}\bplan\b[^\n]{0,60}:(?:\*\*)?[ \t]*$|^[ \t]{0,3}#{1,6}[ \t][^\n]*\bplan\b[^\n]*$",
     re.IGNORECASE | re.MULTILINE,
 )
-_LEDGER = re.compile(r"updated ledger:\s*(?P<body>\{.*\})", re.IGNORECASE | re.DOTALL)
-_CARRIES_STRUCTURED = frozenset({PageType.BOOTSTRAP, PageType.PLAN})
+_LEDGER = re.compile(r"updated ledger:\s*(?=\{)", re.IGNORECASE)
 _GOAL_KEYS = ("goal", "explanation", "summary", "title")
 _TODO_TEXT = ("content", "step", "description", "task", "title", "text", "name")
 _DONE = frozenset({"completed", "complete", "done", "cancelled", "canceled", "skipped"})
@@ -97,20 +108,24 @@ def represent(
     """The four levels of a message page. `call` is the tool call a tool result answers (its
     name and arguments name the evidence); without it the message's `name` is used."""
     text_tokens = counter.count(message.text)
-    full = Representation(
-        message.text, text_tokens + tool_calls_tokens(counter, message.tool_calls), message.tool_calls
-    )
-    blank = not message.text.strip()
-    structured_text = "" if blank else _structured(message, page_type, page_id, full, recall_tool, call)
-    compressed_text = "" if blank else _compressed_text(message.text, text_tokens, page_id)
-    if text_tokens >= COMPRESS_FROM and page_type in _CARRIES_STRUCTURED:
-        compressed_text = _with_structured(page_type, structured_text, compressed_text)
+    calls_tokens = tool_calls_tokens(counter, message.tool_calls)
+    full = Representation(message.text, text_tokens + calls_tokens, message.tool_calls)
+    compressed_text, structured_text = "", ""
+    if message.text.strip():
+        excerpt = text_tokens >= COMPRESS_FROM and page_type is not PageType.BOOTSTRAP
+        view = _View.of(message.text, text_tokens, scan=excerpt or page_type is PageType.EVIDENCE)
+        structured_text = _structured(message, page_type, page_id, view, full.tokens, recall_tool, call)
+        compressed_text = _compressed_text(view, page_type, page_id, structured_text)
     compressed = _rep_like(compressed_text, _shortened_calls(message.tool_calls), counter, full)
     reduced = _reduced_calls(message.tool_calls)
     structured = _rep_like(structured_text, reduced, counter, compressed)
-    origin = _origin(message, call)
-    pointer = _pointer(page_id, page_type, origin, full.tokens, recall_tool, reduced, counter)
-    return _monotone(full, compressed, structured, pointer)
+    origin = _origin(message, call, POINTER_ARGS)
+    ceiling = min(full.tokens, compressed.tokens, structured.tokens)
+    pointer = _pointer(page_id, page_type, origin, full.tokens, recall_tool, reduced, counter, ceiling)
+    reprs = _monotone(full, compressed, structured, pointer)
+    if reprs.pointer.text == full.text or page_id in reprs.pointer.text:
+        return reprs
+    return _anchored(reprs, page_id, counter)
 
 
 def represent_fact(
@@ -122,12 +137,12 @@ def represent_fact(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> Reprs:
-    """A constraint or preference page: `rule: <sentence>` / `preference: <sentence>` at every
-    level down to structured (there is nothing to compress), a short labelled pointer below."""
+    """A constraint or preference page: `rule: <sentence>` / `preference: <sentence>` at full,
+    compressed and structured alike (one sentence has nothing to compress); the pointer is the
+    id and the label with the sentence's first words, when that is shorter."""
     label = "preference" if page_type is PageType.PREFERENCE else "rule"
-    text = f"{label}: {fact_text}"
-    full = _rep(text, (), counter)
-    pointer = _fact_pointer(page_id, label, fact_text, counter)
+    full = _rep(f"{label}: {fact_text}", (), counter)
+    pointer = _fact_pointer(page_id, label, fact_text, counter, full.tokens)
     return _monotone(full, full, full, pointer)
 
 
@@ -138,12 +153,98 @@ def span_entry(page_id: str, message: Message, *, call: ToolCall | None = None) 
     return f"{page_id} {_origin(message, call, SPAN_ARGS)}"
 
 
-def _with_structured(page_type: PageType, structured: str, excerpt: str) -> str:
-    """A bootstrap's key lines are its rules: compressed keeps them all (the structured view).
-    A plan's compressed view leads with its structured fields so it never loses the current step."""
-    if page_type is PageType.BOOTSTRAP:
-        return structured
-    return f"{structured}\n\n{excerpt}"
+def identifiers(text: str, limit: int = MAX_IDENTIFIERS) -> list[str]:
+    """Ids, paths and URLs first, then numbers; deduplicated, in source order within each."""
+    return _identifiers(_scan(text), limit)
+
+
+# ---------------------------------------------------------------- one reading of the text
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    offset: int
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """A text read once: its lines (as spans), parsed JSON, identifiers and error lines."""
+
+    text: str
+    tokens: int
+    spans: tuple[tuple[int, int], ...]
+    value: Any
+    found: tuple[_Found, ...]
+    error_lines: tuple[int, ...]
+
+    @classmethod
+    def of(cls, text: str, tokens: int, *, scan: bool) -> _View:
+        """`scan`: find lines, identifiers and errors too (evidence, and texts to excerpt)."""
+        value = _json_value(text)
+        spans = _spans(text) if scan else ()
+        found = _scan(text) if scan else ()
+        errors = _error_lines(text, spans) if scan else ()
+        return cls(text, tokens, spans, value, found, errors)
+
+    def line(self, index: int) -> str:
+        start, end = self.spans[index]
+        return self.text[start:end]
+
+
+def _spans(text: str) -> tuple[tuple[int, int], ...]:
+    """Line spans; a line longer than 2 × LINE_CAP is cut into pieces at spaces."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for line in text.split("\n"):
+        spans.extend(_pieces(text, start, start + len(line)))
+        start += len(line) + 1
+    return tuple(spans)
+
+
+def _pieces(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    while end - start > 2 * LINE_CAP:
+        space = text.rfind(" ", start + LINE_CAP // 2, start + LINE_CAP)
+        cut = space + 1 if space > 0 else start + LINE_CAP
+        yield start, cut
+        start = cut
+    yield start, end
+
+
+def _scan(text: str) -> tuple[_Found, ...]:
+    found: list[_Found] = []
+    for match in _CANDIDATE.finditer(text):
+        found.extend(_typed(match.start(), match.group().rstrip(_TRIM).lstrip("@")))
+    return tuple(found)
+
+
+def _typed(offset: int, token: str) -> Iterator[_Found]:
+    if token.startswith(("http://", "https://")):
+        yield _Found(offset, "url", token[:80])
+        return
+    if len(token) > MAX_TOKEN:
+        return
+    match = _KIND.fullmatch(token)
+    if match and match.lastgroup:
+        yield _Found(offset, match.lastgroup, token)
+    elif ":" in token or "," in token or "=" in token:
+        for part in re.split(r"[:,=]", token):
+            found = _KIND.fullmatch(part.strip(_TRIM))
+            if found and found.lastgroup:
+                yield _Found(offset, found.lastgroup, found.group())
+
+
+def _error_lines(text: str, spans: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    starts = [start for start, _ in spans]
+    lines = (bisect.bisect_right(starts, m.start()) - 1 for m in _ERROR.finditer(text))
+    return tuple(dict.fromkeys(lines))
+
+
+def _identifiers(found: Sequence[_Found], limit: int) -> list[str]:
+    ids = dict.fromkeys(f.text for f in found if f.kind != "number")
+    numbers = dict.fromkeys(f.text for f in found if f.kind == "number" and f.text not in ids)
+    return [*ids, *numbers][:limit]
 
 
 # ---------------------------------------------------------------- token accounting
@@ -153,13 +254,21 @@ def _rep(text: str, calls: tuple[ToolCall, ...], counter: TokenCounter) -> Repre
     return Representation(text, counter.count(text) + tool_calls_tokens(counter, calls), calls)
 
 
-def _rep_like(
-    text: str, calls: tuple[ToolCall, ...], counter: TokenCounter, above: Representation
-) -> Representation:
+def _rep_like(text: str, calls: tuple[ToolCall, ...], counter: TokenCounter, above: Representation) -> Representation:
     """Count a level, reusing the level above when nothing changed (no second tokenisation)."""
     if text == above.text and calls == above.tool_calls:
         return above
     return _rep(text, calls, counter)
+
+
+def _anchored(reprs: Reprs, page_id: str, counter: TokenCounter) -> Reprs:
+    """A pointer names its page unless it holds the whole page. When the structured text is
+    lossy yet shorter than any line naming the page, it takes the id as a suffix, and the
+    pointer is the bare id."""
+    structured = reprs.structured
+    tagged = _rep(f"{structured.text} [{page_id}]", structured.tool_calls, counter)
+    bare = _rep(f"[{page_id}]", structured.tool_calls, counter)
+    return _monotone(reprs.full, reprs.compressed, tagged, bare)
 
 
 def _monotone(*levels: Representation) -> Reprs:
@@ -172,13 +281,13 @@ def _monotone(*levels: Representation) -> Reprs:
 # ---------------------------------------------------------------- compressed
 
 
-def _compressed_text(text: str, text_tokens: int, page_id: str) -> str:
-    if text_tokens < COMPRESS_FROM:
-        return text
-    value = _json_value(text)
-    if value is not None:
-        return _compact_json(value, len(text) // 3)
-    return _excerpt(text, text_tokens, page_id)
+def _compressed_text(view: _View, page_type: PageType, page_id: str, structured: str) -> str:
+    if view.tokens < COMPRESS_FROM:
+        return view.text
+    if page_type is PageType.BOOTSTRAP:
+        return structured  # a bootstrap's key lines are its rules: keep them all
+    body = _compact_json(view.value, len(view.text) // 3) if view.value is not None else _excerpt(view, page_id)
+    return f"{structured}\n\n{body}" if page_type is PageType.PLAN else body
 
 
 def _json_value(text: str) -> Any:
@@ -228,85 +337,60 @@ def _cut_string(value: str, cap: int) -> str:
     return f"{value[:cap]}… [{len(value) - cap} chars cut]"
 
 
-def _excerpt(text: str, text_tokens: int, page_id: str) -> str:
-    """Head + tail + the salient lines between them, about a third of the text."""
-    budget = max(len(text) // 3, LINE_CAP)
-    lines = text.splitlines()
-    if len(lines) == 1:
-        lines = _wrap(text, LINE_CAP)
-    head = _take(lines, budget // 4)
-    tail = _take(lines[head:][::-1], budget // 4)
-    middle = range(head, len(lines) - tail)
-    kept = set(range(head)) | set(range(len(lines) - tail, len(lines)))
-    kept |= set(_salient(lines, middle, budget // 2))
-    return _join_kept(lines, sorted(kept), text, text_tokens, page_id)
+def _excerpt(view: _View, page_id: str) -> str:
+    """Head + tail + the salient lines between them: about a third of the text."""
+    budget = max(len(view.text) // 3, LINE_CAP)
+    lengths = [end - start + 1 for start, end in view.spans]
+    head = _take(lengths, budget // 4)
+    tail = _take(lengths[head:][::-1], budget // 4)
+    ends = set(range(head)) | set(range(len(lengths) - tail, len(lengths)))
+    middle = _salient(view, range(head, len(lengths) - tail), lengths, budget // 2)
+    kept = sorted(ends | set(middle))
+    kept_chars = sum(lengths[i] for i in kept)
+    elided = view.tokens * max(0, len(view.text) - kept_chars) // max(1, len(view.text))
+    return _join_kept(view, kept, f"[… {elided:,} tokens elided; clawvm page {page_id} …]")
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    """A single long line cut into pieces at spaces (so head and tail do not take it all)."""
-    pieces: list[str] = []
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + width)
-        space = text.rfind(" ", start + width // 2, end) if end < len(text) else -1
-        end = space + 1 if space > 0 else end
-        pieces.append(text[start:end])
-        start = end
-    return pieces
-
-
-def _take(lines: Sequence[str], budget: int) -> int:
+def _take(lengths: Sequence[int], budget: int) -> int:
     """How many leading lines fit in `budget` characters (at least one)."""
     used = 0
-    for count, line in enumerate(lines):
-        used += len(line) + 1
+    for count, length in enumerate(lengths):
+        used += length
         if used > budget:
-            return max(count, 1) if lines else 0
-    return len(lines)
+            return max(count, 1)
+    return len(lengths)
 
 
-def _salient(lines: Sequence[str], indexes: Iterable[int], budget: int) -> list[int]:
-    """Line indexes worth keeping, by rank (errors, then identifiers, then numbers), in budget."""
-    ranked = sorted((rank, i) for i in indexes if (rank := _line_rank(lines[i])) < 3)
+def _salient(view: _View, indexes: range, lengths: Sequence[int], budget: int) -> list[int]:
+    """Lines worth keeping, by rank (errors, then ids and paths, then numbers), within budget."""
+    rank = dict.fromkeys(indexes, 3)
+    starts = [start for start, _ in view.spans]
+    for found in view.found:
+        line = bisect.bisect_right(starts, found.offset) - 1
+        if line in rank:
+            rank[line] = min(rank[line], 2 if found.kind == "number" else 1)
+    for line in view.error_lines:
+        if line in rank:
+            rank[line] = 0
     chosen: list[int] = []
-    for _, index in ranked:
-        cost = min(len(lines[index]), LINE_CAP) + 1
-        if cost <= budget:
+    for level, index in sorted((level, index) for index, level in rank.items() if level < 3):
+        if lengths[index] <= budget:
             chosen.append(index)
-            budget -= cost
+            budget -= lengths[index]
     return chosen
 
 
-def _line_rank(line: str) -> int:
-    if _ERROR.search(line):
-        return 0
-    kinds = {m.lastgroup for m in _IDENT.finditer(line, 0, 4 * LINE_CAP)}
-    if kinds - {"number", None}:
-        return 1
-    return 2 if kinds else 3
-
-
-def _join_kept(lines: Sequence[str], kept: Sequence[int], text: str, text_tokens: int, page_id: str) -> str:
-    kept_chars = sum(min(len(lines[i]), LINE_CAP) + 1 for i in kept)
-    elided = text_tokens * max(0, len(text) - kept_chars) // max(1, len(text))
-    markers = iter((f"[… {elided:,} tokens elided; clawvm page {page_id} …]",))
+def _join_kept(view: _View, kept: Sequence[int], first_marker: str) -> str:
+    markers = iter((first_marker,))
     out: list[str] = []
     previous = -1
-    for index in [*kept, len(lines)]:
+    for index in [*kept, len(view.spans)]:
         if index > previous + 1:
             out.append(next(markers, "[…]"))
-        if index < len(lines):
-            out.append(_cap_line(lines[index]))
+        if index < len(view.spans):
+            out.append(view.line(index))
         previous = index
     return "\n".join(out)
-
-
-def _cap_line(line: str, cap: int = LINE_CAP) -> str:
-    if len(line) <= cap:
-        return line
-    match = _ERROR.search(line) or _IDENT.search(line, 0, 4 * cap)
-    start = max(0, match.start() - cap // 3) if match and match.end() > cap else 0
-    return ("…" if start else "") + line[start : start + cap] + "…"
 
 
 # ---------------------------------------------------------------- tool calls
@@ -325,7 +409,7 @@ def _shorten_call(call: ToolCall) -> ToolCall:
     if value is None:
         return ToolCall(call.id, call.name, _dumps({"arguments": _cut_string(call.arguments, CALL_ARGS_LIMIT // 2)}))
     out = ""
-    for limits in ((3, 8, CALL_ARGS_LIMIT // 2), (1, 3, SCALAR_LIMIT)):
+    for limits in CALL_PASSES:
         out = _dumps(_shrink(value, limits, 0))
         if len(out) <= CALL_ARGS_LIMIT:
             break
@@ -337,13 +421,15 @@ def _reduced_calls(calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
 
 
 def _reduce_arguments(arguments: str) -> str:
-    """A small valid JSON object: short scalars kept, anything longer replaced by its size."""
+    """A small valid JSON object: short scalars kept, anything longer replaced by its size.
+    Arguments that are already small stay byte for byte as sent."""
     if not arguments.strip():
         return arguments
     value = _json_object(arguments)
     if value is None:
         return _dumps({"arguments": _elide(arguments) if len(arguments) > SCALAR_LIMIT else arguments})
-    return _dumps({k: _small(v) for k, v in value.items()})
+    small = {k: _small(v) for k, v in value.items()}
+    return arguments if small == value else _dumps(small)
 
 
 def _small(value: Any) -> Any:
@@ -364,7 +450,7 @@ def _json_object(arguments: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _origin(message: Message, call: ToolCall | None, limit: int = 24) -> str:
+def _origin(message: Message, call: ToolCall | None, limit: int) -> str:
     """`name(args)` for a tool result, the role otherwise."""
     if message.role != "tool":
         return message.role
@@ -393,10 +479,16 @@ def _flat(value: Any, limit: int) -> str:
 
 
 def _structured(
-    message: Message, page_type: PageType, page_id: str, full: Representation, recall_tool: str, call: ToolCall | None
+    message: Message,
+    page_type: PageType,
+    page_id: str,
+    view: _View,
+    tokens: int,
+    recall_tool: str,
+    call: ToolCall | None,
 ) -> str:
     if page_type is PageType.EVIDENCE:
-        return _evidence(message, page_id, full.tokens, recall_tool, call)
+        return _evidence(message, page_id, view, tokens, recall_tool, call)
     if page_type is PageType.PLAN:
         return _plan(message)
     if page_type is PageType.BOOTSTRAP:
@@ -404,40 +496,43 @@ def _structured(
     return _said(message)
 
 
-def _evidence(message: Message, page_id: str, tokens: int, recall_tool: str, call: ToolCall | None) -> str:
-    text = message.text
-    value = _json_value(text)
+def _evidence(
+    message: Message, page_id: str, view: _View, tokens: int, recall_tool: str, call: ToolCall | None
+) -> str:
     lines = [
         f"tool: {_origin(message, call, 60)}",
-        f"status: {_status(text, value)}",
+        f"status: {_status(view)}",
         f"size: {tokens:,} tokens",
     ]
-    if value is not None:
-        lines.append(f"shape: {_shape(value)}")
-    key = _key_lines(text, value is not None)
+    if view.value is not None:
+        lines.append(f"shape: {_shape(view.value)}")
+    key = _key_lines(view)
     if key:
         lines.append("key lines:")
         lines.extend(f"  {line}" for line in key)
-    found = identifiers(text)
+    found = _identifiers(view.found, MAX_IDENTIFIERS)
     if found:
         lines.append(f"identifiers: {', '.join(found)}")
     lines.append(f'recall full text with {recall_tool}(page_ids=["{page_id}"])')
     return "\n".join(lines)
 
 
-def _status(text: str, value: Any) -> str:
-    if not text.strip():
-        return "empty"
-    if isinstance(value, dict) and ("error" in value or "errors" in value):
-        return "error"
-    if value is None and _ERROR_STATUS.search(text, 0, 4000):
+def _status(view: _View) -> str:
+    """error: an error object, an error or traceback near the top, a failing exit status, or an
+    error word in the last lines (test runners and compilers summarise at the end)."""
+    if isinstance(view.value, dict):
+        return "error" if "error" in view.value or "errors" in view.value else "ok"
+    if view.value is not None:
+        return "ok"
+    tail = len(view.spans) - TAIL_LINES
+    if _ERROR_STATUS.search(view.text, 0, 4000) or any(i >= tail for i in view.error_lines):
         return "error"
     return "ok"
 
 
 def _shape(value: Any) -> str:
     if isinstance(value, dict):
-        keys = list(value)
+        keys = [str(k) for k in value]
         shown = ", ".join(keys[:8]) + (", …" if len(keys) > 8 else "")
         return f"object, {len(keys)} keys: {shown}"
     if isinstance(value, list):
@@ -445,28 +540,32 @@ def _shape(value: Any) -> str:
     return type(value).__name__
 
 
-def _key_lines(text: str, is_json: bool) -> list[str]:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [_cap_line(line, 160) for line in lines if _ERROR.search(line)][:KEY_LINES]
-    if errors or is_json or not lines:
+def _key_lines(view: _View) -> list[str]:
+    """The first few error lines; for plain text without errors, the first line."""
+    errors = list(dict.fromkeys(_cap_line(view.line(i).strip()) for i in view.error_lines))[:KEY_LINES]
+    if errors or view.value is not None:
         return errors
-    return [_cap_line(lines[0], 160)]
+    first = next((view.line(i).strip() for i in range(len(view.spans)) if view.line(i).strip()), "")
+    return [_cap_line(first)] if first else []
 
 
-def identifiers(text: str, limit: int = MAX_IDENTIFIERS) -> list[str]:
-    """Ids, paths and URLs first, then numbers; deduplicated, in source order within each."""
-    ids: dict[str, None] = {}
-    numbers: dict[str, None] = {}
-    for match in _IDENT.finditer(text):
-        found = match.group()[:80]
-        (numbers if match.lastgroup == "number" else ids)[found] = None
-        if len(ids) >= limit:
-            break
-    return (list(ids) + [n for n in numbers if n not in ids])[:limit]
+def _cap_line(line: str) -> str:
+    return line if len(line) <= KEY_LINE_CAP else line[: KEY_LINE_CAP - 1].rstrip() + "…"
 
 
 def _said(message: Message) -> str:
     return f"{message.role}: {_words(_first_sentence(message.text), FIRST_SENTENCE_WORDS)}"
+
+
+def _first_sentence(text: str) -> str:
+    """The opening sentence, joined with the next ones while it is shorter than
+    `OPENING_WORDS` ("Great!" alone says nothing)."""
+    opening: list[str] = []
+    for sentence in sentences(text):
+        opening.append(sentence)
+        if sum(len(s.split()) for s in opening) >= OPENING_WORDS:
+            break
+    return " ".join(opening) or " ".join(text.split()[:FIRST_SENTENCE_WORDS])
 
 
 def _words(text: str, limit: int) -> str:
@@ -476,7 +575,7 @@ def _words(text: str, limit: int) -> str:
 
 def _bootstrap(message: Message) -> str:
     """The opening sentence (who the agent is), then every heading and every rule sentence,
-    section by section."""
+    section by section, uncut: the structured view of a system prompt keeps all its rules."""
     first = _first_sentence(message.text)
     lines = [first]
     for heading, body in _sections(message.text):
@@ -504,13 +603,16 @@ def _sections(text: str) -> Iterator[tuple[str, str]]:
 
 
 def _plan(message: Message) -> str:
+    """`goal:` (where stated), `current step:` and `steps left:`. Steps come from a plan-tool
+    call's todo list, else the checklist or numbered list after the last plan header; a
+    Magentic-One ledger names the current step (next speaker and instruction)."""
     steps = _todo_steps(message.tool_calls) or _text_steps(_plan_body(message.text))
     ledger = _ledger(message.text)
     current, left = _current(steps)
     lines = [f"{name}: {value}" for name, value in _plan_head(message, ledger)]
     if ledger.get("step") or current or not steps:
         step = ledger.get("step") or current or _first_sentence(message.text)
-        lines.append(f"current step: {_words(step, 40)}")
+        lines.append(f"current step: {_words(step, STEP_WORDS)}")
     else:
         lines.append("current step: none (all steps done)")
     if steps or not ledger:
@@ -548,34 +650,30 @@ def _plan_body(text: str) -> str:
     return body[: ledger.start()] if ledger else body
 
 
-def _first_sentence(text: str) -> str:
-    return next(sentences(text), " ".join(text.split()[:FIRST_SENTENCE_WORDS]))
-
-
 def _current(steps: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
     """The first active step, else the first pending one; and the pending steps after it."""
     pending = [(text, state) for text, state in steps if state != "done"]
-    active = next((i for i, (_, state) in enumerate(pending) if state == "active"), 0)
     if not pending:
         return "", []
+    active = next((i for i, (_, state) in enumerate(pending) if state == "active"), 0)
     return pending[active][0], [text for text, _ in pending[active + 1 :]]
 
 
 def _todo_steps(calls: tuple[ToolCall, ...]) -> list[tuple[str, str]]:
     for call in calls:
         value = _json_object(call.arguments)
-        items = _todo_items(value) if value else None
+        items = _todo_items(value) if value else []
         if items:
             return items
     return []
 
 
-def _todo_items(value: dict[str, Any]) -> list[tuple[str, str]] | None:
+def _todo_items(value: dict[str, Any]) -> list[tuple[str, str]]:
+    """The first list of objects in the arguments (todos, plan, items...) as (text, state)."""
     for entry in value.values():
         if isinstance(entry, list) and entry and all(isinstance(e, dict) for e in entry):
-            steps = [_todo_step(e) for e in entry]
-            return [s for s in steps if s[0]] or None
-    return None
+            return [step for step in map(_todo_step, entry) if step[0]]
+    return []
 
 
 def _todo_step(entry: dict[str, Any]) -> tuple[str, str]:
@@ -626,7 +724,12 @@ def _numbered_step(text: str) -> tuple[str, str]:
 def _ledger(text: str) -> dict[str, str]:
     """Magentic-One's ledger: who speaks next and what they are asked to do, and the progress."""
     match = _LEDGER.search(text)
-    body = _json_value(match.group("body")) if match else None
+    if not match:
+        return {}
+    try:
+        body, _ = json.JSONDecoder().raw_decode(text, match.end())
+    except (ValueError, RecursionError):
+        return {}
     if not isinstance(body, dict):
         return {}
     speaker = _ledger_field(body, "next_speaker", "answer")
@@ -653,28 +756,35 @@ def _pointer(
     recall_tool: str,
     calls: tuple[ToolCall, ...],
     counter: TokenCounter,
+    ceiling: int,
 ) -> Representation:
-    bare = origin.split("(", 1)[0]
+    """The richest line within `POINTER_TOKENS` and under the structured level: with the recall
+    tool, then without it, then the bare tool name, then id, type and size, then the id alone."""
+    head = f"[{page_id} {page_type.value}"
     size = f"{tokens:,} tok"
     candidates = (
-        f"[{page_id} {page_type.value} · {origin} · {size} paged out · {recall_tool}]",
-        f"[{page_id} {page_type.value} · {origin} · {size} paged out]",
-        f"[{page_id} {page_type.value} · {bare} · {size}]",
-        f"[{page_id} {page_type.value} · {size}]",
+        f"{head} · {origin} · {size} paged out · {recall_tool}]",
+        f"{head} · {origin} · {size} paged out]",
+        f"{head} · {origin.split('(', 1)[0]} · {size}]",
+        f"{head} · {size}]",
+        f"[{page_id}]",
     )
-    return _first_fitting(candidates, calls, counter)
+    return _first_fitting(candidates, calls, counter, ceiling)
 
 
-def _fact_pointer(page_id: str, label: str, fact_text: str, counter: TokenCounter) -> Representation:
-    words = fact_text.split()
-    candidates = tuple(f"[{page_id}] {label}: {_words(' '.join(words), n)}" for n in (14, 10, 6, 3))
-    return _first_fitting(candidates, (), counter)
+def _fact_pointer(page_id: str, label: str, fact_text: str, counter: TokenCounter, ceiling: int) -> Representation:
+    candidates = tuple(f"[{page_id}] {label}: {_words(fact_text, n)}" for n in (14, 10, 6, 3))
+    return _first_fitting(candidates, (), counter, ceiling)
 
 
-def _first_fitting(candidates: Sequence[str], calls: tuple[ToolCall, ...], counter: TokenCounter) -> Representation:
+def _first_fitting(
+    candidates: Sequence[str], calls: tuple[ToolCall, ...], counter: TokenCounter, ceiling: int
+) -> Representation:
+    """The first candidate within `POINTER_TOKENS` whose total stays under `ceiling`, else the
+    last one (which the monotone rule then replaces with the level above)."""
     call_tokens = tool_calls_tokens(counter, calls)
-    for text in candidates:
+    for text in candidates[:-1]:
         tokens = counter.count(text)
-        if tokens <= POINTER_TOKENS:
+        if tokens <= POINTER_TOKENS and tokens + call_tokens <= ceiling:
             return Representation(text, tokens + call_tokens, calls)
     return Representation(candidates[-1], counter.count(candidates[-1]) + call_tokens, calls)

@@ -63,7 +63,7 @@ def assemble_turn(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> TurnPlan:
-    key = f"{budget.usable}|{policy.name}|{policy.weights}"
+    key = plan_key(policy, budget)
     fast = _append(table, messages, result, key, budget.usable)
     if fast is not None:
         return TurnPlan(messages=fast, assembly=_kept(table), ingest=result)
@@ -79,6 +79,12 @@ def assemble_turn(
     return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result)
 
 
+def plan_key(policy: TenantPolicy, budget: TokenBudget) -> str:
+    """What the kept decisions depend on: a change re-plans from scratch."""
+    w = policy.weights
+    return f"{budget.usable}|{policy.name}|{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
+
+
 def _append(table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, budget: int) -> list[Message] | None:
     """The fast path: new messages join at full after the kept rendering, if they fit."""
     view = table.view
@@ -88,6 +94,10 @@ def _append(table: PageTable, messages: Sequence[Message], result: IngestResult,
     newest = newest_turn(order, pages)
     if newest < view.newest or result.kept < view.newest:
         return None
+    if view.retained_ids and any(
+        f in view.retained_ids for i in range(result.kept, len(order)) for f in table.facts.get(order[i], ())
+    ):
+        return None  # a restated rule leaves the retained block: the exact accounting changes
     added = sum(
         framed(pages[order[i]].tokens(Fidelity.FULL), named=order[i] in table.names) for i in range(result.kept, len(order))
     )

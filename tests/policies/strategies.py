@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,7 +250,7 @@ def assistant_texts(draw: st.DrawFn) -> Wire:
 
 @st.composite
 def transcripts(draw: st.DrawFn, max_rounds: int = 5) -> list[Wire]:
-    """A valid `messages` array; it ends on a request (user or tool message)."""
+    """A valid `messages` array (it may end on the model's reply; `requests` cuts before it)."""
     ids = _Ids()
     messages: list[Wire] = []
     if draw(st.integers(0, 3)) > 0:
@@ -365,3 +366,47 @@ def tiktoken_counter(encoding: str = "o200k_base") -> TokenCounter:
         for key in ("TIKTOKEN_CACHE_DIR", "LITELLM_LOCAL_MODEL_COST_MAP", "HF_HUB_OFFLINE"):
             patch.setenv(key, wanted[key])
         return Tokenizers.from_env(os.environ).for_encoding(encoding)
+
+
+# ---------------------------------------------------------------- reading an assembled prompt
+
+SPAN_STUB = re.compile(r"\[clawvm: (\d+) earlier messages paged out")
+RETAINED_STATE = "[clawvm retained state"
+
+
+def content_text(message: Wire) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p.get("text"), str))
+    return content or ""
+
+
+def span_ids(message: Wire) -> list[str] | None:
+    """The page ids a span stub lists (its count checked against them), or None for any other message."""
+    text = content_text(message)
+    match = SPAN_STUB.match(text)
+    if message["role"] != "user" or match is None:
+        return None
+    ids = [line.split(" ", 1)[0] for line in text.split("\n")[1:]]
+    assert int(match.group(1)) == len(ids), f"a span stub miscounts its entries: {text[:200]!r}"
+    return ids
+
+
+def is_retained(message: Wire) -> bool:
+    return message["role"] == "system" and content_text(message).startswith(RETAINED_STATE)
+
+
+def aligned(request: Sequence[Wire], output: Sequence[Wire], order: Sequence[str]) -> list[tuple[int, Wire]]:
+    """Pair each output message that stands for one request message with that message's index.
+
+    Span stubs and the retained-state message stand for no single message; every other output
+    message stands for the next request message not listed in a span stub."""
+    folded = {page_id for m in output for page_id in span_ids(m) or ()}
+    remaining = iter(i for i, page_id in enumerate(order) if page_id not in folded)
+    pairs = []
+    for message in output:
+        if span_ids(message) is None and not is_retained(message):
+            pairs.append((next(remaining), message))
+    assert next(remaining, None) is None, "a request message is neither rendered nor folded into a span"
+    assert len(order) == len(request)
+    return pairs

@@ -10,27 +10,27 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.chat import parse_messages, to_wire
 from gateway.tokens import count_messages
-from policies.budget import resolve_budget
+from policies.budget import TokenBudget, resolve_budget
 from policies.classify import extract_facts
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable
 from policies.tenant import Budget, TenantPolicy
-from policies.tokens import CharCounter
+from policies.tokens import CharCounter, TokenCounter
 from policies.transcript import Message
-from policies.turn import plan_turn
+from policies.turn import TurnPlan, plan_turn
 from tests.policies.strategies import (
     RecordingCounter,
     Session,
-    Turn,
     Wire,
+    budgets,
+    content_text,
     newest_turn_of,
     replay,
     requests,
@@ -43,13 +43,6 @@ from tests.policies.strategies import (
 PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~\d+)?")
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COUNTER = CharCounter()
-
-
-def content_text(message: Wire) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p.get("text"), str))
-    return content or ""
 
 
 def normalised(text: str) -> str:
@@ -112,12 +105,12 @@ def assert_newest_turn_intact(request: Sequence[Wire], output: Sequence[Wire]) -
     assert json.dumps(output[-len(tail) :]) == json.dumps(tail)
 
 
-def assert_within_budget(turn: Turn, budget_usable: int) -> None:
-    counted = count_messages(COUNTER, turn.output)
-    assembly = turn.plan.assembly
-    assert assembly.tokens >= counted, "the accounting under-counts the rendered prompt"
-    if not assembly.insufficient:
-        assert counted <= budget_usable
+def assert_within_budget(plan: TurnPlan, output: Sequence[Wire], usable: int, counter: TokenCounter = COUNTER) -> None:
+    """Within budget whenever the minimum set fits; the accounting never under-counts."""
+    counted = count_messages(counter, output)
+    assert plan.assembly.tokens >= counted, "the accounting under-counts the rendered prompt"
+    if not plan.assembly.insufficient:
+        assert counted <= usable
 
 
 def assert_pointers_resolve(table: PageTable, output: Sequence[Wire]) -> None:
@@ -168,7 +161,7 @@ def test_newest_turn_is_forwarded_unchanged(session: Session) -> None:
 @given(sessions())
 def test_prompt_fits_the_budget_whenever_the_minimum_does(session: Session) -> None:
     for turn in replay(session, COUNTER).turns:
-        assert_within_budget(turn, session.budget.usable)
+        assert_within_budget(turn.plan, turn.output, session.budget.usable)
 
 
 @PROPERTY
@@ -188,7 +181,23 @@ def test_every_named_page_resolves_and_system_rules_survive(session: Session) ->
         assert_system_rules_kept(turn.request, turn.output)
 
 
+FOLDED_RULE = Session(
+    wire=[
+        {"role": "user", "content": "Never use tabs for indentation in this project. Log: " + "alpha beta gamma " * 100},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Now fix the parser."},
+    ],
+    budget=resolve_budget(Budget(max_prompt_tokens=100), 128_000, "model_map", 0),
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a fact counts as covered by its parent's pointer text, but a pointer-level parent is "
+    "folded into a span stub that shows only its id: the rule is neither shown nor restated",
+)
 @PROPERTY
+@example(FOLDED_RULE)
 @given(sessions())
 def test_every_constraint_stays_in_the_prompt(session: Session) -> None:
     """Constraints are hard-pinned at structured: resident in their parent or restated."""
@@ -284,6 +293,83 @@ def test_page_table_keeps_the_order_of_an_appended_prefix() -> None:
     assert len(table.order) == 4
 
 
+# ---------------------------------------------------------------- budget changes and rewrites
+
+
+def assert_invariants(
+    table: PageTable, request: Sequence[Wire], plan: TurnPlan, usable: int, counter: TokenCounter = COUNTER
+) -> None:
+    output = to_wire(plan.messages)
+    assert_pairing(request, output)
+    assert_order_kept(request, output)
+    assert_newest_turn_intact(request, output)
+    assert_pointers_resolve(table, output)
+    assert_system_rules_kept(request, output)
+    assert_within_budget(plan, output, usable, counter)
+
+
+@PROPERTY
+@given(transcripts(), st.lists(budgets(), min_size=1, max_size=4))
+def test_invariants_hold_when_the_budget_changes_between_turns(wire: list[Wire], drawn: list[TokenBudget]) -> None:
+    table = PageTable("t", "s", "p")
+    for number, request in enumerate(requests(wire)):
+        budget = drawn[number % len(drawn)]
+        plan = plan_turn(table, parse_messages(request), TenantPolicy(), COUNTER, budget)
+        assert_invariants(table, request, plan, budget.usable)
+
+
+def compacted(wire: Sequence[Wire], cut: int) -> list[Wire]:
+    """What a client sends after compacting its history: a summary replaces messages up to a user turn."""
+    head = [wire[0]] if wire[0]["role"] in ("system", "developer") else []
+    users = [i for i, m in enumerate(wire) if m["role"] == "user" and i > 0]
+    start = users[cut % len(users)] if users else len(wire)
+    return [*head, {"role": "user", "content": "Summary of the work so far: the parser was fixed."}, *wire[start:]]
+
+
+@PROPERTY
+@given(sessions(), st.integers(0, 10))
+def test_a_rewritten_history_is_planned_validly(session: Session, cut: int) -> None:
+    result = replay(session, COUNTER)
+    before = dict(result.table.pages)
+    request = compacted(requests(session.wire)[-1], cut)
+    plan = plan_turn(result.table, parse_messages(request), TenantPolicy(), COUNTER, session.budget)
+    assert_invariants(result.table, request, plan, session.budget.usable)
+    assert before.items() <= result.table.pages.items(), "pages of dropped messages stay recallable"
+    assert len(result.table.order) == len(request)
+
+
+COMPACTED_MIDDLE = (
+    Session(
+        wire=[
+            {"role": "system", "content": "You are a careful coding agent."},
+            {"role": "user", "content": "Can you fix the failing test in parser.py?"},
+            {"role": "user", "content": "Look at the logs and tell me what broke last night."},
+            {"role": "assistant", "content": "Done. The parser now handles empty input."},
+        ],
+        budget=resolve_budget(Budget(max_prompt_tokens=10_000), 128_000, "model_map", 0),
+    ),
+    1,
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known_prefix probes only the first, middle and last known keys: a summary replacing a "
+    "message between them is taken for an append and the stale page is kept",
+)
+@PROPERTY
+@example(*COMPACTED_MIDDLE)
+@given(sessions(), st.integers(0, 10))
+def test_a_rewrite_is_detected_at_the_first_changed_message(session: Session, cut: int) -> None:
+    result = replay(session, COUNTER)
+    request = compacted(requests(session.wire)[-1], cut)
+    plan = plan_turn(result.table, parse_messages(request), TenantPolicy(), COUNTER, session.budget)
+    assert plan.ingest.kind == "rewrite"
+    assert plan.ingest.kept == (0 if request[0]["role"] == "user" else 1)
+    summary = result.table.pages[result.table.order[plan.ingest.kept]]
+    assert summary.reprs.full.text == content_text(request[plan.ingest.kept])
+
+
 # ---------------------------------------------------------------- physical insufficiency
 
 
@@ -316,19 +402,13 @@ def test_insufficiency_clears_when_the_budget_allows() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiktoken() -> Any:
+def tiktoken() -> TokenCounter:
     return tiktoken_counter()
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sessions(max_rounds=3))
-def test_invariants_hold_with_tiktoken(tiktoken: Any, session: Session) -> None:
+def test_invariants_hold_with_tiktoken(tiktoken: TokenCounter, session: Session) -> None:
     result = replay(session, tiktoken)
     for turn in result.turns:
-        counted = count_messages(tiktoken, turn.output)
-        assert turn.plan.assembly.tokens >= counted
-        if not turn.plan.assembly.insufficient:
-            assert counted <= session.budget.usable
-        assert_pairing(turn.request, turn.output)
-        assert_newest_turn_intact(turn.request, turn.output)
-        assert_pointers_resolve(result.table, turn.output)
+        assert_invariants(result.table, turn.request, turn.plan, session.budget.usable, tiktoken)

@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.fake_upstream import FakeUpstream, serve
+from gateway.app import create_app
+from gateway.auth import KeyRing
+from gateway.chat import parse_request
+from gateway.embedded import free_port
+from gateway.errors import ContextLengthExceeded, ServiceUnavailable
+from gateway.models import ModelCatalog
+from gateway.pipeline import COMMIT_ATTEMPTS, Services, prepare, uses_litellm
+from gateway.session_state import SessionState
+from gateway.sessions import SessionIds
+from gateway.settings import Overrides, Settings, load_settings
+from gateway.store import RedisStore
+from gateway.tokens import Tokenizers, count_messages, prepare_offline
+from gateway.upstream import LiteLLMProvider, OpenAICompatible
+from policies.budget import TokenBudget
+from policies.tenant import TenantPolicy
+from policies.turn import plan_turn
+
+Json = dict[str, Any]
+_ids = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    env: dict[str, str] = {}
+    prepare_offline(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> ModelCatalog:
+    return ModelCatalog.load()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_url)
+    yield store
+    await store.aclose()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> SettingsFactory:
+    def build(config_yaml: str | None = None, budget: int | None = None) -> Settings:
+        path = None
+        if config_yaml is not None:
+            path = tmp_path / f"config-{next(_ids)}.yaml"
+            path.write_text(config_yaml)
+        return load_settings(path, {}, Overrides(upstream="http://127.0.0.1:9/v1", budget=budget))
+
+    return build
+
+
+def services(settings: Settings, store: RedisStore, catalog: ModelCatalog) -> Services:
+    return Services(
+        settings=settings,
+        keyring=KeyRing(settings),
+        sessions=SessionState(store),
+        upstream=OpenAICompatible(),
+        provider=LiteLLMProvider(),
+        tokenizers=Tokenizers(),
+        catalog=catalog,
+    )
+
+
+def session() -> SessionIds:
+    return SessionIds(session=f"pipe-{next(_ids)}", project="proj", source="header")
+
+
+def coding_session(rounds: int) -> list[Json]:
+    messages: list[Json] = [
+        {"role": "system", "content": "You are a careful coding agent.\n- Never push to main."},
+        {"role": "user", "content": "Please fix the failing build."},
+    ]
+    for n in range(rounds):
+        function = {"name": "read_file", "arguments": f'{{"path":"m{n}.py"}}'}
+        call = {"id": f"c{n}", "type": "function", "function": function}
+        messages.append({"role": "assistant", "content": f"Reading m{n}.", "tool_calls": [call]})
+        body = "\n".join(f"line {i} of module {n}: value = {n * 1000 + i}" for i in range(80))
+        messages.append({"role": "tool", "tool_call_id": f"c{n}", "content": body})
+    messages.append({"role": "user", "content": "What did module 2 contain?"})
+    return messages
+
+
+def request(messages: list[Json], **extra: Any) -> bytes:
+    return json.dumps({"model": "gpt-4o", "messages": messages, **extra}).encode()
+
+
+async def run_prepare(svc: Services, raw: bytes, ids: SessionIds | None = None) -> tuple[Json, bytes, dict[str, str]]:
+    tenant = svc.settings.tenants[0]
+    body, headers = await prepare(svc, tenant, parse_request(raw), ids or session())
+    return json.loads(body), body, headers
+
+
+PARAMETERS = {"type": "object", "properties": {"path": {"type": "string"}}}
+TOOLS = [{"type": "function", "function": {"name": "read_file", "parameters": PARAMETERS}}]
+
+
+# -- which client ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", False),
+        ("openai/gpt-4o", False),
+        ("ft:gpt-4o-mini:org:custom:id", False),
+        ("meta-llama/Llama-3-70b", False),
+        ("anthropic", False),
+        ("anthropic/claude-3-5-sonnet-20240620", True),
+        ("bedrock/anthropic.claude-v2", True),
+        ("gemini/gemini-1.5-pro", True),
+        ("ollama/llama3", True),
+    ],
+)
+def test_only_non_openai_providers_go_through_litellm(model: str, expected: bool) -> None:
+    assert uses_litellm(model) is expected
+
+
+# -- prepare --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_fitting_request_is_forwarded_unchanged(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    svc = services(settings("upstream:\n  model_map:\n    gpt-4o: gpt-4o-2024-08-06\n"), store, catalog)
+    messages = coding_session(2)
+    raw = request(messages, tools=TOOLS, temperature=0.3, stream=True, vendor={"x": [1]})
+    ids = session()
+    body, encoded, headers = await run_prepare(svc, raw, ids)
+    original = json.loads(raw)
+    assert body["messages"] == messages
+    assert body["model"] == "gpt-4o-2024-08-06"
+    assert {k: v for k, v in body.items() if k not in ("messages", "model")} == {
+        k: v for k, v in original.items() if k not in ("messages", "model")
+    }
+    assert b'": ' not in encoded and b'", "' not in encoded  # compact
+    assert headers["x-clawvm-session"] == ids.session
+    assert headers["x-clawvm-budget-source"] == "model_map"
+    assert int(headers["x-clawvm-budget"]) == 128_000 - 4096
+    assert int(headers["x-clawvm-policy-us"]) >= 0
+    assert "x-clawvm-insufficient" not in headers
+
+
+@pytest.mark.anyio
+async def test_prompt_tokens_count_messages_and_tool_schemas(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    svc = services(settings(), store, catalog)
+    messages = coding_session(1)
+    _, _, without = await run_prepare(svc, request(messages))
+    _, _, with_tools = await run_prepare(svc, request(messages, tools=TOOLS))
+    counted = count_messages(Tokenizers().for_model("gpt-4o"), messages)
+    assert int(without["x-clawvm-prompt-tokens"]) == counted
+    assert int(with_tools["x-clawvm-prompt-tokens"]) > counted
+
+
+@pytest.mark.anyio
+async def test_under_pressure_the_forwarded_request_fits_and_is_valid(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    svc = services(settings(budget=2000), store, catalog)
+    messages = coding_session(12)
+    body, encoded, headers = await run_prepare(svc, request(messages))
+    assert headers["x-clawvm-budget"] == "2000" and headers["x-clawvm-budget-source"] == "tenant_budget"
+    assert count_messages(Tokenizers().for_model("gpt-4o"), body["messages"]) <= 2000
+    assert int(headers["x-clawvm-prompt-tokens"]) <= 2000
+    assert body["messages"] != messages and body["messages"][-1] == messages[-1]
+    parse_request(encoded)  # still a well-formed chat request: roles, pairing, shapes
+
+
+@pytest.mark.anyio
+async def test_the_same_transcript_gives_the_same_bytes(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    svc = services(settings(budget=2500), store, catalog)
+    raw = request(coding_session(10))
+    first = await run_prepare(svc, raw)
+    second = await run_prepare(svc, raw)
+    assert first[1] == second[1]
+
+
+@pytest.mark.anyio
+async def test_a_newest_turn_over_the_budget_is_flagged(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    svc = services(settings(budget=300), store, catalog)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "word " * 600}]
+    body, _, headers = await run_prepare(svc, request(messages))
+    prompt = int(headers["x-clawvm-prompt-tokens"])
+    assert prompt > 300
+    assert headers["x-clawvm-insufficient"] == f"minimum set {prompt} tokens exceeds budget 300"
+    assert body["messages"][-1] == messages[-1]
+
+
+@pytest.mark.anyio
+async def test_a_newest_turn_over_the_model_window_is_context_length_exceeded(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    svc = services(settings("models:\n  tiny-model:\n    context_window: 5000\n"), store, catalog)
+    raw = json.dumps({"model": "tiny-model", "messages": [{"role": "user", "content": "word " * 2000}]}).encode()
+    with pytest.raises(ContextLengthExceeded) as caught:
+        await run_prepare(svc, raw)
+    error = caught.value
+    assert (error.status_code, error.code, error.param) == (400, "context_length_exceeded", "messages")
+    assert "904" in error.message  # 5000 less the 4096-token output reserve
+
+
+class RacingStore(RedisStore):
+    """A real store; before each of its first `races` saves, another replica commits a turn first."""
+
+    races = 0
+    rival: Callable[[int], Awaitable[None]]
+
+    async def save(self, *args: Any, **kw: Any) -> int:
+        if self.races > 0:
+            self.races -= 1
+            await self.rival(self.races)
+        return await super().save(*args, **kw)
+
+
+def rival_replica(store: RedisStore, ids: SessionIds) -> Callable[[int], Awaitable[None]]:
+    state = SessionState(store)
+
+    async def commit_a_turn(n: int) -> None:
+        table = await state.load("default", ids.session, ids.project)
+        messages = parse_request(request([{"role": "user", "content": f"rival turn {n}"}])).messages
+        budget = TokenBudget(cap=10_000, usable=10_000, hard_limit=10_000, source="config")
+        plan = plan_turn(table, messages, TenantPolicy(), Tokenizers().for_model("gpt-4o"), budget)
+        await state.commit(table, plan.ingest.new_pages)
+
+    return commit_a_turn
+
+
+@pytest.fixture
+async def racing(redis_url: str, store: RedisStore) -> AsyncIterator[tuple[RacingStore, SessionIds]]:
+    racing = RacingStore.from_url(redis_url)
+    ids = session()
+    racing.rival = rival_replica(store, ids)
+    yield racing, ids
+    await racing.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_lost_race_is_replanned_on_fresh_state(
+    settings: SettingsFactory, racing: tuple[RacingStore, SessionIds], store: RedisStore, catalog: ModelCatalog
+) -> None:
+    racing_store, ids = racing
+    racing_store.races = COMMIT_ATTEMPTS - 1
+    svc = services(settings(), racing_store, catalog)
+    messages = coding_session(2)
+    body, _, headers = await run_prepare(svc, request(messages), ids)
+    assert body["messages"] == messages
+    stored = await SessionState(store).load("default", ids.session, ids.project)
+    assert stored.version == COMMIT_ATTEMPTS  # the rivals' turns, then ours
+    assert len(stored.order) == len(messages)
+
+
+@pytest.mark.anyio
+async def test_losing_every_race_is_503(
+    settings: SettingsFactory, racing: tuple[RacingStore, SessionIds], catalog: ModelCatalog
+) -> None:
+    racing_store, ids = racing
+    racing_store.races = COMMIT_ATTEMPTS
+    svc = services(settings(), racing_store, catalog)
+    with pytest.raises(ServiceUnavailable, match="concurrently") as caught:
+        await run_prepare(svc, request(coding_session(1)), ids)
+    assert caught.value.status_code == 503
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_store_is_503(settings: SettingsFactory, catalog: ModelCatalog) -> None:
+    dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0)
+    try:
+        with pytest.raises(ServiceUnavailable, match="page store is unavailable") as caught:
+            await run_prepare(services(settings(), dead, catalog), request(coding_session(1)))
+        assert caught.value.status_code == 503
+    finally:
+        await dead.aclose()
+
+
+# -- chat_completions over HTTP -------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, FakeUpstream]]:
+    fake = FakeUpstream()
+    config = tmp_path / "config.yaml"
+    config.write_text("upstream:\n  api_key: sk-upstream-secret\ntenants:\n  acme:\n    api_keys: [sk-client]\n")
+    with serve(fake.app) as upstream_url:
+        settings = load_settings(config, {}, Overrides(upstream=upstream_url, store=redis_url))
+        with serve(create_app(settings)) as url:
+            yield url, fake
+
+
+def test_chat_completions_forwards_with_the_upstream_key_and_our_headers(gateway: tuple[str, FakeUpstream]) -> None:
+    url, fake = gateway
+    headers = {"authorization": "Bearer sk-client", "accept": "application/json", "x-clawvm-session": "http-1"}
+    headers["cookie"] = "a=b"
+    response = httpx.post(url + "/chat/completions", content=request(coding_session(1)), headers=headers)
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "ok"
+    assert response.headers["x-clawvm-session"] == "http-1"
+    assert int(response.headers["x-clawvm-overhead-us"]) >= int(response.headers["x-clawvm-policy-us"]) >= 0
+    sent = fake.requests[-1]
+    assert sent.path == "/v1/chat/completions" and sent.body is not None
+    assert sent.headers["authorization"] == "Bearer sk-upstream-secret"
+    assert sent.headers["content-type"] == "application/json" and sent.headers["accept"] == "application/json"
+    assert "cookie" not in sent.headers and "x-clawvm-session" not in sent.headers
+    assert sent.body["messages"] == coding_session(1)
+
+
+def test_chat_completions_streams_sse(gateway: tuple[str, FakeUpstream]) -> None:
+    url, fake = gateway
+    fake.responder = lambda body: {"content": "one two three"}
+    headers = {"authorization": "Bearer sk-client", "accept": "text/event-stream"}
+    content = request(coding_session(1), stream=True)
+    with httpx.stream("POST", url + "/chat/completions", content=content, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-clawvm-session"].startswith("fp-")
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in lines[:-1]]
+    assert "".join(pieces) == "one two three"
+    assert fake.requests[-1].headers["accept"] == "text/event-stream"
+
+
+def test_chat_completions_rejects_a_bad_key_before_reading_anything(gateway: tuple[str, FakeUpstream]) -> None:
+    url, fake = gateway
+    response = httpx.post(url + "/chat/completions", content=b"{not json", headers={"authorization": "Bearer nope"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert not fake.requests

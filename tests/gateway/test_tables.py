@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.chat import parse_messages
+from gateway.tables import FORMAT, TableFormatError, dump_table, load_table, page_ids
+from policies.budget import TokenBudget
+from policies.pages import Fidelity
+from policies.pagetable import PageTable
+from policies.tenant import TenantPolicy
+from policies.tokens import CharCounter
+from policies.turn import plan_turn
+
+
+def session_messages(rounds: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a coding agent.\n- Never push to main.\n- Always run the tests first."},
+        {"role": "user", "content": "Please fix the build. I prefer small commits.", "name": "alice"},
+    ]
+    for n in range(rounds):
+        function = {"name": "read_file", "arguments": f'{{"path":"m{n}.py"}}'}
+        call = {"id": f"c{n}", "type": "function", "function": function}
+        messages.append({"role": "assistant", "content": f"Reading m{n}.", "tool_calls": [call]})
+        body = "\n".join(f"line {i} of m{n}: value {n * 100 + i}" for i in range(50))
+        messages.append({"role": "tool", "tool_call_id": f"c{n}", "content": body})
+    messages.append({"role": "user", "content": "What is in m1?"})
+    return messages
+
+
+def planned_table(rounds: int = 6, usable: int = 1500) -> PageTable:
+    """A table after one real turn under budget pressure: facts, calls, names and levels all set."""
+    table = PageTable(tenant="acme", session="s-1", project="repo")
+    budget = TokenBudget(cap=usable, usable=usable, hard_limit=100_000, source="config")
+    plan_turn(table, parse_messages(session_messages(rounds)), TenantPolicy(name="acme"), CharCounter(), budget)
+    return table
+
+
+def test_the_fixture_table_exercises_every_field() -> None:
+    table = planned_table()
+    assert table.facts and any(table.facts.values()) and table.covering and table.calls
+    assert any(level is not Fidelity.FULL for level in table.levels.values())
+    assert len(table.pages) > len(table.order)  # extracted fact pages too
+
+
+def test_dump_is_compact_key_sorted_json() -> None:
+    data = dump_table(planned_table())
+    parsed = json.loads(data)
+    assert parsed["v"] == FORMAT
+    assert data == json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert "version" not in parsed  # the version lives beside the data, in the store
+
+
+def test_dump_is_deterministic() -> None:
+    assert dump_table(planned_table()) == dump_table(planned_table())
+
+
+def test_round_trip_restores_the_table() -> None:
+    table = planned_table()
+    data = dump_table(table)
+    loaded = load_table(data, dict(table.pages), version=7)
+    assert dump_table(loaded) == data
+    assert loaded.version == 7
+    assert (loaded.tenant, loaded.session, loaded.project) == ("acme", "s-1", "repo")
+    assert loaded.order == table.order and loaded.keys == table.keys
+    assert loaded.pages == table.pages
+    assert loaded.levels == table.levels and all(isinstance(v, Fidelity) for v in loaded.levels.values())
+    assert loaded.covering == table.covering and loaded.facts == table.facts
+    assert loaded.entries == table.entries and loaded.calls == table.calls
+    assert loaded.born == table.born and loaded.turn == table.turn and loaded.plan_key == table.plan_key
+
+
+def test_a_loaded_table_plans_the_next_turn_like_the_original() -> None:
+    original = planned_table()
+    loaded = load_table(dump_table(original), dict(original.pages), version=1)
+    budget = TokenBudget(cap=1500, usable=1500, hard_limit=100_000, source="config")
+    follow_up = session_messages(6)
+    follow_up += [{"role": "assistant", "content": "It holds values."}, {"role": "user", "content": "Thanks."}]
+    policy = TenantPolicy(name="acme")
+    plans = [plan_turn(t, parse_messages(follow_up), policy, CharCounter(), budget) for t in (original, loaded)]
+    assert plans[0].ingest.kind == plans[1].ingest.kind == "append"
+    assert plans[0].messages == plans[1].messages
+    assert dump_table(original) == dump_table(loaded)
+
+
+def test_page_ids_are_every_page_of_the_table_sorted() -> None:
+    table = planned_table()
+    assert page_ids(dump_table(table)) == sorted(table.pages)
+
+
+def test_an_empty_table_round_trips() -> None:
+    table = PageTable(tenant="t", session="s", project="p")
+    data = dump_table(table)
+    assert page_ids(data) == []
+    assert dump_table(load_table(data, {}, 0)) == data
+
+
+def test_missing_pages_are_a_format_error_naming_one() -> None:
+    table = planned_table()
+    pages = dict(table.pages)
+    gone = sorted(pages)[0]
+    del pages[gone]
+    with pytest.raises(TableFormatError, match=f"1 pages.*{gone}"):
+        load_table(dump_table(table), pages, 1)
+
+
+@pytest.mark.parametrize("data", ["", "{", "not json", "[1]", "null", '{"v": 2}', '{"v": "1"}', '{"pages": []}'])
+def test_unreadable_data_is_a_format_error(data: str) -> None:
+    with pytest.raises(TableFormatError):
+        load_table(data, {}, 1)
+    with pytest.raises(TableFormatError):
+        page_ids(data)
+
+
+def mangled(field: str, value: Any) -> str:
+    raw = json.loads(dump_table(planned_table(rounds=2)))
+    if value is KeyError:
+        del raw[field]
+    else:
+        raw[field] = value
+    return json.dumps(raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("order", KeyError),
+        ("turn", KeyError),
+        ("turn", "many"),
+        ("levels", {"p:x": "blurry"}),
+        ("covering", {"a|b": ["nope"]}),
+        ("entries", {"p:x": []}),
+        ("entries", {"p:x": ["entry", "lots"]}),
+        ("calls", {"c": "x"}),
+        ("born", {"p:x": None}),
+    ],
+)
+def test_malformed_fields_are_a_format_error(field: str, value: Any) -> None:
+    table = planned_table(rounds=2)
+    with pytest.raises(TableFormatError, match="malformed"):
+        load_table(mangled(field, value), dict(table.pages), 1)
+
+
+@pytest.mark.parametrize("data", ['{"v": 1}', '{"v": 1, "pages": 5}'])
+def test_page_ids_of_a_malformed_table_is_a_format_error(data: str) -> None:
+    with pytest.raises(TableFormatError):
+        page_ids(data)
+
+
+@pytest.mark.parametrize("field", ["facts", "levels", "born"])
+def test_a_list_where_a_mapping_belongs_is_a_format_error(field: str) -> None:
+    table = planned_table(rounds=2)
+    with pytest.raises(TableFormatError):
+        load_table(mangled(field, []), dict(table.pages), 1)

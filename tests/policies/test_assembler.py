@@ -1,0 +1,263 @@
+"""The two-phase knapsack, observed through `plan_turn`: floors, insufficiency, upgrades by
+utility per token, decisions, and stability from turn to turn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from gateway.chat import parse_messages, to_wire
+from policies.budget import TokenBudget, resolve_budget
+from policies.pages import Fidelity, PageType
+from policies.pagetable import PageTable
+from policies.tenant import Budget, TenantPolicy
+from policies.tokens import CharCounter
+from policies.turn import TurnPlan, plan_turn
+from tests.policies.strategies import (
+    Session,
+    Wire,
+    bulk_text,
+    is_retained,
+    replay,
+    requests,
+    sessions,
+    transcripts,
+)
+
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+COUNTER = CharCounter()
+
+
+def exact_budget(usable: int) -> TokenBudget:
+    """A budget whose usable tokens are exactly `usable` (no margin, no window cap)."""
+    return resolve_budget(Budget(max_prompt_tokens=usable, safety_margin=0.0), 10**9, "model_map", 0)
+
+
+def plan(request: Sequence[Wire], budget: TokenBudget, table: PageTable | None = None) -> TurnPlan:
+    target = table if table is not None else PageTable("t", "s", "p")
+    return plan_turn(target, parse_messages(request), TenantPolicy(), COUNTER, budget)
+
+
+def expected_floors(table: PageTable, levels: dict[str, Fidelity], newest: int) -> dict[str, Fidelity]:
+    """The design's floors: the newest turn at full, the current plan and other hard pins at
+    their floor (structured), an older plan at pointer, everything else at its type's floor."""
+    plans = [p for p in table.order if table.pages[p].type is PageType.PLAN]
+    floors = {}
+    for position, page_id in enumerate(table.order):
+        page = table.pages[page_id]
+        if position >= newest:
+            floors[page_id] = Fidelity.FULL
+        elif page.type is PageType.PLAN and page_id != plans[-1]:
+            floors[page_id] = Fidelity.POINTER
+        else:
+            floors[page_id] = page.floor
+    return floors
+
+
+def newest_position(request: Sequence[Wire]) -> int:
+    for index in range(len(request) - 1, -1, -1):
+        if request[index]["role"] == "assistant":
+            return index if request[index].get("tool_calls") or index == len(request) - 1 else index + 1
+    users = [i for i, m in enumerate(request) if m["role"] == "user"]
+    return users[-1] if users else len(request) - 1
+
+
+def without_retained(output: Sequence[Wire]) -> list[Wire]:
+    return [m for m in output if not is_retained(m)]
+
+
+# ---------------------------------------------------------------- phase 1: floors
+
+
+@PROPERTY
+@given(sessions())
+def test_no_page_is_ever_below_its_floor(session: Session) -> None:
+    table = PageTable("t", "s", "p")
+    for request in requests(session.wire):
+        levels = dict(plan(request, session.budget, table).assembly.levels)
+        floors = expected_floors(table, levels, newest_position(request))
+        assert set(levels) == set(table.order)
+        for page_id, floor in floors.items():
+            assert levels[page_id] >= floor, f"{page_id} ({table.pages[page_id].type}) below its floor"
+
+
+@PROPERTY
+@given(transcripts(), st.integers(0, 60))
+def test_insufficiency_installs_exactly_the_minimum_set(wire: list[Wire], tiny: int) -> None:
+    table = PageTable("t", "s", "p")
+    request = requests(wire)[-1]
+    assembly = plan(request, exact_budget(tiny), table).assembly
+    if not assembly.insufficient:
+        return
+    assert assembly.minimum > tiny
+    assert assembly.tokens == assembly.minimum
+    assert assembly.replanned
+    assert dict(assembly.levels) == expected_floors(table, dict(assembly.levels), newest_position(request))
+
+
+@PROPERTY
+@given(transcripts())
+def test_insufficient_exactly_when_the_minimum_set_exceeds_the_budget(wire: list[Wire]) -> None:
+    """Any budget at or above the minimum is sufficient; one token less is not."""
+    request = requests(wire)[-1]
+    minimum = plan(request, exact_budget(0)).assembly.minimum
+    assert not plan(request, exact_budget(minimum)).assembly.insufficient
+    assert plan(request, exact_budget(minimum - 1)).assembly.insufficient
+
+
+# ---------------------------------------------------------------- phase 2: upgrades
+
+
+@PROPERTY
+@given(transcripts(), st.integers(0, 2000))
+def test_a_transcript_well_under_budget_is_forwarded_unchanged(wire: list[Wire], slack: int) -> None:
+    request = requests(wire)[-1]
+    everything = plan(request, exact_budget(10**8)).assembly.tokens
+    minimum = plan(request, exact_budget(0)).assembly.minimum
+    result = plan(request, exact_budget(2 * max(everything, minimum) + slack))
+    assert to_wire(result.messages) == request
+    assert all(level is Fidelity.FULL for level in result.assembly.levels.values())
+    assert result.assembly.tokens == everything
+
+
+SHORT_HISTORY = [
+    {"role": "user", "content": "Fix the parser."},
+    {"role": "assistant", "content": "Done."},
+    {"role": "user", "content": "Go on."},
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the floors are not the cheapest prompt: a span stub (~56 tokens) or a retained-state "
+    "message (~44 + rules) can cost more than the messages at full, so a budget that holds the "
+    "untouched transcript is reported insufficient and the 'minimum' sent overruns it",
+)
+@PROPERTY
+@example(SHORT_HISTORY, 0)
+@given(transcripts(), st.integers(0, 200))
+def test_a_budget_that_holds_the_whole_transcript_is_never_insufficient(wire: list[Wire], slack: int) -> None:
+    request = requests(wire)[-1]
+    everything = plan(request, exact_budget(10**8)).assembly.tokens
+    result = plan(request, exact_budget(everything + slack)).assembly
+    assert not result.insufficient
+    assert result.tokens <= everything + slack
+
+
+@PROPERTY
+@given(sessions())
+def test_decisions_list_every_page_below_full(session: Session) -> None:
+    table = PageTable("t", "s", "p")
+    for request in requests(session.wire):
+        assembly = plan(request, session.budget, table).assembly
+        if not assembly.replanned:
+            assert assembly.decisions == ()
+            continue
+        floors = expected_floors(table, dict(assembly.levels), newest_position(request))
+        degraded = [p for p in table.order if assembly.levels[p] is not Fidelity.FULL]
+        assert [d.page_id for d in assembly.decisions] == degraded
+        for decision in assembly.decisions:
+            assert decision.level is assembly.levels[decision.page_id]
+            assert decision.reason == ("floor" if decision.level == floors[decision.page_id] else "budget")
+
+
+def test_the_page_worth_more_per_token_is_upgraded_first() -> None:
+    """Two results of the same size: redoing an edit costs more than a lookup (recompute cost
+    12 vs 6), so at any budget the edit's result is at least as detailed, at some strictly more."""
+    body = bulk_text(7, 4000)
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup_xx", "arguments": '{"path": "a.py"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "edit_file", "arguments": '{"path": "a.py"}'}},
+    ]
+    request = [
+        {"role": "user", "content": "Go."},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_1", "content": body},
+        {"role": "tool", "tool_call_id": "call_2", "content": body},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Go on."},
+    ]
+    minimum = plan(request, exact_budget(0)).assembly.minimum
+    ahead = []
+    for extra in range(0, 3000, 50):
+        table = PageTable("t", "s", "p")
+        levels = plan(request, exact_budget(minimum + extra), table).assembly.levels
+        lookup, edit = table.order[2], table.order[3]
+        assert table.pages[lookup].recompute_cost < table.pages[edit].recompute_cost
+        assert levels[edit] >= levels[lookup]
+        ahead.append(levels[edit] > levels[lookup])
+    assert any(ahead)
+
+
+def test_free_budget_is_spent_on_upgrades() -> None:
+    request = [
+        {"role": "system", "content": "You are a coding agent. You must never push to main."},
+        {"role": "user", "content": bulk_text(1, 3000)},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Next."},
+    ]
+    minimum = plan(request, exact_budget(0)).assembly.minimum
+    result = plan(request, exact_budget(minimum + 600))
+    assert result.assembly.tokens > minimum
+    assert any(level in (Fidelity.STRUCTURED, Fidelity.COMPRESSED) for level in result.assembly.levels.values())
+
+
+# ---------------------------------------------------------------- stability
+
+
+@PROPERTY
+@given(sessions())
+def test_a_kept_turn_keeps_the_forwarded_prefix(session: Session) -> None:
+    """A turn that does not re-plan keeps every earlier decision: the previous prompt (less the
+    retained-state message, which moves to just before the newest turn) is a prefix of the new one."""
+    turns = replay(session, COUNTER).turns
+    for previous, current in zip(turns, turns[1:]):
+        if current.plan.assembly.replanned:
+            continue
+        before = previous.plan.assembly.levels
+        assert all(current.plan.assembly.levels[p] == level for p, level in before.items())
+        old, new = without_retained(previous.output), without_retained(current.output)
+        assert new[: len(old)] == old
+
+
+def test_appending_under_a_generous_budget_does_not_replan() -> None:
+    wire = [{"role": "system", "content": "You are a careful agent. Always run the tests."}]
+    table = PageTable("t", "s", "p")
+    budget = exact_budget(100_000)
+    replanned = []
+    for number in range(8):
+        wire += [{"role": "user", "content": f"Step {number}: {bulk_text(number, 500)}"}]
+        replanned.append(plan(wire, budget, table).assembly.replanned)
+        wire += [{"role": "assistant", "content": f"Done with step {number}."}]
+    assert replanned[0]
+    assert not any(replanned[1:])
+
+
+def test_a_changed_budget_replans() -> None:
+    wire = [{"role": "user", "content": bulk_text(3, 8000)}, {"role": "assistant", "content": "ok"}]
+    table = PageTable("t", "s", "p")
+    plan([*wire, {"role": "user", "content": "one"}], exact_budget(100_000), table)
+    result = plan([*wire, {"role": "user", "content": "one"}, {"role": "assistant", "content": "ok"},
+                   {"role": "user", "content": "two"}], exact_budget(500), table)
+    assert result.assembly.replanned
+    assert result.assembly.tokens <= 500
+
+
+def test_an_overflow_replans_with_head_room_for_the_next_turns() -> None:
+    """A re-plan leaves head room (a low-water mark) so the next small turn appends without one."""
+    table = PageTable("t", "s", "p")
+    wire: list[Wire] = []
+    budget = exact_budget(3000)
+    replanned = []
+    for number in range(12):
+        wire += [{"role": "user", "content": bulk_text(number, 1600)}]
+        assembly = plan(wire, budget, table).assembly
+        assert not assembly.insufficient
+        assert assembly.tokens <= budget.usable
+        replanned.append(assembly.replanned)
+        wire += [{"role": "assistant", "content": "ok"}]
+    assert sum(replanned[1:]) >= 2
+    assert not any(a and b for a, b in zip(replanned[1:], replanned[2:]))
