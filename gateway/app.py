@@ -7,6 +7,7 @@ shared clients live in lifespan state. Tests pass their own store URL or upstrea
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypedDict
@@ -21,7 +22,7 @@ from gateway.auth import KeyRing
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import GatewayError, NotFound, error_response
 from gateway.models import ModelCatalog
-from gateway.pipeline import Services, chat_completions
+from gateway.pipeline import Services, ToolTokens, chat_completions
 from gateway.relay import relay
 from gateway.session_state import SessionState
 from gateway.settings import Settings
@@ -67,8 +68,9 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         sessions=SessionState(store),
         upstream=upstream,
         provider=LiteLLMProvider(),
-        tokenizers=Tokenizers(),
+        tokenizers=Tokenizers.from_env(os.environ),
         catalog=ModelCatalog.load(),
+        tool_tokens=ToolTokens(),
     )
 
 

@@ -10,8 +10,11 @@ does not know are ignored.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
+
+import orjson
 
 from policies.pages import Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
 from policies.transcript import ToolCall
@@ -26,12 +29,12 @@ class CodecError(ValueError):
 
 
 def dump_page(page: Page) -> str:
+    if not (math.isfinite(page.base_utility) and math.isfinite(page.recompute_cost)):
+        raise CodecError(f"page {page.id!r} cannot be encoded: utility and cost must be finite numbers")
     try:
-        return json.dumps(
-            _page_dict(page), sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
-    except ValueError as exc:
-        raise CodecError(f"page {page.id!r} cannot be encoded: {exc}") from exc
+        return orjson.dumps(_page_dict(page), option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:  # text orjson will not encode (lone surrogates): the slow, lossless path
+        return json.dumps(_page_dict(page), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def load_page(text: str | bytes) -> Page:

@@ -24,7 +24,7 @@ from gateway.sessions import SessionIds, resolve
 from gateway.settings import Settings, Tenant
 from gateway.store import CorruptData, StoreUnavailable, VersionConflict
 from gateway.tables import TableFormatError
-from gateway.tokens import Tokenizers, count_tools
+from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from policies.budget import TokenBudget, resolve_budget
 from policies.tokens import TokenCounter
@@ -51,6 +51,26 @@ class Services:
     provider: LiteLLMProvider
     tokenizers: Tokenizers
     catalog: ModelCatalog
+    tool_tokens: ToolTokens
+
+
+class ToolTokens:
+    """Token counts of tool schemas, remembered: agents send the same tools every turn."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._counts: dict[tuple[str, bytes], int] = {}
+
+    def count(self, counter: TiktokenCounter, tools: object) -> int:
+        if not isinstance(tools, list) or not tools:
+            return 0
+        key = (counter.name, jsonio.dumps(tools))
+        found = self._counts.get(key)
+        if found is None:
+            if len(self._counts) >= self._capacity:
+                self._counts.pop(next(iter(self._counts)))
+            found = self._counts[key] = count_tools(counter, tools)
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +94,11 @@ async def chat_completions(request: Request) -> Response:
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     body, headers = await prepare(services, tenant, chat, ids)
     target = upstream_target(tenant, request.headers)
+    headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
     if uses_litellm(chat.model):
         upstream = await services.provider.chat(jsonio.loads(body), target)
     else:
         upstream = await services.upstream.send(target, "POST", "/chat/completions", body, _forwarded(request))
-    headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
     return await respond(upstream, headers)
 
 
@@ -124,10 +144,10 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
     return f"minimum set {prompt_tokens} tokens exceeds budget {budget.cap}"
 
 
-def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TokenCounter) -> TokenBudget:
+def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TiktokenCounter) -> TokenBudget:
     server = services.settings.server
     window, source = resolve_window(chat.model, services.catalog, services.settings.models, server.default_context_window)
-    tools = count_tools(counter, chat.body.get("tools")) if isinstance(chat.body.get("tools"), list) else 0
+    tools = services.tool_tokens.count(counter, chat.body.get("tools"))
     return resolve_budget(tenant.policy.budget, window, source, tools)
 
 
@@ -142,7 +162,10 @@ async def _plan_and_commit(
             ingested = time.perf_counter_ns()
             plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
             timing = Timing(ingest_ns=ingested - started, assembly_ns=time.perf_counter_ns() - ingested)
-            await services.sessions.commit(table, plan.ingest.new_pages)
+            if plan.changed:
+                await services.sessions.commit(table, plan.ingest.new_pages)
+            else:
+                services.sessions.keep(table)
             return plan, timing
         except VersionConflict:
             services.sessions.forget(tenant.name, ids.session)

@@ -74,5 +74,11 @@ class SessionState:
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
+    def keep(self, table: PageTable) -> None:
+        """Hand an unchanged table back to the cache without saving it."""
+        self._cache[(table.tenant, table.session)] = table
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
     def forget(self, tenant: str, session: str) -> None:
         self._cache.pop((tenant, session), None)

@@ -1,6 +1,6 @@
 """PageTable <-> JSON, the stored form of a session's page table (pages are stored apart).
 
-Versioned (`"v": 1`), compact and key-sorted, so the same table always serialises to the same
+Versioned (`"v": 1`; fidelity levels as their integer values), compact and key-sorted, so the same table always serialises to the same
 bytes. Loading needs the pages themselves, fetched by id from the store.
 """
 
@@ -30,10 +30,10 @@ def dump_table(table: PageTable) -> str:
         "order": table.order,
         "keys": table.keys,
         "facts": {k: list(v) for k, v in table.facts.items()},
-        "covering": {k: sorted(level.label for level in v) for k, v in table.covering.items()},
+        "covering": {k: sorted(v) for k, v in table.covering.items()},
         "entries": {k: list(v) for k, v in table.entries.items()},
         "born": table.born,
-        "levels": {k: v.label for k, v in table.levels.items()},
+        "levels": table.levels,
         "calls": {k: list(v) for k, v in table.calls.items()},
         "names": table.names,
         "cost": table.cost,
@@ -64,10 +64,10 @@ def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
             order=list(raw["order"]),
             keys=list(raw["keys"]),
             facts={k: tuple(v) for k, v in raw["facts"].items()},
-            covering={k: frozenset(Fidelity.parse(x) for x in v) for k, v in raw["covering"].items()},
+            covering={k: frozenset(Fidelity(int(x)) for x in v) for k, v in raw["covering"].items()},
             entries={k: (v[0], int(v[1])) for k, v in raw["entries"].items()},
             born={k: int(v) for k, v in raw["born"].items()},
-            levels={k: Fidelity.parse(v) for k, v in raw["levels"].items()},
+            levels={k: Fidelity(int(v)) for k, v in raw["levels"].items()},
             calls={k: (v[0], v[1]) for k, v in raw["calls"].items()},
             names=dict(raw["names"]),
             cost=int(raw["cost"]),

@@ -27,6 +27,7 @@ class TurnPlan:
     messages: list[Message]
     assembly: Assembly
     ingest: IngestResult
+    changed: bool = True  # False when the table is exactly as before (a resent transcript)
 
 
 def plan_turn(
@@ -50,7 +51,8 @@ def ingest_turn(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> IngestResult:
-    table.turn += 1
+    if len(messages) != len(table.order):
+        table.turn += 1  # time moves with the transcript: an identical resend (a retry) does not age pages
     return ingest(table, messages, policy, counter, recall_tool=recall_tool)
 
 
@@ -66,7 +68,8 @@ def assemble_turn(
     key = plan_key(policy, budget)
     fast = _append(table, messages, result, key, budget.usable)
     if fast is not None:
-        return TurnPlan(messages=fast, assembly=_kept(table), ingest=result)
+        resent = result.kind == "append" and result.kept == len(messages)
+        return TurnPlan(messages=fast, assembly=_kept(table), ingest=result, changed=not resent)
     layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
     assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous)

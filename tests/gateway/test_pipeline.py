@@ -16,7 +16,7 @@ from gateway.chat import parse_request
 from gateway.embedded import free_port
 from gateway.errors import ContextLengthExceeded, ServiceUnavailable
 from gateway.models import ModelCatalog
-from gateway.pipeline import COMMIT_ATTEMPTS, Services, prepare, uses_litellm
+from gateway.pipeline import COMMIT_ATTEMPTS, Services, ToolTokens, prepare, uses_litellm
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds
 from gateway.settings import Overrides, Settings, load_settings
@@ -75,6 +75,7 @@ def services(settings: Settings, store: RedisStore, catalog: ModelCatalog) -> Se
         provider=LiteLLMProvider(),
         tokenizers=Tokenizers(),
         catalog=catalog,
+        tool_tokens=ToolTokens(),
     )
 
 
