@@ -72,7 +72,7 @@ _PLAN_MARKER = re.compile(
     r"|\bhere\s+is\s+the\s+plan\s+to\s+follow\b|^[ \t]*updated\s+ledger\s*:",
     re.IGNORECASE | re.MULTILINE,
 )
-_CHECKLIST = re.compile(r"^\s*(?:[-*+]\s+\[[ xX]\]|[☐☒])\s+\S", re.MULTILINE)
+_CHECKLIST = re.compile(r"^[ \t]*(?:[-*+][ \t]+\[[ xX]\]|[☐☒])[ \t]+\S", re.MULTILINE)
 _NUMBERED = re.compile(r"^\s{0,3}(?:\*\*)?(?:step\s+)?\d{1,3}[.)](?:\*\*)?\s+\S", re.IGNORECASE)
 _STEP_CUE = re.compile(
     rf"\b(?:plan|steps?|approach|todos?|to-?do|tasks?|roadmap|strategy|let{_APOS}?s|going\s+to)\b"
@@ -150,9 +150,8 @@ def extract_facts(
 
 
 def _compile(rules: tuple[ClassifierRule, ...], role: str) -> tuple[tuple[re.Pattern[str], PageType], ...]:
-    return tuple(
-        (re.compile(r.pattern, re.IGNORECASE), r.type) for r in rules if role in r.roles and r.type in FACT_TYPES
-    )
+    wanted = (r for r in rules if role in r.roles and r.type in FACT_TYPES)
+    return tuple((re.compile(r.pattern, re.IGNORECASE), r.type) for r in wanted)
 
 
 def _sentence_type(
@@ -181,9 +180,8 @@ def builtin_type(sentence: str, role: str) -> PageType | None:
 
 def has_rule_cue(sentence: str) -> bool:
     """A rule word (must, never, only, don't ...) that is not the speaker describing themselves."""
-    return any(
-        not _FIRST_PERSON.search(sentence, max(0, m.start() - 20), m.start()) for m in _CONSTRAINT.finditer(sentence)
-    )
+    cues = _CONSTRAINT.finditer(sentence)
+    return any(not _FIRST_PERSON.search(sentence, max(0, m.start() - 20), m.start()) for m in cues)
 
 
 def sentences(text: str) -> Iterator[str]:

@@ -231,9 +231,13 @@ def _fact_page(
 
 
 def _covering_levels(parent: Page, fact_text: str) -> frozenset[Fidelity]:
+    """The parent's levels whose text states the fact. Pointer never counts: a pointer-level
+    page may be folded into a span stub, which shows its id and nothing else."""
     needle = " ".join(fact_text.split()).rstrip("…").strip()
     return frozenset(
-        level for level in LEVELS if needle and needle in " ".join(parent.reprs.at(level).text.split())
+        level
+        for level in LEVELS
+        if level is not Fidelity.POINTER and needle and needle in " ".join(parent.reprs.at(level).text.split())
     )
 
 

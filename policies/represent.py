@@ -16,8 +16,9 @@ Made once at ingest, deterministically, from the message (or the extracted fact)
 
 Invariants: token counts never grow as fidelity drops (a level that would come out longer
 reuses the next-higher level); a page whose full text is blank has empty text at every level
-(its tool calls stay); a pointer either names its page id or holds the page's whole text. `Representation.tokens` counts text plus tool calls, no framing;
-each distinct text is counted once. Pages are named by their id as given (`p:3f9a2c1b0d`).
+(its tool calls stay); a pointer either names its page id or holds the page's whole text.
+`Representation.tokens` counts text plus tool calls, no framing; each distinct text is
+counted once. Pages are named by their id as given (`p:3f9a2c1b0d`).
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def represent_fact(
 ) -> Reprs:
     """A constraint or preference page: `rule: <sentence>` / `preference: <sentence>` at full,
     compressed and structured alike (one sentence has nothing to compress); the pointer is the
-    id and the label with the sentence's first words, when that is shorter."""
+    id and the label with the sentence's first words, when that is shorter. `parent_id` and
+    `recall_tool` are accepted for symmetry with `represent`; a fact's text is its own recall."""
     label = "preference" if page_type is PageType.PREFERENCE else "rule"
     full = _rep(f"{label}: {fact_text}", (), counter)
     pointer = _fact_pointer(page_id, label, fact_text, counter, full.tokens)
@@ -254,7 +256,9 @@ def _rep(text: str, calls: tuple[ToolCall, ...], counter: TokenCounter) -> Repre
     return Representation(text, counter.count(text) + tool_calls_tokens(counter, calls), calls)
 
 
-def _rep_like(text: str, calls: tuple[ToolCall, ...], counter: TokenCounter, above: Representation) -> Representation:
+def _rep_like(
+    text: str, calls: tuple[ToolCall, ...], counter: TokenCounter, above: Representation
+) -> Representation:
     """Count a level, reusing the level above when nothing changed (no second tokenisation)."""
     if text == above.text and calls == above.tool_calls:
         return above
@@ -286,7 +290,10 @@ def _compressed_text(view: _View, page_type: PageType, page_id: str, structured:
         return view.text
     if page_type is PageType.BOOTSTRAP:
         return structured  # a bootstrap's key lines are its rules: keep them all
-    body = _compact_json(view.value, len(view.text) // 3) if view.value is not None else _excerpt(view, page_id)
+    if view.value is not None:
+        body = _compact_json(view.value, len(view.text) // 3)
+    else:
+        body = _excerpt(view, page_id)
     return f"{structured}\n\n{body}" if page_type is PageType.PLAN else body
 
 
@@ -407,7 +414,8 @@ def _shorten_call(call: ToolCall) -> ToolCall:
         return call
     value = _json_object(call.arguments)
     if value is None:
-        return ToolCall(call.id, call.name, _dumps({"arguments": _cut_string(call.arguments, CALL_ARGS_LIMIT // 2)}))
+        wrapped = {"arguments": _cut_string(call.arguments, CALL_ARGS_LIMIT // 2)}
+        return ToolCall(call.id, call.name, _dumps(wrapped))
     out = ""
     for limits in CALL_PASSES:
         out = _dumps(_shrink(value, limits, 0))
@@ -772,7 +780,9 @@ def _pointer(
     return _first_fitting(candidates, calls, counter, ceiling)
 
 
-def _fact_pointer(page_id: str, label: str, fact_text: str, counter: TokenCounter, ceiling: int) -> Representation:
+def _fact_pointer(
+    page_id: str, label: str, fact_text: str, counter: TokenCounter, ceiling: int
+) -> Representation:
     candidates = tuple(f"[{page_id}] {label}: {_words(fact_text, n)}" for n in (14, 10, 6, 3))
     return _first_fitting(candidates, (), counter, ceiling)
 

@@ -59,7 +59,8 @@ RETAIL_RULE = (
 
 GEMINI_PLAN = """Okay, I will systematically investigate the books with cloud icons from your screenshots.
 
-The council's guidance is clear. My focus must be narrower. I will now proceed with the following, precise plan:
+The council's guidance is clear. My focus must be narrower. I will now proceed with the \
+following, precise plan:
 
 
  1. Correct the Library: I will first read bookminder/apple_books/library.py and then modify the
@@ -78,7 +79,8 @@ MAGENTIC_INITIAL = """Initial plan:
 
 We are working to address the following user request:
 
-Which restaurants (not takeaway only) within 1 blocks of Washington Square Park have vegan mains for under $15?
+Which restaurants (not takeaway only) within 1 blocks of Washington Square Park have vegan \
+mains for under $15?
 
 Here is the plan to follow as best as possible:
 
@@ -128,13 +130,15 @@ def test_carrier_type_by_role(role: str, expected: PageType) -> None:
     assert carrier_type(msg(role, "Hello there, how are you today?")) is expected
 
 
-@pytest.mark.parametrize("name", ["todo_write", "TodoWrite", "update_plan", "write_todos", "Update Todos", "Update_Todos"])
+@pytest.mark.parametrize(
+    "name", ["todo_write", "TodoWrite", "update_plan", "write_todos", "Update Todos", "Update_Todos"]
+)
 def test_plan_tool_calls_make_a_plan_page(name: str) -> None:
     assert is_plan_call(call(name))
     assert carrier_type(msg("assistant", "", (call("Bash"), call(name)))) is PageType.PLAN
 
 
-@pytest.mark.parametrize("name", ["TodoRead", "Read_Todos", "todo_read", "Bash", "update_reservation_flights"])
+@pytest.mark.parametrize("name", ["TodoRead", "Read_Todos", "todo_read", "Bash", "update_flights"])
 def test_other_tool_calls_are_not_plans(name: str) -> None:
     assert not is_plan_call(call(name))
     assert carrier_type(msg("assistant", "", (call(name),))) is PageType.CONVERSATION
@@ -231,21 +235,24 @@ def test_retail_rule_bullet_yields_both_sentences() -> None:
     ("text", "fact"),
     [
         (
-            "Sorry for interrupting, continues with your suggestions, but I wanted to remind you to always run "
-            "specs locally beforu pushit to GH. We would have caught this issue sooner...",
-            "Sorry for interrupting, continues with your suggestions, but I wanted to remind you to always run "
-            "specs locally beforu pushit to GH.",
+            "Sorry for interrupting, continues with your suggestions, but I wanted to remind you to "
+            "always run specs locally beforu pushit to GH. We would have caught this issue sooner...",
+            "Sorry for interrupting, continues with your suggestions, but I wanted to remind you to "
+            "always run specs locally beforu pushit to GH.",
         ),
         (
-            "Let's think hard how we can make the specs run on CI. What do you suggest is a proper way? Check "
-            "last GH failure and explore the failing test and tell me what is our problem first -- don't ruch "
-            "to fixing it yet, we have to discuss it together.",
+            "Let's think hard how we can make the specs run on CI. What do you suggest is a proper way? "
+            "Check last GH failure and explore the failing test and tell me what is our problem first "
+            "-- don't ruch to fixing it yet, we have to discuss it together.",
             "Check last GH failure and explore the failing test and tell me what is our problem first -- "
             "don't ruch to fixing it yet, we have to discuss it together.",
         ),
         ("only cloud, don't add other flags yet, remember <tdd_discipline>", None),
-        ("Why are you completely overwriting `cli_spec`?!? WTF!!! You must keep everything that's already there.",
-         "You must keep everything that's already there."),
+        (
+            "Why are you completely overwriting `cli_spec`?!? WTF!!! You must keep everything that's "
+            "already there.",
+            "You must keep everything that's already there.",
+        ),
     ],
 )
 def test_bookminder_user_rules_are_constraints(text: str, fact: str | None) -> None:
@@ -254,14 +261,15 @@ def test_bookminder_user_rules_are_constraints(text: str, fact: str | None) -> N
 
 def test_wrapped_user_lines_join_into_one_sentence() -> None:
     text = (
-        "I appreciate you trying, but since we are just at the step of trying to get the Walking skeleton up\n"
-        "and running, we don't have to be that constrained by strict adherenc yet! Can we make it simpler?"
+        "I appreciate you trying, but since we are just at the step of trying to get the Walking\n"
+        "skeleton up and running, we don't have to be that constrained by strict adherenc yet! Can we\n"
+        "make it simpler?"
     )
     assert texts(msg("user", text)) == [
         (
             C,
-            "I appreciate you trying, but since we are just at the step of trying to get the Walking skeleton "
-            "up and running, we don't have to be that constrained by strict adherenc yet!",
+            "I appreciate you trying, but since we are just at the step of trying to get the Walking "
+            "skeleton up and running, we don't have to be that constrained by strict adherenc yet!",
         )
     ]
 
@@ -332,7 +340,7 @@ def test_tool_and_assistant_text_yields_no_facts(role: str) -> None:
 
 
 def test_code_blocks_and_headings_are_skipped() -> None:
-    text = "# You must read this heading\n\n```\n# you must never run rm -rf /\n```\nThanks for the help today."
+    text = "# You must read this heading\n\n```\n# you must never run rm -rf /\n```\nThanks for the help."
     assert extract_facts(msg("user", text)) == ()
 
 
@@ -415,4 +423,5 @@ def test_extraction_is_deterministic_and_well_formed(text: str, role: str) -> No
 
 def test_sentences_skip_code_and_keep_order() -> None:
     text = "First sentence here. Second one follows!\n```\ncode();\n```\n- an item line\nlabel: value"
-    assert list(sentences(text)) == ["First sentence here.", "Second one follows!", "an item line", "label: value"]
+    expected = ["First sentence here.", "Second one follows!", "an item line", "label: value"]
+    assert list(sentences(text)) == expected

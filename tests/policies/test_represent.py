@@ -4,12 +4,12 @@ identifiers, plan fields, bootstrap rules, tool-call pairing, pointers, determin
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.tokens import tiktoken_cache_dir
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, PageType, Reprs
 from policies.represent import (
@@ -25,7 +25,7 @@ from policies.transcript import Message, ToolCall
 
 COUNTER = CharCounter()
 PID = "p:3f9a2c1b0d"
-TIKTOKEN_DIR = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/litellm/litellm_core_utils/tokenizers"
+BASH = ToolCall("call_1", "bash", json.dumps({"command": "cat log.txt"}))
 
 AIRLINE_POLICY = """# Airline Agent Policy
 
@@ -87,6 +87,7 @@ MAGENTIC_LEDGER = """Updated Ledger:
 }
 
 Next speaker WebSurfer"""
+LEDGER_STEP = "WebSurfer: Please visit the websites of Palma, Indochine and Babbo to find their vegan mains."
 
 
 def levels(reprs: Reprs) -> list[int]:
@@ -103,7 +104,8 @@ def tool(text: str) -> Message:
 
 
 def log_lines(n: int, middle: dict[int, str]) -> str:
-    return "\n".join(middle.get(i, f"step {i}: processing records and writing output to the buffer") for i in range(n))
+    plain = "step {}: processing records and writing output to the buffer"
+    return "\n".join(middle.get(i, plain.format(i)) for i in range(n))
 
 
 # ---------------------------------------------------------------- monotone, empty, short
@@ -118,31 +120,56 @@ _roles_types = st.sampled_from(
         ("tool", PageType.EVIDENCE),
     ]
 )
-_json_args = st.dictionaries(
-    st.text(min_size=1, max_size=8),
-    st.one_of(st.text(max_size=500), st.integers(), st.booleans(), st.none(), st.lists(st.text(max_size=30), max_size=30)),
-    max_size=5,
-).map(json.dumps)
+_values = st.one_of(
+    st.text(max_size=500),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.lists(st.text(max_size=30), max_size=30),
+)
 _calls = st.lists(
-    st.builds(ToolCall, id=st.from_regex(r"call_[a-z0-9]{4}", fullmatch=True), name=st.sampled_from(["bash", "TodoWrite", "Read"]), arguments=_json_args),
+    st.builds(
+        ToolCall,
+        id=st.from_regex(r"call_[a-z0-9]{4}", fullmatch=True),
+        name=st.sampled_from(["bash", "TodoWrite", "Read"]),
+        arguments=st.dictionaries(st.text(min_size=1, max_size=8), _values, max_size=5).map(json.dumps),
+    ),
     max_size=3,
+)
+_lines = st.sampled_from(
+    [
+        "ERROR failed at /srv/app.py",
+        "id HAT123 ok",
+        "plain words here",
+        "",
+        "1. step one",
+        "- [ ] todo",
+        "You must never do that.",
+        '{"a": [1, 2, 3]}',
+        "x" * 500,
+    ]
 )
 _texts = st.one_of(
     st.text(max_size=3000),
-    st.lists(st.sampled_from(["ERROR failed at /srv/app.py", "id HAT123 ok", "plain words here", "", "1. step one",
-                              "- [ ] todo", "You must never do that.", '{"a": [1, 2, 3]}', "x" * 500]), max_size=80).map("\n".join),
-    st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=40), max_size=4), max_size=60).map(json.dumps),
+    st.lists(_lines, max_size=80).map("\n".join),
+    st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=40), max_size=4), max_size=60).map(
+        json.dumps
+    ),
 )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_texts, _roles_types, _calls)
-def test_levels_never_grow_as_fidelity_drops(text: str, role_type: tuple[str, PageType], calls: list[ToolCall]) -> None:
+def test_levels_never_grow_as_fidelity_drops(
+    text: str, role_type: tuple[str, PageType], calls: list[ToolCall]
+) -> None:
     role, page_type = role_type
     message = Message(role=role, text=text, tool_calls=tuple(calls) if role == "assistant" else ())
-    reprs = represent(message, page_type, PID, COUNTER, call=calls[0] if calls and role == "tool" else None)
+    answered = calls[0] if calls and role == "tool" else None
+    reprs = represent(message, page_type, PID, COUNTER, call=answered)
     assert_monotone(reprs)
-    assert reprs == represent(message, page_type, PID, COUNTER, call=calls[0] if calls and role == "tool" else None)
+    assert reprs == represent(message, page_type, PID, COUNTER, call=answered)
+    assert not text.strip() or reprs.pointer.text == text or PID in reprs.pointer.text
     for level in LEVELS:
         rep = reprs.at(level)
         assert rep.tokens == COUNTER.count(rep.text) + tool_calls_tokens(COUNTER, rep.tool_calls)
@@ -160,7 +187,8 @@ def test_empty_text_is_empty_at_every_level(page_type: PageType) -> None:
 
 def test_assistant_calls_without_text_keep_calls_and_no_text() -> None:
     calls = (ToolCall("call_a", "get_reservation_details", '{"reservation_id":"LQ940Q"}'),)
-    reprs = represent(Message(role="assistant", text="", tool_calls=calls), PageType.CONVERSATION, PID, COUNTER)
+    message = Message(role="assistant", text="", tool_calls=calls)
+    reprs = represent(message, PageType.CONVERSATION, PID, COUNTER)
     for level in LEVELS:
         assert reprs.at(level).text == ""
         assert reprs.at(level).tool_calls == calls
@@ -241,14 +269,15 @@ def test_single_long_line_is_excerpted_not_kept_whole() -> None:
 
 
 def test_evidence_structured_fields() -> None:
-    text = log_lines(60, {30: "ERROR: payment gift_card_3481935 failed for /srv/pay.py", 59: "1 failed, 7 passed"})
+    error = "ERROR: payment gift_card_3481935 failed for /srv/pay.py"
+    text = log_lines(60, {30: error, 59: "1 failed, 7 passed"})
     bash = ToolCall("call_1", "bash", json.dumps({"command": "pytest -x specs/cli_spec.py"}))
     reprs = represent(tool(text), PageType.EVIDENCE, PID, COUNTER, recall_tool="clawvm_recall", call=bash)
     lines = reprs.structured.text.split("\n")
     assert lines[0] == "tool: bash(pytest -x specs/cli_spec.py)"
     assert lines[1] == "status: error"
     assert lines[2] == f"size: {reprs.full.tokens:,} tokens"
-    assert "  ERROR: payment gift_card_3481935 failed for /srv/pay.py" in lines
+    assert f"  {error}" in lines
     assert any(line.startswith("identifiers: gift_card_3481935, /srv/pay.py") for line in lines)
     assert lines[-1] == f'recall full text with clawvm_recall(page_ids=["{PID}"])'
 
@@ -265,7 +294,8 @@ def test_evidence_status_ok_and_json_shape() -> None:
 
 def test_error_object_marks_status_error() -> None:
     trace = [{"frame": n, "function": "lookup_reservation", "source": "x" * 150} for n in range(40)]
-    reprs = represent(tool(json.dumps({"error": "reservation not found", "trace": trace})), PageType.EVIDENCE, PID, COUNTER)
+    text = json.dumps({"error": "reservation not found", "trace": trace})
+    reprs = represent(tool(text), PageType.EVIDENCE, PID, COUNTER)
     assert "status: error" in reprs.structured.text
 
 
@@ -310,11 +340,11 @@ def test_plan_from_todo_call_finds_the_in_progress_step() -> None:
 
 
 def test_plan_from_checklist_finds_the_first_unchecked_item() -> None:
-    text = "## Plan\n- [x] reproduce the bug\n- [ ] fix the rounding in fields.py\n- [ ] add a regression test"
+    text = "## Plan\n- [x] reproduce the bug\n- [ ] fix the rounding in fields.py\n- [ ] add a test"
     reprs = represent(Message(role="assistant", text=text), PageType.PLAN, PID, COUNTER)
     structured = _structured_of(Message(role="assistant", text=text), PageType.PLAN)
     assert "current step: fix the rounding in fields.py" in structured
-    assert "steps left: 1 (add a regression test)" in structured
+    assert "steps left: 1 (add a test)" in structured
     assert_monotone(reprs)
 
 
@@ -331,7 +361,9 @@ def test_plan_from_numbered_steps_joins_wrapped_items() -> None:
         "current step: Write a failing acceptance test for the new --enhanced flag. This test will initially "
         "fail because the feature is not implemented." in structured
     )
-    assert "steps left: 2 (Implement the feature.; Refactor the code for clarity and simplicity.)" in structured
+    assert "steps left: 2 (Implement the feature.; Refactor the code for clarity and simplicity.)" in (
+        structured
+    )
 
 
 def test_magentic_plan_goal_and_ledger_step() -> None:
@@ -344,11 +376,11 @@ def test_magentic_plan_goal_and_ledger_step() -> None:
         + MAGENTIC_LEDGER
     )
     structured = _structured_of(Message(role="assistant", text=text), PageType.PLAN)
-    assert structured.split("\n")[:2] == [
+    assert structured.split("\n") == [
         "goal: Which restaurants within 1 blocks of Washington Square Park have vegan mains for under $15?",
-        "current step: WebSurfer: Please visit the websites of Palma, Indochine and Babbo to find their vegan mains.",
+        f"current step: {LEDGER_STEP}",
+        "steps left: 2 (Filter for Dine-in Only Restaurants:; Compile and Present the Findings:)",
     ]
-    assert "steps left: 2 (Filter for Dine-in Only Restaurants:; Compile and Present the Findings:)" in structured
 
 
 def test_ledger_alone_gives_progress_and_step() -> None:
@@ -356,8 +388,9 @@ def test_ledger_alone_gives_progress_and_step() -> None:
     assert carrier_type(message) is PageType.PLAN
     reprs = represent(message, PageType.PLAN, PID, COUNTER)
     assert reprs.structured.text == (
-        "progress: We have not yet identified specific restaurants within 1 block of Washington Square Park.\n"
-        "current step: WebSurfer: Please visit the websites of Palma, Indochine and Babbo to find their vegan mains."
+        "progress: We have not yet identified specific restaurants within 1 block of Washington Square "
+        "Park.\n"
+        f"current step: {LEDGER_STEP}"
     )
     assert reprs.compressed is reprs.full  # under COMPRESS_FROM tokens
 
@@ -370,8 +403,9 @@ def test_long_plan_compressed_leads_with_its_structured_fields() -> None:
 
 
 def _structured_of(message: Message, page_type: PageType) -> str:
-    """The structured text before the monotone rule (long padding makes it the shorter level)."""
-    padded = Message(role=message.role, text=message.text + "\n\n" + "filler words here. " * 200, tool_calls=message.tool_calls)
+    """The structured text of a message padded with filler, so that the monotone rule keeps it."""
+    text = message.text + "\n\n" + "filler words here. " * 200
+    padded = Message(role=message.role, text=text, tool_calls=message.tool_calls)
     return represent(padded, page_type, PID, COUNTER).structured.text
 
 
@@ -394,7 +428,7 @@ def test_bootstrap_structured_keeps_every_rule_and_heading() -> None:
 
 
 def test_conversation_structured_is_role_and_first_sentence() -> None:
-    text = "Yes, please go ahead with all the downgrades. " + "Also tell me the total refund amount please. " * 20
+    text = "Yes, please go ahead with all the downgrades. " + "Also tell me the total refund amount. " * 20
     reprs = represent(Message(role="user", text=text), PageType.CONVERSATION, PID, COUNTER)
     assert reprs.structured.text == "user: Yes, please go ahead with all the downgrades."
 
@@ -411,7 +445,7 @@ def test_conversation_first_sentence_is_capped() -> None:
 def test_tool_calls_keep_ids_names_and_valid_json_at_every_level() -> None:
     content = "\n".join(f"line {i} of the new file" for i in range(200))
     calls = (
-        ToolCall("call_w", "Write", json.dumps({"file_path": "docs/fixtures.md", "content": content, "mode": 420})),
+        ToolCall("call_w", "Write", json.dumps({"file_path": "docs/x.md", "content": content, "mode": 420})),
         ToolCall("call_b", "bash", json.dumps({"command": "ls -la"})),
     )
     message = Message(role="assistant", text="Writing the fixture notes now.", tool_calls=calls)
@@ -422,17 +456,18 @@ def test_tool_calls_keep_ids_names_and_valid_json_at_every_level() -> None:
         assert all(isinstance(json.loads(c.arguments), dict) for c in got)
     compressed = json.loads(reprs.compressed.tool_calls[0].arguments)
     assert len(reprs.compressed.tool_calls[0].arguments) <= 300
-    assert compressed["file_path"] == "docs/fixtures.md" and compressed["mode"] == 420
+    assert compressed["file_path"] == "docs/x.md" and compressed["mode"] == 420
     assert compressed["content"].endswith("chars cut]")
     assert reprs.compressed.tool_calls[1] == calls[1]
     structured = json.loads(reprs.structured.tool_calls[0].arguments)
-    assert structured == {"file_path": "docs/fixtures.md", "content": f"<elided {len(content)} chars>", "mode": 420}
+    assert structured == {"file_path": "docs/x.md", "content": f"<elided {len(content)} chars>", "mode": 420}
     assert reprs.structured.tool_calls[1] == calls[1]
 
 
 def test_non_json_arguments_become_a_valid_object() -> None:
     calls = (ToolCall("call_x", "shell", "ls -la && " + "echo hi; " * 100),)
-    reprs = represent(Message(role="assistant", text="", tool_calls=calls), PageType.CONVERSATION, PID, COUNTER)
+    message = Message(role="assistant", text="", tool_calls=calls)
+    reprs = represent(message, PageType.CONVERSATION, PID, COUNTER)
     for level in LEVELS[:3]:
         assert isinstance(json.loads(reprs.at(level).tool_calls[0].arguments), dict)
 
@@ -449,23 +484,28 @@ def test_pointer_names_page_type_origin_and_size() -> None:
 
 
 def test_pointer_drops_detail_to_fit() -> None:
-    call = ToolCall("call_1", "search_direct_flight", json.dumps({"origin": "MIA", "destination": "LAX", "date": "2024-05-24"}))
+    arguments = json.dumps({"origin": "MIA", "destination": "LAX", "date": "2024-05-24"})
+    call = ToolCall("call_1", "search_direct_flight", arguments)
     reprs = represent(tool(log_lines(100, {})), PageType.EVIDENCE, PID, COUNTER, call=call)
     assert reprs.pointer.tokens <= POINTER_TOKENS
     assert reprs.pointer.text.startswith(f"[{PID} evidence")
 
 
 def test_span_entry() -> None:
-    call = ToolCall("call_1", "Bash", json.dumps({"command": "source .venv/bin/activate && pytest --spec specs/cli_spec.py"}))
+    command = "source .venv/bin/activate && pytest --spec specs/cli_spec.py"
+    call = ToolCall("call_1", "Bash", json.dumps({"command": command}))
     entry = span_entry(PID, tool("output"), call=call)
     assert entry == f"{PID} Bash(source .venv/bin/activate && pytest --s…)"
     assert len(entry.split(" ", 1)[1]) <= len("Bash()") + 40
-    assert span_entry(PID, Message(role="tool", text="x", name="get_user_details")) == f"{PID} get_user_details()"
+    named = Message(role="tool", text="x", name="get_user_details")
+    assert span_entry(PID, named) == f"{PID} get_user_details()"
     assert span_entry(PID, Message(role="user", text="hello")) == PID
     assert span_entry(PID, Message(role="assistant", text="", tool_calls=(call,))) == PID
 
 
-@pytest.mark.parametrize(("page_type", "label"), [(PageType.CONSTRAINT, "rule"), (PageType.PREFERENCE, "preference")])
+@pytest.mark.parametrize(
+    ("page_type", "label"), [(PageType.CONSTRAINT, "rule"), (PageType.PREFERENCE, "preference")]
+)
 def test_fact_representations(page_type: PageType, label: str) -> None:
     sentence = "You must list the action details and obtain explicit user confirmation (yes) to proceed."
     reprs = represent_fact(sentence, page_type, PID, "p:parent", COUNTER)
@@ -486,7 +526,7 @@ def test_short_fact_pointer_falls_back_to_the_sentence() -> None:
 @pytest.fixture
 def o200k(monkeypatch: pytest.MonkeyPatch) -> TokenCounter:
     tiktoken = pytest.importorskip("tiktoken")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_DIR))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache_dir()))
     encoding = tiktoken.get_encoding("o200k_base")
 
     class Counter:
@@ -504,15 +544,18 @@ def test_real_tokenizer_levels_and_pointer(o200k: TokenCounter) -> None:
         (Message(role="user", text="Hi, I need to downgrade my flights. " * 40), PageType.CONVERSATION),
     ]
     for message, page_type in messages:
-        reprs = represent(message, page_type, PID, o200k, call=ToolCall("c", "bash", '{"command": "cat log.txt"}'))
+        reprs = represent(message, page_type, PID, o200k, call=BASH)
         assert_monotone(reprs)
         assert reprs.pointer.tokens <= POINTER_TOKENS
         assert reprs.full.tokens >= COMPRESS_FROM or page_type is PageType.PLAN
-        assert reprs == represent(message, page_type, PID, o200k, call=ToolCall("c", "bash", '{"command": "cat log.txt"}'))
+        assert reprs == represent(message, page_type, PID, o200k, call=BASH)
+
+
+_PHRASES = st.sampled_from(["Yes.", "Ok", "Hi there, friend.", "Fix it now please.", "No", "a b c d e f"])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["Yes.", "Ok", "Hi there, friend.", "Fix it now please.", "No", "a b c d e f"]), min_size=1, max_size=6))
+@given(st.lists(_PHRASES, min_size=1, max_size=6))
 def test_a_pointer_names_its_page_or_holds_all_of_it(parts: list[str]) -> None:
     message = Message(role="user", text=" ".join(parts))
     reprs = represent(message, PageType.CONVERSATION, "p:1f71444518", COUNTER)
@@ -524,4 +567,5 @@ def test_short_lossy_structured_text_takes_the_page_id() -> None:
     message = Message(role="user", text="Yes. Go ahead with all three downgrades on the reservations.")
     reprs = represent(message, PageType.CONVERSATION, "p:1f71444518", COUNTER)
     assert reprs.structured.text in ("user: Yes. [p:1f71444518]", message.text)
-    assert reprs.pointer.text in ("[p:1f71444518]", message.text) or reprs.pointer.text.startswith("[p:1f71444518 ")
+    pointer = reprs.pointer.text
+    assert pointer in ("[p:1f71444518]", message.text) or pointer.startswith("[p:1f71444518 ")
