@@ -32,6 +32,7 @@ from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
 
 LOW_WATER = 0.75
+LADDER = tuple(Fidelity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +86,17 @@ def replan(
     turn: int,
     born: Mapping[str, int],
 ) -> Assembly:
+    whole = dict.fromkeys(floors, Fidelity.FULL)
+    whole_cost = total_cost(layout, whole)
+    if whole_cost <= budget * LOW_WATER:
+        return Assembly(whole, whole_cost, whole_cost, False, True, ())
     levels = dict(floors)
     minimum = total_cost(layout, levels)
     if minimum > budget:
-        return Assembly(levels, minimum, minimum, True, True, _decisions(layout, floors, levels))
+        if whole_cost < minimum:  # stubs can cost more than tiny messages sent whole
+            levels, minimum = whole, whole_cost
+        insufficient = minimum > budget
+        return Assembly(levels, minimum, minimum, insufficient, True, _decisions(layout, floors, levels))
     target = int(budget * LOW_WATER) if minimum <= budget * LOW_WATER else budget
     cost = _upgrade(layout, levels, target, weights, turn, born, minimum)
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
@@ -112,32 +120,32 @@ def _upgrade(
     cost: int,
 ) -> int:
     block_of = _block_index(layout)
-    heap: list[tuple[float, str, int]] = []
-    for page_id, level in levels.items():
-        if level < Fidelity.FULL:
-            _push(heap, layout, page_id, level, score(layout, page_id, weights, turn, born))
+    scores = {p: score(layout, p, weights, turn, born) for p, level in levels.items() if level < Fidelity.FULL}
+    heap = [_step(layout, p, levels[p], value) for p, value in scores.items()]
+    heapq.heapify(heap)
     applied: list[tuple[str, Fidelity]] = []
     while heap:
-        _, page_id, raw_level = heapq.heappop(heap)
-        level = Fidelity(raw_level)
-        if levels[page_id] + 1 != level:
+        _, page_id, step = heapq.heappop(heap)
+        current = levels[page_id]
+        if current + 1 != step:
             continue
+        level = LADDER[step]
         delta = _delta(layout, levels, block_of[page_id], page_id, level)
         if cost + delta > target:
             continue
-        applied.append((page_id, levels[page_id]))
+        applied.append((page_id, current))
         levels[page_id] = level
         cost += delta
-        if level < Fidelity.FULL:
-            _push(heap, layout, page_id, level, score(layout, page_id, weights, turn, born))
+        if step < Fidelity.FULL:
+            heapq.heappush(heap, _step(layout, page_id, level, scores[page_id]))
     return _settle(layout, levels, target, applied)
 
 
-def _push(heap: list[tuple[float, str, int]], layout: Layout, page_id: str, level: Fidelity, value: float) -> None:
-    step = Fidelity(level + 1)
-    gain = layout.pages[page_id].tokens(step) - layout.pages[page_id].tokens(level)
-    ratio = value / gain if gain > 0 else float("inf")
-    heapq.heappush(heap, (-ratio, page_id, int(step)))
+def _step(layout: Layout, page_id: str, level: int, value: float) -> tuple[float, str, int]:
+    """The heap entry for a page's next upgrade: best utility per token first, then (id, level)."""
+    costs = layout.costs[page_id]
+    gain = costs[level + 1] - costs[level]
+    return (-(value / gain) if gain > 0 else float("-inf"), page_id, level + 1)
 
 
 def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str, level: Fidelity) -> int:

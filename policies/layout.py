@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policies.pages import Fidelity, Page, PageType, Pin
+from policies.pages import LEVELS, Fidelity, Page, PageType, Pin
 from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, framed
 
 SPAN_HEADER_TOKENS = 48      # upper bound of the span stub's fixed text (checked by tests)
@@ -35,10 +35,43 @@ class Layout:
     facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]
     # each live fact: (fact page id, ((parent page id, parent levels that contain it), ...))
     current_plan: str | None
+    costs: Mapping[str, tuple[int, ...]]  # whole-message tokens per level, indexed by Fidelity
+    eligible: tuple[bool, ...]            # per block: may fold into a span (not newest, nothing hard)
+
+
+def make_layout(
+    order: tuple[str, ...],
+    pages: Mapping[str, Page],
+    names: Mapping[str, str],
+    entries: Mapping[str, int],
+    facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...],
+    current_plan: str | None,
+) -> Layout:
+    """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs."""
+    blocks = group_blocks(order, pages)
+    newest = newest_turn(order, pages)
+    costs = {p: _costs(pages[p], p in names) for p in order}
+    layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, ())
+    eligible = tuple(_eligible(layout, start, stop) for start, stop in blocks)
+    return Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, eligible)
+
+
+def _costs(page: Page, named: bool) -> tuple[int, ...]:
+    return (0, *(framed(page.tokens(level), named=named) for level in LEVELS))
+
+
+def _eligible(layout: Layout, start: int, stop: int) -> bool:
+    if stop > layout.newest:
+        return False
+    for page_id in layout.order[start:stop]:
+        page = layout.pages[page_id]
+        if pinned_hard(layout, page) or page.type is PageType.BOOTSTRAP:
+            return False
+    return True
 
 
 def message_cost(layout: Layout, page_id: str, level: Fidelity) -> int:
-    return framed(layout.pages[page_id].tokens(level), named=page_id in layout.names)
+    return layout.costs[page_id][level]
 
 
 def pinned_hard(layout: Layout, page: Page) -> bool:
@@ -48,16 +81,10 @@ def pinned_hard(layout: Layout, page: Page) -> bool:
 
 
 def collapsible(layout: Layout, block: int, levels: Mapping[str, Fidelity]) -> bool:
-    start, stop = layout.blocks[block]
-    if stop > layout.newest:
+    if not layout.eligible[block]:
         return False
-    for page_id in layout.order[start:stop]:
-        page = layout.pages[page_id]
-        if levels[page_id] is not Fidelity.POINTER or pinned_hard(layout, page):
-            return False
-        if page.type is PageType.BOOTSTRAP:
-            return False
-    return True
+    start, stop = layout.blocks[block]
+    return all(levels[p] == Fidelity.POINTER for p in layout.order[start:stop])
 
 
 def uncovered_facts(layout: Layout, levels: Mapping[str, Fidelity]) -> list[str]:
@@ -81,7 +108,8 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
             continue
         if span >= 0:
             cost, span = cost + span, -1
-        cost += sum(message_cost(layout, p, levels[p]) for p in layout.order[start:stop])
+        costs = layout.costs
+        cost += sum(costs[p][levels[p]] for p in layout.order[start:stop])
     if span >= 0:
         cost += span
     return cost + retained_cost(layout, uncovered_facts(layout, levels))

@@ -35,6 +35,7 @@ class PageTable:
     pages: dict[str, Page] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # text length per position (a cheap change check)
     facts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     covering: dict[str, frozenset[Fidelity]] = field(default_factory=dict)
     entries: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -78,21 +79,26 @@ def content_digest(message: Message) -> str:
 def known_prefix(table: PageTable, messages: Sequence[Message]) -> int:
     """How many leading messages of the incoming transcript the table already holds.
 
-    An append (the common case) is recognised in constant time by probing the first, middle
-    and last known positions; anything else is located by a positional scan.
+    Every known position is checked by the length of its text (a pruned tool result, a summary
+    or a dropped message changes it), and the first, middle and last of the agreeing run by a
+    fingerprint of both ends; only when a probe disagrees are fingerprints compared one by one.
+    A same-length edit away from the probes goes unseen: the price of not hashing the whole
+    transcript on every turn.
     """
     known = len(table.keys)
     if known == 0:
         return 0
-    if len(messages) >= known and all(
-        message_key(messages[i]) == table.keys[i] for i in sorted({0, known // 2, known - 1})
-    ):
-        return known
     limit = min(known, len(messages))
-    for index in range(limit):
+    lengths = table.lengths
+    agree = next((i for i in range(limit) if len(messages[i].text) != lengths[i]), limit)
+    if agree == 0:
+        return 0
+    if all(message_key(messages[i]) == table.keys[i] for i in {0, agree // 2, agree - 1}):
+        return agree
+    for index in range(agree):
         if message_key(messages[index]) != table.keys[index]:
             return index
-    return limit
+    return agree
 
 
 def ingest(
@@ -116,6 +122,7 @@ def ingest(
         table.order.append(page_id)
         table.in_order.add(page_id)
         table.keys.append(message_key(message))
+        table.lengths.append(len(message.text))
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
 
 
@@ -124,6 +131,7 @@ def _truncate(table: PageTable, kept: int) -> None:
         table.in_order.discard(page_id)
     del table.order[kept:]
     del table.keys[kept:]
+    del table.lengths[kept:]
     table.view = None
     table.cost = -1
 

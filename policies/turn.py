@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from policies.assembler import Assembly, assemble
 from policies.budget import TokenBudget
-from policies.layout import Layout, group_blocks, newest_turn
+from policies.layout import Layout, make_layout, newest_turn
 from policies.pages import Fidelity, PageType
 from policies.pagetable import IngestResult, PageTable, ingest
 from policies.render import View, render
@@ -122,15 +122,13 @@ def build_layout(table: PageTable) -> Layout:
     order = tuple(table.order)
     pages = table.pages
     plans = [p for p in order if pages[p].type is PageType.PLAN]
-    return Layout(
-        order=order,
-        blocks=group_blocks(order, pages),
-        newest=newest_turn(order, pages),
-        pages=pages,
-        names=table.names,
-        entries={p: table.entries[p][1] for p in order},
-        facts=_live_facts(table, order),
-        current_plan=plans[-1] if plans else None,
+    return make_layout(
+        order,
+        pages,
+        table.names,
+        {p: table.entries[p][1] for p in order},
+        _live_facts(table, order),
+        plans[-1] if plans else None,
     )
 
 

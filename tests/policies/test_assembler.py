@@ -95,7 +95,9 @@ def test_insufficiency_installs_exactly_the_minimum_set(wire: list[Wire], tiny: 
     assert assembly.minimum > tiny
     assert assembly.tokens == assembly.minimum
     assert assembly.replanned
-    assert dict(assembly.levels) == expected_floors(table, dict(assembly.levels), newest_position(request))
+    floors = expected_floors(table, dict(assembly.levels), newest_position(request))
+    whole = dict.fromkeys(floors, Fidelity.FULL)
+    assert dict(assembly.levels) in (floors, whole)  # whichever costs less: stubs can outweigh tiny messages
 
 
 @PROPERTY
@@ -130,12 +132,6 @@ SHORT_HISTORY = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the floors are not the cheapest prompt: a span stub (~56 tokens) or a retained-state "
-    "message (~44 + rules) can cost more than the messages at full, so a budget that holds the "
-    "untouched transcript is reported insufficient and the 'minimum' sent overruns it",
-)
 @PROPERTY
 @example(SHORT_HISTORY, 0)
 @given(transcripts(), st.integers(0, 200))

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from gateway.chat import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
-from policies.layout import RETAINED_HEADER_TOKENS, SPAN_HEADER_TOKENS
+from policies.layout import RETAINED_HEADER_TOKENS, SPAN_HEADER_TOKENS, newest_turn
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable
 from policies.render import RETAINED_HEADER, SPAN_HEADER
@@ -47,10 +47,10 @@ def call(call_id: str, name: str = "read_file") -> Wire:
 
 
 def full_positions(request: Sequence[Wire]) -> list[int]:
-    """Positions at full fidelity when the budget is zero: the newest turn, nothing else."""
+    """Positions pinned at full whatever the budget: the newest turn, nothing else."""
     table = PageTable("t", "s", "p")
-    levels = plan(request, 0, table).assembly.levels
-    return [i for i, page_id in enumerate(table.order) if levels[page_id] is Fidelity.FULL]
+    plan(request, 0, table)
+    return list(range(newest_turn(table.order, table.pages), len(table.order)))
 
 
 # ---------------------------------------------------------------- the newest turn
@@ -194,10 +194,6 @@ def test_a_group_with_a_detailed_member_is_not_folded() -> None:
     assert output[2]["tool_call_id"] == "c1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fact is counted as covered by its parent's pointer text, which a span stub never shows",
-)
 def test_a_rule_of_a_message_folded_into_a_span_is_restated() -> None:
     rule = "Never use tabs for indentation in this project."
     request = [
@@ -205,7 +201,7 @@ def test_a_rule_of_a_message_folded_into_a_span_is_restated() -> None:
         {"role": "assistant", "content": "Noted."},
         {"role": "user", "content": "Now fix the parser."},
     ]
-    result = plan(request, 98)
+    result = plan(request, 160)
     assert not result.assembly.insufficient
     assert rule in "\n".join(content_text(m) for m in to_wire(result.messages))
 

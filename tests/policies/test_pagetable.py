@@ -153,11 +153,6 @@ def test_a_shorter_transcript_is_a_rewrite() -> None:
     assert len(table.order) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known_prefix recognises an append by probing the first, middle and last known keys; "
-    "an edit at any other position (e.g. an agent clearing an old tool result in place) is missed",
-)
 def test_an_edit_between_the_probed_positions_is_a_rewrite() -> None:
     wire = [
         SYSTEM,

@@ -191,11 +191,6 @@ FOLDED_RULE = Session(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fact counts as covered by its parent's pointer text, but a pointer-level parent is "
-    "folded into a span stub that shows only its id: the rule is neither shown nor restated",
-)
 @PROPERTY
 @example(FOLDED_RULE)
 @given(sessions())
@@ -352,11 +347,6 @@ COMPACTED_MIDDLE = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known_prefix probes only the first, middle and last known keys: a summary replacing a "
-    "message between them is taken for an append and the stale page is kept",
-)
 @PROPERTY
 @example(*COMPACTED_MIDDLE)
 @given(sessions(), st.integers(0, 10))
