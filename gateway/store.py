@@ -53,7 +53,8 @@ SAVE_SCRIPT = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 local expected = tonumber(ARGV[1])
 local data = ARGV[2]
-local same = cur > 0 and redis.call('HGET', KEYS[1], 'data') == data
+local same = cur > 0 and redis.call('HSTRLEN', KEYS[1], 'data') == #data
+  and redis.call('HGET', KEYS[1], 'data') == data
 if expected >= 0 and cur ~= expected then
   if cur == expected + 1 and same then return cur end
   return redis.error_reply('VERSION_CONFLICT ' .. cur)
