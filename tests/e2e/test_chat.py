@@ -227,3 +227,22 @@ def test_default_body_limit_admits_a_million_token_transcript(gateway) -> None:
         response = h.post(gateway.url + "/chat/completions", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
     assert int(response.headers["x-clawvm-prompt-tokens"]) <= int(response.headers["x-clawvm-budget"])
+
+
+def test_unknown_model_is_forwarded_with_the_default_window(gateway) -> None:
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="my-self-hosted-llama", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.parse().choices[0].message.content == "ok"
+    assert gateway.fake.requests[-1].body["model"] == "my-self-hosted-llama"
+    assert raw.headers["x-clawvm-budget-source"] == "default"
+    assert int(raw.headers["x-clawvm-budget"]) == 128000 - 4096
+
+
+def test_unknown_model_uses_the_tenant_budget_when_set(start_gateway) -> None:
+    with start_gateway(budget=5000) as gw:
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model="my-self-hosted-llama", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert raw.headers["x-clawvm-budget-source"] == "tenant_budget"
+        assert raw.headers["x-clawvm-budget"] == "5000"
