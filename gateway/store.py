@@ -282,7 +282,7 @@ class RedisStore:
         names = [keys.page(pid) for pid in wanted]
         with _mapped_errors():
             values = await self._client.mget(names)
-        return {pid: _page(raw, name) for pid, name, raw in zip(wanted, names, values) if raw is not None}
+        return {pid: _page(raw, name) for pid, name, raw in zip(wanted, names, values, strict=False) if raw is not None}
 
     async def get_body(self, tenant: str, scope_id: str, digest: str) -> str | None:
         name = Keys.of(tenant, scope_id).body(digest)

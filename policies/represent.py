@@ -380,7 +380,7 @@ def _salient(view: _View, indexes: range, lengths: Sequence[int], budget: int) -
         if line in rank:
             rank[line] = 0
     chosen: list[int] = []
-    for level, index in sorted((level, index) for index, level in rank.items() if level < 3):
+    for _level, index in sorted((level, index) for index, level in rank.items() if level < 3):
         if lengths[index] <= budget:
             chosen.append(index)
             budget -= lengths[index]

@@ -4,7 +4,8 @@ import json
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.codec import FORMAT_VERSION, CodecError, dump_page, load_page
 from policies.pages import Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope

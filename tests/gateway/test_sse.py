@@ -4,7 +4,8 @@ import json
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench.fake_upstream import stream_events
 from gateway.errors import RateLimited, error_body

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -210,7 +209,7 @@ def test_a_kept_turn_keeps_the_forwarded_prefix(session: Session) -> None:
     """A turn that does not re-plan keeps every earlier decision: the previous prompt (less the
     retained-state message, which moves to just before the newest turn) is a prefix of the new one."""
     turns = replay(session, COUNTER).turns
-    for previous, current in zip(turns, turns[1:]):
+    for previous, current in zip(turns, turns[1:], strict=False):
         if current.plan.assembly.replanned:
             continue
         before = previous.plan.assembly.levels
@@ -256,4 +255,4 @@ def test_an_overflow_replans_with_head_room_for_the_next_turns() -> None:
         replanned.append(assembly.replanned)
         wire += [{"role": "assistant", "content": "ok"}]
     assert sum(replanned[1:]) >= 2
-    assert not any(a and b for a, b in zip(replanned[1:], replanned[2:]))
+    assert not any(a and b for a, b in zip(replanned[1:], replanned[2:], strict=False))

@@ -118,7 +118,7 @@ def test_span_stubs_fold_whole_runs_of_pointer_pages(session: Session) -> None:
         levels = turn.plan.assembly.levels
         plans = [p for p in turn.order if result.table.pages[p].type is PageType.PLAN]
         stubs = [span_ids(m) for m in turn.output]
-        for first, second in zip(stubs, stubs[1:]):
+        for first, second in zip(stubs, stubs[1:], strict=False):
             assert first is None or second is None, "neighbouring span stubs were not merged"
         for ids in filter(None, stubs):
             positions = [turn.order.index(p) for p in ids]
