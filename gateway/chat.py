@@ -86,7 +86,8 @@ def parse_message(item: Any, index: int) -> Message:
             f"{where}.role: {role!r} is not one of 'system', 'developer', 'user', 'assistant', 'tool'.",
             param=f"messages.[{index}].role",
         )
-    text = content_text(item.get("content"), where)
+    content = item.get("content")
+    text = content_text(content, where)
     calls = _tool_calls(item.get("tool_calls"), where) if role == "assistant" else ()
     call_id = item.get("tool_call_id")
     if role == "tool" and (not isinstance(call_id, str) or not call_id):
@@ -99,6 +100,7 @@ def parse_message(item: Any, index: int) -> Message:
         tool_call_id=call_id if role == "tool" else None,
         name=name if isinstance(name, str) and name else None,
         raw=item,
+        images=sum(1 for p in content if "text" not in p and "refusal" not in p) if isinstance(content, list) else 0,
     )
 
 

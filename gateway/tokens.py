@@ -20,7 +20,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policies.tokens import REPLY_PRIMING, TokenCounter, framed, tool_calls_tokens
+from policies.tokens import IMAGE_TOKENS, REPLY_PRIMING, TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ ENCODING_FILES: Mapping[str, str] = {
 OFFLINE_ENCODINGS = frozenset(ENCODING_FILES)
 DEFAULT_ENCODING = "o200k_base"  # for models tiktoken does not know
 FALLBACK_ENCODING = "cl100k_base"  # for encodings whose files are not bundled (r50k_base, gpt2)
-IMAGE_PART_TOKENS = 85  # OpenAI's flat charge for a low-detail image
 TOOL_OVERHEAD = 8
 
 
@@ -154,14 +153,15 @@ def message_tokens(counter: TokenCounter, message: Mapping[str, Any]) -> int:
 
 
 def content_tokens(counter: TokenCounter, content: object) -> int:
-    """A string counts as is; a part list counts its text parts joined, plus 85 per image."""
+    """A string counts as is; a part list counts its text parts joined, plus a flat
+    IMAGE_TOKENS for every other part (image, audio, file), as the policy core does."""
     if isinstance(content, str):
         return counter.count(content)
     if not isinstance(content, list):
         return 0
     texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    images = sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
-    return counter.count("".join(texts)) + IMAGE_PART_TOKENS * images
+    images = sum(1 for p in content if isinstance(p, dict) and "text" not in p and "refusal" not in p)
+    return counter.count("".join(texts)) + IMAGE_TOKENS * images
 
 
 def wire_tool_calls(calls: object) -> tuple[ToolCall, ...]:

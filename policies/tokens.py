@@ -15,6 +15,7 @@ MESSAGE_OVERHEAD = 4  # <|start|>role ... <|end|> plus a separator
 NAME_OVERHEAD = 1
 TOOL_CALL_OVERHEAD = 8  # id, type, function wrapper around name + arguments
 REPLY_PRIMING = 3
+IMAGE_TOKENS = 85  # OpenAI's flat charge for a low-detail image: counted for every non-text part
 
 
 class TokenCounter(Protocol):

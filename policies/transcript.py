@@ -33,6 +33,7 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    images: int = 0  # non-text content parts (images, audio, files) the full level carries
 
     @property
     def is_instruction(self) -> bool:

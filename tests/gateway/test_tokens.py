@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from gateway.tokens import (
-    IMAGE_PART_TOKENS,
     OFFLINE_ENCODINGS,
     TiktokenCounter,
     TokenizerError,
@@ -22,7 +21,14 @@ from gateway.tokens import (
     prepare_offline,
     tiktoken_cache_dir,
 )
-from policies.tokens import MESSAGE_OVERHEAD, NAME_OVERHEAD, REPLY_PRIMING, TOOL_CALL_OVERHEAD, CharCounter
+from policies.tokens import (
+    IMAGE_TOKENS,
+    MESSAGE_OVERHEAD,
+    NAME_OVERHEAD,
+    REPLY_PRIMING,
+    TOOL_CALL_OVERHEAD,
+    CharCounter,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -198,7 +204,7 @@ def test_count_messages_framing() -> None:
     ]
     expected = (
         (MESSAGE_OVERHEAD + 10)
-        + (MESSAGE_OVERHEAD + NAME_OVERHEAD + 2 + 2 * IMAGE_PART_TOKENS)
+        + (MESSAGE_OVERHEAD + NAME_OVERHEAD + 2 + 2 * IMAGE_TOKENS)
         + (MESSAGE_OVERHEAD + TOOL_CALL_OVERHEAD + 1 + 4)
         + (MESSAGE_OVERHEAD + 3)
         + REPLY_PRIMING
@@ -214,7 +220,8 @@ def test_count_messages_tolerates_odd_shapes() -> None:
         {"role": "user", "content": [{"type": "input_audio"}, "raw"]},
     ]
     arguments = len('{"a":1}')
-    expected = MESSAGE_OVERHEAD * 3 + TOOL_CALL_OVERHEAD + 1 + (arguments + 3) // 4 + REPLY_PRIMING
+    audio = IMAGE_TOKENS  # every non-text part is charged like an image
+    expected = MESSAGE_OVERHEAD * 3 + TOOL_CALL_OVERHEAD + 1 + (arguments + 3) // 4 + REPLY_PRIMING + audio
     assert count_messages(counter, messages) == expected
 
 

@@ -89,7 +89,13 @@ TOOL_NAMES = ("read_file", "Bash", "edit_file", "grep", "get_reservation_details
 WORDS = (
     "alpha", "beta", "gamma", "delta", "parser", "loader", "worker", "request", "value", "config",
     "session", "commit", "branch", "module", "handler", "result", "cache", "queue", "token", "page",
+    "café", "naïve", "日本語", "données", "🚀", "Ωmega",
 )
+REMINDERS = (
+    "Reminder: you must keep every answer under ten lines.",
+    "The user switched to the staging environment.",
+)
+IMAGE_PART: Wire = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 
 
 # ---------------------------------------------------------------- deterministic bulk text
@@ -165,7 +171,7 @@ def system_prompts(draw: st.DrawFn) -> Wire:
 
 
 @st.composite
-def user_messages(draw: st.DrawFn, turn: int) -> Wire:
+def user_messages(draw: st.DrawFn, turn: int, images: bool = False) -> Wire:
     pool = USER_ASKS + USER_RULES + USER_PREFERENCES
     sentences = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4))
     text = " ".join(sentences)
@@ -176,6 +182,8 @@ def user_messages(draw: st.DrawFn, turn: int) -> Wire:
     message: Wire = {"role": "user", "content": text}
     if draw(st.integers(0, 5)) == 0:
         message["content"] = [{"type": "text", "text": text}]
+    if images and draw(st.integers(0, 2)) == 0:
+        message["content"] = [{"type": "text", "text": text}, IMAGE_PART]
     if draw(st.integers(0, 7)) == 0:
         message["name"] = "sam"
     return message
@@ -204,7 +212,12 @@ def tool_results(draw: st.DrawFn, call_id: str) -> Wire:
         content = "" if draw(st.booleans()) else "File written."
     else:
         content = bulk_text(seed, size)
-    return {"role": "tool", "tool_call_id": call_id, "content": content}
+    message: Wire = {"role": "tool", "tool_call_id": call_id, "content": content}
+    if draw(st.integers(0, 5)) == 0:
+        message["content"] = [{"type": "text", "text": content}]
+    if draw(st.integers(0, 5)) == 0:
+        message["name"] = "tool_output"
+    return message
 
 
 def todo_call(call_id: str, steps: Sequence[str], active: int) -> Wire:
@@ -249,15 +262,18 @@ def assistant_texts(draw: st.DrawFn) -> Wire:
 
 
 @st.composite
-def transcripts(draw: st.DrawFn, max_rounds: int = 5) -> list[Wire]:
-    """A valid `messages` array (it may end on the model's reply; `requests` cuts before it)."""
+def transcripts(draw: st.DrawFn, max_rounds: int = 5, images: bool = False) -> list[Wire]:
+    """A valid `messages` array (it may end on the model's reply; `requests` cuts before it).
+    `images` adds image parts to some user messages."""
     ids = _Ids()
     messages: list[Wire] = []
     if draw(st.integers(0, 3)) > 0:
         messages.append(draw(system_prompts()))
     rounds = draw(st.integers(1, max_rounds))
     for turn in range(rounds):
-        messages.append(draw(user_messages(turn)))
+        if turn and draw(st.integers(0, 6)) == 0:
+            messages.append({"role": "system", "content": draw(st.sampled_from(REMINDERS))})
+        messages.append(draw(user_messages(turn, images)))
         for _ in range(draw(st.integers(0, 3))):
             messages.extend(draw(tool_rounds(ids)) if draw(st.integers(0, 2)) else [draw(assistant_texts())])
         if turn < rounds - 1 and draw(st.booleans()):
@@ -281,8 +297,8 @@ class Session:
 
 
 @st.composite
-def sessions(draw: st.DrawFn, max_rounds: int = 5) -> Session:
-    return Session(draw(transcripts(max_rounds)), draw(budgets()))
+def sessions(draw: st.DrawFn, max_rounds: int = 5, images: bool = False) -> Session:
+    return Session(draw(transcripts(max_rounds, images)), draw(budgets()))
 
 
 # ---------------------------------------------------------------- replay
@@ -300,7 +316,7 @@ def requests(wire: Sequence[Wire]) -> list[list[Wire]]:
 class Turn:
     request: list[Wire]
     plan: TurnPlan
-    output: list[Any]
+    output: list[Wire]
     pages_before: dict[str, Page]
     pages_after: dict[str, Page]
     order: tuple[str, ...]  # the table's message pages after the turn

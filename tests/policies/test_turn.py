@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench.traces import load_traces, traces_dir
 from gateway.chat import parse_messages, to_wire
-from gateway.tokens import count_messages
+from gateway.tokens import count_messages, count_tools
 from policies.budget import TokenBudget, resolve_budget
 from policies.classify import extract_facts
-from policies.pages import Fidelity, PageType
+from policies.pages import Fidelity, Page, PageType
 from policies.pagetable import PageTable
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter, TokenCounter
@@ -28,8 +29,11 @@ from policies.turn import TurnPlan, plan_turn
 from tests.policies.strategies import (
     RecordingCounter,
     Session,
+    IMAGE_PART,
     Wire,
+    aligned,
     budgets,
+    bulk_text,
     content_text,
     newest_turn_of,
     replay,
@@ -130,6 +134,16 @@ def assert_system_rules_kept(request: Sequence[Wire], output: Sequence[Wire]) ->
             assert needle in text, f"system rule lost: {needle!r}"
 
 
+def assert_constraints_kept(pages: Mapping[str, Page], order: Sequence[str], output: Sequence[Wire]) -> None:
+    """Every constraint of a message still in the transcript is in the prompt (its parent's text or restated)."""
+    text = output_text(output)
+    live = set(order)
+    for page in pages.values():
+        if page.type is PageType.CONSTRAINT and page.provenance.parent_id in live:
+            body = normalised(page.reprs.full.text.split(": ", 1)[1]).rstrip("…").strip()
+            assert body in text, f"constraint {page.id} lost: {body!r}"
+
+
 # ---------------------------------------------------------------- properties over sessions
 
 
@@ -196,13 +210,8 @@ FOLDED_RULE = Session(
 @given(sessions())
 def test_every_constraint_stays_in_the_prompt(session: Session) -> None:
     """Constraints are hard-pinned at structured: resident in their parent or restated."""
-    result = replay(session, COUNTER)
-    for turn in result.turns:
-        text = output_text(turn.output)
-        for page in turn.pages_after.values():
-            if page.type is PageType.CONSTRAINT and page.provenance.parent_id in turn.order:
-                body = normalised(page.reprs.full.text.split(": ", 1)[1]).rstrip("…").strip()
-                assert body in text, f"constraint {page.id} lost: {body!r}"
+    for turn in replay(session, COUNTER).turns:
+        assert_constraints_kept(turn.pages_after, turn.order, turn.output)
 
 
 @PROPERTY
@@ -288,6 +297,26 @@ def test_page_table_keeps_the_order_of_an_appended_prefix() -> None:
     assert len(table.order) == 4
 
 
+def test_a_resent_request_changes_nothing_and_ages_nothing() -> None:
+    """A client retry sends the same transcript again: same prompt, no new pages, no ageing."""
+    wire = [
+        {"role": "system", "content": "You must never push to main."},
+        {"role": "user", "content": bulk_text(3, 3000)},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Thanks."},
+    ]
+    budget = resolve_budget(Budget(max_prompt_tokens=300), 128_000, "model_map", 0)
+    table = PageTable("t", "s", "p")
+    first = plan_turn(table, parse_messages(wire), TenantPolicy(), COUNTER, budget)
+    turn, pages = table.turn, dict(table.pages)
+    again = plan_turn(table, parse_messages(wire), TenantPolicy(), COUNTER, budget)
+    assert first.changed
+    assert not again.changed
+    assert again.ingest.new_pages == ()
+    assert (table.turn, table.pages) == (turn, pages)
+    assert json.dumps(to_wire(again.messages)) == json.dumps(to_wire(first.messages))
+
+
 # ---------------------------------------------------------------- budget changes and rewrites
 
 
@@ -360,6 +389,28 @@ def test_a_rewrite_is_detected_at_the_first_changed_message(session: Session, cu
     assert summary.reprs.full.text == content_text(request[plan.ingest.kept])
 
 
+# ---------------------------------------------------------------- images
+
+
+WITH_IMAGES = Session(
+    wire=[{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}, IMAGE_PART, IMAGE_PART]}],
+    budget=resolve_budget(Budget(max_prompt_tokens=100), 128_000, "model_map", 0),
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an image part costs 85 tokens on the wire (gateway.tokens.count_messages) but a page "
+    "counts its text only: a prompt with images is under-counted and overruns the budget",
+)
+@PROPERTY
+@example(WITH_IMAGES)
+@given(sessions(images=True))
+def test_image_parts_are_accounted(session: Session) -> None:
+    for turn in replay(session, COUNTER).turns:
+        assert_within_budget(turn.plan, turn.output, session.budget.usable)
+
+
 # ---------------------------------------------------------------- physical insufficiency
 
 
@@ -402,3 +453,19 @@ def test_invariants_hold_with_tiktoken(tiktoken: TokenCounter, session: Session)
     result = replay(session, tiktoken)
     for turn in result.turns:
         assert_invariants(result.table, turn.request, turn.plan, session.budget.usable, tiktoken)
+
+
+def test_real_traces_keep_every_invariant(tiktoken: TokenCounter) -> None:
+    """The shared real sessions, turn by turn, at a tight, a middling and a roomy budget."""
+    directory = traces_dir()
+    if not directory.is_dir():
+        pytest.skip(f"no real traces at {directory} (set CLAWVM_TRACES)")
+    for trace in load_traces(directory):
+        for cap in (2_000, 8_000, 32_000):
+            tools = count_tools(tiktoken, trace.tools)
+            budget = resolve_budget(Budget(max_prompt_tokens=cap), 128_000, "model_map", tools)
+            result = replay(Session(trace.messages, budget), tiktoken)
+            for turn in result.turns:
+                assert_invariants(result.table, turn.request, turn.plan, budget.usable, tiktoken)
+                assert_constraints_kept(result.table.pages, turn.order, turn.output)
+                aligned(turn.request, turn.output, turn.order)
