@@ -5,6 +5,11 @@ processes the store's optimistic version check decides (a lost race re-plans on 
 The in-process cache is trusted without a round trip: the save is optimistic (it carries the
 version the table was loaded at), so a replica that planned on a table another replica has
 moved past loses the save, drops its copy and plans again on the stored state.
+
+A commit writes what the turn changed: one delta appended to the table's journal (see
+gateway.tables), not the whole table. Every COMPACT_EVERY records, or when the journal would
+outgrow the snapshot, the commit writes a fresh snapshot instead (which clears the journal), so
+that a load replays a bounded journal and the per-turn write stays proportional to the change.
 """
 
 from __future__ import annotations
@@ -16,11 +21,30 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from gateway.store import Store, TableRecord, body_digest, session_scope
-from gateway.tables import dump_table, load_table, page_ids
+from gateway.tables import dump_delta, dump_table, load_table, page_ids
 from policies.pages import Page, PageType
-from policies.pagetable import PageTable
+from policies.pagetable import PageTable, checkpoint, unchanged
 
 CACHE_CAPACITY = 2048
+COMPACT_EVERY = 64  # journal records between snapshots, at most
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """The stored form of a table as of its version: the snapshot's size and the records after it."""
+
+    records: int
+    size: int  # characters of the records, a newline before each
+    base: int  # characters of the snapshot
+
+    @classmethod
+    def of(cls, data: str) -> Journal:
+        snapshot = data.partition("\n")[0]
+        return cls(data.count("\n"), len(data) - len(snapshot), len(snapshot))
+
+    def takes(self, delta: str) -> bool:
+        """Whether one more record keeps the journal within its bounds."""
+        return self.records < COMPACT_EVERY and self.size + len(delta) <= self.base
 
 
 @dataclass(slots=True)
@@ -61,15 +85,30 @@ class SessionState:
     async def _decode(self, tenant: str, session: str, record: TableRecord) -> PageTable:
         ids = page_ids(record.data)
         pages = await self.store.get_pages(tenant, session_scope(session), ids)
-        return load_table(record.data, pages, record.version)
+        table = load_table(record.data, pages, record.version)
+        table.journal = Journal.of(record.data)
+        return table
 
     async def commit(self, table: PageTable, new_pages: Sequence[Page]) -> None:
-        """Persist the table, its new pages and their evidence bodies in one atomic save."""
+        """Persist what changed in the table, its new pages and their evidence bodies in one
+        atomic save. A failed save leaves the table's change tracking as it was. A stored
+        table that has not changed since its last save is cached again without a round trip."""
+        if table.version > 0 and not new_pages and unchanged(table):
+            self.keep(table)
+            return
         key = (table.tenant, table.session)
         bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
-        table.version = await self.store.save(
-            table.tenant, session_scope(table.session), dump_table(table), new_pages, bodies, table.version
-        )
+        scope = session_scope(table.session)
+        journal = table.journal if isinstance(table.journal, Journal) and table.version > 0 else None
+        delta = dump_delta(table) if journal is not None else ""
+        if journal is not None and journal.takes(delta):
+            table.version = await self.store.append(table.tenant, scope, delta, new_pages, bodies, table.version)
+            table.journal = Journal(journal.records + 1, journal.size + len(delta) + 1, journal.base)
+        else:
+            snapshot = dump_table(table)
+            table.version = await self.store.save(table.tenant, scope, snapshot, new_pages, bodies, table.version)
+            table.journal = Journal(0, 0, len(snapshot))
+        checkpoint(table)
         self._cache[key] = table
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)

@@ -3,10 +3,17 @@
 Keys: every key of one scope shares one Redis Cluster hash tag, `{<tenant>:<scope_id>}`, so each
 multi-key operation (the atomic save, MGET of pages) stays in one slot:
 
-    cvm:{<tenant>:s:<session>}:table               hash: v (int version), data (table JSON)
+    cvm:{<tenant>:s:<session>}:table               hash: v (version), data (snapshot), base (its version)
+    cvm:{<tenant>:s:<session>}:tlog                list: the journal, one record per save since the snapshot
     cvm:{<tenant>:s:<session>}:page:<page_id>      page JSON (gateway.codec)
     cvm:{<tenant>:s:<session>}:body:<sha256>       evidence body, content-addressed, immutable
-    cvm:{<tenant>:project:<project>}:...           the same three for project scope
+    cvm:{<tenant>:project:<project>}:...           the same four for project scope
+
+A table is stored as a snapshot plus a journal of later records (`save` writes a snapshot and
+clears the journal, `append` adds one record); both are single lines, and `load_table` returns
+them joined by newlines. The journal holds exactly `v - base` records: anything else (a key
+evicted on its own, a writer that does not keep the journal) reads as CorruptData, never as a
+silently older table.
 
 Tenants may not contain ':' and scope ids are built by `session_scope`/`project_scope`, so the
 tag splits one way only: two tenants can never share a key. Ids are validated, never escaped;
@@ -18,7 +25,8 @@ Errors (redis exceptions never escape; `_mapped_errors` converts them):
     ├── StoreUnavailable ... connection refused/lost, timeout, server loading
     ├── VersionConflict .... optimistic save lost against another writer
     ├── CorruptData ........ a stored value that does not decode
-    └── InvalidKeyError .... (also a ValueError) an id that would not make a safe key
+    ├── InvalidKeyError .... (also a ValueError) an id that would not make a safe key
+    └── InvalidRecordError . (also a ValueError) a table record that is not one line
 """
 
 from __future__ import annotations
@@ -44,26 +52,41 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 SESSION_PREFIX = "s:"
 PROJECT_PREFIX = "project:"
 CONFLICT = "VERSION_CONFLICT"
-# One atomic round trip: check the version (ARGV[1], -1 = unchecked), write the pages (SET),
-# the bodies (SET NX) and the table (HSET v, data). A retry of a save that already committed
-# (stored = expected + 1 with the same data) returns the stored version; an unchanged table
-# keeps its version. KEYS: table, pages..., bodies...; ARGV: expected, data, page count,
-# page JSON..., body text...
+SNAPSHOT, APPEND = "snapshot", "append"
+# One atomic round trip: check the version (ARGV[2], -1 = unchecked), write the pages (SET),
+# the bodies (SET NX), then either a snapshot (HSET v, data, base; DEL the journal) or one
+# journal record (RPUSH; HSET v). A retry of a save that already committed (stored = expected
+# + 1, and the same snapshot with an empty journal, or the same last record) returns the stored
+# version; an unchanged snapshot keeps its version. KEYS: table, journal, pages..., bodies...;
+# ARGV: mode, expected, record, page count, page JSON..., body text...
 SAVE_SCRIPT = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local expected = tonumber(ARGV[1])
-local data = ARGV[2]
-local same = cur > 0 and redis.call('HSTRLEN', KEYS[1], 'data') == #data
-  and redis.call('HGET', KEYS[1], 'data') == data
+local logged = cur - tonumber(redis.call('HGET', KEYS[1], 'base') or cur)
+local expected = tonumber(ARGV[2])
+local record = ARGV[3]
+local append = ARGV[1] == 'append'
+local same
+if append then
+  same = logged > 0 and redis.call('LINDEX', KEYS[2], -1) == record
+else
+  same = cur > 0 and logged == 0 and redis.call('HSTRLEN', KEYS[1], 'data') == #record
+    and redis.call('HGET', KEYS[1], 'data') == record
+end
 if expected >= 0 and cur ~= expected then
   if cur == expected + 1 and same then return cur end
   return redis.error_reply('VERSION_CONFLICT ' .. cur)
 end
-local npages = tonumber(ARGV[3])
-for i = 1, npages do redis.call('SET', KEYS[1 + i], ARGV[3 + i]) end
-for i = 2 + npages, #KEYS do redis.call('SET', KEYS[i], ARGV[2 + i], 'NX') end
+local npages = tonumber(ARGV[4])
+for i = 1, npages do redis.call('SET', KEYS[2 + i], ARGV[4 + i]) end
+for i = 3 + npages, #KEYS do redis.call('SET', KEYS[i], ARGV[2 + i], 'NX') end
+if append then
+  redis.call('RPUSH', KEYS[2], record)
+  redis.call('HSET', KEYS[1], 'v', cur + 1, 'base', cur - logged)
+  return cur + 1
+end
 if same then return cur end
-redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', data)
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', record, 'base', cur + 1)
 return cur + 1
 """
 # Lone surrogates (valid in JSON escapes, so possible in transcripts) round-trip instead of failing.
@@ -103,10 +126,14 @@ class InvalidKeyError(StoreError, ValueError):
     """An id that does not fit the key grammar."""
 
 
+class InvalidRecordError(StoreError, ValueError):
+    """A table record (snapshot or journal record) that is not a single line."""
+
+
 @dataclass(frozen=True, slots=True)
 class TableRecord:
     version: int
-    data: str
+    data: str  # the snapshot, then the journal's records: one line each
 
 
 class Store(Protocol):
@@ -122,6 +149,16 @@ class Store(Protocol):
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int | None,
+    ) -> int: ...
+
+    async def append(
+        self,
+        tenant: str,
+        scope_id: str,
+        record: str,
+        pages: Sequence[Page],
+        bodies: Mapping[str, str],
+        expected_version: int,
     ) -> int: ...
 
     async def get_pages(self, tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]: ...
@@ -172,6 +209,10 @@ class Keys:
     def table(self) -> str:
         return f"cvm:{{{self.tag}}}:table"
 
+    @property
+    def journal(self) -> str:
+        return f"cvm:{{{self.tag}}}:tlog"
+
     def page(self, page_id: str) -> str:
         return f"cvm:{{{self.tag}}}:page:{_checked(_PAGE_ID, page_id, 'page id')}"
 
@@ -221,12 +262,20 @@ class RedisStore:
     body_digest = staticmethod(body_digest)
 
     async def load_table(self, tenant: str, scope_id: str) -> TableRecord | None:
+        """The snapshot and the journal, read together (one MULTI/EXEC)."""
         keys = Keys.of(tenant, scope_id)
         with _mapped_errors():
-            version, data = await self._client.hmget(keys.table, ["v", "data"])
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hmget(keys.table, ["v", "data", "base"])
+                pipe.lrange(keys.journal, 0, -1)
+                (version, data, base), journal = await pipe.execute()
         if version is None and data is None:
             return None
-        return TableRecord(_version(version, keys.table), _data(data, keys.table))
+        current = _version(version, keys.table)
+        logged = current - (current if base is None else _version(base, keys.table))
+        if logged != len(journal):
+            raise CorruptData(f"{keys.journal}: holds {len(journal)} records, the table at v{current} needs {logged}")
+        return TableRecord(current, "\n".join([_data(data, keys.table), *journal]))
 
     async def table_version(self, tenant: str, scope_id: str) -> int:
         """The stored table's version, 0 when there is none: a cheap freshness check."""
@@ -244,25 +293,53 @@ class RedisStore:
         bodies: Mapping[str, str],
         expected_version: int | None,
     ) -> int:
-        """Write pages, bodies and the table in one Lua script (one round trip, atomic); returns the new version.
+        """Write pages, bodies and a snapshot of the table in one Lua script (one round trip,
+        atomic), clearing the journal; returns the new version.
 
         The version counts table contents: it is bumped only when `table_json` differs from the
-        stored data. With `expected_version`, the stored version must equal it (0 = no table yet),
+        stored table. With `expected_version`, the stored version must equal it (0 = no table yet),
         except that a retry of a save that already committed (stored = expected + 1 with the same
         data) returns the stored version instead of failing. Ids, digests and pages are checked
         before any I/O: a body whose sha256 is not its digest raises InvalidKeyError, a page that
-        cannot be encoded (NaN utility) raises gateway.codec.CodecError.
+        cannot be encoded (NaN utility) raises gateway.codec.CodecError, a snapshot holding a
+        newline raises InvalidRecordError.
         """
+        expected = -1 if expected_version is None else expected_version
+        return await self._write(SNAPSHOT, tenant, scope_id, table_json, pages, bodies, expected)
+
+    async def append(
+        self,
+        tenant: str,
+        scope_id: str,
+        record: str,
+        pages: Sequence[Page],
+        bodies: Mapping[str, str],
+        expected_version: int,
+    ) -> int:
+        """Like `save`, but adds one record to the table's journal instead of replacing its
+        snapshot: the write is the record's size, not the table's. Every append bumps the
+        version; `expected_version` is required and at least 1 (a record extends a stored
+        table). A retry of an append that already committed returns the stored version."""
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 1:
+            raise ValueError(f"an append needs the version of a stored table, got {expected_version!r}")
+        return await self._write(APPEND, tenant, scope_id, record, pages, bodies, expected_version)
+
+    async def _write(
+        self,
+        mode: str,
+        tenant: str,
+        scope_id: str,
+        record: str,
+        pages: Sequence[Page],
+        bodies: Mapping[str, str],
+        expected: int,
+    ) -> int:
         keys = Keys.of(tenant, scope_id)
-        writes = _Writes.build(keys, table_json, pages, bodies)
-        names = [keys.table, *(keys.page(p) for p, _ in writes.pages), *(keys.body(d) for d, _ in writes.bodies)]
-        args = [
-            -1 if expected_version is None else expected_version,
-            writes.table_json,
-            len(writes.pages),
-            *(j for _, j in writes.pages),
-            *(t for _, t in writes.bodies),
-        ]
+        writes = _Writes.build(keys, record, pages, bodies)
+        names = [keys.table, keys.journal, *(keys.page(p) for p, _ in writes.pages)]
+        names += [keys.body(d) for d, _ in writes.bodies]
+        args = [mode, expected, writes.record, len(writes.pages), *(j for _, j in writes.pages)]
+        args += [t for _, t in writes.bodies]
         with _mapped_errors():
             try:
                 return int(await self._save_script(keys=names, args=args))
@@ -270,8 +347,8 @@ class RedisStore:
                 if not str(exc).startswith(CONFLICT):
                     raise
                 actual = int(str(exc).split()[1])
-                message = f"{keys.table}: version is {actual}, expected {expected_version}"
-                raise VersionConflict(message, expected_version, actual) from exc
+                message = f"{keys.table}: version is {actual}, expected {expected}"
+                raise VersionConflict(message, None if expected < 0 else expected, actual) from exc
 
     async def get_pages(self, tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]:
         """The stored pages among `page_ids`, in the order asked; missing ids are left out."""
@@ -318,19 +395,20 @@ class RedisStore:
 class _Writes:
     """What one save writes, encoded and validated before any I/O."""
 
-    table_json: str
+    record: str
     pages: tuple[tuple[str, str], ...]  # (page id, page JSON)
     bodies: tuple[tuple[str, str], ...]  # (digest, text)
 
     @classmethod
-    def build(cls, keys: Keys, table_json: str, pages: Sequence[Page], bodies: Mapping[str, str]) -> _Writes:
+    def build(cls, keys: Keys, record: str, pages: Sequence[Page], bodies: Mapping[str, str]) -> _Writes:
+        if "\n" in record:
+            raise InvalidRecordError("a table record must be a single line (compact JSON has no raw newline)")
         encoded = tuple((_checked(_PAGE_ID, p.id, "page id"), dump_page(p)) for p in pages)
         for digest, text in bodies.items():
             keys.body(digest)
             if body_digest(text) != digest:
                 raise InvalidKeyError(f"body digest {digest} does not match its text")
-        return cls(table_json, encoded, tuple(sorted(bodies.items())))
-
+        return cls(record, encoded, tuple(sorted(bodies.items())))
 
 
 def _version(raw: object, key: str) -> int:

@@ -1,7 +1,14 @@
 """PageTable <-> JSON, the stored form of a session's page table (pages are stored apart).
 
-Versioned (`"v": 1`; fidelity levels as their integer values), compact and key-sorted, so the same table always serialises to the same
-bytes. Loading needs the pages themselves, fetched by id from the store.
+A stored table is a journal in JSON lines: a snapshot of the whole table (`dump_table`), then
+one delta per later save (`dump_delta`: what that turn changed, from the table's `Changes`).
+`load_table` replays the deltas onto the snapshot and gives exactly the table the writer had:
+`dump_table(load_table(journal, ...)) == dump_table(writer's table)`.
+
+Versioned (`"v": 1` on a snapshot, `"delta": 1` on a delta; fidelity levels as their integer
+values), compact and key-sorted, so the same table always serialises to the same bytes (and
+compact JSON never holds a raw newline, which keeps every record on one line). Loading needs
+the pages themselves, fetched by id from the store.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable
 
 FORMAT = 1
+POSITIONAL = ("order", "keys", "lengths")  # per position: a delta rewrites them from `at` on
+PER_KEY = ("born", "entries", "facts", "covering", "names", "calls")  # a delta adds or replaces keys
+HEAD = ("cost", "plan_key", "turn")  # a delta carries them whole
+MAPPINGS = (*PER_KEY, "levels")
 
 
 class TableFormatError(ValueError):
@@ -44,50 +55,138 @@ def dump_table(table: PageTable) -> str:
     return jsonio.dumps_text(data, sort_keys=True)
 
 
+def dump_delta(table: PageTable) -> str:
+    """What changed since the table's last checkpoint: its size follows the change, not the table."""
+    changes = table.changes
+    at = changes.dirty_from
+    added = sorted(changes.pages)
+    facts = {p: list(table.facts[p]) for p in added if p in table.facts}
+    data = {
+        "delta": FORMAT,
+        "at": at,
+        "order": table.order[at:],
+        "keys": table.keys[at:],
+        "lengths": table.lengths[at:],
+        "pages": added,
+        "born": {p: table.born[p] for p in added},
+        "entries": {p: list(table.entries[p]) for p in added if p in table.entries},
+        "facts": facts,
+        "covering": {f"{p}|{f}": sorted(table.covering[f"{p}|{f}"]) for p, ids in facts.items() for f in ids},
+        "names": {p: table.names[p] for p in added if p in table.names},
+        "calls": {c: list(table.calls[c]) for c in changes.calls},
+        "levels": {p: table.levels.get(p) for p in changes.levels},  # null: the level was dropped
+        "cost": table.cost,
+        "plan_key": table.plan_key,
+        "turn": table.turn,
+    }
+    return jsonio.dumps_text(data, sort_keys=True)
+
+
 def page_ids(data: str) -> list[str]:
-    pages = _parse(data).get("pages")
-    if not isinstance(pages, list) or not all(isinstance(p, str) for p in pages):
-        raise TableFormatError("stored table has no list of page ids")
-    return pages
+    """Every page the stored table (snapshot and deltas) names, sorted."""
+    snapshot, deltas = _journal(data)
+    ids: list[str] = []
+    for record in (snapshot, *deltas):
+        pages = record.get("pages")
+        if not isinstance(pages, list) or not all(isinstance(p, str) for p in pages):
+            raise TableFormatError("stored table has no list of page ids")
+        ids.extend(pages)
+    return sorted(set(ids))
 
 
 def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
-    raw = _parse(data)
+    raw, deltas = _journal(data)
     try:
+        for delta in deltas:
+            _apply(raw, delta)
+        _sort(raw)
         missing = [p for p in raw["pages"] if p not in pages]
         if missing:
-            raise TableFormatError(f"stored table names {len(missing)} pages the store does not hold, e.g. {missing[0]}")
-        return PageTable(
-            tenant=raw["tenant"],
-            session=raw["session"],
-            project=raw["project"],
-            pages={p: pages[p] for p in raw["pages"]},
-            order=list(raw["order"]),
-            keys=list(raw["keys"]),
-            lengths=[int(x) for x in raw["lengths"]],
-            facts={k: tuple(v) for k, v in raw["facts"].items()},
-            covering={k: frozenset(Fidelity(int(x)) for x in v) for k, v in raw["covering"].items()},
-            entries={k: (v[0], int(v[1])) for k, v in raw["entries"].items()},
-            born={k: int(v) for k, v in raw["born"].items()},
-            levels={k: Fidelity(int(v)) for k, v in raw["levels"].items()},
-            calls={k: (v[0], v[1]) for k, v in raw["calls"].items()},
-            names=dict(raw["names"]),
-            cost=int(raw["cost"]),
-            plan_key=raw["plan_key"],
-            turn=int(raw["turn"]),
-            version=version,
-        )
+            raise TableFormatError(
+                f"stored table names {len(missing)} pages the store does not hold, e.g. {missing[0]}"
+            )
+        return _table(raw, pages, version)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
         if isinstance(exc, TableFormatError):
             raise
         raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
 
 
-def _parse(data: str) -> dict[str, Any]:
+def _table(raw: dict[str, Any], pages: Mapping[str, Page], version: int) -> PageTable:
+    if not len(raw["order"]) == len(raw["keys"]) == len(raw["lengths"]):
+        raise TableFormatError("stored table is malformed: order, keys and lengths differ in length")
+    return PageTable(
+        tenant=raw["tenant"],
+        session=raw["session"],
+        project=raw["project"],
+        pages={p: pages[p] for p in raw["pages"]},
+        order=list(raw["order"]),
+        keys=list(raw["keys"]),
+        lengths=[int(x) for x in raw["lengths"]],
+        facts={k: tuple(v) for k, v in raw["facts"].items()},
+        covering={k: frozenset(Fidelity(int(x)) for x in v) for k, v in raw["covering"].items()},
+        entries={k: (v[0], int(v[1])) for k, v in raw["entries"].items()},
+        born={k: int(v) for k, v in raw["born"].items()},
+        levels={k: Fidelity(int(v)) for k, v in raw["levels"].items()},
+        calls={k: (v[0], v[1]) for k, v in raw["calls"].items()},
+        names=dict(raw["names"]),
+        cost=int(raw["cost"]),
+        plan_key=raw["plan_key"],
+        turn=int(raw["turn"]),
+        version=version,
+    )
+
+
+def _apply(raw: dict[str, Any], delta: dict[str, Any]) -> None:
+    """One delta onto the parsed table, in place."""
+    at = delta["at"]
+    if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at <= len(raw["order"]):
+        raise TableFormatError(f"stored table is malformed: a delta rewrites from position {at!r}")
+    for name in POSITIONAL:
+        del raw[name][at:]
+        raw[name].extend(_list(delta, name))
+    raw["pages"].extend(_list(delta, "pages"))
+    for name in PER_KEY:
+        raw[name].update(delta[name])
+    levels = raw["levels"]
+    for page_id, level in delta["levels"].items():
+        if level is None:
+            levels.pop(page_id, None)
+        else:
+            levels[page_id] = level
+    for name in HEAD:
+        raw[name] = delta[name]
+
+
+def _sort(raw: dict[str, Any]) -> None:
+    """The key order a snapshot has: a table loaded through deltas is built like one loaded whole."""
+    raw["pages"] = sorted(set(raw["pages"]))
+    for name in MAPPINGS:
+        mapping = raw[name]
+        if not isinstance(mapping, dict):
+            raise TableFormatError(f"stored table is malformed: {name!r} is not a mapping")
+        raw[name] = {k: mapping[k] for k in sorted(mapping)}
+
+
+def _list(record: Mapping[str, Any], name: str) -> list[Any]:
+    value = record[name]
+    if not isinstance(value, list):
+        raise TableFormatError(f"stored table is malformed: {name!r} is not a list")
+    return value
+
+
+def _journal(data: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The snapshot and the deltas of a stored table, parsed."""
+    first, *rest = data.split("\n")
+    snapshot = _parse(first, "v")
+    return snapshot, [_parse(line, "delta") for line in rest]
+
+
+def _parse(data: str, marker: str) -> dict[str, Any]:
     try:
         raw = jsonio.loads(data)
     except ValueError as exc:
         raise TableFormatError(f"stored table is not JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("v") != FORMAT:
+    if not isinstance(raw, dict) or raw.get(marker) != FORMAT:
         raise TableFormatError("stored table has an unknown format version")
     return raw

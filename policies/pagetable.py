@@ -5,6 +5,10 @@ transcript's message pages, the facts each message yielded, the last assembly's 
 `ingest` brings a new transcript into the table. Messages already seen are recognised by a
 cheap positional key and are not re-classified, re-represented or re-counted: per-turn cost
 follows the new content, not the session length.
+
+The table also keeps `Changes`, what changed since its last `checkpoint` (its last save), so
+that persisting a turn costs what the turn changed, not the session length. Every write to a
+stored field goes through `ingest`, `set_level` or `replace_levels`, which record it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from policies.classify import carrier_type, extract_facts
@@ -25,6 +29,18 @@ from policies.transcript import Message, ToolCall
 CALL_ARGUMENTS_KEPT = 400
 EDIT_TOOLS = ("edit", "write", "replace", "create", "patch", "update", "modify", "delete", "insert")
 READ_TOOLS = ("read", "bash", "shell", "grep", "glob", "search", "list", "get", "find", "fetch", "cat", "ls")
+
+
+@dataclass(slots=True)
+class Changes:
+    """What changed in a table since its last checkpoint. The head fields (turn, cost,
+    plan_key) are small: they are remembered as they were and always written."""
+
+    dirty_from: int                                # positions from here on were (re)written
+    head: tuple[int, int, str]                     # turn, cost and plan_key at the checkpoint
+    pages: set[str] = field(default_factory=set)   # pages added, with their per-page fields
+    levels: set[str] = field(default_factory=set)  # pages whose level was set, changed or dropped
+    calls: set[str] = field(default_factory=set)   # tool calls recorded
 
 
 @dataclass(slots=True)
@@ -49,10 +65,41 @@ class PageTable:
     cost: int = -1  # the last assembly's accounted tokens; -1 when unknown
     in_order: set[str] = field(default_factory=set)  # derived from `order`; not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
+    journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
+    changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
 
     def __post_init__(self) -> None:
         if not self.in_order and self.order:
             self.in_order = set(self.order)
+        self.changes = Changes(len(self.order), head(self))  # a table is built empty or as stored: nothing unsaved
+
+
+def head(table: PageTable) -> tuple[int, int, str]:
+    return (table.turn, table.cost, table.plan_key)
+
+
+def checkpoint(table: PageTable) -> None:
+    """The table as it stands is saved: track changes afresh from here."""
+    table.changes = Changes(len(table.order), head(table))
+
+
+def unchanged(table: PageTable) -> bool:
+    """Whether the table is as it was at its last checkpoint."""
+    c = table.changes
+    return c.dirty_from == len(table.order) and not (c.pages or c.levels or c.calls) and c.head == head(table)
+
+
+def set_level(table: PageTable, page_id: str, level: Fidelity) -> None:
+    table.levels[page_id] = level
+    table.changes.levels.add(page_id)
+
+
+def replace_levels(table: PageTable, levels: Mapping[str, Fidelity]) -> None:
+    """A new plan: record the pages whose level it changes, sets or drops."""
+    old, changed = table.levels, table.changes.levels
+    changed.update(p for p, level in levels.items() if old.get(p) is not level)
+    changed.update(p for p in old if p not in levels)
+    table.levels = dict(levels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +176,7 @@ def ingest(
 def _truncate(table: PageTable, kept: int) -> None:
     for page_id in table.order[kept:]:
         table.in_order.discard(page_id)
+    table.changes.dirty_from = min(table.changes.dirty_from, kept)
     del table.order[kept:]
     del table.keys[kept:]
     del table.lengths[kept:]
@@ -155,6 +203,7 @@ def _admit(
 ) -> list[Page]:
     for call in message.tool_calls:
         table.calls[call.id] = (call.name, call.arguments[:CALL_ARGUMENTS_KEPT])
+        table.changes.calls.add(call.id)
     answered = table.calls.get(message.tool_call_id) if message.tool_call_id else None
     call = ToolCall(message.tool_call_id or "", answered[0], answered[1]) if answered else None
     page = _message_page(message, index, page_id, call, policy, counter, recall_tool)
@@ -177,6 +226,7 @@ def _admit(
         table.born[fact_id] = table.turn
         created.append(fact_page)
     table.facts[page_id] = tuple(dict.fromkeys(fact_ids))
+    table.changes.pages.update(p.id for p in created)
     return created
 
 

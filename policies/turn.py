@@ -15,7 +15,7 @@ from policies.assembler import Assembly, assemble
 from policies.budget import TokenBudget
 from policies.layout import Layout, make_layout, newest_turn
 from policies.pages import Fidelity, PageType
-from policies.pagetable import IngestResult, PageTable, ingest
+from policies.pagetable import IngestResult, PageTable, ingest, replace_levels, set_level
 from policies.render import View, render
 from policies.tenant import TenantPolicy
 from policies.tokens import TokenCounter, framed
@@ -73,7 +73,7 @@ def assemble_turn(
     layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
     assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous)
-    table.levels = dict(assembly.levels)
+    replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
     entries = {p: table.entries[p][0] for p in layout.order}
@@ -107,7 +107,7 @@ def _append(table: PageTable, messages: Sequence[Message], result: IngestResult,
     if table.cost + added > budget:
         return None
     for position in range(result.kept, len(order)):
-        table.levels[order[position]] = Fidelity.FULL
+        set_level(table, order[position], Fidelity.FULL)
     table.cost += added
     view.prefix.extend(range(view.newest, newest))
     view.newest = newest

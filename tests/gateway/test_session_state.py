@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -8,14 +10,17 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.chat import parse_messages
-from gateway.session_state import SessionState
-from gateway.store import Keys, RedisStore, VersionConflict, body_digest, session_scope
+from bench.traces import load_traces, traces_dir
+from gateway import session_state
+from gateway.chat import parse_messages, to_wire
+from gateway.session_state import Journal, SessionState
+from gateway.store import CorruptData, Keys, RedisStore, StoreUnavailable, VersionConflict, body_digest, session_scope
 from gateway.tables import dump_table
-from policies.budget import TokenBudget
+from gateway.tokens import Tokenizers, prepare_offline
+from policies.budget import TokenBudget, resolve_budget
 from policies.pages import PageType
 from policies.pagetable import PageTable
-from policies.tenant import TenantPolicy
+from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter
 from policies.transcript import Message
 from policies.turn import TurnPlan, plan_turn
@@ -250,3 +255,131 @@ async def test_concurrent_turns_of_one_session_never_conflict_under_the_lock(sto
     assert versions == list(range(1, len(transcripts) + 1))
     final = await SessionState(store).load(tenant, "busy", "proj")
     assert final.version == len(transcripts)
+
+
+# -- the journal: a commit writes what the turn changed ----------------------------------
+
+
+async def journal_length(redis_url: str, tenant: str, session: str) -> int:
+    async with aioredis.Redis.from_url(redis_url) as raw:
+        return int(await raw.llen(Keys.of(tenant, session_scope(session)).journal))
+
+
+async def test_a_turn_after_the_first_is_appended_as_a_delta(store: RedisStore, redis_url: str, tenant: str) -> None:
+    state = SessionState(store)
+    first = await turn(state, tenant, "s", conversation(1))
+    assert await journal_length(redis_url, tenant, "s") == 0  # a new table is written whole
+    second = await turn(state, tenant, "s", conversation(2))
+    assert second is first and second.version == 2
+    assert await journal_length(redis_url, tenant, "s") == 1
+    loaded = await SessionState(store).load(tenant, "s", "proj")
+    assert dump_table(loaded) == dump_table(second) and loaded.version == 2
+    assert isinstance(loaded.journal, Journal) and loaded.journal.records == 1
+
+
+async def test_a_long_journal_is_compacted_into_a_snapshot(
+    store: RedisStore, redis_url: str, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_state, "COMPACT_EVERY", 3)
+    state = SessionState(store)
+    lengths = []
+    for n in range(10, 17):  # small turns on a larger table: only the count bounds the journal
+        table = await turn(state, tenant, "s", conversation(n))
+        lengths.append(await journal_length(redis_url, tenant, "s"))
+        loaded = await SessionState(store).load(tenant, "s", "proj")
+        assert dump_table(loaded) == dump_table(table) and loaded.version == n - 9
+    assert lengths == [0, 1, 2, 3, 0, 1, 2]
+
+
+async def test_a_journal_never_outgrows_its_snapshot(store: RedisStore, redis_url: str, tenant: str) -> None:
+    state = SessionState(store)
+    await turn(state, tenant, "s", conversation(1))
+    for n in range(2, 12):  # each turn adds a big tool result: its delta is large next to a small table
+        table = await turn(state, tenant, "s", conversation(n))
+        journal = table.journal
+        assert isinstance(journal, Journal) and journal.size <= journal.base
+        assert journal.records == await journal_length(redis_url, tenant, "s")
+    assert journal.records < n - 1  # some turns were compacted
+
+
+async def test_a_failed_commit_keeps_the_changes_for_the_reload_to_redo(store: RedisStore, tenant: str) -> None:
+    state = SessionState(store)
+    await turn(state, tenant, "s", conversation(1))
+    table = await state.load(tenant, "s", "proj")
+    result = plan(table, conversation(2))
+    pending = (table.changes.dirty_from, set(table.changes.pages))
+    dead = SessionState(RedisStore.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5))
+    with pytest.raises(StoreUnavailable):
+        await dead.commit(table, result.ingest.new_pages)
+    await dead.store.aclose()
+    assert table.version == 1 and (table.changes.dirty_from, table.changes.pages) == pending
+    await state.commit(table, result.ingest.new_pages)  # the same changes, now saved
+    loaded = await SessionState(store).load(tenant, "s", "proj")
+    assert loaded.version == 2 and dump_table(loaded) == dump_table(table)
+
+
+async def test_a_rewritten_transcript_is_stored_as_a_delta_too(store: RedisStore, redis_url: str, tenant: str) -> None:
+    state = SessionState(store)
+    await turn(state, tenant, "s", conversation(3))
+    rewritten = conversation(1, opening="Start over: read the README.")
+    table = await state.load(tenant, "s", "proj")
+    result = plan(table, rewritten)
+    assert result.ingest.kind == "rewrite"
+    await state.commit(table, result.ingest.new_pages)
+    assert await journal_length(redis_url, tenant, "s") == 1
+    loaded = await SessionState(store).load(tenant, "s", "proj")
+    assert dump_table(loaded) == dump_table(table) and len(loaded.order) == len(rewritten)
+
+
+async def test_an_evicted_journal_reads_as_corrupt_not_as_an_older_table(
+    store: RedisStore, redis_url: str, tenant: str
+) -> None:
+    state = SessionState(store)
+    await turn(state, tenant, "s", conversation(1))
+    await turn(state, tenant, "s", conversation(2))
+    async with aioredis.Redis.from_url(redis_url) as raw:
+        await raw.delete(Keys.of(tenant, session_scope("s")).journal)
+    with pytest.raises(CorruptData):
+        await SessionState(store).load(tenant, "s", "proj")
+
+
+TRACES = load_traces(traces_dir()) if traces_dir().is_dir() else []
+
+
+def content(table: PageTable) -> dict[str, Any]:
+    """The stored form of a table but for the session id it is stored under."""
+    data: dict[str, Any] = json.loads(dump_table(table))
+    del data["session"]
+    return data
+
+
+@pytest.mark.skipif(not TRACES, reason="shared/traces/real not found (set CLAWVM_TRACES)")
+@pytest.mark.parametrize(("budget", "compact_every"), [(4000, 64), (16000, 3)])
+async def test_reloading_through_the_store_every_turn_changes_nothing(
+    store: RedisStore, tenant: str, budget: int, compact_every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like tests/e2e/test_replica_determinism.py, through Redis: one replica keeps its table in
+    memory and commits every turn (snapshots and deltas from its own bookkeeping); another
+    loads the table from the store every turn (a cache miss each time) and commits it. Both
+    hold the same table, field for field, and assemble the same messages."""
+    env: dict[str, str] = {}
+    prepare_offline(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(session_state, "COMPACT_EVERY", compact_every)
+    counter = Tokenizers.from_env(os.environ).for_model("gpt-4o")
+    policy, tokens = TenantPolicy(), resolve_budget(Budget(max_prompt_tokens=budget), 128000, "model_map", 0)
+    writer, journals = SessionState(store), set()
+    for trace in TRACES:
+        for number, raw in enumerate(trace.turns()):
+            messages = parse_messages(raw)
+            kept = await writer.load(tenant, trace.name, "proj")
+            moving = await SessionState(store).load(tenant, trace.name + ".r", "proj")
+            assert content(moving) == content(kept), f"{trace.name} turn {number}"
+            journals.add(moving.journal.records if isinstance(moving.journal, Journal) else -1)
+            planned = plan_turn(kept, messages, policy, counter, tokens)
+            other = plan_turn(moving, messages, policy, counter, tokens)
+            assert json.dumps(to_wire(planned.messages)) == json.dumps(to_wire(other.messages)), f"{trace.name} turn {number}"
+            await writer.commit(kept, planned.ingest.new_pages)
+            await SessionState(store).commit(moving, other.ingest.new_pages)
+    assert 0 in journals and max(journals) > 1  # both snapshots and journals were read back

@@ -14,6 +14,7 @@ from gateway.embedded import free_port
 from gateway.store import (
     CorruptData,
     InvalidKeyError,
+    InvalidRecordError,
     Keys,
     RedisStore,
     Store,
@@ -68,6 +69,7 @@ async def test_scope_helpers() -> None:
 async def test_key_layout() -> None:
     keys = Keys.of("acme", session_scope("s1"))
     assert keys.table == "cvm:{acme:s:s1}:table"
+    assert keys.journal == "cvm:{acme:s:s1}:tlog"
     assert keys.page("p:0a1b~2") == "cvm:{acme:s:s1}:page:p:0a1b~2"
     assert keys.body(DIGEST) == f"cvm:{{acme:s:s1}}:body:{DIGEST}"
     assert Keys.of("acme", project_scope("r")).table == "cvm:{acme:project:r}:table"
@@ -239,6 +241,132 @@ async def test_concurrent_unconditional_saves_all_land(store: RedisStore, tenant
     assert record is not None and record.version == 6
 
 
+# -- the journal ---------------------------------------------------------------------------
+
+
+async def test_appended_records_load_after_the_snapshot(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    assert await store.append(tenant, S1, '{"d":1}', [make_page("p1")], {DIGEST: BODY}, 1) == 2
+    assert await store.append(tenant, S1, '{"d":2}', [], {}, 2) == 3
+    assert await store.load_table(tenant, S1) == TableRecord(3, '{"s":1}\n{"d":1}\n{"d":2}')
+    assert list(await store.get_pages(tenant, S1, ["p1"])) == ["p1"]
+    assert await store.get_body(tenant, S1, DIGEST) == BODY
+    assert await store.table_version(tenant, S1) == 3
+
+
+async def test_a_snapshot_clears_the_journal(store: RedisStore, raw: aioredis.Redis, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    await store.append(tenant, S1, '{"d":1}', [], {}, 1)
+    assert await store.save(tenant, S1, '{"s":2}', [], {}, 2) == 3
+    assert await store.load_table(tenant, S1) == TableRecord(3, '{"s":2}')
+    assert await raw.exists(Keys.of(tenant, S1).journal) == 0
+    assert await store.append(tenant, S1, '{"d":3}', [], {}, 3) == 4
+    assert await store.load_table(tenant, S1) == TableRecord(4, '{"s":2}\n{"d":3}')
+
+
+async def test_a_snapshot_equal_to_the_stored_one_but_for_the_journal_is_a_change(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    await store.append(tenant, S1, '{"d":1}', [], {}, 1)
+    assert await store.save(tenant, S1, '{"s":1}', [], {}, 2) == 3
+    assert await store.load_table(tenant, S1) == TableRecord(3, '{"s":1}')
+
+
+async def test_a_stale_append_is_a_version_conflict_and_writes_nothing(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    await store.append(tenant, S1, '{"d":1}', [], {}, 1)
+    with pytest.raises(VersionConflict) as info:
+        await store.append(tenant, S1, '{"d":"stale"}', [make_page("late")], {DIGEST: BODY}, 1)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    assert await store.load_table(tenant, S1) == TableRecord(2, '{"s":1}\n{"d":1}')
+    assert await store.get_pages(tenant, S1, ["late"]) == {}
+    assert await store.get_body(tenant, S1, DIGEST) is None
+
+
+async def test_an_append_to_a_vanished_table_is_a_version_conflict(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    await raw.delete(Keys.of(tenant, S1).table)
+    with pytest.raises(VersionConflict):
+        await store.append(tenant, S1, '{"d":1}', [], {}, 1)
+    assert await store.load_table(tenant, S1) is None
+
+
+async def test_a_retried_append_is_idempotent(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    assert await store.append(tenant, S1, '{"d":1}', [make_page("p")], {}, 1) == 2
+    assert await store.append(tenant, S1, '{"d":1}', [make_page("p")], {}, 1) == 2
+    assert await store.load_table(tenant, S1) == TableRecord(2, '{"s":1}\n{"d":1}')
+    with pytest.raises(VersionConflict):  # a different record at the same version is not a retry
+        await store.append(tenant, S1, '{"d":"other"}', [], {}, 1)
+
+
+async def test_a_retried_snapshot_after_a_journal_is_idempotent(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    await store.append(tenant, S1, '{"d":1}', [], {}, 1)
+    assert await store.save(tenant, S1, '{"s":2}', [], {}, 2) == 3
+    assert await store.save(tenant, S1, '{"s":2}', [], {}, 2) == 3
+
+
+@pytest.mark.parametrize("expected", [0, -1, None, True])
+async def test_an_append_needs_a_stored_version(store: RedisStore, tenant: str, expected: object) -> None:
+    with pytest.raises(ValueError, match="append"):
+        await store.append(tenant, S1, '{"d":1}', [], {}, expected)  # type: ignore[arg-type]
+    assert await store.load_table(tenant, S1) is None
+
+
+async def test_records_must_be_single_lines(store: RedisStore, tenant: str) -> None:
+    with pytest.raises(InvalidRecordError):
+        await store.save(tenant, S1, '{"s":\n1}', [], {}, None)
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    with pytest.raises(InvalidRecordError):
+        await store.append(tenant, S1, '{"d":\n1}', [], {}, 1)
+    assert issubclass(InvalidRecordError, ValueError) and issubclass(InvalidRecordError, StoreError)
+    assert await store.load_table(tenant, S1) == TableRecord(1, '{"s":1}')
+
+
+async def test_a_journal_out_of_step_with_the_table_is_corrupt(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    keys = Keys.of(tenant, S1)
+    await store.save(tenant, S1, '{"s":1}', [], {}, None)
+    await store.append(tenant, S1, '{"d":1}', [], {}, 1)
+    await raw.delete(keys.journal)  # e.g. evicted on its own under maxmemory
+    with pytest.raises(CorruptData, match="journal|tlog"):
+        await store.load_table(tenant, S1)
+    await raw.rpush(keys.journal, '{"d":1}', '{"d":2}')  # or a writer that bumped v without the journal
+    with pytest.raises(CorruptData):
+        await store.load_table(tenant, S1)
+
+
+async def test_a_table_stored_without_a_journal_base_still_loads(
+    store: RedisStore, raw: aioredis.Redis, tenant: str
+) -> None:
+    await raw.hset(Keys.of(tenant, S1).table, mapping={"v": 4, "data": '{"old":1}'})  # the format before the journal
+    assert await store.load_table(tenant, S1) == TableRecord(4, '{"old":1}')
+    assert await store.append(tenant, S1, '{"d":1}', [], {}, 4) == 5
+    assert await store.load_table(tenant, S1) == TableRecord(5, '{"old":1}\n{"d":1}')
+
+
+async def test_concurrent_appends_one_wins(store: RedisStore, tenant: str) -> None:
+    await store.save(tenant, S1, '{"s":0}', [], {}, None)
+    outcomes: list[str] = []
+
+    async def writer(n: int) -> None:
+        try:
+            await store.append(tenant, S1, f'{{"writer":{n}}}', [], {}, 1)
+            outcomes.append("ok")
+        except VersionConflict:
+            outcomes.append("conflict")
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(writer, n)
+    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    record = await store.load_table(tenant, S1)
+    assert record is not None and record.version == 2 and record.data.count("\n") == 1
+
+
 # -- isolation and hash tags ---------------------------------------------------------------
 
 
@@ -272,8 +400,9 @@ async def test_every_key_of_a_session_shares_one_hash_tag(
     pages = [make_page(f"p:{n:04d}~1") for n in range(5)]
     bodies = {body_digest(f"body {n}"): f"body {n}" for n in range(3)}
     await store.save(tenant, S1, "{}", pages, bodies, None)
+    await store.append(tenant, S1, '{"d":1}', [], {}, 1)
     keys = [key async for key in raw.scan_iter(match=f"cvm:{{{tenant}:*")]
-    assert len(keys) == 1 + len(pages) + len(bodies)
+    assert len(keys) == 2 + len(pages) + len(bodies)
     assert {_hash_tag(key) for key in keys} == {f"{tenant}:s:sess-1"}
 
 

@@ -4,15 +4,18 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.chat import parse_messages
-from gateway.tables import FORMAT, TableFormatError, dump_table, load_table, page_ids
+from gateway.tables import FORMAT, TableFormatError, dump_delta, dump_table, load_table, page_ids
 from policies.budget import TokenBudget
 from policies.pages import Fidelity
-from policies.pagetable import PageTable
+from policies.pagetable import PageTable, checkpoint
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.turn import plan_turn
+from tests.policies.strategies import requests, sessions
 
 
 def session_messages(rounds: int) -> list[dict[str, Any]]:
@@ -154,3 +157,123 @@ def test_a_list_where_a_mapping_belongs_is_a_format_error(field: str) -> None:
     table = planned_table(rounds=2)
     with pytest.raises(TableFormatError):
         load_table(mangled(field, []), dict(table.pages), 1)
+
+
+# -- deltas and journals -------------------------------------------------------------------
+
+BUDGET = TokenBudget(cap=1500, usable=1500, hard_limit=100_000, source="config")
+
+
+def next_turn(table: PageTable, wire: list[dict[str, Any]], budget: TokenBudget = BUDGET) -> str:
+    """Plan one turn on a saved table; returns its delta."""
+    checkpoint(table)
+    plan_turn(table, parse_messages(wire), TenantPolicy(name="acme"), CharCounter(), budget)
+    return dump_delta(table)
+
+
+def follow_up(rounds: int = 6) -> list[dict[str, Any]]:
+    return [*session_messages(rounds), {"role": "assistant", "content": "It holds values."}, {"role": "user", "content": "Thanks."}]
+
+
+def test_a_journal_loads_as_the_writers_table() -> None:
+    table = planned_table()
+    snapshot = dump_table(table)
+    delta = next_turn(table, follow_up())
+    loaded = load_table(snapshot + "\n" + delta, dict(table.pages), version=2)
+    assert dump_table(loaded) == dump_table(table)
+    assert loaded.version == 2 and loaded.levels == table.levels and loaded.entries == table.entries
+
+
+def test_a_delta_holds_the_change_not_the_table() -> None:
+    table = planned_table(rounds=40, usable=100_000)
+    snapshot = dump_table(table)
+    delta = json.loads(next_turn(table, follow_up(rounds=40), TokenBudget(100_000, 100_000, 100_000, "config")))
+    assert delta["at"] == len(session_messages(40)) and len(delta["order"]) == 2
+    assert len(json.dumps(delta)) * 10 < len(snapshot)
+    assert set(delta["pages"]) == set(delta["born"]) and set(delta["levels"]) <= set(delta["order"])
+
+
+def test_a_delta_is_deterministic() -> None:
+    deltas = []
+    for _ in range(2):
+        table = planned_table()
+        deltas.append(next_turn(table, follow_up()))
+    assert deltas[0] == deltas[1]
+
+
+def test_a_rewrite_and_a_replan_replay_exactly() -> None:
+    table = planned_table()
+    journal = [dump_table(table)]
+    journal.append(next_turn(table, session_messages(2)))  # a shorter transcript: truncation and a replan
+    assert json.loads(journal[-1])["at"] < len(session_messages(6))
+    journal.append(next_turn(table, session_messages(6), TokenBudget(600, 600, 100_000, "config")))
+    dropped = [p for p, level in json.loads(journal[-1])["levels"].items() if level is None]
+    journal.append(next_turn(table, follow_up()))
+    loaded = load_table("\n".join(journal), dict(table.pages), version=4)
+    assert dump_table(loaded) == dump_table(table)
+    assert all(p not in loaded.levels for p in dropped)
+
+
+def test_page_ids_of_a_journal_are_every_page_sorted() -> None:
+    table = planned_table(rounds=2)
+    snapshot = dump_table(table)
+    delta = next_turn(table, follow_up(rounds=2))
+    assert page_ids(snapshot + "\n" + delta) == sorted(table.pages)
+    assert len(page_ids(snapshot)) < len(table.pages)
+
+
+def test_an_unchanged_table_has_an_empty_delta() -> None:
+    table = planned_table()
+    checkpoint(table)
+    delta = json.loads(dump_delta(table))
+    assert delta["at"] == len(table.order)
+    assert not (delta["order"] or delta["pages"] or delta["levels"] or delta["calls"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("at", -1), ("at", 10_000), ("at", True), ("at", "0"), ("order", "p:x"), ("delta", 2), ("levels", [])],
+)
+def test_a_malformed_delta_is_a_format_error(field: str, value: Any) -> None:
+    table = planned_table(rounds=2)
+    snapshot = dump_table(table)
+    delta = json.loads(next_turn(table, follow_up(rounds=2)))
+    delta[field] = value
+    with pytest.raises(TableFormatError):
+        load_table(snapshot + "\n" + json.dumps(delta), dict(table.pages), 2)
+
+
+def test_records_out_of_place_are_a_format_error() -> None:
+    table = planned_table(rounds=2)
+    snapshot = dump_table(table)
+    delta = next_turn(table, follow_up(rounds=2))
+    for data in (delta, snapshot + "\n" + snapshot, snapshot + "\n", delta + "\n" + snapshot):
+        with pytest.raises(TableFormatError):
+            load_table(data, dict(table.pages), 2)
+        with pytest.raises(TableFormatError):
+            page_ids(data)
+
+
+def test_a_delta_cutting_the_positions_unevenly_is_a_format_error() -> None:
+    table = planned_table(rounds=2)
+    snapshot = dump_table(table)
+    delta = json.loads(next_turn(table, follow_up(rounds=2)))
+    delta["keys"] = delta["keys"][:-1]
+    with pytest.raises(TableFormatError, match="malformed"):
+        load_table(snapshot + "\n" + json.dumps(delta), dict(table.pages), 2)
+
+
+@given(sessions(max_rounds=6), st.lists(st.integers(0, 3), min_size=1, max_size=12))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_turn_sequence_replays_from_its_journal(session: Any, moves: list[int]) -> None:
+    """Appends, resends, rewinds and compactions: the journal always loads as the writer's table."""
+    table = PageTable(tenant="acme", session="s-1", project="repo")
+    journal = [dump_table(table)]
+    turns = requests(session.wire)
+    for step, move in enumerate(moves * 2):
+        index = min(step, len(turns) - 1)
+        wire = turns[index // 2 if move == 0 else index]  # 0: rewind to an earlier, shorter request
+        delta = next_turn(table, wire, session.budget)
+        journal = [dump_table(table)] if move == 3 else [*journal, delta]  # 3: a snapshot instead
+        loaded = load_table("\n".join(journal), dict(table.pages), step + 1)
+        assert dump_table(loaded) == dump_table(table)

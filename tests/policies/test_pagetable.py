@@ -15,11 +15,15 @@ from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.pagetable import (
     IngestResult,
     PageTable,
+    checkpoint,
     content_digest,
     effective_pin,
     ingest,
     message_key,
     recompute_cost,
+    replace_levels,
+    set_level,
+    unchanged,
 )
 from policies.tenant import DEFAULT_TYPES, TenantPolicy, TypePolicy
 from policies.tokens import CharCounter
@@ -292,3 +296,65 @@ def test_a_tenant_type_policy_sets_floor_pin_and_utility() -> None:
     feed(table, [{"role": "user", "content": "Go."}, *tool_pair("c1", "Read", "{}", "data")], policy)
     page = table.pages[table.order[2]]
     assert (page.floor, page.pin, page.base_utility) == (Fidelity.STRUCTURED, Pin.HARD, 9.0)
+
+
+# ---------------------------------------------------------------- change tracking
+
+
+def test_a_new_or_rebuilt_table_has_no_unsaved_changes() -> None:
+    assert unchanged(PageTable("t", "s", "p"))
+    table = PageTable("t", "s", "p", order=["a", "b"], keys=["k", "k"], lengths=[1, 1], turn=3)
+    assert table.changes.dirty_from == 2 and unchanged(table)
+
+
+def test_ingest_records_the_new_positions_pages_and_calls() -> None:
+    table = PageTable("t", "s", "p")
+    feed(table, [SYSTEM, {"role": "user", "content": "Fix it."}])
+    checkpoint(table)
+    result = feed(table, [SYSTEM, {"role": "user", "content": "Fix it."}, *tool_pair("c1", "read_file", "{}", "body")])
+    changes = table.changes
+    assert changes.dirty_from == 2 and not unchanged(table)
+    assert changes.pages == {p.id for p in result.new_pages} and changes.calls == {"c1"}
+    assert changes.levels == set()
+
+
+def test_a_rewrite_moves_dirty_from_back_to_the_first_change() -> None:
+    wire = [SYSTEM, {"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}]
+    table = PageTable("t", "s", "p")
+    feed(table, wire)
+    checkpoint(table)
+    feed(table, [*wire[:1], {"role": "user", "content": "edited"}])
+    assert table.changes.dirty_from == 1
+
+
+def test_facts_new_to_the_table_are_recorded_known_ones_are_not() -> None:
+    rule = "Never use tabs for indentation."
+    system = {"role": "system", "content": f"You are an agent. {rule}"}
+    table = PageTable("t", "s", "p")
+    feed(table, [system])
+    (fact,) = table.facts[table.order[0]]
+    checkpoint(table)
+    feed(table, [system, {"role": "user", "content": f"Fix it. {rule}"}])
+    assert table.facts[table.order[1]] == (fact,)
+    assert table.changes.pages == {table.order[1]}  # the rule's page was already stored
+
+
+def test_level_setters_record_what_they_touch() -> None:
+    table = PageTable("t", "s", "p", levels={"a": Fidelity.FULL, "b": Fidelity.POINTER, "c": Fidelity.FULL})
+    set_level(table, "d", Fidelity.FULL)
+    assert table.changes.levels == {"d"}
+    checkpoint(table)
+    replace_levels(table, {"a": Fidelity.FULL, "b": Fidelity.COMPRESSED, "d": Fidelity.FULL, "e": Fidelity.POINTER})
+    assert table.changes.levels == {"b", "c", "e"}  # changed, dropped, new; "a" and "d" kept
+    assert table.levels == {"a": Fidelity.FULL, "b": Fidelity.COMPRESSED, "d": Fidelity.FULL, "e": Fidelity.POINTER}
+
+
+def test_head_fields_count_as_a_change_and_checkpoint_clears_everything() -> None:
+    table = PageTable("t", "s", "p")
+    table.cost = 120
+    assert not unchanged(table)
+    checkpoint(table)
+    assert unchanged(table)
+    feed(table, [SYSTEM])
+    checkpoint(table)
+    assert unchanged(table) and table.changes.pages == set() and table.changes.dirty_from == 1
