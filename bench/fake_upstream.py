@@ -151,9 +151,7 @@ class FakeUpstream:
 def error(status: int, message: str, *, param: str | None = None) -> JSONResponse:
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     code = "rate_limit_exceeded" if status == 429 else None
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status
-    )
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
 def _json_object(raw: bytes) -> Json | None:

@@ -65,9 +65,9 @@ class Series:
     stream: bool
     direct: Summary
     gateway: Summary
-    added_median_us: float            # median(gateway) - median(direct)
-    overhead_header: Summary | None   # the gateway's x-clawvm-overhead-us (None: header absent)
-    policy_header: Summary | None     # the gateway's x-clawvm-policy-us
+    added_median_us: float  # median(gateway) - median(direct)
+    overhead_header: Summary | None  # the gateway's x-clawvm-overhead-us (None: header absent)
+    policy_header: Summary | None  # the gateway's x-clawvm-policy-us
     direct_failures: int
     gateway_failures: int
 
@@ -139,9 +139,7 @@ def server_env(base: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def launched(
-    name: str, argv: Sequence[str], health_url: str, env: Mapping[str, str], log: Path
-) -> Iterator[Server]:
+def launched(name: str, argv: Sequence[str], health_url: str, env: Mapping[str, str], log: Path) -> Iterator[Server]:
     """Start `argv` in a new process group, wait until `health_url` answers 200, stop it on exit."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -310,7 +308,7 @@ def appended_step(step: int, tool: str) -> list[Json]:
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    direct: str   # the fake upstream's /v1/chat/completions
+    direct: str  # the fake upstream's /v1/chat/completions
     gateway: str  # the gateway's /v1/chat/completions
 
 
@@ -369,9 +367,7 @@ class Workload:
     bodies: BodyFactory
 
 
-def measure(
-    client: httpx.Client, endpoints: Endpoints, workload: Workload, warmup: int, requests: int
-) -> Series:
+def measure(client: httpx.Client, endpoints: Endpoints, workload: Workload, warmup: int, requests: int) -> Series:
     """The first `warmup` bodies are sent and discarded; the next `requests` are measured."""
     interleave(client, endpoints, workload.bodies, range(warmup), workload.stream)
     measured = range(warmup, warmup + requests)

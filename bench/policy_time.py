@@ -69,8 +69,8 @@ class TurnTime:
 class BudgetReport:
     budget: int
     total: Summary
-    ingest: Summary | None      # None while TurnPlan has no ingest_ns
-    assembly: Summary | None    # None while TurnPlan has no assembly_ns
+    ingest: Summary | None  # None while TurnPlan has no ingest_ns
+    assembly: Summary | None  # None while TurnPlan has no assembly_ns
     per_trace_median_us: dict[str, float]
 
 

@@ -25,21 +25,23 @@ class TurnRecord:
     turn: int
     status: int
     budget: int
-    prompt_tokens: int      # what the gateway reported
-    counted_tokens: int     # what we count in the forwarded request
+    prompt_tokens: int  # what the gateway reported
+    counted_tokens: int  # what we count in the forwarded request
     insufficient: bool
     pairing_errors: tuple[str, ...]
     missing_rules: tuple[str, ...]
     overhead_us: int
     policy_us: int
-    original_tokens: int    # tokens of the transcript as the agent sent it
+    original_tokens: int  # tokens of the transcript as the agent sent it
 
     @property
     def over_budget(self) -> bool:
         return self.counted_tokens > self.budget and not self.insufficient
 
 
-def replay(client: httpx.Client, url: str, key: str, fake: FakeUpstream, trace: Trace, tokenizers: Tokenizers) -> list[TurnRecord]:
+def replay(
+    client: httpx.Client, url: str, key: str, fake: FakeUpstream, trace: Trace, tokenizers: Tokenizers
+) -> list[TurnRecord]:
     counter = tokenizers.for_model(MODEL)
     records = []
     for turn, messages in enumerate(trace.turns()):
@@ -53,7 +55,9 @@ def replay(client: httpx.Client, url: str, key: str, fake: FakeUpstream, trace: 
     return records
 
 
-def _record(trace: Trace, turn: int, response: httpx.Response, forwarded: dict | None, messages: list, counter) -> TurnRecord:
+def _record(
+    trace: Trace, turn: int, response: httpx.Response, forwarded: dict | None, messages: list, counter
+) -> TurnRecord:
     sent = (forwarded or {}).get("messages") or []
     tools = count_tools(counter, (forwarded or {}).get("tools"))
     return TurnRecord(

@@ -103,4 +103,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _bug(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500))
+    return error_response(
+        GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500)
+    )

@@ -29,9 +29,7 @@ class KeyRing:
     def __init__(self, settings: Settings) -> None:
         self._open = settings.open
         self._default = settings.tenants[0]
-        self._entries = tuple(
-            (_digest(key), tenant) for tenant in settings.tenants for key in tenant.api_keys
-        )
+        self._entries = tuple((_digest(key), tenant) for tenant in settings.tenants for key in tenant.api_keys)
 
     def authenticate(self, headers: Mapping[str, str]) -> Tenant:
         if self._open:

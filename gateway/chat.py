@@ -91,7 +91,9 @@ def parse_message(item: Any, index: int) -> Message:
     calls = _tool_calls(item.get("tool_calls"), where) if role == "assistant" else ()
     call_id = item.get("tool_call_id")
     if role == "tool" and (not isinstance(call_id, str) or not call_id):
-        raise InvalidRequest(f"{where}.tool_call_id is required for role 'tool'.", param=f"messages.[{index}].tool_call_id")
+        raise InvalidRequest(
+            f"{where}.tool_call_id is required for role 'tool'.", param=f"messages.[{index}].tool_call_id"
+        )
     name = item.get("name")
     return Message(
         role=role,

@@ -16,7 +16,9 @@ GRACEFUL_SHUTDOWN_S = 30
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="clawvm", description="ClawVM Gateway: harness-managed virtual memory for LLM agents.")
+    top = argparse.ArgumentParser(
+        prog="clawvm", description="ClawVM Gateway: harness-managed virtual memory for LLM agents."
+    )
     commands = top.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
     serve.add_argument("--config", type=Path, default=None, help="config.yaml (default: none; an open local setup)")

@@ -33,7 +33,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"The request body ({size} bytes so far) exceeds this gateway's limit of {limit} bytes (server.max_body_bytes)."
+    return (
+        f"The request body ({size} bytes so far) exceeds this gateway's limit of {limit} bytes (server.max_body_bytes)."
+    )
 
 
 def upstream_target(tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:

@@ -94,11 +94,7 @@ def read_json(path: Path) -> object:
 def parse_model_map(raw: object) -> dict[str, ModelInfo]:
     if not isinstance(raw, dict):
         raise ModelMapError("the model map is not a JSON object")
-    return {
-        name: entry_info(entry)
-        for name, entry in raw.items()
-        if isinstance(entry, dict) and name != SPEC_ENTRY
-    }
+    return {name: entry_info(entry) for name, entry in raw.items() if isinstance(entry, dict) and name != SPEC_ENTRY}
 
 
 def entry_info(entry: Mapping[str, object]) -> ModelInfo:

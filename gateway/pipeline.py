@@ -35,9 +35,28 @@ COMMIT_ATTEMPTS = 3
 # Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
 LITELLM_PREFIXES = frozenset(
     {
-        "anthropic", "bedrock", "bedrock_converse", "vertex_ai", "vertex_ai_beta", "gemini", "cohere",
-        "cohere_chat", "sagemaker", "azure", "azure_ai", "watsonx", "replicate", "huggingface", "ollama",
-        "ollama_chat", "databricks", "predibase", "cloudflare", "ai21", "nlp_cloud", "aleph_alpha",
+        "anthropic",
+        "bedrock",
+        "bedrock_converse",
+        "vertex_ai",
+        "vertex_ai_beta",
+        "gemini",
+        "cohere",
+        "cohere_chat",
+        "sagemaker",
+        "azure",
+        "azure_ai",
+        "watsonx",
+        "replicate",
+        "huggingface",
+        "ollama",
+        "ollama_chat",
+        "databricks",
+        "predibase",
+        "cloudflare",
+        "ai21",
+        "nlp_cloud",
+        "aleph_alpha",
     }
 )
 
@@ -109,7 +128,9 @@ def _forwarded(request: Request) -> dict[str, str]:
     return forwarded
 
 
-async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds) -> tuple[bytes, dict[str, str]]:
+async def prepare(
+    services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds
+) -> tuple[bytes, dict[str, str]]:
     """Plan the turn and persist it; returns the upstream body and our response headers."""
     override = services.settings.models.get(chat.model)
     counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
@@ -146,7 +167,9 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
 
 def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TiktokenCounter) -> TokenBudget:
     server = services.settings.server
-    window, source = resolve_window(chat.model, services.catalog, services.settings.models, server.default_context_window)
+    window, source = resolve_window(
+        chat.model, services.catalog, services.settings.models, server.default_context_window
+    )
     tools = services.tool_tokens.count(counter, chat.body.get("tools"))
     return resolve_budget(tenant.policy.budget, window, source, tools)
 

@@ -27,7 +27,9 @@ class SessionIds:
     source: str  # "header" | "metadata" | "user" | "fingerprint"
 
 
-def resolve(headers: Mapping[str, str], body: Mapping[str, Any], messages: Sequence[Message], tenant: str) -> SessionIds:
+def resolve(
+    headers: Mapping[str, str], body: Mapping[str, Any], messages: Sequence[Message], tenant: str
+) -> SessionIds:
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
     session, source = _first(
         (headers.get("x-clawvm-session"), "header"),

@@ -45,9 +45,9 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Assembly:
     levels: Mapping[str, Fidelity]
-    tokens: int           # accounted tokens of the messages (tools excluded)
-    minimum: int          # tokens of the minimum set
-    insufficient: bool    # the minimum set exceeds the budget
+    tokens: int  # accounted tokens of the messages (tools excluded)
+    minimum: int  # tokens of the minimum set
+    insufficient: bool  # the minimum set exceeds the budget
     replanned: bool
     decisions: tuple[Decision, ...]
 

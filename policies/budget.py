@@ -10,11 +10,11 @@ from policies.tenant import Budget
 
 @dataclass(frozen=True, slots=True)
 class TokenBudget:
-    cap: int          # the prompt-token ceiling the tenant asked for (what headers report)
-    usable: int       # what the messages may use: cap less the safety margin and the tool schemas
-    hard_limit: int   # what the model itself accepts: its window less the output reserve
-    source: str       # "tenant_budget" | "window_fraction:<window source>" | "model_map" | "config" | "default"
-    tools: int = 0    # tokens of the request's tool schemas, counted against the cap
+    cap: int  # the prompt-token ceiling the tenant asked for (what headers report)
+    usable: int  # what the messages may use: cap less the safety margin and the tool schemas
+    hard_limit: int  # what the model itself accepts: its window less the output reserve
+    source: str  # "tenant_budget" | "window_fraction:<window source>" | "model_map" | "config" | "default"
+    tools: int = 0  # tokens of the request's tool schemas, counted against the cap
 
 
 def resolve_budget(budget: Budget, window: int, window_source: str, tools_tokens: int) -> TokenBudget:

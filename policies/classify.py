@@ -154,9 +154,7 @@ def _compile(rules: tuple[ClassifierRule, ...], role: str) -> tuple[tuple[re.Pat
     return tuple((re.compile(r.pattern, re.IGNORECASE), r.type) for r in wanted)
 
 
-def _sentence_type(
-    sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...]
-) -> PageType | None:
+def _sentence_type(sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...]) -> PageType | None:
     if len(sentence.split()) < MIN_FACT_WORDS:
         return None
     for pattern, page_type in compiled:

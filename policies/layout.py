@@ -17,26 +17,26 @@ from dataclasses import dataclass
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin
 from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, framed
 
-SPAN_HEADER_TOKENS = 48      # upper bound of the span stub's fixed text (checked by tests)
+SPAN_HEADER_TOKENS = 48  # upper bound of the span stub's fixed text (checked by tests)
 RETAINED_HEADER_TOKENS = 40  # upper bound of the retained-state message's fixed text
-LINE_TOKENS = 1              # the newline between listed entries
+LINE_TOKENS = 1  # the newline between listed entries
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
     """Everything about one request's transcript that does not depend on the levels chosen."""
 
-    order: tuple[str, ...]              # message page ids in transcript order
+    order: tuple[str, ...]  # message page ids in transcript order
     blocks: tuple[tuple[int, int], ...]  # [start, stop) positions of each block
-    newest: int                          # position where the newest turn starts
+    newest: int  # position where the newest turn starts
     pages: Mapping[str, Page]
-    names: Mapping[str, str]             # the `name` of message pages that carry one
-    entries: Mapping[str, int]           # span entry tokens per page
+    names: Mapping[str, str]  # the `name` of message pages that carry one
+    entries: Mapping[str, int]  # span entry tokens per page
     facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]
     # each live fact: (fact page id, ((parent page id, parent levels that contain it), ...))
     current_plan: str | None
     costs: Mapping[str, tuple[int, ...]]  # whole-message tokens per level, indexed by Fidelity
-    eligible: tuple[bool, ...]            # per block: may fold into a span (not newest, nothing hard)
+    eligible: tuple[bool, ...]  # per block: may fold into a span (not newest, nothing hard)
 
 
 def make_layout(

@@ -17,13 +17,13 @@ import hashlib
 import json
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from policies.classify import carrier_type, extract_facts
-from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Scope
+from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
 from policies.represent import represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
-from policies.tokens import TokenCounter
+from policies.tokens import IMAGE_TOKENS, TokenCounter
 from policies.transcript import Message, ToolCall
 
 CALL_ARGUMENTS_KEPT = 400
@@ -36,11 +36,11 @@ class Changes:
     """What changed in a table since its last checkpoint. The head fields (turn, cost,
     plan_key) are small: they are remembered as they were and always written."""
 
-    dirty_from: int                                # positions from here on were (re)written
-    head: tuple[int, int, str]                     # turn, cost and plan_key at the checkpoint
-    pages: set[str] = field(default_factory=set)   # pages added, with their per-page fields
+    dirty_from: int  # positions from here on were (re)written
+    head: tuple[int, int, str]  # turn, cost and plan_key at the checkpoint
+    pages: set[str] = field(default_factory=set)  # pages added, with their per-page fields
     levels: set[str] = field(default_factory=set)  # pages whose level was set, changed or dropped
-    calls: set[str] = field(default_factory=set)   # tool calls recorded
+    calls: set[str] = field(default_factory=set)  # tool calls recorded
 
 
 @dataclass(slots=True)
@@ -104,9 +104,9 @@ def replace_levels(table: PageTable, levels: Mapping[str, Fidelity]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    kind: str                      # "append" | "rewrite"
-    kept: int                      # how many leading messages were already known
-    new_pages: tuple[Page, ...]    # pages created by this ingest (to persist)
+    kind: str  # "append" | "rewrite"
+    kept: int  # how many leading messages were already known
+    new_pages: tuple[Page, ...]  # pages created by this ingest (to persist)
 
 
 def message_key(message: Message) -> str:
@@ -255,7 +255,9 @@ def _message_page(
         provenance=provenance,
         pin=rule.pin,
         floor=rule.floor,
-        reprs=represent(message, page_type, page_id, counter, recall_tool=recall_tool, call=call),
+        reprs=_with_images(
+            represent(message, page_type, page_id, counter, recall_tool=recall_tool, call=call), message
+        ),
         base_utility=rule.base_utility,
         recompute_cost=recompute_cost(page_type, provenance.tool_name),
     )
@@ -297,6 +299,15 @@ def _covering_levels(parent: Page, fact_text: str) -> frozenset[Fidelity]:
         for level in LEVELS
         if level is not Fidelity.POINTER and needle and needle in " ".join(parent.reprs.at(level).text.split())
     )
+
+
+def _with_images(reprs: Reprs, message: Message) -> Reprs:
+    """The full level forwards the client's own message, images and all: charge them there.
+    Degraded levels carry text only."""
+    if not message.images:
+        return reprs
+    full = reprs.full
+    return replace(reprs, full=Representation(full.text, full.tokens + IMAGE_TOKENS * message.images, full.tool_calls))
 
 
 def recompute_cost(page_type: PageType, tool_name: str | None) -> float:

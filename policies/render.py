@@ -13,8 +13,12 @@ from policies.layout import Layout, collapsible, uncovered_facts
 from policies.pages import Fidelity
 from policies.transcript import Message
 
-SPAN_HEADER = "[clawvm: {n} earlier messages paged out to save context; call {tool}(page_ids=[...]) with an id below to read it]"
-RETAINED_HEADER = "[clawvm retained state: rules, preferences and plan stated earlier in this conversation; they still apply]"
+SPAN_HEADER = (
+    "[clawvm: {n} earlier messages paged out to save context; call {tool}(page_ids=[...]) with an id below to read it]"
+)
+RETAINED_HEADER = (
+    "[clawvm retained state: rules, preferences and plan stated earlier in this conversation; they still apply]"
+)
 
 
 @dataclass(slots=True)

@@ -256,9 +256,7 @@ def _rep(text: str, calls: tuple[ToolCall, ...], counter: TokenCounter) -> Repre
     return Representation(text, counter.count(text) + tool_calls_tokens(counter, calls), calls)
 
 
-def _rep_like(
-    text: str, calls: tuple[ToolCall, ...], counter: TokenCounter, above: Representation
-) -> Representation:
+def _rep_like(text: str, calls: tuple[ToolCall, ...], counter: TokenCounter, above: Representation) -> Representation:
     """Count a level, reusing the level above when nothing changed (no second tokenisation)."""
     if text == above.text and calls == above.tool_calls:
         return above
@@ -504,9 +502,7 @@ def _structured(
     return _said(message)
 
 
-def _evidence(
-    message: Message, page_id: str, view: _View, tokens: int, recall_tool: str, call: ToolCall | None
-) -> str:
+def _evidence(message: Message, page_id: str, view: _View, tokens: int, recall_tool: str, call: ToolCall | None) -> str:
     lines = [
         f"tool: {_origin(message, call, 60)}",
         f"status: {_status(view)}",
@@ -780,9 +776,7 @@ def _pointer(
     return _first_fitting(candidates, calls, counter, ceiling)
 
 
-def _fact_pointer(
-    page_id: str, label: str, fact_text: str, counter: TokenCounter, ceiling: int
-) -> Representation:
+def _fact_pointer(page_id: str, label: str, fact_text: str, counter: TokenCounter, ceiling: int) -> Representation:
     candidates = tuple(f"[{page_id}] {label}: {_words(fact_text, n)}" for n in (14, 10, 6, 3))
     return _first_fitting(candidates, (), counter, ceiling)
 

@@ -88,7 +88,9 @@ def plan_key(policy: TenantPolicy, budget: TokenBudget) -> str:
     return f"{budget.usable}|{policy.name}|{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
 
 
-def _append(table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, budget: int) -> list[Message] | None:
+def _append(
+    table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, budget: int
+) -> list[Message] | None:
     """The fast path: new messages join at full after the kept rendering, if they fit."""
     view = table.view
     if not isinstance(view, View) or result.kind != "append" or table.plan_key != key or table.cost < 0:
@@ -102,7 +104,8 @@ def _append(table: PageTable, messages: Sequence[Message], result: IngestResult,
     ):
         return None  # a restated rule leaves the retained block: the exact accounting changes
     added = sum(
-        framed(pages[order[i]].tokens(Fidelity.FULL), named=order[i] in table.names) for i in range(result.kept, len(order))
+        framed(pages[order[i]].tokens(Fidelity.FULL), named=order[i] in table.names)
+        for i in range(result.kept, len(order))
     )
     if table.cost + added > budget:
         return None
@@ -115,7 +118,9 @@ def _append(table: PageTable, messages: Sequence[Message], result: IngestResult,
 
 
 def _kept(table: PageTable) -> Assembly:
-    return Assembly(levels=table.levels, tokens=table.cost, minimum=-1, insufficient=False, replanned=False, decisions=())
+    return Assembly(
+        levels=table.levels, tokens=table.cost, minimum=-1, insufficient=False, replanned=False, decisions=()
+    )
 
 
 def build_layout(table: PageTable) -> Layout:
@@ -132,7 +137,9 @@ def build_layout(table: PageTable) -> Layout:
     )
 
 
-def _live_facts(table: PageTable, order: Sequence[str]) -> tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]:
+def _live_facts(
+    table: PageTable, order: Sequence[str]
+) -> tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]:
     parents: dict[str, list[tuple[str, frozenset[Fidelity]]]] = {}
     for page_id in order:
         for fact_id in table.facts.get(page_id, ()):

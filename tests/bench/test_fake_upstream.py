@@ -131,7 +131,10 @@ def test_openai_sdk_reads_completions_streams_and_embeddings(fake_upstream: Runn
     assert completion.choices[0].message.content == "Hello from the fake upstream!"
     options: Any = {"include_usage": True}
     stream = client.chat.completions.create(
-        model="gpt-x", messages=MESSAGES, stream=True, stream_options=options  # type: ignore[arg-type]
+        model="gpt-x",
+        messages=MESSAGES,
+        stream=True,
+        stream_options=options,  # type: ignore[arg-type]
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -195,9 +198,7 @@ def test_bad_bodies_get_openai_400s(fake_upstream: Running) -> None:
     assert httpx.post(f"{fake_upstream.url}/embeddings", json={}).status_code == 400
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("POST", "/v1/responses"), ("GET", "/v1/chat/completions"), ("GET", "/")]
-)
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/responses"), ("GET", "/v1/chat/completions"), ("GET", "/")])
 def test_unknown_routes_get_openai_shaped_404s(fake_upstream: Running, method: str, path: str) -> None:
     base = fake_upstream.url.removesuffix("/v1")
     response = httpx.request(method, base + path)
@@ -223,9 +224,7 @@ def test_module_main_serves_a_fake(tmp_path: Path) -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
         assert f":{port}/v1" in process.stdout.readline().decode()

@@ -99,7 +99,9 @@ def test_budget_report_without_split_says_so() -> None:
     assert any("no ingest/assembly split" in line for line in format_policy(report))
 
 
-def test_the_tool_schemas_count_against_the_budget_as_in_the_gateway(small_trace: Trace, counter: TiktokenCounter) -> None:
+def test_the_tool_schemas_count_against_the_budget_as_in_the_gateway(
+    small_trace: Trace, counter: TiktokenCounter
+) -> None:
     bare, with_tools = engine(counter, 4000), engine(counter, 4000, small_trace.tools)
     assert bare.budget.cap == with_tools.budget.cap == 4000
     assert bare.budget.usable - with_tools.budget.usable == count_tools(counter, small_trace.tools)

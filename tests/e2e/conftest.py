@@ -17,7 +17,7 @@ from gateway.tokens import prepare_offline
 
 @dataclass(frozen=True)
 class Gateway:
-    url: str          # "http://127.0.0.1:PORT/v1"
+    url: str  # "http://127.0.0.1:PORT/v1"
     fake: FakeUpstream
 
     @property
@@ -37,7 +37,9 @@ def start_gateway(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv(name, value)
 
     @contextmanager
-    def start(config_yaml: str | None = None, budget: int | None = None, fake: FakeUpstream | None = None) -> Iterator[Gateway]:
+    def start(
+        config_yaml: str | None = None, budget: int | None = None, fake: FakeUpstream | None = None
+    ) -> Iterator[Gateway]:
         fake = fake or FakeUpstream()
         path = None
         if config_yaml is not None:

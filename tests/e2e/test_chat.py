@@ -35,7 +35,11 @@ def conversation() -> list[dict]:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id":"#W123"}'}}
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_order", "arguments": '{"order_id":"#W123"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"order_id":"#W123","status":"shipped"}'},
@@ -80,7 +84,15 @@ def test_streaming_relays_every_chunk(gateway) -> None:
 
 def test_streaming_tool_calls_reach_the_agent(start_gateway) -> None:
     def responder(body: dict) -> dict:
-        return {"tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id":"#W9"}'}}]}
+        return {
+            "tool_calls": [
+                {
+                    "id": "call_9",
+                    "type": "function",
+                    "function": {"name": "get_order", "arguments": '{"order_id":"#W9"}'},
+                }
+            ]
+        }
 
     with start_gateway(fake=FakeUpstream(responder)) as gw:
         stream = client(gw).chat.completions.create(model="gpt-4o", messages=conversation(), tools=TOOLS, stream=True)
@@ -94,7 +106,10 @@ def test_streaming_tool_calls_reach_the_agent(start_gateway) -> None:
 
 def long_session(turns: int) -> list[dict]:
     messages: list[dict] = [
-        {"role": "system", "content": "You are a careful coding agent.\n- Never push to main.\n- Always run the tests before committing."},
+        {
+            "role": "system",
+            "content": "You are a careful coding agent.\n- Never push to main.\n- Always run the tests before committing.",
+        },
         {"role": "user", "content": "Please fix the failing build. I prefer small commits."},
     ]
     for n in range(turns):
@@ -102,7 +117,13 @@ def long_session(turns: int) -> list[dict]:
             {
                 "role": "assistant",
                 "content": f"Step {n}: reading file {n}.",
-                "tool_calls": [{"id": f"c{n}", "type": "function", "function": {"name": "read_file", "arguments": json.dumps({"path": f"src/m{n}.py"})}}],
+                "tool_calls": [
+                    {
+                        "id": f"c{n}",
+                        "type": "function",
+                        "function": {"name": "read_file", "arguments": json.dumps({"path": f"src/m{n}.py"})},
+                    }
+                ],
             }
         )
         body = "\n".join(f"line {i} of module {n}: value = {n * 1000 + i}" for i in range(120))

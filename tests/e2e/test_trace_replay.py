@@ -10,9 +10,7 @@ from bench.traces import load_traces, traces_dir
 from gateway.tokens import Tokenizers
 
 BUDGETS = (4000, 16000)
-CONFIG = "".join(
-    f"  b{b}:\n    api_keys: [sk-{b}]\n    budget: {{max_prompt_tokens: {b}}}\n" for b in BUDGETS
-)
+CONFIG = "".join(f"  b{b}:\n    api_keys: [sk-{b}]\n    budget: {{max_prompt_tokens: {b}}}\n" for b in BUDGETS)
 TRACES = load_traces(traces_dir()) if traces_dir().is_dir() else []
 
 

@@ -58,7 +58,7 @@ class EchoUpstream:
 
         async def events() -> AsyncIterator[bytes]:
             for n in range(3):
-                yield f"data: {{\"n\":{n}}}\n\n".encode()
+                yield f'data: {{"n":{n}}}\n\n'.encode()
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

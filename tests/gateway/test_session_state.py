@@ -379,7 +379,9 @@ async def test_reloading_through_the_store_every_turn_changes_nothing(
             journals.add(moving.journal.records if isinstance(moving.journal, Journal) else -1)
             planned = plan_turn(kept, messages, policy, counter, tokens)
             other = plan_turn(moving, messages, policy, counter, tokens)
-            assert json.dumps(to_wire(planned.messages)) == json.dumps(to_wire(other.messages)), f"{trace.name} turn {number}"
+            assert json.dumps(to_wire(planned.messages)) == json.dumps(to_wire(other.messages)), (
+                f"{trace.name} turn {number}"
+            )
             await writer.commit(kept, planned.ingest.new_pages)
             await SessionState(store).commit(moving, other.ingest.new_pages)
     assert 0 in journals and max(journals) > 1  # both snapshots and journals were read back

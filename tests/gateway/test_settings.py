@@ -285,8 +285,7 @@ VALIDATION_CASES = [
     ),
     (
         "models: {m: {encoding: r50k_base}}\n",
-        "models.m.encoding: expected one of cl100k_base, o200k_base, o200k_harmony, p50k_base, "
-        "got 'r50k_base'",
+        "models.m.encoding: expected one of cl100k_base, o200k_base, o200k_harmony, p50k_base, got 'r50k_base'",
     ),
     (
         "models: {m: {size: 1}}\n",
@@ -310,8 +309,7 @@ VALIDATION_CASES = [
     ),
     (
         ACME + "    pages: {constraint: {floor: none}}\n",
-        "tenants.acme.pages.constraint.floor: expected one of pointer, structured, compressed, full, "
-        "got 'none'",
+        "tenants.acme.pages.constraint.floor: expected one of pointer, structured, compressed, full, got 'none'",
     ),
     (
         ACME + "    pages: {constraint: {pin: always}}\n",
@@ -349,8 +347,7 @@ VALIDATION_CASES = [
     ),
     (
         ACME + "    rules: [{pattern: x, type: plan, roles: [robot]}]\n",
-        "tenants.acme.rules[0].roles[0]: "
-        "expected one of assistant, developer, system, tool, user, got 'robot'",
+        "tenants.acme.rules[0].roles[0]: expected one of assistant, developer, system, tool, user, got 'robot'",
     ),
     (
         ACME + "    rules: [{pattern: x, type: plan, roles: []}]\n",
@@ -439,10 +436,7 @@ def test_env_default_and_embedding(tmp_path: Path) -> None:
 
 
 def test_env_reference_can_be_a_number_or_boolean(tmp_path: Path) -> None:
-    text = (
-        "server:\n  port: ${PORT:-4000}\n  log_content: ${LOG:-false}\n"
-        "upstream:\n  timeout_seconds: ${T:-2.5}\n"
-    )
+    text = "server:\n  port: ${PORT:-4000}\n  log_content: ${LOG:-false}\nupstream:\n  timeout_seconds: ${T:-2.5}\n"
     settings = load(tmp_path, text, {"PORT": "8123", "LOG": "true"})
     assert settings.server.port == 8123 and settings.server.log_content
     assert settings.upstream.timeout == 2.5
@@ -552,10 +546,7 @@ def test_budget_override_applies_where_unset(tmp_path: Path) -> None:
 
 
 def test_model_overrides(tmp_path: Path) -> None:
-    text = (
-        "models:\n  my-local-llama: {context_window: 32768, encoding: cl100k_base}\n"
-        "  other: {encoding: null}\n"
-    )
+    text = "models:\n  my-local-llama: {context_window: 32768, encoding: cl100k_base}\n  other: {encoding: null}\n"
     models = load(tmp_path, text).models
     assert models["my-local-llama"] == ModelOverride(32768, "cl100k_base")
     assert models["other"] == ModelOverride(None, None)

@@ -186,9 +186,7 @@ async def test_identical_table_keeps_its_version(store: RedisStore, tenant: str)
     assert list(await store.get_pages(tenant, S1, ["p9"])) == ["p9"]
 
 
-async def test_pages_are_overwritten_bodies_are_not(
-    store: RedisStore, raw: aioredis.Redis, tenant: str
-) -> None:
+async def test_pages_are_overwritten_bodies_are_not(store: RedisStore, raw: aioredis.Redis, tenant: str) -> None:
     await store.save(tenant, S1, "{}", [make_page("p1", text="old")], {DIGEST: BODY}, None)
     await raw.set(Keys.of(tenant, S1).body(DIGEST), "tampered")
     await store.save(tenant, S1, '{"n":2}', [make_page("p1", text="new", version=2)], {DIGEST: BODY}, None)
@@ -264,7 +262,9 @@ async def test_a_snapshot_clears_the_journal(store: RedisStore, raw: aioredis.Re
     assert await store.load_table(tenant, S1) == TableRecord(4, '{"s":2}\n{"d":3}')
 
 
-async def test_a_snapshot_equal_to_the_stored_one_but_for_the_journal_is_a_change(store: RedisStore, tenant: str) -> None:
+async def test_a_snapshot_equal_to_the_stored_one_but_for_the_journal_is_a_change(
+    store: RedisStore, tenant: str
+) -> None:
     await store.save(tenant, S1, '{"s":1}', [], {}, None)
     await store.append(tenant, S1, '{"d":1}', [], {}, 1)
     assert await store.save(tenant, S1, '{"s":1}', [], {}, 2) == 3
@@ -394,9 +394,7 @@ async def test_session_and_project_scopes_are_apart(store: RedisStore, tenant: s
     assert await store.load_table(tenant, project_scope("same")) == TableRecord(1, '{"k":"project"}')
 
 
-async def test_every_key_of_a_session_shares_one_hash_tag(
-    store: RedisStore, raw: aioredis.Redis, tenant: str
-) -> None:
+async def test_every_key_of_a_session_shares_one_hash_tag(store: RedisStore, raw: aioredis.Redis, tenant: str) -> None:
     pages = [make_page(f"p:{n:04d}~1") for n in range(5)]
     bodies = {body_digest(f"body {n}"): f"body {n}" for n in range(3)}
     await store.save(tenant, S1, "{}", pages, bodies, None)
@@ -439,18 +437,14 @@ async def test_bad_url_is_a_store_error() -> None:
         RedisStore.from_url("http://127.0.0.1:1/0")
 
 
-async def test_other_redis_errors_become_store_error(
-    store: RedisStore, raw: aioredis.Redis, tenant: str
-) -> None:
+async def test_other_redis_errors_become_store_error(store: RedisStore, raw: aioredis.Redis, tenant: str) -> None:
     await raw.set(Keys.of(tenant, S1).table, "a string, not a hash")
     with pytest.raises(StoreError) as info:
         await store.load_table(tenant, S1)
     assert not isinstance(info.value, StoreUnavailable)
 
 
-async def test_corrupt_stored_values_raise_corrupt_data(
-    store: RedisStore, raw: aioredis.Redis, tenant: str
-) -> None:
+async def test_corrupt_stored_values_raise_corrupt_data(store: RedisStore, raw: aioredis.Redis, tenant: str) -> None:
     keys = Keys.of(tenant, S1)
     await raw.set(keys.page("p1"), "{not json")
     with pytest.raises(CorruptData):

@@ -172,7 +172,11 @@ def next_turn(table: PageTable, wire: list[dict[str, Any]], budget: TokenBudget 
 
 
 def follow_up(rounds: int = 6) -> list[dict[str, Any]]:
-    return [*session_messages(rounds), {"role": "assistant", "content": "It holds values."}, {"role": "user", "content": "Thanks."}]
+    return [
+        *session_messages(rounds),
+        {"role": "assistant", "content": "It holds values."},
+        {"role": "user", "content": "Thanks."},
+    ]
 
 
 def test_a_journal_loads_as_the_writers_table() -> None:

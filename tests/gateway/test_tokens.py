@@ -191,15 +191,23 @@ def test_count_messages_framing() -> None:
     counter = CharCounter()
     messages = [
         {"role": "system", "content": "x" * 40},
-        {"role": "user", "name": "ann", "content": [
-            {"type": "text", "text": "abcd"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            {"type": "text", "text": "efgh"},
-            {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
-        ]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": '{"path":"a.py"}'}},
-        ]},
+        {
+            "role": "user",
+            "name": "ann",
+            "content": [
+                {"type": "text", "text": "abcd"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": "efgh"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": '{"path":"a.py"}'}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "y" * 9},
     ]
     expected = (

@@ -69,9 +69,7 @@ async def test_sse_is_relayed_byte_for_byte(client: OpenAICompatible, fake_upstr
     assert expected.endswith(DONE)
 
 
-async def test_sse_chunks_arrive_as_the_upstream_sends_them(
-    client: OpenAICompatible, fake_upstream: Running
-) -> None:
+async def test_sse_chunks_arrive_as_the_upstream_sends_them(client: OpenAICompatible, fake_upstream: Running) -> None:
     fake_upstream.fake.responder = lambda req: {"content": "one two three four"}
     fake_upstream.fake.chunk_delay = 0.05
     response = await post_chat(client, fake_upstream, stream=True)
@@ -94,9 +92,7 @@ async def test_error_statuses_are_relayed_not_raised(
     assert set(error) == {"message", "type", "param", "code"}
 
 
-async def test_get_with_query_reaches_the_path_under_api_base(
-    client: OpenAICompatible, fake_upstream: Running
-) -> None:
+async def test_get_with_query_reaches_the_path_under_api_base(client: OpenAICompatible, fake_upstream: Running) -> None:
     response = await client.send(target(fake_upstream), "GET", "/models", None, {}, query="?limit=5")
     assert json.loads(await response.read())["data"][0]["id"] == "fake-model"
     missing = await client.send(target(fake_upstream), "POST", "embeddings/nope", b"{}", JSON)
@@ -317,9 +313,7 @@ class TestLiteLLMProvider:
             "object": "chat.completion",
             "created": 1,
             "model": "some-model",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "mocked"}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "mocked"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
         }
         with respx.mock(assert_all_mocked=True, assert_all_called=True) as mock:

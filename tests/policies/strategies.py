@@ -87,9 +87,32 @@ PLAN_STEPS = (
 )
 TOOL_NAMES = ("read_file", "Bash", "edit_file", "grep", "get_reservation_details", "WebFetch")
 WORDS = (
-    "alpha", "beta", "gamma", "delta", "parser", "loader", "worker", "request", "value", "config",
-    "session", "commit", "branch", "module", "handler", "result", "cache", "queue", "token", "page",
-    "café", "naïve", "日本語", "données", "🚀", "Ωmega",
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "parser",
+    "loader",
+    "worker",
+    "request",
+    "value",
+    "config",
+    "session",
+    "commit",
+    "branch",
+    "module",
+    "handler",
+    "result",
+    "cache",
+    "queue",
+    "token",
+    "page",
+    "café",
+    "naïve",
+    "日本語",
+    "données",
+    "🚀",
+    "Ωmega",
 )
 REMINDERS = (
     "Reminder: you must keep every answer under ten lines.",
@@ -225,7 +248,11 @@ def todo_call(call_id: str, steps: Sequence[str], active: int) -> Wire:
         {"content": s, "status": "completed" if i < active else "in_progress" if i == active else "pending"}
         for i, s in enumerate(steps)
     ]
-    return {"id": call_id, "type": "function", "function": {"name": "TodoWrite", "arguments": json.dumps({"todos": todos})}}
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "TodoWrite", "arguments": json.dumps({"todos": todos})},
+    }
 
 
 @st.composite

@@ -235,8 +235,16 @@ def test_a_changed_budget_replans() -> None:
     wire = [{"role": "user", "content": bulk_text(3, 8000)}, {"role": "assistant", "content": "ok"}]
     table = PageTable("t", "s", "p")
     plan([*wire, {"role": "user", "content": "one"}], exact_budget(100_000), table)
-    result = plan([*wire, {"role": "user", "content": "one"}, {"role": "assistant", "content": "ok"},
-                   {"role": "user", "content": "two"}], exact_budget(500), table)
+    result = plan(
+        [
+            *wire,
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "two"},
+        ],
+        exact_budget(500),
+        table,
+    )
     assert result.assembly.replanned
     assert result.assembly.tokens <= 500
 

@@ -249,8 +249,7 @@ def test_retail_rule_bullet_yields_both_sentences() -> None:
         ),
         ("only cloud, don't add other flags yet, remember <tdd_discipline>", None),
         (
-            "Why are you completely overwriting `cli_spec`?!? WTF!!! You must keep everything that's "
-            "already there.",
+            "Why are you completely overwriting `cli_spec`?!? WTF!!! You must keep everything that's already there.",
             "You must keep everything that's already there.",
         ),
     ],

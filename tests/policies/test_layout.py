@@ -175,10 +175,17 @@ def test_neighbouring_pointer_pages_share_one_stub() -> None:
 
 def test_a_group_with_a_detailed_member_is_not_folded() -> None:
     """A tool-call group whose hard-pinned plan stays at structured keeps its results as messages."""
-    todo = {"id": "c1", "type": "function", "function": {"name": "TodoWrite", "arguments": (
-        '{"todos": [{"content": "Read the code", "status": "in_progress"}, '
-        '{"content": "Fix the bug", "status": "pending"}, {"content": "Run tests", "status": "pending"}]}'
-    )}}
+    todo = {
+        "id": "c1",
+        "type": "function",
+        "function": {
+            "name": "TodoWrite",
+            "arguments": (
+                '{"todos": [{"content": "Read the code", "status": "in_progress"}, '
+                '{"content": "Fix the bug", "status": "pending"}, {"content": "Run tests", "status": "pending"}]}'
+            ),
+        },
+    }
     request = [
         {"role": "user", "content": "Fix the bug."},
         {"role": "assistant", "content": None, "tool_calls": [todo]},

@@ -107,7 +107,11 @@ def test_a_degraded_tool_call_keeps_its_ids_and_valid_arguments() -> None:
     request = [
         {"role": "system", "content": "You are a coding agent."},
         {"role": "user", "content": "Edit the app."},
-        {"role": "assistant", "content": "Plan:\n1. Edit the app.\n2. List the files.\n3. Run the tests.", "tool_calls": calls},
+        {
+            "role": "assistant",
+            "content": "Plan:\n1. Edit the app.\n2. List the files.\n3. Run the tests.",
+            "tool_calls": calls,
+        },
         {"role": "tool", "tool_call_id": "call_a", "content": "File written."},
         {"role": "tool", "tool_call_id": "call_b", "content": bulk_text(9, 4000)},
         {"role": "assistant", "content": "Done."},
@@ -130,9 +134,13 @@ def test_a_degraded_tool_call_keeps_its_ids_and_valid_arguments() -> None:
 def test_stubs_and_pointers_name_the_configured_recall_tool() -> None:
     request = [
         {"role": "user", "content": bulk_text(1, 3000)},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a.py"}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a.py"}'}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": bulk_text(2, 3000)},
         {"role": "assistant", "content": "Read it."},
         {"role": "user", "content": "Next."},
@@ -148,9 +156,13 @@ def test_stubs_and_pointers_name_the_configured_recall_tool() -> None:
 def test_span_stub_lists_ids_in_transcript_order_with_tool_origin() -> None:
     request = [
         {"role": "user", "content": bulk_text(1, 2000)},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "grep", "arguments": '{"pattern": "TODO"}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "grep", "arguments": '{"pattern": "TODO"}'}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": bulk_text(2, 3000)},
         {"role": "assistant", "content": bulk_text(3, 1000)},
         {"role": "user", "content": "Next."},

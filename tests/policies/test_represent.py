@@ -152,17 +152,13 @@ _lines = st.sampled_from(
 _texts = st.one_of(
     st.text(max_size=3000),
     st.lists(_lines, max_size=80).map("\n".join),
-    st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=40), max_size=4), max_size=60).map(
-        json.dumps
-    ),
+    st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=40), max_size=4), max_size=60).map(json.dumps),
 )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_texts, _roles_types, _calls)
-def test_levels_never_grow_as_fidelity_drops(
-    text: str, role_type: tuple[str, PageType], calls: list[ToolCall]
-) -> None:
+def test_levels_never_grow_as_fidelity_drops(text: str, role_type: tuple[str, PageType], calls: list[ToolCall]) -> None:
     role, page_type = role_type
     message = Message(role=role, text=text, tool_calls=tuple(calls) if role == "assistant" else ())
     answered = calls[0] if calls and role == "tool" else None
@@ -206,8 +202,13 @@ def test_short_text_stays_whole_at_compressed() -> None:
 
 def test_json_is_minified_and_long_arrays_cut_and_counted() -> None:
     flights = [
-        {"flight_number": f"HAT{n:03d}", "origin": "MIA", "destination": "LAX", "status": "available",
-         "prices": {"basic_economy": 51 + n, "economy": 179, "business": 227}}
+        {
+            "flight_number": f"HAT{n:03d}",
+            "origin": "MIA",
+            "destination": "LAX",
+            "status": "available",
+            "prices": {"basic_economy": 51 + n, "economy": 179, "business": 227},
+        }
         for n in range(40)
     ]
     reprs = represent(tool(json.dumps(flights, indent=2)), PageType.EVIDENCE, PID, COUNTER)
@@ -361,9 +362,7 @@ def test_plan_from_numbered_steps_joins_wrapped_items() -> None:
         "current step: Write a failing acceptance test for the new --enhanced flag. This test will initially "
         "fail because the feature is not implemented." in structured
     )
-    assert "steps left: 2 (Implement the feature.; Refactor the code for clarity and simplicity.)" in (
-        structured
-    )
+    assert "steps left: 2 (Implement the feature.; Refactor the code for clarity and simplicity.)" in (structured)
 
 
 def test_magentic_plan_goal_and_ledger_step() -> None:
@@ -372,8 +371,7 @@ def test_magentic_plan_goal_and_ledger_step() -> None:
         "Which restaurants within 1 blocks of Washington Square Park have vegan mains for under $15?\n\n"
         "Here is the plan to follow as best as possible:\n\n"
         "1. **Identify Restaurants:**\n   - Ask WebSurfer to search.\n"
-        "2. **Filter for Dine-in Only Restaurants:**\n3. **Compile and Present the Findings:**\n\n"
-        + MAGENTIC_LEDGER
+        "2. **Filter for Dine-in Only Restaurants:**\n3. **Compile and Present the Findings:**\n\n" + MAGENTIC_LEDGER
     )
     structured = _structured_of(Message(role="assistant", text=text), PageType.PLAN)
     assert structured.split("\n") == [
@@ -503,9 +501,7 @@ def test_span_entry() -> None:
     assert span_entry(PID, Message(role="assistant", text="", tool_calls=(call,))) == PID
 
 
-@pytest.mark.parametrize(
-    ("page_type", "label"), [(PageType.CONSTRAINT, "rule"), (PageType.PREFERENCE, "preference")]
-)
+@pytest.mark.parametrize(("page_type", "label"), [(PageType.CONSTRAINT, "rule"), (PageType.PREFERENCE, "preference")])
 def test_fact_representations(page_type: PageType, label: str) -> None:
     sentence = "You must list the action details and obtain explicit user confirmation (yes) to proceed."
     reprs = represent_fact(sentence, page_type, PID, "p:parent", COUNTER)

@@ -86,7 +86,9 @@ def test_a_tenant_rule_makes_a_constraint_that_survives_degradation() -> None:
 def test_a_tenant_rule_for_other_roles_does_not_apply() -> None:
     rule = ClassifierRule(r"\bticket ACME-\d+", PageType.CONSTRAINT, roles=frozenset({"system"}))
     table = PageTable("t", "s", "p")
-    plan([{"role": "user", "content": "This is ticket ACME-1 for the team."}], TenantPolicy(rules=(rule,)), 10_000, table)
+    plan(
+        [{"role": "user", "content": "This is ticket ACME-1 for the team."}], TenantPolicy(rules=(rule,)), 10_000, table
+    )
     assert not [p for p in table.pages.values() if p.type is PageType.CONSTRAINT]
 
 

@@ -14,8 +14,10 @@ def test_roles_are_the_chat_roles() -> None:
     assert ROLES == {"system", "developer", "user", "assistant", "tool"}
 
 
-@pytest.mark.parametrize(("role", "instruction"), [("system", True), ("developer", True), ("user", False),
-                                                   ("assistant", False), ("tool", False)])
+@pytest.mark.parametrize(
+    ("role", "instruction"),
+    [("system", True), ("developer", True), ("user", False), ("assistant", False), ("tool", False)],
+)
 def test_instructions_are_system_and_developer_messages(role: str, instruction: bool) -> None:
     assert Message(role=role, text="x").is_instruction is instruction
 
@@ -43,9 +45,13 @@ def test_the_wire_adapter_keeps_the_clients_dicts() -> None:
     wire = [
         {"role": "system", "content": "You are an agent.", "x-vendor": 1},
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "read", "arguments": '{"p": 1}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read", "arguments": '{"p": 1}'}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "data"},
     ]
     messages = parse_messages(wire)
@@ -58,11 +64,13 @@ def test_the_wire_adapter_keeps_the_clients_dicts() -> None:
 
 def test_a_built_message_goes_out_in_openai_shape() -> None:
     calls = (ToolCall("c1", "read", "{}"),)
-    assert to_wire([Message(role="assistant", text="", tool_calls=calls)]) == [{
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}],
-    }]
+    assert to_wire([Message(role="assistant", text="", tool_calls=calls)]) == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}],
+        }
+    ]
     assert to_wire([Message(role="tool", text="x", tool_call_id="c1", name="read")]) == [
         {"role": "tool", "content": "x", "tool_call_id": "c1", "name": "read"}
     ]

@@ -27,9 +27,9 @@ from policies.tokens import CharCounter, TokenCounter
 from policies.transcript import Message
 from policies.turn import TurnPlan, plan_turn
 from tests.policies.strategies import (
+    IMAGE_PART,
     RecordingCounter,
     Session,
-    IMAGE_PART,
     Wire,
     aligned,
     budgets,
@@ -197,7 +197,10 @@ def test_every_named_page_resolves_and_system_rules_survive(session: Session) ->
 
 FOLDED_RULE = Session(
     wire=[
-        {"role": "user", "content": "Never use tabs for indentation in this project. Log: " + "alpha beta gamma " * 100},
+        {
+            "role": "user",
+            "content": "Never use tabs for indentation in this project. Log: " + "alpha beta gamma " * 100,
+        },
         {"role": "assistant", "content": "Noted."},
         {"role": "user", "content": "Now fix the parser."},
     ],
@@ -398,11 +401,6 @@ WITH_IMAGES = Session(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an image part costs 85 tokens on the wire (gateway.tokens.count_messages) but a page "
-    "counts its text only: a prompt with images is under-counted and overruns the budget",
-)
 @PROPERTY
 @example(WITH_IMAGES)
 @given(sessions(images=True))
