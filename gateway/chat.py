@@ -45,10 +45,18 @@ def parse_request(raw: bytes) -> ChatRequest:
     return ChatRequest(body=body, model=model, messages=messages, stream=bool(stream))
 
 
+PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
+PLAIN_KEYS = frozenset({"role", "content"})
+
+
 def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
     messages: list[Message] = []
     pending: dict[str, int] = {}
     for index, item in enumerate(raw_messages):
+        message = _plain(item) if not pending else None
+        if message is not None:  # the common shape, validated in a few dict look-ups
+            messages.append(message)
+            continue
         message = parse_message(item, index)
         if message.role == "tool":
             if pending.pop(message.tool_call_id or "", None) is None:
@@ -67,6 +75,16 @@ def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
     return messages
 
 
+def _plain(item: Any) -> Message | None:
+    """A message of only `role` and string `content` in a non-tool role, or None."""
+    if type(item) is not dict or item.keys() != PLAIN_KEYS:
+        return None
+    role, content = item["role"], item["content"]
+    if role not in PLAIN_ROLES or type(content) is not str:
+        return None
+    return Message(role, content, (), None, None, item)
+
+
 def _unanswered(pending: Mapping[str, int]) -> None:
     call_id, index = next(iter(pending.items()))
     raise InvalidRequest(
@@ -77,32 +95,34 @@ def _unanswered(pending: Mapping[str, int]) -> None:
 
 
 def parse_message(item: Any, index: int) -> Message:
-    where = f"messages[{index}]"
-    if not isinstance(item, dict):
-        raise InvalidRequest(f"{where} must be an object.", param=f"messages.[{index}]")
+    if type(item) is not dict:
+        raise InvalidRequest(f"messages[{index}] must be an object.", param=f"messages.[{index}]")
     role = item.get("role")
     if role not in ROLES:
         raise InvalidRequest(
-            f"{where}.role: {role!r} is not one of 'system', 'developer', 'user', 'assistant', 'tool'.",
+            f"messages[{index}].role: {role!r} is not one of 'system', 'developer', 'user', 'assistant', 'tool'.",
             param=f"messages.[{index}].role",
         )
     content = item.get("content")
-    text = content_text(content, where)
-    calls = _tool_calls(item.get("tool_calls"), where) if role == "assistant" else ()
+    text = content if type(content) is str else content_text(content, f"messages[{index}]")
+    calls = (
+        _tool_calls(item["tool_calls"], f"messages[{index}]") if role == "assistant" and "tool_calls" in item else ()
+    )
     call_id = item.get("tool_call_id")
-    if role == "tool" and (not isinstance(call_id, str) or not call_id):
+    if role == "tool" and (type(call_id) is not str or not call_id):
         raise InvalidRequest(
-            f"{where}.tool_call_id is required for role 'tool'.", param=f"messages.[{index}].tool_call_id"
+            f"messages[{index}].tool_call_id is required for role 'tool'.", param=f"messages.[{index}].tool_call_id"
         )
     name = item.get("name")
+    images = sum(1 for p in content if "text" not in p and "refusal" not in p) if type(content) is list else 0
     return Message(
-        role=role,
-        text=text,
-        tool_calls=calls,
-        tool_call_id=call_id if role == "tool" else None,
-        name=name if isinstance(name, str) and name else None,
-        raw=item,
-        images=sum(1 for p in content if "text" not in p and "refusal" not in p) if isinstance(content, list) else 0,
+        role,
+        text,
+        calls,
+        call_id if role == "tool" else None,
+        name if type(name) is str and name else None,
+        item,
+        images,
     )
 
 
