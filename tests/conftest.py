@@ -9,11 +9,21 @@ import pytest
 
 from bench.fake_upstream import Running, running
 from gateway.embedded import EmbeddedRedis
+from gateway.tokens import prepare_offline
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiktoken reads litellm's bundled files (and litellm its bundled model map) for this test."""
+    env: dict[str, str] = {}
+    prepare_offline(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import pytest
 from bench.fake_upstream import FakeUpstream, serve
 from gateway.app import create_app
 from gateway.settings import Overrides, load_settings
-from gateway.tokens import prepare_offline
 
 
 @dataclass(frozen=True)
@@ -29,12 +28,8 @@ GatewayFactory = Callable[..., "contextmanager[Gateway]"]
 
 
 @pytest.fixture
-def start_gateway(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+def start_gateway(redis_url: str, tmp_path: Path, offline: None) -> Callable[..., object]:
     """`with start_gateway(config_yaml=None, budget=None, fake=None) as gw:` a fresh gateway."""
-    env: dict[str, str] = {}
-    prepare_offline(env)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
 
     @contextmanager
     def start(

@@ -15,17 +15,13 @@ from gateway.app import create_app
 from gateway.embedded import EmbeddedRedis, free_port
 from gateway.settings import Overrides, load_settings
 from gateway.store import Keys, session_scope
-from gateway.tokens import prepare_offline
 
 _ids = itertools.count()
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    env: dict[str, str] = {}
-    prepare_offline(env)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def _offline(offline: None) -> None:
+    """Every test here runs with the offline tokenizer environment."""
 
 
 @pytest.fixture(scope="module")

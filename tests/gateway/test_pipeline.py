@@ -21,7 +21,7 @@ from gateway.session_state import SessionState
 from gateway.sessions import SessionIds
 from gateway.settings import Overrides, Settings, load_settings
 from gateway.store import RedisStore
-from gateway.tokens import Tokenizers, count_messages, prepare_offline
+from gateway.tokens import Tokenizers, count_messages
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
@@ -32,11 +32,8 @@ _ids = itertools.count()
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    env: dict[str, str] = {}
-    prepare_offline(env)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def _offline(offline: None) -> None:
+    """Every test here runs with the offline tokenizer environment."""
 
 
 @pytest.fixture(scope="module")
