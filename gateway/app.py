@@ -22,6 +22,7 @@ from gateway.auth import KeyRing
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import GatewayError, NotFound, error_response
 from gateway.models import ModelCatalog
+from gateway.pages_api import page
 from gateway.pipeline import Services, ToolTokens, chat_completions
 from gateway.relay import relay
 from gateway.session_state import SessionState
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/clawvm/pages/{page_id:str}", page, methods=["GET"]),
             Route("/v1/{path:path}", relay, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _bug},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,13 +20,14 @@ from gateway.chat import ChatRequest, parse_request, to_wire
 from gateway.errors import ContextLengthExceeded, ServiceUnavailable
 from gateway.http import read_body, respond, upstream_target
 from gateway.models import ModelCatalog, resolve_window
+from gateway.recall import Paging, complete, tool_schema
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds, resolve
 from gateway.settings import Settings, Tenant
 from gateway.store import CorruptData, StoreUnavailable, VersionConflict
 from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
-from gateway.upstream import LiteLLMProvider, OpenAICompatible
+from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
 from policies.budget import TokenBudget, resolve_budget
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, assemble_turn, ingest_turn
@@ -111,14 +113,30 @@ async def chat_completions(request: Request) -> Response:
     tenant = services.keyring.authenticate(request.headers)
     chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
-    body, headers = await prepare(services, tenant, chat, ids)
+    turn = await prepare(services, tenant, chat, ids)
     target = upstream_target(tenant, request.headers)
-    headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
+    paging = _paging(services, tenant, ids, turn)
+    turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
     if uses_litellm(chat.model):
-        upstream = await services.provider.chat(jsonio.loads(body), target)
-    else:
-        upstream = await services.upstream.send(target, "POST", "/chat/completions", body, _forwarded(request))
-    return await respond(upstream, headers)
+        return await respond(await services.provider.chat(turn.body, target), turn.headers)
+    forwarded = _forwarded(request)
+
+    async def send(body: bytes) -> UpstreamResponse:
+        return await services.upstream.send(target, "POST", "/chat/completions", body, forwarded)
+
+    if paging is None:
+        return await respond(await send(jsonio.dumps(turn.body)), turn.headers)
+    failed, answer = await complete(send, turn.body, paging)
+    if failed is not None:
+        return await respond(failed, turn.headers)
+    return Response(answer, media_type="application/json", headers=turn.headers)
+
+
+def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> Paging | None:
+    if not turn.offered:
+        return None
+    room = turn.budget.usable - turn.tokens
+    return Paging(services.sessions.store, tenant.name, ids.session, turn.counter, max(room, 0), name=RECALL_TOOL)
 
 
 def _forwarded(request: Request) -> dict[str, str]:
@@ -128,9 +146,19 @@ def _forwarded(request: Request) -> dict[str, str]:
     return forwarded
 
 
-async def prepare(
-    services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds
-) -> tuple[bytes, dict[str, str]]:
+@dataclass(slots=True)
+class Turn:
+    """A planned request, ready to forward."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    budget: TokenBudget
+    tokens: int  # accounted message tokens of the assembly
+    counter: TiktokenCounter
+    offered: bool  # the recall tool was added to `tools`
+
+
+async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds) -> Turn:
     """Plan the turn and persist it; returns the upstream body and our response headers."""
     override = services.settings.models.get(chat.model)
     counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
@@ -151,7 +179,19 @@ async def prepare(
     body = dict(chat.body)
     body["messages"] = to_wire(plan.messages)
     body["model"] = tenant.upstream.upstream_model(chat.model)
-    return jsonio.dumps(body), headers
+    offered = _offers_recall(chat) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
+    if offered:
+        body["tools"] = [*(body.get("tools") or []), tool_schema(RECALL_TOOL)]
+    else:  # the reserve for the recall tool's schema went unused
+        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter))
+    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered)
+
+
+def _offers_recall(chat: ChatRequest) -> bool:
+    """The recall tool is resolved inside the gateway only for non-streaming, single-choice
+    requests that do not switch tools off."""
+    body = chat.body
+    return not chat.stream and body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)
 
 
 def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
@@ -170,8 +210,15 @@ def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: Tikt
     window, source = resolve_window(
         chat.model, services.catalog, services.settings.models, server.default_context_window
     )
-    tools = services.tool_tokens.count(counter, chat.body.get("tools"))
+    tools = services.tool_tokens.count(counter, chat.body.get("tools")) + _reserve(services, chat, counter)
     return resolve_budget(tenant.policy.budget, window, source, tools)
+
+
+def _reserve(services: Services, chat: ChatRequest, counter: TiktokenCounter) -> int:
+    """Tokens of the recall tool's schema, kept free whenever the tool may be offered."""
+    if not _offers_recall(chat):
+        return 0
+    return services.tool_tokens.count(counter, [tool_schema(RECALL_TOOL)])
 
 
 async def _plan_and_commit(

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bench.fake_upstream import FakeUpstream, serve
+from gateway import jsonio
 from gateway.app import create_app
 from gateway.auth import KeyRing
 from gateway.chat import parse_request
@@ -101,8 +102,9 @@ def request(messages: list[Json], **extra: Any) -> bytes:
 
 async def run_prepare(svc: Services, raw: bytes, ids: SessionIds | None = None) -> tuple[Json, bytes, dict[str, str]]:
     tenant = svc.settings.tenants[0]
-    body, headers = await prepare(svc, tenant, parse_request(raw), ids or session())
-    return json.loads(body), body, headers
+    turn = await prepare(svc, tenant, parse_request(raw), ids or session())
+    body = jsonio.dumps(turn.body)
+    return json.loads(body), body, turn.headers
 
 
 PARAMETERS = {"type": "object", "properties": {"path": {"type": "string"}}}

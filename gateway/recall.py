@@ -1,0 +1,230 @@
+"""Demand paging inside the gateway: the recall tool the agent never sees (DESIGN §4).
+
+When an assembled prompt holds any page below full, the gateway offers the model one tool of
+its own. A model that calls it gets the page back from the store, in the upstream conversation
+only, and is called again (bounded); the agent receives only the final answer, or only its
+own tool calls when the model mixed both. Every recall carries a reason code: `ok`,
+`no_match` (no such page in this session), `denied` (an id that is not a page id: another
+scope's handle) or `backend_error` (the store failed). An empty answer is never silent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import jsonio
+from gateway.store import Store, StoreError, session_scope
+from gateway.upstream import UpstreamResponse
+from policies.pages import Fidelity
+from policies.tokens import TokenCounter, framed, tool_calls_tokens
+from policies.transcript import ToolCall
+
+RECALL_NAME = "clawvm_recall"
+PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~\d{1,6})?")
+RECALL_LEVELS = ("full", "compressed")
+MAX_IDS_PER_CALL = 8
+DEFAULT_ROUNDS = 3
+DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
+
+
+def tool_schema(name: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": (
+                "Read back earlier parts of this conversation that were paged out to save context. "
+                "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d)."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "page_ids": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_IDS_PER_CALL},
+                    "level": {"type": "string", "enum": list(RECALL_LEVELS)},
+                },
+                "required": ["page_ids"],
+            },
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    code: str  # "ok" | "no_match" | "denied" | "backend_error"
+    text: str  # what the model reads as the tool result
+    tokens: int
+
+
+def split_calls(message: dict[str, Any], name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(recall calls, the agent's own calls) of an assistant message."""
+    calls = message.get("tool_calls") or []
+    ours = [c for c in calls if isinstance(c, dict) and (c.get("function") or {}).get("name") == name]
+    return ours, [c for c in calls if c not in ours]
+
+
+async def resolve(
+    store: Store, tenant: str, session: str, call: dict[str, Any], counter: TokenCounter, cap: int
+) -> Recalled:
+    """Answer one recall call from the store, within `cap` tokens."""
+    ids, level = _arguments(call)
+    if ids is None:
+        return _answer("no_match", 'clawvm_recall: arguments must be {"page_ids": ["p:..."]}.', counter)
+    if any(not PAGE_ID.fullmatch(i) for i in ids):
+        bad = next(i for i in ids if not PAGE_ID.fullmatch(i))
+        return _answer("denied", f"clawvm_recall: {bad!r} is not a page id of this conversation.", counter)
+    try:
+        pages = await store.get_pages(tenant, session_scope(session), ids)
+    except StoreError as exc:
+        return _answer("backend_error", f"clawvm_recall: the page store failed ({type(exc).__name__}); retry.", counter)
+    missing = [i for i in ids if i not in pages]
+    if len(missing) == len(ids):
+        return _answer("no_match", f"clawvm_recall: no page {', '.join(missing)} in this conversation.", counter)
+    parts = [f"[{pid} {pages[pid].type} · {level}]\n{pages[pid].reprs.at(level).text}" for pid in ids if pid in pages]
+    parts += [f"[{pid}: no such page in this conversation]" for pid in missing]
+    return _capped("\n\n".join(parts), counter, cap)
+
+
+def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity]:
+    raw = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        args = jsonio.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None, Fidelity.FULL
+    ids = args.get("page_ids") if isinstance(args, dict) else None
+    if isinstance(ids, str):
+        ids = [ids]
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        return None, Fidelity.FULL
+    level = Fidelity.COMPRESSED if args.get("level") == "compressed" else Fidelity.FULL
+    return list(dict.fromkeys(ids))[:MAX_IDS_PER_CALL], level
+
+
+def _answer(code: str, text: str, counter: TokenCounter) -> Recalled:
+    return Recalled(code, text, counter.count(text))
+
+
+def _capped(text: str, counter: TokenCounter, cap: int) -> Recalled:
+    """The text, or as much of its head as fits `cap` tokens with a note saying what was cut."""
+    tokens = counter.count(text)
+    if tokens <= cap:
+        return Recalled("ok", text, tokens)
+    keep = len(text) * cap // max(tokens, 1)
+    while True:
+        cut = text[:keep] + f'\n[… cut to fit the budget: {tokens} tokens in all; ask for level "compressed"]'
+        counted = counter.count(cut)
+        if counted <= cap or keep == 0:
+            return Recalled("ok", cut, counted)
+        keep = max(0, keep - max(64, (counted - cap) * 4))
+
+
+def tool_message(call: dict[str, Any], recalled: Recalled) -> dict[str, Any]:
+    return {
+        "role": "tool",
+        "tool_call_id": call.get("id", ""),
+        "content": f"[recall: {recalled.code}]\n{recalled.text}",
+    }
+
+
+def strip_calls(message: dict[str, Any], ours: Sequence[dict[str, Any]]) -> None:
+    """Remove the gateway's calls from an assistant message the agent will see."""
+    rest = [c for c in message.get("tool_calls") or [] if c not in ours]
+    if rest:
+        message["tool_calls"] = rest
+    else:
+        message.pop("tool_calls", None)
+
+
+Send = Callable[[bytes], Awaitable[UpstreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    """What the recall loop needs of the request it serves."""
+
+    store: Store
+    tenant: str
+    session: str
+    counter: TokenCounter
+    room: int  # prompt tokens still free under the budget for recalled text
+    rounds: int = DEFAULT_ROUNDS
+    per_call_cap: int = DEFAULT_CALL_CAP
+    name: str = "clawvm_recall"
+
+
+async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[UpstreamResponse | None, bytes]:
+    """Call the upstream until the model stops recalling (at most `paging.rounds` recall rounds).
+
+    Returns (the failed upstream response, b"") when the upstream answers with an error, else
+    (None, the final completion JSON with usage summed over every round and no recall call)."""
+    usage: dict[str, int] = {}
+    room = paging.room
+    for round_ in range(paging.rounds + 1):
+        upstream = await send(jsonio.dumps(body))
+        if upstream.status != 200:
+            return upstream, b""
+        raw = await upstream.read()
+        data = jsonio.loads(raw)
+        message = _first_message(data)
+        if message is None:  # not a chat completion we understand: relay it as it came
+            return None, raw
+        _add_usage(usage, data.get("usage"))
+        ours, theirs = split_calls(message, paging.name)
+        if not ours:
+            break
+        if theirs or round_ == paging.rounds:
+            _finish(data, message, ours, mixed=bool(theirs))
+            break
+        room -= _framing(message, ours, paging.counter)
+        answers = [
+            await resolve(paging.store, paging.tenant, paging.session, c, paging.counter, _cap(room, ours, paging))
+            for c in ours
+        ]
+        room -= sum(a.tokens for a in answers)
+        body["messages"] = [
+            *body["messages"],
+            {"role": "assistant", "content": message.get("content"), "tool_calls": ours},
+            *(tool_message(c, a) for c, a in zip(ours, answers, strict=True)),
+        ]
+    if usage:
+        data["usage"] = usage
+    return None, jsonio.dumps(data)
+
+
+def _first_message(data: Any) -> dict[str, Any] | None:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    return message if isinstance(message, dict) else None
+
+
+def _framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: TokenCounter) -> int:
+    """Tokens the continuation adds besides the recalled text: the assistant's call, the tool
+    messages' framing and reason lines."""
+    calls = tuple(
+        ToolCall(c.get("id", ""), RECALL_NAME, (c.get("function") or {}).get("arguments") or "") for c in ours
+    )
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    assistant = framed(counter.count(content) + tool_calls_tokens(counter, calls))
+    return assistant + len(ours) * framed(counter.count("[recall: backend_error]\n"))
+
+
+def _cap(room: int, ours: Sequence[dict[str, Any]], paging: Paging) -> int:
+    return max(0, min(paging.per_call_cap, room // max(len(ours), 1)))
+
+
+def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[str, Any]], *, mixed: bool) -> None:
+    strip_calls(message, ours)
+    if not mixed:  # the recall loop hit its bound: a clean stop, never a call the agent cannot run
+        data["choices"][0]["finish_reason"] = "stop"
+        message["content"] = message.get("content") or ""
+
+
+def _add_usage(total: dict[str, int], usage: Any) -> None:
+    if isinstance(usage, dict):
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if isinstance(usage.get(key), int):
+                total[key] = total.get(key, 0) + usage[key]

@@ -1,0 +1,155 @@
+"""Demand paging through the running gateway: the model recalls, the agent never sees it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import openai
+
+from bench.fake_upstream import FakeUpstream
+from tests.e2e.test_chat import TOOLS, client, forwarded_tokens, long_session
+
+PAGE = re.compile(r"p:[0-9a-f]{10}")
+
+
+def recall_call(ids: list[str] | str, call_id: str = "rc1") -> dict:
+    arguments = json.dumps({"page_ids": ids}) if isinstance(ids, list) else ids
+    return {"id": call_id, "type": "function", "function": {"name": "clawvm_recall", "arguments": arguments}}
+
+
+def offered(body: dict) -> bool:
+    return any(t["function"]["name"] == "clawvm_recall" for t in body.get("tools") or [])
+
+
+def paged_ids(body: dict) -> list[str]:
+    text = " ".join(m.get("content") or "" for m in body["messages"] if isinstance(m.get("content"), str))
+    return PAGE.findall(text)
+
+
+def tool_id_of(body: dict, index: int) -> str:
+    """The page id of module `index`'s `read_file` result: from its line in a span stub, or from
+    the degraded tool message that names it."""
+    name = f"read_file(src/m{index}.py)"
+    for message in body["messages"]:
+        text = message.get("content") or ""
+        if name not in text:
+            continue
+        line = next(line for line in text.splitlines() if name in line)
+        found = PAGE.search(line) or PAGE.search(text)
+        if found:
+            return found.group()
+    raise AssertionError(f"no pointer names module {index}")
+
+
+def test_the_model_recalls_a_page_and_the_agent_sees_only_the_answer(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        last = body["messages"][-1]
+        if last["role"] == "tool" and last["content"].startswith("[recall: ok]"):
+            return {"content": "found: " + last["content"].splitlines()[2]}
+        assert offered(body)
+        return {"tool_calls": [recall_call([tool_id_of(body, 3)])]}
+
+    with start_gateway(budget=9000, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), tools=TOOLS)
+        message = answer.choices[0].message
+        assert message.content == "found: line 0 of module 3: value = 3000"
+        assert not message.tool_calls
+        first, second = (r.body for r in gw.fake.requests)
+        recalled = second["messages"][-1]["content"]
+        assert "line 119 of module 3: value = 3119" in recalled  # the whole tool output came back
+        assert second["messages"][-2]["tool_calls"][0]["function"]["name"] == "clawvm_recall"
+        assert len(second["messages"]) == len(first["messages"]) + 2
+
+
+def test_recalled_text_is_cut_to_the_budget_with_a_reason(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        if body["messages"][-1]["role"] == "tool":
+            return {"content": body["messages"][-1]["content"]}
+        return {"tool_calls": [recall_call([tool_id_of(body, 3)])]}
+
+    with start_gateway(budget=4000, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
+        text = answer.choices[0].message.content
+        assert text.startswith("[recall: ok]") and "cut to fit the budget" in text
+        second = gw.fake.requests[-1].body
+        assert forwarded_tokens(second) <= 4000
+
+
+def test_usage_adds_up_over_rounds(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        if body["messages"][-1]["role"] == "tool":
+            return {"content": "done"}
+        return {"tool_calls": [recall_call(paged_ids(body)[:1])]}
+
+    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
+        assert answer.choices[0].message.content == "done"
+        assert len(gw.fake.requests) == 2
+        assert answer.usage.total_tokens > answer.usage.completion_tokens > 1
+
+
+def test_mixed_calls_give_the_agent_only_its_own(start_gateway) -> None:
+    own = {"id": "c_own", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id":"1"}'}}
+
+    def responder(body: dict) -> dict:
+        return {"tool_calls": [recall_call(paged_ids(body)[:1]), own]}
+
+    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), tools=TOOLS)
+        calls = answer.choices[0].message.tool_calls
+        assert [c.id for c in calls] == ["c_own"]
+        assert answer.choices[0].finish_reason == "tool_calls"
+        assert len(gw.fake.requests) == 1
+
+
+def test_a_recall_loop_stops_cleanly_after_the_bound(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        return {"tool_calls": [recall_call(paged_ids(body)[:1], call_id=f"rc{len(body['messages'])}")]}
+
+    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
+        assert answer.choices[0].finish_reason == "stop"
+        assert not answer.choices[0].message.tool_calls
+        assert len(gw.fake.requests) == 4  # the first call and three recall rounds
+
+
+def test_bad_recalls_get_reason_codes_never_silence(start_gateway) -> None:
+    answers: list[str] = []
+
+    def responder(body: dict) -> dict:
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            answers.append(last["content"])
+        bad = [recall_call(["p:0000000000"], "r1"), recall_call("{not json", "r2"), recall_call(["../etc"], "r3")]
+        return {"content": "gave up"} if len(answers) >= 3 else {"tool_calls": [bad[len(answers)]]}
+
+    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
+        assert answer.choices[0].message.content == "gave up"
+        assert [a.split("]")[0] for a in answers] == ["[recall: no_match", "[recall: no_match", "[recall: denied"]
+        assert all(len(a.splitlines()) > 1 and a.splitlines()[1] for a in answers)
+
+
+def test_nothing_paged_means_no_recall_tool(gateway) -> None:
+    client(gateway).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert not offered(gateway.fake.requests[-1].body)
+
+
+def test_streaming_requests_are_not_offered_the_tool_yet(start_gateway) -> None:
+    with start_gateway(budget=2500) as gw:
+        stream = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "ok"
+        assert not offered(gw.fake.requests[-1].body)
+
+
+def test_an_upstream_error_during_paging_is_relayed(start_gateway) -> None:
+    fake = FakeUpstream()
+    fake.fail_next.append(429)
+    with start_gateway(budget=2500, fake=fake) as gw:
+        try:
+            client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
+        except openai.RateLimitError as exc:
+            assert exc.status_code == 429
+        else:
+            raise AssertionError("the 429 was swallowed")
