@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway import jsonio
 from gateway.auth import KeyRing
@@ -21,6 +21,7 @@ from gateway.errors import ContextLengthExceeded, ServiceUnavailable
 from gateway.http import read_body, respond, upstream_target
 from gateway.models import ModelCatalog, resolve_window
 from gateway.recall import Paging, complete, tool_schema
+from gateway.recall_stream import relay
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds, resolve
 from gateway.settings import Settings, Tenant
@@ -126,6 +127,12 @@ async def chat_completions(request: Request) -> Response:
 
     if paging is None:
         return await respond(await send(jsonio.dumps(turn.body)), turn.headers)
+    if chat.stream:
+        first = await send(jsonio.dumps(turn.body))
+        if first.status != 200 or not first.is_stream:
+            return await respond(first, turn.headers)
+        events = relay(first, send, turn.body, paging)
+        return StreamingResponse(events, media_type="text/event-stream", headers=turn.headers)
     failed, answer = await complete(send, turn.body, paging)
     if failed is not None:
         return await respond(failed, turn.headers)
@@ -188,10 +195,10 @@ async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: Se
 
 
 def _offers_recall(chat: ChatRequest) -> bool:
-    """The recall tool is resolved inside the gateway only for non-streaming, single-choice
-    requests that do not switch tools off."""
+    """The recall tool is resolved inside the gateway for single-choice requests that do not
+    switch tools off, streaming or not."""
     body = chat.body
-    return not chat.stream and body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)
+    return body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)
 
 
 def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:

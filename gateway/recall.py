@@ -170,16 +170,16 @@ async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[Up
         message = _first_message(data)
         if message is None:  # not a chat completion we understand: relay it as it came
             return None, raw
-        _add_usage(usage, data.get("usage"))
+        add_usage(usage, data.get("usage"))
         ours, theirs = split_calls(message, paging.name)
         if not ours:
             break
         if theirs or round_ == paging.rounds:
             _finish(data, message, ours, mixed=bool(theirs))
             break
-        room -= _framing(message, ours, paging.counter)
+        room -= framing(message, ours, paging.counter)
         answers = [
-            await resolve(paging.store, paging.tenant, paging.session, c, paging.counter, _cap(room, ours, paging))
+            await resolve(paging.store, paging.tenant, paging.session, c, paging.counter, cap_for(room, ours, paging))
             for c in ours
         ]
         room -= sum(a.tokens for a in answers)
@@ -201,7 +201,7 @@ def _first_message(data: Any) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
-def _framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: TokenCounter) -> int:
+def framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: TokenCounter) -> int:
     """Tokens the continuation adds besides the recalled text: the assistant's call, the tool
     messages' framing and reason lines."""
     calls = tuple(
@@ -212,7 +212,7 @@ def _framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: T
     return assistant + len(ours) * framed(counter.count("[recall: backend_error]\n"))
 
 
-def _cap(room: int, ours: Sequence[dict[str, Any]], paging: Paging) -> int:
+def cap_for(room: int, ours: Sequence[dict[str, Any]], paging: Paging) -> int:
     return max(0, min(paging.per_call_cap, room // max(len(ours), 1)))
 
 
@@ -223,7 +223,7 @@ def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[s
         message["content"] = message.get("content") or ""
 
 
-def _add_usage(total: dict[str, int], usage: Any) -> None:
+def add_usage(total: dict[str, int], usage: Any) -> None:
     if isinstance(usage, dict):
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             if isinstance(usage.get(key), int):

@@ -136,11 +136,59 @@ def test_nothing_paged_means_no_recall_tool(gateway) -> None:
     assert not offered(gateway.fake.requests[-1].body)
 
 
-def test_streaming_requests_are_not_offered_the_tool_yet(start_gateway) -> None:
-    with start_gateway(budget=2500) as gw:
+def test_streaming_recall_is_spliced_into_one_stream(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        last = body["messages"][-1]
+        if last["role"] == "tool" and last["content"].startswith("[recall: ok]"):
+            return {"content": "found: " + last["content"].splitlines()[2]}
+        assert offered(body)
+        return {"content": "Let me look. ", "tool_calls": [recall_call([tool_id_of(body, 3)])]}
+
+    with start_gateway(budget=9000, fake=FakeUpstream(responder)) as gw:
+        stream = client(gw).chat.completions.create(
+            model="gpt-4o", messages=long_session(30), stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "Let me look. found: line 0 of module 3: value = 3000"
+        assert not [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert len({c.id for c in chunks}) == 1  # one stream id throughout
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes == ["stop"]
+        usage = [c.usage for c in chunks if c.usage]
+        assert len(usage) == 1 and usage[0].prompt_tokens > 0
+        assert len(gw.fake.requests) == 2
+        assert "line 119 of module 3" in gw.fake.requests[1].body["messages"][-1]["content"]
+
+
+def test_streaming_mixed_calls_relay_only_the_agents(start_gateway) -> None:
+    own = {"id": "c_own", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id":"1"}'}}
+
+    def responder(body: dict) -> dict:
+        return {"tool_calls": [recall_call(paged_ids(body)[:1]), own]}
+
+    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
+        stream = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), tools=TOOLS, stream=True)
+        chunks = list(stream)
+        calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert {tc.function.name for tc in calls if tc.function and tc.function.name} == {"get_order"}
+        assert "".join(tc.function.arguments or "" for tc in calls) == '{"order_id":"1"}'
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+            "tool_calls"
+        ]
+        assert len(gw.fake.requests) == 1
+
+
+def test_streaming_recall_loop_is_bounded(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        return {"tool_calls": [recall_call(paged_ids(body)[:1], call_id=f"rc{len(body['messages'])}")]}
+
+    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
         stream = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), stream=True)
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "ok"
-        assert not offered(gw.fake.requests[-1].body)
+        chunks = list(stream)
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+        assert not [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert len(gw.fake.requests) == 4
 
 
 def test_an_upstream_error_during_paging_is_relayed(start_gateway) -> None:

@@ -1,0 +1,158 @@
+"""Demand paging in a stream: recall calls resolved and the continuation spliced in.
+
+Content deltas pass through at once. Tool-call deltas are held until their tool's name is
+known: the agent's own calls are then relayed (held pieces first), the gateway's recall calls
+are kept back, assembled, resolved from the store, and the upstream is called again, its
+events spliced into the same stream under the first stream's id. The finish and usage chunks
+are held to the end: one finish chunk, usage summed over every round, one `[DONE]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import jsonio
+from gateway.errors import UpstreamError
+from gateway.recall import Paging, Send, add_usage, cap_for, framing, resolve, tool_message
+from gateway.sse import DONE, encode_data, error_event, event_data, iter_events
+from gateway.upstream import UpstreamResponse
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one upstream stream held back: recall calls by index, call kinds, the finish chunk."""
+
+    kinds: dict[int, str] = field(default_factory=dict)  # index -> "ours" | "theirs"
+    held: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    ours: dict[int, dict[str, Any]] = field(default_factory=dict)
+    content: list[str] = field(default_factory=list)
+    finish: dict[str, Any] | None = None
+
+
+async def relay(first: UpstreamResponse, send: Send, body: dict[str, Any], paging: Paging) -> AsyncIterator[bytes]:
+    usage: dict[str, int] = {}
+    head: dict[str, Any] = {}
+    room = paging.room
+    upstream = first
+    try:
+        for round_ in range(paging.rounds + 1):
+            state = _Round()
+            async for out in _events(upstream, state, head, usage, paging.name):
+                yield out
+            await upstream.aclose()
+            if not state.ours or any(k == "theirs" for k in state.kinds.values()) or round_ == paging.rounds:
+                break
+            calls = [state.ours[i] for i in sorted(state.ours)]
+            room -= framing({"content": "".join(state.content)}, calls, paging.counter)
+            answers = [
+                await resolve(
+                    paging.store, paging.tenant, paging.session, c, paging.counter, cap_for(room, calls, paging)
+                )
+                for c in calls
+            ]
+            room -= sum(a.tokens for a in answers)
+            body["messages"] = [
+                *body["messages"],
+                {"role": "assistant", "content": "".join(state.content) or None, "tool_calls": calls},
+                *(tool_message(c, a) for c, a in zip(calls, answers, strict=True)),
+            ]
+            upstream = await send(jsonio.dumps(body))
+            if upstream.status != 200:
+                detail = (await upstream.read()).decode("utf-8", "replace")[:300]
+                yield error_event(UpstreamError(f"upstream failed during a recall round: {detail}"))
+                yield DONE
+                return
+        for out in _closing(state, head, usage, body):
+            yield out
+    finally:
+        await upstream.aclose()
+
+
+async def _events(
+    upstream: UpstreamResponse, state: _Round, head: dict[str, Any], usage: dict[str, int], name: str
+) -> AsyncIterator[bytes]:
+    async for raw in iter_events(upstream.aiter_raw()):
+        data = event_data(raw)
+        if data is None:
+            continue
+        if data.strip() == "[DONE]":
+            return
+        chunk = jsonio.loads(data)
+        if not isinstance(chunk, dict):
+            continue
+        head.setdefault("id", chunk.get("id"))
+        chunk["id"] = head["id"]
+        add_usage(usage, chunk.pop("usage", None))
+        out = _filter(chunk, state, name)
+        if out is not None:
+            yield encode_data(out)
+
+
+def _filter(chunk: dict[str, Any], state: _Round, name: str) -> dict[str, Any] | None:
+    """The chunk as the agent should see it, or None to hold it back."""
+    choices = chunk.get("choices") or []
+    if not choices:
+        return None  # a usage-only chunk: summed, sent once at the end
+    choice = choices[0]
+    if choice.get("finish_reason"):
+        state.finish = chunk
+        return None
+    delta = choice.get("delta") or {}
+    if isinstance(delta.get("content"), str):
+        state.content.append(delta["content"])
+    calls = delta.get("tool_calls")
+    if calls:
+        passed = [piece for call in calls for piece in _route(call, state, name)]
+        if passed:
+            delta["tool_calls"] = passed
+        else:
+            delta.pop("tool_calls")
+            if not delta.get("content") and "role" not in delta:
+                return None
+    return chunk
+
+
+def _route(call: dict[str, Any], state: _Round, name: str) -> list[dict[str, Any]]:
+    index = call.get("index", 0)
+    called = (call.get("function") or {}).get("name")
+    if index not in state.kinds and called:
+        state.kinds[index] = "ours" if called == name else "theirs"
+    kind = state.kinds.get(index)
+    if kind is None:
+        state.held.setdefault(index, []).append(call)
+        return []
+    pieces = [*state.held.pop(index, []), call]
+    if kind == "theirs":
+        return pieces
+    for piece in pieces:
+        _merge(
+            state.ours.setdefault(index, {"id": "", "type": "function", "function": {"name": name, "arguments": ""}}),
+            piece,
+        )
+    return []
+
+
+def _merge(into: dict[str, Any], piece: dict[str, Any]) -> None:
+    if piece.get("id"):
+        into["id"] = piece["id"]
+    into["function"]["arguments"] += (piece.get("function") or {}).get("arguments") or ""
+
+
+def _closing(state: _Round, head: dict[str, Any], usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:
+    out = []
+    finish = state.finish or {
+        "id": head.get("id"),
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}}],
+    }
+    if state.ours and not any(k == "theirs" for k in state.kinds.values()):
+        finish["choices"][0]["finish_reason"] = "stop"  # the recall calls were ours: nothing for the agent to run
+    out.append(encode_data(finish))
+    if usage and (body.get("stream_options") or {}).get("include_usage"):
+        out.append(
+            encode_data({"id": head.get("id"), "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        )
+    out.append(DONE)
+    return out
