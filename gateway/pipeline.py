@@ -29,12 +29,14 @@ from gateway.store import CorruptData, StoreUnavailable, VersionConflict
 from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
 from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
+from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, assemble_turn, ingest_turn
 
 RECALL_TOOL = "clawvm_recall"
 COMMIT_ATTEMPTS = 3
+DUPLICATES_LISTED = 10
 # Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
 LITELLM_PREFIXES = frozenset(
     {
@@ -101,6 +103,7 @@ class Timing:
 
     ingest_ns: int
     assembly_ns: int
+    duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
 
 
 def uses_litellm(model: str) -> bool:
@@ -183,6 +186,8 @@ async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: Se
     }
     if plan.assembly.insufficient:
         headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget)
+    if timing.duplicates:
+        headers["x-clawvm-duplicate-tools"] = _duplicates_header(timing.duplicates)
     body = dict(chat.body)
     body["messages"] = to_wire(plan.messages)
     body["model"] = tenant.upstream.upstream_model(chat.model)
@@ -192,6 +197,17 @@ async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: Se
     else:  # the reserve for the recall tool's schema went unused
         headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter))
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered)
+
+
+def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:
+    """`duplicate_tool=N, duplicate_signature=M; call_id->page_id ...`: what the agent re-ran."""
+    counts = {kind: sum(1 for d in found if d.kind == kind) for kind in (duplicates.FAULT, duplicates.ALERT)}
+    pairs = " ".join(f"{_printable(d.call_id)}->{d.earlier}" for d in found[:DUPLICATES_LISTED])
+    return ", ".join(f"{kind}={n}" for kind, n in counts.items() if n) + f"; {pairs}"
+
+
+def _printable(value: str) -> str:
+    return value if value.isascii() and value.isprintable() and len(value) <= 64 else "?"
 
 
 def _offers_recall(chat: ChatRequest) -> bool:
@@ -236,9 +252,10 @@ async def _plan_and_commit(
             table = await services.sessions.load(tenant.name, ids.session, ids.project)
             started = time.perf_counter_ns()
             result = ingest_turn(table, chat.messages, tenant.policy, counter, recall_tool=RECALL_TOOL)
+            repeated = duplicates.after_ingest(table, result)
             ingested = time.perf_counter_ns()
             plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
-            timing = Timing(ingest_ns=ingested - started, assembly_ns=time.perf_counter_ns() - ingested)
+            timing = Timing(ingested - started, time.perf_counter_ns() - ingested, tuple(repeated))
             if plan.changed:
                 await services.sessions.commit(table, plan.ingest.new_pages)
             else:

@@ -201,3 +201,24 @@ def test_an_upstream_error_during_paging_is_relayed(start_gateway) -> None:
             assert exc.status_code == 429
         else:
             raise AssertionError("the 429 was swallowed")
+
+
+def test_a_rerun_of_a_paged_out_call_is_reported(start_gateway) -> None:
+    with start_gateway(budget=3000) as gw:
+        c = client(gw)
+        messages = long_session(12)
+        c.chat.completions.create(model="gpt-4o", messages=messages)
+        rerun = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "again",
+                    "type": "function",
+                    "function": {"name": "read_file", "arguments": '{"path":"src/m3.py"}'},
+                }
+            ],
+        }
+        later = [*messages, rerun, {"role": "tool", "tool_call_id": "again", "content": "same as before"}]
+        raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=later)
+        assert raw.headers["x-clawvm-duplicate-tools"].startswith("duplicate_tool=1; again->p:")
