@@ -8,7 +8,7 @@ upstream -> relay the answer, streaming bytes as they come, with our headers on 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -37,6 +37,7 @@ from policies.turn import TurnPlan, assemble_turn, ingest_turn
 RECALL_TOOL = "clawvm_recall"
 COMMIT_ATTEMPTS = 3
 DUPLICATES_LISTED = 10
+RECALL_ROOM = 2048  # most prompt tokens kept free for recalled pages
 # Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
 LITELLM_PREFIXES = frozenset(
     {
@@ -145,7 +146,7 @@ async def chat_completions(request: Request) -> Response:
 def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> Paging | None:
     if not turn.offered:
         return None
-    room = turn.budget.usable - turn.tokens
+    room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
     return Paging(services.sessions.store, tenant.name, ids.session, turn.counter, max(room, 0), name=RECALL_TOOL)
 
 
@@ -228,13 +229,20 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
     return f"minimum set {prompt_tokens} tokens exceeds budget {budget.cap}"
 
 
+def recall_room(budget: TokenBudget, offered: bool) -> int:
+    """Prompt tokens kept free for recalled text: an eighth of the budget, at most RECALL_ROOM."""
+    return min(RECALL_ROOM, budget.cap // 8) if offered else 0
+
+
 def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TiktokenCounter) -> TokenBudget:
     server = services.settings.server
     window, source = resolve_window(
         chat.model, services.catalog, services.settings.models, server.default_context_window
     )
     tools = services.tool_tokens.count(counter, chat.body.get("tools")) + _reserve(services, chat, counter)
-    return resolve_budget(tenant.policy.budget, window, source, tools)
+    budget = resolve_budget(tenant.policy.budget, window, source, tools)
+    room = recall_room(budget, _offers_recall(chat))
+    return replace(budget, usable=max(budget.usable - room, 0))
 
 
 def _reserve(services: Services, chat: ChatRequest, counter: TiktokenCounter) -> int:
@@ -255,6 +263,10 @@ async def _plan_and_commit(
             repeated = duplicates.after_ingest(table, result)
             ingested = time.perf_counter_ns()
             plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
+            relief = recall_room(budget, _offers_recall(chat))
+            if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
+                roomless = replace(budget, usable=budget.usable + relief)
+                plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
             timing = Timing(ingested - started, time.perf_counter_ns() - ingested, tuple(repeated))
             if plan.changed:
                 await services.sessions.commit(table, plan.ingest.new_pages)

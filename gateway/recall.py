@@ -18,7 +18,7 @@ from typing import Any
 from gateway import jsonio
 from gateway.store import Store, StoreError, session_scope
 from gateway.upstream import UpstreamResponse
-from policies.pages import Fidelity
+from policies.pages import Fidelity, Page
 from policies.tokens import TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
 
@@ -26,6 +26,8 @@ RECALL_NAME = "clawvm_recall"
 PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~\d{1,6})?")
 RECALL_LEVELS = ("full", "compressed")
 MAX_IDS_PER_CALL = 8
+QUERY_HITS = 12  # matching lines kept per page for a query
+QUERY_LINE_CHARS = 400
 DEFAULT_ROUNDS = 3
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
 
@@ -44,6 +46,10 @@ def tool_schema(name: str) -> dict[str, Any]:
                 "properties": {
                     "page_ids": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_IDS_PER_CALL},
                     "level": {"type": "string", "enum": list(RECALL_LEVELS)},
+                    "query": {
+                        "type": "string",
+                        "description": "Optional: return only the lines containing this text (for large pages).",
+                    },
                 },
                 "required": ["page_ids"],
             },
@@ -69,7 +75,7 @@ async def resolve(
     store: Store, tenant: str, session: str, call: dict[str, Any], counter: TokenCounter, cap: int
 ) -> Recalled:
     """Answer one recall call from the store, within `cap` tokens."""
-    ids, level = _arguments(call)
+    ids, level, query = _arguments(call)
     if ids is None:
         return _answer("no_match", 'clawvm_recall: arguments must be {"page_ids": ["p:..."]}.', counter)
     if any(not PAGE_ID.fullmatch(i) for i in ids):
@@ -82,24 +88,49 @@ async def resolve(
     missing = [i for i in ids if i not in pages]
     if len(missing) == len(ids):
         return _answer("no_match", f"clawvm_recall: no page {', '.join(missing)} in this conversation.", counter)
-    parts = [f"[{pid} {pages[pid].type} · {level}]\n{pages[pid].reprs.at(level).text}" for pid in ids if pid in pages]
+    parts = [_part(pid, pages[pid], level, query) for pid in ids if pid in pages]
     parts += [f"[{pid}: no such page in this conversation]" for pid in missing]
     return _capped("\n\n".join(parts), counter, cap)
 
 
-def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity]:
+def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
     raw = (call.get("function") or {}).get("arguments") or "{}"
     try:
         args = jsonio.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
-        return None, Fidelity.FULL
+        return None, Fidelity.FULL, ""
     ids = args.get("page_ids") if isinstance(args, dict) else None
     if isinstance(ids, str):
         ids = [ids]
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        return None, Fidelity.FULL
+        return None, Fidelity.FULL, ""
     level = Fidelity.COMPRESSED if args.get("level") == "compressed" else Fidelity.FULL
-    return list(dict.fromkeys(ids))[:MAX_IDS_PER_CALL], level
+    query = args.get("query") if isinstance(args.get("query"), str) else ""
+    return list(dict.fromkeys(ids))[:MAX_IDS_PER_CALL], level, query.strip()
+
+
+def _part(page_id: str, page: Page, level: Fidelity, query: str) -> str:
+    """One page's text at `level`; with a query, only the lines that hold it (and their neighbours)."""
+    text = page.reprs.at(level).text
+    if query:
+        text = _matching(text, query)
+    return f"[{page_id} {page.type} · {level.label}{f' · lines matching {query!r}' if query else ''}]\n{text}"
+
+
+def _matching(text: str, query: str) -> str:
+    lines = text.splitlines()
+    needle = query.lower()
+    hits = [i for i, line in enumerate(lines) if needle in line.lower()]
+    if not hits:
+        return f"(no line holds {query!r})"
+    keep = sorted({j for i in hits[:QUERY_HITS] for j in range(max(0, i - 1), min(len(lines), i + 2))})
+    out, previous = [], -1
+    for j in keep:
+        if j > previous + 1:
+            out.append("…")
+        out.append(lines[j][:QUERY_LINE_CHARS])
+        previous = j
+    return "\n".join(out)
 
 
 def _answer(code: str, text: str, counter: TokenCounter) -> Recalled:

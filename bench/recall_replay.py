@@ -1,0 +1,117 @@
+"""Do pointers resolve in practice? Real traces replayed under a tight budget, with a fake model
+that recalls whatever it needs.
+
+For every request of a trace, the fake model (the upstream) looks at the real next assistant
+message of the trace and at the identifiers it uses (order ids, paths, numbers). Any identifier
+that the prompt it received does not show, but that an earlier message of the transcript holds,
+must come back through the gateway's recall tool: the fake calls `clawvm_recall` with the id of
+the page that held it (content-addressed, so computable from the transcript), and checks the
+tool result. The harness counts identifiers needed, recovered and lost, and recalls made.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.traces import Trace
+from gateway.chat import parse_messages
+from policies.pagetable import content_digest
+from policies.represent import identifiers
+
+RECALL = "clawvm_recall"
+
+
+@dataclass
+class Tally:
+    needed: int = 0
+    recovered: int = 0
+    lost: list[tuple[int, str]] = field(default_factory=list)  # (request: messages sent, identifier)
+    recalls: int = 0
+
+
+class RecallingModel:
+    """The fake upstream's responder: recall what the next real answer needs, then answer."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.tally = Tally()
+        self._wanted: dict[str, str] = {}  # identifier -> page id, for the request in flight
+        self._turn = 0
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        last = body["messages"][-1]
+        if last.get("role") == "tool" and str(last.get("content", "")).startswith("[recall:"):
+            return self._check(body)
+        return self._ask(body)
+
+    def _ask(self, body: dict[str, Any]) -> dict[str, Any]:
+        original = self._original(body)
+        if original is None:
+            return {"content": "ok"}
+        turn, messages = original
+        self._turn = turn
+        seen = _visible(body["messages"])
+        needed = {
+            i: p
+            for i in identifiers(_text(self.trace.messages[turn]), 40)
+            if i not in seen
+            for p in [_holder(messages, i)]
+            if p is not None
+        }
+        self._wanted = needed
+        if not needed:
+            return {"content": "ok"}
+        self.tally.needed += len(needed)
+        self.tally.recalls += len(needed)
+        return {
+            "tool_calls": [_recall(f"recall_{turn}_{n}", page, ident) for n, (ident, page) in enumerate(needed.items())]
+        }
+
+    def _check(self, body: dict[str, Any]) -> dict[str, Any]:
+        recalled = " ".join(str(m.get("content", "")) for m in body["messages"] if m.get("role") == "tool")
+        for ident in self._wanted:
+            if ident in recalled:
+                self.tally.recovered += 1
+            else:
+                self.tally.lost.append((self._turn, ident))
+        self._wanted = {}
+        return {"content": "ok"}
+
+    def _original(self, body: dict[str, Any]) -> tuple[int, list[dict[str, Any]]] | None:
+        """Which request of the trace this is: the user tag carries the turn number."""
+        tag = str(body.get("user", ""))
+        if "#" not in tag:
+            return None
+        turn = int(tag.rsplit("#", 1)[1])
+        return turn, self.trace.messages[:turn]
+
+
+def _recall(call_id: str, page_id: str, query: str) -> dict[str, Any]:
+    arguments = json.dumps({"page_ids": [page_id], "query": query})
+    return {"id": call_id, "type": "function", "function": {"name": RECALL, "arguments": arguments}}
+
+
+def _visible(messages: list[dict[str, Any]]) -> str:
+    parts = [_text(m) for m in messages]
+    parts += [c["function"].get("arguments") or "" for m in messages for c in m.get("tool_calls") or []]
+    return "\n".join(parts)
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _holder(messages: list[dict[str, Any]], ident: str) -> str | None:
+    """The page id of the latest earlier message whose text holds `ident`."""
+    parsed = parse_messages(messages)
+    for message in reversed(parsed):
+        if ident in message.text:
+            return "p:" + content_digest(message)[:10]
+    return None
