@@ -44,7 +44,7 @@ def system_rules(messages: Sequence[dict[str, Any]]) -> list[str]:
 
 def missing_rules(original: Sequence[dict[str, Any]], forwarded: Sequence[dict[str, Any]]) -> list[str]:
     """System-prompt rules absent from everything the model saw (whitespace-insensitive)."""
-    seen = " ".join(" ".join(_text(m).split()) for m in forwarded)
+    seen = " ".join(" ".join(message_text(m).split()) for m in forwarded)
     return [rule for rule in system_rules(original) if _needle(rule) not in seen]
 
 
@@ -52,7 +52,8 @@ def _needle(rule: str) -> str:
     return " ".join(rule.split()).rstrip("…").strip()
 
 
-def _text(message: dict[str, Any]) -> str:
+def message_text(message: dict[str, Any]) -> str:
+    """A wire message's text: its string content or its text parts."""
     content = message.get("content")
     if isinstance(content, str):
         return content

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.checks import message_text
 from bench.traces import Trace
 from gateway.chat import parse_messages
 from policies.pagetable import content_digest
@@ -55,7 +56,7 @@ class RecallingModel:
         seen = _visible(body["messages"])
         needed = {
             i: p
-            for i in identifiers(_text(self.trace.messages[turn]), 40)
+            for i in identifiers(message_text(self.trace.messages[turn]), 40)
             if i not in seen
             for p in [_holder(messages, i)]
             if p is not None
@@ -94,18 +95,9 @@ def _recall(call_id: str, page_id: str, query: str) -> dict[str, Any]:
 
 
 def _visible(messages: list[dict[str, Any]]) -> str:
-    parts = [_text(m) for m in messages]
+    parts = [message_text(m) for m in messages]
     parts += [c["function"].get("arguments") or "" for m in messages for c in m.get("tool_calls") or []]
     return "\n".join(parts)
-
-
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 def _holder(messages: list[dict[str, Any]], ident: str) -> str | None:
