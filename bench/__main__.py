@@ -1,7 +1,8 @@
 """`python -m bench [policy|latency|all]`: print the figures the README quotes.
 
 policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
-latency  the latency the gateway adds over calling the fake upstream directly (bench.latency).
+latency  the latency the gateway adds over calling the fake upstream directly (bench.latency);
+recall   identifiers recovered through the recall tool on the real traces (bench.recall_replay).
 
 Offline and loopback only; every process the latency bench starts is stopped before it returns.
 `--json PATH` also writes the figures as JSON.
@@ -20,13 +21,16 @@ from typing import Any
 
 from bench.latency import BUDGET, REQUESTS, WARMUP, BenchError, format_latency, run_latency
 from bench.policy_time import BUDGETS, MODEL, format_policy, run_policy
+from bench.recall_replay import format_recall, run_recall
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.tokens import Tokenizers, prepare_offline
+
+RECALL_BUDGET = 4000
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m bench", description="ClawVM Gateway benchmarks.")
-    top.add_argument("what", nargs="?", default="all", choices=["policy", "latency", "all"])
+    top.add_argument("what", nargs="?", default="all", choices=["policy", "latency", "recall", "all"])
     top.add_argument("--traces", type=Path, default=None, help="trace directory (default: bench.traces)")
     budgets = ", ".join(map(str, BUDGETS))
     top.add_argument("--budget", type=int, default=None, help=f"policy: {budgets}; latency: {BUDGET}")
@@ -61,6 +65,11 @@ def run(args: argparse.Namespace, traces: list[Trace]) -> dict[str, Any]:
         report = run_policy(traces, counter, (args.budget,) if args.budget else BUDGETS)
         _print(format_policy(report))
         figures["policy"] = dataclasses.asdict(report)
+    if args.what in ("recall", "all"):
+        budget = args.budget or RECALL_BUDGET
+        rows = run_recall(traces, budget)
+        _print(format_recall(rows, budget))
+        figures["recall"] = [dataclasses.asdict(r) for r in rows]
     if args.what in ("latency", "all"):
         latency = run_latency(traces, args.requests, args.warmup, args.budget or BUDGET)
         _print(format_latency(latency))

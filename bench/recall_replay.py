@@ -107,3 +107,74 @@ def _holder(messages: list[dict[str, Any]], ident: str) -> str | None:
         if ident in message.text:
             return "p:" + content_digest(message)[:10]
     return None
+
+
+@dataclass(frozen=True)
+class RecallRow:
+    trace: str
+    needed: int
+    recovered: int
+    lost: tuple[tuple[int, str], ...]
+    recalls: int
+    insufficient_turns: tuple[int, ...]
+
+
+def replay(client: Any, url: str, trace: Trace, session: str) -> set[int]:
+    """Send every request of `trace` through the gateway at `url`; returns the requests (by
+    message count) the gateway reported physically insufficient."""
+    insufficient: set[int] = set()
+    for messages in trace.turns():
+        body: dict[str, Any] = {"model": "gpt-4o", "messages": messages, "user": f"t#{len(messages)}"}
+        if trace.tools:
+            body["tools"] = trace.tools
+        response = client.post(url + "/chat/completions", json=body, headers={"x-clawvm-session": session})
+        if response.status_code != 200:
+            raise RuntimeError(f"{trace.name} request {len(messages)}: {response.status_code} {response.text[:200]}")
+        if "x-clawvm-insufficient" in response.headers:
+            insufficient.add(len(messages))
+    return insufficient
+
+
+def run_recall(traces: list[Trace], budget: int) -> list[RecallRow]:
+    """The recall replay for every trace, each through a fresh gateway on an embedded store."""
+    import tempfile
+    from pathlib import Path
+
+    import httpx
+
+    from bench.fake_upstream import FakeUpstream, serve
+    from gateway.app import create_app
+    from gateway.embedded import EmbeddedRedis
+    from gateway.settings import Overrides, load_settings
+
+    rows = []
+    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as store:
+        for trace in traces:
+            model = RecallingModel(trace)
+            with serve(FakeUpstream(model).app) as upstream:
+                settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=budget))
+                with serve(create_app(settings)) as url, httpx.Client(timeout=60) as client:
+                    insufficient = replay(client, url, trace, f"recall-{trace.name}")
+            t = model.tally
+            rows.append(
+                RecallRow(trace.name, t.needed, t.recovered, tuple(t.lost), t.recalls, tuple(sorted(insufficient)))
+            )
+    return rows
+
+
+def format_recall(rows: list[RecallRow], budget: int) -> list[str]:
+    lines = [f"recall replay at budget {budget}: identifiers the next real answer needs but cannot see"]
+    width = max((len(r.trace) for r in rows), default=0)
+    for r in rows:
+        on_insufficient = all(t in r.insufficient_turns for t, _ in r.lost)
+        lost = (
+            f"  lost {len(r.lost)} ({'all on' if on_insufficient else 'NOT all on'} insufficient turns)"
+            if r.lost
+            else ""
+        )
+        lines.append(
+            f"  {r.trace:<{width}}  needed {r.needed:3d}  recovered {r.recovered:3d}  recalls {r.recalls:3d}{lost}"
+        )
+    needed, recovered = sum(r.needed for r in rows), sum(r.recovered for r in rows)
+    lines.append(f"  all: {recovered} of {needed} recovered")
+    return lines
