@@ -268,10 +268,7 @@ async def _plan_and_commit(
                 roomless = replace(budget, usable=budget.usable + relief)
                 plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
             timing = Timing(ingested - started, time.perf_counter_ns() - ingested, tuple(repeated))
-            if plan.changed:
-                await services.sessions.commit(table, plan.ingest.new_pages)
-            else:
-                services.sessions.keep(table)
+            await services.sessions.commit(table, plan.ingest.new_pages)  # no round trip when unchanged
             return plan, timing
         except VersionConflict:
             services.sessions.forget(tenant.name, ids.session)

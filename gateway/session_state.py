@@ -96,7 +96,6 @@ class SessionState:
         if table.version > 0 and not new_pages and unchanged(table):
             self.keep(table)
             return
-        key = (table.tenant, table.session)
         bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
         scope = session_scope(table.session)
         journal = table.journal if isinstance(table.journal, Journal) and table.version > 0 else None
@@ -109,9 +108,7 @@ class SessionState:
             table.version = await self.store.save(table.tenant, scope, snapshot, new_pages, bodies, table.version)
             table.journal = Journal(0, 0, len(snapshot))
         checkpoint(table)
-        self._cache[key] = table
-        if len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+        self.keep(table)
 
     def keep(self, table: PageTable) -> None:
         """Hand an unchanged table back to the cache without saving it."""
