@@ -18,10 +18,11 @@ from typing import Any
 from bench.checks import message_text
 from bench.traces import Trace
 from gateway.chat import parse_messages
-from policies.pagetable import content_digest
+from policies.pagetable import content_digest, make_page_id, tenant_tag
 from policies.represent import identifiers
 
 RECALL = "clawvm_recall"
+TENANT = "default"  # the gateway with no config file serves one tenant of this name
 
 
 @dataclass
@@ -105,7 +106,7 @@ def _holder(messages: list[dict[str, Any]], ident: str) -> str | None:
     parsed = parse_messages(messages)
     for message in reversed(parsed):
         if ident in message.text:
-            return "p:" + content_digest(message)[:10]
+            return make_page_id(tenant_tag(TENANT), content_digest(message))
     return None
 
 

@@ -1,29 +1,31 @@
 """`GET /v1/clawvm/pages/{page_id}`: one stored page, at the level asked, for people and tools.
 
-Query: `level` (full, compressed, structured or pointer; default full) and `session` (else the
-`X-ClawVM-Session` header), hashed by `gateway.sessions.safe_id` as the chat route does, so one id
-names one store key. The tenant comes from the API key. A page of another tenant or session is
-answered exactly as a missing one (404 `no_match`): the store keys are per tenant and session, so
-the lookup never reaches another tenant's data.
+Query: `level` (full, compressed, structured or pointer; default full), `session` (else the
+`X-ClawVM-Session` header) and, for project pages, `project` (else `X-ClawVM-Project`), hashed by
+`gateway.sessions.safe_id` as the chat route does, so one id names one store key. The tenant comes
+from the API key. A page id whose tenant tag (its head, see policies.pagetable) is not this
+tenant's is refused with 403 `denied` without a lookup, so the answer says nothing about whether
+such a page exists. The page is looked up in the session, then in the project if one is given; a
+page neither holds is 404 `no_match`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypedDict
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
 from gateway.pipeline import Services
 from gateway.sessions import safe_id
-from gateway.store import StoreError, session_scope
+from gateway.store import StoreError, project_scope, session_scope
 from policies.pages import LEVELS, Fidelity, Page, Provenance, Representation
+from policies.pagetable import id_tag, tenant_tag
 
-PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~[1-9][0-9]{0,8})?")
 LEVEL_NAMES: dict[str, Fidelity] = {level.label: level for level in LEVELS}
 SESSION_HEADER = "x-clawvm-session"
+PROJECT_HEADER = "x-clawvm-project"
 
 
 class ProvenanceBody(TypedDict):
@@ -41,7 +43,8 @@ async def page(request: Request) -> Response:
     page_id = _page_id(request.path_params["page_id"])
     level = _level(request.query_params.get("level"))
     session = _session(request)
-    found = await _fetch(services, tenant.name, session, page_id)
+    scopes = _scopes(tenant.name, session, _param(request, "project", PROJECT_HEADER), page_id)
+    found = await _fetch(services, tenant.name, scopes, page_id)
     return JSONResponse(page_body(found, level))
 
 
@@ -66,12 +69,19 @@ def page_body(found: Page, level: Fidelity) -> dict[str, Any]:
 
 
 def _page_id(value: str) -> str:
-    if PAGE_ID.fullmatch(value) is None:
+    if id_tag(value) is None:
         raise InvalidRequest(
-            "Invalid page id: expected 'p:' followed by 10 lowercase hex digits, optionally '~N'.",
+            "Invalid page id: expected 'p:' followed by 12 lowercase hex digits, optionally '~N'.",
             param="page_id",
         )
     return value
+
+
+def _scopes(tenant: str, session: str, project: str | None, page_id: str) -> list[str]:
+    """The store scopes that may hold the page, or 403 when its tag is not this tenant's."""
+    if id_tag(page_id) != tenant_tag(tenant):
+        raise PermissionDenied(f"Page {page_id} belongs to another tenant.", param="page_id", code="denied")
+    return [session_scope(session), *([project_scope(project)] if project is not None else [])]
 
 
 def _level(value: str | None) -> Fidelity:
@@ -84,23 +94,31 @@ def _level(value: str | None) -> Fidelity:
 
 
 def _session(request: Request) -> str:
-    for value in (request.query_params.get("session"), request.headers.get(SESSION_HEADER)):
+    session = _param(request, "session", SESSION_HEADER)
+    if session is None:
+        raise InvalidRequest(
+            "Missing session: pass the 'session' query parameter or the X-ClawVM-Session header.", param="session"
+        )
+    return session
+
+
+def _param(request: Request, name: str, header: str) -> str | None:
+    """A query parameter, else a header, as a safe id; None when neither is given."""
+    for value in (request.query_params.get(name), request.headers.get(header)):
         if value is not None and value.strip():
             return safe_id(value.strip())
-    raise InvalidRequest(
-        "Missing session: pass the 'session' query parameter or the X-ClawVM-Session header.", param="session"
-    )
+    return None
 
 
-async def _fetch(services: Services, tenant: str, session: str, page_id: str) -> Page:
-    try:
-        pages = await services.sessions.store.get_pages(tenant, session_scope(session), [page_id])
-    except StoreError as exc:
-        raise ServiceUnavailable(f"the page store is unavailable: {exc}", code="backend_error") from exc
-    found = pages.get(page_id)
-    if found is None:
-        raise NotFound(f"No page {page_id} in session {session!r}.", param="page_id", code="no_match")
-    return found
+async def _fetch(services: Services, tenant: str, scopes: list[str], page_id: str) -> Page:
+    for scope_id in scopes:
+        try:
+            found = (await services.sessions.store.get_pages(tenant, scope_id, [page_id])).get(page_id)
+        except StoreError as exc:
+            raise ServiceUnavailable(f"the page store is unavailable: {exc}", code="backend_error") from exc
+        if found is not None:
+            return found
+    raise NotFound(f"No page {page_id} in {' or '.join(scopes)}.", param="page_id", code="no_match")
 
 
 def _provenance(prov: Provenance) -> ProvenanceBody:

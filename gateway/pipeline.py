@@ -147,7 +147,8 @@ def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> 
     if not turn.offered:
         return None
     room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
-    return Paging(services.sessions.store, tenant.name, ids.session, turn.counter, max(room, 0), name=RECALL_TOOL)
+    store = services.sessions.store
+    return Paging(store, tenant.name, ids.session, ids.project, turn.counter, max(room, 0), name=RECALL_TOOL)
 
 
 def _forwarded(request: Request) -> dict[str, str]:

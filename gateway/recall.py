@@ -4,26 +4,27 @@ When an assembled prompt holds any page below full, the gateway offers the model
 its own. A model that calls it gets the page back from the store, in the upstream conversation
 only, and is called again (bounded); the agent receives only the final answer, or only its
 own tool calls when the model mixed both. Every recall carries a reason code: `ok`,
-`no_match` (no such page in this session), `denied` (an id that is not a page id: another
-scope's handle) or `backend_error` (the store failed). An empty answer is never silent.
+`no_match` (not a page id, or no such page in this session or its project), `denied` (a page
+id of another tenant: its tenant tag, the head of the id, is not this request's, so the answer
+is the same whether or not such a page exists) or `backend_error` (the store failed).
+An empty answer is never silent.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
-from gateway.store import Store, StoreError, session_scope
+from gateway.store import Store, StoreError, project_scope, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pages import Fidelity, Page
+from policies.pagetable import id_tag, tenant_tag
 from policies.tokens import TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
 
 RECALL_NAME = "clawvm_recall"
-PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~\d{1,6})?")
 RECALL_LEVELS = ("full", "compressed")
 MAX_IDS_PER_CALL = 8
 QUERY_HITS = 12  # matching lines kept per page for a query
@@ -62,6 +63,7 @@ class Recalled:
     code: str  # "ok" | "no_match" | "denied" | "backend_error"
     text: str  # what the model reads as the tool result
     tokens: int
+    pages: tuple[str, ...] = ()  # the page ids asked for (served ones when the code is "ok")
 
 
 def split_calls(message: dict[str, Any], name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -71,26 +73,48 @@ def split_calls(message: dict[str, Any], name: str) -> tuple[list[dict[str, Any]
     return ours, [c for c in calls if c not in ours]
 
 
-async def resolve(
-    store: Store, tenant: str, session: str, call: dict[str, Any], counter: TokenCounter, cap: int
-) -> Recalled:
-    """Answer one recall call from the store, within `cap` tokens."""
+async def resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
+    """Answer one recall call from the store, within `cap` tokens; the outcome goes to `paging.log`."""
+    recalled = await _resolve(paging, call, cap)
+    paging.log.append(recalled)
+    return recalled
+
+
+async def _resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
+    counter = paging.counter
     ids, level, query = _arguments(call)
     if ids is None:
         return _answer("no_match", 'clawvm_recall: arguments must be {"page_ids": ["p:..."]}.', counter)
-    if any(not PAGE_ID.fullmatch(i) for i in ids):
-        bad = next(i for i in ids if not PAGE_ID.fullmatch(i))
-        return _answer("denied", f"clawvm_recall: {bad!r} is not a page id of this conversation.", counter)
+    bad = next((i for i in ids if id_tag(i) is None), None)
+    if bad is not None:
+        return _answer("no_match", f"clawvm_recall: {_shown(bad)} is not a page id (p: and 12 hex digits).", counter)
+    foreign = [i for i in ids if id_tag(i) != tenant_tag(paging.tenant)]
+    if foreign:
+        text = f"clawvm_recall: {', '.join(foreign)} belongs to another tenant; access denied."
+        return _answer("denied", text, counter, ids)
     try:
-        pages = await store.get_pages(tenant, session_scope(session), ids)
+        pages = await _pages(paging, ids)
     except StoreError as exc:
         return _answer("backend_error", f"clawvm_recall: the page store failed ({type(exc).__name__}); retry.", counter)
     missing = [i for i in ids if i not in pages]
     if len(missing) == len(ids):
-        return _answer("no_match", f"clawvm_recall: no page {', '.join(missing)} in this conversation.", counter)
+        return _answer("no_match", f"clawvm_recall: no page {', '.join(missing)} in this conversation.", counter, ids)
     parts = [_part(pid, pages[pid], level, query) for pid in ids if pid in pages]
     parts += [f"[{pid}: no such page in this conversation]" for pid in missing]
-    return _capped("\n\n".join(parts), counter, cap)
+    return _capped("\n\n".join(parts), counter, cap, tuple(pid for pid in ids if pid in pages))
+
+
+async def _pages(paging: Paging, ids: Sequence[str]) -> dict[str, Page]:
+    """The session's pages, then the project's for ids the session does not hold."""
+    pages = await paging.store.get_pages(paging.tenant, session_scope(paging.session), ids)
+    rest = [i for i in ids if i not in pages]
+    if rest:
+        pages.update(await paging.store.get_pages(paging.tenant, project_scope(paging.project), rest))
+    return pages
+
+
+def _shown(value: str) -> str:
+    return repr(value[:80]) if value.isprintable() else "the id given"
 
 
 def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
@@ -133,21 +157,21 @@ def _matching(text: str, query: str) -> str:
     return "\n".join(out)
 
 
-def _answer(code: str, text: str, counter: TokenCounter) -> Recalled:
-    return Recalled(code, text, counter.count(text))
+def _answer(code: str, text: str, counter: TokenCounter, pages: Sequence[str] = ()) -> Recalled:
+    return Recalled(code, text, counter.count(text), tuple(pages))
 
 
-def _capped(text: str, counter: TokenCounter, cap: int) -> Recalled:
+def _capped(text: str, counter: TokenCounter, cap: int, pages: tuple[str, ...]) -> Recalled:
     """The text, or as much of its head as fits `cap` tokens with a note saying what was cut."""
     tokens = counter.count(text)
     if tokens <= cap:
-        return Recalled("ok", text, tokens)
+        return Recalled("ok", text, tokens, pages)
     keep = len(text) * cap // max(tokens, 1)
     while True:
         cut = text[:keep] + f'\n[… cut to fit the budget: {tokens} tokens in all; ask for level "compressed"]'
         counted = counter.count(cut)
         if counted <= cap or keep == 0:
-            return Recalled("ok", cut, counted)
+            return Recalled("ok", cut, counted, pages)
         keep = max(0, keep - max(64, (counted - cap) * 4))
 
 
@@ -173,16 +197,18 @@ Send = Callable[[bytes], Awaitable[UpstreamResponse]]
 
 @dataclass(frozen=True, slots=True)
 class Paging:
-    """What the recall loop needs of the request it serves."""
+    """What the recall loop needs of the request it serves; `log` collects every outcome."""
 
     store: Store
     tenant: str
     session: str
+    project: str
     counter: TokenCounter
     room: int  # prompt tokens still free under the budget for recalled text
     rounds: int = DEFAULT_ROUNDS
     per_call_cap: int = DEFAULT_CALL_CAP
     name: str = "clawvm_recall"
+    log: list[Recalled] = field(default_factory=list)
 
 
 async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[UpstreamResponse | None, bytes]:
@@ -209,10 +235,7 @@ async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[Up
             _finish(data, message, ours, mixed=bool(theirs))
             break
         room -= framing(message, ours, paging.counter)
-        answers = [
-            await resolve(paging.store, paging.tenant, paging.session, c, paging.counter, cap_for(room, ours, paging))
-            for c in ours
-        ]
+        answers = [await resolve(paging, c, cap_for(room, ours, paging)) for c in ours]
         room -= sum(a.tokens for a in answers)
         body["messages"] = [
             *body["messages"],

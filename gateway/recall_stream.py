@@ -46,12 +46,7 @@ async def relay(first: UpstreamResponse, send: Send, body: dict[str, Any], pagin
                 break
             calls = [state.ours[i] for i in sorted(state.ours)]
             room -= framing({"content": "".join(state.content)}, calls, paging.counter)
-            answers = [
-                await resolve(
-                    paging.store, paging.tenant, paging.session, c, paging.counter, cap_for(room, calls, paging)
-                )
-                for c in calls
-            ]
+            answers = [await resolve(paging, c, cap_for(room, calls, paging)) for c in calls]
             room -= sum(a.tokens for a in answers)
             body["messages"] = [
                 *body["messages"],

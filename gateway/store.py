@@ -7,6 +7,8 @@ multi-key operation (the atomic save, MGET of pages) stays in one slot:
     cvm:{<tenant>:s:<session>}:tlog                list: the journal, one record per save since the snapshot
     cvm:{<tenant>:s:<session>}:page:<page_id>      page JSON (gateway.codec)
     cvm:{<tenant>:s:<session>}:body:<sha256>       evidence body, content-addressed, immutable
+    cvm:{<tenant>:<scope>}:mem / :wb / :wbids      write-back memory, journal stream, applied batch ids
+    cvm:{<tenant>:s:<session>}:dec / :evt          decision trace and lifecycle/fault events (streams)
     cvm:{<tenant>:project:<project>}:...           the same four for project scope
 
 A table is stored as a snapshot plus a journal of later records (`save` writes a snapshot and
@@ -19,7 +21,7 @@ Tenants may not contain ':' and scope ids are built by `session_scope`/`project_
 tag splits one way only: two tenants can never share a key. Ids are validated, never escaped;
 callers hash free-form ids first.
 
-Errors (redis exceptions never escape; `_mapped_errors` converts them):
+Errors (redis exceptions never escape; `mapped_errors` converts them):
 
     StoreError
     ├── StoreUnavailable ... connection refused/lost, timeout, server loading
@@ -213,6 +215,31 @@ class Keys:
     def journal(self) -> str:
         return f"cvm:{{{self.tag}}}:tlog"
 
+    @property
+    def memory(self) -> str:
+        """Hash: the committed write-back memory (one field per slot, plus `v`)."""
+        return f"cvm:{{{self.tag}}}:mem"
+
+    @property
+    def writeback(self) -> str:
+        """Stream: the write-back journal (staged, committed and rejected updates)."""
+        return f"cvm:{{{self.tag}}}:wb"
+
+    @property
+    def applied(self) -> str:
+        """Sorted set: ids of write-back batches already committed (idempotent retries)."""
+        return f"cvm:{{{self.tag}}}:wbids"
+
+    @property
+    def decisions(self) -> str:
+        """Stream: the decision trace (degrade, evict, upgrade, recall, with reason codes)."""
+        return f"cvm:{{{self.tag}}}:dec"
+
+    @property
+    def events(self) -> str:
+        """Stream: lifecycle events and faults, each with its evidence."""
+        return f"cvm:{{{self.tag}}}:evt"
+
     def page(self, page_id: str) -> str:
         return f"cvm:{{{self.tag}}}:page:{_checked(_PAGE_ID, page_id, 'page id')}"
 
@@ -230,7 +257,7 @@ def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
 
 
 @contextlib.contextmanager
-def _mapped_errors() -> Iterator[None]:
+def mapped_errors() -> Iterator[None]:
     """redis-py exceptions -> StoreError subclasses."""
     try:
         yield
@@ -250,6 +277,11 @@ class RedisStore:
         self._client = client
         self._save_script = client.register_script(SAVE_SCRIPT)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The shared client, for the journal and audit streams that live beside the pages."""
+        return self._client
+
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisStore:
         """`redis://`, `rediss://` or `unix://`; `kw` overrides DEFAULT_CLIENT_OPTIONS."""
@@ -264,7 +296,7 @@ class RedisStore:
     async def load_table(self, tenant: str, scope_id: str) -> TableRecord | None:
         """The snapshot and the journal, read together (one MULTI/EXEC)."""
         keys = Keys.of(tenant, scope_id)
-        with _mapped_errors():
+        with mapped_errors():
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hmget(keys.table, ["v", "data", "base"])
                 pipe.lrange(keys.journal, 0, -1)
@@ -280,7 +312,7 @@ class RedisStore:
     async def table_version(self, tenant: str, scope_id: str) -> int:
         """The stored table's version, 0 when there is none: a cheap freshness check."""
         keys = Keys.of(tenant, scope_id)
-        with _mapped_errors():
+        with mapped_errors():
             version = await self._client.hget(keys.table, "v")
         return 0 if version is None else _version(version, keys.table)
 
@@ -340,7 +372,7 @@ class RedisStore:
         names += [keys.body(d) for d, _ in writes.bodies]
         args = [mode, expected, writes.record, len(writes.pages), *(j for _, j in writes.pages)]
         args += [t for _, t in writes.bodies]
-        with _mapped_errors():
+        with mapped_errors():
             try:
                 return int(await self._save_script(keys=names, args=args))
             except rexc.ResponseError as exc:
@@ -357,26 +389,26 @@ class RedisStore:
         if not wanted:
             return {}
         names = [keys.page(pid) for pid in wanted]
-        with _mapped_errors():
+        with mapped_errors():
             values = await self._client.mget(names)
         return {pid: _page(raw, name) for pid, name, raw in zip(wanted, names, values, strict=False) if raw is not None}
 
     async def get_body(self, tenant: str, scope_id: str, digest: str) -> str | None:
         name = Keys.of(tenant, scope_id).body(digest)
-        with _mapped_errors():
+        with mapped_errors():
             value = await self._client.get(name)
         return None if value is None else str(value)
 
     async def ping(self) -> bool:
         """True when the server answers; False when it cannot be reached."""
         try:
-            with _mapped_errors():
+            with mapped_errors():
                 return bool(await self._client.ping())
         except StoreUnavailable:
             return False
 
     async def aclose(self) -> None:
-        with _mapped_errors():
+        with mapped_errors():
             await self._client.aclose()
 
     async def __aenter__(self) -> RedisStore:

@@ -14,6 +14,7 @@ the pages themselves, fetched by id from the store.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from gateway import jsonio
@@ -23,7 +24,8 @@ from policies.pagetable import PageTable
 FORMAT = 1
 POSITIONAL = ("order", "keys", "lengths")  # per position: a delta rewrites them from `at` on
 PER_KEY = ("born", "entries", "facts", "covering", "names", "calls")  # a delta adds or replaces keys
-HEAD = ("cost", "plan_key", "turn")  # a delta carries them whole
+HEAD = ("cost", "plan_key", "turn", "carried", "restored", "tally", "seen")  # a delta carries them whole
+HEAD_DEFAULTS: Mapping[str, Any] = MappingProxyType({"carried": [], "restored": [], "tally": {}, "seen": 0})
 MAPPINGS = (*PER_KEY, "levels")
 
 
@@ -48,11 +50,13 @@ def dump_table(table: PageTable) -> str:
         "levels": table.levels,
         "calls": {k: list(v) for k, v in table.calls.items()},
         "names": table.names,
-        "cost": table.cost,
-        "plan_key": table.plan_key,
-        "turn": table.turn,
+        **_head(table),
     }
     return jsonio.dumps_text(data, sort_keys=True)
+
+
+def _head(table: PageTable) -> dict[str, Any]:
+    return {name: getattr(table, name) for name in HEAD}
 
 
 def dump_delta(table: PageTable) -> str:
@@ -75,9 +79,7 @@ def dump_delta(table: PageTable) -> str:
         "names": {p: table.names[p] for p in added if p in table.names},
         "calls": {c: list(table.calls[c]) for c in changes.calls},
         "levels": {p: table.levels.get(p) for p in changes.levels},  # null: the level was dropped
-        "cost": table.cost,
-        "plan_key": table.plan_key,
-        "turn": table.turn,
+        **_head(table),
     }
     return jsonio.dumps_text(data, sort_keys=True)
 
@@ -133,6 +135,10 @@ def _table(raw: dict[str, Any], pages: Mapping[str, Page], version: int) -> Page
         cost=int(raw["cost"]),
         plan_key=raw["plan_key"],
         turn=int(raw["turn"]),
+        carried=[str(p) for p in _list(raw, "carried")],
+        restored=[str(p) for p in _list(raw, "restored")],
+        tally={str(k): int(v) for k, v in raw["tally"].items()},
+        seen=int(raw["seen"]),
         version=version,
     )
 
@@ -155,7 +161,7 @@ def _apply(raw: dict[str, Any], delta: dict[str, Any]) -> None:
         else:
             levels[page_id] = level
     for name in HEAD:
-        raw[name] = delta[name]
+        raw[name] = delta.get(name, HEAD_DEFAULTS.get(name)) if name in HEAD_DEFAULTS else delta[name]
 
 
 def _sort(raw: dict[str, Any]) -> None:
@@ -179,6 +185,8 @@ def _journal(data: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The snapshot and the deltas of a stored table, parsed."""
     first, *rest = data.split("\n")
     snapshot = _parse(first, "v")
+    for name, default in HEAD_DEFAULTS.items():  # tables stored before these fields existed
+        snapshot.setdefault(name, default)
     return snapshot, [_parse(line, "delta") for line in rest]
 
 

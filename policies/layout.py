@@ -6,7 +6,9 @@ none of them pinned hard, is *collapsible*: a run of neighbouring collapsible bl
 as one span stub listing the page ids, which costs far less than a stub per message and keeps
 tool-call pairing valid (whole groups go or stay). Extracted facts (constraints, preferences)
 cost nothing while a parent that holds them is resident at a level that contains them;
-otherwise they are listed in one retained-state message before the newest turn.
+otherwise they are listed in one retained-state message before the newest turn. State carried
+across a compaction or reset (facts, the current plan, a dropped system prompt) is listed there
+too: no message in the transcript holds it any more.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Layout:
     current_plan: str | None
     costs: Mapping[str, tuple[int, ...]]  # whole-message tokens per level, indexed by Fidelity
     eligible: tuple[bool, ...]  # per block: may fold into a span (not newest, nothing hard)
+    restored: frozenset[str] = frozenset()  # pages shown from the table at full, not as the client sent them
 
 
 def make_layout(
@@ -46,14 +49,15 @@ def make_layout(
     entries: Mapping[str, int],
     facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...],
     current_plan: str | None,
+    restored: frozenset[str] = frozenset(),
 ) -> Layout:
     """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs."""
     blocks = group_blocks(order, pages)
     newest = newest_turn(order, pages)
     costs = {p: _costs(pages[p], p in names) for p in order}
-    layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, ())
+    layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, (), restored)
     eligible = tuple(_eligible(layout, start, stop) for start, stop in blocks)
-    return Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, eligible)
+    return Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, eligible, restored)
 
 
 def _costs(page: Page, named: bool) -> tuple[int, ...]:

@@ -6,6 +6,18 @@ transcript's message pages, the facts each message yielded, the last assembly's 
 cheap positional key and are not re-classified, re-represented or re-counted: per-turn cost
 follows the new content, not the session length.
 
+Page ids are `p:` + a 3-hex tag of the tenant + 9 hex of the content digest: the same transcript
+gives the same ids in every session of a tenant (and so the same assembly, byte for byte), and
+the tag lets the gateway refuse (`denied`) a recall of another tenant's page without looking it
+up, so a reply never tells whether some text exists elsewhere.
+
+Boundaries the agent makes are absorbed here. When a rewrite drops messages (a compaction, a
+reset inside one session), the state they carried (rules, preferences, the current plan, the
+system prompt) goes to `carried`, and the layout keeps it in the retained-state block until the
+transcript states it again. When the agent prunes a tool result (`pruned` positions), the
+table keeps the original evidence page at that position and marks it `restored`: the selector
+may show it again, at any level, when the budget allows.
+
 The table also keeps `Changes`, what changed since its last `checkpoint` (its last save), so
 that persisting a turn costs what the turn changed, not the session length. Every write to a
 stored field goes through `ingest`, `set_level` or `replace_levels`, which record it.
@@ -15,8 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from policies.classify import carrier_type, extract_facts
@@ -27,17 +40,22 @@ from policies.tokens import IMAGE_TOKENS, TokenCounter
 from policies.transcript import Message, ToolCall
 
 CALL_ARGUMENTS_KEPT = 400
+PAGE_ID = re.compile(r"p:[0-9a-f]{12}(?:~[1-9][0-9]{0,8})?")
 EDIT_TOOLS = ("edit", "write", "replace", "create", "patch", "update", "modify", "delete", "insert")
 READ_TOOLS = ("read", "bash", "shell", "grep", "glob", "search", "list", "get", "find", "fetch", "cat", "ls")
+
+
+Head = tuple[int, int, str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, int], ...], int]
 
 
 @dataclass(slots=True)
 class Changes:
     """What changed in a table since its last checkpoint. The head fields (turn, cost,
-    plan_key) are small: they are remembered as they were and always written."""
+    plan_key, carried, restored, tally, seen) are small: they are remembered as they were and
+    always written."""
 
     dirty_from: int  # positions from here on were (re)written
-    head: tuple[int, int, str]  # turn, cost and plan_key at the checkpoint
+    head: Head  # the head fields at the checkpoint (see `head`)
     pages: set[str] = field(default_factory=set)  # pages added, with their per-page fields
     levels: set[str] = field(default_factory=set)  # pages whose level was set, changed or dropped
     calls: set[str] = field(default_factory=set)  # tool calls recorded
@@ -63,6 +81,10 @@ class PageTable:
     turn: int = 0
     version: int = 0
     cost: int = -1  # the last assembly's accounted tokens; -1 when unknown
+    carried: list[str] = field(default_factory=list)  # state pages kept across a boundary (see module doc)
+    restored: list[str] = field(default_factory=list)  # evidence pages shown in place of the agent's pruning
+    tally: dict[str, int] = field(default_factory=dict)  # the session's fault counts (policies.faults)
+    seen: int = 0  # when the session was last used, in seconds; set by the caller (no clock here)
     in_order: set[str] = field(default_factory=set)  # derived from `order`; not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
@@ -74,8 +96,10 @@ class PageTable:
         self.changes = Changes(len(self.order), head(self))  # a table is built empty or as stored: nothing unsaved
 
 
-def head(table: PageTable) -> tuple[int, int, str]:
-    return (table.turn, table.cost, table.plan_key)
+def head(table: PageTable) -> Head:
+    """The small whole-table fields, as a value: a change to any of them is saved whole."""
+    tally = tuple(sorted(table.tally.items()))
+    return (table.turn, table.cost, table.plan_key, tuple(table.carried), tuple(table.restored), tally, table.seen)
 
 
 def checkpoint(table: PageTable) -> None:
@@ -155,26 +179,50 @@ def ingest(
     counter: TokenCounter,
     *,
     recall_tool: str = "clawvm_recall",
+    pruned: Collection[int] = (),
 ) -> IngestResult:
+    """Bring `messages` into the table. `pruned` names positions where the agent replaced a
+    known tool result by a placeholder or a cut (policies.lifecycle): the original evidence
+    page stays at that position, restored."""
     kept = known_prefix(table, messages)
     kind = "append" if kept == len(table.order) else "rewrite"
-    if kind == "rewrite":
-        _truncate(table, kept)
+    dropped = _truncate(table, kept) if kind == "rewrite" else []
+    tag = tenant_tag(table.tenant)
     created: list[Page] = []
     for index in range(kept, len(messages)):
         message = messages[index]
-        page_id = _unique_id(f"p:{content_digest(message)[:10]}", table.in_order)
-        if page_id not in table.pages:
-            created.extend(_admit(table, message, index, page_id, policy, counter, recall_tool))
+        page_id = _restorable(table, dropped, index - kept, message) if index in pruned else None
+        if page_id is None:
+            page_id = _unique_id(make_page_id(tag, content_digest(message)), table.in_order)
+            if page_id not in table.pages:
+                created.extend(_admit(table, message, index, page_id, policy, counter, recall_tool))
         table.order.append(page_id)
         table.in_order.add(page_id)
         table.keys.append(message_key(message))
         table.lengths.append(len(message.text))
+    if dropped or table.carried or table.restored:
+        _settle(table, dropped)
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
 
 
-def _truncate(table: PageTable, kept: int) -> None:
-    for page_id in table.order[kept:]:
+def tenant_tag(tenant: str) -> str:
+    """Three hex digits naming a tenant: the head of every page id of that tenant."""
+    return hashlib.sha256(f"tenant\x1f{tenant}".encode("utf-8", "surrogatepass")).hexdigest()[:3]
+
+
+def make_page_id(tag: str, digest: str) -> str:
+    return f"p:{tag}{digest[:9]}"
+
+
+def id_tag(page_id: str) -> str | None:
+    """The scope tag of a well-formed page id, else None."""
+    return page_id[2:5] if PAGE_ID.fullmatch(page_id) else None
+
+
+def _truncate(table: PageTable, kept: int) -> list[str]:
+    """Drop positions from `kept` on; returns the page ids dropped, in order."""
+    dropped = table.order[kept:]
+    for page_id in dropped:
         table.in_order.discard(page_id)
     table.changes.dirty_from = min(table.changes.dirty_from, kept)
     del table.order[kept:]
@@ -182,6 +230,50 @@ def _truncate(table: PageTable, kept: int) -> None:
     del table.lengths[kept:]
     table.view = None
     table.cost = -1
+    return dropped
+
+
+def _restorable(table: PageTable, dropped: Sequence[str], offset: int, message: Message) -> str | None:
+    """The evidence page the agent pruned at this position, if it answers the same call."""
+    if not 0 <= offset < len(dropped) or message.role != "tool":
+        return None
+    page = table.pages[dropped[offset]]
+    if page.type is not PageType.EVIDENCE or page.provenance.tool_call_id != message.tool_call_id:
+        return None
+    if page.id in table.in_order:
+        return None
+    if page.id not in table.restored:
+        table.restored.append(page.id)
+    return page.id
+
+
+def _settle(table: PageTable, dropped: Sequence[str]) -> None:
+    """Carry the state that dropped messages held; forget carried state the transcript holds again."""
+    order, pages = table.order, table.pages
+    live = {f for p in order for f in table.facts.get(p, ())} | table.in_order
+    has_plan = any(pages[p].type is PageType.PLAN for p in order)
+    has_bootstrap = any(pages[p].type is PageType.BOOTSTRAP for p in order)
+    candidates = [*table.carried, *_held(table, dropped, has_bootstrap)]
+    plans = [p for p in candidates if pages[p].type is PageType.PLAN]
+    keep = [p for p in dict.fromkeys(candidates) if p not in live and pages[p].type is not PageType.PLAN]
+    if plans and not has_plan:
+        keep.append(plans[-1])  # the current plan: the latest one the agent stated
+    table.carried = keep
+    table.restored = [p for p in table.restored if p in table.in_order]
+
+
+def _held(table: PageTable, dropped: Sequence[str], has_bootstrap: bool) -> list[str]:
+    """The state pages that dropped messages carried: facts, plans, the system prompt (unless
+    the transcript has a system prompt of its own, which then speaks for the operator)."""
+    held: list[str] = []
+    for page_id in dropped:
+        page = table.pages[page_id]
+        if page.type is PageType.BOOTSTRAP and has_bootstrap:
+            continue
+        if page.type in (PageType.PLAN, PageType.BOOTSTRAP):
+            held.append(page_id)
+        held.extend(table.facts.get(page_id, ()))
+    return held
 
 
 def _unique_id(base: str, seen: set[str]) -> str:
@@ -216,7 +308,7 @@ def _admit(
     created = [page]
     fact_ids: list[str] = []
     for fact in extract_facts(message, policy.rules):
-        fact_id = f"p:{hashlib.sha256(f'{fact.type}|{fact.text}'.encode()).hexdigest()[:10]}"
+        fact_id = _fact_id(table.tenant, fact.type, fact.text)
         fact_ids.append(fact_id)
         table.covering[f"{page_id}|{fact_id}"] = _covering_levels(page, fact.text)
         if fact_id in table.pages:
@@ -276,7 +368,7 @@ def _fact_page(
     provenance = Provenance(
         message_index=parent.provenance.message_index, role=parent.provenance.role, parent_id=parent.id
     )
-    scope = Scope.PROJECT if parent.scope is Scope.PROJECT else rule.scope
+    scope = fact_scope(page_type, parent, policy)
     return Page(
         id=fact_id,
         type=page_type,
@@ -288,6 +380,16 @@ def _fact_page(
         base_utility=rule.base_utility,
         recompute_cost=0.0,
     )
+
+
+def fact_scope(page_type: PageType, parent: Page, policy: TenantPolicy) -> Scope:
+    """A fact stated in a project-scope page (the system prompt) is project scope; else its type's."""
+    return Scope.PROJECT if parent.scope is Scope.PROJECT else policy.type_policy(page_type).scope
+
+
+def _fact_id(tenant: str, page_type: PageType, text: str) -> str:
+    digest = hashlib.sha256(f"{page_type}|{text}".encode("utf-8", "surrogatepass")).hexdigest()
+    return make_page_id(tenant_tag(tenant), digest)
 
 
 def _covering_levels(parent: Page, fact_text: str) -> frozenset[Fidelity]:

@@ -1,6 +1,7 @@
 """Turn an assembly back into a transcript: pages at their chosen level, spans, retained state.
 
-Messages kept at full are the client's own messages, untouched (their `raw` is forwarded).
+Messages kept at full are the client's own messages, untouched (their `raw` is forwarded),
+except evidence the agent pruned and the gateway restored, which is rebuilt from the page.
 Degraded messages carry the chosen representation; tool-call ids, names and pairing are kept.
 """
 
@@ -64,9 +65,10 @@ def _flush(prefix: list[int | Message], span: list[str], entries: Mapping[str, s
 
 
 def _item(layout: Layout, position: int, level: Fidelity) -> int | Message:
-    if level is Fidelity.FULL:
+    page_id = layout.order[position]
+    if level is Fidelity.FULL and page_id not in layout.restored:
         return position
-    page = layout.pages[layout.order[position]]
+    page = layout.pages[page_id]
     rep = page.reprs.at(level)
     return Message(
         role=page.provenance.role,

@@ -8,7 +8,7 @@ rendering and costs time proportional to the new messages only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from policies.assembler import Assembly, assemble
@@ -50,10 +50,11 @@ def ingest_turn(
     counter: TokenCounter,
     *,
     recall_tool: str = "clawvm_recall",
+    pruned: Collection[int] = (),
 ) -> IngestResult:
     if len(messages) != len(table.order):
         table.turn += 1  # time moves with the transcript: an identical resend (a retry) does not age pages
-    return ingest(table, messages, policy, counter, recall_tool=recall_tool)
+    return ingest(table, messages, policy, counter, recall_tool=recall_tool, pruned=pruned)
 
 
 def assemble_turn(
@@ -134,14 +135,19 @@ def build_layout(table: PageTable) -> Layout:
         {p: table.entries[p][1] for p in order},
         _live_facts(table, order),
         plans[-1] if plans else None,
+        frozenset(table.restored),
     )
 
 
 def _live_facts(
     table: PageTable, order: Sequence[str]
 ) -> tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...]:
+    """Each fact with the messages that state it; carried state, stated by no message the
+    transcript still holds, has none and so always goes to the retained-state block."""
     parents: dict[str, list[tuple[str, frozenset[Fidelity]]]] = {}
     for page_id in order:
         for fact_id in table.facts.get(page_id, ()):
             parents.setdefault(fact_id, []).append((page_id, table.covering.get(f"{page_id}|{fact_id}", frozenset())))
+    for page_id in table.carried:
+        parents.setdefault(page_id, [])
     return tuple((fact_id, tuple(holders)) for fact_id, holders in parents.items())

@@ -12,6 +12,7 @@ import pytest
 from gateway.store import RedisStore, session_scope
 from gateway.tables import page_ids
 from policies.pages import Page
+from policies.pagetable import make_page_id, tenant_tag
 
 CONFIG = "tenants:\n  acme:\n    api_keys: [sk-acme]\n  globex:\n    api_keys: [sk-globex]\n"
 SESSION = "pages-api-1"
@@ -125,9 +126,13 @@ def test_the_same_id_is_answered_byte_for_byte_the_same(served) -> None:
     assert fetch(client, gw, page.id).content == fetch(client, gw, page.id).content
 
 
+def unknown(tenant: str = "acme", suffix: str = "") -> str:
+    return make_page_id(tenant_tag(tenant), "012345678") + suffix
+
+
 def test_unknown_page_is_404_no_match(served) -> None:
     gw, client, _ = served
-    response = fetch(client, gw, "p:0123456789")
+    response = fetch(client, gw, unknown())
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "no_match"
 
@@ -138,14 +143,14 @@ def test_a_page_of_another_session_is_404(served) -> None:
     assert response.status_code == 404 and response.json()["error"]["code"] == "no_match"
 
 
-def test_another_tenants_page_is_indistinguishable_from_missing(served) -> None:
+def test_another_tenants_page_is_denied_whether_or_not_it_exists(served) -> None:
     gw, client, pages = served
     chat(client, gw, "sk-globex", SESSION, [{"role": "user", "content": "A question of globex's own."}])
-    page_id = message_page(pages, 3).id
-    theirs = fetch(client, gw, page_id, key="sk-globex")
-    missing = fetch(client, gw, "p:0123456789", key="sk-globex")
-    assert theirs.status_code == missing.status_code == 404
-    assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "no_match"
+    theirs = fetch(client, gw, message_page(pages, 3).id, key="sk-globex")
+    missing = fetch(client, gw, unknown("acme"), key="sk-globex")
+    assert theirs.status_code == missing.status_code == 403
+    assert theirs.json()["error"]["code"] == missing.json()["error"]["code"] == "denied"
+    assert theirs.json()["error"]["type"] == "permission_error"
     assert "shipped" not in theirs.text
 
 
@@ -158,7 +163,15 @@ def test_no_key_is_401(served) -> None:
 
 @pytest.mark.parametrize(
     "page_id",
-    ["p:012345678", "p:0123456789a", "p:ABCDEF0123", "q:0123456789", "p:0123456789~", "p:0123456789~0", "p:*"],
+    [
+        "p:01234567890",
+        "p:0123456789abc",
+        "p:ABCDEF012345",
+        "q:012345678901",
+        "p:012345678901~",
+        "p:012345678901~0",
+        "p:*",
+    ],
 )
 def test_bad_page_id_is_400(served, page_id: str) -> None:
     gw, client, _ = served
@@ -170,7 +183,7 @@ def test_bad_page_id_is_400(served, page_id: str) -> None:
 
 def test_suffixed_page_id_is_accepted_and_looked_up(served) -> None:
     gw, client, _ = served
-    response = fetch(client, gw, "p:0123456789~2")
+    response = fetch(client, gw, unknown(suffix="~2"))
     assert response.status_code == 404 and response.json()["error"]["code"] == "no_match"
 
 

@@ -8,9 +8,10 @@ import re
 import openai
 
 from bench.fake_upstream import FakeUpstream
+from policies.pagetable import make_page_id, tenant_tag
 from tests.e2e.test_chat import TOOLS, client, forwarded_tokens, long_session
 
-PAGE = re.compile(r"p:[0-9a-f]{10}")
+PAGE = re.compile(r"p:[0-9a-f]{12}")
 
 
 def recall_call(ids: list[str] | str, call_id: str = "rc1") -> dict:
@@ -121,13 +122,17 @@ def test_bad_recalls_get_reason_codes_never_silence(start_gateway) -> None:
         last = body["messages"][-1]
         if last["role"] == "tool":
             answers.append(last["content"])
-        bad = [recall_call(["p:0000000000"], "r1"), recall_call("{not json", "r2"), recall_call(["../etc"], "r3")]
+        bad = [
+            recall_call([make_page_id(tenant_tag("default"), "000000000")], "r1"),
+            recall_call("{not json", "r2"),
+            recall_call(["../etc"], "r3"),
+        ]
         return {"content": "gave up"} if len(answers) >= 3 else {"tool_calls": [bad[len(answers)]]}
 
     with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
         answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
         assert answer.choices[0].message.content == "gave up"
-        assert [a.split("]")[0] for a in answers] == ["[recall: no_match", "[recall: no_match", "[recall: denied"]
+        assert [a.split("]")[0] for a in answers] == ["[recall: no_match", "[recall: no_match", "[recall: no_match"]
         assert all(len(a.splitlines()) > 1 and a.splitlines()[1] for a in answers)
 
 
@@ -222,3 +227,36 @@ def test_a_rerun_of_a_paged_out_call_is_reported(start_gateway) -> None:
         later = [*messages, rerun, {"role": "tool", "tool_call_id": "again", "content": "same as before"}]
         raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=later)
         assert raw.headers["x-clawvm-duplicate-tools"].startswith("duplicate_tool=1; again->p:")
+
+
+TWO_TENANTS = "tenants:\n  acme:\n    api_keys: [sk-acme]\n  globex:\n    api_keys: [sk-globex]\n"
+
+
+def test_a_second_tenant_is_denied_the_first_tenants_pages(start_gateway) -> None:
+    """globex's model asks for a page id it saw in acme's prompt: `denied`, and no acme text
+    reaches globex's upstream prompt."""
+    stolen: list[str] = []
+    answers: list[str] = []
+
+    def responder(body: dict) -> dict:
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            answers.append(last["content"])
+            return {"content": "done"}
+        if not stolen:  # acme's request: remember a pointer it was shown
+            stolen.append(tool_id_of(body, 3))
+            return {"content": "acme answer"}
+        return {"tool_calls": [recall_call([stolen[0]])]}
+
+    globex_session = [
+        {**m, "content": m["content"].replace("value =", "globex value =")} if m["role"] == "tool" else m
+        for m in long_session(30)
+    ]
+    with start_gateway(config_yaml=TWO_TENANTS, budget=9000, fake=FakeUpstream(responder)) as gw:
+        client(gw, "sk-acme").chat.completions.create(model="gpt-4o", messages=long_session(30))
+        answer = client(gw, "sk-globex").chat.completions.create(model="gpt-4o", messages=globex_session)
+        assert answer.choices[0].message.content == "done"
+        assert len(answers) == 1 and answers[0].startswith("[recall: denied]")
+        assert stolen[0] in answers[0] and "another tenant" in answers[0]
+        globex_prompts = [json.dumps(r.body) for r in gw.fake.requests[1:]]
+        assert all("line 0 of module 3: value = 3000" not in p for p in globex_prompts)

@@ -19,11 +19,12 @@ from gateway.pages_api import page_body
 from gateway.settings import Overrides, load_settings
 from gateway.store import Keys, session_scope
 from policies.pages import Fidelity, PageType, Pin, Provenance, Scope
+from policies.pagetable import make_page_id, tenant_tag
 from policies.transcript import ToolCall
 from tests.factories import make_page
 
 _ids = itertools.count()
-PAGE_ID = "p:00aa11bb22"
+PAGE_ID = make_page_id(tenant_tag("default"), "00aa11bb22")
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +48,7 @@ def gateway(redis_url: str) -> Iterator[str]:
 
 
 def test_page_body_shows_the_asked_level_and_every_levels_tokens() -> None:
-    prov = Provenance(message_index=2, role="constraint", parent_id="p:ffffffffff")
+    prov = Provenance(message_index=2, role="constraint", parent_id="p:ffffffffffff")
     page = make_page(
         PAGE_ID,
         PageType.CONSTRAINT,
@@ -74,7 +75,7 @@ def test_page_body_shows_the_asked_level_and_every_levels_tokens() -> None:
             "tool_call_id": None,
             "tool_name": None,
             "tool_arguments": None,
-            "parent_id": "p:ffffffffff",
+            "parent_id": "p:ffffffffffff",
         },
         "pin": "hard",
         "floor": "full",

@@ -281,3 +281,31 @@ def test_any_turn_sequence_replays_from_its_journal(session: Any, moves: list[in
         journal = [dump_table(table)] if move == 3 else [*journal, delta]  # 3: a snapshot instead
         loaded = load_table("\n".join(journal), dict(table.pages), step + 1)
         assert dump_table(loaded) == dump_table(table)
+
+
+def test_carried_restored_tally_and_seen_round_trip_in_snapshots_and_deltas() -> None:
+    table = planned_table()
+    snapshot = dump_table(table)
+    checkpoint(table)
+    table.carried = [next(iter(f for ids in table.facts.values() for f in ids))]
+    table.restored = [table.order[1]]
+    table.tally = {"flush_miss": 0, "duplicate_signature": 2}
+    table.seen = 1_790_000_000
+    delta = dump_delta(table)
+    for stored in (dump_table(table), snapshot + "\n" + delta):
+        loaded = load_table(stored, dict(table.pages), version=2)
+        assert (loaded.carried, loaded.restored, loaded.tally, loaded.seen) == (
+            table.carried,
+            table.restored,
+            table.tally,
+            table.seen,
+        )
+
+
+def test_a_table_stored_before_the_boundary_fields_loads_with_empty_ones() -> None:
+    table = planned_table()
+    old = json.loads(dump_table(table))
+    for name in ("carried", "restored", "tally", "seen"):
+        del old[name]
+    loaded = load_table(json.dumps(old), dict(table.pages), version=1)
+    assert (loaded.carried, loaded.restored, loaded.tally, loaded.seen) == ([], [], {}, 0)

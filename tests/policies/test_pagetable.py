@@ -18,11 +18,13 @@ from policies.pagetable import (
     checkpoint,
     content_digest,
     effective_pin,
+    id_tag,
     ingest,
     message_key,
     recompute_cost,
     replace_levels,
     set_level,
+    tenant_tag,
     unchanged,
 )
 from policies.tenant import DEFAULT_TYPES, TenantPolicy, TypePolicy
@@ -74,14 +76,23 @@ def test_content_digest_sees_every_field_but_raw() -> None:
     assert content_digest(one) != content_digest(Message("assistant", "", (ToolCall("c1", "read", '{"a": 2}'),)))
 
 
-def test_page_ids_are_content_addressed() -> None:
+def test_page_ids_are_content_addressed_within_a_tenant() -> None:
     wire = [SYSTEM, {"role": "user", "content": "Fix the test."}]
-    first, second = PageTable("t", "s", "p"), PageTable("other", "session", "project")
+    first, other_session = PageTable("t", "s", "p"), PageTable("t", "session", "project")
     feed(first, wire)
-    feed(second, wire)
-    assert first.order == second.order
-    assert all(page_id.startswith("p:") for page_id in first.order)
-    assert first.pages == second.pages
+    feed(other_session, wire)
+    assert first.order == other_session.order
+    assert first.pages == other_session.pages
+    assert all(id_tag(page_id) == tenant_tag("t") for page_id in first.order)
+
+
+def test_page_ids_of_another_tenant_differ_only_in_their_tag() -> None:
+    wire = [SYSTEM, {"role": "user", "content": "Fix the test."}]
+    first, other = PageTable("t", "s", "p"), PageTable("u", "s", "p")
+    feed(first, wire)
+    feed(other, wire)
+    assert [p[5:] for p in first.order] == [p[5:] for p in other.order]  # the content digest
+    assert {id_tag(p) for p in first.order} == {tenant_tag("t")} != {tenant_tag("u")}
 
 
 def test_repeated_messages_get_distinct_pages() -> None:
@@ -366,3 +377,88 @@ def test_head_fields_count_as_a_change_and_checkpoint_clears_everything() -> Non
     feed(table, [SYSTEM])
     checkpoint(table)
     assert unchanged(table) and table.changes.pages == set() and table.changes.dirty_from == 1
+
+
+# ---------------------------------------------------------------- boundaries: carry and restore
+
+RULE = "Never push to main without a review."
+PLAN = "Plan:\n1. Reproduce the bug.\n2. Fix the parser.\n3. Run the tests."
+
+
+def working_session() -> list[Wire]:
+    return [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": f"Fix the parser bug. {RULE} I prefer small commits."},
+        {"role": "assistant", "content": PLAN},
+        *tool_pair("c1", "read_file", '{"path": "parser.py"}', "def parse(x):\n    return x\n" * 40),
+        {"role": "assistant", "content": "The parser returns its input unchanged."},
+    ]
+
+
+def after_compaction() -> list[Wire]:
+    summary = "This session is being continued from a previous conversation. Summary:\n1. Primary Request: fix a bug."
+    return [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": summary}]
+
+
+def test_a_compaction_carries_the_rules_preferences_and_plan_it_dropped() -> None:
+    table = PageTable("t", "s", "p")
+    feed(table, working_session())
+    facts = {table.pages[f].type for ids in table.facts.values() for f in ids}
+    assert {PageType.CONSTRAINT, PageType.PREFERENCE} <= facts
+    result = feed(table, after_compaction())
+    assert result.kind == "rewrite"
+    carried = {table.pages[p].type for p in table.carried}
+    assert carried == {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.PLAN}
+    assert not set(table.carried) & table.in_order
+
+
+def test_state_the_transcript_states_again_is_no_longer_carried() -> None:
+    table = PageTable("t", "s", "p")
+    feed(table, working_session())
+    feed(table, after_compaction())
+    restated = [*after_compaction(), {"role": "user", "content": f"Go on with the fix. {RULE}"}]
+    feed(table, restated)
+    assert PageType.CONSTRAINT not in {table.pages[p].type for p in table.carried}
+    new_plan = [*restated, {"role": "assistant", "content": "Plan:\n1. Write a test.\n2. Fix it."}]
+    feed(table, new_plan)
+    assert PageType.PLAN not in {table.pages[p].type for p in table.carried}
+
+
+def test_a_changed_system_prompt_is_not_carried_over_the_new_one() -> None:
+    table = PageTable("t", "s", "p")
+    feed(table, [{"role": "system", "content": "You must always answer in French."}, {"role": "user", "content": "hi"}])
+    feed(table, [{"role": "system", "content": "You are a helpful agent."}, {"role": "user", "content": "hi"}])
+    assert table.carried == []
+
+
+def test_a_dropped_system_prompt_is_carried_when_none_replaces_it() -> None:
+    table = PageTable("t", "s", "p")
+    feed(table, [{"role": "system", "content": "You must always answer in French."}, {"role": "user", "content": "hi"}])
+    feed(table, [{"role": "user", "content": "Summary of the conversation so far: greetings."}])
+    assert {table.pages[p].type for p in table.carried} == {PageType.BOOTSTRAP, PageType.CONSTRAINT}
+
+
+def test_a_pruned_tool_result_keeps_its_evidence_page_restored() -> None:
+    table = PageTable("t", "s", "p")
+    wire = working_session()
+    feed(table, wire)
+    evidence = table.order[4]
+    pruned = [*wire[:4], {**wire[4], "content": "[Old tool result content cleared]"}, *wire[5:]]
+    table.turn += 1
+    result = ingest(table, parse_messages(pruned), TenantPolicy(), COUNTER, pruned=(4,))
+    assert table.order[4] == evidence and table.restored == [evidence]
+    assert result.new_pages == ()
+    assert table.lengths[4] == len("[Old tool result content cleared]")  # the next request matches the placeholder
+    again = ingest(table, parse_messages(pruned), TenantPolicy(), COUNTER, pruned=())
+    assert again.kind == "append" and table.order[4] == evidence
+
+
+def test_a_position_named_pruned_that_is_no_tool_result_is_ingested_as_sent() -> None:
+    table = PageTable("t", "s", "p")
+    wire = working_session()
+    feed(table, wire)
+    before = table.order[5]
+    other = [*wire[:5], {"role": "assistant", "content": "[Old tool result content cleared]"}]
+    result = ingest(table, parse_messages(other), TenantPolicy(), COUNTER, pruned=(5,))
+    assert table.restored == [] and table.order[5] != before
+    assert [p.id for p in result.new_pages] == [table.order[5]]

@@ -25,7 +25,7 @@ from policies.pagetable import PageTable
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter, TokenCounter
 from policies.transcript import Message
-from policies.turn import TurnPlan, plan_turn
+from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
 from tests.policies.strategies import (
     IMAGE_PART,
     RecordingCounter,
@@ -43,8 +43,9 @@ from tests.policies.strategies import (
     tool_results,
     transcripts,
 )
+from tests.policies.test_pagetable import RULE, after_compaction, working_session
 
-PAGE_ID = re.compile(r"p:[0-9a-f]{10}(?:~\d+)?")
+PAGE_ID = re.compile(r"p:[0-9a-f]{12}(?:~\d+)?")
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COUNTER = CharCounter()
 
@@ -242,7 +243,7 @@ def test_a_turn_counts_only_new_messages(session: Session) -> None:
     result = replay(session, recorder)
     incremental = Counter(recorder.take())
     whole = parse_messages(requests(session.wire)[-1])
-    plan_turn(PageTable("t", "s", "p"), whole, TenantPolicy(), recorder, session.budget)
+    plan_turn(PageTable("tenant", "session", "project"), whole, TenantPolicy(), recorder, session.budget)
     assert Counter(recorder.take()) == incremental
     plan_turn(result.table, whole, TenantPolicy(), recorder, session.budget)
     assert recorder.take() == []
@@ -467,3 +468,32 @@ def test_real_traces_keep_every_invariant(tiktoken: TokenCounter) -> None:
                 assert_invariants(result.table, turn.request, turn.plan, budget.usable, tiktoken)
                 assert_constraints_kept(result.table.pages, turn.order, turn.output)
                 aligned(turn.request, turn.output, turn.order)
+
+
+# -- boundaries: reinstatement and restored evidence -----------------------------------------
+
+WIDE = TokenBudget(cap=20_000, usable=20_000, hard_limit=100_000, source="config")
+
+
+def test_after_a_compaction_the_dropped_rules_preference_and_plan_are_forwarded() -> None:
+    table = PageTable("t", "s", "p")
+    plan_turn(table, parse_messages(working_session()), TenantPolicy(), COUNTER, WIDE)
+    plan = plan_turn(table, parse_messages(after_compaction()), TenantPolicy(), COUNTER, WIDE)
+    text = "\n".join(m.text for m in plan.messages)
+    assert RULE in text and "I prefer small commits." in text
+    assert "Fix the parser." in text  # the plan, at its structured floor or better
+    assert plan.messages[-1].text == after_compaction()[-1]["content"]  # the newest turn stays last, untouched
+
+
+def test_restored_evidence_is_forwarded_as_it_was_when_the_budget_allows() -> None:
+    table = PageTable("t", "s", "p")
+    wire = working_session()
+    plan_turn(table, parse_messages(wire), TenantPolicy(), COUNTER, WIDE)
+    pruned = [*wire[:4], {**wire[4], "content": "[Old tool result content cleared]"}, *wire[5:]]
+    pruned.append({"role": "user", "content": "Now fix it."})
+    messages = parse_messages(pruned)
+    result = ingest_turn(table, messages, TenantPolicy(), COUNTER, pruned=(4,))
+    plan = assemble_turn(table, messages, result, TenantPolicy(), WIDE)
+    tool = next(m for m in plan.messages if m.role == "tool")
+    assert tool.text == wire[4]["content"] and tool.tool_call_id == "c1"
+    assert to_wire(plan.messages)[4]["content"] == wire[4]["content"]
