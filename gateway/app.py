@@ -18,9 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.audit import AuditLog
+from gateway.audit_api import decisions, events, journal, metrics, session
 from gateway.auth import KeyRing
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import GatewayError, NotFound, error_response
+from gateway.journal import WritebackJournal
+from gateway.memory import MemoryService
+from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
 from gateway.pages_api import page
 from gateway.pipeline import Services, ToolTokens, chat_completions
@@ -49,7 +54,12 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/clawvm/pages/{page_id:str}", page, methods=["GET"]),
+            Route("/v1/clawvm/sessions/{session_id:str}", session, methods=["GET"]),
+            Route("/v1/clawvm/sessions/{session_id:str}/decisions", decisions, methods=["GET"]),
+            Route("/v1/clawvm/sessions/{session_id:str}/events", events, methods=["GET"]),
+            Route("/v1/clawvm/sessions/{session_id:str}/journal", journal, methods=["GET"]),
             Route("/v1/{path:path}", relay, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _bug},
@@ -78,6 +88,9 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         tokenizers=tokenizers,
         catalog=ModelCatalog.load(),
         tool_tokens=ToolTokens(),
+        metrics=Metrics(),
+        audit=AuditLog(store.client),
+        memory=MemoryService(WritebackJournal(store.client), store),
     )
 
 

@@ -7,7 +7,9 @@ upstream -> relay the answer, streaming bytes as they come, with our headers on 
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,11 +17,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import jsonio
+from gateway.audit import AuditLog
 from gateway.auth import KeyRing
+from gateway.boundary import cross, hint_of
 from gateway.chat import ChatRequest, parse_request, to_wire
 from gateway.errors import ContextLengthExceeded, ServiceUnavailable
 from gateway.http import read_body, respond, upstream_target
+from gateway.memory import MemoryService, WriteReport
+from gateway.metrics import Metrics
 from gateway.models import ModelCatalog, resolve_window
+from gateway.observe import BOUNDARIES, QUIET, Observation, TurnFacts, observe, record, record_recalls
 from gateway.recall import Paging, complete, tool_schema
 from gateway.recall_stream import relay
 from gateway.session_state import SessionState
@@ -31,9 +38,12 @@ from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
 from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
+from policies.observer import state_of
+from policies.pagetable import PageTable
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, assemble_turn, ingest_turn
 
+log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
 COMMIT_ATTEMPTS = 3
 DUPLICATES_LISTED = 10
@@ -77,6 +87,9 @@ class Services:
     tokenizers: Tokenizers
     catalog: ModelCatalog
     tool_tokens: ToolTokens
+    metrics: Metrics
+    audit: AuditLog
+    memory: MemoryService
 
 
 class ToolTokens:
@@ -105,6 +118,11 @@ class Timing:
     ingest_ns: int
     assembly_ns: int
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
+    written: WriteReport | None = None  # the turn's write-back
+
+    @property
+    def policy_ns(self) -> int:
+        return self.ingest_ns + self.assembly_ns
 
 
 def uses_litellm(model: str) -> bool:
@@ -118,7 +136,7 @@ async def chat_completions(request: Request) -> Response:
     tenant = services.keyring.authenticate(request.headers)
     chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
-    turn = await prepare(services, tenant, chat, ids)
+    turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
     target = upstream_target(tenant, request.headers)
     paging = _paging(services, tenant, ids, turn)
     turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
@@ -135,12 +153,20 @@ async def chat_completions(request: Request) -> Response:
         first = await send(jsonio.dumps(turn.body))
         if first.status != 200 or not first.is_stream:
             return await respond(first, turn.headers)
-        events = relay(first, send, turn.body, paging)
+        events = _recorded(services, relay(first, send, turn.body, paging), paging)
         return StreamingResponse(events, media_type="text/event-stream", headers=turn.headers)
     failed, answer = await complete(send, turn.body, paging)
+    await record_recalls(services.metrics, services.audit, paging)
     if failed is not None:
         return await respond(failed, turn.headers)
     return Response(answer, media_type="application/json", headers=turn.headers)
+
+
+async def _recorded(services: Services, events: AsyncIterator[bytes], paging: Paging) -> AsyncIterator[bytes]:
+    """The stream as it is, then its recalls observed."""
+    async for chunk in events:
+        yield chunk
+    await record_recalls(services.metrics, services.audit, paging)
 
 
 def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> Paging | None:
@@ -170,13 +196,18 @@ class Turn:
     offered: bool  # the recall tool was added to `tools`
 
 
-async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds) -> Turn:
+async def prepare(
+    services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, hint: str | None = None
+) -> Turn:
     """Plan the turn and persist it; returns the upstream body and our response headers."""
     override = services.settings.models.get(chat.model)
     counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
     budget = _budget(services, tenant, chat, counter)
     async with services.sessions.locked(tenant.name, ids.session):
-        plan, timing = await _plan_and_commit(services, tenant, chat, ids, counter, budget)
+        plan, timing, observation = await _plan_and_commit(services, tenant, chat, ids, counter, budget, hint)
+    await record(
+        services.metrics, services.audit, tenant.name, ids.session, timing.policy_ns, timing.written, observation
+    )
     prompt_tokens = plan.assembly.tokens + budget.tools
     headers = {
         "x-clawvm-session": ids.session,
@@ -190,6 +221,9 @@ async def prepare(services: Services, tenant: Tenant, chat: ChatRequest, ids: Se
         headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget)
     if timing.duplicates:
         headers["x-clawvm-duplicate-tools"] = _duplicates_header(timing.duplicates)
+    headers["x-clawvm-faults"] = observation.header()
+    if observation.event:
+        headers["x-clawvm-event"] = observation.event
     body = dict(chat.body)
     body["messages"] = to_wire(plan.messages)
     body["model"] = tenant.upstream.upstream_model(chat.model)
@@ -254,23 +288,18 @@ def _reserve(services: Services, chat: ChatRequest, counter: TiktokenCounter) ->
 
 
 async def _plan_and_commit(
-    services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, counter: TokenCounter, budget: TokenBudget
-) -> tuple[TurnPlan, Timing]:
+    services: Services,
+    tenant: Tenant,
+    chat: ChatRequest,
+    ids: SessionIds,
+    counter: TokenCounter,
+    budget: TokenBudget,
+    hint: str | None,
+) -> tuple[TurnPlan, Timing, Observation]:
     for _ in range(COMMIT_ATTEMPTS):
         try:
             table = await services.sessions.load(tenant.name, ids.session, ids.project)
-            started = time.perf_counter_ns()
-            result = ingest_turn(table, chat.messages, tenant.policy, counter, recall_tool=RECALL_TOOL)
-            repeated = duplicates.after_ingest(table, result)
-            ingested = time.perf_counter_ns()
-            plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
-            relief = recall_room(budget, _offers_recall(chat))
-            if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
-                roomless = replace(budget, usable=budget.usable + relief)
-                plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
-            timing = Timing(ingested - started, time.perf_counter_ns() - ingested, tuple(repeated))
-            await services.sessions.commit(table, plan.ingest.new_pages)  # no round trip when unchanged
-            return plan, timing
+            return await _turn(services, tenant, chat, table, counter, budget, hint)
         except VersionConflict:
             services.sessions.forget(tenant.name, ids.session)
         except StoreUnavailable as exc:
@@ -284,3 +313,44 @@ async def _plan_and_commit(
                 code="session_state_unreadable",
             ) from exc
     raise ServiceUnavailable("the session is being updated concurrently; retry the request")
+
+
+async def _turn(
+    services: Services,
+    tenant: Tenant,
+    chat: ChatRequest,
+    table: PageTable,
+    counter: TokenCounter,
+    budget: TokenBudget,
+    hint: str | None,
+) -> tuple[TurnPlan, Timing, Observation]:
+    """One turn on a loaded table: boundary, ingest, write-back, assembly, observation, commit."""
+    now = int(time.time())
+    idle = services.settings.server.session_idle_seconds
+    crossing = await cross(
+        services.sessions, services.memory.journal, table, chat.messages, hint=hint, now=now, idle=idle
+    )
+    dirty = state_of(table, range(crossing.boundary.kept, len(table.order))) if crossing.event in BOUNDARIES else []
+    started = time.perf_counter_ns()
+    result = ingest_turn(
+        table, chat.messages, tenant.policy, counter, recall_tool=RECALL_TOOL, pruned=crossing.boundary.pruned
+    )
+    repeated = duplicates.after_ingest(table, result)
+    ingested = time.perf_counter_ns()
+    written = await services.memory.write_back(table, result.new_pages)  # carried pages were committed where stated
+    before = table.levels
+    assembling = time.perf_counter_ns()
+    plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
+    relief = recall_room(budget, _offers_recall(chat))
+    if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
+        roomless = replace(budget, usable=budget.usable + relief)
+        plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
+    timing = Timing(ingested - started, time.perf_counter_ns() - assembling, tuple(repeated), written)
+    committed = await services.memory.committed(table) if crossing.event in BOUNDARIES else frozenset()
+    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, before, dirty, committed, repeated)
+    observation = observe(table, facts)
+    observation.events[:0] = crossing.events
+    observation.event = "" if crossing.event in QUIET else crossing.event.value
+    table.seen = now
+    await services.sessions.commit(table, [*plan.ingest.new_pages, *crossing.seeded])  # no round trip when unchanged
+    return plan, timing, observation

@@ -82,6 +82,17 @@ class SessionState:
             return PageTable(tenant=tenant, session=session, project=project)
         return await self._decode(tenant, session, record)
 
+    async def read(self, tenant: str, session: str) -> PageTable | None:
+        """The session's table for reading (the audit API): the cached copy, left in the cache,
+        else decoded from the store; None when the session has no stored table."""
+        cached = self._cache.get((tenant, session))
+        if cached is not None:
+            return cached
+        record = await self.store.load_table(tenant, session_scope(session))
+        if record is None:
+            return None
+        return await self._decode(tenant, session, record)
+
     async def _decode(self, tenant: str, session: str, record: TableRecord) -> PageTable:
         ids = page_ids(record.data)
         pages = await self.store.get_pages(tenant, session_scope(session), ids)

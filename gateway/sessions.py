@@ -18,6 +18,7 @@ from typing import Any
 from policies.transcript import Message
 
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,96}")
+FINGERPRINT = "fp-"  # the head of an id the gateway derived from the transcript
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +38,10 @@ def resolve(
         (body.get("user"), "user"),
     )
     if session is None:
-        session, source = "fp-" + _digest(_opening(messages)), "fingerprint"
+        session, source = FINGERPRINT + _digest(_opening(messages)), "fingerprint"
     project, _ = _first((headers.get("x-clawvm-project"), "header"), (metadata.get("project_id"), "metadata"))
     if project is None:
-        project = "fp-" + _digest(tenant + "\x1f" + _system_prompt(messages))
+        project = FINGERPRINT + _digest(tenant + "\x1f" + _system_prompt(messages))
     return SessionIds(session=safe_id(session), project=safe_id(project), source=source)
 
 

@@ -48,7 +48,15 @@ _PAGE_TYPES = tuple(t.value for t in PageType)
 _PINS = tuple(p.value for p in Pin)
 _SCOPES = tuple(s.value for s in Scope)
 _TOP_KEYS = ("server", "store", "upstream", "models", "tenants")
-_SERVER_KEYS = ("host", "port", "max_body_bytes", "max_header_bytes", "default_context_window", "log_content")
+_SERVER_KEYS = (
+    "host",
+    "port",
+    "max_body_bytes",
+    "max_header_bytes",
+    "default_context_window",
+    "log_content",
+    "session_idle_seconds",
+)
 _STORE_KEYS = ("url", "data_dir")
 _UPSTREAM_KEYS = ("api_base", "api_key", "forward_client_key", "timeout_seconds", "model_map")
 _MODEL_KEYS = ("context_window", "encoding")
@@ -71,6 +79,7 @@ class ServerSettings:
     max_header_bytes: int = 65_536
     default_context_window: int = 128_000
     log_content: bool = False
+    session_idle_seconds: int = 3600  # a session unused this long has ended (a lifecycle event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +415,7 @@ def _server(value: object, overrides: Overrides) -> ServerSettings:
         max_header_bytes=sec.get("max_header_bytes", base.max_header_bytes, _integer()),
         default_context_window=sec.get("default_context_window", base.default_context_window, _integer()),
         log_content=sec.get("log_content", base.log_content, _boolean),
+        session_idle_seconds=sec.get("session_idle_seconds", base.session_idle_seconds, _integer()),
     )
 
 

@@ -9,6 +9,7 @@ multi-key operation (the atomic save, MGET of pages) stays in one slot:
     cvm:{<tenant>:s:<session>}:body:<sha256>       evidence body, content-addressed, immutable
     cvm:{<tenant>:<scope>}:mem / :wb / :wbids      write-back memory, journal stream, applied batch ids
     cvm:{<tenant>:s:<session>}:dec / :evt          decision trace and lifecycle/fault events (streams)
+    cvm:{<tenant>:project:<project>}:recent        the project's newest session (reset detection)
     cvm:{<tenant>:project:<project>}:...           the same four for project scope
 
 A table is stored as a snapshot plus a journal of later records (`save` writes a snapshot and
@@ -167,6 +168,10 @@ class Store(Protocol):
 
     async def get_body(self, tenant: str, scope_id: str, digest: str) -> str | None: ...
 
+    async def put_pages(self, tenant: str, scope_id: str, pages: Sequence[Page]) -> None: ...
+
+    async def swap_recent(self, tenant: str, scope_id: str, session: str) -> str | None: ...
+
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...
@@ -229,6 +234,11 @@ class Keys:
     def applied(self) -> str:
         """Sorted set: ids of write-back batches already committed (idempotent retries)."""
         return f"cvm:{{{self.tag}}}:wbids"
+
+    @property
+    def recent(self) -> str:
+        """String: the session of this project that started last."""
+        return f"cvm:{{{self.tag}}}:recent"
 
     @property
     def decisions(self) -> str:
@@ -398,6 +408,25 @@ class RedisStore:
         with mapped_errors():
             value = await self._client.get(name)
         return None if value is None else str(value)
+
+    async def put_pages(self, tenant: str, scope_id: str, pages: Sequence[Page]) -> None:
+        """Store pages that outlive their session (project scope); pages are immutable: SET NX."""
+        if not pages:
+            return
+        keys = Keys.of(tenant, scope_id)
+        with mapped_errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for page in pages:
+                    pipe.set(keys.page(page.id), dump_page(page), nx=True)
+                await pipe.execute()
+
+    async def swap_recent(self, tenant: str, scope_id: str, session: str) -> str | None:
+        """Name `session` the project's newest; returns the session that was, if any."""
+        name = Keys.of(tenant, scope_id).recent
+        _checked(_SCOPE_ID, session, "session id")
+        with mapped_errors():
+            previous = await self._client.set(name, session, get=True)
+        return None if previous is None else str(previous)
 
     async def ping(self) -> bool:
         """True when the server answers; False when it cannot be reached."""

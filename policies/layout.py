@@ -122,8 +122,14 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
 def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:
     if not fact_ids:
         return 0
-    body = sum(layout.pages[f].tokens(layout.pages[f].floor) + LINE_TOKENS for f in fact_ids)
+    body = sum(layout.pages[f].tokens(retained_level(layout.pages[f])) + LINE_TOKENS for f in fact_ids)
     return MESSAGE_OVERHEAD + RETAINED_HEADER_TOKENS + body
+
+
+def retained_level(page: Page) -> Fidelity:
+    """The level a page takes in the retained-state block: a rule or preference whole (it is one
+    sentence: a pointer to it would not state it), anything else (a plan, a system prompt) at its floor."""
+    return Fidelity.FULL if page.extracted else page.floor
 
 
 def newest_turn(order: Sequence[str], pages: Mapping[str, Page]) -> int:

@@ -194,7 +194,7 @@ def ingest(
         page_id = _restorable(table, dropped, index - kept, message) if index in pruned else None
         if page_id is None:
             page_id = _unique_id(make_page_id(tag, content_digest(message)), table.in_order)
-            if page_id not in table.pages:
+            if page_id not in table.entries:  # not yet a message of this table (maybe a carried page)
                 created.extend(_admit(table, message, index, page_id, policy, counter, recall_tool))
         table.order.append(page_id)
         table.in_order.add(page_id)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policies.layout import Layout, collapsible, uncovered_facts
-from policies.pages import Fidelity
+from policies.layout import Layout, collapsible, retained_level, uncovered_facts
+from policies.pages import Fidelity, Representation
 from policies.transcript import Message
 
 SPAN_HEADER = (
@@ -85,5 +85,12 @@ def span_text(page_ids: Sequence[str], entries: Mapping[str, str], recall_tool: 
 
 
 def retained_text(layout: Layout, fact_ids: Sequence[str]) -> str:
-    lines = [layout.pages[f].reprs.at(layout.pages[f].floor).text for f in fact_ids]
+    lines = [stated(layout.pages[f].reprs.at(retained_level(layout.pages[f]))) for f in fact_ids]
     return "\n".join([RETAINED_HEADER, *lines])
+
+
+def stated(rep: Representation) -> str:
+    """A representation as plain text: its text, then its tool calls as `name(arguments)` (a
+    plan written through a TodoWrite call is stated by the call)."""
+    calls = [f"{c.name}({c.arguments})" for c in rep.tool_calls]
+    return "\n".join(part for part in (rep.text, *calls) if part)

@@ -12,10 +12,14 @@ import pytest
 from bench.fake_upstream import FakeUpstream, serve
 from gateway import jsonio
 from gateway.app import create_app
+from gateway.audit import AuditLog
 from gateway.auth import KeyRing
 from gateway.chat import parse_request
 from gateway.embedded import free_port
 from gateway.errors import ContextLengthExceeded, ServiceUnavailable
+from gateway.journal import WritebackJournal
+from gateway.memory import MemoryService
+from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
 from gateway.pipeline import COMMIT_ATTEMPTS, Services, ToolTokens, prepare, uses_litellm
 from gateway.session_state import SessionState
@@ -74,6 +78,9 @@ def services(settings: Settings, store: RedisStore, catalog: ModelCatalog) -> Se
         tokenizers=Tokenizers(),
         catalog=catalog,
         tool_tokens=ToolTokens(),
+        metrics=Metrics(),
+        audit=AuditLog(store.client),
+        memory=MemoryService(WritebackJournal(store.client), store),
     )
 
 

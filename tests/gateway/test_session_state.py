@@ -385,3 +385,18 @@ async def test_reloading_through_the_store_every_turn_changes_nothing(
             await writer.commit(kept, planned.ingest.new_pages)
             await SessionState(store).commit(moving, other.ingest.new_pages)
     assert 0 in journals and max(journals) > 1  # both snapshots and journals were read back
+
+
+async def test_read_peeks_at_the_cache_and_leaves_the_table_there(store: RedisStore, tenant: str) -> None:
+    state = SessionState(store)
+    committed = await turn(state, tenant, "s", conversation(1))
+    assert await state.read(tenant, "s") is committed
+    assert await state.load(tenant, "s", "proj") is committed  # still cached for the next turn
+
+
+async def test_read_decodes_from_the_store_and_knows_unknown_sessions(store: RedisStore, tenant: str) -> None:
+    committed = await turn(SessionState(store), tenant, "s", conversation(2))
+    other = SessionState(store)
+    read = await other.read(tenant, "s")
+    assert read is not None and dump_table(read) == dump_table(committed) and read.version == committed.version
+    assert await other.read(tenant, "never") is None

@@ -471,3 +471,21 @@ async def test_store_is_an_async_context_manager(redis_url: str, tenant: str) ->
     async with RedisStore.from_url(redis_url) as store:
         await store.save(tenant, S1, "{}", [], {}, None)
         assert await store.load_table(tenant, S1) == TableRecord(1, "{}")
+
+
+async def test_put_pages_stores_project_pages_once(store: RedisStore, tenant: str) -> None:
+    scope = project_scope("repo")
+    first, changed = make_page("p:0a0b0c0d0e0f"), make_page("p:0a0b0c0d0e0f", text="other text")
+    await store.put_pages(tenant, scope, [first])
+    await store.put_pages(tenant, scope, [changed])  # immutable: the first write stays
+    await store.put_pages(tenant, scope, [])
+    assert await store.get_pages(tenant, scope, [first.id]) == {first.id: first}
+
+
+async def test_swap_recent_returns_the_session_before(store: RedisStore, tenant: str) -> None:
+    scope = project_scope("repo-recent")
+    assert await store.swap_recent(tenant, scope, "s1") is None
+    assert await store.swap_recent(tenant, scope, "s2") == "s1"
+    assert await store.swap_recent(tenant, scope, "s2") == "s2"
+    with pytest.raises(InvalidKeyError):
+        await store.swap_recent(tenant, scope, "bad id{x}")

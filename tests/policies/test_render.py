@@ -78,8 +78,8 @@ def test_the_retained_state_sits_just_before_the_newest_turn(session: Session) -
         if not retained:
             continue
         assert retained[0] == len(turn.output) - len(newest_turn_of(turn.request)) - 1
-        facts = {
-            p.reprs.at(p.floor).text
+        facts = {  # whole: a pointer to a rule would not state it
+            p.reprs.full.text
             for p in result.table.pages.values()
             if p.type in (PageType.CONSTRAINT, PageType.PREFERENCE)
         }
