@@ -41,6 +41,7 @@ class Observation:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     event: str = ""  # the lifecycle event of the turn, when it was a boundary or a start
+    residency: dict[tuple[str, str], int] | None = None  # (type, level) -> pages, when the turn re-planned
 
     def header(self) -> str:
         """`0`, or `N; kind=count ...` for this turn's faults."""
@@ -74,7 +75,17 @@ def observe(table: PageTable, facts: TurnFacts) -> Observation:
         causes = {p: Reason.PRUNED_BY_AGENT.value for p in table.restored}
         trace = faults.decision_reasons(facts.before, table.levels, facts.assembly.decisions, causes)
         out.decisions = [{**r.record(), "turn": table.turn} for r in trace]
+        out.residency = residency(table)
     return out
+
+
+def residency(table: PageTable) -> dict[tuple[str, str], int]:
+    """How many pages of each type the prompt shows at each level."""
+    counts: dict[tuple[str, str], int] = {}
+    for page_id, level in table.levels.items():
+        key = (table.pages[page_id].type.value, level.label)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _faults(table: PageTable, facts: TurnFacts) -> list[FaultEvent]:
@@ -130,6 +141,8 @@ async def record(
     """The turn's decisions and events to the audit streams, its counts to the metrics. An audit
     write that fails is logged, never the request's failure: the turn itself is committed."""
     metrics.policy_time(policy_ns / 1e9)
+    if observation.residency is not None:
+        metrics.residency(observation.residency)
     for event in observation.faults:
         metrics.faults(event.kind.value, 1)
     if observation.event:

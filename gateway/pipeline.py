@@ -21,7 +21,7 @@ from gateway.audit import AuditLog
 from gateway.auth import KeyRing
 from gateway.boundary import cross, hint_of
 from gateway.chat import ChatRequest, parse_request, to_wire
-from gateway.errors import ContextLengthExceeded, ServiceUnavailable
+from gateway.errors import ContextLengthExceeded, GatewayError, ServiceUnavailable
 from gateway.http import read_body, respond, upstream_target
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
@@ -45,6 +45,7 @@ from policies.turn import TurnPlan, assemble_turn, ingest_turn
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
+UNAUTHENTICATED = "-"  # the tenant label of a request whose key was refused
 COMMIT_ATTEMPTS = 3
 DUPLICATES_LISTED = 10
 RECALL_ROOM = 2048  # most prompt tokens kept free for recalled pages
@@ -119,6 +120,7 @@ class Timing:
     assembly_ns: int
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
     written: WriteReport | None = None  # the turn's write-back
+    sent: int = 0  # tokens of the transcript as the agent sent it
 
     @property
     def policy_ns(self) -> int:
@@ -131,9 +133,22 @@ def uses_litellm(model: str) -> bool:
 
 
 async def chat_completions(request: Request) -> Response:
+    """The route: one chat completion, counted by tenant and status (errors included)."""
     started = time.perf_counter_ns()
     services: Services = request.state.services
-    tenant = services.keyring.authenticate(request.headers)
+    name = UNAUTHENTICATED
+    try:
+        tenant = services.keyring.authenticate(request.headers)
+        name = tenant.name
+        response = await _chat(request, services, tenant, started)
+    except GatewayError as exc:
+        services.metrics.request(name, exc.status_code)
+        raise
+    services.metrics.request(name, response.status_code)
+    return response
+
+
+async def _chat(request: Request, services: Services, tenant: Tenant, started: int) -> Response:
     chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
@@ -209,6 +224,7 @@ async def prepare(
         services.metrics, services.audit, tenant.name, ids.session, timing.policy_ns, timing.written, observation
     )
     prompt_tokens = plan.assembly.tokens + budget.tools
+    services.metrics.tokens(tenant.name, prompt_in=timing.sent + budget.tools, prompt_out=prompt_tokens)
     headers = {
         "x-clawvm-session": ids.session,
         "x-clawvm-prompt-tokens": str(prompt_tokens),
@@ -345,7 +361,7 @@ async def _turn(
     if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
         roomless = replace(budget, usable=budget.usable + relief)
         plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
-    timing = Timing(ingested - started, time.perf_counter_ns() - assembling, tuple(repeated), written)
+    timing = Timing(ingested - started, time.perf_counter_ns() - assembling, tuple(repeated), written, table.sent)
     committed = await services.memory.committed(table) if crossing.event in BOUNDARIES else frozenset()
     facts = TurnFacts(crossing.event, plan.messages, plan.assembly, before, dirty, committed, repeated)
     observation = observe(table, facts)

@@ -36,7 +36,7 @@ from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
 from policies.represent import represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
-from policies.tokens import IMAGE_TOKENS, TokenCounter
+from policies.tokens import IMAGE_TOKENS, TokenCounter, framed
 from policies.transcript import Message, ToolCall
 
 CALL_ARGUMENTS_KEPT = 400
@@ -86,6 +86,7 @@ class PageTable:
     tally: dict[str, int] = field(default_factory=dict)  # the session's fault counts (policies.faults)
     seen: int = 0  # when the session was last used, in seconds; set by the caller (no clock here)
     in_order: set[str] = field(default_factory=set)  # derived from `order`; not stored
+    sent: int = -1  # tokens of the transcript as the client sent it (pages at full); derived, not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
     changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
@@ -93,6 +94,8 @@ class PageTable:
     def __post_init__(self) -> None:
         if not self.in_order and self.order:
             self.in_order = set(self.order)
+        if self.sent < 0:
+            self.sent = sum(_sent(self, p) for p in self.order if p in self.pages)
         self.changes = Changes(len(self.order), head(self))  # a table is built empty or as stored: nothing unsaved
 
 
@@ -200,6 +203,7 @@ def ingest(
         table.in_order.add(page_id)
         table.keys.append(message_key(message))
         table.lengths.append(len(message.text))
+        table.sent += _sent(table, page_id)
     if dropped or table.carried or table.restored:
         _settle(table, dropped)
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
@@ -224,6 +228,7 @@ def _truncate(table: PageTable, kept: int) -> list[str]:
     dropped = table.order[kept:]
     for page_id in dropped:
         table.in_order.discard(page_id)
+        table.sent -= _sent(table, page_id)
     table.changes.dirty_from = min(table.changes.dirty_from, kept)
     del table.order[kept:]
     del table.keys[kept:]
@@ -231,6 +236,10 @@ def _truncate(table: PageTable, kept: int) -> list[str]:
     table.view = None
     table.cost = -1
     return dropped
+
+
+def _sent(table: PageTable, page_id: str) -> int:
+    return framed(table.pages[page_id].tokens(Fidelity.FULL), named=page_id in table.names)
 
 
 def _restorable(table: PageTable, dropped: Sequence[str], offset: int, message: Message) -> str | None:
