@@ -54,6 +54,36 @@ class AuditLog:
                         pipe.xadd(key, {FIELD: jsonio.dumps_text(rec)}, maxlen=self._max, approximate=True)
                 await pipe.execute()
 
+    async def served(self, tenant: str, session: str, pages: Sequence[str]) -> set[str]:
+        """Note pages a recall served; returns those a recall had served before (refetches)."""
+        if not pages:
+            return set()
+        key = Keys.of(tenant, session_scope(session)).recalled
+        with mapped_errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.smismember(key, list(pages))
+                pipe.sadd(key, *pages)
+                before, _ = await pipe.execute()
+        return {page for page, seen in zip(pages, before, strict=True) if seen}
+
+    async def count(self, tenant: str, session: str, counts: Mapping[str, int]) -> None:
+        """Add to the session's tally counts observed after a response."""
+        if not any(counts.values()):
+            return
+        key = Keys.of(tenant, session_scope(session)).counts
+        with mapped_errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, n in sorted(counts.items()):
+                    if n:
+                        pipe.hincrby(key, name, n)
+                await pipe.execute()
+
+    async def counts(self, tenant: str, session: str) -> dict[str, int]:
+        key = Keys.of(tenant, session_scope(session)).counts
+        with mapped_errors():
+            raw = await self._client.hgetall(key)
+        return {str(k): int(v) for k, v in raw.items()}
+
     async def decisions(
         self, tenant: str, session: str, *, after: str = START, count: int = 100
     ) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ no keys, ids or content). Keep it off public networks if tenant names are privat
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -55,7 +55,8 @@ async def session(request: Request) -> Response:
     tenant = services.keyring.authenticate(request.headers)
     session_id = _session_id(request)
     table = await _table(services, tenant.name, session_id)
-    return JSONResponse(session_body(table))
+    later = await _guarded(services.audit.counts(tenant.name, session_id))
+    return JSONResponse(session_body(table, later))
 
 
 async def decisions(request: Request) -> Response:
@@ -167,7 +168,8 @@ def _unknown(session_id: str) -> NotFound:
     return NotFound(f"No session {session_id}.", param="session_id", code="no_match")
 
 
-def session_body(table: PageTable) -> dict[str, Any]:
+def session_body(table: PageTable, later: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The page table as JSON; `later` adds the tally counts observed after responses (recalls)."""
     """The JSON answer for one session's page table."""
     body: dict[str, Any] = {
         "object": "clawvm.session",
@@ -181,9 +183,10 @@ def session_body(table: PageTable) -> dict[str, Any]:
         "carried": list(table.carried),
         "restored": list(table.restored),
     }
-    tally = getattr(table, "tally", None)
-    if tally is not None:
-        body["tally"] = tally_body(tally if isinstance(tally, Tally) else Tally.from_counts(tally))
+    counts = dict(table.tally)
+    for name, n in (later or {}).items():
+        counts[name] = counts.get(name, 0) + n
+    body["tally"] = tally_body(Tally.from_counts(counts))
     return body
 
 

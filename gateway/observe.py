@@ -11,7 +11,7 @@ response, by `recall_events`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,13 +91,13 @@ def residency(table: PageTable) -> dict[tuple[str, str], int]:
 def _faults(table: PageTable, facts: TurnFacts) -> list[FaultEvent]:
     insufficient = facts.assembly.insufficient
     found = faults.from_duplicates(facts.duplicates)
-    required = required_state(table)
     if facts.event in BOUNDARIES:
+        required = required_state(table)
         shown = shown_in_text(table, required, prompt_text(facts.messages))
         found += faults.post_boundary_misses(facts.event.value, required, shown, insufficient)
         found += faults.flush_misses(_unsettled(table, facts.dirty, required), facts.committed | _held(table))
-    elif facts.assembly.replanned:
-        pinned = {p: f for p, f in required.items() if p in table.levels}
+    elif facts.assembly.replanned:  # re-planning is O(n) already; appending turns pay nothing here
+        pinned = {p: f for p, f in required_state(table).items() if p in table.levels}
         found += faults.pinned_misses(pinned, shown_by_levels(table, pinned), insufficient)
     if insufficient:
         found.append(faults.insufficiency(facts.assembly.minimum, table.cost))
@@ -116,10 +116,13 @@ def _held(table: PageTable) -> set[str]:
     return {*table.in_order, *table.carried, *(f for p in table.order for f in table.facts.get(p, ()))}
 
 
-def recall_events(outcomes: Sequence[Recalled]) -> Observation:
-    """After the response: every recall's reason code in the decision trace, silent recalls as faults."""
+def recall_events(outcomes: Sequence[Recalled], earlier: Collection[str] = frozenset()) -> Observation:
+    """After the response: every recall's reason code in the decision trace; silent recalls and
+    refetches (a page a recall had served before, degraded again since) as faults."""
     out = Observation()
     out.faults = faults.silent_recalls([(",".join(r.pages), r.code, r.text) for r in outcomes])
+    served = [p for r in outcomes if r.code == "ok" for p in r.pages]
+    out.faults += faults.refetches(served, earlier, {})
     out.decisions = [{"kind": "recall", "code": r.code, "pages": list(r.pages), "tokens": r.tokens} for r in outcomes]
     out.events = [e.record() for e in out.faults]
     return out
@@ -153,19 +156,31 @@ async def record(
 
 
 async def record_recalls(metrics: Metrics, audit: AuditLog, paging: Paging) -> None:
-    """After the response: each recall's reason code, and any silent recall, observed."""
+    """After the response: each recall's reason code, silent recalls and refetches observed, and
+    the pages served counted as hits in the session's tally."""
     if not paging.log:
         return
-    observation = recall_events(paging.log)
+    served = [p for r in paging.log if r.code == "ok" for p in r.pages]
+    try:
+        earlier = await audit.served(paging.tenant, paging.session, served)
+    except StoreError as exc:
+        log.warning("recalls of session %s not noted: %s", paging.session, type(exc).__name__)
+        earlier = set()
+    observation = recall_events(paging.log, earlier)
     for outcome in paging.log:
         metrics.recall(outcome.code)
     for event in observation.faults:
         metrics.faults(event.kind.value, 1)
-    await _audit(audit, paging.tenant, paging.session, observation)
+    counts = faults.add(Tally(), observation.faults, hits=len(served)).counts()
+    await _audit(audit, paging.tenant, paging.session, observation, counts)
 
 
-async def _audit(audit: AuditLog, tenant: str, session: str, observation: Observation) -> None:
+async def _audit(
+    audit: AuditLog, tenant: str, session: str, observation: Observation, counts: Mapping[str, int] | None = None
+) -> None:
     try:
         await audit.record(tenant, session, observation.decisions, observation.events)
+        if counts:
+            await audit.count(tenant, session, counts)
     except StoreError as exc:
         log.warning("audit records of session %s not written: %s", session, type(exc).__name__)

@@ -40,7 +40,7 @@ def tool_schema(name: str) -> dict[str, Any]:
             "name": name,
             "description": (
                 "Read back earlier parts of this conversation that were paged out to save context. "
-                "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d)."
+                "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d7e)."
             ),
             "parameters": {
                 "type": "object",

@@ -246,6 +246,16 @@ class Keys:
         return f"cvm:{{{self.tag}}}:dec"
 
     @property
+    def recalled(self) -> str:
+        """Set: pages a recall has served in this session (a second recall is a refetch)."""
+        return f"cvm:{{{self.tag}}}:recalled"
+
+    @property
+    def counts(self) -> str:
+        """Hash: fault-tally counts observed after a response (recall hits, refetches, silent recalls)."""
+        return f"cvm:{{{self.tag}}}:counts"
+
+    @property
     def events(self) -> str:
         """Stream: lifecycle events and faults, each with its evidence."""
         return f"cvm:{{{self.tag}}}:evt"

@@ -60,8 +60,16 @@ def find(new_pages: Sequence[Page], known: Mapping[str, str], levels: Mapping[st
 
 
 def after_ingest(table: PageTable, result: IngestResult) -> list[Duplicate]:
-    """Duplicates issued in this turn's new messages, judged against the previous prompt."""
+    """Duplicates issued in this turn's new messages, judged against the previous prompt.
+
+    The signature index of the earlier evidence lives on the table and grows with each turn's
+    new evidence, so an appending turn costs its new messages, not the session; a rewrite (or a
+    table fresh from the store) rebuilds it once."""
+    index = table.signatures
+    if index is None or table.signed != result.kept:
+        index = evidence_signatures(table.pages, table.order[: result.kept])
     calling = [p for p in result.new_pages if p.reprs.full.tool_calls]
-    if not calling:
-        return []
-    return find(calling, evidence_signatures(table.pages, table.order[: result.kept]), table.levels)
+    found = find(calling, index, table.levels) if calling else []
+    index.update(evidence_signatures(table.pages, table.order[result.kept :]))
+    table.signatures, table.signed = index, len(table.order)
+    return found

@@ -87,6 +87,8 @@ class PageTable:
     seen: int = 0  # when the session was last used, in seconds; set by the caller (no clock here)
     in_order: set[str] = field(default_factory=set)  # derived from `order`; not stored
     sent: int = -1  # tokens of the transcript as the client sent it (pages at full); derived, not stored
+    signatures: dict[str, str] | None = field(default=None, repr=False, compare=False)  # see policies.duplicates
+    signed: int = field(default=0, repr=False, compare=False)  # positions `signatures` covers; not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
     changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
@@ -204,8 +206,10 @@ def ingest(
         table.keys.append(message_key(message))
         table.lengths.append(len(message.text))
         table.sent += _sent(table, page_id)
-    if dropped or table.carried or table.restored:
+    if dropped:
         _settle(table, dropped)
+    elif table.carried:
+        _restated(table, kept)
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
 
 
@@ -269,6 +273,18 @@ def _settle(table: PageTable, dropped: Sequence[str]) -> None:
         keep.append(plans[-1])  # the current plan: the latest one the agent stated
     table.carried = keep
     table.restored = [p for p in table.restored if p in table.in_order]
+
+
+def _restated(table: PageTable, kept: int) -> None:
+    """After an append: carried state that the new messages state again is no longer carried
+    (a new plan supersedes a carried one). Costs the new messages, not the session."""
+    pages, fresh = table.pages, table.order[kept:]
+    stated = {f for p in fresh for f in table.facts.get(p, ())} | set(fresh)
+    new_plan = any(pages[p].type is PageType.PLAN for p in fresh)
+    if stated & set(table.carried) or new_plan:
+        table.carried = [
+            p for p in table.carried if p not in stated and not (new_plan and pages[p].type is PageType.PLAN)
+        ]
 
 
 def _held(table: PageTable, dropped: Sequence[str], has_bootstrap: bool) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import openai
 
 from bench.fake_upstream import FakeUpstream
@@ -260,3 +261,23 @@ def test_a_second_tenant_is_denied_the_first_tenants_pages(start_gateway) -> Non
         assert stolen[0] in answers[0] and "another tenant" in answers[0]
         globex_prompts = [json.dumps(r.body) for r in gw.fake.requests[1:]]
         assert all("line 0 of module 3: value = 3000" not in p for p in globex_prompts)
+
+
+def test_recalls_count_as_hits_and_a_second_recall_of_a_page_is_a_refetch(start_gateway) -> None:
+    def responder(body: dict) -> dict:
+        if body["messages"][-1]["role"] == "tool":
+            return {"content": "noted"}
+        return {"tool_calls": [recall_call([tool_id_of(body, 3)])]}
+
+    with start_gateway(budget=9000, fake=FakeUpstream(responder)) as gw:
+        headers = {"x-clawvm-session": "refetch-1"}
+        first = client(gw).chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=long_session(30), extra_headers=headers
+        )
+        assert first.headers["x-clawvm-faults"] == "0"
+        follow = [*long_session(30), {"role": "assistant", "content": "noted"}, {"role": "user", "content": "Again?"}]
+        client(gw).chat.completions.create(model="gpt-4o", messages=follow, extra_headers=headers)
+        audit = httpx.get(f"{gw.url}/clawvm/sessions/refetch-1").json()
+        assert audit["tally"]["hits"] == 2 and audit["tally"]["faults"] == {"refetch": 1}
+        events = httpx.get(f"{gw.url}/clawvm/sessions/refetch-1/events").json()["data"]
+        assert [e["kind"] for e in events if e.get("type") == "fault"] == ["refetch"]
