@@ -189,7 +189,10 @@ def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> 
         return None
     room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
     store = services.sessions.store
-    return Paging(store, tenant.name, ids.session, ids.project, turn.counter, max(room, 0), name=RECALL_TOOL)
+    room = max(room, 0)
+    return Paging(
+        store, tenant.name, ids.session, ids.project, turn.counter, room, name=RECALL_TOOL, sessions=services.sessions
+    )
 
 
 def _forwarded(request: Request) -> dict[str, str]:

@@ -17,15 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
+from gateway.session_state import SessionState
 from gateway.store import Store, StoreError, project_scope, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pages import Fidelity, Page
-from policies.pagetable import id_tag, tenant_tag
+from policies.pagetable import PageTable, id_tag, tenant_tag
 from policies.tokens import TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
 
 RECALL_NAME = "clawvm_recall"
 RECALL_LEVELS = ("full", "compressed")
+RANGE = ".."  # policies.render.RANGE_LINE: `p:first..p:last`
+RANGE_LISTED = 16  # pages a range's listing names one by one
 MAX_IDS_PER_CALL = 8
 QUERY_HITS = 12  # matching lines kept per page for a query
 QUERY_LINE_CHARS = 400
@@ -85,6 +88,9 @@ async def _resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
     ids, level, query = _arguments(call)
     if ids is None:
         return _answer("no_match", 'clawvm_recall: arguments must be {"page_ids": ["p:..."]}.', counter)
+    ranged = next((i for i in ids if RANGE in i), None)
+    if ranged is not None:
+        return await _range(paging, ranged, level, query, cap)
     bad = next((i for i in ids if id_tag(i) is None), None)
     if bad is not None:
         return _answer("no_match", f"clawvm_recall: {_shown(bad)} is not a page id (p: and 12 hex digits).", counter)
@@ -102,6 +108,49 @@ async def _resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
     parts = [_part(pid, pages[pid], level, query) for pid in ids if pid in pages]
     parts += [f"[{pid}: no such page in this conversation]" for pid in missing]
     return _capped("\n\n".join(parts), counter, cap, tuple(pid for pid in ids if pid in pages))
+
+
+async def _range(paging: Paging, handle: str, level: Fidelity, query: str, cap: int) -> Recalled:
+    """A span stub's range of older pages (`p:first..p:last`): with a query, the lines of its pages
+    that hold it; without, the range's listing (one line per page), to pick ids from."""
+    counter = paging.counter
+    first, _, last = handle.partition(RANGE)
+    if id_tag(first) is None or id_tag(last) is None:
+        return _answer("no_match", f"clawvm_recall: {_shown(handle)} is not a range (p:...{RANGE}p:...).", counter)
+    if {id_tag(first), id_tag(last)} != {tenant_tag(paging.tenant)}:
+        return _answer("denied", f"clawvm_recall: {handle} belongs to another tenant; access denied.", counter)
+    try:
+        table = await paging.sessions.read(paging.tenant, paging.session) if paging.sessions else None
+        ids = _between(table, first, last)
+        if ids and query:
+            pages = await _pages(paging, ids)
+    except StoreError as exc:
+        return _answer("backend_error", f"clawvm_recall: the page store failed ({type(exc).__name__}); retry.", counter)
+    if table is None or not ids:
+        return _answer("no_match", f"clawvm_recall: no range {handle} in this conversation.", counter)
+    if not query:
+        head = f"[{handle}: {len(ids)} pages; recall an id below, a narrower range, or this range with a query]"
+        return _capped("\n".join([head, *_listing(table, ids)]), counter, cap, ())
+    hits = [p for p in ids if p in pages and query.lower() in pages[p].reprs.at(level).text.lower()]
+    if not hits:
+        return _answer("no_match", f"clawvm_recall: no page in {handle} holds {query!r}.", counter)
+    return _capped("\n\n".join(_part(p, pages[p], level, query) for p in hits), counter, cap, tuple(hits))
+
+
+def _listing(table: PageTable, ids: Sequence[str]) -> list[str]:
+    """One line per page of a range, the first and last RANGE_LISTED // 2 when it is longer."""
+    half = RANGE_LISTED // 2
+    if len(ids) <= RANGE_LISTED:
+        return [table.entries[p][0] for p in ids]
+    skipped = f"… {len(ids) - 2 * half} more ({ids[half]}{RANGE}{ids[-half - 1]})"
+    return [*(table.entries[p][0] for p in ids[:half]), skipped, *(table.entries[p][0] for p in ids[-half:])]
+
+
+def _between(table: PageTable | None, first: str, last: str) -> list[str]:
+    if table is None or first not in table.in_order or last not in table.in_order:
+        return []
+    start, stop = table.order.index(first), table.order.index(last)
+    return table.order[start : stop + 1]
 
 
 async def _pages(paging: Paging, ids: Sequence[str]) -> dict[str, Page]:
@@ -209,6 +258,7 @@ class Paging:
     per_call_cap: int = DEFAULT_CALL_CAP
     name: str = "clawvm_recall"
     log: list[Recalled] = field(default_factory=list)
+    sessions: SessionState | None = None  # to expand a span stub's range of older pages
 
 
 async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[UpstreamResponse | None, bytes]:

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from policies.layout import (
-    LINE_TOKENS,
     SPAN_HEADER_TOKENS,
     Layout,
     collapsible,
@@ -150,18 +149,18 @@ def _step(layout: Layout, page_id: str, level: int, value: float) -> tuple[float
 
 def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str, level: Fidelity) -> int:
     """Token change of one upgrade. Taking a block out of a span run splits the run (one more
-    stub) or ends it (one stub less). Facts it newly covers are not credited: an over-estimate,
-    corrected by the exact accounting at the end."""
+    stub) or ends it (one stub less). The block's span entries are not credited (a long span
+    does not list its older pages, so leaving it may save nothing), nor are facts it newly
+    covers: an over-estimate, which the exact accounting at the end corrects."""
     if not collapsible(layout, block, levels):
         return message_cost(layout, page_id, level) - message_cost(layout, page_id, levels[page_id])
     start, stop = layout.blocks[block]
     members = layout.order[start:stop]
-    before = sum(layout.entries[p] + LINE_TOKENS for p in members)
     after = sum(message_cost(layout, p, level if p == page_id else levels[p]) for p in members)
     left = block > 0 and collapsible(layout, block - 1, levels)
     right = block + 1 < len(layout.blocks) and collapsible(layout, block + 1, levels)
     stub = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS
-    return after - before + (stub if left and right else -stub if not (left or right) else 0)
+    return after + (stub if left and right else -stub if not (left or right) else 0)
 
 
 def _settle(layout: Layout, levels: dict[str, Fidelity], target: int, applied: list[tuple[str, Fidelity]]) -> int:

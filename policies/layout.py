@@ -4,7 +4,9 @@ Messages group into blocks: an assistant message with `tool_calls` together with
 results that answer it, or a single message. A block whose pages all sit at pointer level,
 none of them pinned hard, is *collapsible*: a run of neighbouring collapsible blocks renders
 as one span stub listing the page ids, which costs far less than a stub per message and keeps
-tool-call pairing valid (whole groups go or stay). Extracted facts (constraints, preferences)
+tool-call pairing valid (whole groups go or stay). A stub lists its newest SPAN_LISTED pages
+and names the older ones as one range (`p:first..p:last`) that the recall tool expands, so a
+stub's cost is bounded however long the session grows. Extracted facts (constraints, preferences)
 cost nothing while a parent that holds them is resident at a level that contains them;
 otherwise they are listed in one retained-state message before the newest turn. State carried
 across a compaction or reset (facts, the current plan, a dropped system prompt) is listed there
@@ -20,6 +22,8 @@ from policies.pages import LEVELS, Fidelity, Page, PageType, Pin
 from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, framed
 
 SPAN_HEADER_TOKENS = 48  # upper bound of the span stub's fixed text (checked by tests)
+SPAN_LISTED = 32  # a span stub lists its newest pages one by one, at most this many
+RANGE_LINE_TOKENS = 64  # upper bound of the line naming the older ones as a range (checked by tests)
 RETAINED_HEADER_TOKENS = 40  # upper bound of the retained-state message's fixed text
 LINE_TOKENS = 1  # the newline between listed entries
 
@@ -102,21 +106,27 @@ def uncovered_facts(layout: Layout, levels: Mapping[str, Fidelity]) -> list[str]
 def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
     """Exact accounting (an upper bound where text is joined) of the rendered prompt's messages."""
     cost = REPLY_PRIMING
-    span = -1
+    span: list[int] = []  # entry costs of the open span run
     for block in range(len(layout.blocks)):
         start, stop = layout.blocks[block]
         if collapsible(layout, block, levels):
-            if span < 0:
-                span = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS
-            span += sum(layout.entries[p] + LINE_TOKENS for p in layout.order[start:stop])
+            span.extend(layout.entries[p] for p in layout.order[start:stop])
             continue
-        if span >= 0:
-            cost, span = cost + span, -1
+        if span:
+            cost, span = cost + span_cost(span), []
         costs = layout.costs
         cost += sum(costs[p][levels[p]] for p in layout.order[start:stop])
-    if span >= 0:
-        cost += span
+    if span:
+        cost += span_cost(span)
     return cost + retained_cost(layout, uncovered_facts(layout, levels))
+
+
+def span_cost(entries: Sequence[int]) -> int:
+    """One span stub: its header, its newest SPAN_LISTED entries one per line, and one range line
+    for the older ones (recall expands a range). Bounded, however long the session grows."""
+    listed = entries[-SPAN_LISTED:]
+    older = RANGE_LINE_TOKENS + LINE_TOKENS if len(entries) > SPAN_LISTED else 0
+    return MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS + sum(listed) + LINE_TOKENS * len(listed) + older
 
 
 def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policies.layout import Layout, collapsible, retained_level, uncovered_facts
+from policies.layout import SPAN_LISTED, Layout, collapsible, retained_level, uncovered_facts
 from policies.pages import Fidelity, Representation
 from policies.transcript import Message
 
 SPAN_HEADER = (
     "[clawvm: {n} earlier messages paged out to save context; call {tool}(page_ids=[...]) with an id below to read it]"
 )
+RANGE_LINE = "{first}..{last} ({n} older pages: pass this range as a page id, with a query to search them)"
 RETAINED_HEADER = (
     "[clawvm retained state: rules, preferences and plan stated earlier in this conversation; they still apply]"
 )
@@ -81,7 +82,10 @@ def _item(layout: Layout, position: int, level: Fidelity) -> int | Message:
 
 def span_text(page_ids: Sequence[str], entries: Mapping[str, str], recall_tool: str) -> str:
     header = SPAN_HEADER.format(n=len(page_ids), tool=recall_tool)
-    return "\n".join([header, *(entries[p] for p in page_ids)])
+    listed = page_ids[-SPAN_LISTED:]
+    older = page_ids[:-SPAN_LISTED] if len(page_ids) > SPAN_LISTED else ()
+    lines = [RANGE_LINE.format(first=older[0], last=older[-1], n=len(older))] if older else []
+    return "\n".join([header, *lines, *(entries[p] for p in listed)])
 
 
 def retained_text(layout: Layout, fact_ids: Sequence[str]) -> str:

@@ -9,14 +9,16 @@ import httpx
 import openai
 
 from bench.fake_upstream import FakeUpstream
-from policies.pagetable import make_page_id, tenant_tag
+from gateway.chat import parse_messages
+from policies.pagetable import content_digest, make_page_id, tenant_tag
 from tests.e2e.test_chat import TOOLS, client, forwarded_tokens, long_session
 
 PAGE = re.compile(r"p:[0-9a-f]{12}")
+RANGE = re.compile(r"(p:[0-9a-f]{12}\.\.p:[0-9a-f]{12}) \(\d+ older pages")
 
 
-def recall_call(ids: list[str] | str, call_id: str = "rc1") -> dict:
-    arguments = json.dumps({"page_ids": ids}) if isinstance(ids, list) else ids
+def recall_call(ids: list[str] | str, call_id: str = "rc1", query: str | None = None) -> dict:
+    arguments = json.dumps({"page_ids": ids, **({"query": query} if query else {})}) if isinstance(ids, list) else ids
     return {"id": call_id, "type": "function", "function": {"name": "clawvm_recall", "arguments": arguments}}
 
 
@@ -31,7 +33,8 @@ def paged_ids(body: dict) -> list[str]:
 
 def tool_id_of(body: dict, index: int) -> str:
     """The page id of module `index`'s `read_file` result: from its line in a span stub, or from
-    the degraded tool message that names it."""
+    the degraded tool message that names it; when it is among a stub's older pages (listed only as
+    a range), the id the gateway gives that message (the fake model knows the conversation)."""
     name = f"read_file(src/m{index}.py)"
     for message in body["messages"]:
         text = message.get("content") or ""
@@ -41,6 +44,9 @@ def tool_id_of(body: dict, index: int) -> str:
         found = PAGE.search(line) or PAGE.search(text)
         if found:
             return found.group()
+    if any(RANGE.search(m.get("content") or "") for m in body["messages"]):
+        tool = next(m for m in parse_messages(long_session(30)) if m.tool_call_id == f"c{index}")
+        return make_page_id(tenant_tag("default"), content_digest(tool))
     raise AssertionError(f"no pointer names module {index}")
 
 
@@ -281,3 +287,29 @@ def test_recalls_count_as_hits_and_a_second_recall_of_a_page_is_a_refetch(start_
         assert audit["tally"]["hits"] == 2 and audit["tally"]["faults"] == {"refetch": 1}
         events = httpx.get(f"{gw.url}/clawvm/sessions/refetch-1/events").json()["data"]
         assert [e["kind"] for e in events if e.get("type") == "fault"] == ["refetch"]
+
+
+def test_older_pages_listed_as_a_range_are_listed_then_searched(start_gateway) -> None:
+    """A long stub names its older pages as one range. The model recalls the range to list it,
+    then the range with a query, and gets the one line that holds it."""
+    answers: list[str] = []
+
+    def responder(body: dict) -> dict:
+        last = body["messages"][-1]
+        handle = next(r.group(1) for m in body["messages"] if (r := RANGE.search(m.get("content") or "")))
+        if last["role"] != "tool":
+            return {"tool_calls": [recall_call([handle])]}
+        answers.append(last["content"])
+        if len(answers) == 1:
+            module = int(re.search(r"read_file\(src/m(\d+)\.py\)", last["content"]).group(1))
+            return {"tool_calls": [recall_call([handle], "rc2", query=f"of module {module}: value = {module * 1000}")]}
+        return {"content": "found"}
+
+    with start_gateway(budget=6000, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(150))
+        assert answer.choices[0].message.content == "found"
+        listed, searched = answers
+        assert listed.startswith("[recall: ok]") and "pages; recall an id below" in listed
+        module = int(re.search(r"read_file\(src/m(\d+)\.py\)", listed).group(1))
+        assert f"line 0 of module {module}: value = {module * 1000}" in searched, listed
+        assert searched.count("\nline ") <= 2  # the line that holds it, and its neighbour

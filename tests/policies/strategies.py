@@ -424,13 +424,17 @@ def content_text(message: Wire) -> str:
     return content or ""
 
 
-def span_ids(message: Wire) -> list[str] | None:
-    """The page ids a span stub lists (its count checked against them), or None for any other message."""
+def span_ids(message: Wire, order: Sequence[str]) -> list[str] | None:
+    """The page ids a span stub stands for (its count checked against them), its range of older
+    pages expanded through the transcript's `order`; None for any other message."""
     text = content_text(message)
     match = SPAN_STUB.match(text)
     if message["role"] != "user" or match is None:
         return None
-    ids = [line.split(" ", 1)[0] for line in text.split("\n")[1:]]
+    ids: list[str] = []
+    for line in text.split("\n")[1:]:
+        first, _, last = line.split(" ", 1)[0].partition("..")
+        ids.extend(order[order.index(first) : order.index(last) + 1] if last else [first])
     assert int(match.group(1)) == len(ids), f"a span stub miscounts its entries: {text[:200]!r}"
     return ids
 
@@ -444,11 +448,11 @@ def aligned(request: Sequence[Wire], output: Sequence[Wire], order: Sequence[str
 
     Span stubs and the retained-state message stand for no single message; every other output
     message stands for the next request message not listed in a span stub."""
-    folded = {page_id for m in output for page_id in span_ids(m) or ()}
+    folded = {page_id for m in output for page_id in span_ids(m, order) or ()}
     remaining = iter(i for i, page_id in enumerate(order) if page_id not in folded)
     pairs = []
     for message in output:
-        if span_ids(message) is None and not is_retained(message):
+        if span_ids(message, order) is None and not is_retained(message):
             pairs.append((next(remaining), message))
     assert next(remaining, None) is None, "a request message is neither rendered nor folded into a span"
     assert len(order) == len(request)

@@ -10,10 +10,17 @@ from hypothesis import HealthCheck, given, settings
 
 from gateway.chat import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
-from policies.layout import RETAINED_HEADER_TOKENS, SPAN_HEADER_TOKENS, newest_turn
+from policies.layout import (
+    RANGE_LINE_TOKENS,
+    RETAINED_HEADER_TOKENS,
+    SPAN_HEADER_TOKENS,
+    SPAN_LISTED,
+    newest_turn,
+    span_cost,
+)
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable
-from policies.render import RETAINED_HEADER, SPAN_HEADER
+from policies.render import RANGE_LINE, RETAINED_HEADER, SPAN_HEADER
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter, TokenCounter
 from policies.turn import TurnPlan, plan_turn
@@ -104,7 +111,7 @@ def test_the_newest_turn_is_what_follows_the_models_last_message(request_: list[
 def test_every_message_is_rendered_once_or_folded_once(session: Session) -> None:
     result = replay(session, COUNTER)
     for turn in result.turns:
-        folded = [page_id for m in turn.output for page_id in span_ids(m) or ()]
+        folded = [page_id for m in turn.output for page_id in span_ids(m, turn.order) or ()]
         assert len(folded) == len(set(folded))
         pairs = aligned(turn.request, turn.output, turn.order)
         assert [i for i, _ in pairs] == sorted(i for i, _ in pairs)
@@ -117,7 +124,7 @@ def test_span_stubs_fold_whole_runs_of_pointer_pages(session: Session) -> None:
     for turn in result.turns:
         levels = turn.plan.assembly.levels
         plans = [p for p in turn.order if result.table.pages[p].type is PageType.PLAN]
-        stubs = [span_ids(m) for m in turn.output]
+        stubs = [span_ids(m, turn.order) for m in turn.output]
         for first, second in zip(stubs, stubs[1:], strict=False):
             assert first is None or second is None, "neighbouring span stubs were not merged"
         for ids in filter(None, stubs):
@@ -135,7 +142,7 @@ def test_span_stubs_fold_whole_runs_of_pointer_pages(session: Session) -> None:
 def test_tool_call_groups_go_or_stay_whole(session: Session) -> None:
     result = replay(session, COUNTER)
     for turn in result.turns:
-        folded = {page_id for m in turn.output for page_id in span_ids(m) or ()}
+        folded = {page_id for m in turn.output for page_id in span_ids(m, turn.order) or ()}
         for start, message in enumerate(turn.request):
             if not message.get("tool_calls"):
                 continue
@@ -150,7 +157,9 @@ def test_span_entries_name_the_tool_that_made_the_page(session: Session) -> None
     for turn in result.turns:
         calls = {c["id"]: c["function"]["name"] for m in turn.request for c in m.get("tool_calls") or ()}
         for message in turn.output:
-            for line in content_text(message).split("\n")[1:] if span_ids(message) else ():
+            for line in content_text(message).split("\n")[1:] if span_ids(message, turn.order) else ():
+                if ".." in line.split(" ", 1)[0]:
+                    continue  # the range of older pages
                 page = result.table.pages[line.split(" ", 1)[0]]
                 if page.provenance.role == "tool":
                     assert line.split(" ", 1)[1].startswith(calls[page.provenance.tool_call_id] + "(")
@@ -167,7 +176,7 @@ def test_neighbouring_pointer_pages_share_one_stub() -> None:
     ]
     table = PageTable("t", "s", "p")
     output = to_wire(plan(request, 0, table).messages)
-    assert [span_ids(m) for m in output][1] == table.order[1:5]
+    assert [span_ids(m, table.order) for m in output][1] == table.order[1:5]
     assert output[0]["role"] == "system"
     assert output[-1] is request[-1]
     assert len(output) == 3
@@ -196,7 +205,7 @@ def test_a_group_with_a_detailed_member_is_not_folded() -> None:
     table = PageTable("t", "s", "p")
     output = to_wire(plan(request, 0, table).messages)
     assert [m["role"] for m in output] == ["user", "assistant", "tool", "user", "user"]
-    assert [span_ids(m) for m in output] == [[table.order[0]], None, None, [table.order[3]], None]
+    assert [span_ids(m, table.order) for m in output] == [[table.order[0]], None, None, [table.order[3]], None]
     assert output[1]["tool_calls"][0]["id"] == "c1"
     assert output[2]["tool_call_id"] == "c1"
 
@@ -227,3 +236,11 @@ def test_header_bounds_cover_the_header_texts(counter_name: str, tiktoken: Token
     span = SPAN_HEADER.format(n=10**6, tool="clawvm_recall")
     assert counter.count(span) <= SPAN_HEADER_TOKENS
     assert counter.count(RETAINED_HEADER) <= RETAINED_HEADER_TOKENS
+    worst = "p:" + "f" * 12 + "~999999999"
+    assert counter.count(RANGE_LINE.format(first=worst, last=worst, n=10**9)) <= RANGE_LINE_TOKENS
+
+
+def test_a_span_stub_costs_the_same_however_many_older_pages_it_names() -> None:
+    entries = [9] * SPAN_LISTED
+    assert span_cost([5] * 10_000 + entries) == span_cost([5] * (SPAN_LISTED + 1) + entries)
+    assert span_cost(entries) < span_cost([1, *entries]) <= span_cost(entries) + RANGE_LINE_TOKENS + 1

@@ -170,6 +170,6 @@ def test_span_stub_lists_ids_in_transcript_order_with_tool_origin() -> None:
     table = PageTable("t", "s", "p")
     output = to_wire(plan(request, 0, table).messages)
     stub = content_text(output[0]).split("\n")
-    assert span_ids(output[0]) == table.order[:4]
+    assert span_ids(output[0], table.order) == table.order[:4]
     assert stub[3] == f"{table.order[2]} grep(TODO)"
     assert stub[0].startswith("[clawvm: 4 earlier messages paged out")
