@@ -47,3 +47,16 @@ def make_reprs(text: str, tool_calls: tuple[ToolCall, ...] = ()) -> Reprs:
         structured=Representation(structured, 2),
         pointer=Representation(pointer, 1),
     )
+
+
+def order_desk_conversation(system: str) -> list[dict]:
+    """A chat transcript in OpenAI wire form: `system`, an order question, one `get_order` tool
+    call and its (long) result, and a follow-up question."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_order", "arguments": '{"id":"W123"}'}}
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Where is my order #W123?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"order_id":"#W123","status":"shipped"}' * 20},
+        {"role": "user", "content": "Thanks. And what was the status again?"},
+    ]

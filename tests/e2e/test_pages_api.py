@@ -13,6 +13,7 @@ from gateway.store import RedisStore, session_scope
 from gateway.tables import page_ids
 from policies.pages import Page
 from policies.pagetable import make_page_id, tenant_tag
+from tests.factories import order_desk_conversation
 
 CONFIG = "tenants:\n  acme:\n    api_keys: [sk-acme]\n  globex:\n    api_keys: [sk-globex]\n"
 SESSION = "pages-api-1"
@@ -20,19 +21,7 @@ LEVELS = ("full", "compressed", "structured", "pointer")
 
 
 def conversation() -> list[dict]:
-    return [
-        {"role": "system", "content": "You are a support agent for the order desk."},
-        {"role": "user", "content": "Where is my order #W123?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_order", "arguments": '{"id":"W123"}'}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"order_id":"#W123","status":"shipped"}' * 20},
-        {"role": "user", "content": "Thanks. And what was the status again?"},
-    ]
+    return order_desk_conversation("You are a support agent for the order desk.")
 
 
 def auth(key: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from gateway.app import create_app
 from gateway.audit import AuditLog
 from gateway.settings import Overrides, load_settings
 from gateway.store import Keys, RedisStore, project_scope, session_scope
+from tests.factories import order_desk_conversation
 
 CONFIG = "tenants:\n  acme:\n    api_keys: [sk-acme]\n  globex:\n    api_keys: [sk-globex]\n"
 _ids = itertools.count()
@@ -49,19 +50,7 @@ def auth(key: str | None) -> dict[str, str]:
 
 
 def conversation() -> list[dict]:
-    return [
-        {"role": "system", "content": "You are the order desk agent. Never cancel an order without asking first."},
-        {"role": "user", "content": "Where is my order #W123?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_order", "arguments": '{"id":"W123"}'}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"order_id":"#W123","status":"shipped"}' * 20},
-        {"role": "user", "content": "Thanks. And what was the status again?"},
-    ]
+    return order_desk_conversation("You are the order desk agent. Never cancel an order without asking first.")
 
 
 def new_session(served: Served, key: str = "sk-acme", project: str = "proj-audit") -> str:

@@ -4,11 +4,10 @@ dies in the middle of a commit."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -25,23 +24,9 @@ from policies.writeback import Context, Memory, Op, Outcome, Reason, Update, app
 
 pytestmark = pytest.mark.anyio
 
-_ids = itertools.count()
 NO_RETRY = Retry(NoBackoff(), 0)
 S1 = session_scope("wb-1")
 PLAN_PAGE = "p:fff000000001"
-
-
-@pytest.fixture
-def tenant() -> str:
-    """A tenant of its own for each test: the Redis server is shared by the test session."""
-    return f"wb{next(_ids)}"
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    store = RedisStore.from_url(redis_url)
-    yield store
-    await store.aclose()
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 from collections.abc import AsyncIterator
 
@@ -29,21 +28,6 @@ from gateway.store import (
 from tests.factories import make_page
 
 pytestmark = pytest.mark.anyio
-
-_ids = itertools.count()
-
-
-@pytest.fixture
-def tenant() -> str:
-    """A tenant of its own for each test: the Redis server is shared by the test session."""
-    return f"t{next(_ids)}"
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    store = RedisStore.from_url(redis_url)
-    yield store
-    await store.aclose()
 
 
 @pytest.fixture
