@@ -34,6 +34,7 @@ QUERY_HITS = 12  # matching lines kept per page for a query
 QUERY_LINE_CHARS = 400
 DEFAULT_ROUNDS = 3
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
+MIN_ANSWER_TOKENS = 48  # below this, a cut answer would hold nothing but its note
 
 
 def tool_schema(name: str) -> dict[str, Any]:
@@ -215,6 +216,9 @@ def _capped(text: str, counter: TokenCounter, cap: int, pages: tuple[str, ...]) 
     tokens = counter.count(text)
     if tokens <= cap:
         return Recalled("ok", text, tokens, pages)
+    if cap < MIN_ANSWER_TOKENS:
+        note = "[no room left under the budget for this recall: ask for fewer pages, or one page with a query]"
+        return Recalled("ok", note, counter.count(note), ())
     keep = len(text) * cap // max(tokens, 1)
     while True:
         cut = text[:keep] + f'\n[… cut to fit the budget: {tokens} tokens in all; ask for level "compressed"]'
@@ -285,7 +289,7 @@ async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[Up
             _finish(data, message, ours, mixed=bool(theirs))
             break
         room -= framing(message, ours, paging.counter)
-        answers = [await resolve(paging, c, cap_for(room, ours, paging)) for c in ours]
+        answers = await resolve_all(paging, ours, room)
         room -= sum(a.tokens for a in answers)
         body["messages"] = [
             *body["messages"],
@@ -316,8 +320,14 @@ def framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: To
     return assistant + len(ours) * framed(counter.count("[recall: backend_error]\n"))
 
 
-def cap_for(room: int, ours: Sequence[dict[str, Any]], paging: Paging) -> int:
-    return max(0, min(paging.per_call_cap, room // max(len(ours), 1)))
+async def resolve_all(paging: Paging, calls: Sequence[dict[str, Any]], room: int) -> list[Recalled]:
+    """Answer a round's recall calls in order, each within what the earlier ones left of the room
+    (first come, first served: one useful answer beats several empty ones)."""
+    answers = []
+    for call in calls:
+        answers.append(await resolve(paging, call, max(0, min(paging.per_call_cap, room))))
+        room -= answers[-1].tokens
+    return answers
 
 
 def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[str, Any]], *, mixed: bool) -> None:

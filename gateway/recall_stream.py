@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.errors import UpstreamError
-from gateway.recall import Paging, Send, add_usage, cap_for, framing, resolve, tool_message
+from gateway.recall import Paging, Send, add_usage, framing, resolve_all, tool_message
 from gateway.sse import DONE, encode_data, error_event, event_data, iter_events
 from gateway.upstream import UpstreamResponse
 
@@ -46,7 +46,7 @@ async def relay(first: UpstreamResponse, send: Send, body: dict[str, Any], pagin
                 break
             calls = [state.ours[i] for i in sorted(state.ours)]
             room -= framing({"content": "".join(state.content)}, calls, paging.counter)
-            answers = [await resolve(paging, c, cap_for(room, calls, paging)) for c in calls]
+            answers = await resolve_all(paging, calls, room)
             room -= sum(a.tokens for a in answers)
             body["messages"] = [
                 *body["messages"],

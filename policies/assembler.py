@@ -24,6 +24,7 @@ from policies.layout import (
     collapsible,
     message_cost,
     pinned_hard,
+    plan_floor,
     total_cost,
 )
 from policies.pages import Fidelity, PageType, Pin
@@ -55,8 +56,8 @@ def floor_of(layout: Layout, position: int) -> Fidelity:
     page = layout.pages[layout.order[position]]
     if position >= layout.newest:
         return Fidelity.FULL
-    if page.type is PageType.PLAN and not pinned_hard(layout, page):
-        return Fidelity.POINTER
+    if page.type is PageType.PLAN:
+        return plan_floor(page) if pinned_hard(layout, page) else Fidelity.POINTER
     return page.floor
 
 

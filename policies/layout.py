@@ -26,6 +26,7 @@ SPAN_LISTED = 32  # a span stub lists its newest pages one by one, at most this 
 RANGE_LINE_TOKENS = 64  # upper bound of the line naming the older ones as a range (checked by tests)
 RETAINED_HEADER_TOKENS = 40  # upper bound of the retained-state message's fixed text
 LINE_TOKENS = 1  # the newline between listed entries
+PLAN_WHOLE_TOKENS = 600  # a current plan this small is kept whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +139,17 @@ def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:
 
 def retained_level(page: Page) -> Fidelity:
     """The level a page takes in the retained-state block: a rule or preference whole (it is one
-    sentence: a pointer to it would not state it), anything else (a plan, a system prompt) at its floor."""
-    return Fidelity.FULL if page.extracted else page.floor
+    sentence: a pointer to it would not state it), a plan as `plan_floor` says, anything else (a
+    system prompt) at its floor."""
+    if page.extracted:
+        return Fidelity.FULL
+    return plan_floor(page) if page.type is PageType.PLAN else page.floor
+
+
+def plan_floor(page: Page) -> Fidelity:
+    """The current plan's floor: whole while it is small (the steps as the agent wrote them, not a
+    digest of them), else the configured floor."""
+    return Fidelity.FULL if page.tokens(Fidelity.FULL) <= PLAN_WHOLE_TOKENS else page.floor
 
 
 def newest_turn(order: Sequence[str], pages: Mapping[str, Page]) -> int:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.chat import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
+from policies.layout import PLAN_WHOLE_TOKENS
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable
 from policies.tenant import Budget, TenantPolicy
@@ -41,8 +42,9 @@ def plan(request: Sequence[Wire], budget: TokenBudget, table: PageTable | None =
 
 
 def expected_floors(table: PageTable, levels: dict[str, Fidelity], newest: int) -> dict[str, Fidelity]:
-    """The design's floors: the newest turn at full, the current plan and other hard pins at
-    their floor (structured), an older plan at pointer, everything else at its type's floor."""
+    """The design's floors: the newest turn at full, the current plan whole while small (else at
+    its floor), other hard pins at their floor (structured), an older plan at pointer, everything
+    else at its type's floor."""
     plans = [p for p in table.order if table.pages[p].type is PageType.PLAN]
     floors = {}
     for position, page_id in enumerate(table.order):
@@ -51,6 +53,8 @@ def expected_floors(table: PageTable, levels: dict[str, Fidelity], newest: int) 
             floors[page_id] = Fidelity.FULL
         elif page.type is PageType.PLAN and page_id != plans[-1]:
             floors[page_id] = Fidelity.POINTER
+        elif page.type is PageType.PLAN:
+            floors[page_id] = Fidelity.FULL if page.tokens(Fidelity.FULL) <= PLAN_WHOLE_TOKENS else page.floor
         else:
             floors[page_id] = page.floor
     return floors

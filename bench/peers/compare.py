@@ -1,0 +1,579 @@
+"""Peers side by side on the real traces: the same requests, fake upstream and budget, one run.
+
+The harness plays the agent: for each trace it sends the requests the agent sent (`Trace.turns()`,
+the first `turns` of each trace), and every request goes, byte for byte the same, to each peer
+in turn: direct (the fake upstream itself), a plain passthrough (`bench.peers.passthrough`),
+LiteLLM proxy trimming to the budget, Headroom's proxy, and the ClawVM gateway. The fake upstream
+(in this process) answers with the trace's real next assistant message (`bench.peers.model`) and
+records what the model saw. Budget-bound peers are started once per budget.
+
+Per peer and budget, from what the model saw:
+
+- errors: the agent got no 200 answer, or the model was never called;
+- invalid: a request the model received that an OpenAI-compatible upstream would reject
+  (`request_errors`: message shape and `bench.checks.pairing_errors`);
+- over budget: the model's first prompt (messages and tools, tiktoken) exceeds the budget;
+  for the gateway, those it declared physically insufficient are counted apart;
+- faults: requests missing a system or user rule or a preference (`missing_state`), missing the
+  current plan (the latest plan-carrying message, whitespace aside), and needed identifiers
+  (evidence the real next answer uses that an earlier message holds) that the model did not see
+  and could not get back through a working recall;
+- tokens forwarded (the first prompt of each request) against sending everything (direct);
+- prefix reuse: per request after a trace's first, the tokens of the prompt's leading part that
+  equals the previous prompt's (tools, then whole messages) over the prompt's tokens: what a
+  provider prompt cache can reuse;
+- added latency: per request, the peer's end-to-end time minus direct's for the same request
+  (sent just before it); median and p99. "like-for-like" keeps the requests the model answered
+  in one call (a recall round trip is a second model call, not proxy work). A peer that forwards
+  less also gives the (fake) upstream less to parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.checks import pairing_errors
+from bench.fake_upstream import FakeUpstream, serve
+from bench.latency import HEADERS, REQUEST_TIMEOUT_S, encode, request_body
+from bench.lifecycle_replay import missing_state
+from bench.peers import install
+from bench.peers.model import OK, Expected, TraceModel, answers_recall, expected_for, missing, visible
+from bench.peers.servers import Upstream, available, start_peer
+from bench.policy_time import percentile
+from bench.traces import Trace, load_traces, traces_dir
+from gateway.chat import parse_messages
+from gateway.tokens import Tokenizers, count_tools, message_tokens, prepare_offline
+from policies.classify import is_plan
+from policies.tokens import TokenCounter
+
+PEERS = ("direct", "passthrough", "litellm", "headroom", "clawvm")
+BUDGETS = (4000, 16000)
+TURNS = 40  # requests replayed per trace (its first ones)
+WARMUP = 5
+OURS = "clawvm"
+MEDIAN_BAR_US = 1000.0  # ours over direct
+LITELLM_SHARE_BAR = 0.25  # ours at most this share of LiteLLM's added median
+EXAMPLES = 4
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+MODEL = "gpt-4o"
+
+Json = dict[str, Any]
+
+
+# ---------------------------------------------------------------- what one request did
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    trace: str
+    number: int
+    body: bytes  # what the agent sends, the same to every peer
+    messages: list[Json]
+    tools: list[Json]
+    expected: Expected
+    plan: str  # the current plan, whitespace-normalised ("" when there is none)
+    everything: int  # tokens of the agent's request: messages and tools
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    status: int
+    elapsed_ns: int
+    prompts: tuple[Json, ...]  # the request bodies the model received, recall round trips included
+    headers: dict[str, str]  # the peer's x-clawvm-* answer headers
+
+
+def request_errors(body: Json) -> list[str]:
+    """What an OpenAI-compatible upstream would reject about a chat request's messages."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ["messages: missing or empty"]
+    errors = [e for n, m in enumerate(messages) for e in message_errors(n, m)]
+    return errors or pairing_errors(messages)
+
+
+def message_errors(index: int, message: object) -> list[str]:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        return [f"messages[{index}]: not a message with a known role"]
+    content, role = message.get("content"), message["role"]
+    if content is not None and not isinstance(content, (str, list)):
+        return [f"messages[{index}]: content is neither text nor parts"]
+    if content is None and not (role == "assistant" and message.get("tool_calls")):
+        return [f"messages[{index}]: {role} message without content"]
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        return [f"messages[{index}]: tool message without tool_call_id"]
+    return []
+
+
+def plan_text(messages: Sequence[Json]) -> str:
+    """The current plan: the latest plan-carrying message's text (or plan call's arguments)."""
+    parsed = parse_messages(list(messages))
+    for message in reversed(parsed):
+        if message.role not in ("system", "developer", "user") and is_plan(message):
+            text = message.text or " ".join(c.arguments for c in message.tool_calls)
+            return " ".join(text.split())
+    return ""
+
+
+def prompt_tokens(counter: TokenCounter, body: Json) -> int:
+    messages = body.get("messages") or []
+    return sum(message_tokens(counter, m) for m in messages) + count_tools(counter, body.get("tools"))
+
+
+def reused_tokens(counter: TokenCounter, previous: Json | None, current: Json) -> int:
+    """Tokens of `current`'s leading part equal to `previous`'s: tools, then whole messages."""
+    if previous is None or previous.get("tools") != current.get("tools"):
+        return 0
+    total = count_tools(counter, current.get("tools"))
+    for before, now in zip(previous.get("messages") or [], current.get("messages") or [], strict=False):
+        if before != now:
+            break
+        total += message_tokens(counter, now)
+    return total
+
+
+def recovered(gaps: dict[str, str], prompts: Sequence[Json]) -> set[str]:
+    """Identifiers among `gaps` that the results of the model's recall calls brought back."""
+    follow_ups = [p.get("messages") or [] for p in prompts[1:] if answers_recall(p.get("messages") or [])]
+    if not follow_ups:
+        return set()
+    results = visible([m for m in follow_ups[-1] if m.get("role") == "tool"])
+    return {ident for ident in gaps if ident in results}
+
+
+# ---------------------------------------------------------------- per peer and budget
+
+
+@dataclass(slots=True)
+class Tally:
+    requests: int = 0
+    errors: int = 0
+    invalid: int = 0
+    over_budget: int = 0
+    declared_insufficient: int = 0
+    rule_faults: int = 0
+    plan_faults: int = 0
+    evidence_needed: int = 0
+    evidence_faults: int = 0
+    recalled: int = 0
+    recall_round_trips: int = 0
+    forwarded: int = 0
+    everything: int = 0
+    reuse: list[float] = field(default_factory=list)
+    added_ns: list[int] = field(default_factory=list)
+    single_added_ns: list[int] = field(default_factory=list)
+    overhead_us: list[int] = field(default_factory=list)
+    policy_us: list[int] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+    previous: Json | None = None  # the last first-prompt of the current trace
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(text)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerFigures:
+    peer: str
+    budget: int
+    requests: int
+    errors: int
+    invalid: int
+    over_budget: int
+    declared_insufficient: int
+    rule_faults: int
+    plan_faults: int
+    evidence_needed: int
+    evidence_faults: int
+    recalled: int
+    recall_round_trips: int
+    tokens_forwarded: int
+    tokens_everything: int
+    prefix_reuse: float  # mean share over requests after each trace's first
+    added_median_us: float
+    added_p99_us: float
+    like_for_like_median_us: float  # requests answered in one model call
+    like_for_like_p99_us: float
+    overhead_header_median_us: float | None  # x-clawvm-overhead-us (the gateway only)
+    policy_header_median_us: float | None  # x-clawvm-policy-us
+    examples: tuple[str, ...]
+
+    @property
+    def faults(self) -> int:
+        return self.rule_faults + self.plan_faults + self.evidence_faults
+
+
+@dataclass(frozen=True, slots=True)
+class CompareResult:
+    traces: tuple[str, ...]
+    turns_per_trace: int
+    budgets: tuple[int, ...]
+    peers: tuple[str, ...]
+    rows: tuple[PeerFigures, ...]
+    skipped: dict[str, str]  # peer -> why it did not run
+
+    def row(self, peer: str, budget: int) -> PeerFigures | None:
+        return next((r for r in self.rows if r.peer == peer and r.budget == budget), None)
+
+    def to_json(self) -> Json:
+        data = dataclasses.asdict(self)
+        for row, figures in zip(data["rows"], self.rows, strict=True):
+            row["faults"] = figures.faults
+        data["bars"] = {str(b): bars(self, b) for b in self.budgets}
+        return data
+
+
+def _median_us(values_ns: Sequence[int]) -> float:
+    return round(statistics.median(values_ns) / 1000, 1) if values_ns else 0.0
+
+
+def _p99_us(values_ns: Sequence[int]) -> float:
+    return round(percentile(sorted(values_ns), 0.99) / 1000, 1) if values_ns else 0.0
+
+
+def _header_median(values: Sequence[int]) -> float | None:
+    return round(float(statistics.median(values)), 1) if values else None
+
+
+def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
+    return PeerFigures(
+        peer=peer,
+        budget=budget,
+        requests=tally.requests,
+        errors=tally.errors,
+        invalid=tally.invalid,
+        over_budget=tally.over_budget,
+        declared_insufficient=tally.declared_insufficient,
+        rule_faults=tally.rule_faults,
+        plan_faults=tally.plan_faults,
+        evidence_needed=tally.evidence_needed,
+        evidence_faults=tally.evidence_faults,
+        recalled=tally.recalled,
+        recall_round_trips=tally.recall_round_trips,
+        tokens_forwarded=tally.forwarded,
+        tokens_everything=tally.everything,
+        prefix_reuse=round(statistics.fmean(tally.reuse), 4) if tally.reuse else 0.0,
+        added_median_us=_median_us(tally.added_ns),
+        added_p99_us=_p99_us(tally.added_ns),
+        like_for_like_median_us=_median_us(tally.single_added_ns),
+        like_for_like_p99_us=_p99_us(tally.single_added_ns),
+        overhead_header_median_us=_header_median(tally.overhead_us),
+        policy_header_median_us=_header_median(tally.policy_us),
+        examples=tuple(tally.examples),
+    )
+
+
+# ---------------------------------------------------------------- judging one exchange
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    counter: TokenCounter
+    budget: int
+
+    def record(self, tally: Tally, turn: Turn, exchange: Exchange, direct_ns: int | None) -> None:
+        tally.requests += 1
+        if exchange.status != 200 or not exchange.prompts:
+            tally.errors += 1
+            tally.note(f"{turn.trace}#{turn.number}: status {exchange.status}, {len(exchange.prompts)} model calls")
+            return
+        self._latency(tally, exchange, direct_ns)
+        self._validity(tally, turn, exchange)
+        self._size(tally, turn, exchange)
+        self._faults(tally, turn, exchange)
+
+    def _latency(self, tally: Tally, exchange: Exchange, direct_ns: int | None) -> None:
+        if direct_ns is not None:
+            tally.added_ns.append(exchange.elapsed_ns - direct_ns)
+            if len(exchange.prompts) == 1:
+                tally.single_added_ns.append(exchange.elapsed_ns - direct_ns)
+        for name, values in (("x-clawvm-overhead-us", tally.overhead_us), ("x-clawvm-policy-us", tally.policy_us)):
+            if exchange.headers.get(name, "").isdigit():
+                values.append(int(exchange.headers[name]))
+
+    def _validity(self, tally: Tally, turn: Turn, exchange: Exchange) -> None:
+        problems = [e for prompt in exchange.prompts for e in request_errors(prompt)]
+        if problems:
+            tally.invalid += 1
+            tally.note(f"{turn.trace}#{turn.number}: invalid: {problems[0]}")
+
+    def _size(self, tally: Tally, turn: Turn, exchange: Exchange) -> None:
+        first = exchange.prompts[0]
+        tokens = prompt_tokens(self.counter, first)
+        tally.forwarded += tokens
+        tally.everything += turn.everything
+        if tokens > self.budget:
+            tally.over_budget += 1
+            tally.declared_insufficient += 1 if "x-clawvm-insufficient" in exchange.headers else 0
+        if turn.number > 0 and tokens:
+            tally.reuse.append(reused_tokens(self.counter, tally.previous, first) / tokens)
+        tally.previous = first
+
+    def _faults(self, tally: Tally, turn: Turn, exchange: Exchange) -> None:
+        seen = exchange.prompts[0].get("messages") or []
+        lost = missing_state(turn.messages, seen)
+        if lost:
+            tally.rule_faults += 1
+            tally.note(f"{turn.trace}#{turn.number}: rule or preference missing: {lost[0][:80]}")
+        if turn.plan and turn.plan not in " ".join(visible(seen).split()):
+            tally.plan_faults += 1
+            tally.note(f"{turn.trace}#{turn.number}: plan missing: {turn.plan[:60]}")
+        self._evidence(tally, turn, exchange, seen)
+
+    def _evidence(self, tally: Tally, turn: Turn, exchange: Exchange, seen: list[Json]) -> None:
+        gaps = missing(turn.expected.needs, seen)
+        back = recovered(gaps, exchange.prompts)
+        tally.evidence_needed += len(turn.expected.needs)
+        tally.recalled += len(back)
+        tally.recall_round_trips += len(exchange.prompts) - 1
+        lost = [ident for ident in gaps if ident not in back]
+        tally.evidence_faults += len(lost)
+        if lost:
+            tally.note(f"{turn.trace}#{turn.number}: evidence not seen nor recalled: {', '.join(lost[:3])}")
+
+
+# ---------------------------------------------------------------- running
+
+
+def prepare_turns(trace: Trace, limit: int, counter: TokenCounter) -> Iterator[Turn]:
+    """The first `limit` requests of `trace`, each with what the model should answer."""
+    for number, messages in enumerate(trace.turns()):
+        if number >= limit:
+            return
+        body = request_body(messages, trace.tools, False, f"peers-{trace.name}")
+        expected = expected_for(messages, trace.messages[len(messages)])
+        everything = prompt_tokens(counter, body)
+        yield Turn(trace.name, number, encode(body), messages, trace.tools, expected, plan_text(messages), everything)
+
+
+@dataclass(slots=True)
+class Harness:
+    client: httpx.Client
+    fake: FakeUpstream
+    model: TraceModel
+
+    def send(self, api_base: str, body: bytes, expected: Expected) -> Exchange:
+        self.model.expect(expected)
+        self.fake.requests.clear()
+        started = time.perf_counter_ns()
+        response = self.client.post(api_base + "/chat/completions", content=body, headers=HEADERS)
+        elapsed = time.perf_counter_ns() - started
+        prompts = tuple(r.body for r in self.fake.requests if r.path.endswith("/chat/completions") and r.body)
+        self.fake.requests.clear()
+        headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-clawvm-")}
+        return Exchange(response.status_code, elapsed, prompts, headers)
+
+
+def warmup_body(number: int) -> bytes:
+    return encode(request_body([{"role": "user", "content": f"warm-up request {number}"}], [], False, "peers-warmup"))
+
+
+def run_budget(
+    harness: Harness, bases: dict[str, str], turns: Sequence[Turn], judge: Judge, warmup: int
+) -> dict[str, Tally]:
+    """Every turn to direct first, then to each other peer; warm-up requests first, not counted."""
+    for number in range(warmup):
+        body = warmup_body(number)  # each different: no peer may answer one from a cache
+        for base in bases.values():
+            harness.send(base, body, OK)
+    tallies = {name: Tally() for name in bases}
+    for turn in turns:
+        if turn.number == 0:
+            for tally in tallies.values():
+                tally.previous = None
+        direct = harness.send(bases["direct"], turn.body, turn.expected)
+        judge.record(tallies["direct"], turn, direct, direct.elapsed_ns)
+        for name, base in bases.items():
+            if name != "direct":
+                judge.record(tallies[name], turn, harness.send(base, turn.body, turn.expected), direct.elapsed_ns)
+    return tallies
+
+
+def run_compare(
+    traces: Sequence[Trace],
+    budgets: Sequence[int] = BUDGETS,
+    peers: Sequence[str] = PEERS,
+    *,
+    turns: int = TURNS,
+    warmup: int = WARMUP,
+    root: Path = install.ROOT,
+) -> CompareResult:
+    """Replay the first `turns` requests of every trace through every peer at every budget."""
+    names = ("direct", *(p for p in dict.fromkeys(peers) if p != "direct"))
+    skipped = {p: f"not installed (python -m bench.peers.install {p})" for p in names if not available(p, root)}
+    running = tuple(p for p in names if p not in skipped)
+    counter = _counter()
+    prepared = [t for trace in traces for t in prepare_turns(trace, turns, counter)]
+    model = TraceModel()
+    fake = FakeUpstream(model)
+    rows: list[PeerFigures] = []
+    with serve(fake.app) as api_base, _client() as client, tempfile.TemporaryDirectory(prefix="clawvm-peers-") as tmp:
+        harness = Harness(client, fake, model)
+        for budget in budgets:
+            with ExitStack() as stack:
+                directory = Path(tmp) / str(budget)
+                bases = {p: start_peer(p, stack, directory, Upstream(api_base), budget, root) for p in running}
+                tallies = run_budget(harness, bases, prepared, Judge(counter, budget), warmup)
+            rows += [figures(name, budget, tallies[name]) for name in running]
+    names_run = tuple(t.name for t in traces)
+    return CompareResult(names_run, turns, tuple(budgets), running, tuple(rows), skipped)
+
+
+def _counter() -> TokenCounter:
+    """tiktoken reads its files from the directory `TIKTOKEN_CACHE_DIR` names in this process's
+    environment, hence the write (as `python -m bench` does)."""
+    prepare_offline(os.environ)
+    return Tokenizers.from_env(os.environ).for_model(MODEL)
+
+
+def _client() -> httpx.Client:
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    return httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_S * 4, limits=limits)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def bars(result: CompareResult, budget: int) -> Json:
+    """The latency bars for our gateway at `budget`, judged like for like (one model call)."""
+    ours, litellm = result.row(OURS, budget), result.row("litellm", budget)
+    if ours is None:
+        return {}
+    judged: Json = {"median_over_direct_us": ours.like_for_like_median_us, "median_bar_us": MEDIAN_BAR_US}
+    judged["median_bar_met"] = ours.like_for_like_median_us <= MEDIAN_BAR_US
+    if litellm is not None:
+        limit = round(litellm.like_for_like_median_us * LITELLM_SHARE_BAR, 1)
+        judged["litellm_bar_us"] = limit
+        judged["litellm_bar_met"] = ours.like_for_like_median_us <= limit
+    return judged
+
+
+def format_compare(result: CompareResult) -> list[str]:
+    lines = [
+        "peers side by side: the same requests, fake upstream (real next answers) and budget",
+        f"  traces: {len(result.traces)}, first {result.turns_per_trace} requests of each; peers: "
+        + ", ".join(result.peers),
+    ]
+    lines += [f"  {peer}: skipped, {why}" for peer, why in result.skipped.items()]
+    for budget in result.budgets:
+        lines += _budget_lines(result, budget)
+    return lines
+
+
+def _budget_lines(result: CompareResult, budget: int) -> list[str]:
+    rows = [r for r in result.rows if r.budget == budget]
+    head = f"  {'peer':<12}{'reqs':>5}{'err':>5}{'inval':>6}{'over':>6}{'rules':>6}{'plan':>5}{'evid':>6}"
+    head += f"{'recall':>7}{'tokens':>11}{'of all':>7}{'reuse':>7}{'added med':>11}{'p99':>10}{'1-call med':>11}"
+    lines = [f"budget {budget}:", head]
+    lines += [_row_line(r) for r in rows]
+    lines += _ratio_lines(result, budget)
+    lines += _bar_lines(result, budget)
+    for row in rows:
+        lines += [f"    {row.peer}: {example}" for example in row.examples]
+    return lines
+
+
+def _row_line(r: PeerFigures) -> str:
+    share = r.tokens_forwarded / r.tokens_everything if r.tokens_everything else 0.0
+    over = f"{r.over_budget}" + (f"({r.declared_insufficient}d)" if r.declared_insufficient else "")
+    return (
+        f"  {r.peer:<12}{r.requests:>5}{r.errors:>5}{r.invalid:>6}{over:>6}{r.rule_faults:>6}{r.plan_faults:>5}"
+        f"{r.evidence_faults:>6}{r.recalled:>7}{r.tokens_forwarded:>11}{share:>7.1%}{r.prefix_reuse:>7.1%}"
+        f"{r.added_median_us:>9.0f}µs{r.added_p99_us:>8.0f}µs{r.like_for_like_median_us:>9.0f}µs"
+    )
+
+
+def _ratio_lines(result: CompareResult, budget: int) -> list[str]:
+    ours = result.row(OURS, budget)
+    if ours is None:
+        return []
+    lines = [f"  {OURS} against each (ours / theirs):"]
+    for other in (r for r in result.rows if r.budget == budget and r.peer != OURS):
+        tokens = _ratio(ours.tokens_forwarded, other.tokens_forwarded)
+        latency = _ratio(ours.like_for_like_median_us, other.like_for_like_median_us) if other.peer != "direct" else "—"
+        lines.append(
+            f"    vs {other.peer:<12} tokens {tokens}, added latency {latency}, "
+            f"faults {ours.faults} vs {other.faults}, invalid {ours.invalid} vs {other.invalid}, "
+            f"over budget {ours.over_budget} vs {other.over_budget}"
+        )
+    return lines
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs > 0 else "n/a"
+
+
+def _bar_lines(result: CompareResult, budget: int) -> list[str]:
+    judged = bars(result, budget)
+    if not judged:
+        return []
+    ours = result.row(OURS, budget)
+    assert ours is not None
+    lines = [
+        f"  bar: {OURS} adds {judged['median_over_direct_us']:.0f} µs median over direct (like for like), "
+        f"at most {MEDIAN_BAR_US:.0f} µs: {'met' if judged['median_bar_met'] else 'MISSED'}"
+    ]
+    if "litellm_bar_us" in judged:
+        lines.append(
+            f"  bar: at most a quarter of LiteLLM proxy's ({judged['litellm_bar_us']:.0f} µs): "
+            f"{'met' if judged['litellm_bar_met'] else 'MISSED'}"
+        )
+    if not judged["median_bar_met"] or not judged.get("litellm_bar_met", True):
+        lines.append("  why: " + _why(result, budget, ours))
+    return lines
+
+
+def _why(result: CompareResult, budget: int, ours: PeerFigures) -> str:
+    """What the added time is made of: the HTTP hop (the passthrough's added time) and the
+    gateway's own time as it reports it."""
+    parts = []
+    hop = result.row("passthrough", budget)
+    if hop is not None:
+        parts.append(f"an HTTP hop alone adds {hop.like_for_like_median_us:.0f} µs median (the passthrough)")
+    if ours.overhead_header_median_us is not None:
+        parts.append(f"the gateway reports {ours.overhead_header_median_us:.0f} µs median inside it")
+    if ours.policy_header_median_us is not None:
+        parts.append(f"of which {ours.policy_header_median_us:.0f} µs policy (ingest and assembly)")
+    return "; ".join(parts) or "no breakdown available"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bench.peers.compare`: print the comparison (and write it as JSON with --json)."""
+    parser = argparse.ArgumentParser(description="Peers side by side on the real traces.")
+    parser.add_argument(
+        "--traces", type=Path, default=None, help="trace directory (default: bench.traces, CLAWVM_TRACES)"
+    )
+    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--turns", type=int, default=TURNS, help="requests replayed per trace (its first ones)")
+    parser.add_argument("--warmup", type=int, default=WARMUP)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    directory = args.traces or traces_dir(os.environ)
+    traces = load_traces(directory)
+    if not traces:
+        print(f"bench.peers.compare: no traces in {directory}", file=sys.stderr)
+        return 2
+    result = run_compare(traces, args.budgets, args.peers, turns=args.turns, warmup=args.warmup)
+    print("\n".join(format_compare(result)), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The fake model behind every peer: it answers with the trace's real next assistant message.
+
+Before each request the harness tells the model what comes next (`Expected`): the real answer,
+and the evidence it needs, i.e. the identifiers of that answer (its text and its tool calls'
+arguments) which an earlier message of the transcript holds, each with the page id of the latest
+such message. When the prompt the model receives lacks some of that evidence and offers a recall
+tool, the model uses it once, the way a model that noticed the gap would, then answers:
+
+- `clawvm_recall` (the gateway's): one call per page holding missing identifiers, with the
+  identifier as the query when the page holds only one of them (else the whole page);
+- `headroom_retrieve` (Headroom's): one call per compression marker (`hash=...`) in the prompt.
+
+Everything the model does is cheap and decided from `Expected` (prepared outside any timed
+region) and the prompt it sees; what it saw is judged later (`bench.peers.compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.checks import message_text
+from bench.recall_replay import RECALL, TENANT
+from gateway.chat import parse_messages
+from policies.pagetable import content_digest, make_page_id, tenant_tag
+from policies.represent import identifiers
+
+Json = dict[str, Any]
+HEADROOM_RETRIEVE = "headroom_retrieve"
+CALL_PREFIX = "peers_recall_"
+MAX_IDENTIFIERS = 40
+MAX_HASHES = 8
+HASH_MARKER = re.compile(r"hash=([0-9A-Za-z_-]{4,})")
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    answer: Json  # the assistant message to answer with: content and tool_calls
+    needs: dict[str, str] = field(default_factory=dict)  # identifier -> page id of the message holding it
+
+
+OK = Expected({"content": "ok"})
+
+
+def expected_for(transcript: Sequence[Json], following: Json) -> Expected:
+    """What the model should answer after `transcript`: `following`, the trace's real next message."""
+    answer: Json = {"content": message_text(following) or None}
+    if following.get("tool_calls"):
+        answer["tool_calls"] = following["tool_calls"]
+    used = identifiers(visible([following]), MAX_IDENTIFIERS)  # its text and its calls' arguments
+    return Expected(answer, holders(transcript, used))
+
+
+def holders(transcript: Sequence[Json], wanted: Sequence[str]) -> dict[str, str]:
+    """For each identifier an earlier message's text holds, the page id of the latest such message
+    (content-addressed: the id the gateway gives that message's page for the default tenant)."""
+    parsed = list(reversed(parse_messages(list(transcript))))
+    tag = tenant_tag(TENANT)
+    found: dict[str, str] = {}
+    for ident in wanted:
+        holder = next((m for m in parsed if ident in m.text), None)
+        if holder is not None:
+            found[ident] = make_page_id(tag, content_digest(holder))
+    return found
+
+
+def visible(messages: Sequence[Json]) -> str:
+    """Everything of a prompt the model can read: texts and tool-call arguments."""
+    parts = [message_text(m) for m in messages]
+    parts += [str(c.get("function", {}).get("arguments") or "") for m in messages for c in m.get("tool_calls") or []]
+    return "\n".join(parts)
+
+
+def missing(needs: dict[str, str], messages: Sequence[Json]) -> dict[str, str]:
+    seen = visible(messages)
+    return {ident: page for ident, page in needs.items() if ident not in seen}
+
+
+def offered(body: Json) -> set[str]:
+    names = {str((t.get("function") or {}).get("name")) for t in body.get("tools") or [] if isinstance(t, dict)}
+    return names & {RECALL, HEADROOM_RETRIEVE}
+
+
+def answers_recall(messages: Sequence[Json]) -> bool:
+    """The prompt ends with the results of the recall calls this model made."""
+    last = messages[-1] if messages else {}
+    return last.get("role") == "tool" and str(last.get("tool_call_id", "")).startswith(CALL_PREFIX)
+
+
+def recall_calls(tool: str, gaps: dict[str, str], messages: Sequence[Json]) -> list[Json]:
+    if tool == RECALL:
+        return [_call(n, RECALL, arguments) for n, arguments in enumerate(page_requests(gaps))]
+    hashes = list(dict.fromkeys(HASH_MARKER.findall(visible(messages))))[:MAX_HASHES]
+    return [_call(n, HEADROOM_RETRIEVE, {"hash": value}) for n, value in enumerate(hashes)]
+
+
+def page_requests(gaps: dict[str, str]) -> list[Json]:
+    """One recall per page, in first-gap order: the identifier as query when it is the page's only one."""
+    by_page: dict[str, list[str]] = {}
+    for ident, page in gaps.items():
+        by_page.setdefault(page, []).append(ident)
+    return [
+        {"page_ids": [page], **({"query": idents[0]} if len(idents) == 1 else {})} for page, idents in by_page.items()
+    ]
+
+
+def _call(number: int, name: str, arguments: Json) -> Json:
+    function = {"name": name, "arguments": json.dumps(arguments, sort_keys=True)}
+    return {"id": f"{CALL_PREFIX}{number}", "type": "function", "function": function}
+
+
+class TraceModel:
+    """The responder of `bench.fake_upstream.FakeUpstream`; `expect` before each agent request."""
+
+    def __init__(self) -> None:
+        self.expected = OK
+
+    def expect(self, expected: Expected) -> None:
+        self.expected = expected
+
+    def __call__(self, body: Json) -> Json:
+        messages = body.get("messages") or []
+        tools = sorted(offered(body))
+        if answers_recall(messages) or not tools:
+            return self.expected.answer
+        gaps = missing(self.expected.needs, messages)
+        calls = recall_calls(tools[0], gaps, messages) if gaps else []
+        return {"content": None, "tool_calls": calls} if calls else self.expected.answer

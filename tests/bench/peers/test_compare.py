@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.peers.compare import (
+    Exchange,
+    Judge,
+    Tally,
+    _counter,
+    bars,
+    figures,
+    format_compare,
+    plan_text,
+    prepare_turns,
+    recovered,
+    request_errors,
+    reused_tokens,
+    run_compare,
+)
+from bench.peers.model import CALL_PREFIX
+from bench.traces import Trace, load_traces, traces_dir
+from policies.tokens import TokenCounter
+
+SYSTEM = "You are a careful support agent. Always confirm the order id before any change. Never reveal internal notes."
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def call(n: int) -> dict[str, Any]:
+    return {"id": f"call_{n}", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"n": n})}}
+
+
+def synthetic_trace(name: str = "synthetic", steps: int = 5) -> Trace:
+    """A support session: rules, a preference, then lookups with long results, each naming an order."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "I prefer short answers. Please check my orders."},
+    ]
+    for n in range(steps):
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call(n)]})
+        rows = "\n".join(
+            f"row {n}-{k}: order #W{7000000 + 10 * n + k} status shipped amount {100 + k}.00" for k in range(60)
+        )
+        messages.append({"role": "tool", "tool_call_id": f"call_{n}", "content": rows})
+    messages.append({"role": "assistant", "content": f"Order #W{7000000 + 10 * (steps - 1)} has shipped."})
+    return Trace(name, messages, TOOLS)
+
+
+@pytest.fixture
+def counter(offline: None) -> TokenCounter:
+    return _counter()
+
+
+def test_request_errors_accept_a_valid_transcript() -> None:
+    assert request_errors({"messages": synthetic_trace().messages}) == []
+
+
+@pytest.mark.parametrize(
+    ("messages", "error"),
+    [
+        ([], "missing or empty"),
+        ([{"role": "robot", "content": "x"}], "known role"),
+        ([{"role": "user", "content": None}], "without content"),
+        ([{"role": "user", "content": 7}], "neither text nor parts"),
+        ([{"role": "tool", "content": "x"}], "without tool_call_id"),
+        (
+            [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "a", "content": "x"}],
+            "answers no waiting call",
+        ),
+        ([{"role": "assistant", "content": None, "tool_calls": [call(1)]}], "left unanswered"),
+    ],
+)
+def test_request_errors_find_what_an_upstream_rejects(messages: list[dict[str, Any]], error: str) -> None:
+    problems = request_errors({"messages": messages})
+    assert problems and error in problems[0]
+
+
+def test_reuse_counts_the_tools_and_the_equal_leading_messages(counter: TokenCounter) -> None:
+    first = {"messages": synthetic_trace().messages[:4], "tools": TOOLS}
+    grown = {"messages": synthetic_trace().messages[:6], "tools": TOOLS}
+    assert reused_tokens(counter, None, grown) == 0
+    full = reused_tokens(counter, grown, grown)
+    part = reused_tokens(counter, first, grown)
+    assert 0 < part < full
+    assert reused_tokens(counter, {"messages": first["messages"], "tools": []}, grown) == 0  # tools changed
+    rewritten = {"messages": [{"role": "system", "content": "other"}, *grown["messages"][1:]], "tools": TOOLS}
+    assert reused_tokens(counter, rewritten, grown) == reused_tokens(counter, {"messages": [], "tools": TOOLS}, grown)
+
+
+def test_the_current_plan_is_the_latest_plan_message() -> None:
+    plan = {"role": "assistant", "content": "Plan:\n1. look up the order\n2. confirm the id\n3.  change it"}
+    later = {"role": "assistant", "content": "Plan:\n1. refund"}
+    assert plan_text([{"role": "user", "content": "hi"}]) == ""
+    assert (
+        plan_text([{"role": "user", "content": "hi"}, plan])
+        == "Plan: 1. look up the order 2. confirm the id 3. change it"
+    )
+    assert plan_text([{"role": "user", "content": "hi"}, plan, later]) == "Plan: 1. refund"
+
+
+def test_recovered_reads_the_results_of_the_models_recall() -> None:
+    asked = {"role": "assistant", "content": None, "tool_calls": [{**call(9), "id": f"{CALL_PREFIX}0"}]}
+    answer = {"role": "tool", "tool_call_id": f"{CALL_PREFIX}0", "content": "[recall: ok]\norder #W7000001 shipped"}
+    prompts = ({"messages": []}, {"messages": [asked, answer]})
+    assert recovered({"#W7000001": "p:1", "#W7000002": "p:2"}, prompts) == {"#W7000001"}
+    assert recovered({"#W7000001": "p:1"}, prompts[:1]) == set()
+
+
+def judged(counter: TokenCounter, budget: int, prompts: tuple[dict[str, Any], ...], status: int = 200) -> Tally:
+    turn = list(prepare_turns(synthetic_trace(), 10, counter))[-1]
+    tally = Tally()
+    Judge(counter, budget).record(tally, turn, Exchange(status, 2_000_000, prompts, {}), 1_500_000)
+    return tally
+
+
+def test_sending_everything_is_faultless_but_over_a_small_budget(counter: TokenCounter) -> None:
+    turn = list(prepare_turns(synthetic_trace(), 10, counter))[-1]
+    tally = judged(counter, 500, ({"messages": turn.messages, "tools": TOOLS},))
+    assert (tally.requests, tally.errors, tally.invalid, tally.over_budget) == (1, 0, 0, 1)
+    assert (tally.rule_faults, tally.plan_faults, tally.evidence_faults) == (0, 0, 0)
+    assert tally.evidence_needed == 1  # the order id of the real answer, held by the last tool result
+    assert tally.forwarded == tally.everything == turn.everything
+    assert tally.added_ns == tally.single_added_ns == [500_000]
+
+
+def test_dropping_rules_and_evidence_are_faults(counter: TokenCounter) -> None:
+    turn = list(prepare_turns(synthetic_trace(), 10, counter))[-1]
+    tally = judged(counter, 500, ({"messages": turn.messages[-2:], "tools": TOOLS},))
+    assert tally.rule_faults == 1
+    assert tally.evidence_faults == 0  # the last tool result, which holds the id, was kept
+    orphan = judged(counter, 50_000, ({"messages": [turn.messages[1], turn.messages[-2]], "tools": TOOLS},))
+    assert orphan.invalid == 1 and orphan.rule_faults == 1 and orphan.evidence_faults == 1
+    assert orphan.over_budget == 0
+    assert orphan.examples
+
+
+def test_a_failed_request_is_an_error_and_nothing_else(counter: TokenCounter) -> None:
+    tally = judged(counter, 500, (), status=502)
+    assert (tally.requests, tally.errors, tally.forwarded, tally.added_ns) == (1, 1, 0, [])
+
+
+def test_figures_summarise_a_tally() -> None:
+    tally = Tally(requests=3, reuse=[0.5, 1.0], added_ns=[1_000, 3_000, 2_000], single_added_ns=[1_000])
+    row = figures("passthrough", 4000, tally)
+    assert (row.prefix_reuse, row.added_median_us, row.added_p99_us, row.like_for_like_median_us) == (
+        0.75,
+        2.0,
+        3.0,
+        1.0,
+    )
+    assert row.overhead_header_median_us is None
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    monkeypatch = pytest.MonkeyPatch()
+    from gateway.tokens import prepare_offline
+
+    env: dict[str, str] = {}
+    prepare_offline(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    traces = [synthetic_trace("support-a", 4), synthetic_trace("support-b", 6)]
+    try:
+        yield run_compare(
+            traces,
+            (1500,),
+            ("passthrough", "clawvm", "litellm"),
+            turns=5,
+            warmup=1,
+            root=tmp_path_factory.mktemp("no-peers"),
+        )
+    finally:
+        monkeypatch.undo()
+
+
+def test_compare_runs_direct_passthrough_and_the_gateway(compared: Any) -> None:
+    assert compared.peers == ("direct", "passthrough", "clawvm")
+    assert set(compared.skipped) == {"litellm"}
+    assert [(r.peer, r.budget, r.requests) for r in compared.rows] == [
+        ("direct", 1500, 10), ("passthrough", 1500, 10), ("clawvm", 1500, 10),
+    ]  # fmt: skip
+    for row in compared.rows:
+        assert row.errors == row.invalid == 0
+
+
+def test_direct_and_passthrough_forward_everything_the_gateway_keeps_to_budget(compared: Any) -> None:
+    direct, passthrough, ours = (compared.row(p, 1500) for p in ("direct", "passthrough", "clawvm"))
+    assert direct.tokens_forwarded == direct.tokens_everything == passthrough.tokens_forwarded
+    assert direct.over_budget == passthrough.over_budget > 0
+    assert direct.faults == passthrough.faults == 0
+    assert direct.prefix_reuse == passthrough.prefix_reuse > 0.3  # append-only: each prompt extends the last
+    assert 0.0 <= ours.prefix_reuse <= 1.0
+    assert ours.tokens_forwarded < direct.tokens_forwarded
+    assert ours.over_budget == ours.declared_insufficient
+    assert ours.rule_faults == 0
+    assert ours.overhead_header_median_us is not None
+
+
+def test_the_report_and_its_json(compared: Any) -> None:
+    lines = format_compare(compared)
+    text = "\n".join(lines)
+    assert "budget 1500:" in text and "litellm: skipped" in text
+    assert "clawvm against each" in text and "vs passthrough" in text
+    assert "bar: clawvm adds" in text
+    data = json.loads(json.dumps(compared.to_json()))
+    assert data["bars"]["1500"] == bars(compared, 1500)
+    assert "litellm_bar_us" not in data["bars"]["1500"]
+    assert {row["peer"] for row in data["rows"]} == {"direct", "passthrough", "clawvm"}
+    assert all("faults" in row for row in data["rows"])
+
+
+@pytest.mark.slow
+def test_all_peers_on_a_sample_of_the_real_traces(offline: None, tmp_path: Path) -> None:
+    from bench.peers.servers import available
+
+    missing = [p for p in ("litellm", "headroom") if not available(p)]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (python -m bench.peers.install)")
+    directory = traces_dir()
+    traces = load_traces(directory) if directory.is_dir() else []
+    if not traces:
+        pytest.skip("shared/traces/real not found (set CLAWVM_TRACES)")
+    result = run_compare([t for t in traces if t.name.startswith("taubench")][:2], (4000,), turns=8, warmup=1)
+    assert result.peers == ("direct", "passthrough", "litellm", "headroom", "clawvm")
+    for row in result.rows:
+        assert row.requests == 16 and row.errors == 0
+    assert result.row("clawvm", 4000).invalid == 0
+    assert "bar: at most a quarter of LiteLLM" in "\n".join(format_compare(result))
