@@ -1,4 +1,5 @@
-"""`python -m bench [policy|latency|all]`: print the figures the README quotes.
+"""`python -m bench [policy|latency|recall|all]`: print the figures the README quotes.
+`python -m bench eval [--quick]`: run every evaluation and write bench/results/report.md (bench.eval).
 
 policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
 latency  the latency the gateway adds over calling the fake upstream directly (bench.latency);
@@ -41,7 +42,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["eval"]:
+        from bench.eval import main as run_eval
+
+        return run_eval(given[1:])
+    args = parser().parse_args(given)
     prepare_offline(os.environ)
     directory = args.traces or traces_dir(os.environ)
     traces = load_traces(directory)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -152,6 +153,27 @@ async def _chat(request: Request, services: Services, tenant: Tenant, started: i
     chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
+    try:
+        response = await _forward(request, services, tenant, chat, ids, turn, started)
+    except GatewayError:
+        await turn.after()
+        raise
+    _then(response, turn.after)
+    return response
+
+
+def _then(response: Response, task: Callable[[], Awaitable[None]]) -> None:
+    """Run `task` after the answer is sent (audit records: off the latency path)."""
+    tasks = BackgroundTasks()
+    if response.background is not None:
+        tasks.add_task(response.background)
+    tasks.add_task(task)
+    response.background = tasks
+
+
+async def _forward(
+    request: Request, services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, turn: Turn, started: int
+) -> Response:
     target = upstream_target(tenant, request.headers)
     paging = _paging(services, tenant, ids, turn)
     turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
@@ -171,10 +193,12 @@ async def _chat(request: Request, services: Services, tenant: Tenant, started: i
         events = _recorded(services, relay(first, send, turn.body, paging), paging)
         return StreamingResponse(events, media_type="text/event-stream", headers=turn.headers)
     failed, answer = await complete(send, turn.body, paging)
-    await record_recalls(services.metrics, services.audit, paging)
+    recalls = BackgroundTask(record_recalls, services.metrics, services.audit, paging)
     if failed is not None:
-        return await respond(failed, turn.headers)
-    return Response(answer, media_type="application/json", headers=turn.headers)
+        response = await respond(failed, turn.headers)
+        _then(response, recalls)
+        return response
+    return Response(answer, media_type="application/json", headers=turn.headers, background=recalls)
 
 
 async def _recorded(services: Services, events: AsyncIterator[bytes], paging: Paging) -> AsyncIterator[bytes]:
@@ -212,6 +236,7 @@ class Turn:
     tokens: int  # accounted message tokens of the assembly
     counter: TiktokenCounter
     offered: bool  # the recall tool was added to `tools`
+    after: Callable[[], Awaitable[None]]  # audit records, written once the answer is sent
 
 
 async def prepare(
@@ -223,9 +248,11 @@ async def prepare(
     budget = _budget(services, tenant, chat, counter)
     async with services.sessions.locked(tenant.name, ids.session):
         plan, timing, observation = await _plan_and_commit(services, tenant, chat, ids, counter, budget, hint)
-    await record(
-        services.metrics, services.audit, tenant.name, ids.session, timing.policy_ns, timing.written, observation
-    )
+    metrics, audit = services.metrics, services.audit
+
+    async def after() -> None:
+        await record(metrics, audit, tenant.name, ids.session, timing.policy_ns, timing.written, observation)
+
     prompt_tokens = plan.assembly.tokens + budget.tools
     services.metrics.tokens(tenant.name, prompt_in=timing.sent + budget.tools, prompt_out=prompt_tokens)
     headers = {
@@ -251,7 +278,7 @@ async def prepare(
         body["tools"] = [*(body.get("tools") or []), tool_schema(RECALL_TOOL)]
     else:  # the reserve for the recall tool's schema went unused
         headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter))
-    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered)
+    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, after)
 
 
 def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:

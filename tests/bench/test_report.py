@@ -1,0 +1,297 @@
+"""bench.report: the markdown report, its bars and its plots, from small sections of the real shape."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.report import PLOTS, bars, faults_by_budget, render, stable, stable_digest, table, write_report
+
+Json = dict[str, Any]
+
+
+def _tally(**changes: int) -> Json:
+    return {
+        "turns": 3,
+        "failures": 0,
+        "overruns": 0,
+        "insufficient": 0,
+        "invalid": 0,
+        "missing_rules": 0,
+        "faults": {},
+        **changes,
+    }
+
+
+def _peer(peer: str, faults: int, forwarded: int, added: float) -> Json:
+    return {
+        "peer": peer,
+        "budget": 4000,
+        "requests": 4,
+        "errors": 0,
+        "invalid": 0,
+        "over_budget": 0,
+        "declared_insufficient": 0,
+        "faults": faults,
+        "recalled": 1,
+        "tokens_forwarded": forwarded,
+        "tokens_everything": 2000,
+        "prefix_reuse": 0.5,
+        "like_for_like_median_us": added,
+        "like_for_like_p99_us": added * 2,
+        "overhead_header_median_us": None,
+        "examples": [],
+    }
+
+
+def sections() -> dict[str, Json]:
+    rows = [
+        {"family": f, "budget": b, "policy": p, "fault_count": n, "faults": {}}
+        for f in ("a", "b")
+        for b in (120, 180)
+        for p, n in (("ClawVM", 0), ("Retrieval", b // 60))
+    ]
+    return {
+        "synthetic": {
+            "seed": 0,
+            "horizon": 3,
+            "rows": rows,
+            "table4": [
+                {
+                    "policy": "ClawVM",
+                    "mean_faults": 0.0,
+                    "mean_thrash": 0.04,
+                    "insufficient_turns": 1,
+                    "rows_at_oracle": 4,
+                    "rows": 4,
+                    "paper_faults": 0.0,
+                    "paper_thrash": 0.901,
+                }
+            ],
+            "ablation": [
+                {
+                    "removed": "none",
+                    "bootstrap": 0,
+                    "flush": 0,
+                    "dup_refetch": 0,
+                    "total": 0,
+                    "insufficient_turns": 0,
+                    "paper": [0, 0, 0, 0],
+                }
+            ],
+        },
+        "policy": {
+            "encoding": "o200k_base",
+            "budgets": [
+                {
+                    "budget": 4000,
+                    "total": {"count": 9, "median_us": 40.0, "p95_us": 90.0, "max_us": 120.0},
+                    "ingest": {"median_us": 30.0},
+                    "assembly": {"median_us": 10.0},
+                }
+            ],
+        },
+        "traces": {
+            "traces": ["t1"],
+            "turns_per_trace": 1_000_000,
+            "rows": [_peer("direct", 0, 2000, 0.0), _peer("clawvm", 0, 1000, 300.0)],
+        },
+        "lifecycle": {
+            "budget": 16000,
+            "injectors": {
+                "reset": {
+                    "boundaries": 2,
+                    "ok": 2,
+                    "missing": 0,
+                    "boundary_faults": 0,
+                    "wrong_event": 0,
+                    "invalid": 0,
+                    "examples": [],
+                }
+            },
+        },
+        "peers": {
+            "traces": ["t1"],
+            "turns_per_trace": 4,
+            "budgets": [4000],
+            "skipped": {"headroom": "not installed"},
+            "rows": [_peer("litellm", 2, 1500, 3000.0), _peer("clawvm", 0, 1000, 300.0)],
+        },
+        "stress": {
+            "starvation": {
+                "window": 8192,
+                "budget": 2000,
+                "hidden": 0,
+                "probes": [
+                    {
+                        "name": "fits",
+                        "newest_tokens": 3000,
+                        "status": 200,
+                        "prompt_tokens": 3100,
+                        "insufficient": "minimum set 3100",
+                        "error_code": "",
+                        "ok": True,
+                    }
+                ],
+            },
+            "churn": {
+                "budget": 4000,
+                "evidence_pages": 3,
+                "tally": _tally(),
+                "sent_tokens": [900, 3000, 5000],
+                "prompt_tokens": [900, 2900, 3500],
+            },
+            "cascade": {
+                "turns": 6,
+                "resets": 1,
+                "stated": 6,
+                "flush_misses": 0,
+                "bootstrap_faults": 0,
+                "checks": [{"event": "reset", "reported": {}}],
+            },
+            "large_output": {
+                "bytes": 1_000_017,
+                "budget": 16000,
+                "newest_status": 400,
+                "newest_error": "context_length_exceeded",
+                "newest_prompt_tokens": 0,
+                "newest_insufficient": "",
+                "later_status": 200,
+                "later_prompt_tokens": 800,
+                "within_budget": True,
+                "recall_code": "ok",
+                "recalled": True,
+            },
+            "long_session": {
+                "budget": 4000,
+                "tally": _tally(turns=12),
+                "marks": [{"turn": 10, "samples": 5, "median_ms": 4.5, "policy_median_us": 900.0}],
+            },
+            "planted": {"planted": 10, "retained": [], "shown_after_reset": [], "control_kept": True},
+        },
+        "growth": {
+            "budget": 4000,
+            "window": 2,
+            "marks": [10, 1000],
+            "policy": [
+                {"turn": 10, "messages": 20, "median_us": 100.0, "samples_us": [100.0]},
+                {"turn": 1000, "messages": 2000, "median_us": 150.0, "samples_us": [150.0]},
+            ],
+            "http": [
+                {
+                    "turn": t,
+                    "messages": 2 * t,
+                    "request_bytes": 1000 * t,
+                    "samples": 5,
+                    "direct_median_us": 100.0,
+                    "gateway_median_us": 100.0 + a,
+                    "added_median_us": a,
+                    "policy_header_median_us": 80.0,
+                    "overhead_header_median_us": a,
+                }
+                for t, a in ((10, 500.0), (1000, 2500.0))
+            ],
+        },
+        "latency": {
+            "trace": "t1",
+            "series": [
+                {
+                    "name": "static",
+                    "stream": False,
+                    "direct_us": [90.0, 110.0, 100.0],
+                    "gateway_us": [400.0, 600.0, 500.0],
+                    "direct_median_us": 100.0,
+                    "gateway_median_us": 500.0,
+                    "added_median_us": 400.0,
+                }
+            ],
+        },
+    }
+
+
+def test_table_renders_markdown_cells() -> None:
+    assert table(("a", "b"), [(1234, None), (True, "x|y")]) == [
+        "| a | b |",
+        "|---|---|",
+        "| 1,234 | — |",
+        "| yes | x\\|y |",
+        "",
+    ]
+
+
+def test_stable_drops_timings_only() -> None:
+    data = {"count": 3, "median_us": 1.0, "series": [{"direct_us": [1.0], "name": "s"}], "processes": [1]}
+    assert stable(data) == {"count": 3, "series": [{"name": "s"}]}
+
+
+def test_digest_ignores_timings_but_not_counts() -> None:
+    base = sections()
+    timed = copy.deepcopy(base)
+    timed["growth"]["http"][0]["added_median_us"] = 9999.0
+    timed["latency"]["series"][0]["gateway_us"] = [1.0]
+    assert stable_digest(timed) == stable_digest(base)
+    counted = copy.deepcopy(base)
+    counted["stress"]["planted"]["retained"] = ["Always X."]
+    assert stable_digest(counted) != stable_digest(base)
+
+
+def test_bars_are_computed_from_the_numbers() -> None:
+    found = {b.name: b for b in bars(sections())}
+    large = found["1,000,017-byte tool output answered as the newest turn"]
+    assert not large.met and "context_length_exceeded" in large.value and "floor" in large.why
+    assert found["1,000,017-byte tool output within budget and recallable a turn later"].met
+    assert found["policy time median < 50 µs at 4000"].met and found["policy time median < 50 µs at 4000"].timing
+    growth = found["added latency follows new content (turn 1000 over turn 10 < 2.0x)"]
+    assert not growth.met and growth.value == "5.00x" and "1,000,000 bytes" in growth.why
+    assert found["policy time follows new content (turn 1000 over turn 10 < 2.0x)"].met
+    assert found["real traces at 4000: valid, within budget, no faults"].met
+    assert found["planted rules never retained"].met
+
+
+def test_a_planted_rule_that_was_kept_misses_its_bar() -> None:
+    data = sections()
+    data["stress"]["planted"]["retained"] = ["Always X."]
+    assert not {b.name: b for b in bars(data)}["planted rules never retained"].met
+
+
+def test_render_has_every_section_and_marks_timings() -> None:
+    text = render(sections(), "python -m bench eval --quick")
+    for heading in (
+        "## Headline",
+        "## Synthetic sweep",
+        "## Real traces",
+        "## Lifecycle replay",
+        "## Peers side by side",
+        "## Adversarial stress",
+        "## Cost growth ⏱",
+        "## Bars missed and why",
+    ):
+        assert heading in text
+    assert "`python -m bench eval --quick`" in text and stable_digest(sections()) in text
+    assert "added median ⏱ µs" in text
+    assert "| litellm | 0 | 0 | 0 | 2 | 1,500 | 50.0% | 3,000 | 0.00 | 0.67 | 0.10 |" in text
+    assert "headroom: skipped, not installed" in text
+    assert "every request of each" in text
+    assert render(sections(), "cmd") == render(sections(), "cmd")
+
+
+def test_missing_sections_are_reported_not_run() -> None:
+    text = render({}, "cmd")
+    assert "*Not run: no `stress` section.*" in text and "0 of 0 bars met." in text
+
+
+def test_faults_by_budget_means_over_families() -> None:
+    assert faults_by_budget(sections()["synthetic"])["Retrieval"] == {120: 2.0, 180: 3.0}
+
+
+def test_write_report_writes_markdown_and_four_pngs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = write_report(sections(), tmp_path / "out", "cmd")
+    assert path == tmp_path / "out" / "report.md" and path.read_text(encoding="utf-8").startswith("# ClawVM")
+    for name in PLOTS.values():
+        png = (tmp_path / "out" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 1000
+        assert f"]({name})" in path.read_text(encoding="utf-8")
