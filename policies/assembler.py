@@ -27,11 +27,12 @@ from policies.layout import (
     plan_floor,
     total_cost,
 )
-from policies.pages import Fidelity, PageType, Pin
+from policies.pages import Fidelity, Page, PageType, Pin
 from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
 
 LOW_WATER = 0.75
+OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
 
 
@@ -92,14 +93,40 @@ def replan(
         return Assembly(whole, whole_cost, whole_cost, False, True, ())
     levels = dict(floors)
     minimum = total_cost(layout, levels)
+    paged: frozenset[str] = frozenset()
+    if minimum > budget:  # a tool result of the newest turn too big to send whole: page it too
+        floors = _relaxed(layout, floors)
+        paged = frozenset(p for p in layout.order[layout.newest :] if floors[p] < Fidelity.FULL)
+        levels = dict(floors)
+        minimum = total_cost(layout, levels)
     if minimum > budget:
         if whole_cost < minimum:  # stubs can cost more than tiny messages sent whole
             levels, minimum = whole, whole_cost
         insufficient = minimum > budget
         return Assembly(levels, minimum, minimum, insufficient, True, _decisions(layout, floors, levels))
     target = int(budget * LOW_WATER) if minimum <= budget * LOW_WATER else budget
-    cost = _upgrade(layout, levels, target, weights, turn, born, minimum)
+    cost = _upgrade(layout, levels, target, weights, turn, born, minimum, paged)
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
+
+
+def _relaxed(layout: Layout, floors: dict[str, Fidelity]) -> dict[str, Fidelity]:
+    """Floors with the newest turn's large tool results paged (`oversize_floor`) instead of
+    whole: the agent's own words stay whole, a tool's large output may not."""
+    relaxed = dict(floors)
+    for page_id in layout.order[layout.newest :]:
+        relaxed[page_id] = min(relaxed[page_id], oversize_floor(layout.pages[page_id]))
+    return relaxed
+
+
+def oversize_floor(page: Page) -> Fidelity:
+    """A newest-turn tool result over OVERSIZE_TOKENS may go down to the highest level below full
+    that names the page (so the model can recall the rest); anything else stays whole."""
+    if page.provenance.role != "tool" or page.tokens(Fidelity.FULL) <= OVERSIZE_TOKENS:
+        return Fidelity.FULL
+    for level in (Fidelity.STRUCTURED, Fidelity.POINTER):
+        if page.id in page.reprs.at(level).text:
+            return level
+    return Fidelity.FULL
 
 
 def score(layout: Layout, page_id: str, weights: Weights, turn: int, born: Mapping[str, int]) -> float:
@@ -118,9 +145,15 @@ def _upgrade(
     turn: int,
     born: Mapping[str, int],
     cost: int,
+    paged: frozenset[str] = frozenset(),
 ) -> int:
+    """Phase 2. Pages in `paged` (oversized newest-turn results) keep the level that names them."""
     block_of = _block_index(layout)
-    scores = {p: score(layout, p, weights, turn, born) for p, level in levels.items() if level < Fidelity.FULL}
+    scores = {
+        p: score(layout, p, weights, turn, born)
+        for p, level in levels.items()
+        if level < Fidelity.FULL and p not in paged
+    }
     heap = [_step(layout, p, levels[p], value) for p, value in scores.items()]
     heapq.heapify(heap)
     applied: list[tuple[str, Fidelity]] = []

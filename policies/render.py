@@ -8,7 +8,7 @@ Degraded messages carry the chosen representation; tool-call ids, names and pair
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policies.layout import SPAN_LISTED, Layout, collapsible, retained_level, uncovered_facts
 from policies.pages import Fidelity, Representation
@@ -33,12 +33,16 @@ class View:
     newest: int
     retained: Message | None
     retained_ids: frozenset[str] = frozenset()
+    tail: dict[int, Message] = field(default_factory=dict)  # newest-turn positions not sent whole
 
     def messages(self, messages: Sequence[Message]) -> list[Message]:
         out = [messages[x] if type(x) is int else x for x in self.prefix]  # type: ignore[index]
         if self.retained is not None:
             out.append(self.retained)
-        out.extend(messages[self.newest :])
+        if self.tail:
+            out.extend(self.tail.get(i, messages[i]) for i in range(self.newest, len(messages)))
+        else:
+            out.extend(messages[self.newest :])
         return out
 
 
@@ -56,7 +60,12 @@ def render(layout: Layout, levels: Mapping[str, Fidelity], entries: Mapping[str,
     _flush(prefix, span, entries, recall_tool)
     facts = uncovered_facts(layout, levels)
     retained = Message(role="system", text=retained_text(layout, facts)) if facts else None
-    return View(prefix=prefix, newest=layout.newest, retained=retained, retained_ids=frozenset(facts))
+    tail = {
+        i: item
+        for i in range(layout.newest, len(layout.order))
+        if type(item := _item(layout, i, levels[layout.order[i]])) is not int
+    }
+    return View(prefix, layout.newest, retained, frozenset(facts), tail)
 
 
 def _flush(prefix: list[int | Message], span: list[str], entries: Mapping[str, str], recall_tool: str) -> None:

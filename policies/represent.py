@@ -124,8 +124,8 @@ def represent(
     ceiling = min(full.tokens, compressed.tokens, structured.tokens)
     pointer = _pointer(page_id, page_type, origin, full.tokens, recall_tool, reduced, counter, ceiling)
     reprs = _monotone(full, compressed, structured, pointer)
-    if reprs.pointer.text == full.text or page_id in reprs.pointer.text:
-        return reprs
+    if reprs.pointer.text == full.text or page_id in reprs.pointer.text or not message.text.strip():
+        return reprs  # a blank text (tool calls only) has nothing to lose: its calls are its content
     return _anchored(reprs, page_id, counter)
 
 

@@ -113,7 +113,7 @@ def _append(
     for position in range(result.kept, len(order)):
         set_level(table, order[position], Fidelity.FULL)
     table.cost += added
-    view.prefix.extend(range(view.newest, newest))
+    view.prefix.extend(view.tail.pop(i, i) for i in range(view.newest, newest))
     view.newest = newest
     return view.messages(messages)
 

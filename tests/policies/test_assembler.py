@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.chat import parse_messages, to_wire
+from policies.assembler import oversize_floor
 from policies.budget import TokenBudget, resolve_budget
 from policies.layout import PLAN_WHOLE_TOKENS
 from policies.pages import Fidelity, PageType
@@ -49,8 +50,8 @@ def expected_floors(table: PageTable, levels: dict[str, Fidelity], newest: int) 
     floors = {}
     for position, page_id in enumerate(table.order):
         page = table.pages[page_id]
-        if position >= newest:
-            floors[page_id] = Fidelity.FULL
+        if position >= newest:  # a tool result too big to send whole may be paged
+            floors[page_id] = oversize_floor(page)
         elif page.type is PageType.PLAN and page_id != plans[-1]:
             floors[page_id] = Fidelity.POINTER
         elif page.type is PageType.PLAN:

@@ -122,7 +122,7 @@ def test_retrieval_holds_what_the_last_step_used_and_the_newest_turn() -> None:
     retrieved = {"ev:2": Fidelity.FULL, "plan:0.1": Fidelity.STRUCTURED}
     selection = select(RETRIEVAL, view(500, retrieved=retrieved))
     assert selection.levels["ev:2"] is Fidelity.FULL
-    assert selection.levels["plan:0.1"] is Fidelity.STRUCTURED
+    assert selection.levels["plan:0.1"] >= Fidelity.STRUCTURED  # a small current plan is kept whole
     assert selection.levels["ev:5"] is Fidelity.FULL
     for page_id in ("boot", "rule:0", "pref:0", "ev:1", "ev:3", "ev:4"):
         assert selection.levels[page_id] is Fidelity.NONE
