@@ -8,7 +8,8 @@ bench/results), then `DIR/report.md` and its plots (bench.report):
 - traces     every request of every real trace, direct and through the gateway, at 4,000 and 16,000
              tokens (bench.peers.compare with those two peers);
 - lifecycle  every harness injector over every trace (bench.lifecycle_replay);
-- peers      the peers side by side (bench.peers.compare; a peer not installed is reported skipped);
+- peers      the peers side by side (bench.peers.compare); the full run installs a missing peer
+             first (bench.peers.install), and one that cannot be installed is reported skipped;
 - stress     the adversarial cases (bench.stress);
 - growth     policy time and added latency at turns 10, 100 and 1,000 (bench.growth);
 - latency    direct against through the gateway, every sample kept for the CDF (bench.latency).
@@ -137,8 +138,17 @@ def traces_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
 
 
 def peers_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
+    """The full run installs the peers it lacks first (LiteLLM proxy and Headroom, from the package
+    registry into bench/.peers, a few minutes once); a quick run compares the ones installed."""
     from bench.peers.compare import PEERS, run_compare
+    from bench.peers.install import PACKAGES, InstallError, install
 
+    if not plan.quick:
+        for name in PACKAGES:
+            try:
+                install(name)
+            except InstallError as exc:  # reported skipped by the comparison
+                tick(f"peers: {name} not installed ({exc})")
     result = run_compare(traces, plan.peer_budgets, PEERS, turns=plan.peer_turns)
     return result.to_json()
 

@@ -1,8 +1,9 @@
 """Deterministic page typing and fact extraction: rules only, no model.
 
 `carrier_type` says which page type a whole message becomes: system/developer text is
-bootstrap, a tool result is evidence, an assistant message holding a plan is a plan, and
-everything else is conversation.
+bootstrap, a tool result is evidence (or, when a plan tool such as TodoWrite echoes its
+checklist, the plan), an assistant message holding a plan is a plan, and everything else is
+conversation.
 
 `extract_facts` finds the rule and preference sentences inside instruction and user text.
 Text is cut into units (paragraphs with wrapped lines joined, bullet and numbered items,
@@ -88,11 +89,15 @@ class Fact:
     text: str  # the sentence, whitespace-normalised, as it stands in the source
 
 
-def carrier_type(message: Message) -> PageType:
+def carrier_type(message: Message, call: ToolCall | None = None) -> PageType:
+    """`call` is the tool call a tool result answers: a plan tool's own echo of the checklist
+    (TodoWrite's result) is the current plan. A tool result is never anything but evidence or
+    that (never a rule, preference or system text, whatever it says)."""
     if message.role in ("system", "developer"):
         return PageType.BOOTSTRAP
     if message.role == "tool":
-        return PageType.EVIDENCE
+        plan_echo = call is not None and is_plan_call(call) and is_plan_text(message.text)
+        return PageType.PLAN if plan_echo else PageType.EVIDENCE
     if message.role == "assistant" and is_plan(message):
         return PageType.PLAN
     return PageType.CONVERSATION

@@ -26,7 +26,7 @@ SPAN_LISTED = 32  # a span stub lists its newest pages one by one, at most this 
 RANGE_LINE_TOKENS = 64  # upper bound of the line naming the older ones as a range (checked by tests)
 RETAINED_HEADER_TOKENS = 40  # upper bound of the retained-state message's fixed text
 LINE_TOKENS = 1  # the newline between listed entries
-PLAN_WHOLE_TOKENS = 600  # a current plan this small is kept whole
+PLAN_WHOLE_TOKENS = 800  # a current plan this small is kept whole
 
 
 @dataclass(frozen=True, slots=True)

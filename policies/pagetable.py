@@ -356,7 +356,7 @@ def _message_page(
     counter: TokenCounter,
     recall_tool: str,
 ) -> Page:
-    page_type = carrier_type(message)
+    page_type = carrier_type(message, call)
     rule = policy.type_policy(page_type)
     provenance = Provenance(
         message_index=index,

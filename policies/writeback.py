@@ -193,8 +193,9 @@ class Outcome:
 
 def stage(table: PageTable, new_pages: Sequence[Page], memory_plan_version: int) -> list[Update]:
     """The typed updates one ingest's new pages bring, in page order. Only the newest plan
-    of the turn is staged: it supersedes the others, and one base version fits one writer."""
-    plans = [page.id for page in new_pages if page.type is PageType.PLAN]
+    of the turn is staged: it supersedes the others, and one base version fits one writer. A
+    plan tool's echo of its checklist (a tool result) is not staged: the agent's call is."""
+    plans = [page.id for page in new_pages if page.type is PageType.PLAN and page.provenance.role != "tool"]
     current_plan = plans[-1] if plans else None
     updates: list[Update] = []
     for page in new_pages:

@@ -424,3 +424,12 @@ def test_sentences_skip_code_and_keep_order() -> None:
     text = "First sentence here. Second one follows!\n```\ncode();\n```\n- an item line\nlabel: value"
     expected = ["First sentence here.", "Second one follows!", "an item line", "label: value"]
     assert list(sentences(text)) == expected
+
+
+def test_a_plan_tools_echo_of_its_checklist_is_the_plan_other_tool_output_is_evidence() -> None:
+    todo = ToolCall("t1", "TodoWrite", '{"todos": []}')
+    echo = Message(role="tool", text="☐ Reproduce the bug\n☒ Read the parser", tool_call_id="t1")
+    assert carrier_type(echo, todo) is PageType.PLAN
+    assert carrier_type(echo, ToolCall("t1", "bash", "{}")) is PageType.EVIDENCE
+    assert carrier_type(Message(role="tool", text="all tests passed", tool_call_id="t1"), todo) is PageType.EVIDENCE
+    assert carrier_type(echo) is PageType.EVIDENCE
