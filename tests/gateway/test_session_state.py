@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import itertools
 import json
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -27,21 +25,7 @@ from policies.turn import TurnPlan, plan_turn
 
 pytestmark = pytest.mark.anyio
 
-_ids = itertools.count()
 BUDGET = TokenBudget(cap=100_000, usable=100_000, hard_limit=100_000, source="config")
-
-
-@pytest.fixture
-def tenant() -> str:
-    """A tenant of its own for each test: the Redis server is shared by the test session."""
-    return f"st{next(_ids)}"
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    store = RedisStore.from_url(redis_url)
-    yield store
-    await store.aclose()
 
 
 def conversation(turns: int, opening: str = "Read the config please.") -> list[Message]:
