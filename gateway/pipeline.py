@@ -378,8 +378,15 @@ async def _turn(
     )
     dirty = state_of(table, range(crossing.boundary.kept, len(table.order))) if crossing.event in BOUNDARIES else []
     started = time.perf_counter_ns()
+    boundary = crossing.boundary  # its `kept` is the known prefix: ingest need not scan for it again
     result = ingest_turn(
-        table, chat.messages, tenant.policy, counter, recall_tool=RECALL_TOOL, pruned=crossing.boundary.pruned
+        table,
+        chat.messages,
+        tenant.policy,
+        counter,
+        recall_tool=RECALL_TOOL,
+        pruned=boundary.pruned,
+        kept=boundary.kept,
     )
     repeated = duplicates.after_ingest(table, result)
     ingested = time.perf_counter_ns()

@@ -185,11 +185,13 @@ def ingest(
     *,
     recall_tool: str = "clawvm_recall",
     pruned: Collection[int] = (),
+    kept: int | None = None,
 ) -> IngestResult:
     """Bring `messages` into the table. `pruned` names positions where the agent replaced a
     known tool result by a placeholder or a cut (policies.lifecycle): the original evidence
-    page stays at that position, restored."""
-    kept = known_prefix(table, messages)
+    page stays at that position, restored. `kept` is `known_prefix(table, messages)` when the
+    caller has it already (the lifecycle detector needs it first)."""
+    kept = known_prefix(table, messages) if kept is None else kept
     kind = "append" if kept == len(table.order) else "rewrite"
     dropped = _truncate(table, kept) if kind == "rewrite" else []
     tag = tenant_tag(table.tenant)

@@ -51,10 +51,11 @@ def ingest_turn(
     *,
     recall_tool: str = "clawvm_recall",
     pruned: Collection[int] = (),
+    kept: int | None = None,
 ) -> IngestResult:
     if len(messages) != len(table.order):
         table.turn += 1  # time moves with the transcript: an identical resend (a retry) does not age pages
-    return ingest(table, messages, policy, counter, recall_tool=recall_tool, pruned=pruned)
+    return ingest(table, messages, policy, counter, recall_tool=recall_tool, pruned=pruned, kept=kept)
 
 
 def assemble_turn(
