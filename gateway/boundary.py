@@ -17,7 +17,7 @@ keeps in the retained-state block until the transcript states it again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from gateway.session_state import SessionState
 from gateway.sessions import FINGERPRINT
 from gateway.store import StoreError, project_scope
 from policies.lifecycle import Boundary, Event, detect
-from policies.pages import Page, PageType, Scope
+from policies.pages import Page, PageType
 from policies.pagetable import PageTable, known_prefix
 from policies.transcript import Message
 
@@ -132,11 +132,6 @@ def seed(table: PageTable, pages: Sequence[Page]) -> list[Page]:
         if page.id not in table.carried:
             table.carried.append(page.id)
     return added
-
-
-def project_pages(pages: Iterable[Page]) -> list[Page]:
-    """The pages to keep in project scope: they outlive the session."""
-    return [p for p in pages if p.scope is Scope.PROJECT and p.type in CARRIED_TYPES]
 
 
 def hint_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:

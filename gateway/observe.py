@@ -121,15 +121,20 @@ def recall_events(outcomes: Sequence[Recalled], earlier: Collection[str] = froze
     refetches (a page a recall had served before, degraded again since) as faults."""
     out = Observation()
     out.faults = faults.silent_recalls([(",".join(r.pages), r.code, r.text) for r in outcomes])
-    served = [p for r in outcomes if r.code == "ok" for p in r.pages]
-    out.faults += faults.refetches(served, earlier, {})
+    out.faults += faults.refetches(served_pages(outcomes), earlier, {})
     out.decisions = [{"kind": "recall", "code": r.code, "pages": list(r.pages), "tokens": r.tokens} for r in outcomes]
     out.events = [e.record() for e in out.faults]
     return out
 
 
+def served_pages(outcomes: Sequence[Recalled]) -> list[str]:
+    """The pages recalls served (answered `ok`), in order."""
+    return [p for r in outcomes if r.code == "ok" for p in r.pages]
+
+
 def recall_hits(outcomes: Sequence[Recalled]) -> int:
-    return sum(len(r.pages) for r in outcomes if r.code == "ok")
+    """H of the thrash index: one hit per page a recall served."""
+    return len(served_pages(outcomes))
 
 
 async def record(
@@ -160,7 +165,7 @@ async def record_recalls(metrics: Metrics, audit: AuditLog, paging: Paging) -> N
     the pages served counted as hits in the session's tally."""
     if not paging.log:
         return
-    served = [p for r in paging.log if r.code == "ok" for p in r.pages]
+    served = served_pages(paging.log)
     try:
         earlier = await audit.served(paging.tenant, paging.session, served)
     except StoreError as exc:
@@ -171,7 +176,7 @@ async def record_recalls(metrics: Metrics, audit: AuditLog, paging: Paging) -> N
         metrics.recall(outcome.code)
     for event in observation.faults:
         metrics.faults(event.kind.value, 1)
-    counts = faults.add(Tally(), observation.faults, hits=len(served)).counts()
+    counts = faults.add(Tally(), observation.faults, hits=recall_hits(paging.log)).counts()
     await _audit(audit, paging.tenant, paging.session, observation, counts)
 
 

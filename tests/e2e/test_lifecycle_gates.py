@@ -14,6 +14,7 @@ import httpx
 from bench.fake_upstream import FakeUpstream
 from bench.harnesses import claude_code_compact
 from tests.e2e.test_chat import long_session
+from tests.e2e.test_recall import recall_call
 
 SYSTEM = {"role": "system", "content": "You are a coding agent. You must never push to main."}
 RULE = "Always run the tests before committing."
@@ -100,8 +101,7 @@ def test_gate_silent_recall_visibility(start_gateway) -> None:
         if last["role"] == "tool":
             answers.append(last["content"])
             return {"content": "done"}
-        bad = {"id": "r1", "type": "function", "function": {"name": "clawvm_recall", "arguments": "{}"}}
-        return {"tool_calls": [bad]}
+        return {"tool_calls": [recall_call("{}", "r1")]}
 
     fake = FakeUpstream(responder)
     with start_gateway(budget=2500, fake=fake) as gw, httpx.Client(timeout=30) as client:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.boundary import Crossing, cross, hint_of, project_pages, seed
+from gateway.boundary import Crossing, cross, hint_of, seed
 from gateway.chat import parse_messages
 from gateway.embedded import free_port
 from gateway.journal import WritebackJournal
@@ -233,16 +233,6 @@ def test_seed_carries_a_page_the_table_already_holds_without_storing_it_again() 
     rule = make_page("p:rule", PageType.CONSTRAINT, "rule: b")
     table.pages[rule.id] = rule
     assert seed(table, [rule]) == [] and table.carried == ["p:rule"]
-
-
-def test_project_pages_are_project_scoped_state() -> None:
-    pages = [
-        make_page("p:1", PageType.PREFERENCE, "preference: x", scope=Scope.PROJECT),
-        make_page("p:2", PageType.CONSTRAINT, "rule: y", scope=Scope.SESSION),
-        make_page("p:3", PageType.EVIDENCE, "tool output", scope=Scope.PROJECT),
-        make_page("p:4", PageType.BOOTSTRAP, "You are an agent.", scope=Scope.PROJECT),
-    ]
-    assert [p.id for p in project_pages(pages)] == ["p:1", "p:4"]
 
 
 def test_hint_of_reads_the_header_first_then_the_metadata() -> None:
