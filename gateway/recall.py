@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.session_state import SessionState
-from gateway.store import Store, StoreError, project_scope, session_scope
+from gateway.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable, id_tag, tenant_tag
@@ -31,7 +31,10 @@ RANGE = ".."  # policies.render.RANGE_LINE: `p:first..p:last`
 RANGE_LISTED = 16  # pages a range's listing names one by one
 MAX_IDS_PER_CALL = 8
 QUERY_HITS = 12  # matching lines kept per page for a query
-QUERY_LINE_CHARS = 400
+QUERY_LINE_CHARS = 400  # a matching line longer than this is shown as windows around its hits
+QUERY_CONTEXT_CHARS = 160  # characters kept either side of a hit in a long line
+NARROW_CONTEXT_CHARS = 24  # the same when a round's answers do not all fit the room
+QUERY_OR = "|"  # separates a query's alternatives
 DEFAULT_ROUNDS = 3
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
 MIN_ANSWER_TOKENS = 48  # below this, a cut answer would hold nothing but its note
@@ -53,7 +56,10 @@ def tool_schema(name: str) -> dict[str, Any]:
                     "level": {"type": "string", "enum": list(RECALL_LEVELS)},
                     "query": {
                         "type": "string",
-                        "description": "Optional: return only the lines containing this text (for large pages).",
+                        "description": (
+                            "Optional: return only the lines containing this text (for large pages); "
+                            "separate several alternatives with |, e.g. 'HAT080|gift_card_123'."
+                        ),
                     },
                 },
                 "required": ["page_ids"],
@@ -79,19 +85,21 @@ def split_calls(message: dict[str, Any], name: str) -> tuple[list[dict[str, Any]
 
 async def resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
     """Answer one recall call from the store, within `cap` tokens; the outcome goes to `paging.log`."""
-    recalled = await _resolve(paging, call, cap)
+    recalled = _fitted(await _resolve(paging, call), paging.counter, cap)
     paging.log.append(recalled)
     return recalled
 
 
-async def _resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
+async def _resolve(paging: Paging, call: dict[str, Any], context: int = QUERY_CONTEXT_CHARS) -> Recalled:
+    """The whole answer to one call, not yet fitted to any room; `context`: characters kept
+    either side of a query's hit in a long line."""
     counter = paging.counter
     ids, level, query = _arguments(call)
     if ids is None:
         return _answer("no_match", 'clawvm_recall: arguments must be {"page_ids": ["p:..."]}.', counter)
     ranged = next((i for i in ids if RANGE in i), None)
     if ranged is not None:
-        return await _range(paging, ranged, level, query, cap)
+        return await _range(paging, ranged, level, query, context)
     bad = next((i for i in ids if id_tag(i) is None), None)
     if bad is not None:
         return _answer("no_match", f"clawvm_recall: {_shown(bad)} is not a page id (p: and 12 hex digits).", counter)
@@ -102,16 +110,16 @@ async def _resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
     try:
         pages = await _pages(paging, ids)
     except StoreError as exc:
-        return _answer("backend_error", f"clawvm_recall: the page store failed ({type(exc).__name__}); retry.", counter)
+        return _store_failed(exc, counter)
     missing = [i for i in ids if i not in pages]
     if len(missing) == len(ids):
         return _answer("no_match", f"clawvm_recall: no page {', '.join(missing)} in this conversation.", counter, ids)
-    parts = [_part(pid, pages[pid], level, query) for pid in ids if pid in pages]
+    parts = [_part(pid, pages[pid], level, query, context) for pid in ids if pid in pages]
     parts += [f"[{pid}: no such page in this conversation]" for pid in missing]
-    return _capped("\n\n".join(parts), counter, cap, tuple(pid for pid in ids if pid in pages))
+    return _answer("ok", "\n\n".join(parts), counter, tuple(pid for pid in ids if pid in pages))
 
 
-async def _range(paging: Paging, handle: str, level: Fidelity, query: str, cap: int) -> Recalled:
+async def _range(paging: Paging, handle: str, level: Fidelity, query: str, context: int) -> Recalled:
     """A span stub's range of older pages (`p:first..p:last`): with a query, the lines of its pages
     that hold it; without, the range's listing (one line per page), to pick ids from."""
     counter = paging.counter
@@ -126,16 +134,16 @@ async def _range(paging: Paging, handle: str, level: Fidelity, query: str, cap: 
         if ids and query:
             pages = await _pages(paging, ids)
     except StoreError as exc:
-        return _answer("backend_error", f"clawvm_recall: the page store failed ({type(exc).__name__}); retry.", counter)
+        return _store_failed(exc, counter)
     if table is None or not ids:
         return _answer("no_match", f"clawvm_recall: no range {handle} in this conversation.", counter)
     if not query:
         head = f"[{handle}: {len(ids)} pages; recall an id below, a narrower range, or this range with a query]"
-        return _capped("\n".join([head, *_listing(table, ids)]), counter, cap, ())
-    hits = [p for p in ids if p in pages and query.lower() in pages[p].reprs.at(level).text.lower()]
+        return _answer("ok", "\n".join([head, *_listing(table, ids)]), counter)
+    hits = [p for p in ids if p in pages and _holds(pages[p].reprs.at(level).text, query)]
     if not hits:
         return _answer("no_match", f"clawvm_recall: no page in {handle} holds {query!r}.", counter)
-    return _capped("\n\n".join(_part(p, pages[p], level, query) for p in hits), counter, cap, tuple(hits))
+    return _answer("ok", "\n\n".join(_part(p, pages[p], level, query, context) for p in hits), counter, hits)
 
 
 def _listing(table: PageTable, ids: Sequence[str]) -> list[str]:
@@ -155,12 +163,26 @@ def _between(table: PageTable | None, first: str, last: str) -> list[str]:
 
 
 async def _pages(paging: Paging, ids: Sequence[str]) -> dict[str, Page]:
-    """The session's pages, then the project's for ids the session does not hold."""
-    pages = await paging.store.get_pages(paging.tenant, session_scope(paging.session), ids)
-    rest = [i for i in ids if i not in pages]
-    if rest:
-        pages.update(await paging.store.get_pages(paging.tenant, project_scope(paging.project), rest))
+    """The session's pages, then the project's for ids the session does not hold. While the
+    store is unavailable, the pages of the session's in-process table (gateway.outage)."""
+    try:
+        pages = await paging.store.get_pages(paging.tenant, session_scope(paging.session), ids)
+        rest = [i for i in ids if i not in pages]
+        if rest:
+            pages.update(await paging.store.get_pages(paging.tenant, project_scope(paging.project), rest))
+    except StoreUnavailable:
+        table = await paging.sessions.read(paging.tenant, paging.session) if paging.sessions else None
+        held = {i: table.pages[i] for i in ids if i in table.pages} if table is not None else {}
+        if not held:
+            raise
+        return held
     return pages
+
+
+def _store_failed(exc: StoreError, counter: TokenCounter) -> Recalled:
+    if isinstance(exc, StoreUnavailable):
+        return _answer("backend_error", "clawvm_recall: the page store is unavailable right now; retry later.", counter)
+    return _answer("backend_error", f"clawvm_recall: the page store failed ({type(exc).__name__}); retry.", counter)
 
 
 def _shown(value: str) -> str:
@@ -183,32 +205,77 @@ def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
     return list(dict.fromkeys(ids))[:MAX_IDS_PER_CALL], level, query.strip()
 
 
-def _part(page_id: str, page: Page, level: Fidelity, query: str) -> str:
+def _part(page_id: str, page: Page, level: Fidelity, query: str, context: int) -> str:
     """One page's text at `level`; with a query, only the lines that hold it (and their neighbours)."""
     text = page.reprs.at(level).text
     if query:
-        text = _matching(text, query)
+        text = _matching(text, query, context)
     return f"[{page_id} {page.type} · {level.label}{f' · lines matching {query!r}' if query else ''}]\n{text}"
 
 
-def _matching(text: str, query: str) -> str:
+def _terms(query: str) -> list[str]:
+    """A query's alternatives (`a|b|c`), lower-cased, empty ones dropped."""
+    return [t for t in (part.strip().lower() for part in query.split(QUERY_OR)) if t]
+
+
+def _holds(text: str, query: str) -> bool:
+    lowered = text.lower()
+    return any(term in lowered for term in _terms(query))
+
+
+def _matching(text: str, query: str, context: int) -> str:
+    """The lines holding any of the query's terms, with a line either side; a long line is cut to
+    windows around its hits, so a hit deep inside one long line (a JSON tool result) is shown."""
+    terms = _terms(query)
     lines = text.splitlines()
-    needle = query.lower()
-    hits = [i for i, line in enumerate(lines) if needle in line.lower()]
+    hits = [i for i, line in enumerate(lines) if any(t in line.lower() for t in terms)]
     if not hits:
         return f"(no line holds {query!r})"
-    keep = sorted({j for i in hits[:QUERY_HITS] for j in range(max(0, i - 1), min(len(lines), i + 2))})
+    chosen = set(hits[:QUERY_HITS])
+    keep = sorted({j for i in chosen for j in range(max(0, i - 1), min(len(lines), i + 2))})
     out, previous = [], -1
     for j in keep:
         if j > previous + 1:
             out.append("…")
-        out.append(lines[j][:QUERY_LINE_CHARS])
+        out.append(_windows(lines[j], terms, context) if j in chosen else lines[j][:context])
         previous = j
     return "\n".join(out)
 
 
+def _windows(line: str, terms: Sequence[str], context: int) -> str:
+    """`line` itself when short, else the merged stretches of `context` characters around each hit."""
+    if len(line) <= min(QUERY_LINE_CHARS, 2 * context):
+        return line
+    lowered = line.lower()
+    spans: list[list[int]] = []
+    for start in sorted(i for t in terms for i in _occurrences(lowered, t))[:QUERY_HITS]:
+        end = start + max(len(t) for t in terms)
+        lo, hi = max(0, start - context), min(len(line), end + context)
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    pieces = [("…" if lo else "") + line[lo:hi] + ("…" if hi < len(line) else "") for lo, hi in spans]
+    return " ".join(pieces)
+
+
+def _occurrences(text: str, term: str) -> list[int]:
+    found, at = [], text.find(term)
+    while at >= 0 and len(found) < QUERY_HITS:
+        found.append(at)
+        at = text.find(term, at + 1)
+    return found
+
+
 def _answer(code: str, text: str, counter: TokenCounter, pages: Sequence[str] = ()) -> Recalled:
     return Recalled(code, text, counter.count(text), tuple(pages))
+
+
+def _fitted(recalled: Recalled, counter: TokenCounter, cap: int) -> Recalled:
+    """The answer within `cap` tokens: cut when it is longer (only whole answers are `ok` to cut)."""
+    if recalled.tokens <= cap or recalled.code != "ok":
+        return recalled
+    return _capped(recalled.text, counter, cap, recalled.pages)
 
 
 def _capped(text: str, counter: TokenCounter, cap: int, pages: tuple[str, ...]) -> Recalled:
@@ -321,13 +388,34 @@ def framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: To
 
 
 async def resolve_all(paging: Paging, calls: Sequence[dict[str, Any]], room: int) -> list[Recalled]:
-    """Answer a round's recall calls in order, each within what the earlier ones left of the room
-    (first come, first served: one useful answer beats several empty ones)."""
-    answers = []
-    for call in calls:
-        answers.append(await resolve(paging, call, max(0, min(paging.per_call_cap, room))))
-        room -= answers[-1].tokens
+    """Answer a round's recall calls, sharing the room fairly: answers that fit their share are
+    whole, and what they leave goes in equal shares to the longer ones, which are cut to fit."""
+    whole = [await _resolve(paging, call) for call in calls]
+    if sum(r.tokens for r in whole) > room:  # cramped: queries keep less context around their hits
+        narrow = [await _resolve(paging, c, NARROW_CONTEXT_CHARS) if _queried(c) else None for c in calls]
+        whole = [n or r for n, r in zip(narrow, whole, strict=True)]
+    caps = shares([r.tokens for r in whole], max(0, room), paging.per_call_cap)
+    answers = [_fitted(r, paging.counter, cap) for r, cap in zip(whole, caps, strict=True)]
+    paging.log.extend(answers)
     return answers
+
+
+def _queried(call: dict[str, Any]) -> bool:
+    return bool(_arguments(call)[2])
+
+
+def shares(sizes: Sequence[int], room: int, most: int) -> list[int]:
+    """Water-filling, smallest first: each size gets min(size, most, an equal share of what the
+    smaller ones left), but never less than MIN_ANSWER_TOKENS while the room lasts (several
+    useful answers beat many empty ones)."""
+    caps = [0] * len(sizes)
+    left = room
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+    for rank, i in enumerate(order):
+        share = max(left // (len(sizes) - rank), MIN_ANSWER_TOKENS)
+        caps[i] = min(sizes[i], most, share, left)
+        left -= caps[i]
+    return caps
 
 
 def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[str, Any]], *, mixed: bool) -> None:

@@ -6,8 +6,8 @@ arguments) which an earlier message of the transcript holds, each with the page 
 such message. When the prompt the model receives lacks some of that evidence and offers a recall
 tool, the model uses it once, the way a model that noticed the gap would, then answers:
 
-- `clawvm_recall` (the gateway's): one call per page holding missing identifiers, with the
-  identifier as the query when the page holds only one of them (else the whole page);
+- `clawvm_recall` (the gateway's): one call per page holding missing identifiers, with those
+  identifiers as the query (alternatives joined by `|`, as the tool's schema describes);
 - `headroom_retrieve` (Headroom's): one call per compression marker (`hash=...`) in the prompt.
 
 Everything the model does is cheap and decided from `Expected` (prepared outside any timed
@@ -25,6 +25,7 @@ from typing import Any
 from bench.checks import message_text
 from bench.recall_replay import RECALL, TENANT
 from gateway.chat import parse_messages
+from gateway.recall import QUERY_OR
 from policies.pagetable import content_digest, make_page_id, tenant_tag
 from policies.represent import identifiers
 
@@ -98,13 +99,11 @@ def recall_calls(tool: str, gaps: dict[str, str], messages: Sequence[Json]) -> l
 
 
 def page_requests(gaps: dict[str, str]) -> list[Json]:
-    """One recall per page, in first-gap order: the identifier as query when it is the page's only one."""
+    """One recall per page, in first-gap order, asking for the lines that hold its missing identifiers."""
     by_page: dict[str, list[str]] = {}
     for ident, page in gaps.items():
         by_page.setdefault(page, []).append(ident)
-    return [
-        {"page_ids": [page], **({"query": idents[0]} if len(idents) == 1 else {})} for page, idents in by_page.items()
-    ]
+    return [{"page_ids": [page], "query": QUERY_OR.join(idents)} for page, idents in by_page.items()]
 
 
 def _call(number: int, name: str, arguments: Json) -> Json:

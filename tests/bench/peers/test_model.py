@@ -83,9 +83,9 @@ def test_nothing_missing_means_no_recall() -> None:
     assert model({"messages": TRANSCRIPT, "tools": [RECALL_TOOL]}) == {"content": ANSWER["content"]}
 
 
-def test_one_identifier_on_a_page_is_the_query() -> None:
+def test_a_pages_missing_identifiers_are_the_query() -> None:
     assert page_requests({"a1": "p:1", "b2": "p:2", "c3": "p:1"}) == [
-        {"page_ids": ["p:1"]},
+        {"page_ids": ["p:1"], "query": "a1|c3"},
         {"page_ids": ["p:2"], "query": "b2"},
     ]
 
