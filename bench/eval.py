@@ -5,8 +5,8 @@ bench/results), then `DIR/report.md` and its plots (bench.report):
 
 - synthetic  the Tier-2 sweep, Table 4 and the ablation (bench.sim.sweep);
 - policy     the policy engine's time per turn over the real traces (bench.policy_time);
-- traces     every request of every real trace, direct and through the gateway, at 4,000 and 16,000
-             tokens (bench.peers.compare with those two peers);
+- traces     every request of every real trace, direct and through the gateway, at 4,000, 8,000
+             and 16,000 tokens (bench.peers.compare with those two peers);
 - lifecycle  every harness injector over every trace (bench.lifecycle_replay);
 - peers      the peers side by side (bench.peers.compare); the full run installs a missing peer
              first (bench.peers.install), and one that cannot be installed is reported skipped;
@@ -51,7 +51,9 @@ from policies.tokens import TokenCounter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("synthetic", "policy", "traces", "lifecycle", "peers", "stress", "growth", "latency")
-BUDGETS = (4000, 16000)
+BUDGETS = (4000, 8000, 16000)  # the real traces, every request
+PEER_BUDGETS = (4000, 16000)
+LATENCY_BUDGET = 16000
 LIFECYCLE_BUDGET = 16000
 ALL_TURNS = 1_000_000
 RUN_FILE = "run.json"  # the command that produced the sections' JSON
@@ -79,7 +81,7 @@ class Plan:
     def of(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 2, 6, 3, (4000,), 12, 3, (10, 30, 60))
-        return cls(False, None, ALL_TURNS, 40, BUDGETS, 200, 20, (10, 100, 1000))
+        return cls(False, None, ALL_TURNS, 40, PEER_BUDGETS, 200, 20, (10, 100, 1000))
 
 
 # ---------------------------------------------------------------- progress
@@ -208,7 +210,7 @@ def latency_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
     trace = latency_trace(traces)
     series = []
     with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as scratch, ExitStack() as stack:
-        _, _, endpoints = start_servers(stack, Path(scratch), BUDGETS[1])
+        _, _, endpoints = start_servers(stack, Path(scratch), LATENCY_BUDGET)
         with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_S) as client:
             for work in workloads(trace):
                 interleave(client, endpoints, work.bodies, range(plan.latency_warmup), work.stream)
@@ -216,7 +218,7 @@ def latency_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
                 direct, gateway = interleave(client, endpoints, work.bodies, measured, work.stream)
                 series.append(_series(work.name, work.stream, direct.times_ns, gateway.times_ns))
                 series[-1]["failures"] = direct.failures + gateway.failures
-    return {"trace": trace.name, "budget": BUDGETS[1], "requests": plan.latency_requests, "series": series}
+    return {"trace": trace.name, "budget": LATENCY_BUDGET, "requests": plan.latency_requests, "series": series}
 
 
 def _series(name: str, stream: bool, direct_ns: Sequence[int], gateway_ns: Sequence[int]) -> Json:
