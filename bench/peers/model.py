@@ -6,8 +6,8 @@ arguments) which an earlier message of the transcript holds, each with the page 
 such message. When the prompt the model receives lacks some of that evidence and offers a recall
 tool, the model uses it once, the way a model that noticed the gap would, then answers:
 
-- `clawvm_recall` (the gateway's): one call per page holding missing identifiers, with those
-  identifiers as the query (alternatives joined by `|`, as the tool's schema describes);
+- `clawvm_recall` (the gateway's): the pages holding missing identifiers, up to eight to a call
+  as the tool's schema allows, with those identifiers as the query (alternatives joined by `|`);
 - `headroom_retrieve` (Headroom's): one call per compression marker (`hash=...`) in the prompt.
 
 Everything the model does is cheap and decided from `Expected` (prepared outside any timed
@@ -25,7 +25,7 @@ from typing import Any
 from bench.checks import message_text
 from bench.recall_replay import RECALL, TENANT
 from gateway.chat import parse_messages
-from gateway.recall import QUERY_OR
+from gateway.recall import MAX_IDS_PER_CALL, QUERY_OR
 from policies.pagetable import content_digest, make_page_id, tenant_tag
 from policies.represent import identifiers
 
@@ -99,11 +99,14 @@ def recall_calls(tool: str, gaps: dict[str, str], messages: Sequence[Json]) -> l
 
 
 def page_requests(gaps: dict[str, str]) -> list[Json]:
-    """One recall per page, in first-gap order, asking for the lines that hold its missing identifiers."""
+    """The pages holding missing identifiers, in first-gap order, as few calls as the tool allows
+    (MAX_IDS_PER_CALL pages each), each asking for the lines that hold those identifiers."""
     by_page: dict[str, list[str]] = {}
     for ident, page in gaps.items():
         by_page.setdefault(page, []).append(ident)
-    return [{"page_ids": [page], "query": QUERY_OR.join(idents)} for page, idents in by_page.items()]
+    pages = list(by_page)
+    groups = [pages[at : at + MAX_IDS_PER_CALL] for at in range(0, len(pages), MAX_IDS_PER_CALL)]
+    return [{"page_ids": group, "query": QUERY_OR.join(i for p in group for i in by_page[p])} for group in groups]
 
 
 def _call(number: int, name: str, arguments: Json) -> Json:

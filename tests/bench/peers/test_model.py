@@ -14,6 +14,7 @@ from bench.peers.model import (
 )
 from bench.recall_replay import RECALL
 from gateway.chat import parse_messages
+from gateway.recall import MAX_IDS_PER_CALL
 from policies.pagetable import content_digest, make_page_id, tenant_tag
 
 TRANSCRIPT = [
@@ -83,11 +84,17 @@ def test_nothing_missing_means_no_recall() -> None:
     assert model({"messages": TRANSCRIPT, "tools": [RECALL_TOOL]}) == {"content": ANSWER["content"]}
 
 
-def test_a_pages_missing_identifiers_are_the_query() -> None:
+def test_the_pages_missing_identifiers_are_asked_for_together_with_them_as_the_query() -> None:
     assert page_requests({"a1": "p:1", "b2": "p:2", "c3": "p:1"}) == [
-        {"page_ids": ["p:1"], "query": "a1|c3"},
-        {"page_ids": ["p:2"], "query": "b2"},
+        {"page_ids": ["p:1", "p:2"], "query": "a1|c3|b2"},
     ]
+
+
+def test_more_pages_than_one_call_takes_are_split() -> None:
+    gaps = {f"id{n}": f"p:{n}" for n in range(MAX_IDS_PER_CALL + 1)}
+    calls = page_requests(gaps)
+    assert [len(c["page_ids"]) for c in calls] == [MAX_IDS_PER_CALL, 1]
+    assert calls[1] == {"page_ids": [f"p:{MAX_IDS_PER_CALL}"], "query": f"id{MAX_IDS_PER_CALL}"}
 
 
 def test_with_headrooms_retrieve_the_model_asks_for_each_marker() -> None:
