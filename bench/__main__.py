@@ -1,5 +1,6 @@
 """`python -m bench [policy|latency|recall|all]`: print the figures the README quotes.
 `python -m bench eval [--quick]`: run every evaluation and write bench/results/report.md (bench.eval).
+`python -m bench load [--quick]`: the load and chaos suite, writes bench/results/load.md (bench.load).
 
 policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
 latency  the latency the gateway adds over calling the fake upstream directly (bench.latency);
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.eval import main as run_eval
 
         return run_eval(given[1:])
+    if given[:1] == ["load"]:
+        from bench.load import main as run_load_suite
+
+        return run_load_suite(given[1:])
     args = parser().parse_args(given)
     prepare_offline(os.environ)
     directory = args.traces or traces_dir(os.environ)

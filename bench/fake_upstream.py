@@ -13,6 +13,13 @@ Everything is deterministic: ids count requests (`chatcmpl-fake-1`, ...), `creat
 counts are a character estimate. Every request is recorded in `requests`; statuses queued in
 `fail_next` are answered (with an OpenAI error body) instead of the next requests.
 
+Opt-in fault injection (off unless `faults` is given; `--fault-rate`/`--drop-rate` on the command
+line): `Faults(error_rate, drop_rate, seed)` answers a seeded share of chat completions with 429, 500
+or 503 (OpenAI error bodies whose message starts with `INJECTED_ERROR`), and cuts a share of streams
+after half their events by dropping the connection (no final chunk, no `[DONE]`). `agent_responder`
+(`--agent`) answers like a tool-using agent's model: a sentence and a tool call with a fresh id
+(two parallel calls when the transcript's length is 4 modulo 5).
+
 `serve(app)` runs any ASGI app under uvicorn in a background thread on a free port.
 """
 
@@ -23,6 +30,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import random
 import re
 import socket
 import struct
@@ -30,7 +38,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -40,6 +48,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 CREATED = 1_700_000_000
+INJECTED_ERROR = "fake upstream injected failure"
+INJECTED_STATUSES = (429, 500, 503)
 MODELS = ("fake-model",)
 EMBEDDING_DIMENSIONS = 8
 ARGUMENT_PIECE = 8
@@ -67,16 +77,66 @@ def default_responder(request: Json) -> Json:
     return {"content": "ok"}
 
 
+def agent_responder(request: Json) -> Json:
+    """A tool-using agent's model: one sentence and a `read_file` call (two when len(messages) % 5 == 4),
+    call ids made unique within the transcript from its length."""
+    turn = len(request.get("messages") or [])
+    calls = 2 if turn % 5 == 4 else 1
+    tool_calls = [
+        {
+            "id": f"call_{turn}_{n}",
+            "function": {"name": "read_file", "arguments": json.dumps({"path": f"src/m{turn}_{n}.py"})},
+        }
+        for n in range(calls)
+    ]
+    return {"content": f"Reading the next module to check turn {turn} of the plan.", "tool_calls": tool_calls}
+
+
 def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
+
+
+class StreamDropped(Exception):
+    """Raised inside a stream to cut the connection mid-way (an injected fault)."""
+
+
+@dataclass
+class Faults:
+    """Opt-in fault injection: a seeded share of chat completions fails, a share of streams drops."""
+
+    error_rate: float = 0.0  # answered with one of INJECTED_STATUSES
+    drop_rate: float = 0.0  # streams cut after half their events
+    seed: int = 0
+    statuses: tuple[int, ...] = INJECTED_STATUSES
+    injected: dict[str, int] = field(default_factory=dict)  # "status_500", "dropped": counts
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self) -> tuple[int | None, bool]:
+        """(an error status to answer with, or None; whether to drop the stream)."""
+        roll = self._random.random()
+        if roll < self.error_rate:
+            status = self._random.choice(self.statuses)
+            self.count(f"status_{status}")
+            return status, False
+        drop = roll < self.error_rate + self.drop_rate
+        return None, drop
+
+    def count(self, kind: str) -> None:
+        self.injected[kind] = self.injected.get(kind, 0) + 1
 
 
 class FakeUpstream:
     """The fake. `responder` and `chunk_delay` are read per request, so tests may change them."""
 
-    def __init__(self, responder: Responder | None = None, *, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, responder: Responder | None = None, *, chunk_delay: float = 0.0, faults: Faults | None = None
+    ) -> None:
         self.responder = responder or default_responder
         self.chunk_delay = chunk_delay
+        self.faults = faults
         self.requests: list[Recorded] = []
         self.fail_next: list[int] = []
         self._lock = threading.Lock()
@@ -112,18 +172,32 @@ class FakeUpstream:
             return failure
         if body is None or not isinstance(body.get("messages"), list):
             return error(400, "'messages' is a required property", param="messages")
+        status, drop = self._draw_fault()
+        if status is not None:
+            return error(status, f"{INJECTED_ERROR} {status}")
         reply = _assistant(self.responder(body))
         head = {"id": self._next_id(), "created": CREATED, "model": body.get("model", MODELS[0])}
         usage = _usage(body["messages"], reply)
         if body.get("stream"):
             events = stream_events(head, reply, usage, _include_usage(body))
-            return StreamingResponse(self._paced(events), media_type="text/event-stream")
+            cut = len(events) // 2 if drop else None
+            return StreamingResponse(self._paced(events, cut), media_type="text/event-stream")
         return JSONResponse(completion(head, reply, usage))
 
-    async def _paced(self, events: list[bytes]) -> AsyncIterator[bytes]:
+    def _draw_fault(self) -> tuple[int | None, bool]:
+        if self.faults is None:
+            return None, False
+        with self._lock:
+            return self.faults.draw()
+
+    async def _paced(self, events: list[bytes], cut: int | None = None) -> AsyncIterator[bytes]:
         for number, event in enumerate(events):
             if number and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
+            if number == cut and self.faults is not None:
+                with self._lock:
+                    self.faults.count("dropped")
+                raise StreamDropped(f"stream cut after {cut} of {len(events)} events (injected)")
             yield event
 
     async def _models(self, request: Request) -> Response:
@@ -194,7 +268,7 @@ def _text(message: Any) -> str:
         return ""
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     calls = message.get("tool_calls") or []
     parts = [str(content or "")] + [json.dumps(c, sort_keys=True) for c in calls]
     return "".join(parts)
@@ -336,9 +410,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument("--agent", action="store_true", help="answer like a tool-using agent's model")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of completions failed with 429/500/503")
+    parser.add_argument("--drop-rate", type=float, default=0.0, help="share of streams cut mid-way")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="log warnings only, no access log")
     args = parser.parse_args(argv)
+    faults = None
+    if args.fault_rate or args.drop_rate:
+        faults = Faults(error_rate=args.fault_rate, drop_rate=args.drop_rate, seed=args.fault_seed)
+    fake = FakeUpstream(agent_responder if args.agent else None, chunk_delay=args.chunk_delay, faults=faults)
     print(f"fake upstream on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(FakeUpstream(chunk_delay=args.chunk_delay).app, host=args.host, port=args.port)
+    quiet = {"log_level": "warning", "access_log": False} if args.quiet else {}
+    uvicorn.run(fake.app, host=args.host, port=args.port, **quiet)
 
 
 if __name__ == "__main__":

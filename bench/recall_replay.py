@@ -120,15 +120,17 @@ class RecallRow:
     insufficient_turns: tuple[int, ...]
 
 
-def replay(client: Any, url: str, trace: Trace, session: str) -> set[int]:
-    """Send every request of `trace` through the gateway at `url`; returns the requests (by
-    message count) the gateway reported physically insufficient."""
+def replay(client: Any, url: str, trace: Trace, session: str, project: str | None = None) -> set[int]:
+    """Send every request of `trace` through the gateway at `url` (as `project` when given: a
+    project of its own carries no other session's state); returns the requests (by message
+    count) the gateway reported physically insufficient."""
     insufficient: set[int] = set()
+    headers = {"x-clawvm-session": session, **({"x-clawvm-project": project} if project else {})}
     for messages in trace.turns():
         body: dict[str, Any] = {"model": "gpt-4o", "messages": messages, "user": f"t#{len(messages)}"}
         if trace.tools:
             body["tools"] = trace.tools
-        response = client.post(url + "/chat/completions", json=body, headers={"x-clawvm-session": session})
+        response = client.post(url + "/chat/completions", json=body, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(f"{trace.name} request {len(messages)}: {response.status_code} {response.text[:200]}")
         if "x-clawvm-insufficient" in response.headers:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,11 +24,14 @@ from gateway.audit import AuditLog
 from gateway.audit_api import decisions, events, journal, metrics, session
 from gateway.auth import KeyRing
 from gateway.embedded import EmbeddedRedis
-from gateway.errors import GatewayError, NotFound, error_response
+from gateway.errors import GatewayError, InvalidRequest, NotFound, error_response
+from gateway.http import HeaderLimit
 from gateway.journal import WritebackJournal
+from gateway.jsonio import NestingTooDeep
 from gateway.memory import MemoryService
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
+from gateway.outage import Drainer, OutageQueue
 from gateway.pages_api import page
 from gateway.pipeline import Services, ToolTokens, chat_completions
 from gateway.relay import relay
@@ -53,6 +58,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/clawvm/pages/{page_id:str}", page, methods=["GET"]),
@@ -62,7 +68,13 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/clawvm/sessions/{session_id:str}/journal", journal, methods=["GET"]),
             Route("/v1/{path:path}", relay, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ],
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _bug},
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            NestingTooDeep: _too_deep,
+            Exception: _bug,
+        },
+        middleware=[Middleware(HeaderLimit, limit=settings.server.max_header_bytes)],
         lifespan=lifespan,
     )
 
@@ -70,7 +82,7 @@ def create_app(settings: Settings) -> Starlette:
 async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
     url = settings.store.url
     if settings.store.embedded:
-        url = stack.enter_context(EmbeddedRedis(settings.store.data_dir))
+        url = stack.enter_context(EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync))
     store = RedisStore.from_url(url)
     stack.push_async_callback(store.aclose)
     upstream = OpenAICompatible()
@@ -79,26 +91,46 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
     tokenizers = Tokenizers.from_env(os.environ)
     for encoding in WARM_ENCODINGS:  # ~0.3 s each: pay it at start-up, not on the first request
         tokenizers.for_encoding(encoding)
+    sessions, metrics, audit = SessionState(store), Metrics(), AuditLog(store.client)
+    memory = MemoryService(WritebackJournal(store.client), store)
+    outage = OutageQueue(sessions, memory, audit, metrics, settings.store.outage_queue)
+    drainer = Drainer(outage)
+    drainer.start()
+    stack.push_async_callback(drainer.stop)  # runs first at shutdown: deferred turns land before the store closes
     return Services(
         settings=settings,
         keyring=KeyRing(settings),
-        sessions=SessionState(store),
+        sessions=sessions,
         upstream=upstream,
         provider=LiteLLMProvider(),
         tokenizers=tokenizers,
         catalog=ModelCatalog.load(),
         tool_tokens=ToolTokens(),
-        metrics=Metrics(),
-        audit=AuditLog(store.client),
-        memory=MemoryService(WritebackJournal(store.client), store),
+        metrics=metrics,
+        audit=audit,
+        memory=memory,
+        outage=outage,
     )
 
 
 async def health(request: Request) -> Response:
+    """Liveness: 200 while the process serves, store outage or not (turns are then degraded)."""
     services: Services = request.state.services
     store_ok = await services.sessions.store.ping()
-    body = {"status": "ok" if store_ok else "degraded", "store": "ok" if store_ok else "unavailable"}
+    return JSONResponse(_probe(services, store_ok, "ok" if store_ok else "degraded"))
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 503 while the store is unavailable, so a load balancer prefers replicas that
+    have theirs (this one still answers, degraded, what reaches it)."""
+    services: Services = request.state.services
+    store_ok = await services.sessions.store.ping()
+    body = _probe(services, store_ok, "ready" if store_ok else "not_ready")
     return JSONResponse(body, status_code=200 if store_ok else 503)
+
+
+def _probe(services: Services, store_ok: bool, status: str) -> dict[str, object]:
+    return {"status": status, "store": "ok" if store_ok else "unavailable", "queued": services.outage.queued}
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -116,8 +148,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
+async def _too_deep(request: Request, exc: Exception) -> Response:
+    """A body nested within the JSON parser's limit but past the encoder's (it is re-encoded to
+    be forwarded): the client's input, refused like any other bad body."""
+    return error_response(InvalidRequest(f"The request body is not usable: {exc}."))
+
+
 async def _bug(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    services: Services | None = getattr(request.state, "services", None)
+    if services is not None and services.settings.server.log_content:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+    else:  # an exception's message may quote the request: log where it happened, not what it said
+        trace = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("unhandled error on %s %s: %s\n%s", request.method, request.url.path, type(exc).__name__, trace)
     return error_response(
         GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500)
     )

@@ -25,10 +25,11 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gateway.audit import START, InvalidCursor
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.jsonio import JSONAnswer
 from gateway.pipeline import Services
 from gateway.sessions import SAFE_ID, safe_id
 from gateway.store import InvalidKeyError, Keys, StoreError, project_scope, session_scope
@@ -56,7 +57,7 @@ async def session(request: Request) -> Response:
     session_id = _session_id(request)
     table = await _table(services, tenant.name, session_id)
     later = await _guarded(services.audit.counts(tenant.name, session_id))
-    return JSONResponse(session_body(table, later))
+    return JSONAnswer(session_body(table, later))
 
 
 async def decisions(request: Request) -> Response:
@@ -82,7 +83,7 @@ async def journal(request: Request) -> Response:
         await _known(services, tenant.name, session_id)
         key = Keys.of(tenant.name, session_scope(session_id)).writeback
     rows = await _guarded(services.audit.read(key, after=after, count=limit + 1))
-    return JSONResponse(listing(rows, limit))
+    return JSONAnswer(listing(rows, limit))
 
 
 async def _stream(request: Request, which: str) -> Response:
@@ -93,7 +94,7 @@ async def _stream(request: Request, which: str) -> Response:
     await _known(services, tenant.name, session_id)
     read = services.audit.decisions if which == "decisions" else services.audit.events
     rows = await _guarded(read(tenant.name, session_id, after=after, count=limit + 1))
-    return JSONResponse(listing(rows, limit))
+    return JSONAnswer(listing(rows, limit))
 
 
 def listing(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:

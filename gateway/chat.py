@@ -42,9 +42,13 @@ def parse_request(raw: bytes) -> ChatRequest:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean or null.", param="stream")
+    for name, kind, shape in SHAPED_FIELDS:  # fields the gateway itself reads or extends
+        if body.get(name) is not None and not isinstance(body[name], kind):
+            raise InvalidRequest(f"'{name}' must be {shape} or null.", param=name)
     return ChatRequest(body=body, model=model, messages=messages, stream=bool(stream))
 
 
+SHAPED_FIELDS = (("tools", list, "an array"), ("stream_options", dict, "an object"))
 PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
 PLAIN_KEYS = frozenset({"role", "content"})
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from gateway.settings import ConfigError, Overrides, Settings, load_settings
 from gateway.tokens import prepare_offline
 
 GRACEFUL_SHUTDOWN_S = 30
+# Libraries whose DEBUG records quote request bodies (messages, tool output): held at INFO unless
+# server.log_content is true, so `--log-level debug` alone never writes message text to the logs.
+CONTENT_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "openai", "openai._base_client")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +54,7 @@ def serve(settings: Settings, log_level: str) -> None:
     from gateway.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_content_loggers(settings.server.log_content)
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
@@ -59,6 +64,34 @@ def serve(settings: Settings, log_level: str) -> None:
         h11_max_incomplete_event_size=settings.server.max_header_bytes,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+
+
+def quiet_content_loggers(log_content: bool) -> None:
+    """Unless content logging is on: hold the loggers that would quote message text at INFO, and
+    log exceptions without their message, which may quote a request: those uvicorn reports (a
+    bug's, re-raised after its 500 was sent) and every one written by the root handlers."""
+    if log_content:
+        return
+    for name in CONTENT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
+    logging.getLogger("uvicorn.error").addFilter(ExceptionsWithoutMessages())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ExceptionsWithoutMessages())
+
+
+class ExceptionsWithoutMessages(logging.Filter):
+    """Replaces a record's exception by its type and traceback frames, without its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}\n{frames}".rstrip()
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_args(binary: Path, data_dir: Path, port: int) -> list[str]:
-    """The command line: AOF every second, no RDB snapshots, loopback only, log in the data dir."""
+APPENDFSYNC = ("everysec", "always")
+
+
+def server_args(binary: Path, data_dir: Path, port: int, appendfsync: str = "everysec") -> list[str]:
+    """The command line: an append-only file fsynced every second (or after every write: `always`),
+    no RDB snapshots, loopback only, log in the data dir."""
+    if appendfsync not in APPENDFSYNC:
+        raise EmbeddedRedisError(f"appendfsync must be one of {', '.join(APPENDFSYNC)}, not {appendfsync!r}")
     return [
         str(binary),
         "--port", str(port),
@@ -73,7 +79,7 @@ def server_args(binary: Path, data_dir: Path, port: int) -> list[str]:
         "--logfile", str(data_dir / LOG_NAME),
         "--daemonize", "no",
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", appendfsync,
         "--save", "",
     ]  # fmt: skip
 
@@ -103,15 +109,22 @@ class EmbeddedRedis:
     data_dir: Path
     port: int | None = None
     start_timeout: float = START_TIMEOUT_S
+    appendfsync: str = "everysec"  # "always": no acknowledged write is lost if the server is killed
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: IO[str] | None = field(default=None, init=False, repr=False)
     _bound_port: int | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        if self._bound_port is None:
+        """The server's URL; with a given port, also while it is down (killed, to restart)."""
+        port = self._bound_port or self.port
+        if port is None:
             raise EmbeddedRedisError("embedded redis is not running")
-        return f"redis://127.0.0.1:{self._bound_port}/0"
+        return f"redis://127.0.0.1:{port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -143,7 +156,7 @@ class EmbeddedRedis:
         """Spawn on `port`; False to retry when the port turned out to be taken."""
         if ping(port):
             return self._taken(port, last)
-        self._process = _spawn(binary, self.data_dir, port)
+        self._process = _spawn(server_args(binary, self.data_dir, port, self.appendfsync), self.data_dir)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if ping(port):
@@ -176,7 +189,15 @@ class EmbeddedRedis:
         try:
             if self._process is not None and self._process.poll() is None:
                 self._process.terminate()
-                _wait_or_kill(self._process, STOP_TIMEOUT_S)
+                wait_or_kill(self._process, STOP_TIMEOUT_S)
+        finally:
+            self._release()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, so only what reached the append-only file survives.
+        `start()` brings the server back on the same data directory (and port, when given)."""
+        try:
+            self._kill()
         finally:
             self._release()
 
@@ -204,21 +225,21 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _spawn(binary: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], data_dir: Path) -> subprocess.Popen[bytes]:
     """Start the process; output before Redis opens its logfile (config errors) goes to the log too."""
     try:
         with (data_dir / LOG_NAME).open("ab") as early_log:
             return subprocess.Popen(
-                server_args(binary, data_dir, port),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=early_log,
                 stderr=subprocess.STDOUT,
             )
     except OSError as exc:
-        raise EmbeddedRedisError(f"cannot run {binary}: {exc}") from exc
+        raise EmbeddedRedisError(f"cannot run {argv[0]}: {exc}") from exc
 
 
-def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -13,10 +13,13 @@ Hierarchy:
     ├── PermissionDenied .......... 403 permission_error
     ├── NotFound .................. 404 invalid_request_error
     ├── PayloadTooLarge ........... 413 invalid_request_error
+    ├── HeadersTooLarge ........... 431 invalid_request_error, code request_header_fields_too_large
     ├── RateLimited ............... 429 rate_limit_error, code rate_limit_exceeded
     ├── UpstreamError ............. 502 api_error (an upstream failure relayed to the client)
-    │   └── UpstreamTimeout ....... 504 api_error, code timeout
-    └── ServiceUnavailable ........ 503 api_error
+    │   ├── UpstreamUnreachable ... 502 api_error, code upstream_unreachable (no response began)
+    │   └── UpstreamTimeout ....... 504 api_error, code upstream_timeout
+    ├── ServiceUnavailable ........ 503 api_error
+    └── ClientDisconnected ........ 499 (nginx's "client closed request": counted, never seen)
 
 `from_status` picks the class for a status an upstream reported, keeping that status when no class
 owns it (an upstream 500 stays a 500, as an `UpstreamError`).
@@ -28,6 +31,8 @@ from collections.abc import Mapping
 from typing import TypedDict
 
 from starlette.responses import JSONResponse
+
+from gateway.jsonio import JSONAnswer
 
 
 class ErrorObject(TypedDict):
@@ -98,6 +103,12 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
 
 
+class HeadersTooLarge(GatewayError):
+    status_code = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class RateLimited(GatewayError):
     status_code = 429
     type = "rate_limit_error"
@@ -109,14 +120,28 @@ class UpstreamError(GatewayError):
     type = "api_error"
 
 
+class UpstreamUnreachable(UpstreamError):
+    """No response began: connection refused, reset or closed before the status line (safe to retry)."""
+
+    code = "upstream_unreachable"
+
+
 class UpstreamTimeout(UpstreamError):
     status_code = 504
-    code = "timeout"
+    code = "upstream_timeout"
 
 
 class ServiceUnavailable(GatewayError):
     status_code = 503
     type = "api_error"
+
+
+class ClientDisconnected(GatewayError):
+    """The agent hung up before its answer: the upstream call was cancelled. Only metrics see it."""
+
+    status_code = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
 
 
 _BY_STATUS: dict[int, type[GatewayError]] = {
@@ -126,6 +151,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
     404: NotFound,
     408: UpstreamTimeout,
     413: PayloadTooLarge,
+    431: HeadersTooLarge,
     429: RateLimited,
     503: ServiceUnavailable,
     504: UpstreamTimeout,
@@ -147,4 +173,4 @@ def error_body(exc: GatewayError) -> ErrorBody:
 
 
 def error_response(exc: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+    return JSONAnswer(error_body(exc), status_code=exc.status_code, headers=headers)

@@ -1,17 +1,73 @@
-"""HTTP plumbing shared by the routes: bounded body reads, upstream targets, relaying answers."""
+"""HTTP plumbing shared by the routes: bounded request heads and bodies, upstream targets, relaying
+answers.
+
+Limits: `HeaderLimit` (ASGI middleware) refuses a request whose head (request target and headers)
+passes `server.max_header_bytes` with 431; `read_body` refuses a body past `server.max_body_bytes`
+with 413. Both answer in OpenAI's error shape. The header limit is enforced here rather than by
+the HTTP parser because uvicorn's httptools parser (its default when installed) has no such
+setting; `h11_max_incomplete_event_size` covers only the h11 parser.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import jsonio
 from gateway.auth import client_key
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import (
+    ClientDisconnected,
+    GatewayError,
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    error_body,
+    error_response,
+    from_status,
+)
+from gateway.metrics import Metrics
+from gateway.retry import OnRetry, RetryPolicy
 from gateway.settings import Tenant
+from gateway.sse import ending_cleanly
 from gateway.upstream import UpstreamResponse, UpstreamTarget
+
+T = TypeVar("T")
+OnError = Callable[[GatewayError], None]
+ERROR_SNIPPET = 300  # characters of a non-OpenAI error body quoted in our message
+
+
+class HeaderLimit:
+    """Refuses, with 431, an HTTP request whose head is larger than `limit` bytes, before any route
+    (and so before authentication) sees it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = head_bytes(scope)
+            if size > self.limit:
+                message = (
+                    f"The request line and headers ({size} bytes) exceed this gateway's limit of "
+                    f"{self.limit} bytes (server.max_header_bytes)."
+                )
+                await error_response(HeadersTooLarge(message))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def head_bytes(scope: Scope) -> int:
+    """Bytes of the request target and the header block as sent (`name: value\\r\\n` per header)."""
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    return target + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -41,17 +97,87 @@ def _too_large(size: int, limit: int) -> str:
 def upstream_target(tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:
     settings = tenant.upstream
     key = client_key(headers) if settings.forward_client_key else settings.api_key
-    return UpstreamTarget(api_base=settings.api_base, api_key=key, timeout=settings.timeout)
+    return UpstreamTarget(
+        api_base=settings.api_base,
+        api_key=key,
+        timeout=settings.timeout,
+        stream_idle_timeout=settings.stream_idle_timeout,
+    )
 
 
-async def respond(upstream: UpstreamResponse, ours: Mapping[str, str]) -> Response:
+def retry_policy(tenant: Tenant) -> RetryPolicy:
+    settings = tenant.upstream
+    return RetryPolicy(settings.retries, settings.backoff, settings.backoff_max, settings.retry_after_max)
+
+
+def retries_counted(metrics: Metrics) -> OnRetry:
+    return lambda reason: metrics.upstream_fault(f"retry_{reason}")
+
+
+def stream_faults_counted(metrics: Metrics) -> OnError:
+    def count(exc: GatewayError) -> None:
+        metrics.upstream_fault("stream_timeout" if isinstance(exc, UpstreamTimeout) else "stream_dropped")
+
+    return count
+
+
+async def respond(upstream: UpstreamResponse, ours: Mapping[str, str], on_error: OnError | None = None) -> Response:
+    """The upstream's answer with our headers on top: a stream relayed as it comes (a failure
+    mid-stream ends it with an error event, reported to `on_error`), an error in OpenAI's shape."""
     headers = {name: value for name, value in upstream.headers}
     headers.update(ours)
+    if upstream.status >= 400:
+        return await _error(upstream, headers)
     if upstream.is_stream:
         return StreamingResponse(
-            upstream.aiter_raw(),
+            ending_cleanly(upstream.aiter_raw(), on_error),
             status_code=upstream.status,
             headers=headers,
             background=BackgroundTask(upstream.aclose),
         )
     return Response(await upstream.read(), status_code=upstream.status, headers=headers)
+
+
+async def _error(upstream: UpstreamResponse, headers: dict[str, str]) -> Response:
+    """An upstream error with its status and headers (Retry-After, rate-limit counters): its body
+    as it is when OpenAI-shaped, else that body's head quoted in an OpenAI error of that status."""
+    body = await upstream.read()
+    if _openai_error(body):
+        return Response(body, status_code=upstream.status, headers=headers)
+    text = " ".join(body.decode("utf-8", "replace").split())[:ERROR_SNIPPET] or "(empty body)"
+    error = from_status(upstream.status, f"the upstream answered {upstream.status}: {text}")
+    headers = {name: value for name, value in headers.items() if name != "content-type"}
+    return Response(jsonio.dumps(error_body(error)), upstream.status, headers, media_type="application/json")
+
+
+def _openai_error(body: bytes) -> bool:
+    try:
+        data = jsonio.loads(body)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled if the client hangs up first (then `ClientDisconnected`, status 499).
+
+    Call it once the request body is read: the only message left to receive is the disconnect.
+    A cancelled upstream call closes its connection, so the upstream stops generating."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # its cleanup (releasing the upstream) runs
+    if task.cancelled():
+        raise ClientDisconnected("the client closed the connection before the answer; the upstream call was cancelled")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -52,6 +52,22 @@ class Metrics:
             registry=r,
         )
         self._lifecycle = Counter("clawvm_lifecycle_events", "Lifecycle events seen, by event.", ["event"], registry=r)
+        self._upstream_faults = Counter(
+            "clawvm_upstream_faults",
+            "Upstream faults: retries by reason (retry_429, retry_503, retry_timeout, retry_unreachable, ...), "
+            "streams ended by an error event (stream_dropped, stream_timeout).",
+            ["kind"],
+            registry=r,
+        )
+        self._unavailable = Counter(
+            "clawvm_store_unavailable",
+            "Turns served without the store (STORE_UNAVAILABLE), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self._queued = Gauge(
+            "clawvm_outage_queued", "Turns deferred while the store was unavailable, not yet committed.", registry=r
+        )
         self._shown: set[tuple[str, str]] = set()
 
     def request(self, tenant: str, status: int | str) -> None:
@@ -90,6 +106,15 @@ class Metrics:
 
     def lifecycle(self, event: str) -> None:
         self._lifecycle.labels(event=event).inc()
+
+    def upstream_fault(self, kind: str) -> None:
+        self._upstream_faults.labels(kind=kind).inc()
+
+    def store_unavailable(self, tenant: str) -> None:
+        self._unavailable.labels(tenant=tenant).inc()
+
+    def outage_queued(self, n: int) -> None:
+        self._queued.set(n)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

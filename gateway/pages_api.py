@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
+from gateway.jsonio import JSONAnswer
 from gateway.pipeline import Services
 from gateway.sessions import safe_id
 from gateway.store import StoreError, project_scope, session_scope
@@ -45,7 +46,7 @@ async def page(request: Request) -> Response:
     session = _session(request)
     scopes = _scopes(tenant.name, session, _param(request, "project", PROJECT_HEADER), page_id)
     found = await _fetch(services, tenant.name, scopes, page_id)
-    return JSONResponse(page_body(found, level))
+    return JSONAnswer(page_body(found, level))
 
 
 def page_body(found: Page, level: Fidelity) -> dict[str, Any]:

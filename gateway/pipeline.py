@@ -7,7 +7,9 @@ upstream -> relay the answer, streaming bytes as they come, with our headers on 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -23,16 +25,27 @@ from gateway.auth import KeyRing
 from gateway.boundary import cross, hint_of
 from gateway.chat import ChatRequest, parse_request, to_wire
 from gateway.errors import ContextLengthExceeded, GatewayError, ServiceUnavailable
-from gateway.http import read_body, respond, upstream_target
+from gateway.http import (
+    read_body,
+    respond,
+    retries_counted,
+    retry_policy,
+    stream_faults_counted,
+    unless_disconnected,
+    upstream_target,
+)
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog, resolve_window
 from gateway.observe import BOUNDARIES, QUIET, Observation, TurnFacts, observe, record, record_recalls
+from gateway.outage import DEGRADED, DEGRADED_HEADER, OutageQueue, store_event
 from gateway.recall import Paging, complete, tool_schema
 from gateway.recall_stream import relay
+from gateway.retry import with_retries
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds, resolve
 from gateway.settings import Settings, Tenant
+from gateway.sse import ending_cleanly
 from gateway.store import CorruptData, StoreUnavailable, VersionConflict
 from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
@@ -40,6 +53,7 @@ from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
 from policies.observer import state_of
+from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, assemble_turn, ingest_turn
@@ -47,7 +61,9 @@ from policies.turn import TurnPlan, assemble_turn, ingest_turn
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
 UNAUTHENTICATED = "-"  # the tenant label of a request whose key was refused
-COMMIT_ATTEMPTS = 3
+COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
+COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
+COMMIT_BACKOFF_CAP_S = 0.1
 DUPLICATES_LISTED = 10
 RECALL_ROOM = 2048  # most prompt tokens kept free for recalled pages
 # Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
@@ -92,6 +108,7 @@ class Services:
     metrics: Metrics
     audit: AuditLog
     memory: MemoryService
+    outage: OutageQueue  # turns deferred while the store is unavailable
 
 
 class ToolTokens:
@@ -122,6 +139,7 @@ class Timing:
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
     written: WriteReport | None = None  # the turn's write-back
     sent: int = 0  # tokens of the transcript as the agent sent it
+    degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.outage)
 
     @property
     def policy_ns(self) -> int:
@@ -153,13 +171,34 @@ async def _chat(request: Request, services: Services, tenant: Tenant, started: i
     chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
-    try:
-        response = await _forward(request, services, tenant, chat, ids, turn, started)
+    _log_turn(services, tenant, chat, turn)
+    try:  # the turn is committed: a hang-up from here on cancels only the upstream call
+        response = await unless_disconnected(request, _forward(request, services, tenant, chat, ids, turn, started))
     except GatewayError:
         await turn.after()
         raise
     _then(response, turn.after)
     return response
+
+
+def _log_turn(services: Services, tenant: Tenant, chat: ChatRequest, turn: Turn) -> None:
+    """One debug line per turn: ids and counts only; the newest message's text only when
+    `server.log_content` is true (message text never reaches the logs otherwise)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    headers = turn.headers
+    log.debug(
+        "turn tenant=%s session=%s model=%s messages=%d prompt_tokens=%s budget=%s faults=%s",
+        tenant.name,
+        headers["x-clawvm-session"],
+        chat.model,
+        len(chat.messages),
+        headers["x-clawvm-prompt-tokens"],
+        headers["x-clawvm-budget"],
+        headers["x-clawvm-faults"],
+    )
+    if services.settings.server.log_content:
+        log.debug("turn session=%s newest message: %r", headers["x-clawvm-session"], chat.messages[-1].text)
 
 
 def _then(response: Response, task: Callable[[], Awaitable[None]]) -> None:
@@ -177,20 +216,25 @@ async def _forward(
     target = upstream_target(tenant, request.headers)
     paging = _paging(services, tenant, ids, turn)
     turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
+    faults = stream_faults_counted(services.metrics)
     if uses_litellm(chat.model):
-        return await respond(await services.provider.chat(turn.body, target), turn.headers)
+        return await respond(await services.provider.chat(turn.body, target), turn.headers, faults)
     forwarded = _forwarded(request)
+    policy, retried = retry_policy(tenant), retries_counted(services.metrics)
 
     async def send(body: bytes) -> UpstreamResponse:
-        return await services.upstream.send(target, "POST", "/chat/completions", body, forwarded)
+        def attempt() -> Awaitable[UpstreamResponse]:
+            return services.upstream.send(target, "POST", "/chat/completions", body, forwarded, stream=chat.stream)
+
+        return await with_retries(attempt, policy, on_retry=retried)
 
     if paging is None:
-        return await respond(await send(jsonio.dumps(turn.body)), turn.headers)
+        return await respond(await send(jsonio.dumps(turn.body)), turn.headers, faults)
     if chat.stream:
         first = await send(jsonio.dumps(turn.body))
         if first.status != 200 or not first.is_stream:
-            return await respond(first, turn.headers)
-        events = _recorded(services, relay(first, send, turn.body, paging), paging)
+            return await respond(first, turn.headers, faults)
+        events = _recorded(services, ending_cleanly(relay(first, send, turn.body, paging), faults), paging)
         return StreamingResponse(events, media_type="text/event-stream", headers=turn.headers)
     failed, answer = await complete(send, turn.body, paging)
     recalls = BackgroundTask(record_recalls, services.metrics, services.audit, paging)
@@ -270,6 +314,9 @@ async def prepare(
     headers["x-clawvm-faults"] = observation.header()
     if observation.event:
         headers["x-clawvm-event"] = observation.event
+    if timing.degraded:
+        headers[DEGRADED_HEADER] = DEGRADED
+        services.metrics.store_unavailable(tenant.name)
     body = dict(chat.body)
     body["messages"] = to_wire(plan.messages)
     body["model"] = tenant.upstream.upstream_model(chat.model)
@@ -312,7 +359,7 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
 
 def recall_room(budget: TokenBudget, offered: bool) -> int:
     """Prompt tokens kept free for recalled text: an eighth of the budget, at most RECALL_ROOM."""
-    return min(RECALL_ROOM, budget.cap // 8) if offered else 0
+    return min(RECALL_ROOM, budget.cap // 6) if offered else 0
 
 
 def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TiktokenCounter) -> TokenBudget:
@@ -333,6 +380,12 @@ def _reserve(services: Services, chat: ChatRequest, counter: TiktokenCounter) ->
     return services.tool_tokens.count(counter, [tool_schema(RECALL_TOOL)])
 
 
+def commit_backoff(attempt: int, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait after the `attempt`-th lost commit (0-based): full jitter, so replicas
+    racing for one session spread out instead of colliding again in step."""
+    return draw(0.0, min(COMMIT_BACKOFF_CAP_S, COMMIT_BACKOFF_S * 2**attempt))
+
+
 async def _plan_and_commit(
     services: Services,
     tenant: Tenant,
@@ -342,12 +395,14 @@ async def _plan_and_commit(
     budget: TokenBudget,
     hint: str | None,
 ) -> tuple[TurnPlan, Timing, Observation]:
-    for _ in range(COMMIT_ATTEMPTS):
+    services.outage.admit()
+    for attempt in range(COMMIT_ATTEMPTS):
         try:
-            table = await services.sessions.load(tenant.name, ids.session, ids.project)
+            table = await _load(services, tenant, ids)
             return await _turn(services, tenant, chat, table, counter, budget, hint)
         except VersionConflict:
             services.sessions.forget(tenant.name, ids.session)
+            await asyncio.sleep(commit_backoff(attempt))
         except StoreUnavailable as exc:
             services.sessions.forget(tenant.name, ids.session)
             raise ServiceUnavailable(f"the page store is unavailable: {exc}") from exc
@@ -359,6 +414,73 @@ async def _plan_and_commit(
                 code="session_state_unreadable",
             ) from exc
     raise ServiceUnavailable("the session is being updated concurrently; retry the request")
+
+
+async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTable:
+    """The session's table: the outage queue's while it holds deferred work, else the cached or
+    stored one; a fresh table (built from the request's own messages) when the store is unreachable."""
+    held = services.outage.table(tenant.name, ids.session)
+    if held is not None:
+        services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
+        return held
+    try:
+        return await services.sessions.load(tenant.name, ids.session, ids.project)
+    except StoreUnavailable as exc:
+        log.warning("session %s planned on a fresh table: %s", ids.session, exc)
+        return PageTable(tenant=tenant.name, session=ids.session, project=ids.project)
+
+
+async def _write_back(services: Services, table: PageTable, new_pages: list[Page]) -> tuple[WriteReport | None, str]:
+    """The turn's write-back, or (None, why) when it must be deferred: the store is unavailable,
+    or the session's earlier batches wait in the outage queue (batches commit in order)."""
+    if services.outage.holds(table.tenant, table.session):
+        return None, ""
+    try:
+        return await services.memory.write_back(table, new_pages), ""
+    except StoreUnavailable as exc:
+        return None, f"write-back: {exc}"
+
+
+async def _committed(services: Services, table: PageTable, dirty: list[str]) -> frozenset[str]:
+    """What the write-back memory holds; without the store, the dropped state is taken as held
+    (its write-back is deferred, not lost): no flush miss is claimed that cannot be checked."""
+    try:
+        return await services.memory.committed(table)
+    except StoreUnavailable:
+        return frozenset(dirty)
+
+
+async def _commit(
+    services: Services,
+    table: PageTable,
+    pages: list[Page],
+    deferred: list[Page] | None,
+    observation: Observation,
+    unavailable: str,
+) -> bool:
+    """Save the turn; True when the store was unavailable and its writes were deferred (the turn
+    is then degraded). A session with deferred work commits it first, in order, then this turn."""
+    outage, key = services.outage, (table.tenant, table.session)
+    if deferred is None and not outage.holds(*key):
+        try:
+            await services.sessions.commit(table, pages)
+            return False
+        except StoreUnavailable as exc:
+            unavailable = f"commit: {exc}"
+    records = (observation.decisions, observation.events)  # written with the deferred work, in order
+    observation.decisions, observation.events = [], []
+    if unavailable:
+        records[1].append(store_event(unavailable, table.turn))
+    outage.defer(table, pages, deferred, records)
+    if not unavailable:  # the store answered so far this turn: commit the session's queue now
+        try:
+            await outage.flush(*key)
+            return False
+        except StoreUnavailable as exc:
+            unavailable = f"commit: {exc}"
+            outage.note(*key, [store_event(unavailable, table.turn)])
+    log.warning("session %s turn %d served without the store (%s)", table.session, table.turn, unavailable)
+    return True
 
 
 async def _turn(
@@ -390,7 +512,7 @@ async def _turn(
     )
     repeated = duplicates.after_ingest(table, result)
     ingested = time.perf_counter_ns()
-    written = await services.memory.write_back(table, result.new_pages)  # carried pages were committed where stated
+    written, unavailable = await _write_back(services, table, result.new_pages)  # carried pages: committed already
     before = table.levels
     assembling = time.perf_counter_ns()
     plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
@@ -399,11 +521,14 @@ async def _turn(
         roomless = replace(budget, usable=budget.usable + relief)
         plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
     timing = Timing(ingested - started, time.perf_counter_ns() - assembling, tuple(repeated), written, table.sent)
-    committed = await services.memory.committed(table) if crossing.event in BOUNDARIES else frozenset()
+    committed = await _committed(services, table, dirty) if crossing.event in BOUNDARIES else frozenset()
     facts = TurnFacts(crossing.event, plan.messages, plan.assembly, before, dirty, committed, repeated)
     observation = observe(table, facts)
     observation.events[:0] = crossing.events
     observation.event = "" if crossing.event in QUIET else crossing.event.value
     table.seen = now
-    await services.sessions.commit(table, [*plan.ingest.new_pages, *crossing.seeded])  # no round trip when unchanged
+    deferred = None if written is not None else list(result.new_pages)
+    pages = [*plan.ingest.new_pages, *crossing.seeded]  # no round trip when unchanged
+    if await _commit(services, table, pages, deferred, observation, unavailable):
+        timing = replace(timing, degraded=True)
     return plan, timing, observation

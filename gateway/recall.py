@@ -79,8 +79,16 @@ class Recalled:
 def split_calls(message: dict[str, Any], name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(recall calls, the agent's own calls) of an assistant message."""
     calls = message.get("tool_calls") or []
-    ours = [c for c in calls if isinstance(c, dict) and (c.get("function") or {}).get("name") == name]
+    if not isinstance(calls, list):  # not calls at all: nothing of ours, relayed as it came
+        return [], []
+    ours = [c for c in calls if isinstance(c, dict) and function_of(c).get("name") == name]
     return ours, [c for c in calls if c not in ours]
+
+
+def function_of(call: Any) -> dict[str, Any]:
+    """A tool call's `function` object, or {} when a broken upstream sent something else."""
+    function = call.get("function") if isinstance(call, dict) else None
+    return function if isinstance(function, dict) else {}
 
 
 async def resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
@@ -190,7 +198,7 @@ def _shown(value: str) -> str:
 
 
 def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
-    raw = (call.get("function") or {}).get("arguments") or "{}"
+    raw = function_of(call).get("arguments") or "{}"
     try:
         args = jsonio.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
@@ -344,7 +352,10 @@ async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[Up
         if upstream.status != 200:
             return upstream, b""
         raw = await upstream.read()
-        data = jsonio.loads(raw)
+        try:
+            data = jsonio.loads(raw)
+        except ValueError:  # not JSON (a broken upstream): relayed as it came, like any answer we do not understand
+            return None, raw
         message = _first_message(data)
         if message is None:  # not a chat completion we understand: relay it as it came
             return None, raw
@@ -379,9 +390,7 @@ def _first_message(data: Any) -> dict[str, Any] | None:
 def framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: TokenCounter) -> int:
     """Tokens the continuation adds besides the recalled text: the assistant's call, the tool
     messages' framing and reason lines."""
-    calls = tuple(
-        ToolCall(c.get("id", ""), RECALL_NAME, (c.get("function") or {}).get("arguments") or "") for c in ours
-    )
+    calls = tuple(ToolCall(_text(c.get("id")), RECALL_NAME, _text(function_of(c).get("arguments"))) for c in ours)
     content = message.get("content") if isinstance(message.get("content"), str) else ""
     assistant = framed(counter.count(content) + tool_calls_tokens(counter, calls))
     return assistant + len(ours) * framed(counter.count("[recall: backend_error]\n"))
@@ -423,6 +432,10 @@ def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[s
     if not mixed:  # the recall loop hit its bound: a clean stop, never a call the agent cannot run
         data["choices"][0]["finish_reason"] = "stop"
         message["content"] = message.get("content") or ""
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def add_usage(total: dict[str, int], usage: Any) -> None:

@@ -5,6 +5,10 @@ known: the agent's own calls are then relayed (held pieces first), the gateway's
 are kept back, assembled, resolved from the store, and the upstream is called again, its
 events spliced into the same stream under the first stream's id. The finish and usage chunks
 are held to the end: one finish chunk, usage summed over every round, one `[DONE]`.
+
+A failure (a recall round's upstream answering an error, an event that is not JSON, a dropped
+connection) is raised as a `GatewayError`: the caller ends the stream with an error event
+(`gateway.sse.ending_cleanly`) and no `[DONE]`.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
-from gateway.errors import UpstreamError
-from gateway.recall import Paging, Send, add_usage, framing, resolve_all, tool_message
-from gateway.sse import DONE, encode_data, error_event, event_data, iter_events
+from gateway.errors import UpstreamError, from_status
+from gateway.recall import Paging, Send, add_usage, framing, function_of, resolve_all, tool_message
+from gateway.sse import DONE, encode_data, event_data, iter_events
 from gateway.upstream import UpstreamResponse
 
 
@@ -56,9 +60,7 @@ async def relay(first: UpstreamResponse, send: Send, body: dict[str, Any], pagin
             upstream = await send(jsonio.dumps(body))
             if upstream.status != 200:
                 detail = (await upstream.read()).decode("utf-8", "replace")[:300]
-                yield error_event(UpstreamError(f"upstream failed during a recall round: {detail}"))
-                yield DONE
-                return
+                raise from_status(upstream.status, f"upstream failed during a recall round: {detail}")
         for out in _closing(state, head, usage, body):
             yield out
     finally:
@@ -74,7 +76,10 @@ async def _events(
             continue
         if data.strip() == "[DONE]":
             return
-        chunk = jsonio.loads(data)
+        try:
+            chunk = jsonio.loads(data)
+        except ValueError as exc:  # typically the half event of a connection that closed mid-way
+            raise UpstreamError(f"the upstream sent an event that is not JSON: {data[:100]!r}") from exc
         if not isinstance(chunk, dict):
             continue
         head.setdefault("id", chunk.get("id"))
@@ -90,15 +95,19 @@ def _filter(chunk: dict[str, Any], state: _Round, name: str) -> dict[str, Any] |
     choices = chunk.get("choices") or []
     if not choices:
         return None  # a usage-only chunk: summed, sent once at the end
-    choice = choices[0]
+    choice = choices[0] if isinstance(choices, list) else None
+    if not isinstance(choice, dict):
+        return chunk  # not a chunk we understand (a broken upstream): relayed as it came
     if choice.get("finish_reason"):
         state.finish = chunk
         return None
     delta = choice.get("delta") or {}
+    if not isinstance(delta, dict):
+        return chunk
     if isinstance(delta.get("content"), str):
         state.content.append(delta["content"])
     calls = delta.get("tool_calls")
-    if calls:
+    if calls and isinstance(calls, list):
         passed = [piece for call in calls for piece in _route(call, state, name)]
         if passed:
             delta["tool_calls"] = passed
@@ -109,9 +118,13 @@ def _filter(chunk: dict[str, Any], state: _Round, name: str) -> dict[str, Any] |
     return chunk
 
 
-def _route(call: dict[str, Any], state: _Round, name: str) -> list[dict[str, Any]]:
+def _route(call: Any, state: _Round, name: str) -> list[dict[str, Any]]:
+    if not isinstance(call, dict):
+        return [call]  # not a call: the agent's, relayed as it came
     index = call.get("index", 0)
-    called = (call.get("function") or {}).get("name")
+    if not isinstance(index, int):
+        index = -1  # a broken upstream's odd index: one slot for all of them
+    called = function_of(call).get("name")
     if index not in state.kinds and called:
         state.kinds[index] = "ours" if called == name else "theirs"
     kind = state.kinds.get(index)
@@ -130,9 +143,11 @@ def _route(call: dict[str, Any], state: _Round, name: str) -> list[dict[str, Any
 
 
 def _merge(into: dict[str, Any], piece: dict[str, Any]) -> None:
-    if piece.get("id"):
+    if piece.get("id") and isinstance(piece["id"], str):
         into["id"] = piece["id"]
-    into["function"]["arguments"] += (piece.get("function") or {}).get("arguments") or ""
+    arguments = function_of(piece).get("arguments")
+    if isinstance(arguments, str):
+        into["function"]["arguments"] += arguments
 
 
 def _closing(state: _Round, head: dict[str, Any], usage: dict[str, int], body: dict[str, Any]) -> list[bytes]:

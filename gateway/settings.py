@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.embedded import APPENDFSYNC
 from gateway.tokens import OFFLINE_ENCODINGS
 from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.tenant import DEFAULT_TYPES, Budget, ClassifierRule, TenantPolicy, TypePolicy, Weights
@@ -41,7 +42,7 @@ DEFAULT_API_BASE = "https://api.openai.com/v1"
 OPEN_TENANT = "default"
 _TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_STORE_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_STORE_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
 _BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _FLOORS = ("pointer", "structured", "compressed", "full")
 _PAGE_TYPES = tuple(t.value for t in PageType)
@@ -57,8 +58,19 @@ _SERVER_KEYS = (
     "log_content",
     "session_idle_seconds",
 )
-_STORE_KEYS = ("url", "data_dir")
-_UPSTREAM_KEYS = ("api_base", "api_key", "forward_client_key", "timeout_seconds", "model_map")
+_STORE_KEYS = ("url", "data_dir", "outage_queue", "appendfsync")
+_UPSTREAM_KEYS = (
+    "api_base",
+    "api_key",
+    "forward_client_key",
+    "timeout_seconds",
+    "model_map",
+    "retries",
+    "backoff",
+    "backoff_max",
+    "retry_after_max",
+    "stream_idle_timeout",
+)
 _MODEL_KEYS = ("context_window", "encoding")
 _TENANT_KEYS = ("api_keys", "budget", "pages", "weights", "rules", "upstream")
 _BUDGET_KEYS = ("max_prompt_tokens", "window_fraction", "output_reserve", "safety_margin")
@@ -85,10 +97,13 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     """`url` is "embedded" (a redis-server the gateway starts itself, persisting in
-    `data_dir`, relative to the working directory) or a redis://, rediss:// or unix:// URL."""
+    `data_dir`, relative to the working directory) or a redis://, rediss:// or unix:// URL, or
+    redis+cluster://host:port[,host:port...] (rediss+cluster://) for a Redis Cluster."""
 
     url: str = "embedded"
     data_dir: Path = Path(".clawvm-data")
+    outage_queue: int = 10_000  # turns held in process while the store is unavailable (gateway.outage)
+    appendfsync: str = "everysec"  # the embedded server's AOF fsync: "everysec" or "always"
 
     @property
     def embedded(self) -> bool:
@@ -102,6 +117,11 @@ class UpstreamSettings:
     forward_client_key: bool = False
     timeout: float = 600.0
     model_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    retries: int = 2  # attempts after the first, only while no response began (gateway.retry)
+    backoff: float = 0.5  # seconds before the first retry, doubling, with jitter
+    backoff_max: float = 8.0  # longest backoff wait
+    retry_after_max: float = 30.0  # longest upstream Retry-After waited for; a longer one is relayed
+    stream_idle_timeout: float = 120.0  # a stream silent this long ends with an error event
 
     def upstream_model(self, model: str) -> str:
         """The name to send upstream for the model the agent asked for."""
@@ -436,6 +456,8 @@ def _store(value: object, overrides: Overrides) -> StoreSettings:
     return StoreSettings(
         url=_pick(_override(overrides.store, "--store", _store_url), sec.get("url", base.url, _store_url)),
         data_dir=sec.get("data_dir", base.data_dir, lambda v, p: Path(_text(v, p))),
+        outage_queue=sec.get("outage_queue", base.outage_queue, _integer()),
+        appendfsync=sec.get("appendfsync", base.appendfsync, _choice(APPENDFSYNC)),
     )
 
 
@@ -443,7 +465,10 @@ def _store_url(value: object, path: str) -> str:
     url = _secret(value, path)  # a Redis URL may carry a password
     if url == "embedded" or urlsplit(url).scheme in _STORE_SCHEMES:
         return url
-    raise ConfigError(f'{path}: expected "embedded" or a redis://, rediss:// or unix:// URL')
+    raise ConfigError(
+        f'{path}: expected "embedded" or a redis://, rediss:// or unix:// URL '
+        "(redis+cluster://host:port[,host:port...] for a Redis Cluster)"
+    )
 
 
 def _models(value: object) -> Mapping[str, ModelOverride]:
@@ -478,6 +503,11 @@ def _upstream(value: object, path: str, base: UpstreamSettings) -> UpstreamSetti
         forward_client_key=sec.get("forward_client_key", base.forward_client_key, _boolean),
         timeout=sec.get("timeout_seconds", base.timeout, _SECONDS),
         model_map=sec.get("model_map", base.model_map, _model_map),
+        retries=sec.get("retries", base.retries, _integer(0, 10)),
+        backoff=sec.get("backoff", base.backoff, _NON_NEGATIVE),
+        backoff_max=sec.get("backoff_max", base.backoff_max, _NON_NEGATIVE),
+        retry_after_max=sec.get("retry_after_max", base.retry_after_max, _NON_NEGATIVE),
+        stream_idle_timeout=sec.get("stream_idle_timeout", base.stream_idle_timeout, _SECONDS),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.errors import GatewayError, error_body
@@ -71,13 +71,60 @@ def is_done(raw_event: bytes) -> bool:
 
 
 def encode_data(payload: Any) -> bytes:
-    """One `data:` event: a string as it is (one `data:` line per line), anything else as compact JSON."""
-    if not isinstance(payload, str):
-        payload = json.dumps(payload, separators=_COMPACT, ensure_ascii=False)
-    lines = _LINE_BREAK.split(payload)  # a raw line break inside a field would end the field
-    return "".join(f"data: {line}\n" for line in lines).encode("utf-8") + b"\n"
+    """One `data:` event: a string as it is (one `data:` line per line), anything else as compact JSON.
+    Lone surrogates (valid in JSON as escapes, not in UTF-8) are written as escapes."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=_COMPACT, ensure_ascii=False)
+    try:
+        return _data_lines(text).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        if isinstance(payload, str):
+            return _data_lines(text).encode("utf-8", "backslashreplace") + b"\n"
+        return _data_lines(json.dumps(payload, separators=_COMPACT, ensure_ascii=True)).encode("ascii") + b"\n"
+
+
+def _data_lines(text: str) -> str:
+    lines = _LINE_BREAK.split(text)  # a raw line break inside a field would end the field
+    return "".join(f"data: {line}\n" for line in lines)
 
 
 def error_event(exc: GatewayError) -> bytes:
     """An event carrying OpenAI's error JSON: how a stream that already sent its 200 reports failure."""
     return encode_data(error_body(exc))
+
+
+_BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")  # a blank line, \r\n never split
+
+
+def _whole(buffer: bytes) -> int:
+    """Where the last complete event of `buffer` ends (0: none is complete)."""
+    if buffer.endswith(_SEPARATOR):
+        return len(buffer)
+    return max((m.end() for m in _BOUNDARY.finditer(buffer)), default=0)
+
+
+async def ending_cleanly(
+    chunks: AsyncIterator[bytes], on_error: Callable[[GatewayError], None] | None = None
+) -> AsyncIterator[bytes]:
+    """A stream relayed whole events at a time, whose failure is its last event.
+
+    Bytes pass as they come, except that an event cut by a chunk boundary is held until it is
+    complete. A `GatewayError` raised while streaming (the upstream dropped or stalled) ends the
+    stream with `error_event` and nothing after it (no `[DONE]`, as OpenAI does): the event
+    being received when it failed is dropped, so the agent never sees half an event. At the
+    end of a stream that closed cleanly, an unfinished tail is relayed as it is."""
+    pending = b""
+    try:
+        async for chunk in chunks:
+            if pending:
+                chunk, pending = pending + chunk, b""
+            end = _whole(chunk)
+            if end < len(chunk):
+                chunk, pending = chunk[:end], chunk[end:]
+            if chunk:
+                yield chunk
+        if pending:
+            yield pending
+    except GatewayError as exc:
+        if on_error is not None:
+            on_error(exc)
+        yield error_event(exc)

@@ -1,7 +1,8 @@
 """Persistence of page tables, pages and evidence bodies in Redis (`redis.asyncio`).
 
 Keys: every key of one scope shares one Redis Cluster hash tag, `{<tenant>:<scope_id>}`, so each
-multi-key operation (the atomic save, MGET of pages) stays in one slot:
+multi-key operation (the atomic save, MGET of pages) stays in one slot, and the same code runs on
+one server or a cluster (`redis+cluster://host:port[,host:port...]`, see `RedisStore.from_url`):
 
     cvm:{<tenant>:s:<session>}:table               hash: v (version), data (snapshot), base (its version)
     cvm:{<tenant>:s:<session>}:tlog                list: the journal, one record per save since the snapshot
@@ -25,7 +26,8 @@ callers hash free-form ids first.
 Errors (redis exceptions never escape; `mapped_errors` converts them):
 
     StoreError
-    ├── StoreUnavailable ... connection refused/lost, timeout, server loading
+    ├── StoreUnavailable ... connection refused/lost, timeout, server loading; a cluster down, a slot
+    │                        not covered or migrating (TRYAGAIN), no reachable cluster node
     ├── VersionConflict .... optimistic save lost against another writer
     ├── CorruptData ........ a stored value that does not decode
     ├── InvalidKeyError .... (also a ValueError) an id that would not make a safe key
@@ -44,6 +46,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gateway.codec import CodecError, dump_page, load_page
 from policies.pages import Page
@@ -92,13 +95,19 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', record, 'base', cur + 1)
 return cur + 1
 """
+# `redis+cluster://host:port[,host:port...]` (and `rediss+cluster://`) names a Redis Cluster by
+# some of its nodes; the client discovers the rest and follows MOVED/ASK itself.
+CLUSTER_SCHEMES: Mapping[str, str] = MappingProxyType({"redis+cluster": "redis", "rediss+cluster": "rediss"})
+# A request that finds every pooled connection busy waits for one (BlockingConnectionPool) up to
+# POOL_WAIT_S, instead of failing at once as if the server were down.
+POOL_WAIT_S = 5.0
 # Lone surrogates (valid in JSON escapes, so possible in transcripts) round-trip instead of failing.
 DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = MappingProxyType(
     {
         "socket_timeout": 5.0,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 30,
-        "max_connections": 64,
+        "max_connections": 128,
         "encoding_errors": "surrogatepass",
     }
 )
@@ -131,6 +140,9 @@ class InvalidKeyError(StoreError, ValueError):
 
 class InvalidRecordError(StoreError, ValueError):
     """A table record (snapshot or journal record) that is not a single line."""
+
+
+Client = aioredis.Redis | RedisCluster  # one server, or a cluster: the same commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,34 +293,54 @@ def mapped_errors() -> Iterator[None]:
     """redis-py exceptions -> StoreError subclasses."""
     try:
         yield
-    except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+    except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+    except (rexc.CrossSlotTransactionError, rexc.InvalidPipelineStack) as exc:  # a bug here, not an outage
+        raise StoreError(f"redis cluster error: {exc}") from exc
+    except rexc.RedisClusterException as exc:  # no reachable node, slots not all covered, no agreement
+        raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
     except rexc.RedisError as exc:
         raise StoreError(f"redis error: {exc}") from exc
+
+
+_UNAVAILABLE = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterDownError,  # also MasterDownError: a failover in progress
+    rexc.TryAgainError,  # a slot migrating
+    rexc.SlotNotCoveredError,
+)
 
 
 # -- the store -----------------------------------------------------------------------------
 
 
 class RedisStore:
-    """`Store` over one `redis.asyncio` client and its connection pool."""
+    """`Store` over one `redis.asyncio` client (one server, or a `RedisCluster`) and its pools.
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    Every command names keys of one hash tag only, so it runs unchanged on a cluster: the saves
+    are Lua scripts over one slot, and the one MULTI (`load_table`) reads two keys of one slot."""
+
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._save_script = client.register_script(SAVE_SCRIPT)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         """The shared client, for the journal and audit streams that live beside the pages."""
         return self._client
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisStore:
-        """`redis://`, `rediss://` or `unix://`; `kw` overrides DEFAULT_CLIENT_OPTIONS."""
+        """`redis://`, `rediss://`, `unix://`, or `redis+cluster://host:port[,host:port...]` (also
+        `rediss+cluster://`) for a Redis Cluster; `kw` overrides DEFAULT_CLIENT_OPTIONS."""
         options = {**DEFAULT_CLIENT_OPTIONS, **kw, "decode_responses": True}
         try:
-            return cls(aioredis.Redis.from_url(url, **options))
-        except ValueError as exc:
+            if url.partition("://")[0] in CLUSTER_SCHEMES:
+                return cls(cluster_client(url, options))
+            pool = aioredis.BlockingConnectionPool.from_url(url, timeout=POOL_WAIT_S, **options)
+            return cls(aioredis.Redis.from_pool(pool))
+        except (ValueError, rexc.RedisClusterException, rexc.RedisError) as exc:
             raise StoreError(f"bad redis url: {exc}") from exc
 
     body_digest = staticmethod(body_digest)
@@ -460,6 +492,26 @@ class RedisStore:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def cluster_client(url: str, options: Mapping[str, Any]) -> RedisCluster:
+    """A `RedisCluster` for `redis+cluster://[user:password@]host:port[,host:port...][/0][?query]`:
+    every listed node is a startup node (any one reachable is enough); credentials, TLS and the
+    query apply to all. Nothing connects until the first command."""
+    scheme, _, rest = url.partition("://")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    nodes = [_node(part) for part in hosts.split(",")]
+    first = f"{CLUSTER_SCHEMES[scheme]}://{userinfo}{at}{hosts.split(',')[0]}{tail}"
+    return RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in nodes[1:]], **options)
+
+
+def _node(part: str) -> tuple[str, int]:
+    host, colon, port = part.strip().rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ValueError(f"a cluster node must be host:port, got {part!r}")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True, slots=True)

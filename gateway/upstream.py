@@ -11,14 +11,22 @@ Two clients, one result type:
 
 Both return an `UpstreamResponse`. A non-2xx status from the upstream is an answer, not an error:
 it is returned like any other (its body already is OpenAI-shaped). Only failures to get an answer
-raise, as `UpstreamError` / `UpstreamTimeout` (see `map_transport_errors`); litellm reports upstream
-statuses as exceptions, which `map_litellm_errors` turns into the matching `GatewayError`.
+raise, as `UpstreamUnreachable` / `UpstreamTimeout` (safe to retry: see `map_transport_errors` and
+gateway.retry) or `UpstreamError`; a failure once the body flows raises from the body's iterator
+(`map_body_errors`: never retried). litellm reports upstream statuses as exceptions, which
+`map_litellm_errors` turns into the matching `GatewayError`.
+
+The key the gateway sends upstream never reaches the agent: credential headers of an answer are
+not relayed, and an upstream that echoes the key (an error body quoting the request's
+`Authorization`, a masked `sk-...abcd` in a 401, a litellm exception) has it replaced by
+`[redacted]` in the relayed headers, in every non-2xx body and in error messages (`redact`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +40,7 @@ from gateway.errors import (
     GatewayError,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamUnreachable,
     from_status,
 )
 from gateway.sse import DONE, encode_data
@@ -52,6 +61,8 @@ HOP_BY_HOP = frozenset(
 # accept-encoding is replaced by "identity": bytes are relayed undecoded, and the gateway reads them.
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 _NOT_RELAYED = HOP_BY_HOP | {"date", "server", "content-length", "content-encoding"}
+_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})  # never relayed to the agent
+REDACTED = "[redacted]"
 POOL_LIMIT = 1000
 
 Closer = Callable[[], Awaitable[None]]
@@ -59,9 +70,13 @@ Closer = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
+    """Where and how to call: `timeout` bounds a whole answer, except for a stream (`send(...,
+    stream=True)`), whose headers and every chunk must come within `stream_idle_timeout` instead."""
+
     api_base: str
     api_key: str | None
     timeout: float = 600.0
+    stream_idle_timeout: float = 120.0
 
 
 class UpstreamResponse:
@@ -116,15 +131,29 @@ def _media_type(headers: list[tuple[str, str]]) -> str:
 
 @contextmanager
 def map_transport_errors() -> Iterator[None]:
-    """aiohttp failures -> `UpstreamTimeout` (504) or `UpstreamError` (502)."""
+    """aiohttp failures before the response began -> `UpstreamTimeout` (504), `UpstreamUnreachable`
+    (502; both safe to retry) or `UpstreamError` (502)."""
     try:
         yield
     except TimeoutError as exc:  # asyncio.TimeoutError and aiohttp.ServerTimeoutError alike
         raise UpstreamTimeout(f"upstream timed out: {_describe(exc)}") from exc
     except aiohttp.ClientConnectionError as exc:
-        raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from exc
+        raise UpstreamUnreachable(f"upstream unreachable: {_describe(exc)}") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream failed: {_describe(exc)}") from exc
+
+
+@contextmanager
+def map_body_errors() -> Iterator[None]:
+    """aiohttp failures while the body flows (some of it may be with the agent already): a stall
+    -> `UpstreamTimeout`; a drop -> `UpstreamError` with code `upstream_disconnected`. Never retried."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"the upstream stalled mid-response: {_describe(exc)}") from exc
+    except aiohttp.ClientError as exc:
+        message = f"the upstream connection dropped mid-response: {_describe(exc)}"
+        raise UpstreamError(message, code="upstream_disconnected") from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -146,20 +175,26 @@ class OpenAICompatible:
         body: bytes | None,
         headers: Mapping[str, str],
         query: str = "",
+        *,
+        stream: bool = False,
     ) -> UpstreamResponse:
-        """`path` is relative to `target.api_base`, e.g. "/chat/completions"."""
+        """One attempt (gateway.retry makes more). `path` is relative to `target.api_base`, e.g.
+        "/chat/completions"; `stream` when the body asks for an event stream (see `UpstreamTarget`)."""
+        secrets = secrets_of(target)
         with map_transport_errors():
             response = await self._client().request(
                 method,
                 _url(target.api_base, path, query),
                 data=body,
                 headers=forwarded_headers(target, headers),
-                timeout=aiohttp.ClientTimeout(total=target.timeout),
+                timeout=_timeout(target, stream),
                 allow_redirects=False,
             )
-        return UpstreamResponse(
-            response.status, relayed_headers(response.raw_headers), _relay(response), _releaser(response)
-        )
+        chunks = _relay(response)
+        if secrets and not 200 <= response.status < 300:
+            chunks = _redacted(chunks, secrets)  # error bodies are small: read whole, then redacted
+        headers = redact_headers(relayed_headers(response.raw_headers), secrets)
+        return UpstreamResponse(response.status, headers, chunks, _releaser(response))
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -171,6 +206,12 @@ class OpenAICompatible:
             self._session = new_session()
             self._owns_session = True
         return self._session
+
+
+def _timeout(target: UpstreamTarget, stream: bool) -> aiohttp.ClientTimeout:
+    if stream:  # a live stream may last any time; a silent one ends (sock_read covers the headers too)
+        return aiohttp.ClientTimeout(total=None, connect=target.timeout, sock_read=target.stream_idle_timeout)
+    return aiohttp.ClientTimeout(total=target.timeout)
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -203,8 +244,51 @@ def forwarded_headers(target: UpstreamTarget, headers: Mapping[str, str]) -> lis
 
 def relayed_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     decoded = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
-    dropped = _NOT_RELAYED | _connection_tokens(decoded)
+    dropped = _NOT_RELAYED | _CREDENTIALS | _connection_tokens(decoded)
     return [(name, value) for name, value in decoded if name not in dropped]
+
+
+def secrets_of(target: UpstreamTarget | None) -> tuple[str, ...]:
+    """What must never be relayed back from this target: its API key."""
+    return (target.api_key,) if target is not None and target.api_key else ()
+
+
+def redact(data: bytes, secrets: Iterable[str]) -> bytes:
+    """`data` with each secret replaced by `[redacted]`: as it is, JSON-escaped, and in the masked
+    form OpenAI quotes in a 401 (`sk-...****abcd`, a run of `*` then the key's last four)."""
+    for secret in secrets:
+        for form in _forms(secret):
+            data = data.replace(form, REDACTED.encode())
+        if len(secret) >= 12:
+            masked = rb"[\w.-]*\*{4,}[\w.*-]*" + re.escape(secret[-4:].encode("utf-8", "surrogatepass"))
+            data = re.sub(masked, REDACTED.encode(), data)
+    return data
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    return redact(text.encode("utf-8", "surrogatepass"), secrets).decode("utf-8", "surrogatepass")
+
+
+def redact_headers(headers: list[tuple[str, str]], secrets: Iterable[str]) -> list[tuple[str, str]]:
+    secrets = tuple(secrets)
+    if not secrets:
+        return headers
+    return [(name, redact(value.encode("latin-1"), secrets).decode("latin-1")) for name, value in headers]
+
+
+def _forms(secret: str) -> list[bytes]:
+    plain = secret.encode("utf-8", "surrogatepass")
+    escaped = json.dumps(secret)[1:-1].encode("ascii")
+    return list(dict.fromkeys([plain, escaped, escaped.replace(b"/", b"\\/")]))
+
+
+async def _redacted(chunks: AsyncIterator[bytes], secrets: tuple[str, ...]) -> AsyncIterator[bytes]:
+    try:
+        body = b"".join([chunk async for chunk in chunks])
+    finally:
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
+    yield redact(body, secrets)
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
@@ -214,7 +298,7 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 
 async def _relay(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    with map_transport_errors():
+    with map_body_errors():
         async for chunk in response.content.iter_any():
             yield chunk
 
@@ -231,11 +315,12 @@ class LiteLLMProvider:
 
     async def chat(self, body: Mapping[str, Any], target: UpstreamTarget | None) -> UpstreamResponse:
         litellm = import_litellm()
-        with map_litellm_errors(litellm):
+        secrets = secrets_of(target)
+        with map_litellm_errors(litellm, secrets):
             result = await litellm.acompletion(**body, **_litellm_target(target))
         if body.get("stream"):
             sse = [("content-type", "text/event-stream")]
-            return UpstreamResponse(200, sse, _sse(result, litellm), result.aclose)
+            return UpstreamResponse(200, sse, _sse(result, litellm, secrets), result.aclose)
         return UpstreamResponse(200, [("content-type", "application/json")], _once(_json(result)))
 
 
@@ -263,8 +348,8 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _sse(stream: Any, litellm: ModuleType) -> AsyncIterator[bytes]:
-    with map_litellm_errors(litellm):
+async def _sse(stream: Any, litellm: ModuleType, secrets: tuple[str, ...] = ()) -> AsyncIterator[bytes]:
+    with map_litellm_errors(litellm, secrets):
         async for chunk in stream:
             yield encode_data(_chunk_json(chunk))
     yield DONE
@@ -279,18 +364,19 @@ def _chunk_json(chunk: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def map_litellm_errors(litellm: ModuleType) -> Iterator[None]:
-    """litellm's exceptions (openai.APIError subclasses with a status) -> the matching `GatewayError`."""
+def map_litellm_errors(litellm: ModuleType, secrets: tuple[str, ...] = ()) -> Iterator[None]:
+    """litellm's exceptions (openai.APIError subclasses with a status) -> the matching `GatewayError`,
+    with `secrets` redacted from the message."""
     import openai
 
     try:
         yield
     except openai.APIError as exc:
-        raise _litellm_error(exc, litellm) from exc
+        raise _litellm_error(exc, litellm, secrets) from exc
 
 
-def _litellm_error(exc: Any, litellm: ModuleType) -> GatewayError:
-    message = str(getattr(exc, "message", "") or exc)
+def _litellm_error(exc: Any, litellm: ModuleType, secrets: tuple[str, ...] = ()) -> GatewayError:
+    message = redact_text(str(getattr(exc, "message", "") or exc), secrets)
     if isinstance(exc, litellm.ContextWindowExceededError):
         return ContextLengthExceeded(message)
     if isinstance(exc, litellm.Timeout):

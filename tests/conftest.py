@@ -4,11 +4,13 @@ processes or threads on free loopback ports, started here."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from bench.cluster import EmbeddedCluster
 from bench.fake_upstream import Running, running
-from gateway.embedded import EmbeddedRedis
+from gateway.embedded import EmbeddedRedis, free_port
 from gateway.tokens import prepare_offline
 
 
@@ -32,6 +34,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     Tests share it: keep keys apart with a tenant or session id of their own."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def killable(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own on a fixed port: `kill()` it (SIGKILL, as a crash) and
+    `start()` it again where it was, as an outage does. It fsyncs before every reply
+    (`appendfsync always`), so whatever the gateway saw committed survives the kill."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), appendfsync="always")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster on loopback (bench.cluster), for the whole test session:
+    `redis+cluster://127.0.0.1:P1,...`. Shared like `redis_url`: keep keys apart by tenant."""
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster")) as url:
         yield url
 
 

@@ -17,8 +17,12 @@ import pytest
 
 from bench.fake_upstream import (
     CREATED,
+    INJECTED_ERROR,
+    INJECTED_STATUSES,
     FakeUpstream,
+    Faults,
     Running,
+    agent_responder,
     content_pieces,
     embedding_vector,
     running,
@@ -247,3 +251,52 @@ def _get_when_up(url: str, attempts: int = 500) -> httpx.Response:
         except httpx.ConnectError:
             time.sleep(0.02)
     raise AssertionError(f"{url} never came up")
+
+
+def test_faults_are_off_unless_asked(fake_upstream: Running) -> None:
+    assert fake_upstream.fake.faults is None
+    assert all(chat(fake_upstream.url).status_code == 200 for _ in range(20))
+
+
+def test_injected_errors_are_openai_errors_named_as_injected() -> None:
+    with running(FakeUpstream(faults=Faults(error_rate=1.0, seed=3))) as served:
+        responses = [chat(served.url) for _ in range(30)]
+        injected = served.fake.faults.injected if served.fake.faults else {}
+    assert {r.status_code for r in responses} <= set(INJECTED_STATUSES)
+    assert len({r.status_code for r in responses}) > 1  # the statuses vary
+    assert all(r.json()["error"]["message"].startswith(INJECTED_ERROR) for r in responses)
+    assert sum(injected.values()) == 30
+
+
+def test_same_seed_same_faults() -> None:
+    def statuses(seed: int) -> list[int]:
+        with running(FakeUpstream(faults=Faults(error_rate=0.5, seed=seed))) as served:
+            return [chat(served.url).status_code for _ in range(20)]
+
+    assert statuses(11) == statuses(11)
+    assert 200 in statuses(11)
+
+
+def test_dropped_streams_stop_before_done() -> None:
+    with running(FakeUpstream(faults=Faults(drop_rate=1.0))) as served:
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):
+            with httpx.stream(
+                "POST", f"{served.url}/chat/completions", json={"messages": MESSAGES, "stream": True}
+            ) as r:
+                assert r.status_code == 200
+                for data in r.iter_raw():
+                    received += data
+        assert served.fake.faults is not None and served.fake.faults.injected == {"dropped": 1}
+    assert received.startswith(b"data: ") and b"[DONE]" not in received
+    non_stream = FakeUpstream(faults=Faults(drop_rate=1.0))
+    with running(non_stream) as served:
+        assert chat(served.url).status_code == 200  # only streams are cut
+
+
+def test_agent_responder_calls_a_tool_with_fresh_ids() -> None:
+    first = agent_responder({"messages": MESSAGES})
+    parallel = agent_responder({"messages": MESSAGES * 2})  # four messages: two parallel calls
+    assert first["content"] and [c["id"] for c in first["tool_calls"]] == ["call_2_0"]
+    assert [c["id"] for c in parallel["tool_calls"]] == ["call_4_0", "call_4_1"]
+    assert json.loads(first["tool_calls"][0]["function"]["arguments"]) == {"path": "src/m2_0.py"}

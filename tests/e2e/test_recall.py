@@ -206,7 +206,7 @@ def test_streaming_recall_loop_is_bounded(start_gateway) -> None:
 def test_an_upstream_error_during_paging_is_relayed(start_gateway) -> None:
     fake = FakeUpstream()
     fake.fail_next.append(429)
-    with start_gateway(budget=2500, fake=fake) as gw:
+    with start_gateway("upstream:\n  retries: 0\n", budget=2500, fake=fake) as gw:  # relayed, not retried
         try:
             client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
         except openai.RateLimitError as exc:

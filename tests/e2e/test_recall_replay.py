@@ -21,7 +21,7 @@ def test_needed_identifiers_are_recalled(start_gateway) -> None:
     for trace in TRACES:
         model = RecallingModel(trace)
         with start_gateway(budget=BUDGET, fake=FakeUpstream(model)) as gw, httpx.Client(timeout=60) as client:
-            insufficient = replay(client, gw.url, trace, f"recall-{trace.name}")
+            insufficient = replay(client, gw.url, trace, f"recall-{trace.name}", project=f"recall-{trace.name}")
         tally = model.tally
         recovered += tally.recovered
         assert tally.recovered + len(tally.lost) == tally.needed

@@ -55,16 +55,22 @@ def chat(root: str, session: str) -> httpx.Response:
 def test_health_is_ok_with_a_live_store(gateway: str) -> None:
     response = httpx.get(gateway + "/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "store": "ok"}
+    assert response.json() == {"status": "ok", "store": "ok", "queued": 0}
+    ready = httpx.get(gateway + "/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "store": "ok", "queued": 0}
 
 
-def test_health_is_degraded_when_the_store_is_down() -> None:
+def test_health_is_degraded_and_not_ready_when_the_store_is_down() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings = load_settings(None, {}, Overrides(upstream="http://127.0.0.1:9/v1", store=dead))
     with serve(create_app(settings)) as url:
         response = httpx.get(url.removesuffix("/v1") + "/health")
-    assert response.status_code == 503
-    assert response.json() == {"status": "degraded", "store": "unavailable"}
+        ready = httpx.get(url.removesuffix("/v1") + "/ready")
+    assert response.status_code == 200  # alive: it still serves, degraded
+    assert response.json() == {"status": "degraded", "store": "unavailable", "queued": 0}
+    assert ready.status_code == 503  # not ready: a load balancer should prefer a replica with its store
+    assert ready.json() == {"status": "not_ready", "store": "unavailable", "queued": 0}
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/nope"), ("POST", "/v2/chat/completions"), ("GET", "/")])
@@ -114,7 +120,7 @@ def test_an_embedded_store_lives_and_dies_with_the_app(tmp_path: Path) -> None:
         settings = load_settings(config, {}, Overrides(upstream=upstream_url))
         with serve(create_app(settings)) as url:
             root = url.removesuffix("/v1")
-            assert httpx.get(root + "/health").json() == {"status": "ok", "store": "ok"}
+            assert httpx.get(root + "/health").json() == {"status": "ok", "store": "ok", "queued": 0}
             assert chat(root, "embedded-1").status_code == 200
     assert (data_dir / "appendonly.aof").stat().st_size > 0
     with EmbeddedRedis(data_dir) as store_url, redis.Redis.from_url(store_url) as client:  # the lock was released

@@ -83,6 +83,17 @@ def test_stream_null_means_not_streaming() -> None:
     assert parse_request(encode([USER], stream=None)).stream is False
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("tools", 1), ("tools", True), ("tools", {"type": "function"}), ("tools", "f"), ("stream_options", ["x"])],
+)
+def test_fields_the_gateway_extends_must_have_their_shape(field: str, value: Any) -> None:
+    """`tools` gets the recall tool appended and `stream_options` is read: found by the fuzzer (a 500)."""
+    error = rejected(encode([USER], **{field: value}))
+    assert error.param == field and f"'{field}'" in error.message
+    assert parse_request(encode([USER], **{field: None})).body[field] is None
+
+
 # -- one message ----------------------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,32 @@ def test_secrets_are_not_echoed(
     config = write(tmp_path, "store:\n  url: ftp://user:hunter2@host\n")
     assert cli.main(["serve", "--config", str(config)]) == 2
     assert "hunter2" not in capsys.readouterr().err
+
+
+def test_without_log_content_the_loggers_that_quote_bodies_stay_at_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in cli.CONTENT_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.DEBUG)
+    cli.quiet_content_loggers(log_content=True)
+    assert all(logging.getLogger(name).level == logging.DEBUG for name in cli.CONTENT_LOGGERS)
+    uvicorn = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(uvicorn, "filters", [])
+    handler = logging.StreamHandler()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    cli.quiet_content_loggers(log_content=False)
+    assert all(not logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in cli.CONTENT_LOGGERS)
+    assert any(isinstance(f, cli.ExceptionsWithoutMessages) for f in uvicorn.filters)
+    assert any(isinstance(f, cli.ExceptionsWithoutMessages) for f in handler.filters)
+
+
+def test_an_exception_is_logged_by_type_and_frames_without_its_message() -> None:
+    said = "the user's secret plan"  # frames show source lines: the message must not be one
+    try:
+        raise ValueError(said)
+    except ValueError:
+        record = logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in %s", ("ASGI",), sys.exc_info()
+        )
+    assert cli.ExceptionsWithoutMessages().filter(record)
+    text = logging.Formatter().format(record)
+    assert text.startswith("Exception in ASGI: ValueError") and "test_cli.py" in text
+    assert "secret plan" not in text

@@ -65,6 +65,26 @@ def test_data_persists_across_restart(tmp_path: Path) -> None:
         assert client.hgetall("h") == {"a": "1"}
 
 
+def test_with_appendfsync_always_an_acknowledged_write_survives_sigkill(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path, appendfsync="always")
+    url = server.start()
+    with _client(url) as client:
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        for n in range(200):
+            client.set(f"k{n}", "v" * 1000)
+    assert server._process is not None
+    server._process.kill()  # no shutdown: only what reached the disk survives
+    server._process.wait()
+    server.stop()
+    with EmbeddedRedis(tmp_path) as restarted, _client(restarted) as client:
+        assert client.dbsize() == 200
+
+
+def test_an_unknown_appendfsync_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddedRedisError, match="appendfsync"):
+        EmbeddedRedis(tmp_path, appendfsync="no").start()
+
+
 def test_two_servers_get_different_ports(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path / "a") as url_a, EmbeddedRedis(tmp_path / "b") as url_b:
         assert url_a != url_b

@@ -9,6 +9,7 @@ from gateway.errors import (
     AuthenticationFailed,
     ContextLengthExceeded,
     GatewayError,
+    HeadersTooLarge,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -34,7 +35,7 @@ from gateway.errors import (
         (PayloadTooLarge, 413, "invalid_request_error", None),
         (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
         (UpstreamError, 502, "api_error", None),
-        (UpstreamTimeout, 504, "api_error", "timeout"),
+        (UpstreamTimeout, 504, "api_error", "upstream_timeout"),
         (ServiceUnavailable, 503, "api_error", None),
     ],
 )
@@ -113,3 +114,16 @@ def test_from_status_picks_the_class_and_keeps_unowned_statuses(
 def _error_classes() -> list[type[GatewayError]]:
     found = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, GatewayError)]
     return [c for c in found if c is not GatewayError]
+
+
+def test_headers_too_large_is_431_in_openai_shape() -> None:
+    exc = HeadersTooLarge("The request line and headers exceed the limit.")
+    assert error_body(exc) == {
+        "error": {
+            "message": "The request line and headers exceed the limit.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_header_fields_too_large",
+        }
+    }
+    assert error_response(exc).status_code == 431 and type(from_status(431, "x")) is HeadersTooLarge

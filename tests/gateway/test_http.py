@@ -8,13 +8,14 @@ import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import serve
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, error_response
-from gateway.http import read_body, respond, upstream_target
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout, error_response
+from gateway.http import HeaderLimit, head_bytes, read_body, respond, upstream_target
 from gateway.settings import Tenant, UpstreamSettings
 from gateway.upstream import UpstreamResponse
 from policies.tenant import TenantPolicy
@@ -253,3 +254,68 @@ async def test_an_sse_answer_is_streamed_chunk_by_chunk_then_closed() -> None:
 
 async def test_a_superscript_content_length_falls_back_to_counting() -> None:
     assert await read_body(Client([b"abc"]).request({"content-length": "\xb2"}), limit=10) == b"abc"
+
+
+async def test_an_upstream_error_that_is_not_openai_json_is_reshaped_keeping_status_and_headers() -> None:
+    page = [b"<html><h1>503 Service", b" Temporarily Unavailable</h1></html>"]
+    upstream = Upstream(503, "text/html", page, [("retry-after", "7")])
+    status, headers, chunks = await run(await respond(upstream.response, {"x-clawvm-session": "s"}))
+    error = json.loads(b"".join(chunks))["error"]
+    assert status == 503 and headers["retry-after"] == "7" and headers["x-clawvm-session"] == "s"
+    assert headers["content-type"] == "application/json"
+    assert error["type"] == "api_error" and "503 Service Temporarily Unavailable" in error["message"]
+    assert upstream.closed == 1
+
+
+async def test_an_error_status_with_an_event_stream_is_answered_whole() -> None:
+    upstream = Upstream(429, "text/event-stream", [b"data: slow down\n\n"])
+    response = await respond(upstream.response, {})
+    assert not isinstance(response, StreamingResponse)
+    status, _, chunks = await run(response)
+    assert status == 429 and json.loads(b"".join(chunks))["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_stream_that_fails_midway_ends_with_an_error_event_reported_once() -> None:
+    class Failing(Upstream):
+        async def _iterate(self) -> AsyncIterator[bytes]:
+            yield b'data: {"choices":[]}\n\n'
+            raise UpstreamTimeout("the upstream stalled mid-response")
+
+    upstream, seen = Failing(200, "text/event-stream", []), []
+    status, _, chunks = await run(await respond(upstream.response, {}, seen.append))
+    assert status == 200 and chunks[0] == b'data: {"choices":[]}\n\n'
+    assert json.loads(chunks[-1].removeprefix(b"data: "))["error"]["code"] == "upstream_timeout"
+    assert [type(e) for e in seen] == [UpstreamTimeout] and upstream.closed == 1
+
+
+# -- the header limit -----------------------------------------------------------------------------
+
+
+def test_head_bytes_counts_the_target_and_every_header_line() -> None:
+    scope = {"raw_path": b"/v1/x", "query_string": b"a=1", "headers": [(b"host", b"h"), (b"x-k", b"vv")]}
+    assert head_bytes(scope) == len("/v1/x") + len("a=1") + len("host: h\r\n") + len("x-k: vv\r\n")
+    assert head_bytes({"headers": []}) == 0
+
+
+def header_limited(limit: int) -> Starlette:
+    async def ok(request: Request) -> Response:
+        return Response("ok")
+
+    return Starlette(routes=[Route("/{path:path}", ok)], middleware=[Middleware(HeaderLimit, limit=limit)])
+
+
+def test_over_real_http_a_header_block_past_the_limit_is_431_before_any_route() -> None:
+    with serve(header_limited(2000)) as url, httpx.Client() as client:
+        within = client.get(url + "/x", headers={"x-pad": "p" * 1500})
+        over = client.get(url + "/x", headers={"x-pad": "p" * 2500})
+        long_target = client.get(url + "/x?" + "q" * 2500)
+    assert (within.status_code, within.text) == (200, "ok")
+    for response in (over, long_target):
+        assert response.status_code == 431
+        assert response.json()["error"] == {
+            "message": response.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_header_fields_too_large",
+        }
+        assert "limit of 2000 bytes (server.max_header_bytes)" in response.json()["error"]["message"]

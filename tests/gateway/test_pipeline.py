@@ -21,7 +21,17 @@ from gateway.journal import WritebackJournal
 from gateway.memory import MemoryService
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
-from gateway.pipeline import COMMIT_ATTEMPTS, Services, ToolTokens, prepare, uses_litellm
+from gateway.outage import OutageQueue
+from gateway.pipeline import (
+    COMMIT_ATTEMPTS,
+    COMMIT_BACKOFF_CAP_S,
+    COMMIT_BACKOFF_S,
+    Services,
+    ToolTokens,
+    commit_backoff,
+    prepare,
+    uses_litellm,
+)
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds
 from gateway.settings import Overrides, Settings, load_settings
@@ -69,18 +79,21 @@ def settings(tmp_path: Path) -> SettingsFactory:
 
 
 def services(settings: Settings, store: RedisStore, catalog: ModelCatalog) -> Services:
+    sessions, audit = SessionState(store), AuditLog(store.client)
+    memory = MemoryService(WritebackJournal(store.client), store)
     return Services(
         settings=settings,
         keyring=KeyRing(settings),
-        sessions=SessionState(store),
+        sessions=sessions,
         upstream=OpenAICompatible(),
         provider=LiteLLMProvider(),
         tokenizers=Tokenizers(),
         catalog=catalog,
         tool_tokens=ToolTokens(),
         metrics=Metrics(),
-        audit=AuditLog(store.client),
-        memory=MemoryService(WritebackJournal(store.client), store),
+        audit=audit,
+        memory=memory,
+        outage=OutageQueue(sessions, memory, audit),
     )
 
 
@@ -292,12 +305,37 @@ async def test_losing_every_race_is_503(
 
 
 @pytest.mark.anyio
-async def test_an_unreachable_store_is_503(settings: SettingsFactory, catalog: ModelCatalog) -> None:
+async def test_an_unreachable_store_degrades_the_turn_and_defers_its_writes(
+    settings: SettingsFactory, catalog: ModelCatalog
+) -> None:
     dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0)
     try:
-        with pytest.raises(ServiceUnavailable, match="page store is unavailable") as caught:
-            await run_prepare(services(settings(), dead, catalog), request(coding_session(1)))
-        assert caught.value.status_code == 503
+        svc = services(settings(), dead, catalog)
+        ids = session()
+        body, _, headers = await run_prepare(svc, request(coding_session(1)), ids)
+        assert headers["x-clawvm-degraded"] == "store_unavailable"
+        assert body["messages"][-1]["content"] == "What did module 2 contain?"  # planned on a fresh table
+        assert svc.outage.queued == 1 and svc.outage.holds("default", ids.session)
+        held = svc.outage.table("default", ids.session)
+        assert held is not None and held.version == 0 and len(held.order) == len(coding_session(1))
+        _, _, again = await run_prepare(svc, request(coding_session(2)), ids)  # the next turn plans on it
+        assert again["x-clawvm-degraded"] == "store_unavailable" and svc.outage.queued == 2
+        assert svc.outage.table("default", ids.session) is held and len(held.order) == len(coding_session(2))
+    finally:
+        await dead.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_full_outage_queue_refuses_new_turns_with_503(settings: SettingsFactory, catalog: ModelCatalog) -> None:
+    dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0)
+    try:
+        svc = services(settings(), dead, catalog)
+        svc.outage.capacity = 1
+        await run_prepare(svc, request(coding_session(1)))
+        with pytest.raises(ServiceUnavailable, match="store.outage_queue") as caught:
+            await run_prepare(svc, request(coding_session(1)))
+        assert caught.value.status_code == 503 and caught.value.code == "store_unavailable"
+        assert svc.outage.queued == 1  # the queued turn is kept
     finally:
         await dead.aclose()
 
@@ -353,3 +391,10 @@ def test_chat_completions_rejects_a_bad_key_before_reading_anything(gateway: tup
     response = httpx.post(url + "/chat/completions", content=b"{not json", headers={"authorization": "Bearer nope"})
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert not fake.requests
+
+
+def test_commit_backoff_is_full_jitter_growing_to_a_cap() -> None:
+    bounds = [commit_backoff(n, lambda low, high: high) for n in range(COMMIT_ATTEMPTS)]
+    assert bounds[0] == COMMIT_BACKOFF_S and bounds == sorted(bounds) and max(bounds) == COMMIT_BACKOFF_CAP_S
+    assert all(commit_backoff(n, lambda low, high: low) == 0.0 for n in range(COMMIT_ATTEMPTS))
+    assert all(0.0 <= commit_backoff(n) <= COMMIT_BACKOFF_CAP_S for n in range(COMMIT_ATTEMPTS))

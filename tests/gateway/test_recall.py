@@ -4,11 +4,13 @@ and a round's room shared fairly among its calls."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.recall import MIN_ANSWER_TOKENS, QUERY_OR, Paging, resolve_all, shares
+from gateway.recall import MIN_ANSWER_TOKENS, QUERY_OR, Paging, complete, framing, resolve_all, shares, split_calls
 from gateway.store import RedisStore, session_scope
+from gateway.upstream import UpstreamResponse
 from policies.pagetable import make_page_id, tenant_tag
 from policies.tokens import CharCounter
 from tests.factories import make_page
@@ -85,3 +87,30 @@ async def test_cramped_queries_keep_less_context_so_every_hit_fits(store: RedisS
     for k, answer in enumerate(answers):
         assert f"HAT{10 * k + 5:03d}" in answer.text
     assert sum(a.tokens for a in answers) <= room
+
+
+# -- what a broken upstream may answer (found by tests/e2e/test_fuzz.py) -----------------------------
+
+
+def test_odd_tool_calls_are_never_ours_and_never_crash_the_split() -> None:
+    odd = [
+        "not a call",
+        {"id": "x", "function": "clawvm_recall"},
+        {"id": 5, "function": {"name": "clawvm_recall", "arguments": 12}},
+        {"function": {"name": "read_file"}},
+    ]
+    ours, theirs = split_calls({"tool_calls": odd}, "clawvm_recall")
+    assert ours == [odd[2]] and theirs == [odd[0], odd[1], odd[3]]
+    assert split_calls({"tool_calls": 7}, "clawvm_recall") == ([], [])
+    assert framing({"content": None}, ours, CharCounter()) > 0  # a numeric id and arguments count as empty
+
+
+async def test_an_answer_that_is_not_json_is_relayed_as_it_came(store: RedisStore, tenant: str) -> None:
+    async def send(body: bytes) -> UpstreamResponse:
+        async def once() -> AsyncIterator[bytes]:
+            yield b"<html>bad gateway</html>"
+
+        return UpstreamResponse(200, [("content-type", "text/html")], once())
+
+    failed, answer = await complete(send, {"messages": []}, paging(store, tenant, 1000))
+    assert failed is None and answer == b"<html>bad gateway</html>"

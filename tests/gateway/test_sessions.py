@@ -5,12 +5,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
 from gateway.chat import parse_messages
 from gateway.session_state import SessionState
 from gateway.sessions import SAFE_ID, SessionIds, resolve, safe_id
-from gateway.store import Keys, RedisStore, session_scope
+from gateway.store import Keys, RedisStore, project_scope, session_scope
 from gateway.tables import dump_table
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
@@ -224,3 +226,23 @@ async def test_a_hashed_id_cannot_reach_another_tenants_keys(store: RedisStore) 
     assert resolved.session.startswith("h-")
     table = await SessionState(store).load(attacker, resolved.session, resolved.project)
     assert table.order == [] and table.version == 0
+
+
+_ANY_ID = st.one_of(
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=200),
+    st.sampled_from(["a}b{c", "x:s:y", "{t:s:x}", "*", "\ud800", "a" * 97, "p:1..p:2", "s\r\nDEL *"]),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(session=_ANY_ID, project=_ANY_ID, user=st.one_of(_ANY_ID, st.integers(), st.none()))
+def test_whatever_a_client_sends_the_ids_are_plain_store_ids(session: str, project: str, user: object) -> None:
+    """No key injection: any session or project id (header, metadata or user) becomes an id of
+    the safe grammar, without braces, so it can never open or close another Redis hash tag."""
+    headers = Headers(raw=[(b"x-clawvm-session", session.encode("utf-8", "surrogatepass"))]) if session else {}
+    body = {"metadata": {"project_id": project}, "user": user}
+    resolved = resolve(headers, body, transcript("hello"), "acme")
+    for value in (resolved.session, resolved.project, safe_id(session or "x"), safe_id(project or "x")):
+        assert SAFE_ID.fullmatch(value) and "{" not in value and "}" not in value
+    keys = (Keys.of("acme", session_scope(resolved.session)), Keys.of("acme", project_scope(resolved.project)))
+    assert all(k.table.count("{") == 1 and k.table.count("}") == 1 for k in keys)

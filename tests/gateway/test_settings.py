@@ -261,7 +261,16 @@ VALIDATION_CASES = [
     ),
     (
         "store: {url: 'http://x'}\n",
-        'store.url: expected "embedded" or a redis://, rediss:// or unix:// URL',
+        'store.url: expected "embedded" or a redis://, rediss:// or unix:// URL '
+        "(redis+cluster://host:port[,host:port...] for a Redis Cluster)",
+    ),
+    (
+        "store: {outage_queue: 0}\n",
+        "store.outage_queue: expected a positive integer, got 0",
+    ),
+    (
+        "store: {appendfsync: never}\n",
+        "store.appendfsync: expected one of everysec, always, got 'never'",
     ),
     (
         "upstream: {api_base: 'ftp://x'}\n",
@@ -270,6 +279,18 @@ VALIDATION_CASES = [
     (
         "upstream: {timeout_seconds: 0}\n",
         "upstream.timeout_seconds: expected a number in (0, inf), got 0",
+    ),
+    (
+        "upstream: {retries: -1}\n",
+        "upstream.retries: expected an integer from 0 to 10, got -1",
+    ),
+    (
+        "upstream: {backoff: fast}\n",
+        "upstream.backoff: expected a number, got 'fast'",
+    ),
+    (
+        "upstream: {stream_idle_timeout: 0}\n",
+        "upstream.stream_idle_timeout: expected a number in (0, inf), got 0",
     ),
     (
         "upstream: {model_map: [a]}\n",
@@ -495,6 +516,19 @@ def test_tenant_upstream_overrides_field_by_field(tmp_path: Path) -> None:
     assert plain.upstream.upstream_model("gpt-4") == "dep-b"
 
 
+def test_retries_and_stream_timeouts_default_and_override_per_tenant(tmp_path: Path) -> None:
+    text = "upstream:\n  retries: 4\n  backoff: 0.1\n" + ACME + "    upstream: {retries: 0, stream_idle_timeout: 30}\n"
+    settings = load(tmp_path, text)
+    (acme,) = settings.tenants
+    assert (settings.upstream.retries, settings.upstream.backoff, settings.upstream.stream_idle_timeout) == (
+        4,
+        0.1,
+        120.0,
+    )
+    assert (acme.upstream.retries, acme.upstream.backoff, acme.upstream.stream_idle_timeout) == (0, 0.1, 30.0)
+    assert (acme.upstream.backoff_max, acme.upstream.retry_after_max) == (8.0, 30.0)
+
+
 def test_tenant_api_base_beats_the_flag(tmp_path: Path) -> None:
     text = ACME + "    upstream: {api_base: 'http://acme/v1'}\n"
     assert load(tmp_path, text, upstream="http://flag/v1").tenants[0].upstream.api_base == "http://acme/v1"
@@ -508,8 +542,18 @@ def test_overrides_host_port_store(tmp_path: Path) -> None:
     settings = load(tmp_path, text, host="10.0.0.1", port=5001, store="rediss://flag:1/2")
     assert (settings.server.host, settings.server.port) == ("10.0.0.1", 5001)
     assert settings.store == StoreSettings("rediss://flag:1/2", Path("/var/x"))
+    assert settings.store.outage_queue == 10_000  # the default
+    assert load(tmp_path, "store: {outage_queue: 5}\n").store.outage_queue == 5
+    assert settings.store.appendfsync == "everysec"  # the default
+    assert load(tmp_path, "store: {appendfsync: always}\n").store.appendfsync == "always"
     assert not settings.store.embedded
     assert load(tmp_path, text, store="embedded").store.embedded
+
+
+def test_a_redis_cluster_url_is_accepted(tmp_path: Path) -> None:
+    for url in ("redis+cluster://h1:7000,h2:7001", "rediss+cluster://u:p@h1:7000/0"):
+        assert load(tmp_path, f"store: {{url: '{url}'}}\n").store.url == url
+        assert load(tmp_path, "", store=url).store.url == url
 
 
 def test_overrides_are_validated(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.fake_upstream import stream_events
-from gateway.errors import RateLimited, error_body
-from gateway.sse import DONE, encode_data, error_event, event_data, is_done, iter_events
+from gateway.errors import GatewayError, RateLimited, UpstreamError, error_body
+from gateway.sse import DONE, encode_data, ending_cleanly, error_event, event_data, is_done, iter_events
 
 HEAD = {"id": "chatcmpl-1", "created": 1, "model": "m"}
 REPLY = {
@@ -102,3 +102,61 @@ def test_error_event_carries_openai_error_json() -> None:
     data = event_data(error_event(exc))
     assert data is not None
     assert json.loads(data) == error_body(exc)
+
+
+# ---------------------------------------------------------------- ending_cleanly
+
+
+def relayed(parts: Sequence[bytes], fail: GatewayError | None = None) -> tuple[list[bytes], list[GatewayError]]:
+    seen: list[GatewayError] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+        if fail is not None:
+            raise fail
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in ending_cleanly(source(), seen.append)]
+
+    return anyio.run(collect), seen
+
+
+def test_a_stream_that_ends_well_is_relayed_byte_for_byte() -> None:
+    out, seen = relayed(EVENTS)
+    assert out == EVENTS and not seen
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), unique=True, max_size=12))
+def test_events_cut_anywhere_are_relayed_whole_and_complete(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    out, _ = relayed([STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    assert b"".join(out) == STREAM
+    assert all(chunk.endswith(b"\n\n") for chunk in out)
+
+
+def test_a_failure_ends_the_stream_with_its_error_event_and_no_done() -> None:
+    fail = UpstreamError("the upstream connection dropped mid-response", code="upstream_disconnected")
+    half = b'data: {"choices":[{"delta":{"content":"he'
+    out, seen = relayed([EVENTS[1], EVENTS[2] + half], fail)
+    assert out == [EVENTS[1], EVENTS[2], error_event(fail)]  # the half event is never relayed
+    assert seen == [fail] and DONE not in out
+
+
+def test_an_unfinished_tail_of_a_clean_end_is_relayed_as_it_is() -> None:
+    out, _ = relayed([EVENTS[1], b"data: [DONE]"])
+    assert out == [EVENTS[1], b"data: [DONE]"]
+
+
+def test_crlf_events_are_not_cut_between_cr_and_lf() -> None:
+    out, _ = relayed([b"data: 1\r\n\r\ndata: 2\r", b"\n\r\n"])
+    assert out == [b"data: 1\r\n\r\n", b"data: 2\r\n\r\n"]
+
+
+def test_lone_surrogates_are_written_as_escapes_never_as_invalid_utf8() -> None:
+    """A broken upstream's chunk (found by tests/e2e/test_fuzz.py): JSON carries \\ud800 as an escape."""
+    event = encode_data({"delta": "\ud800 é"})
+    assert event == b'data: {"delta":"\\ud800 \\u00e9"}\n\n'
+    assert json.loads(event_data(event) or "") == {"delta": "\ud800 é"}
+    assert encode_data({"delta": "é"}) == 'data: {"delta":"é"}\n\n'.encode()  # the common case unchanged
+    assert encode_data("x\ud800") == b"data: x\\ud800\n\n"

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.codec import dump_page
 from gateway.embedded import free_port
@@ -22,6 +24,8 @@ from gateway.store import (
     TableRecord,
     VersionConflict,
     body_digest,
+    cluster_client,
+    mapped_errors,
     project_scope,
     session_scope,
 )
@@ -332,7 +336,8 @@ async def test_a_table_stored_without_a_journal_base_still_loads(
     assert await store.load_table(tenant, S1) == TableRecord(5, '{"old":1}\n{"d":1}')
 
 
-async def test_concurrent_appends_one_wins(store: RedisStore, tenant: str) -> None:
+async def racing_appends(store: RedisStore, tenant: str, writers: int = 8) -> list[str]:
+    """`writers` appends at once on a stored table at v1: each one's outcome, sorted."""
     await store.save(tenant, S1, '{"s":0}', [], {}, None)
     outcomes: list[str] = []
 
@@ -344,9 +349,13 @@ async def test_concurrent_appends_one_wins(store: RedisStore, tenant: str) -> No
             outcomes.append("conflict")
 
     async with anyio.create_task_group() as tg:
-        for n in range(8):
+        for n in range(writers):
             tg.start_soon(writer, n)
-    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    return sorted(outcomes)
+
+
+async def test_concurrent_appends_one_wins(store: RedisStore, tenant: str) -> None:
+    assert await racing_appends(store, tenant) == ["conflict"] * 7 + ["ok"]
     record = await store.load_table(tenant, S1)
     assert record is not None and record.version == 2 and record.data.count("\n") == 1
 
@@ -473,3 +482,102 @@ async def test_swap_recent_returns_the_session_before(store: RedisStore, tenant:
     assert await store.swap_recent(tenant, scope, "s2") == "s2"
     with pytest.raises(InvalidKeyError):
         await store.swap_recent(tenant, scope, "bad id{x}")
+
+
+# -- Redis Cluster -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster_store(redis_cluster_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_cluster_url)
+    yield store
+    await store.aclose()
+
+
+async def test_a_cluster_url_makes_a_cluster_client(redis_cluster_url: str) -> None:
+    async with RedisStore.from_url(redis_cluster_url) as store:
+        assert isinstance(store.client, RedisCluster)
+        assert await store.ping() is True
+    listed = redis_cluster_url.removeprefix("redis+cluster://").split(",")
+    client = cluster_client(f"redis+cluster://user:secret@{','.join(listed)}/0?socket_timeout=3", {})
+    try:
+        assert sorted(f"{n.host}:{n.port}" for n in client.startup_nodes) == sorted(listed)
+        assert client.connection_kwargs["username"] == "user" and client.connection_kwargs["password"] == "secret"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1", "redis+cluster://a:1,b", "redis+cluster://a:1/3"])
+async def test_a_bad_cluster_url_is_a_store_error(url: str) -> None:
+    with pytest.raises(StoreError):
+        RedisStore.from_url(url)
+
+
+async def test_store_operations_on_a_cluster(cluster_store: RedisStore, tenant: str) -> None:
+    project = project_scope("repo")
+    for n in range(6):  # sessions whose tags hash to different masters
+        scope = session_scope(f"sess-{n}")
+        assert await cluster_store.save(tenant, scope, '{"s":1}', [make_page("p1")], {DIGEST: BODY}, 0) == 1
+        assert await cluster_store.append(tenant, scope, f'{{"d":{n}}}', [make_page("p2")], {}, 1) == 2
+        assert await cluster_store.load_table(tenant, scope) == TableRecord(2, f'{{"s":1}}\n{{"d":{n}}}')
+        assert await cluster_store.table_version(tenant, scope) == 2
+        assert list(await cluster_store.get_pages(tenant, scope, ["p2", "p1", "nope"])) == ["p2", "p1"]
+        assert await cluster_store.get_body(tenant, scope, DIGEST) == BODY
+        with pytest.raises(VersionConflict):
+            await cluster_store.append(tenant, scope, '{"d":"stale"}', [], {}, 1)
+    await cluster_store.put_pages(tenant, project, [make_page("p:0a0b0c0d0e0f")])
+    assert list(await cluster_store.get_pages(tenant, project, ["p:0a0b0c0d0e0f"])) == ["p:0a0b0c0d0e0f"]
+    assert await cluster_store.swap_recent(tenant, project, "sess-0") is None
+    assert await cluster_store.swap_recent(tenant, project, "sess-1") == "sess-0"
+
+
+async def test_concurrent_optimistic_saves_on_a_cluster_one_wins(cluster_store: RedisStore, tenant: str) -> None:
+    assert await racing_appends(cluster_store, tenant) == ["conflict"] * 7 + ["ok"]
+
+
+async def test_an_unreachable_cluster_raises_store_unavailable(tenant: str) -> None:
+    store = RedisStore.from_url(f"redis+cluster://127.0.0.1:{free_port()}", socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.load_table(tenant, S1)
+        with pytest.raises(StoreUnavailable):
+            await store.save(tenant, S1, "{}", [], {}, None)
+        assert await store.ping() is False
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (rexc.ClusterDownError("CLUSTERDOWN The cluster is down"), StoreUnavailable),
+        (rexc.MasterDownError("MASTERDOWN"), StoreUnavailable),
+        (rexc.TryAgainError("TRYAGAIN"), StoreUnavailable),
+        (rexc.SlotNotCoveredError('Slot "7" is not covered by the cluster.'), StoreUnavailable),
+        (rexc.RedisClusterException("Redis Cluster cannot be connected."), StoreUnavailable),
+        (rexc.CrossSlotTransactionError("keys in different slots"), StoreError),
+    ],
+)
+async def test_cluster_errors_are_mapped(raised: Exception, expected: type[StoreError]) -> None:
+    with pytest.raises(expected) as info, mapped_errors():
+        raise raised
+    assert type(info.value) is expected and info.value.__cause__ is raised
+
+
+async def test_more_requests_than_pooled_connections_wait_for_one_instead_of_failing(
+    redis_url: str, tenant: str
+) -> None:
+    store = RedisStore.from_url(redis_url, max_connections=2)
+    versions: list[int] = []
+
+    async def save(n: int) -> None:
+        scope = session_scope(f"pool-{n}")
+        versions.append(await store.save(tenant, scope, f'{{"n":{n}}}', [], {}, None))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for n in range(40):
+                group.start_soon(save, n)
+    finally:
+        await store.aclose()
+    assert versions == [1] * 40

@@ -10,9 +10,13 @@ import aiohttp
 import httpx
 import pytest
 import respx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from bench.fake_upstream import FakeUpstream, Running, running
-from gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, error_body, error_response
+from bench.fake_upstream import FakeUpstream, Running, running, serve
+from gateway.errors import RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnreachable, error_body, error_response
 from gateway.sse import DONE, event_data
 from gateway.upstream import (
     LiteLLMProvider,
@@ -21,8 +25,13 @@ from gateway.upstream import (
     UpstreamTarget,
     forwarded_headers,
     import_litellm,
+    map_body_errors,
     map_transport_errors,
+    redact,
+    redact_headers,
+    redact_text,
     relayed_headers,
+    secrets_of,
 )
 
 pytestmark = pytest.mark.anyio
@@ -273,7 +282,7 @@ async def test_an_owned_session_is_closed_and_a_lent_one_is_not(fake_upstream: R
     [
         (TimeoutError(), UpstreamTimeout, "upstream timed out: TimeoutError"),
         (aiohttp.ServerTimeoutError("read timed out"), UpstreamTimeout, "upstream timed out: read timed out"),
-        (aiohttp.ServerDisconnectedError(), UpstreamError, "upstream unreachable: "),
+        (aiohttp.ServerDisconnectedError(), UpstreamUnreachable, "upstream unreachable: "),
         (aiohttp.ClientPayloadError("cut short"), UpstreamError, "upstream failed: cut short"),
     ],
 )
@@ -283,6 +292,23 @@ def test_transport_errors_are_mapped(raised: Exception, expected: type[UpstreamE
     assert type(caught.value) is expected
     assert caught.value.message.startswith(prefix)
     assert caught.value.__cause__ is raised
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "code"),
+    [
+        (aiohttp.ServerTimeoutError("read timed out"), UpstreamTimeout, "upstream_timeout"),
+        (aiohttp.ClientPayloadError("cut short"), UpstreamError, "upstream_disconnected"),
+        (aiohttp.ServerDisconnectedError(), UpstreamError, "upstream_disconnected"),
+    ],
+)
+def test_body_errors_are_mapped_and_never_look_retryable(
+    raised: Exception, expected: type[UpstreamError], code: str
+) -> None:
+    with pytest.raises(expected) as caught, map_body_errors():
+        raise raised
+    assert type(caught.value) is expected and caught.value.code == code
+    assert "mid-response" in caught.value.message
 
 
 def _closed_port() -> int:
@@ -386,3 +412,65 @@ class TestLiteLLMProvider:
         assert all("finish_reason" in c["choices"][0] for c in chunks)
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
         assert fake_upstream.fake.requests[0].headers["authorization"] == "Bearer sk-f"
+
+
+# -- the upstream key never reaches the agent ------------------------------------------------------
+
+SECRET = "sk-upstream-0123456789abcdefWXYZ"
+
+
+@pytest.mark.parametrize(
+    ("echoed", "expected"),
+    [
+        (f'{{"message": "Bearer {SECRET}"}}'.encode(), b'{"message": "Bearer [redacted]"}'),
+        (json.dumps({"m": SECRET}).encode(), b'{"m": "[redacted]"}'),
+        (
+            b'{"m": "Incorrect API key provided: sk-upst********WXYZ."}',
+            b'{"m": "Incorrect API key provided: [redacted]."}',
+        ),
+        (b'{"m": "no key here: sk-other****abcd"}', b'{"m": "no key here: sk-other****abcd"}'),
+    ],
+    ids=["plain", "json", "openai_masked", "another_key_left_alone"],
+)
+def test_redact_replaces_the_key_in_every_form_an_upstream_echoes(echoed: bytes, expected: bytes) -> None:
+    assert redact(echoed, [SECRET]) == expected
+    assert redact_text(echoed.decode(), [SECRET]) == expected.decode()
+
+
+def test_redact_handles_json_escaped_slashes_and_no_secrets() -> None:
+    key = "sk/with/slashes-0123456789"
+    assert redact(b'{"k": "sk\\/with\\/slashes-0123456789"}', [key]) == b'{"k": "[redacted]"}'
+    assert redact(b"untouched", []) == b"untouched"
+
+
+def test_relayed_headers_drop_credentials_and_redact_echoes() -> None:
+    raw = (
+        (b"Authorization", f"Bearer {SECRET}".encode()),
+        (b"X-Api-Key", SECRET.encode()),
+        (b"x-echo", f"got {SECRET}".encode()),
+        (b"content-type", b"application/json"),
+    )
+    headers = redact_headers(relayed_headers(raw), secrets_of(UpstreamTarget("http://u", SECRET)))
+    assert headers == [("x-echo", "got [redacted]"), ("content-type", "application/json")]
+    assert secrets_of(UpstreamTarget("http://u", None)) == () and secrets_of(None) == ()
+
+
+async def test_an_error_body_echoing_the_key_is_redacted_and_a_success_is_untouched() -> None:
+    async def echo(request: Request) -> JSONResponse:
+        said = request.headers["authorization"]
+        status = 401 if request.url.path.endswith("/fail") else 200
+        return JSONResponse({"echo": said}, status_code=status, headers={"x-echo": said})
+
+    client = OpenAICompatible()
+    with serve(Starlette(routes=[Route("/{path:path}", echo)])) as url:
+        try:
+            target = UpstreamTarget(url, SECRET)
+            failed = await client.send(target, "GET", "/fail", None, {})
+            failed_body = await failed.read()
+            ok = await client.send(target, "GET", "/ok", None, {})
+            ok_body = await ok.read()
+        finally:
+            await client.aclose()
+    assert failed.status == 401 and json.loads(failed_body) == {"echo": "Bearer [redacted]"}
+    assert dict(failed.headers)["x-echo"] == "Bearer [redacted]"
+    assert json.loads(ok_body) == {"echo": f"Bearer {SECRET}"}  # a 2xx body is the model's: relayed as it is
