@@ -25,6 +25,10 @@ USER clawvm
 WORKDIR /data
 VOLUME /data
 EXPOSE 4000
+# Liveness: /health answers 200 while the process serves, even through a store outage (readiness,
+# for a load balancer, is /ready).
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4000/health', timeout=2)"]
 
 ENTRYPOINT ["clawvm", "serve", "--config", "/etc/clawvm/config.yaml", "--host", "0.0.0.0"]
 CMD []
