@@ -198,13 +198,31 @@ def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str
 
 
 def _settle(layout: Layout, levels: dict[str, Fidelity], target: int, applied: list[tuple[str, Fidelity]]) -> int:
-    """Undo the last upgrades until the exact accounting fits the target."""
+    """Keep the longest run of the upgrades, in the order they were applied, whose exact
+    accounting fits the target, found by bisection: a few exact accountings, not one per
+    upgrade undone (each is linear in the session). Keeping none fits: the floors do."""
     cost = total_cost(layout, levels)
-    while cost > target and applied:
-        page_id, level = applied.pop()
+    if cost <= target:
+        return cost
+    kept, over = 0, len(applied)  # keeping `kept` upgrades fits; keeping `over` does not
+    while over - kept > 1:
+        middle = (kept + over) // 2
+        if total_cost(layout, _first(levels, applied, middle)) <= target:
+            kept = middle
+        else:
+            over = middle
+    for page_id, level in reversed(applied[kept:]):
         levels[page_id] = level
-        cost = total_cost(layout, levels)
-    return cost
+    del applied[kept:]
+    return total_cost(layout, levels)
+
+
+def _first(levels: Mapping[str, Fidelity], applied: list[tuple[str, Fidelity]], count: int) -> dict[str, Fidelity]:
+    """`levels` with only the first `count` of the applied upgrades."""
+    trial = dict(levels)
+    for page_id, level in reversed(applied[count:]):
+        trial[page_id] = level
+    return trial
 
 
 def _block_index(layout: Layout) -> dict[str, int]:
