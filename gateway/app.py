@@ -39,6 +39,7 @@ from gateway.session_state import SessionState
 from gateway.settings import Settings
 from gateway.store import RedisStore
 from gateway.tokens import Tokenizers, prepare_offline
+from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 
 log = logging.getLogger("clawvm.gateway")
@@ -106,6 +107,7 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         tokenizers=tokenizers,
         catalog=ModelCatalog.load(),
         tool_tokens=ToolTokens(),
+        transcripts=TranscriptCache(),
         metrics=metrics,
         audit=audit,
         memory=memory,

@@ -8,7 +8,7 @@ full fidelity is the client's own dict, forwarded unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,12 @@ class ChatRequest:
     stream: bool
 
 
-def parse_request(raw: bytes) -> ChatRequest:
+Parse = Callable[[list[Any]], list[Message]]
+
+
+def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
+    """The request, validated; `parse` turns its `messages` into the transcript (default
+    `parse_messages`; `gateway.transcripts.TranscriptCache.parser` reuses an earlier parse)."""
     try:
         body = jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -38,7 +43,7 @@ def parse_request(raw: bytes) -> ChatRequest:
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("'messages' is a required property and must be a non-empty array.", param="messages")
-    messages = parse_messages(raw_messages)
+    messages = (parse or parse_messages)(raw_messages)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean or null.", param="stream")
@@ -53,10 +58,12 @@ PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
 PLAIN_KEYS = frozenset({"role", "content"})
 
 
-def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
+def parse_messages(raw_messages: Sequence[Any], start: int = 0) -> list[Message]:
+    """The transcript of `raw_messages`, which follow `start` earlier messages whose tool calls
+    were all answered (their indexes name fields in errors)."""
     messages: list[Message] = []
     pending: dict[str, int] = {}
-    for index, item in enumerate(raw_messages):
+    for index, item in enumerate(raw_messages, start):
         message = _plain(item) if not pending else None
         if message is not None:  # the common shape, validated in a few dict look-ups
             messages.append(message)

@@ -49,6 +49,7 @@ from gateway.sse import ending_cleanly
 from gateway.store import CorruptData, StoreUnavailable, VersionConflict
 from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
+from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
@@ -105,6 +106,7 @@ class Services:
     tokenizers: Tokenizers
     catalog: ModelCatalog
     tool_tokens: ToolTokens
+    transcripts: TranscriptCache
     metrics: Metrics
     audit: AuditLog
     memory: MemoryService
@@ -168,7 +170,9 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _chat(request: Request, services: Services, tenant: Tenant, started: int) -> Response:
-    chat = parse_request(await read_body(request, services.settings.server.max_body_bytes))
+    body = await read_body(request, services.settings.server.max_body_bytes)
+    hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
+    chat = parse_request(body, services.transcripts.parser(hint))
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
     _log_turn(services, tenant, chat, turn)

@@ -24,6 +24,7 @@ not relayed, and an upstream that echoes the key (an error body quoting the requ
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -316,8 +317,9 @@ class LiteLLMProvider:
     async def chat(self, body: Mapping[str, Any], target: UpstreamTarget | None) -> UpstreamResponse:
         litellm = import_litellm()
         secrets = secrets_of(target)
+        own = {**body, "messages": copy.deepcopy(body.get("messages"))}  # litellm may edit messages in place
         with map_litellm_errors(litellm, secrets):
-            result = await litellm.acompletion(**body, **_litellm_target(target))
+            result = await litellm.acompletion(**own, **_litellm_target(target))
         if body.get("stream"):
             sse = [("content-type", "text/event-stream")]
             return UpstreamResponse(200, sse, _sse(result, litellm, secrets), result.aclose)

@@ -148,7 +148,7 @@ def test_message_text_reaches_the_logs_only_with_log_content(start, caplog, log_
 def test_a_bugs_message_stays_out_of_the_logs(start, caplog, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unhandled exception quoting the request is logged by type and place, not by message."""
 
-    def broken(raw: bytes) -> object:
+    def broken(raw: bytes, *_: object) -> object:
         raise ValueError(f"cannot handle {raw.decode()}")
 
     monkeypatch.setattr("gateway.pipeline.parse_request", broken)

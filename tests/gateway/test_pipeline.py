@@ -37,6 +37,7 @@ from gateway.sessions import SessionIds
 from gateway.settings import Overrides, Settings, load_settings
 from gateway.store import RedisStore
 from gateway.tokens import Tokenizers, count_messages
+from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
@@ -90,6 +91,7 @@ def services(settings: Settings, store: RedisStore, catalog: ModelCatalog) -> Se
         tokenizers=Tokenizers(),
         catalog=catalog,
         tool_tokens=ToolTokens(),
+        transcripts=TranscriptCache(),
         metrics=Metrics(),
         audit=audit,
         memory=memory,
