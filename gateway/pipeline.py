@@ -362,7 +362,7 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
 
 
 def recall_room(budget: TokenBudget, offered: bool) -> int:
-    """Prompt tokens kept free for recalled text: an eighth of the budget, at most RECALL_ROOM."""
+    """Prompt tokens kept free for recalled text: a sixth of the budget, at most RECALL_ROOM."""
     return min(RECALL_ROOM, budget.cap // 6) if offered else 0
 
 
