@@ -11,6 +11,7 @@ setting; `h11_max_incomplete_event_size` covers only the h11 parser.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ from gateway.settings import Tenant
 from gateway.sse import ending_cleanly
 from gateway.upstream import UpstreamResponse, UpstreamTarget
 
+log = logging.getLogger("clawvm.gateway")
 T = TypeVar("T")
 OnError = Callable[[GatewayError], None]
 ERROR_SNIPPET = 300  # characters of a non-OpenAI error body quoted in our message
@@ -121,11 +123,16 @@ def stream_faults_counted(metrics: Metrics) -> OnError:
     return count
 
 
-async def respond(upstream: UpstreamResponse, ours: Mapping[str, str], on_error: OnError | None = None) -> Response:
+async def respond(
+    upstream: UpstreamResponse, ours: Mapping[str, str], on_error: OnError | None = None, *, log_content: bool = False
+) -> Response:
     """The upstream's answer with our headers on top: a stream relayed as it comes (a failure
-    mid-stream ends it with an error event, reported to `on_error`), an error in OpenAI's shape."""
+    mid-stream ends it with an error event, reported to `on_error`), an error in OpenAI's shape.
+    `log_content`: a 5xx body (which may quote the request) may be logged, not only its size."""
     headers = {name: value for name, value in upstream.headers}
     headers.update(ours)
+    if upstream.status >= 500:
+        return await _server_error(upstream, headers, log_content)
     if upstream.status >= 400:
         return await _error(upstream, headers)
     if upstream.is_stream:
@@ -138,9 +145,24 @@ async def respond(upstream: UpstreamResponse, ours: Mapping[str, str], on_error:
     return Response(await upstream.read(), status_code=upstream.status, headers=headers)
 
 
+async def _server_error(upstream: UpstreamResponse, headers: dict[str, str], log_content: bool) -> Response:
+    """An upstream 5xx with its status and headers (Retry-After) but a message of ours: its body,
+    OpenAI-shaped or not, may quote internal hosts, ports or a library's exception text. The body
+    is logged (its size only, unless `server.log_content`)."""
+    body = await upstream.read()
+    if log_content:
+        log.warning("the upstream answered %d: %r", upstream.status, body[:ERROR_SNIPPET])
+    else:
+        log.warning("the upstream answered %d (%d bytes)", upstream.status, len(body))
+    error = from_status(upstream.status, f"the upstream answered {upstream.status}; the request may be retried")
+    headers = {name: value for name, value in headers.items() if name != "content-type"}
+    return Response(jsonio.dumps(error_body(error)), upstream.status, headers, media_type="application/json")
+
+
 async def _error(upstream: UpstreamResponse, headers: dict[str, str]) -> Response:
-    """An upstream error with its status and headers (Retry-After, rate-limit counters): its body
-    as it is when OpenAI-shaped, else that body's head quoted in an OpenAI error of that status."""
+    """An upstream 4xx with its status and headers (Retry-After, rate-limit counters): its body
+    as it is when OpenAI-shaped (the provider's words to the caller), else that body's head quoted
+    in an OpenAI error of that status."""
     body = await upstream.read()
     if _openai_error(body):
         return Response(body, status_code=upstream.status, headers=headers)

@@ -39,6 +39,7 @@ from gateway.metrics import Metrics
 from gateway.models import ModelCatalog, resolve_window
 from gateway.observe import BOUNDARIES, QUIET, Observation, TurnFacts, observe, record, record_recalls
 from gateway.outage import DEGRADED, DEGRADED_HEADER, OutageQueue, store_event
+from gateway.provider_params import provider_params
 from gateway.recall import Paging, complete, tool_schema
 from gateway.recall_stream import relay
 from gateway.retry import with_retries
@@ -173,6 +174,8 @@ async def _chat(request: Request, services: Services, tenant: Tenant, started: i
     body = await read_body(request, services.settings.server.max_body_bytes)
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
     chat = parse_request(body, services.transcripts.parser(hint))
+    if uses_litellm(chat.model):
+        provider_params(chat.body)  # a refused field is refused before the turn is planned
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
     _log_turn(services, tenant, chat, turn)

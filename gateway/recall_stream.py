@@ -60,6 +60,8 @@ async def relay(first: UpstreamResponse, send: Send, body: dict[str, Any], pagin
             upstream = await send(jsonio.dumps(body))
             if upstream.status != 200:
                 detail = (await upstream.read()).decode("utf-8", "replace")[:300]
+                if upstream.status >= 500:  # may quote internal hosts or library text: not for the agent
+                    detail = "the request may be retried"
                 raise from_status(upstream.status, f"upstream failed during a recall round: {detail}")
         for out in _closing(state, head, usage, body):
             yield out

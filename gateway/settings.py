@@ -63,6 +63,7 @@ _UPSTREAM_KEYS = (
     "api_base",
     "api_key",
     "forward_client_key",
+    "account_routes",
     "timeout_seconds",
     "model_map",
     "retries",
@@ -115,6 +116,8 @@ class UpstreamSettings:
     api_base: str = DEFAULT_API_BASE
     api_key: str | None = field(default=None, repr=False)
     forward_client_key: bool = False
+    account_routes: bool = False  # relay account-level routes (files, batches, ...) through this key
+    tenant_key: bool = False  # `api_key` is the tenant's own, not the shared default (not a config key)
     timeout: float = 600.0
     model_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retries: int = 2  # attempts after the first, only while no response began (gateway.retry)
@@ -122,6 +125,16 @@ class UpstreamSettings:
     backoff_max: float = 8.0  # longest backoff wait
     retry_after_max: float = 30.0  # longest upstream Retry-After waited for; a longer one is relayed
     stream_idle_timeout: float = 120.0  # a stream silent this long ends with an error event
+
+    @property
+    def own_key(self) -> bool:
+        """The upstream key is the tenant's: forwarded from the client, or set for this tenant alone."""
+        return self.forward_client_key or self.tenant_key
+
+    @property
+    def owns_account(self) -> bool:
+        """Account-level routes (gateway.relay) may be relayed: the tenant's own key, or allowed."""
+        return self.own_key or self.account_routes
 
     def upstream_model(self, model: str) -> str:
         """The name to send upstream for the model the agent asked for."""
@@ -494,13 +507,17 @@ def _env_upstream(env: Mapping[str, str]) -> UpstreamSettings:
     return UpstreamSettings(api_base=_http_url(api_base, "CLAWVM_UPSTREAM_BASE_URL"), api_key=api_key)
 
 
-def _upstream(value: object, path: str, base: UpstreamSettings) -> UpstreamSettings:
-    """`base` with each field the section sets replaced (`model_map` is replaced whole)."""
+def _upstream(value: object, path: str, base: UpstreamSettings, *, tenant: bool = False) -> UpstreamSettings:
+    """`base` with each field the section sets replaced (`model_map` is replaced whole). In a
+    tenant's section (`tenant`), an `api_key` other than the shared one is that tenant's own."""
     sec = _section(value, path, _UPSTREAM_KEYS)
+    api_key = sec.optional("api_key", base.api_key, _secret)
     return UpstreamSettings(
         api_base=sec.optional("api_base", base.api_base, _http_url),
-        api_key=sec.optional("api_key", base.api_key, _secret),
+        api_key=api_key,
         forward_client_key=sec.get("forward_client_key", base.forward_client_key, _boolean),
+        account_routes=sec.get("account_routes", base.account_routes, _boolean),
+        tenant_key=tenant and api_key is not None and api_key != base.api_key,
         timeout=sec.get("timeout_seconds", base.timeout, _SECONDS),
         model_map=sec.get("model_map", base.model_map, _model_map),
         retries=sec.get("retries", base.retries, _integer(0, 10)),
@@ -558,7 +575,7 @@ def _tenant(name: str, value: object, upstream: UpstreamSettings, overrides: Ove
         rules=_rules(sec.raw("rules"), sec.at("rules")),
     )
     keys = _api_keys(sec.raw("api_keys"), sec.at("api_keys"))
-    return Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream))
+    return Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream, tenant=True))
 
 
 def _api_keys(value: object, path: str) -> tuple[str, ...]:

@@ -16,6 +16,13 @@ gateway.retry) or `UpstreamError`; a failure once the body flows raises from the
 (`map_body_errors`: never retried). litellm reports upstream statuses as exceptions, which
 `map_litellm_errors` turns into the matching `GatewayError`.
 
+What the upstream says about the operator's account stays here: only `RELAYED` headers (and the
+`RELAYED_PREFIXES` rate-limit families) of an answer reach the agent, so `openai-organization`,
+`openai-project`, `set-cookie`, `anthropic-organization-id` and the like do not. A failure to get an
+answer (`map_transport_errors`, `map_body_errors`, litellm's 5xx, timeouts and connection errors)
+reaches the client as a generic message that names what failed and that it may be retried; the
+detail (hosts, ports, library text) is logged here, never sent.
+
 The key the gateway sends upstream never reaches the agent: credential headers of an answer are
 not relayed, and an upstream that echoes the key (an error body quoting the request's
 `Authorization`, a masked `sk-...abcd` in a 401, a litellm exception) has it replaced by
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -44,6 +52,7 @@ from gateway.errors import (
     UpstreamUnreachable,
     from_status,
 )
+from gateway.provider_params import provider_params
 from gateway.sse import DONE, encode_data
 
 HOP_BY_HOP = frozenset(
@@ -63,8 +72,29 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
 _NOT_RELAYED = HOP_BY_HOP | {"date", "server", "content-length", "content-encoding"}
 _CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})  # never relayed to the agent
+# Answer headers a client needs: the body's type, retry and rate-limit advice, ids for support.
+RELAYED = frozenset(
+    {
+        "content-type",
+        "content-disposition",
+        "cache-control",
+        "retry-after",
+        "retry-after-ms",
+        "x-request-id",
+        "request-id",
+        "openai-processing-ms",
+        "openai-version",
+    }
+)
+RELAYED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+UNREACHABLE = "the upstream could not be reached; the request may be retried"
+TIMED_OUT = "the upstream did not answer in time; the request may be retried"
+FAILED = "the upstream call failed; the request may be retried"
+STALLED = "the upstream stalled mid-response; the request may be retried"
+DROPPED = "the upstream connection dropped mid-response; the request may be retried"
 REDACTED = "[redacted]"
 POOL_LIMIT = 1000
+log = logging.getLogger("clawvm.gateway")
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -137,11 +167,11 @@ def map_transport_errors() -> Iterator[None]:
     try:
         yield
     except TimeoutError as exc:  # asyncio.TimeoutError and aiohttp.ServerTimeoutError alike
-        raise UpstreamTimeout(f"upstream timed out: {_describe(exc)}") from exc
+        raise UpstreamTimeout(_logged(TIMED_OUT, exc)) from exc
     except aiohttp.ClientConnectionError as exc:
-        raise UpstreamUnreachable(f"upstream unreachable: {_describe(exc)}") from exc
+        raise UpstreamUnreachable(_logged(UNREACHABLE, exc)) from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"upstream failed: {_describe(exc)}") from exc
+        raise UpstreamError(_logged(FAILED, exc)) from exc
 
 
 @contextmanager
@@ -151,10 +181,15 @@ def map_body_errors() -> Iterator[None]:
     try:
         yield
     except TimeoutError as exc:
-        raise UpstreamTimeout(f"the upstream stalled mid-response: {_describe(exc)}") from exc
+        raise UpstreamTimeout(_logged(STALLED, exc)) from exc
     except aiohttp.ClientError as exc:
-        message = f"the upstream connection dropped mid-response: {_describe(exc)}"
-        raise UpstreamError(message, code="upstream_disconnected") from exc
+        raise UpstreamError(_logged(DROPPED, exc), code="upstream_disconnected") from exc
+
+
+def _logged(message: str, exc: BaseException) -> str:
+    """`message` for the client; the transport's own words (host, port, errno) only in the log."""
+    log.warning("%s: %s: %s", message, type(exc).__name__, _describe(exc))
+    return message
 
 
 def _describe(exc: BaseException) -> str:
@@ -244,9 +279,15 @@ def forwarded_headers(target: UpstreamTarget, headers: Mapping[str, str]) -> lis
 
 
 def relayed_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    """The answer headers a client may see: `RELAYED` and the `RELAYED_PREFIXES` families, less
+    hop-by-hop ones. Account headers (organization, project, cookies) and credentials stay here."""
     decoded = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
     dropped = _NOT_RELAYED | _CREDENTIALS | _connection_tokens(decoded)
-    return [(name, value) for name, value in decoded if name not in dropped]
+    return [(name, value) for name, value in decoded if name not in dropped and _relayable(name)]
+
+
+def _relayable(name: str) -> bool:
+    return name in RELAYED or name.startswith(RELAYED_PREFIXES)
 
 
 def secrets_of(target: UpstreamTarget | None) -> tuple[str, ...]:
@@ -317,7 +358,8 @@ class LiteLLMProvider:
     async def chat(self, body: Mapping[str, Any], target: UpstreamTarget | None) -> UpstreamResponse:
         litellm = import_litellm()
         secrets = secrets_of(target)
-        own = {**body, "messages": copy.deepcopy(body.get("messages"))}  # litellm may edit messages in place
+        own = provider_params(body)  # refuses a client-chosen destination, key, retries, ...
+        own["messages"] = copy.deepcopy(body.get("messages"))  # litellm may edit messages in place
         with map_litellm_errors(litellm, secrets):
             result = await litellm.acompletion(**own, **_litellm_target(target))
         if body.get("stream"):
@@ -378,12 +420,23 @@ def map_litellm_errors(litellm: ModuleType, secrets: tuple[str, ...] = ()) -> It
 
 
 def _litellm_error(exc: Any, litellm: ModuleType, secrets: tuple[str, ...] = ()) -> GatewayError:
+    """A provider's 4xx keeps its words (redacted); a timeout, a connection failure or a 5xx gets
+    a generic message, its text (which may quote hosts, or the request) never leaving the gateway:
+    only its type and status are logged."""
     message = redact_text(str(getattr(exc, "message", "") or exc), secrets)
+    status = getattr(exc, "status_code", None)
     if isinstance(exc, litellm.ContextWindowExceededError):
         return ContextLengthExceeded(message)
     if isinstance(exc, litellm.Timeout):
-        return UpstreamTimeout(message)
+        return UpstreamTimeout(_litellm_logged(TIMED_OUT, exc, status))
     if isinstance(exc, litellm.APIConnectionError):
-        return UpstreamError(f"upstream unreachable: {message}")
-    status = getattr(exc, "status_code", None)
-    return from_status(status, message) if isinstance(status, int) else UpstreamError(message)
+        return UpstreamError(_litellm_logged(UNREACHABLE, exc, status))
+    if isinstance(status, int) and 400 <= status < 500:
+        return from_status(status, message)
+    generic = _litellm_logged(FAILED, exc, status)
+    return from_status(status, generic) if isinstance(status, int) and status >= 500 else UpstreamError(generic)
+
+
+def _litellm_logged(message: str, exc: BaseException, status: object) -> str:
+    log.warning("%s: litellm %s (status %s)", message, type(exc).__name__, status)
+    return message

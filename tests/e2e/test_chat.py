@@ -183,7 +183,7 @@ def test_models_and_other_endpoints_are_relayed(gateway) -> None:
     with httpx.Client() as h:
         health = h.get(gateway.root + "/health")
         assert health.status_code == 200 and health.json()["store"] == "ok"
-        missing = h.get(gateway.url + "/nope", headers={"authorization": "Bearer x"})
+        missing = h.get(gateway.url + "/models/nope", headers={"authorization": "Bearer x"})
         assert missing.status_code == 404 and "error" in missing.json()
 
 

@@ -66,7 +66,7 @@ class Echo:
             "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
         }
         status = 401 if request.url.path.endswith("/chat/completions") else 403
-        headers = {"x-echo-authorization": received, "www-authenticate": f"Bearer realm={received}"}
+        headers = {"x-request-id": received, "www-authenticate": f"Bearer realm={received}"}
         return JSONResponse(body, status_code=status, headers={**headers, "authorization": received})
 
 
@@ -128,7 +128,7 @@ def test_the_upstream_key_never_reaches_the_agent(start, stream: bool) -> None:
         shown = everything(response)
         assert UPSTREAM_KEY not in shown and UPSTREAM_KEY[-4:] not in shown
         assert "authorization" not in response.headers  # the upstream's credential header is not relayed
-        assert response.headers["x-echo-authorization"] == "Bearer [redacted]"
+        assert response.headers["x-request-id"] == "Bearer [redacted]"  # a relayed header, redacted
         assert "[redacted]" in response.json()["error"]["message"]
         assert response.json()["error"]["code"] == "invalid_api_key"  # the rest of the error is intact
 

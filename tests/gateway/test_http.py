@@ -256,14 +256,38 @@ async def test_a_superscript_content_length_falls_back_to_counting() -> None:
     assert await read_body(Client([b"abc"]).request({"content-length": "\xb2"}), limit=10) == b"abc"
 
 
-async def test_an_upstream_error_that_is_not_openai_json_is_reshaped_keeping_status_and_headers() -> None:
-    page = [b"<html><h1>503 Service", b" Temporarily Unavailable</h1></html>"]
-    upstream = Upstream(503, "text/html", page, [("retry-after", "7")])
+async def test_an_upstream_4xx_that_is_not_openai_json_is_reshaped_quoting_it_keeping_status_and_headers() -> None:
+    page = [b"<html><h1>429 Too Many", b" Requests</h1></html>"]
+    upstream = Upstream(429, "text/html", page, [("retry-after", "7")])
+    status, headers, chunks = await run(await respond(upstream.response, {"x-clawvm-session": "s"}))
+    error = json.loads(b"".join(chunks))["error"]
+    assert status == 429 and headers["retry-after"] == "7" and headers["x-clawvm-session"] == "s"
+    assert headers["content-type"] == "application/json"
+    assert error["type"] == "rate_limit_error" and "429 Too Many Requests" in error["message"]
+    assert upstream.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("content_type", "page"),
+    [
+        ("text/html", b"<html>502: connect to 10.0.0.7:5432 failed (psycopg2.OperationalError)</html>"),
+        ("application/json", b'{"error": {"message": "ConnectError: 10.0.0.7:5432 refused", "type": "server_error"}}'),
+    ],
+    ids=["page", "openai-shaped"],
+)
+async def test_an_upstream_5xx_body_is_not_quoted_but_its_status_and_headers_are_kept(
+    content_type: str, page: bytes
+) -> None:
+    upstream = Upstream(503, content_type, [page], [("retry-after", "7")])
     status, headers, chunks = await run(await respond(upstream.response, {"x-clawvm-session": "s"}))
     error = json.loads(b"".join(chunks))["error"]
     assert status == 503 and headers["retry-after"] == "7" and headers["x-clawvm-session"] == "s"
-    assert headers["content-type"] == "application/json"
-    assert error["type"] == "api_error" and "503 Service Temporarily Unavailable" in error["message"]
+    assert error == {
+        "message": "the upstream answered 503; the request may be retried",
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
     assert upstream.closed == 1
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import UpstreamError
 from gateway.recall import Paging
 from gateway.recall_stream import relay
 from gateway.store import RedisStore
@@ -67,3 +68,21 @@ async def test_an_odd_chunk_is_relayed_or_held_never_a_crash(redis_url: str, odd
     text = b"".join(out).decode()
     assert text.endswith("data: [DONE]\n\n") and text.count("data: [DONE]") == 1
     assert '"content":"hi"' in text.replace(" ", "")
+
+
+async def test_an_upstream_5xx_in_a_recall_round_does_not_quote_its_body(redis_url: str) -> None:
+    async def failing(body: bytes) -> UpstreamResponse:
+        async def page() -> AsyncIterator[bytes]:
+            yield b"psycopg2.OperationalError: could not connect to 10.9.9.9:5432"
+
+        return UpstreamResponse(500, [("content-type", "text/plain")], page())
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "clawvm_recall", "arguments": "{}"}}
+    recall = chunk({"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}})
+    finish = chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})
+    async with RedisStore.from_url(redis_url) as store:
+        paging = Paging(store, "t-5xx", "s1", "p1", CharCounter(), 1000, rounds=1)
+        with pytest.raises(UpstreamError) as caught:
+            _ = [piece async for piece in relay(stream(recall, finish), failing, {"messages": []}, paging)]
+    assert caught.value.status_code == 500
+    assert "10.9.9.9" not in caught.value.message and "psycopg2" not in caught.value.message

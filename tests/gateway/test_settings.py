@@ -382,6 +382,10 @@ VALIDATION_CASES = [
         ACME + "    upstream: {forward_client_key: 1}\n",
         "tenants.acme.upstream.forward_client_key: expected true or false, got 1",
     ),
+    (
+        ACME + "    upstream: {account_routes: 'yes please'}\n",
+        "tenants.acme.upstream.account_routes: expected true or false, got 'yes please'",
+    ),
 ]
 
 
@@ -602,3 +606,32 @@ def test_settings_are_immutable() -> None:
         settings.open = False  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.models["x"] = ModelOverride()  # type: ignore[index]
+
+
+def test_account_routes_are_off_by_default_and_a_key_of_the_tenants_own_opens_them(tmp_path: Path) -> None:
+    text = (
+        "upstream:\n  api_key: sk-shared\n"
+        "tenants:\n"
+        "  plain:\n    api_keys: [k1]\n"
+        "  same:\n    api_keys: [k2]\n    upstream: {api_key: sk-shared}\n"
+        "  own:\n    api_keys: [k3]\n    upstream: {api_key: sk-own}\n"
+        "  forwards:\n    api_keys: [k4]\n    upstream: {forward_client_key: true}\n"
+        "  allowed:\n    api_keys: [k5]\n    upstream: {account_routes: true}\n"
+    )
+    settings = load(tmp_path, text)
+    owned = {t.name: (t.upstream.own_key, t.upstream.owns_account) for t in settings.tenants}
+    assert owned == {
+        "plain": (False, False),
+        "same": (False, False),  # the shared key written again is still the shared key
+        "own": (True, True),
+        "forwards": (True, True),
+        "allowed": (False, True),  # account routes allowed, but the key (and its organization) is shared
+    }
+    assert not settings.upstream.account_routes and not settings.upstream.own_key
+
+
+def test_account_routes_set_on_the_shared_upstream_apply_to_every_tenant(tmp_path: Path) -> None:
+    text = "upstream:\n  api_key: sk-shared\n  account_routes: true\n" + ACME
+    (acme,) = load(tmp_path, text).tenants
+    assert acme.upstream.owns_account and not acme.upstream.own_key
+    assert not load(tmp_path, "upstream:\n  api_key: sk-config\n").upstream.own_key  # the open tenant's is shared
