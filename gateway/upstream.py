@@ -80,6 +80,7 @@ RELAYED = frozenset(
         "cache-control",
         "retry-after",
         "retry-after-ms",
+        "x-should-retry",  # read by gateway.retry, and by OpenAI's SDKs
         "x-request-id",
         "request-id",
         "openai-processing-ms",

@@ -219,6 +219,31 @@ def test_relayed_headers_drop_hop_by_hop_framing_and_server_identity() -> None:
     ]
 
 
+def test_relayed_headers_keep_what_clients_need_and_drop_the_operators_account() -> None:
+    kept = {
+        "content-type": "application/json",
+        "retry-after": "1",
+        "retry-after-ms": "500",
+        "x-should-retry": "false",
+        "x-request-id": "req-1",
+        "request-id": "req-2",
+        "openai-processing-ms": "12",
+        "openai-version": "2020-10-01",
+        "x-ratelimit-remaining-tokens": "10",
+        "anthropic-ratelimit-requests-remaining": "3",
+    }
+    account = {
+        "openai-organization": "org-operator",
+        "openai-project": "proj_operator",
+        "set-cookie": "__cf_bm=x",
+        "set-cookie2": "y=1",
+        "anthropic-organization-id": "org-a",
+        "x-internal-host": "10.0.0.7",
+    }
+    raw = tuple((name.encode(), value.encode()) for name, value in {**kept, **account}.items())
+    assert dict(relayed_headers(raw)) == kept
+
+
 async def test_response_close_is_idempotent_and_read_after_close_is_empty() -> None:
     closes: list[int] = []
 
