@@ -49,6 +49,7 @@ from starlette.routing import Route
 
 CREATED = 1_700_000_000
 INJECTED_ERROR = "fake upstream injected failure"
+INJECTED_CODE = "fake_upstream_injected"  # the `code` of an injected 5xx: the gateway relays codes, not 5xx messages
 INJECTED_STATUSES = (429, 500, 503)
 MODELS = ("fake-model",)
 EMBEDDING_DIMENSIONS = 8
@@ -174,7 +175,7 @@ class FakeUpstream:
             return error(400, "'messages' is a required property", param="messages")
         status, drop = self._draw_fault()
         if status is not None:
-            return error(status, f"{INJECTED_ERROR} {status}")
+            return error(status, f"{INJECTED_ERROR} {status}", code=INJECTED_CODE if status >= 500 else None)
         reply = _assistant(self.responder(body))
         head = {"id": self._next_id(), "created": CREATED, "model": body.get("model", MODELS[0])}
         usage = _usage(body["messages"], reply)
@@ -222,9 +223,9 @@ class FakeUpstream:
         return error(404, f"Unknown request URL: {request.method} {request.url.path}")
 
 
-def error(status: int, message: str, *, param: str | None = None) -> JSONResponse:
+def error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    code = "rate_limit_exceeded" if status == 429 else None
+    code = "rate_limit_exceeded" if status == 429 else code
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 

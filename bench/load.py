@@ -376,10 +376,12 @@ def _failed(kind: str, started: float) -> Outcome:
 
 
 def error_kind(status: int, text: str) -> str:
-    """`http_503`, or `http_500_injected` when the body is the fake upstream's injected failure."""
-    from bench.fake_upstream import INJECTED_ERROR
+    """`http_503`, or `http_500_injected` when the body is the fake upstream's injected failure (its
+    message, relayed for a 429, or its code, all the gateway relays of a 5xx)."""
+    from bench.fake_upstream import INJECTED_CODE, INJECTED_ERROR
 
-    return f"http_{status}_injected" if INJECTED_ERROR in text else f"http_{status}"
+    injected = INJECTED_ERROR in text or INJECTED_CODE in text
+    return f"http_{status}_injected" if injected else f"http_{status}"
 
 
 # ---------------------------------------------------------------- many sessions

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -43,6 +44,7 @@ log = logging.getLogger("clawvm.gateway")
 T = TypeVar("T")
 OnError = Callable[[GatewayError], None]
 ERROR_SNIPPET = 300  # characters of a non-OpenAI error body quoted in our message
+ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an upstream 5xx's `code` kept: an identifier, no text
 
 
 class HeaderLimit:
@@ -146,17 +148,29 @@ async def respond(
 
 
 async def _server_error(upstream: UpstreamResponse, headers: dict[str, str], log_content: bool) -> Response:
-    """An upstream 5xx with its status and headers (Retry-After) but a message of ours: its body,
-    OpenAI-shaped or not, may quote internal hosts, ports or a library's exception text. The body
-    is logged (its size only, unless `server.log_content`)."""
+    """An upstream 5xx with its status, headers (Retry-After) and error `code` (when an identifier)
+    but a message of ours: its body, OpenAI-shaped or not, may quote internal hosts, ports or a
+    library's exception text. The body is logged (its size only, unless `server.log_content`)."""
     body = await upstream.read()
     if log_content:
         log.warning("the upstream answered %d: %r", upstream.status, body[:ERROR_SNIPPET])
     else:
         log.warning("the upstream answered %d (%d bytes)", upstream.status, len(body))
-    error = from_status(upstream.status, f"the upstream answered {upstream.status}; the request may be retried")
+    message = f"the upstream answered {upstream.status}; the request may be retried"
+    error = from_status(upstream.status, message, code=_error_code(body))
     headers = {name: value for name, value in headers.items() if name != "content-type"}
     return Response(jsonio.dumps(error_body(error)), upstream.status, headers, media_type="application/json")
+
+
+def _error_code(body: bytes) -> str | None:
+    """The `code` of an OpenAI-shaped error body when it is a plain identifier (`server_error`)."""
+    try:
+        data = jsonio.loads(body)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and ERROR_CODE.fullmatch(code) else None
 
 
 async def _error(upstream: UpstreamResponse, headers: dict[str, str]) -> Response:

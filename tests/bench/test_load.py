@@ -125,3 +125,5 @@ def test_percentile_is_nearest_rank_and_errors_are_named() -> None:
     assert percentile([float(n) for n in range(1, 101)], 0.99) == 99.0
     assert error_kind(503, '{"error": {"message": "the page store is unavailable"}}') == "http_503"
     assert error_kind(500, '{"error": {"message": "fake upstream injected failure 500"}}') == "http_500_injected"
+    relayed = '{"error": {"message": "the upstream answered 500", "code": "fake_upstream_injected"}}'
+    assert error_kind(500, relayed) == "http_500_injected"  # the gateway relays a 5xx's code, not its message

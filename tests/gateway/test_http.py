@@ -291,6 +291,17 @@ async def test_an_upstream_5xx_body_is_not_quoted_but_its_status_and_headers_are
     assert upstream.closed == 1
 
 
+@pytest.mark.parametrize(
+    ("code", "kept"), [("server_error", "server_error"), ("boom at 10.0.0.7:5432", None), (17, None)]
+)
+async def test_an_upstream_5xx_keeps_its_error_code_when_it_is_an_identifier(code: object, kept: str | None) -> None:
+    page = json.dumps({"error": {"message": "internal detail", "type": "server_error", "code": code}}).encode()
+    upstream = Upstream(500, "application/json", [page])
+    _, _, chunks = await run(await respond(upstream.response, {}))
+    error = json.loads(b"".join(chunks))["error"]
+    assert error["code"] == kept and "internal detail" not in error["message"]
+
+
 async def test_an_error_status_with_an_event_stream_is_answered_whole() -> None:
     upstream = Upstream(429, "text/event-stream", [b"data: slow down\n\n"])
     response = await respond(upstream.response, {})
