@@ -32,7 +32,7 @@ Slot = tuple[int, int]  # (choice index, tool call index)
 
 @dataclass(slots=True)
 class _Round:
-    """What one upstream stream held back: recall calls by index, call kinds, the finish chunk."""
+    """What one upstream stream held back: recall calls by slot, call kinds, the finish chunk."""
 
     kinds: dict[Slot, str] = field(default_factory=dict)  # "ours" | "theirs"
     held: dict[Slot, list[dict[str, Any]]] = field(default_factory=dict)
