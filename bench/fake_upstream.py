@@ -18,7 +18,8 @@ line): `Faults(error_rate, drop_rate, seed)` answers a seeded share of chat comp
 or 503 (OpenAI error bodies whose message starts with `INJECTED_ERROR`), and cuts a share of streams
 after half their events by dropping the connection (no final chunk, no `[DONE]`). `agent_responder`
 (`--agent`) answers like a tool-using agent's model: a sentence and a tool call with a fresh id
-(two parallel calls when the transcript's length is 4 modulo 5).
+(two parallel calls when the transcript's length is 4 modulo 5). With `calls_in_finish`, a stream
+sends its tool calls whole in the finish chunk, as some OpenAI-compatible providers do.
 
 `serve(app)` runs any ASGI app under uvicorn in a background thread on a free port.
 """
@@ -133,10 +134,16 @@ class FakeUpstream:
     """The fake. `responder` and `chunk_delay` are read per request, so tests may change them."""
 
     def __init__(
-        self, responder: Responder | None = None, *, chunk_delay: float = 0.0, faults: Faults | None = None
+        self,
+        responder: Responder | None = None,
+        *,
+        chunk_delay: float = 0.0,
+        faults: Faults | None = None,
+        calls_in_finish: bool = False,
     ) -> None:
         self.responder = responder or default_responder
         self.chunk_delay = chunk_delay
+        self.calls_in_finish = calls_in_finish
         self.faults = faults
         self.requests: list[Recorded] = []
         self.fail_next: list[int] = []
@@ -180,7 +187,7 @@ class FakeUpstream:
         head = {"id": self._next_id(), "created": CREATED, "model": body.get("model", MODELS[0])}
         usage = _usage(body["messages"], reply)
         if body.get("stream"):
-            events = stream_events(head, reply, usage, _include_usage(body))
+            events = stream_events(head, reply, usage, _include_usage(body), calls_in_finish=self.calls_in_finish)
             cut = len(events) // 2 if drop else None
             return StreamingResponse(self._paced(events, cut), media_type="text/event-stream")
         return JSONResponse(completion(head, reply, usage))
@@ -300,14 +307,20 @@ def completion(head: Json, reply: Json, usage: Json) -> Json:
     }
 
 
-def stream_events(head: Json, reply: Json, usage: Json, include_usage: bool) -> list[bytes]:
-    """The SSE events of one streamed completion, exactly in OpenAI's order."""
+def stream_events(
+    head: Json, reply: Json, usage: Json, include_usage: bool, *, calls_in_finish: bool = False
+) -> list[bytes]:
+    """The SSE events of one streamed completion, exactly in OpenAI's order; with `calls_in_finish`,
+    the tool calls whole in the finish chunk instead of in deltas before it."""
     deltas: list[Json] = [{"role": "assistant", "content": ""}]
     deltas += [{"content": piece} for piece in content_pieces(reply.get("content") or "")]
-    for number, call in enumerate(reply.get("tool_calls", [])):
-        deltas += tool_call_deltas(number, call)
+    calls = [{"index": n, **call} for n, call in enumerate(reply.get("tool_calls", []))]
+    if not calls_in_finish:
+        deltas += [delta for call in calls for delta in tool_call_deltas(call["index"], call)]
     chunks = [_chunk(head, delta, None, include_usage) for delta in deltas]
-    chunks.append(_chunk(head, {}, _finish_reason(reply), include_usage))
+    chunks.append(
+        _chunk(head, {"tool_calls": calls} if calls_in_finish and calls else {}, _finish_reason(reply), include_usage)
+    )
     if include_usage:
         chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
     return [_event(chunk) for chunk in chunks] + [b"data: [DONE]\n\n"]

@@ -3,10 +3,12 @@
 When an assembled prompt holds any page below full, the gateway offers the model one tool of
 its own. A model that calls it gets the page back from the store, in the upstream conversation
 only, and is called again (bounded); the agent receives only the final answer, or only its
-own tool calls when the model mixed both. Every recall carries a reason code: `ok`,
-`no_match` (not a page id, or no such page in this session or its project), `denied` (a page
-id of another tenant: its tenant tag, the head of the id, is not this request's, so the answer
-is the same whether or not such a page exists) or `backend_error` (the store failed).
+own tool calls when the model mixed both. A model still recalling after the last round is told
+recall is exhausted and called once more without the tool, so the agent gets its real answer.
+Every recall carries a reason code: `ok`, `no_match` (not a page id, or no such page in this
+session or its project), `denied` (a page id of another tenant: its tenant tag, the head of the
+id, is not this request's, so the answer is the same whether or not such a page exists) or
+`backend_error` (the store failed).
 An empty answer is never silent.
 """
 
@@ -36,6 +38,7 @@ QUERY_CONTEXT_CHARS = 160  # characters kept either side of a hit in a long line
 NARROW_CONTEXT_CHARS = 24  # the same when a round's answers do not all fit the room
 QUERY_OR = "|"  # separates a query's alternatives
 DEFAULT_ROUNDS = 3
+EXHAUSTED = "no more recalls this turn; answer from what you have."
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
 MIN_ANSWER_TOKENS = 48  # below this, a cut answer would hold nothing but its note
 
@@ -341,13 +344,14 @@ class Paging:
 
 
 async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[UpstreamResponse | None, bytes]:
-    """Call the upstream until the model stops recalling (at most `paging.rounds` recall rounds).
+    """Call the upstream until the model stops recalling (at most `paging.rounds` recall rounds,
+    then one call without the tool).
 
     Returns (the failed upstream response, b"") when the upstream answers with an error, else
     (None, the final completion JSON with usage summed over every round and no recall call)."""
     usage: dict[str, int] = {}
     room = paging.room
-    for round_ in range(paging.rounds + 1):
+    for round_ in range(paging.rounds + 2):
         upstream = await send(jsonio.dumps(body))
         if upstream.status != 200:
             return upstream, b""
@@ -363,20 +367,51 @@ async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[Up
         ours, theirs = split_calls(message, paging.name)
         if not ours:
             break
-        if theirs or round_ == paging.rounds:
+        if theirs or round_ > paging.rounds:
             _finish(data, message, ours, mixed=bool(theirs))
             break
-        room -= framing(message, ours, paging.counter)
-        answers = await resolve_all(paging, ours, room)
-        room -= sum(a.tokens for a in answers)
-        body["messages"] = [
-            *body["messages"],
-            {"role": "assistant", "content": message.get("content"), "tool_calls": ours},
-            *(tool_message(c, a) for c, a in zip(ours, answers, strict=True)),
-        ]
+        room = await next_round(paging, body, message.get("content"), ours, room, last=round_ == paging.rounds)
     if usage:
         data["usage"] = usage
     return None, jsonio.dumps(data)
+
+
+async def next_round(
+    paging: Paging, body: dict[str, Any], content: Any, ours: Sequence[dict[str, Any]], room: int, *, last: bool
+) -> int:
+    """Append a round's recall calls and their answers to `body` for the next upstream call;
+    returns the room left. After the last round (`last`) nothing is recalled: each call is told
+    recall is exhausted and the tool is withdrawn, so the next call gets the model's own answer."""
+    room -= framing({"content": content}, ours, paging.counter)
+    if last:
+        withdraw(body, paging.name)
+        replies = [exhausted(call) for call in ours]
+    else:
+        answers = await resolve_all(paging, ours, room)
+        room -= sum(a.tokens for a in answers)
+        replies = [tool_message(c, a) for c, a in zip(ours, answers, strict=True)]
+    call = {"role": "assistant", "content": content, "tool_calls": list(ours)}
+    body["messages"] = [*body["messages"], call, *replies]
+    return room
+
+
+def exhausted(call: dict[str, Any]) -> dict[str, Any]:
+    """The tool result of a recall call past the bound: no pages, a note to answer without them."""
+    return {"role": "tool", "tool_call_id": call.get("id", ""), "content": f"[recall: exhausted]\n{EXHAUSTED}"}
+
+
+def withdraw(body: dict[str, Any], name: str) -> None:
+    """Take the recall tool out of a request: from `tools` (with `tool_choice` and
+    `parallel_tool_calls` when no tool is left) and from a `tool_choice` naming it."""
+    tools = body.get("tools")
+    kept = [t for t in tools if function_of(t).get("name") != name] if isinstance(tools, list) else tools
+    if kept:
+        body["tools"] = kept
+    else:
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            body.pop(key, None)
+    if function_of(body.get("tool_choice")).get("name") == name:
+        body["tool_choice"] = "auto"
 
 
 def _first_message(data: Any) -> dict[str, Any] | None:
@@ -429,7 +464,7 @@ def shares(sizes: Sequence[int], room: int, most: int) -> list[int]:
 
 def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[str, Any]], *, mixed: bool) -> None:
     strip_calls(message, ours)
-    if not mixed:  # the recall loop hit its bound: a clean stop, never a call the agent cannot run
+    if not mixed:  # recalling though the tool was withdrawn: a clean stop, never a call the agent cannot run
         data["choices"][0]["finish_reason"] = "stop"
         message["content"] = message.get("content") or ""
 

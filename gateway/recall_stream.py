@@ -4,7 +4,11 @@ Content deltas pass through at once. Tool-call deltas are held until their tool'
 known: the agent's own calls are then relayed (held pieces first), the gateway's recall calls
 are kept back, assembled, resolved from the store, and the upstream is called again, its
 events spliced into the same stream under the first stream's id. The finish and usage chunks
-are held to the end: one finish chunk, usage summed over every round, one `[DONE]`.
+are held to the end: one finish chunk, usage summed over every round, one `[DONE]`. Every
+choice of a chunk is filtered, the finish chunk's own delta too (some upstreams send the whole
+call in it), so a recall call is never relayed however the upstream cuts its stream. After the
+last recall round the model is told recall is exhausted and called once more without the tool
+(`gateway.recall.next_round`); its answer is spliced in like any other round's.
 
 A failure (a recall round's upstream answering an error, an event that is not JSON, a dropped
 connection) is raised as a `GatewayError`: the caller ends the stream with an error event
@@ -19,18 +23,20 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.errors import UpstreamError, from_status
-from gateway.recall import Paging, Send, add_usage, framing, function_of, resolve_all, tool_message
+from gateway.recall import Paging, Send, add_usage, function_of, next_round
 from gateway.sse import DONE, encode_data, event_data, iter_events
 from gateway.upstream import UpstreamResponse
+
+Slot = tuple[int, int]  # (choice index, tool call index)
 
 
 @dataclass(slots=True)
 class _Round:
-    """What one upstream stream held back: recall calls by index, call kinds, the finish chunk."""
+    """What one upstream stream held back: recall calls by slot, call kinds, the finish chunk."""
 
-    kinds: dict[int, str] = field(default_factory=dict)  # index -> "ours" | "theirs"
-    held: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    ours: dict[int, dict[str, Any]] = field(default_factory=dict)
+    kinds: dict[Slot, str] = field(default_factory=dict)  # "ours" | "theirs"
+    held: dict[Slot, list[dict[str, Any]]] = field(default_factory=dict)
+    ours: dict[Slot, dict[str, Any]] = field(default_factory=dict)
     content: list[str] = field(default_factory=list)
     finish: dict[str, Any] | None = None
 
@@ -41,22 +47,16 @@ async def relay(first: UpstreamResponse, send: Send, body: dict[str, Any], pagin
     room = paging.room
     upstream = first
     try:
-        for round_ in range(paging.rounds + 1):
+        for round_ in range(paging.rounds + 2):
             state = _Round()
             async for out in _events(upstream, state, head, usage, paging.name):
                 yield out
             await upstream.aclose()
-            if not state.ours or any(k == "theirs" for k in state.kinds.values()) or round_ == paging.rounds:
+            if not state.ours or any(k == "theirs" for k in state.kinds.values()) or round_ > paging.rounds:
                 break
             calls = [state.ours[i] for i in sorted(state.ours)]
-            room -= framing({"content": "".join(state.content)}, calls, paging.counter)
-            answers = await resolve_all(paging, calls, room)
-            room -= sum(a.tokens for a in answers)
-            body["messages"] = [
-                *body["messages"],
-                {"role": "assistant", "content": "".join(state.content) or None, "tool_calls": calls},
-                *(tool_message(c, a) for c, a in zip(calls, answers, strict=True)),
-            ]
+            content = "".join(state.content) or None
+            room = await next_round(paging, body, content, calls, room, last=round_ == paging.rounds)
             upstream = await send(jsonio.dumps(body))
             if upstream.status != 200:
                 detail = (await upstream.read()).decode("utf-8", "replace")[:300]
@@ -97,48 +97,63 @@ def _filter(chunk: dict[str, Any], state: _Round, name: str) -> dict[str, Any] |
     choices = chunk.get("choices") or []
     if not choices:
         return None  # a usage-only chunk: summed, sent once at the end
-    choice = choices[0] if isinstance(choices, list) else None
-    if not isinstance(choice, dict):
+    if not isinstance(choices, list):
         return chunk  # not a chunk we understand (a broken upstream): relayed as it came
-    if choice.get("finish_reason"):
-        state.finish = chunk
+    shown = [c for c in (_choice(choice, chunk, state, name) for choice in choices) if c is not None]
+    if not shown:
         return None
-    delta = choice.get("delta") or {}
+    chunk["choices"] = shown
+    return chunk
+
+
+def _choice(choice: Any, chunk: dict[str, Any], state: _Round, name: str) -> Any:
+    """One choice as the agent should see it now, or None to hold it back; a finish is held
+    (with an empty delta) for the closing chunk, its delta shown now like any other."""
+    delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
     if not isinstance(delta, dict):
-        return chunk
+        return choice  # not a choice we understand (a broken upstream): relayed as it came
+    finished = bool(choice.get("finish_reason"))
+    if finished:
+        state.finish = {**chunk, "choices": [{**choice, "delta": {}}]}
+        choice = {**choice, "finish_reason": None}
     if isinstance(delta.get("content"), str):
         state.content.append(delta["content"])
     calls = delta.get("tool_calls")
     if calls and isinstance(calls, list):
-        passed = [piece for call in calls for piece in _route(call, state, name)]
+        at = choice.get("index", 0)
+        at = at if isinstance(at, int) else -1
+        passed = [piece for call in calls for piece in _route(call, at, state, name)]
         if passed:
             delta["tool_calls"] = passed
         else:
             delta.pop("tool_calls")
             if not delta.get("content") and "role" not in delta:
                 return None
-    return chunk
+    elif finished and not delta:
+        return None
+    return choice
 
 
-def _route(call: Any, state: _Round, name: str) -> list[dict[str, Any]]:
+def _route(call: Any, at: int, state: _Round, name: str) -> list[dict[str, Any]]:
     if not isinstance(call, dict):
         return [call]  # not a call: the agent's, relayed as it came
     index = call.get("index", 0)
     if not isinstance(index, int):
         index = -1  # a broken upstream's odd index: one slot for all of them
+    slot = (at, index)
     called = function_of(call).get("name")
-    if index not in state.kinds and called:
-        state.kinds[index] = "ours" if called == name else "theirs"
-    kind = state.kinds.get(index)
+    if slot not in state.kinds and called:
+        state.kinds[slot] = "ours" if called == name else "theirs"
+    kind = state.kinds.get(slot)
     if kind is None:
-        state.held.setdefault(index, []).append(call)
+        state.held.setdefault(slot, []).append(call)
         return []
-    pieces = [*state.held.pop(index, []), call]
+    pieces = [*state.held.pop(slot, []), call]
     if kind == "theirs":
         return pieces
     for piece in pieces:
         _merge(
-            state.ours.setdefault(index, {"id": "", "type": "function", "function": {"name": name, "arguments": ""}}),
+            state.ours.setdefault(slot, {"id": "", "type": "function", "function": {"name": name, "arguments": ""}}),
             piece,
         )
     return []

@@ -111,17 +111,6 @@ def test_mixed_calls_give_the_agent_only_its_own(start_gateway) -> None:
         assert len(gw.fake.requests) == 1
 
 
-def test_a_recall_loop_stops_cleanly_after_the_bound(start_gateway) -> None:
-    def responder(body: dict) -> dict:
-        return {"tool_calls": [recall_call(paged_ids(body)[:1], call_id=f"rc{len(body['messages'])}")]}
-
-    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
-        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))
-        assert answer.choices[0].finish_reason == "stop"
-        assert not answer.choices[0].message.tool_calls
-        assert len(gw.fake.requests) == 4  # the first call and three recall rounds
-
-
 def test_bad_recalls_get_reason_codes_never_silence(start_gateway) -> None:
     answers: list[str] = []
 
@@ -189,18 +178,6 @@ def test_streaming_mixed_calls_relay_only_the_agents(start_gateway) -> None:
             "tool_calls"
         ]
         assert len(gw.fake.requests) == 1
-
-
-def test_streaming_recall_loop_is_bounded(start_gateway) -> None:
-    def responder(body: dict) -> dict:
-        return {"tool_calls": [recall_call(paged_ids(body)[:1], call_id=f"rc{len(body['messages'])}")]}
-
-    with start_gateway(budget=2500, fake=FakeUpstream(responder)) as gw:
-        stream = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), stream=True)
-        chunks = list(stream)
-        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
-        assert not [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-        assert len(gw.fake.requests) == 4
 
 
 def test_an_upstream_error_during_paging_is_relayed(start_gateway) -> None:

@@ -1,14 +1,25 @@
 """The recall resolver against a real store: queries with alternatives, windows in long lines,
-and a round's room shared fairly among its calls."""
+and a round's room shared fairly among its calls; past the bound, the model's own answer."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.recall import MIN_ANSWER_TOKENS, QUERY_OR, Paging, complete, framing, resolve_all, shares, split_calls
+from gateway.recall import (
+    DEFAULT_ROUNDS,
+    MIN_ANSWER_TOKENS,
+    QUERY_OR,
+    Paging,
+    complete,
+    framing,
+    resolve_all,
+    shares,
+    split_calls,
+    tool_schema,
+)
 from gateway.store import RedisStore, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pagetable import make_page_id, tenant_tag
@@ -114,3 +125,54 @@ async def test_an_answer_that_is_not_json_is_relayed_as_it_came(store: RedisStor
 
     failed, answer = await complete(send, {"messages": []}, paging(store, tenant, 1000))
     assert failed is None and answer == b"<html>bad gateway</html>"
+
+
+def answer(message: dict) -> UpstreamResponse:
+    async def once() -> AsyncIterator[bytes]:
+        yield json.dumps({"id": "c1", "choices": [{"index": 0, "message": message, "finish_reason": "x"}]}).encode()
+
+    return UpstreamResponse(200, [("content-type", "application/json")], once())
+
+
+def recalling_model(sent: list[dict]) -> Callable[[bytes], Awaitable[UpstreamResponse]]:
+    """A model that calls recall while the tool is offered (or named by tool_choice), and answers
+    for real once it is gone."""
+
+    async def send(body: bytes) -> UpstreamResponse:
+        sent.append(json.loads(body))
+        names = {t["function"]["name"] for t in sent[-1].get("tools") or []}
+        if "clawvm_recall" in names or "clawvm_recall" in json.dumps(sent[-1].get("tool_choice")):
+            return answer({"role": "assistant", "content": None, "tool_calls": [call("p:x", number=len(sent))]})
+        return answer({"role": "assistant", "content": "From what I have: 3000."})
+
+    return send
+
+
+async def test_past_the_bound_the_model_answers_without_the_tool(store: RedisStore, tenant: str) -> None:
+    sent: list[dict] = []
+    body = {
+        "messages": [{"role": "user", "content": "q"}],
+        "tools": [tool_schema("clawvm_recall")],
+        "tool_choice": "auto",
+    }
+    failed, raw = await complete(recalling_model(sent), body, paging(store, tenant, 1000))
+    message = json.loads(raw)["choices"][0]["message"]
+    assert failed is None and message["content"] == "From what I have: 3000." and "tool_calls" not in message
+    assert len(sent) == DEFAULT_ROUNDS + 2  # the first call, the recall rounds, one call without the tool
+    assert "tools" not in sent[-1] and "tool_choice" not in sent[-1]
+    assert sent[-1]["messages"][-1]["content"].startswith("[recall: exhausted]")
+
+
+async def test_withdrawing_recall_keeps_the_agents_tools_and_frees_a_choice_naming_it(
+    store: RedisStore, tenant: str
+) -> None:
+    sent: list[dict] = []
+    own = {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}
+    body = {
+        "messages": [{"role": "user", "content": "q"}],
+        "tools": [own, tool_schema("clawvm_recall")],
+        "tool_choice": {"type": "function", "function": {"name": "clawvm_recall"}},
+    }
+    failed, raw = await complete(recalling_model(sent), body, paging(store, tenant, 1000))
+    assert json.loads(raw)["choices"][0]["message"]["content"] == "From what I have: 3000."
+    assert sent[-1]["tools"] == [own] and sent[-1]["tool_choice"] == "auto"
