@@ -1,8 +1,8 @@
 """Hypothesis strategies for what an agent (or an attacker) can send the gateway over HTTP.
 
 Shared by the fuzz tests (tests/e2e/test_fuzz.py) and the load and chaos benches, which may mix
-bad requests into their traffic. Every strategy draws data, never performs I/O; `encode` turns a
-drawn body into the bytes to send.
+bad requests into their traffic. Every strategy draws data, never performs I/O (only `sweep`,
+below, sends); `encode` turns a drawn body into the bytes to send.
 
 - `json_values`: arbitrary JSON, including huge integers, extreme floats, unicode with lone
   surrogates (sent as `\\udXXX` escapes, which JSON allows and UTF-8 cannot carry) and deep nesting.
@@ -19,6 +19,12 @@ drawn body into the bytes to send.
   that are not JSON, odd SSE), for the gateway's own parsing of answers (the recall loop).
 - `header_sets`: request headers: session and project ids with odd characters (any byte HTTP
   allows in a header value), long values, and auth variants (`auth_headers`).
+- `structural_mutations`: the structure-aware fuzz, deterministic: valid requests (`BASES`: chat,
+  tools, tool calls and results, streaming, metadata) with the value at every JSON path replaced by
+  every JSON type and every key dropped; `Mutation.refusal` says, by `SPEC` (OpenAI's types), when
+  the gateway must answer 400 naming the path. `sweep` is the one part that sends: the mutations
+  over one keep-alive connection (`OneConnection`), counted in a `SweepTally` (5xx, dropped
+  connections, refusals not in OpenAI's shape, wrong types let through or misnamed).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The JSON types of a Chat Completions request's fields, checked as OpenAI checks them.
 
-`check(value, spec, where)` checks a value against its `Spec`: `BODY` for the request's
+`check(value, spec, *where)` checks a value (found at path `where`) against its `Spec`: `BODY` for the request's
 top-level fields (`tools`, `tool_choice`, `stream_options`, `metadata`, `n`, `temperature`, ...
 and what they nest), `MESSAGE` for one message (role, content and its parts, name, tool calls,
 tool_call_id). A field of the wrong type (null where a value is required included) raises
