@@ -12,7 +12,9 @@ loopback) and is bounded in time:
                   injected message are told apart from the gateway's own;
 - bad_inputs      hypothesis-generated bodies and headers (bench.fuzz strategies when the module is
                   there, else a small set of our own) and the OpenAI edge cases, sent while a few
-                  sessions keep running; counts of 5xx, transport failures and gateway crashes.
+                  sessions keep running; counts of 5xx, transport failures and gateway crashes; then
+                  bench.fuzz's structure-aware sweep over one keep-alive connection (5xx, dropped
+                  connections, wrong types not refused by name).
 
 Data lost: before each fault (after a warm-up) every session's committed state is read straight
 from Redis (each stored table's page ids and those pages' JSON); after recovery and once the
@@ -440,6 +442,7 @@ async def bad_inputs(running: Rig, plan: ChaosPlan) -> Json:
     before = await read_committed(running)
     root = running.gateway_url.removesuffix("/v1")
     tally = await asyncio.to_thread(fuzz, root, probes, lambda: running.gateway.alive)
+    structural = await asyncio.to_thread(structural_sweep, root)
     fleet.stopping.set()
     await drain(tasks)
     after = await read_committed(running)
@@ -454,6 +457,7 @@ async def bad_inputs(running: Rig, plan: ChaosPlan) -> Json:
         "server_errors": server_errors,
         "transport_errors": tally.transport_errors,
         "examples": tally.server_errors[:EXAMPLES_SHOWN],
+        "structural": structural,
         "edge_cases": tally.edge,
         "edge_cases_not_200": [e["case"] for e in tally.edge if e["status"] != 200],
         "gateway_alive": running.gateway.alive,
@@ -464,6 +468,17 @@ async def bad_inputs(running: Rig, plan: ChaosPlan) -> Json:
         "session_errors": dict(sorted(fleet.gateway.errors.items())),
         "data": {**compare(before, after), "answered_turns_not_stored": unstored},
     }
+
+
+def structural_sweep(root: str) -> Json | None:
+    """bench.fuzz's structure-aware sweep (every JSON path of valid requests, every JSON type) over
+    one keep-alive connection: its counts, or None without bench.fuzz."""
+    if not _has_fuzz():
+        return None
+    from bench.fuzz import OneConnection, structural_mutations, sweep
+
+    with OneConnection(root, _auth(), timeout=FUZZ_TIMEOUT_S) as connection:
+        return sweep(connection, structural_mutations()).as_dict()
 
 
 def _has_fuzz() -> bool:
@@ -521,6 +536,7 @@ def _rows(phase: Json) -> Iterator[tuple[str, Any]]:
         yield "5xx answers", phase["server_errors"]
         yield "transport failures", phase["transport_errors"]
         yield "gateway crashes (restarts needed)", 0 if phase["gateway_alive"] else 1
+        yield from _structural_rows(phase.get("structural"))
         yield "/health after", phase["health_after"]
         yield (
             "OpenAI edge cases answered 200",
@@ -557,6 +573,26 @@ def _rows(phase: Json) -> Iterator[tuple[str, Any]]:
         yield "answered turns missing from the store at the end", data["answered_turns_not_stored"]
     for example in data["examples"]:
         yield "lost or changed", f"`{example}`"
+
+
+def _structural_rows(swept: Json | None) -> Iterator[tuple[str, Any]]:
+    if not swept:
+        return
+    yield "structure-aware sweep: requests (statuses)", f"{swept['requests']} ({_statuses(swept['statuses'])})"
+    yield (
+        "structure-aware sweep: 5xx / dropped connections",
+        f"{swept['server_errors']} / {swept['dropped_connections']}",
+    )
+    yield (
+        "structure-aware sweep: wrong types accepted / not refused by name / not OpenAI's error shape",
+        f"{swept['wrong_types_accepted']} / {swept['misnamed']} / {swept['not_openai_errors']}",
+    )
+    for example in swept["examples"][:EXAMPLES_SHOWN]:
+        yield "structure-aware example", f"`{example[:160]}`"
+
+
+def _statuses(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status}: {n}" for status, n in counts.items())
 
 
 def _kinds(errors: dict[str, int]) -> str:

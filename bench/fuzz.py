@@ -1,8 +1,8 @@
 """Hypothesis strategies for what an agent (or an attacker) can send the gateway over HTTP.
 
 Shared by the fuzz tests (tests/e2e/test_fuzz.py) and the load and chaos benches, which may mix
-bad requests into their traffic. Every strategy draws data, never performs I/O; `encode` turns a
-drawn body into the bytes to send.
+bad requests into their traffic. Every strategy draws data, never performs I/O (only `sweep`,
+below, sends); `encode` turns a drawn body into the bytes to send.
 
 - `json_values`: arbitrary JSON, including huge integers, extreme floats, unicode with lone
   surrogates (sent as `\\udXXX` escapes, which JSON allows and UTF-8 cannot carry) and deep nesting.
@@ -19,14 +19,24 @@ drawn body into the bytes to send.
   that are not JSON, odd SSE), for the gateway's own parsing of answers (the recall loop).
 - `header_sets`: request headers: session and project ids with odd characters (any byte HTTP
   allows in a header value), long values, and auth variants (`auth_headers`).
+- `structural_mutations`: the structure-aware fuzz, deterministic: valid requests (`BASES`: chat,
+  tools, tool calls and results, streaming, metadata) with the value at every JSON path replaced by
+  every JSON type and every key dropped; `Mutation.refusal` says, by `SPEC` (OpenAI's types), when
+  the gateway must answer 400 naming the path. `sweep` is the one part that sends: the mutations
+  over one keep-alive connection (`OneConnection`), counted in a `SweepTally` (5xx, dropped
+  connections, refusals not in OpenAI's shape, wrong types let through or misnamed).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from hypothesis import strategies as st
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -430,3 +440,365 @@ def header_sets(key: str) -> st.SearchStrategy[dict[str, bytes]]:
         },
     )
     return st.tuples(auth_headers(key), odd).map(lambda pair: {**pair[0], **pair[1]})
+
+
+# -- structure-aware fuzz -----------------------------------------------------------------------
+#
+# Each valid request of `BASES`, with the value at one JSON path replaced by a value of each JSON
+# type (`JSON_TYPES`), or one object key dropped: every path, every type, every key, in order
+# (no randomness). `SPEC` says, as OpenAI documents it, which types each field the gateway reads
+# or forwards accepts and whether it is required: a mutation that breaks it must be refused with
+# 400 naming the field (`Mutation.refusal`). `sweep` sends mutations over one keep-alive
+# connection (`OneConnection`) and counts what went wrong (`SweepTally`).
+
+Path = tuple[str | int, ...]
+
+_CALL = {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a.py"}'}}
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "read_file",
+        "description": "Read a file.",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    },
+}
+BASES: dict[str, dict[str, Any]] = {
+    "chat": {
+        "model": "gpt-4o",
+        "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there."}],
+    },
+    "tools": {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "Read a.py"}],
+        "tools": [_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "read_file"}},
+        "parallel_tool_calls": True,
+    },
+    "tool_calls": {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What is in a.py?"}]},
+            {"role": "assistant", "content": None, "tool_calls": [_CALL], "name": "coder"},
+            {"role": "tool", "tool_call_id": "call_1", "content": "print('hi')"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "And this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+                ],
+            },
+        ],
+        "tools": [_TOOL],
+        "tool_choice": "auto",
+    },
+    "stream": {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "Stream me an answer."}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "stop": ["\n\n"],
+    },
+    "metadata": {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "Remember: I prefer short answers."}],
+        "metadata": {"session_id": "sweep-session", "project_id": "sweep-project", "clawvm_event": "reset"},
+        "user": "sweep-user",
+        "temperature": 0.2,
+        "max_tokens": 50,
+        "n": 1,
+    },
+}
+JSON_TYPES: tuple[tuple[str, Any], ...] = (
+    ("null", None),
+    ("boolean", True),
+    ("integer", 7),
+    ("decimal", 1.5),
+    ("string", "x"),
+    ("empty array", []),
+    ("array", ["x"]),
+    ("array of null", [None]),
+    ("empty object", {}),
+    ("object", {"k": "v"}),
+)
+_KIND = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+_OPTIONAL = frozenset({"null"})
+_STRING, _OBJECT, _ARRAY = frozenset({"string"}), frozenset({"object"}), frozenset({"array"})
+
+# Which JSON types each field accepts (`[]`: any item of an array), and whether it is required
+# (then null and absence are refused too). Fields not named here are not constrained.
+SPEC: dict[str, tuple[frozenset[str], bool]] = {
+    "": (_OBJECT, True),
+    "model": (_STRING, True),
+    "messages": (_ARRAY, True),
+    "messages[]": (_OBJECT, True),
+    "messages[].role": (_STRING, True),
+    "messages[].content": (_STRING | _ARRAY, False),
+    "messages[].content[]": (_OBJECT, True),
+    "messages[].content[].type": (_STRING, True),
+    "messages[].content[].text": (_STRING, True),
+    "messages[].content[].image_url": (_OBJECT, True),
+    "messages[].content[].image_url.url": (_STRING, True),
+    "messages[].content[].image_url.detail": (_STRING, False),
+    "messages[].name": (_STRING, False),
+    "messages[].tool_calls": (_ARRAY, False),
+    "messages[].tool_calls[]": (_OBJECT, True),
+    "messages[].tool_calls[].id": (_STRING, True),
+    "messages[].tool_calls[].type": (_STRING, False),
+    "messages[].tool_calls[].function": (_OBJECT, True),
+    "messages[].tool_calls[].function.name": (_STRING, True),
+    "messages[].tool_calls[].function.arguments": (_STRING, False),
+    "messages[].tool_call_id": (_STRING, True),  # only tool messages carry one in BASES
+    "tools": (_ARRAY, False),
+    "tools[]": (_OBJECT, True),
+    "tools[].type": (_STRING, True),
+    "tools[].function": (_OBJECT, True),  # for type "function", the only type in BASES
+    "tools[].function.name": (_STRING, True),
+    "tools[].function.description": (_STRING, False),
+    "tools[].function.parameters": (_OBJECT, False),
+    "tool_choice": (_STRING | _OBJECT, False),
+    "tool_choice.type": (_STRING, True),
+    "tool_choice.function": (_OBJECT, True),
+    "tool_choice.function.name": (_STRING, True),
+    "parallel_tool_calls": (frozenset({"boolean"}), False),
+    "stream": (frozenset({"boolean"}), False),
+    "stream_options": (_OBJECT, False),
+    "stream_options.include_usage": (frozenset({"boolean"}), False),
+    "stop": (_STRING | _ARRAY, False),
+    "stop[]": (_STRING, True),
+    "n": (frozenset({"integer"}), False),
+    "max_tokens": (frozenset({"integer"}), False),
+    "temperature": (frozenset({"integer", "number"}), False),
+    "user": (_STRING, False),
+    "metadata": (_OBJECT, False),
+    "metadata.session_id": (_STRING, False),
+    "metadata.project_id": (_STRING, False),
+    "metadata.clawvm_event": (_STRING, False),
+}
+
+
+def shown(path: Path) -> str:
+    """`messages[2].tool_calls[0].id`: a path as OpenAI's error messages write it."""
+    return "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path).removeprefix(".")
+
+
+def param(path: Path) -> str | None:
+    """`messages.[2].tool_calls.[0].id`: a path as OpenAI's `param` writes it (None: the body)."""
+    return shown(path).replace("[", ".[") or None
+
+
+def _pattern(path: Path) -> str:
+    return "".join("[]" if isinstance(key, int) else f".{key}" for key in path).removeprefix(".")
+
+
+def kind(value: Any) -> str:
+    return "object" if isinstance(value, dict) else _KIND[type(value)]
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    base: str
+    path: Path
+    change: str  # a JSON_TYPES name, or "dropped"
+    body: Any
+
+    def __str__(self) -> str:
+        return f"{self.base}: {shown(self.path) or '(body)'} {self.change}"
+
+    @property
+    def refusal(self) -> tuple[bool, str | None]:
+        """(must be refused, the `param` naming the field): by `SPEC`, a 400 naming the path."""
+        found = SPEC.get(_pattern(self.path))
+        if found is None:
+            return False, None
+        kinds, required = found
+        if self.change == "dropped":
+            return required, param(self.path)
+        value = _at(self.body, self.path)
+        accepted = kinds if required else kinds | _OPTIONAL
+        return kind(value) not in accepted, param(self.path)
+
+
+def json_paths(value: Any, path: Path = ()) -> Iterator[Path]:
+    """Every path in `value`, itself first, then depth first."""
+    yield path
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from json_paths(inner, (*path, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from json_paths(inner, (*path, index))
+
+
+def _at(value: Any, path: Path) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def _replaced(body: Any, path: Path, new: Any) -> Any:
+    if not path:
+        return copy.deepcopy(new)
+    changed = copy.deepcopy(body)
+    _at(changed, path[:-1])[path[-1]] = copy.deepcopy(new)
+    return changed
+
+
+def _dropped(body: Any, path: Path) -> Any:
+    changed = copy.deepcopy(body)
+    del _at(changed, path[:-1])[path[-1]]
+    return changed
+
+
+def structural_mutations(bases: Mapping[str, Any] = BASES) -> list[Mutation]:
+    """Every base with the value at every path replaced by every JSON type, and with every object
+    key dropped; replacements equal to the original value are left out."""
+    found = []
+    for name, body in bases.items():
+        for path in json_paths(body):
+            original = _at(body, path)
+            for change, value in JSON_TYPES:
+                if not (kind(value) == kind(original) and value == original):
+                    found.append(Mutation(name, path, change, _replaced(body, path, value)))
+            if path and isinstance(path[-1], str):
+                found.append(Mutation(name, path, "dropped", _dropped(body, path)))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int | None  # None: the request failed on the connection
+    body: bytes
+    content_type: str
+    dropped: bool  # the connection was dropped: before this request (it had to open a new one), or by it
+
+
+class OneConnection:
+    """An HTTP client that keeps one keep-alive connection to `root` and notices when the server
+    drops it: a request that needs a new connection although one was open, a transport failure,
+    or an answer saying `connection: close`."""
+
+    def __init__(self, root: str, headers: Mapping[str, str], timeout: float = 60.0) -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self.client = httpx.Client(
+            base_url=root, headers=dict(headers), limits=limits, timeout=timeout, trust_env=False
+        )
+        self.local: Any = None  # (host, port) of our end of the open connection
+
+    def __enter__(self) -> OneConnection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.close()
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Answer:
+        sent = {"content-type": "application/json", **(headers or {})}
+        try:
+            with self.client.stream("POST", path, content=body, headers=sent) as response:
+                local = response.extensions["network_stream"].get_extra_info("client_addr")
+                content = response.read()
+        except httpx.TransportError:
+            self.local = None
+            return Answer(None, b"", "", True)
+        reopened = self.local is not None and local != self.local
+        closing = response.headers.get("connection", "").lower() == "close"
+        self.local = None if closing else local
+        return Answer(response.status_code, content, response.headers.get("content-type", ""), reopened or closing)
+
+
+EXAMPLES_KEPT = 10
+
+
+@dataclass
+class SweepTally:
+    """What a sweep found. Its bars: every count but `requests` and `statuses` is 0."""
+
+    requests: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    server_errors: int = 0  # 5xx answers
+    dropped_connections: int = 0
+    not_openai_errors: int = 0  # refusals whose body is not OpenAI's error object
+    wrong_types_accepted: int = 0  # mutations SPEC refuses, answered 2xx
+    misnamed: int = 0  # mutations SPEC refuses, refused otherwise than 400 naming the field
+    incomplete_streams: int = 0  # 200 event streams not ending with `data: [DONE]`
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return (
+            self.server_errors
+            + self.dropped_connections
+            + self.not_openai_errors
+            + self.wrong_types_accepted
+            + self.misnamed
+            + self.incomplete_streams
+        )
+
+    def note(self, what: str, mutation: Mutation, answer: Answer) -> None:
+        if len(self.examples) < EXAMPLES_KEPT:
+            self.examples.append(f"{what}: {mutation} -> {answer.status} {answer.body[:200]!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        figures = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "statuses"}
+        statuses = {str(k): v for k, v in sorted(self.statuses.items())}
+        return {**figures, "statuses": statuses, "problems": self.problems}
+
+
+def sweep(connection: OneConnection, mutations: Sequence[Mutation], path: str = "/v1/chat/completions") -> SweepTally:
+    """Send every mutation over `connection`, in order, and count what went wrong."""
+    tally = SweepTally()
+    previous: Mutation | None = None
+    for mutation in mutations:
+        answer = connection.post(path, encode(mutation.body))
+        tally.requests += 1
+        if answer.dropped:
+            tally.dropped_connections += 1
+            tally.note("connection dropped (after the previous request or by this one)", previous or mutation, answer)
+        previous = mutation
+        if answer.status is None:
+            continue
+        tally.statuses[answer.status] += 1
+        _judge(tally, mutation, answer)
+    return tally
+
+
+def _judge(tally: SweepTally, mutation: Mutation, answer: Answer) -> None:
+    status = answer.status or 0
+    refuse, named = mutation.refusal
+    if status >= 500:
+        tally.server_errors += 1
+        tally.note("5xx", mutation, answer)
+    if status >= 400 and not _openai_error(answer.body):
+        tally.not_openai_errors += 1
+        tally.note("not OpenAI's error shape", mutation, answer)
+    if refuse and status < 400:
+        tally.wrong_types_accepted += 1
+        tally.note(f"accepted, should be refused naming {named}", mutation, answer)
+    elif refuse and (status != 400 or _param(answer.body) != named):
+        tally.misnamed += 1
+        tally.note(f"should be a 400 naming {named}", mutation, answer)
+    if status == 200 and answer.content_type.startswith("text/event-stream"):
+        if not answer.body.endswith(b"data: [DONE]\n\n"):
+            tally.incomplete_streams += 1
+            tally.note("stream cut short", mutation, answer)
+
+
+def _openai_error(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) and set(data) == {"error"} else None
+    return (
+        isinstance(error, dict)
+        and set(error) == {"message", "type", "param", "code"}
+        and isinstance(error["message"], str)
+        and bool(error["message"])
+        and isinstance(error["type"], str)
+    )
+
+
+def _param(body: bytes) -> Any:
+    try:
+        return json.loads(body)["error"]["param"]
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -821,6 +821,14 @@ def headlines(figures: Json) -> list[str]:
             f"{fuzz['transport_errors']} transport failures, {crashed} crashes; OpenAI edge cases "
             f"{len(fuzz['edge_cases']) - len(fuzz['edge_cases_not_200'])}/{len(fuzz['edge_cases'])} answered 200."
         )
+        swept = fuzz.get("structural")
+        if swept:
+            lines.append(
+                f"Structure-aware fuzz: {swept['requests']} requests (every JSON path of valid requests, every JSON "
+                f"type) on one keep-alive connection, {swept['server_errors']} 5xx, {swept['dropped_connections']} "
+                f"dropped connections, {swept['wrong_types_accepted'] + swept['misnamed']} wrong types not refused "
+                f"with a 400 naming the field, {swept['not_openai_errors']} errors not in OpenAI's shape."
+            )
     return lines
 
 
@@ -835,7 +843,8 @@ def _resumed(phase: Json) -> str:
 
 
 def passed(figures: Json) -> bool:
-    """The suite's bars: no load errors, no committed page lost or changed, no 5xx or crash under fuzzing."""
+    """The suite's bars: no load errors, no committed page lost or changed, no 5xx or crash under fuzzing,
+    nothing wrong in the structure-aware sweep."""
     load = figures.get("load")
     if load and (load["errors"] or load["answered_turns_not_stored"] or not load["gateway_alive"]):
         return False
@@ -843,4 +852,7 @@ def passed(figures: Json) -> bool:
     if any(lost(p["data"]) for p in chaos.values()):
         return False
     fuzz = chaos.get("bad_inputs")
+    swept = (fuzz or {}).get("structural")
+    if swept and swept["problems"]:
+        return False
     return not fuzz or (fuzz["server_errors"] == 0 and fuzz["transport_errors"] == 0 and fuzz["gateway_alive"])

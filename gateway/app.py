@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit import AuditLog
 from gateway.audit_api import decisions, events, journal, metrics, session
@@ -73,9 +74,11 @@ def create_app(settings: Settings) -> Starlette:
             GatewayError: _gateway_error,
             HTTPException: _http_error,
             NestingTooDeep: _too_deep,
-            Exception: _bug,
         },
-        middleware=[Middleware(HeaderLimit, limit=settings.server.max_header_bytes)],
+        middleware=[
+            Middleware(Bugs, log_content=settings.server.log_content),
+            Middleware(HeaderLimit, limit=settings.server.max_header_bytes),
+        ],
         lifespan=lifespan,
     )
 
@@ -156,13 +159,45 @@ async def _too_deep(request: Request, exc: Exception) -> Response:
     return error_response(InvalidRequest(f"The request body is not usable: {exc}."))
 
 
-async def _bug(request: Request, exc: Exception) -> Response:
-    services: Services | None = getattr(request.state, "services", None)
-    if services is not None and services.settings.server.log_content:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-    else:  # an exception's message may quote the request: log where it happened, not what it said
-        trace = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("unhandled error on %s %s: %s\n%s", request.method, request.url.path, type(exc).__name__, trace)
-    return error_response(
-        GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500)
-    )
+class Bugs:
+    """Answers an exception no handler took (a bug) with a 500 in OpenAI's shape, and keeps it
+    from the server.
+
+    Starlette's own last handler (`ServerErrorMiddleware`) sends its answer and then raises the
+    exception again, and uvicorn, seeing an exception after the response started, closes the
+    connection: a keep-alive client's next request on it fails too. Here the exception stops: a
+    whole answer leaves the connection open; one cut short (a stream already under way) is left
+    incomplete, and uvicorn closes that connection, as it must. The log names the exception's
+    type and where it was raised; its message (which may quote the request) only with
+    `server.log_content`."""
+
+    def __init__(self, app: ASGIApp, log_content: bool) -> None:
+        self.app = app
+        self.log_content = log_content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            self._log(scope, exc)
+            if not started:
+                bug = GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500)
+                await error_response(bug)(scope, receive, send)
+
+    def _log(self, scope: Scope, exc: Exception) -> None:
+        where = f"{scope.get('method')} {scope.get('path')}"
+        if self.log_content:
+            log.error("unhandled error on %s", where, exc_info=exc)
+        else:  # an exception's message may quote the request: log where it happened, not what it said
+            trace = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("unhandled error on %s: %s\n%s", where, type(exc).__name__, trace)

@@ -1,9 +1,10 @@
 """The Chat Completions wire adapter: request JSON <-> neutral transcript.
 
-`parse_request` validates what the policy core and the upstream rely on (roles, content
-shapes, tool-call pairing) and raises `InvalidRequest` naming the offending field, the way
-OpenAI does. `to_wire` turns an assembled transcript back into `messages`; a message kept at
-full fidelity is the client's own dict, forwarded unchanged.
+`parse_request` validates what the policy core and the upstream rely on (the type of every
+field OpenAI defines, `gateway.fields`; roles, ids and tool-call pairing here) and raises
+`InvalidRequest` naming the offending field by its JSON path, the way OpenAI does. `to_wire`
+turns an assembled transcript back into `messages`; a message kept at full fidelity is the
+client's own dict, forwarded unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.errors import InvalidRequest
+from gateway.fields import ARRAY, BODY, MESSAGE, STRING, Spec, check, invalid, of
 from policies.transcript import ROLES, Message, ToolCall
 
 
@@ -38,22 +40,31 @@ def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("you must provide a model parameter", param="model")
+    if type(model) is not str or not model:
+        raise _absent("model", _MODEL, model, "you must provide a model parameter")
     raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise InvalidRequest("'messages' is a required property and must be a non-empty array.", param="messages")
+    if type(raw_messages) is not list or not raw_messages:
+        raise _absent(
+            "messages", _MESSAGES, raw_messages, "'messages' is a required property and must be a non-empty array."
+        )
+    check(body, BODY)  # every other field the gateway reads or forwards
     messages = (parse or parse_messages)(raw_messages)
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean or null.", param="stream")
-    for name, kind, shape in SHAPED_FIELDS:  # fields the gateway itself reads or extends
-        if body.get(name) is not None and not isinstance(body[name], kind):
-            raise InvalidRequest(f"'{name}' must be {shape} or null.", param=name)
-    return ChatRequest(body=body, model=model, messages=messages, stream=bool(stream))
+    return ChatRequest(body=body, model=model, messages=messages, stream=body.get("stream") is True)
 
 
-SHAPED_FIELDS = (("tools", list, "an array"), ("stream_options", dict, "an object"))
+_MODEL = of(STRING, required=True)
+_MESSAGES = of(ARRAY, required=True)
+
+
+def _absent(name: str, spec: Spec, value: Any, message: str) -> InvalidRequest:
+    """The error for a required field that is absent, null or empty (`message`) or of the wrong type."""
+    return (
+        InvalidRequest(message, param=name)
+        if value is None or value == "" or value == []
+        else invalid(name, spec, value)
+    )
+
+
 PLAIN_ROLES = frozenset({"system", "developer", "user", "assistant"})
 PLAIN_KEYS = frozenset({"role", "content"})
 
@@ -91,7 +102,7 @@ def _plain(item: Any) -> Message | None:
     if type(item) is not dict or item.keys() != PLAIN_KEYS:
         return None
     role, content = item["role"], item["content"]
-    if role not in PLAIN_ROLES or type(content) is not str:
+    if type(role) is not str or role not in PLAIN_ROLES or type(content) is not str:
         return None
     return Message(role, content, (), None, None, item)
 
@@ -106,70 +117,64 @@ def _unanswered(pending: Mapping[str, int]) -> None:
 
 
 def parse_message(item: Any, index: int) -> Message:
-    if type(item) is not dict:
-        raise InvalidRequest(f"messages[{index}] must be an object.", param=f"messages.[{index}]")
-    role = item.get("role")
+    check(item, MESSAGE, "messages", index)  # every field of the right type
+    role = item["role"]
     if role not in ROLES:
         raise InvalidRequest(
             f"messages[{index}].role: {role!r} is not one of 'system', 'developer', 'user', 'assistant', 'tool'.",
             param=f"messages.[{index}].role",
+            code="invalid_value",
         )
     content = item.get("content")
-    text = content if type(content) is str else content_text(content, f"messages[{index}]")
-    calls = (
-        _tool_calls(item["tool_calls"], f"messages[{index}]") if role == "assistant" and "tool_calls" in item else ()
-    )
+    calls = _tool_calls(item.get("tool_calls"), index) if role == "assistant" else ()
     call_id = item.get("tool_call_id")
-    if role == "tool" and (type(call_id) is not str or not call_id):
+    if role == "tool" and not call_id:
         raise InvalidRequest(
-            f"messages[{index}].tool_call_id is required for role 'tool'.", param=f"messages.[{index}].tool_call_id"
+            f"messages[{index}].tool_call_id is required for role 'tool'.",
+            param=f"messages.[{index}].tool_call_id",
+            code="missing_required_parameter",
         )
     name = item.get("name")
     images = sum(1 for p in content if "text" not in p and "refusal" not in p) if type(content) is list else 0
     return Message(
         role,
-        text,
+        content_text(content),
         calls,
         call_id if role == "tool" else None,
-        name if type(name) is str and name else None,
+        name or None,
         item,
         images,
     )
 
 
-def content_text(content: Any, where: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{where}.content must be a string, an array of content parts, or null.")
+def content_text(content: str | list[dict[str, Any]] | None) -> str:
+    """The text of checked content (`fields.MESSAGE`): a string, or its text and refusal parts, a line each."""
+    if type(content) is str:
+        return content
+    if not content:
+        return ""
     parts = []
     for part in content:
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise InvalidRequest(f"{where}.content: every content part must be an object with a 'type'.")
-        if isinstance(part.get("text"), str):
+        if type(part.get("text")) is str:
             parts.append(part["text"])
-        elif isinstance(part.get("refusal"), str):
+        elif type(part.get("refusal")) is str:
             parts.append(part["refusal"])
     return "\n".join(parts)
 
 
-def _tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise InvalidRequest(f"{where}.tool_calls must be an array.")
+def _tool_calls(value: list[dict[str, Any]] | None, index: int) -> tuple[ToolCall, ...]:
+    """The calls of checked `tool_calls` (`fields.TOOL_CALL`), each with an id and a name."""
     calls = []
-    for position, call in enumerate(value):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(call.get("id"), str) or not call["id"]:
-            raise InvalidRequest(f"{where}.tool_calls[{position}] must have an 'id' and a 'function'.")
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"{where}.tool_calls[{position}].function.name is required.")
-        arguments = function.get("arguments")
-        if arguments is not None and not isinstance(arguments, str):
-            raise InvalidRequest(f"{where}.tool_calls[{position}].function.arguments must be a string.")
-        calls.append(ToolCall(id=call["id"], name=name, arguments=arguments or ""))
+    for position, call in enumerate(value or ()):
+        function = call["function"]
+        for field, given in (("id", call["id"]), ("function.name", function["name"])):
+            if not given:
+                raise InvalidRequest(
+                    f"messages[{index}].tool_calls[{position}].{field} must not be empty.",
+                    param=f"messages.[{index}].tool_calls.[{position}].{field}",
+                    code="invalid_value",
+                )
+        calls.append(ToolCall(id=call["id"], name=function["name"], arguments=function.get("arguments") or ""))
     return tuple(calls)
 
 

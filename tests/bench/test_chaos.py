@@ -71,6 +71,9 @@ def test_fuzzing_gives_no_5xx_and_no_crash(results: dict[str, Any]) -> None:
     assert phase["gateway_restarts"] == 0 and phase["health_after"] == 200
     assert phase["edge_cases_not_200"] == [], phase["edge_cases"]
     assert phase["session_errors"] == {}  # the sessions alongside were not disturbed
+    swept = phase["structural"]  # bench.fuzz's structure-aware sweep, on one keep-alive connection
+    assert swept["requests"] > 1000 and swept["problems"] == 0, swept
+    assert swept["server_errors"] == 0 and swept["dropped_connections"] == 0
 
 
 def test_the_report_has_a_table_per_phase(results: dict[str, Any], tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def session() -> list[Wire]:
 
 
 def text(message: Wire) -> str:
-    return content_text(message.get("content"), "test")
+    return content_text(message.get("content"))
 
 
 # ---------------------------------------------------------------- compaction injectors

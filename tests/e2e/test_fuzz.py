@@ -6,6 +6,8 @@ would, a 400 in OpenAI's shape: every 5xx seen here therefore comes from the gat
 fuzzing: never a 500 (never a 5xx at all), every refusal is OpenAI error JSON with a sensible
 status, every 200 is a whole completion that never mentions the gateway's own recall tool, and
 the gateway still answers /health afterwards. The runs are derandomized (CI is deterministic).
+The structure-aware sweep (bench.fuzz: every JSON path of valid requests, every JSON type) runs
+over one keep-alive connection and also counts dropped connections and wrong types let through.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.fake_upstream import FakeUpstream, error, serve
 from bench.fuzz import (
+    BASES,
+    OneConnection,
     arguments,
     auth_headers,
     chat_bodies,
@@ -34,6 +38,8 @@ from bench.fuzz import (
     header_sets,
     mutated_chat_bodies,
     raw_bodies,
+    structural_mutations,
+    sweep,
     upstream_answers,
     valid_chat_bodies,
 )
@@ -344,6 +350,49 @@ def test_relayed_routes_never_500(fuzzed: Fuzzed, method: str, path: str, body: 
         assert set(response.json()["error"]) >= {"message", "type"}
 
 
+# -- structure-aware -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_every_type_at_every_json_path_is_answered_without_5xx_or_a_dropped_connection(
+    fuzzed: Fuzzed, base: str
+) -> None:
+    """bench.fuzz's sweep of one valid request (chat, tools, tool calls and results, streaming,
+    metadata): every JSON path given every JSON type, every key dropped, all on one keep-alive
+    connection. Never a 5xx, never a dropped connection, every refusal in OpenAI's shape, and every
+    wrongly-typed field the spec knows refused with a 400 naming its path."""
+    mutations = [m for m in structural_mutations() if m.base == base]
+    with OneConnection(fuzzed.root, {"authorization": f"Bearer {KEY}"}) as connection:
+        tally = sweep(connection, mutations)
+    assert tally.requests == len(mutations) > 50
+    assert tally.problems == 0, "\n".join([str(tally.as_dict())[:600], *tally.examples])
+    assert tally.statuses[200] and tally.statuses[400]  # both answered and refused: the sweep reached the gateway
+
+
+@pytest.mark.parametrize("role", [{}, [], [None]], ids=["object", "array", "array_of_null"])
+@pytest.mark.parametrize("plain", [True, False], ids=["plain_message", "message_with_name"])
+def test_a_role_of_the_wrong_type_is_a_400_and_the_connection_serves_the_next_request(
+    fuzzed: Fuzzed, role: Any, plain: bool
+) -> None:
+    """Issue 11: these were a 500 (TypeError) that also dropped the keep-alive connection."""
+    message = {"role": role, "content": "hi"} if plain else {"role": role, "content": "hi", "name": "a"}
+    before = len(fuzzed.fake.requests)
+    with OneConnection(fuzzed.root, {"authorization": f"Bearer {KEY}"}) as connection:
+        refused = connection.post("/v1/chat/completions", encode({"model": "gpt-4o", "messages": [message]}))
+        good = {"model": "gpt-4o", "messages": [{"role": "user", "content": "and now?"}]}
+        answered = connection.post("/v1/chat/completions", encode(good))
+    assert refused.status == 400, refused.body
+    error = json.loads(refused.body)["error"]
+    assert (error["param"], error["code"], error["type"]) == (
+        "messages.[0].role",
+        "invalid_type",
+        "invalid_request_error",
+    )
+    assert "messages[0].role" in error["message"]
+    assert answered.status == 200 and not answered.dropped, answered
+    assert len(fuzzed.fake.requests) == before + 1  # the refused one never went upstream
+
+
 def test_the_gateway_is_healthy_after_the_fuzzing(fuzzed: Fuzzed) -> None:
     healthy(fuzzed)
     check(post(fuzzed, encode({"model": "gpt-4o", "messages": [{"role": "user", "content": "still there?"}]})))
@@ -488,7 +537,9 @@ def test_deep_nesting_is_answered_or_refused_never_a_500(fuzzed: Fuzzed, where: 
         user = b'{"role": "user", "content": "hi", "extra": ' + deep + b"}"
     extra = {
         "metadata": b', "metadata": {"d": ' + deep + b"}",
-        "tool_parameters": b', "tools": [{"type": "function", "function": {"name": "f", "parameters": ' + deep + b"}}]",
+        "tool_parameters": b', "tools": [{"type": "function", "function": {"name": "f", "parameters": {"d": '
+        + deep
+        + b"}}}]",
     }.get(where, b"")
     body = b'{"model": "gpt-4o", "messages": [' + user + b"]" + extra + b"}"
     response = post(fuzzed, body, {"x-clawvm-session": f"deep-{where}-{depth}".encode()})

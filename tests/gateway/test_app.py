@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 import redis
 
 from bench.fake_upstream import FakeUpstream, serve
+from bench.fuzz import OneConnection
 from gateway.app import create_app
 from gateway.embedded import EmbeddedRedis, free_port
 from gateway.settings import Overrides, load_settings
@@ -110,6 +112,58 @@ def test_gateway_errors_keep_their_status(gateway: str) -> None:
     response = httpx.post(gateway + "/v1/chat/completions", content=b"[]")
     error = assert_openai_error(response, 400)
     assert error["type"] == "invalid_request_error"
+
+
+def failing_once(monkeypatch: pytest.MonkeyPatch, target: str) -> list[str]:
+    """`target` (a function of the gateway, by import path) raises a bug's exception the first
+    time it is called; the list records the calls."""
+    module, name = target.rsplit(".", 1)
+    real = getattr(importlib.import_module(module), name)
+    calls: list[str] = []
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        if len(calls) == 1:
+            raise ValueError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, once)
+    return calls
+
+
+CHAT = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def test_a_bug_is_an_openai_shaped_500_and_the_connection_stays_open(
+    gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starlette's last handler raises the exception again once it has answered, and uvicorn then
+    closes the connection: the client's next request on it failed too."""
+    failing_once(monkeypatch, "gateway.pipeline.parse_request")
+    with OneConnection(gateway, {"x-clawvm-session": f"bug-{next(_ids)}"}) as connection:
+        first = connection.post("/v1/chat/completions", CHAT)
+        second = connection.post("/v1/chat/completions", CHAT)
+    assert first.status == 500 and not first.dropped
+    error = json.loads(first.body)["error"]
+    assert error == {
+        "message": "internal gateway error (ValueError); this is a bug",
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
+    assert second.status == 200 and not second.dropped  # the same connection, still open
+
+
+def test_a_failure_after_a_whole_answer_keeps_the_connection_open(
+    gateway: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn's bookkeeping runs after the answer is sent: its failure is logged, and the client,
+    which has its whole answer, keeps its connection."""
+    calls = failing_once(monkeypatch, "gateway.pipeline.record")
+    with OneConnection(gateway, {"x-clawvm-session": f"bug-{next(_ids)}"}) as connection:
+        answers = [connection.post("/v1/chat/completions", CHAT) for _ in range(3)]
+    assert calls  # the failure did happen
+    assert [(a.status, a.dropped) for a in answers] == [(200, False)] * 3
 
 
 def test_an_embedded_store_lives_and_dies_with_the_app(tmp_path: Path) -> None:

@@ -116,10 +116,19 @@ def test_content_of_the_wrong_type_is_rejected(content: Any) -> None:
     assert "messages[1].content" in error.message
 
 
-@pytest.mark.parametrize("part", [{"text": "hi"}, "hi", {"type": 5, "text": "hi"}, None, ["text"]])
-def test_every_content_part_needs_a_type(part: Any) -> None:
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"text": "hi"}, "messages.[0].content.[1].type"),
+        ("hi", "messages.[0].content.[1]"),
+        ({"type": 5, "text": "hi"}, "messages.[0].content.[1].type"),
+        (None, "messages.[0].content.[1]"),
+        (["text"], "messages.[0].content.[1]"),
+    ],
+)
+def test_every_content_part_is_an_object_with_a_type(part: Any, param: str) -> None:
     error = rejected(encode([{"role": "user", "content": [{"type": "text", "text": "ok"}, part]}]))
-    assert "messages[0].content" in error.message and "'type'" in error.message
+    assert error.param == param and param.replace(".[", "[") in error.message
 
 
 # -- tool calls and their answers -----------------------------------------------------------
@@ -166,8 +175,8 @@ def test_calls_must_be_answered_before_the_next_message() -> None:
 @pytest.mark.parametrize(
     ("tool_calls", "needle"),
     [
-        ("c1", "messages[1].tool_calls must be an array"),
-        ({"id": "c1"}, "messages[1].tool_calls must be an array"),
+        ("c1", "'messages[1].tool_calls': expected an array"),
+        ({"id": "c1"}, "'messages[1].tool_calls': expected an array"),
         ([5], "messages[1].tool_calls[0]"),
         ([{"type": "function", "function": {"name": "f", "arguments": "{}"}}], "messages[1].tool_calls[0]"),
         ([{"id": "", "type": "function", "function": {"name": "f", "arguments": "{}"}}], "messages[1].tool_calls[0]"),
@@ -274,7 +283,7 @@ def test_name_fields_are_kept() -> None:
         {"role": "assistant", "tool_calls": [call("c1")], "name": "bot"},
         {"role": "tool", "tool_call_id": "c1", "content": "x", "name": "read_file"},
         {"role": "user", "content": "bye", "name": ""},
-        {"role": "user", "content": "bye", "name": 5},
+        {"role": "user", "content": "bye", "name": None},
     ]
     chat = parse_request(encode(messages))
     assert [m.name for m in chat.messages] == ["harness", "alice", "bot", "read_file", None, None]
@@ -356,3 +365,221 @@ def test_an_assembly_under_pressure_goes_back_on_the_wire_as_a_valid_request() -
     assert again.messages[-1] == chat.messages[-1]
     assert wire[-1] is chat.body["messages"][-1]
     assert json.dumps(wire) == json.dumps(to_wire(plan.messages))
+
+
+# -- the type of every field ----------------------------------------------------------------
+
+FULL: Json = {
+    "model": "gpt-4o",
+    "messages": [
+        {"role": "system", "content": "Be brief.", "name": "harness"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "u", "detail": "low"}},
+            ],
+        },
+        {"role": "assistant", "content": None, "tool_calls": [call("c1")], "refusal": None},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "file body"}]},
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}]},
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {"name": "read_file", "description": "d", "parameters": {"type": "object"}, "strict": True},
+        }
+    ],
+    "tool_choice": {"type": "function", "function": {"name": "read_file"}},
+    "parallel_tool_calls": True,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "n": 1,
+    "max_tokens": 100,
+    "max_completion_tokens": 100,
+    "temperature": 0.5,
+    "top_p": 1,
+    "stop": ["\n"],
+    "user": "alice",
+    "seed": 7,
+    "logprobs": False,
+    "logit_bias": {"50256": -100},
+    "response_format": {"type": "json_object"},
+    "metadata": {"session_id": "s1", "project_id": "p1", "clawvm_event": "reset", "user_id": "u1"},
+}
+
+
+def test_a_request_with_every_field_of_the_right_type_is_accepted() -> None:
+    chat = parse_request(json.dumps(FULL).encode())
+    assert chat.stream is True and len(chat.messages) == 5
+    assert chat.messages[1].images == 1 and chat.messages[3].text == "file body"
+
+
+def changed(path: tuple[Any, ...], value: Any) -> bytes:
+    body = json.loads(json.dumps(FULL))
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    if value is DROP:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(body).encode()
+
+
+DROP = object()
+WRONG_TYPES = [
+    (("messages", 1, "role"), {}),
+    (("messages", 1, "role"), []),
+    (("messages", 1, "role"), [None]),
+    (("messages", 1, "role"), 3),
+    (("messages", 0, "content"), {"text": "x"}),
+    (("messages", 0, "name"), 5),
+    (("messages", 0, "name"), ["harness"]),
+    (("messages", 1, "content", 0), None),
+    (("messages", 1, "content", 0, "text"), None),
+    (("messages", 1, "content", 0, "text"), ["x"]),
+    (("messages", 1, "content", 1, "image_url"), "https://example.com/cat.png"),
+    (("messages", 1, "content", 1, "image_url", "url"), {}),
+    (("messages", 1, "content", 1, "image_url", "detail"), 1),
+    (("messages", 2, "tool_calls"), {}),
+    (("messages", 2, "tool_calls", 0), [None]),
+    (("messages", 2, "tool_calls", 0, "id"), {}),
+    (("messages", 2, "tool_calls", 0, "type"), 1),
+    (("messages", 2, "tool_calls", 0, "function"), []),
+    (("messages", 2, "tool_calls", 0, "function", "name"), None),
+    (("messages", 2, "tool_calls", 0, "function", "arguments"), {"path": "a.py"}),
+    (("messages", 2, "refusal"), 1.5),
+    (("messages", 3, "tool_call_id"), ["c1"]),
+    (("messages", 3, "content", 0, "type"), None),
+    (("messages", 4, "content", 0, "input_audio", "format"), 3),
+    (("tools",), {}),
+    (("tools", 0), "read_file"),
+    (("tools", 0, "type"), None),
+    (("tools", 0, "function"), "read_file"),
+    (("tools", 0, "function", "name"), {}),
+    (("tools", 0, "function", "description"), 1),
+    (("tools", 0, "function", "parameters"), "{}"),
+    (("tools", 0, "function", "strict"), "yes"),
+    (("tool_choice",), 1),
+    (("tool_choice",), ["auto"]),
+    (("tool_choice", "type"), {}),
+    (("tool_choice", "function"), "read_file"),
+    (("tool_choice", "function", "name"), 1),
+    (("parallel_tool_calls",), "true"),
+    (("stream",), "true"),
+    (("stream_options",), True),
+    (("stream_options", "include_usage"), "yes"),
+    (("n",), "2"),
+    (("n",), True),
+    (("n",), 1.5),
+    (("max_tokens",), [100]),
+    (("max_completion_tokens",), "100"),
+    (("temperature",), "hot"),
+    (("temperature",), False),
+    (("top_p",), {}),
+    (("stop",), 5),
+    (("stop", 0), None),
+    (("user",), {"id": "alice"}),
+    (("seed",), 7.5),
+    (("logprobs",), 1),
+    (("logit_bias",), [1]),
+    (("response_format",), "json"),
+    (("response_format", "type"), None),
+    (("metadata",), "s1"),
+    (("metadata", "session_id"), 1),
+    (("metadata", "project_id"), ["p1"]),
+    (("metadata", "clawvm_event"), {}),
+    (("metadata", "user_id"), 5),
+]
+
+
+def _param(path: tuple[Any, ...]) -> str:
+    return ".".join(f"[{key}]" if isinstance(key, int) else key for key in path)
+
+
+def _shown(path: tuple[Any, ...]) -> str:
+    return "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path).removeprefix(".")
+
+
+@pytest.mark.parametrize(("path", "value"), WRONG_TYPES, ids=[f"{_shown(p)}={v!r}" for p, v in WRONG_TYPES])
+def test_a_field_of_the_wrong_type_is_a_400_naming_its_json_path(path: tuple[Any, ...], value: Any) -> None:
+    error = rejected(changed(path, value))
+    assert error.param == _param(path), error.message
+    assert f"'{_shown(path)}'" in error.message
+    assert error.code == "invalid_type"
+
+
+REQUIRED = [
+    ("messages", 1, "content", 0, "type"),
+    ("messages", 1, "content", 0, "text"),
+    ("messages", 1, "content", 1, "image_url"),
+    ("messages", 1, "content", 1, "image_url", "url"),
+    ("messages", 2, "tool_calls", 0, "id"),
+    ("messages", 2, "tool_calls", 0, "function"),
+    ("messages", 2, "tool_calls", 0, "function", "name"),
+    ("tools", 0, "type"),
+    ("tools", 0, "function"),
+    ("tools", 0, "function", "name"),
+    ("tool_choice", "type"),
+    ("tool_choice", "function", "name"),
+    ("response_format", "type"),
+]
+
+
+@pytest.mark.parametrize("path", REQUIRED, ids=[_shown(p) for p in REQUIRED])
+def test_a_required_field_left_out_is_a_400_naming_it(path: tuple[Any, ...]) -> None:
+    error = rejected(changed(path, DROP))
+    assert error.param == _param(path), error.message
+    assert error.code == "missing_required_parameter"
+
+
+SAMPLES = {"null": None, "boolean": True, "integer": 7, "decimal": 1.5, "string": "x", "array": ["x"], "object": {}}
+FIELD_TYPES = [
+    (("tool_choice",), {"null", "string", "object"}),
+    (("stop",), {"null", "string", "array"}),
+    (("temperature",), {"null", "integer", "decimal"}),
+    (("n",), {"null", "integer"}),
+    (("stream",), {"null", "boolean"}),
+    (("user",), {"null", "string"}),
+    (("metadata",), {"null", "object"}),
+    (("tools",), {"null", "array"}),
+    (("messages", 0, "content"), {"null", "string", "array"}),
+    (("messages", 0, "name"), {"null", "string"}),
+    (("messages", 2, "tool_calls", 0, "function", "arguments"), {"null", "string"}),
+    (("messages", 2, "tool_calls", 0, "type"), {"null", "string"}),
+    (("tools", 0, "function", "parameters"), {"null", "object"}),
+]
+
+
+@pytest.mark.parametrize(("path", "accepted"), FIELD_TYPES, ids=[_shown(p) for p, _ in FIELD_TYPES])
+def test_each_field_takes_exactly_the_types_openai_does(path: tuple[Any, ...], accepted: set[str]) -> None:
+    """Each JSON type at the field: refused naming it, or taken (a value of an accepted type may
+    still be refused for what is inside it, naming that: `tool_choice: {}` lacks its `type`)."""
+    for kind, value in SAMPLES.items():
+        if kind in accepted:
+            try:
+                parse_request(changed(path, value))
+            except InvalidRequest as error:
+                assert error.param != _param(path) and error.param.startswith(_param(path)), (kind, error.message)
+        else:
+            error = rejected(changed(path, value))
+            assert (error.param, error.code) == (_param(path), "invalid_type"), kind
+
+
+def test_fields_openai_does_not_define_are_left_to_the_upstream() -> None:
+    body = json.loads(json.dumps(FULL))
+    body["tools"].append({"type": "custom", "custom": {"name": "grammar"}})
+    body["messages"][1]["content"].append({"type": "vendor_part", "vendor": [1]})
+    body["messages"][1]["cache_control"] = {"type": "ephemeral"}
+    body["metadata"]["other"] = 5
+    body["vendor_field"] = {"a": [None]}
+    assert parse_request(json.dumps(body).encode()).body == body
+
+
+@pytest.mark.parametrize("role", [{}, [], [None], {"role": "user"}])
+def test_a_role_of_an_unhashable_type_is_a_400_not_a_crash(role: Any) -> None:
+    """The fast path for plain messages looked the role up in a set: a 500 (TypeError) on main."""
+    for message in ({"role": role, "content": "hi"}, {"role": role, "content": "hi", "name": "a"}):
+        error = rejected(encode([USER, message]))
+        assert error.param == "messages.[1].role" and error.code == "invalid_type"
