@@ -28,6 +28,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound, error_respons
 from gateway.http import HeaderLimit
 from gateway.journal import WritebackJournal
 from gateway.jsonio import NestingTooDeep
+from gateway.limits import ConcurrencyLimit, TenantLimiter
 from gateway.memory import MemoryService
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
@@ -75,7 +76,7 @@ def create_app(settings: Settings) -> Starlette:
             NestingTooDeep: _too_deep,
             Exception: _bug,
         },
-        middleware=[Middleware(HeaderLimit, limit=settings.server.max_header_bytes)],
+        middleware=[Middleware(HeaderLimit, limit=settings.server.max_header_bytes), Middleware(ConcurrencyLimit)],
         lifespan=lifespan,
     )
 
@@ -94,7 +95,9 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         tokenizers.for_encoding(encoding)
     sessions, metrics, audit = SessionState(store), Metrics(), AuditLog(store.client)
     memory = MemoryService(WritebackJournal(store.client), store)
-    outage = OutageQueue(sessions, memory, audit, metrics, settings.store.outage_queue)
+    outage = OutageQueue(
+        sessions, memory, audit, metrics, settings.store.outage_queue, settings.store.outage_queue_bytes
+    )
     drainer = Drainer(outage)
     drainer.start()
     stack.push_async_callback(drainer.stop)  # runs first at shutdown: deferred turns land before the store closes
@@ -112,6 +115,7 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         audit=audit,
         memory=memory,
         outage=outage,
+        limiter=TenantLimiter(metrics.in_flight),
     )
 
 

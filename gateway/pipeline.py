@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -34,6 +34,7 @@ from gateway.http import (
     unless_disconnected,
     upstream_target,
 )
+from gateway.limits import TenantLimiter
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog, resolve_window
@@ -111,6 +112,7 @@ class Services:
     audit: AuditLog
     memory: MemoryService
     outage: OutageQueue  # turns deferred while the store is unavailable
+    limiter: TenantLimiter = field(default_factory=TenantLimiter)  # requests in flight per tenant (gateway.limits)
 
 
 class ToolTokens:

@@ -58,7 +58,13 @@ _SERVER_KEYS = (
     "log_content",
     "session_idle_seconds",
 )
-_STORE_KEYS = ("url", "data_dir", "outage_queue", "appendfsync")
+_STORE_KEYS = (
+    "url",
+    "data_dir",
+    "outage_queue",
+    "appendfsync",
+    "outage_queue_bytes",  # issue 11: the outage queue's byte bound
+)
 _UPSTREAM_KEYS = (
     "api_base",
     "api_key",
@@ -73,6 +79,8 @@ _UPSTREAM_KEYS = (
 )
 _MODEL_KEYS = ("context_window", "encoding")
 _TENANT_KEYS = ("api_keys", "budget", "pages", "weights", "rules", "upstream")
+_TENANT_KEYS += ("limits",)  # tenants.<name>.limits (issue 11): kept on a line of its own
+_LIMIT_KEYS = ("max_concurrent_requests",)
 _BUDGET_KEYS = ("max_prompt_tokens", "window_fraction", "output_reserve", "safety_margin")
 _PAGE_KEYS = ("floor", "pin", "base_utility", "scope")
 _WEIGHT_KEYS = ("pin_hard", "pin_soft", "recency", "recency_decay", "recompute")
@@ -104,6 +112,7 @@ class StoreSettings:
     data_dir: Path = Path(".clawvm-data")
     outage_queue: int = 10_000  # turns held in process while the store is unavailable (gateway.outage)
     appendfsync: str = "everysec"  # the embedded server's AOF fsync: "everysec" or "always"
+    outage_queue_bytes: int = 67_108_864  # bytes of deferred turns held in process (gateway.outage), 64 MiB
 
     @property
     def embedded(self) -> bool:
@@ -135,11 +144,19 @@ class ModelOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """`tenants.<name>.limits`: what one tenant may use of one gateway process."""
+
+    max_concurrent_requests: int = 64  # requests in flight at once (gateway.limits); 0 = no limit
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     name: str
     api_keys: tuple[str, ...] = field(repr=False)
     policy: TenantPolicy
     upstream: UpstreamSettings
+    limits: TenantLimits = TenantLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +475,7 @@ def _store(value: object, overrides: Overrides) -> StoreSettings:
         data_dir=sec.get("data_dir", base.data_dir, lambda v, p: Path(_text(v, p))),
         outage_queue=sec.get("outage_queue", base.outage_queue, _integer()),
         appendfsync=sec.get("appendfsync", base.appendfsync, _choice(APPENDFSYNC)),
+        outage_queue_bytes=sec.get("outage_queue_bytes", base.outage_queue_bytes, _integer()),
     )
 
 
@@ -558,7 +576,15 @@ def _tenant(name: str, value: object, upstream: UpstreamSettings, overrides: Ove
         rules=_rules(sec.raw("rules"), sec.at("rules")),
     )
     keys = _api_keys(sec.raw("api_keys"), sec.at("api_keys"))
-    return Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream))
+    tenant = Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream))
+    return replace(tenant, limits=_limits(sec.raw("limits"), sec.at("limits")))
+
+
+def _limits(value: object, path: str) -> TenantLimits:
+    sec, base = _section(value, path, _LIMIT_KEYS), TenantLimits()
+    return TenantLimits(
+        max_concurrent_requests=sec.get("max_concurrent_requests", base.max_concurrent_requests, _integer(0)),
+    )
 
 
 def _api_keys(value: object, path: str) -> tuple[str, ...]:
