@@ -31,8 +31,8 @@ tool calls and arguments (an evidence body is its page's full text) and the audi
 page counted once per session however many deferred turns carry it (`turn_bytes`). A new turn is
 refused with 503 `store_unavailable` (`admit`) when the queue is full, or when one more turn of
 the queue's mean size would pass the byte bound; every deferred turn is kept: queued work is never
-dropped to make room. (Turns admitted together can each add their own size past the byte bound:
-the bound holds to within what the concurrently admitted turns carry.) Only a shutdown while the
+dropped to make room. (An empty queue admits any turn, and turns admitted together can each add
+their own size past the byte bound: the bound holds to within what those turns carry.) Only a shutdown while the
 store is still unreachable loses deferred (never committed) work, and says so in the log.
 """
 
