@@ -49,6 +49,7 @@ _PAGE_TYPES = tuple(t.value for t in PageType)
 _PINS = tuple(p.value for p in Pin)
 _SCOPES = tuple(s.value for s in Scope)
 _TOP_KEYS = ("server", "store", "upstream", "models", "tenants")
+_TOP_KEYS += ("limits",)  # the default tenants.<name>.limits (issue 11): kept on a line of its own
 _SERVER_KEYS = (
     "host",
     "port",
@@ -145,7 +146,8 @@ class ModelOverride:
 
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
-    """`tenants.<name>.limits`: what one tenant may use of one gateway process."""
+    """What one tenant may use of one gateway process: the top-level `limits` section is every
+    tenant's default (the open tenant's too), `tenants.<name>.limits` overrides it field by field."""
 
     max_concurrent_requests: int = 64  # requests in flight at once (gateway.limits); 0 = no limit
 
@@ -198,7 +200,7 @@ def load_settings(path: Path | None, env: Mapping[str, str], overrides: Override
         store=_store(top.raw("store"), overrides),
         upstream=upstream,
         models=_models(top.raw("models")),
-        tenants=tenants or (_open_tenant(upstream, overrides),),
+        tenants=_limited(tenants or (_open_tenant(upstream, overrides),), top),
         open=not tenants,
     )
 
@@ -576,12 +578,26 @@ def _tenant(name: str, value: object, upstream: UpstreamSettings, overrides: Ove
         rules=_rules(sec.raw("rules"), sec.at("rules")),
     )
     keys = _api_keys(sec.raw("api_keys"), sec.at("api_keys"))
-    tenant = Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream))
-    return replace(tenant, limits=_limits(sec.raw("limits"), sec.at("limits")))
+    return Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream))
 
 
-def _limits(value: object, path: str) -> TenantLimits:
-    sec, base = _section(value, path, _LIMIT_KEYS), TenantLimits()
+def _limited(tenants: tuple[Tenant, ...], top: _Section) -> tuple[Tenant, ...]:
+    """Each tenant with its limits: the top-level `limits` section (the default of every tenant,
+    the open one included), overridden field by field by `tenants.<name>.limits`."""
+    default = _limits(top.raw("limits"), top.at("limits"), TenantLimits())
+    configured = top.raw("tenants")
+    entries = configured if isinstance(configured, dict) else {}
+    limited = []
+    for tenant in tenants:
+        entry = entries.get(tenant.name)
+        own = entry.get("limits") if isinstance(entry, dict) else None
+        path = _child(_child("tenants", tenant.name), "limits")
+        limited.append(replace(tenant, limits=_limits(own, path, default)))
+    return tuple(limited)
+
+
+def _limits(value: object, path: str, base: TenantLimits) -> TenantLimits:
+    sec = _section(value, path, _LIMIT_KEYS)
     return TenantLimits(
         max_concurrent_requests=sec.get("max_concurrent_requests", base.max_concurrent_requests, _integer(0)),
     )

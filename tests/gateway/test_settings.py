@@ -641,6 +641,15 @@ def test_a_bad_concurrency_limit_names_its_key(tmp_path: Path, limits: str, expe
     assert message == f"tenants.acme.limits.max_concurrent_requests: {expected}"
 
 
+def test_the_top_level_limits_are_every_tenants_default(tmp_path: Path) -> None:
+    assert load(tmp_path, "limits: {max_concurrent_requests: 5}\n").tenants[0].limits.max_concurrent_requests == 5
+    text = "limits: {max_concurrent_requests: 5}\n" + ACME + "  other:\n    api_keys: [sk-other]\n"
+    text += "    limits: {max_concurrent_requests: 9}\n"
+    assert [t.limits.max_concurrent_requests for t in load(tmp_path, text).tenants] == [5, 9]
+    message = error(tmp_path, "limits: {max_concurrent_requests: -2}\n")
+    assert message == "limits.max_concurrent_requests: expected a non-negative integer, got -2"
+
+
 def test_an_unknown_limit_is_refused(tmp_path: Path) -> None:
     message = error(tmp_path, ACME + "    limits: {max_concurrent: 3}\n")
     assert message == "unknown key tenants.acme.limits.max_concurrent (did you mean max_concurrent_requests?)"
