@@ -13,6 +13,11 @@ Everything is deterministic: ids count requests (`chatcmpl-fake-1`, ...), `creat
 counts are a character estimate. Every request is recorded in `requests`; statuses queued in
 `fail_next` are answered (with an OpenAI error body) instead of the next requests.
 
+Holding requests open (tests of concurrency limits): while `hold` is a `threading.Event` that is
+not set, a chat completion waits for it before answering, and a stream waits after its first
+event (the client already reads it); `held` counts the requests waiting. Set the event (or set
+`hold` to None) to let them finish.
+
 Opt-in fault injection (off unless `faults` is given; `--fault-rate`/`--drop-rate` on the command
 line): `Faults(error_rate, drop_rate, seed)` answers a seeded share of chat completions with 429, 500
 or 503 (OpenAI error bodies whose message starts with `INJECTED_ERROR`), and cuts a share of streams
@@ -55,6 +60,7 @@ INJECTED_STATUSES = (429, 500, 503)
 MODELS = ("fake-model",)
 EMBEDDING_DIMENSIONS = 8
 ARGUMENT_PIECE = 8
+HOLD_POLL_S = 0.01
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -131,7 +137,7 @@ class Faults:
 
 
 class FakeUpstream:
-    """The fake. `responder` and `chunk_delay` are read per request, so tests may change them."""
+    """The fake. `responder`, `chunk_delay` and `hold` are read per request, so tests may change them."""
 
     def __init__(
         self,
@@ -147,6 +153,8 @@ class FakeUpstream:
         self.faults = faults
         self.requests: list[Recorded] = []
         self.fail_next: list[int] = []
+        self.hold: threading.Event | None = None  # see the module docstring
+        self.held = 0
         self._lock = threading.Lock()
         self._completions = 0
         self.app = Starlette(
@@ -190,7 +198,22 @@ class FakeUpstream:
             events = stream_events(head, reply, usage, _include_usage(body), calls_in_finish=self.calls_in_finish)
             cut = len(events) // 2 if drop else None
             return StreamingResponse(self._paced(events, cut), media_type="text/event-stream")
+        await self._held()
         return JSONResponse(completion(head, reply, usage))
+
+    async def _held(self) -> None:
+        """Wait while `hold` is an unset event, counted in `held`."""
+        hold = self.hold
+        if hold is None or hold.is_set():
+            return
+        with self._lock:
+            self.held += 1
+        try:
+            while not hold.is_set():
+                await asyncio.sleep(HOLD_POLL_S)
+        finally:
+            with self._lock:
+                self.held -= 1
 
     def _draw_fault(self) -> tuple[int | None, bool]:
         if self.faults is None:
@@ -200,6 +223,8 @@ class FakeUpstream:
 
     async def _paced(self, events: list[bytes], cut: int | None = None) -> AsyncIterator[bytes]:
         for number, event in enumerate(events):
+            if number == 1:
+                await self._held()
             if number and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
             if number == cut and self.faults is not None:

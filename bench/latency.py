@@ -233,7 +233,9 @@ def gateway_argv(config: Path, port: int, upstream: str, budget: int | None) -> 
 def write_config(directory: Path) -> Path:
     config = directory / "config.yaml"
     data_dir = directory / "data"
-    config.write_text(f"store:\n  data_dir: {json.dumps(str(data_dir))}\n", encoding="utf-8")
+    text = f"store:\n  data_dir: {json.dumps(str(data_dir))}\n"
+    text += "limits: {max_concurrent_requests: 0}\n"  # the load bench's sessions are all one (open) tenant
+    config.write_text(text, encoding="utf-8")
     return config
 
 

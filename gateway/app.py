@@ -29,6 +29,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound, error_respons
 from gateway.http import HeaderLimit
 from gateway.journal import WritebackJournal
 from gateway.jsonio import NestingTooDeep
+from gateway.limits import ConcurrencyLimit, TenantLimiter
 from gateway.memory import MemoryService
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(Bugs, log_content=settings.server.log_content),
             Middleware(HeaderLimit, limit=settings.server.max_header_bytes),
+            Middleware(ConcurrencyLimit),
         ],
         lifespan=lifespan,
     )
@@ -97,7 +99,9 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         tokenizers.for_encoding(encoding)
     sessions, metrics, audit = SessionState(store), Metrics(), AuditLog(store.client)
     memory = MemoryService(WritebackJournal(store.client), store)
-    outage = OutageQueue(sessions, memory, audit, metrics, settings.store.outage_queue)
+    outage = OutageQueue(
+        sessions, memory, audit, metrics, settings.store.outage_queue, settings.store.outage_queue_bytes
+    )
     drainer = Drainer(outage)
     drainer.start()
     stack.push_async_callback(drainer.stop)  # runs first at shutdown: deferred turns land before the store closes
@@ -115,6 +119,7 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         audit=audit,
         memory=memory,
         outage=outage,
+        limiter=TenantLimiter(metrics.in_flight),
     )
 
 

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from gateway.audit import START, InvalidCursor
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.jsonio import JSONAnswer
-from gateway.pipeline import Services
+from gateway.pipeline import Services, store_failure
 from gateway.sessions import SAFE_ID, safe_id
 from gateway.store import InvalidKeyError, Keys, StoreError, project_scope, session_scope
 from gateway.tables import TableFormatError
@@ -139,8 +139,11 @@ async def _table(services: Services, tenant: str, session_id: str) -> PageTable:
         table = await services.sessions.read(tenant, session_id)
     except InvalidKeyError as exc:
         raise InvalidRequest(f"Invalid session id: {exc}", param="session_id") from exc
-    except (StoreError, TableFormatError) as exc:
-        raise ServiceUnavailable(f"the page store is unavailable: {exc}", code="backend_error") from exc
+    except TableFormatError as exc:
+        message = f"the stored table of session {session_id} cannot be read: {exc}"
+        raise ServiceUnavailable(message, code="backend_error") from exc
+    except StoreError as exc:
+        raise store_failure(exc, f"session {session_id}", code="backend_error") from exc
     if table is None:
         raise _unknown(session_id)
     return table
@@ -162,7 +165,7 @@ async def _guarded(pending: Awaitable[T]) -> T:
     except InvalidKeyError as exc:
         raise InvalidRequest(f"Invalid id: {exc}", param="session_id") from exc
     except StoreError as exc:
-        raise ServiceUnavailable(f"the page store is unavailable: {exc}", code="backend_error") from exc
+        raise store_failure(exc, "audit api", code="backend_error") from exc
 
 
 def _unknown(session_id: str) -> NotFound:

@@ -68,6 +68,12 @@ class Metrics:
         self._queued = Gauge(
             "clawvm_outage_queued", "Turns deferred while the store was unavailable, not yet committed.", registry=r
         )
+        self._in_flight = Gauge(
+            "clawvm_requests_in_flight",
+            "Requests of a tenant in flight in this process (tenants.<name>.limits.max_concurrent_requests).",
+            ["tenant"],
+            registry=r,
+        )
         self._shown: set[tuple[str, str]] = set()
 
     def request(self, tenant: str, status: int | str) -> None:
@@ -115,6 +121,9 @@ class Metrics:
 
     def outage_queued(self, n: int) -> None:
         self._queued.set(n)
+
+    def in_flight(self, tenant: str, n: int) -> None:
+        self._in_flight.labels(tenant=tenant).set(n)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

@@ -25,10 +25,15 @@ immutable: SET NX) and the in-process table is dropped, so the session's next re
 stored table and ingests what it lacks from the transcript the agent sends again. (A Redis that
 lost acknowledged writes in its own crash, as `appendfsync everysec` allows, reads the same way.)
 
-Bounded: at most `capacity` deferred turns (`store.outage_queue`). A full queue refuses new turns
-with 503 `store_unavailable` (`admit`) and keeps every deferred one: queued work is never dropped
-to make room. Only a shutdown while the store is still unreachable loses deferred (never
-committed) work, and says so in the log.
+Bounded by turns and by bytes: at most `capacity` deferred turns (`store.outage_queue`) and about
+`byte_capacity` bytes (`store.outage_queue_bytes`) of deferred text: the pages' representations,
+tool calls and arguments (an evidence body is its page's full text) and the audit records, each
+page counted once per session however many deferred turns carry it (`turn_bytes`). A new turn is
+refused with 503 `store_unavailable` (`admit`) when the queue is full, or when one more turn of
+the queue's mean size would pass the byte bound; every deferred turn is kept: queued work is never
+dropped to make room. (An empty queue admits any turn, and turns admitted together can each add
+their own size past the byte bound: the bound holds to within what those turns carry.) Only a shutdown while the
+store is still unreachable loses deferred (never committed) work, and says so in the log.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import jsonio
 from gateway.audit import AuditLog
 from gateway.errors import ServiceUnavailable
 from gateway.memory import MemoryService
@@ -55,6 +61,7 @@ STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 DEGRADED_HEADER = "x-clawvm-degraded"
 DEGRADED = "store_unavailable"
 DEFAULT_CAPACITY = 10_000
+DEFAULT_BYTES = 64 * 1024 * 1024
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
 SHUTDOWN_FLUSH_S = 5.0
@@ -77,6 +84,8 @@ class Pending:
     records: deque[Records] = field(default_factory=deque)
     saved: bool = True  # the table holds nothing the store lacks
     turns: int = 0
+    size: int = 0  # bytes counted against the queue's byte bound (turn_bytes)
+    counted: set[str] = field(default_factory=set)  # ids of the pages already in `size`
 
 
 class OutageQueue:
@@ -89,14 +98,17 @@ class OutageQueue:
         audit: AuditLog,
         metrics: Metrics | None = None,
         capacity: int = DEFAULT_CAPACITY,
+        byte_capacity: int = DEFAULT_BYTES,
     ) -> None:
         self._sessions = sessions
         self._memory = memory
         self._audit = audit
         self._metrics = metrics
         self.capacity = capacity
+        self.byte_capacity = byte_capacity
         self._pending: dict[tuple[str, str], Pending] = {}
         self._queued = 0
+        self._bytes = 0
         self.work = asyncio.Event()  # set when work is deferred: wakes the drain task
 
     @property
@@ -105,17 +117,31 @@ class OutageQueue:
         return self._queued
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes of the deferred turns not yet committed (`turn_bytes`)."""
+        return self._bytes
+
+    @property
     def full(self) -> bool:
-        return self._queued >= self.capacity
+        """No room for one more turn: the turn bound is reached, or a turn of the queue's mean
+        size would pass the byte bound."""
+        mean = self._bytes // self._queued if self._queued else 0
+        return self._queued >= self.capacity or self._bytes + mean > self.byte_capacity
 
     def admit(self) -> None:
         """Refuse a new turn while the queue is full (it could not be deferred)."""
-        if self.full:
-            raise ServiceUnavailable(
-                f"the page store is unavailable and {self._queued} turns wait to be committed (the most the "
-                "gateway holds, store.outage_queue); retry once the store is back",
-                code=DEGRADED,
+        if self._queued >= self.capacity:
+            bound = f"{self._queued} turns wait to be committed (the most the gateway holds, store.outage_queue)"
+        elif self.full:
+            bound = (
+                f"{self._queued} turns ({self._bytes} bytes) wait to be committed (the gateway holds at most "
+                f"{self.byte_capacity} bytes, store.outage_queue_bytes)"
             )
+        else:
+            return
+        raise ServiceUnavailable(
+            f"the page store is unavailable and {bound}; retry once the store is back", code=DEGRADED
+        )
 
     def holds(self, tenant: str, session: str) -> bool:
         return (tenant, session) in self._pending
@@ -139,6 +165,7 @@ class OutageQueue:
         if entry is None:
             entry = self._pending[key] = Pending(table)
         entry.table = table
+        added = turn_bytes([*pages, *(writeback or ())], records, entry.counted)
         entry.pages.update((p.id, p) for p in pages)
         entry.saved = False
         if writeback:
@@ -146,6 +173,8 @@ class OutageQueue:
         if records[0] or records[1]:
             entry.records.append(records)
         entry.turns += 1
+        entry.size += added
+        self._bytes += added
         self._count(1)
         self._sessions.keep(table)
         self.work.set()
@@ -155,6 +184,9 @@ class OutageQueue:
         entry = self._pending.get((tenant, session))
         if entry is not None and events:
             entry.records.append(([], events))
+            added = turn_bytes([], ([], events), entry.counted)
+            entry.size += added
+            self._bytes += added
 
     async def flush(self, tenant: str, session: str) -> None:
         """Commit one session's deferred work, in order. The caller holds the session's lock.
@@ -174,6 +206,7 @@ class OutageQueue:
             await self._audit.record(tenant, session, decisions, events)
             entry.records.popleft()
         del self._pending[(tenant, session)]
+        self._bytes -= entry.size
         self._count(-entry.turns)
 
     async def _save(self, entry: Pending) -> None:
@@ -209,6 +242,30 @@ class OutageQueue:
         self._queued += n
         if self._metrics is not None:
             self._metrics.outage_queued(self._queued)
+
+
+def turn_bytes(pages: Sequence[Page], records: Records, counted: set[str]) -> int:
+    """The bytes one deferred turn holds: every representation's text (UTF-8) of each page not in
+    `counted` (then added to it), its tool calls and arguments, and the audit records as JSON.
+    An evidence body is its page's full text: counted with the page."""
+    size = 0
+    for page in pages:
+        if page.id in counted:
+            continue
+        counted.add(page.id)
+        size += _page_bytes(page)
+    for record in (*records[0], *records[1]):
+        size += len(jsonio.dumps(record))
+    return size
+
+
+def _page_bytes(page: Page) -> int:
+    reprs = page.reprs
+    size = len(page.id) + len(page.provenance.tool_arguments or "")
+    for shown in (reprs.full, reprs.compressed, reprs.structured, reprs.pointer):
+        size += len(shown.text.encode("utf-8", "surrogatepass"))
+        size += sum(len(c.id) + len(c.name) + len(c.arguments) for c in shown.tool_calls)
+    return size
 
 
 class Drainer:

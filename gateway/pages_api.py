@@ -16,9 +16,9 @@ from typing import Any, TypedDict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from gateway.jsonio import JSONAnswer
-from gateway.pipeline import Services
+from gateway.pipeline import Services, store_failure
 from gateway.sessions import safe_id
 from gateway.store import StoreError, project_scope, session_scope
 from policies.pages import LEVELS, Fidelity, Page, Provenance, Representation
@@ -116,7 +116,7 @@ async def _fetch(services: Services, tenant: str, scopes: list[str], page_id: st
         try:
             found = (await services.sessions.store.get_pages(tenant, scope_id, [page_id])).get(page_id)
         except StoreError as exc:
-            raise ServiceUnavailable(f"the page store is unavailable: {exc}", code="backend_error") from exc
+            raise store_failure(exc, f"page {page_id}", code="backend_error") from exc
         if found is not None:
             return found
     raise NotFound(f"No page {page_id} in {' or '.join(scopes)}.", param="page_id", code="no_match")

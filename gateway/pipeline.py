@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -34,6 +34,7 @@ from gateway.http import (
     unless_disconnected,
     upstream_target,
 )
+from gateway.limits import TenantLimiter
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog, resolve_window
@@ -47,7 +48,7 @@ from gateway.session_state import SessionState
 from gateway.sessions import SessionIds, resolve
 from gateway.settings import Settings, Tenant
 from gateway.sse import ending_cleanly
-from gateway.store import CorruptData, StoreUnavailable, VersionConflict
+from gateway.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
 from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
 from gateway.transcripts import TranscriptCache
@@ -112,6 +113,7 @@ class Services:
     audit: AuditLog
     memory: MemoryService
     outage: OutageQueue  # turns deferred while the store is unavailable
+    limiter: TenantLimiter = field(default_factory=TenantLimiter)  # requests in flight per tenant (gateway.limits)
 
 
 class ToolTokens:
@@ -147,6 +149,15 @@ class Timing:
     @property
     def policy_ns(self) -> int:
         return self.ingest_ns + self.assembly_ns
+
+
+def store_failure(exc: StoreError, what: str, code: str | None = None) -> ServiceUnavailable:
+    """The 503 for a store failure: the client learns the store is unavailable (and, for a
+    refusal, the Redis error code); the exception's text, which may name internal hosts and
+    ports, goes to the log only."""
+    log.warning("%s: the page store failed: %s: %s", what, type(exc).__name__, exc)
+    reason = f" ({exc.reason})" if isinstance(exc, StoreUnavailable) else ""
+    return ServiceUnavailable(f"the page store is unavailable{reason}; retry the request", code=code)
 
 
 def uses_litellm(model: str) -> bool:
@@ -412,7 +423,7 @@ async def _plan_and_commit(
             await asyncio.sleep(commit_backoff(attempt))
         except StoreUnavailable as exc:
             services.sessions.forget(tenant.name, ids.session)
-            raise ServiceUnavailable(f"the page store is unavailable: {exc}") from exc
+            raise store_failure(exc, f"session {ids.session}") from exc
         except (CorruptData, TableFormatError) as exc:
             services.sessions.forget(tenant.name, ids.session)
             raise ServiceUnavailable(
@@ -445,7 +456,8 @@ async def _write_back(services: Services, table: PageTable, new_pages: list[Page
     try:
         return await services.memory.write_back(table, new_pages), ""
     except StoreUnavailable as exc:
-        return None, f"write-back: {exc}"
+        log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
+        return None, f"write-back: {exc.reason}"
 
 
 async def _committed(services: Services, table: PageTable, dirty: list[str]) -> frozenset[str]:
@@ -473,7 +485,8 @@ async def _commit(
             await services.sessions.commit(table, pages)
             return False
         except StoreUnavailable as exc:
-            unavailable = f"commit: {exc}"
+            log.warning("session %s: commit deferred, the store is unavailable: %s", table.session, exc)
+            unavailable = f"commit: {exc.reason}"
     records = (observation.decisions, observation.events)  # written with the deferred work, in order
     observation.decisions, observation.events = [], []
     if unavailable:
@@ -484,7 +497,8 @@ async def _commit(
             await outage.flush(*key)
             return False
         except StoreUnavailable as exc:
-            unavailable = f"commit: {exc}"
+            log.warning("session %s: deferred work not committed, the store is unavailable: %s", table.session, exc)
+            unavailable = f"commit: {exc.reason}"
             outage.note(*key, [store_event(unavailable, table.turn)])
     log.warning("session %s turn %d served without the store (%s)", table.session, table.turn, unavailable)
     return True

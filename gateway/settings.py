@@ -49,6 +49,7 @@ _PAGE_TYPES = tuple(t.value for t in PageType)
 _PINS = tuple(p.value for p in Pin)
 _SCOPES = tuple(s.value for s in Scope)
 _TOP_KEYS = ("server", "store", "upstream", "models", "tenants")
+_TOP_KEYS += ("limits",)  # the default tenants.<name>.limits (issue 11): kept on a line of its own
 _SERVER_KEYS = (
     "host",
     "port",
@@ -58,7 +59,13 @@ _SERVER_KEYS = (
     "log_content",
     "session_idle_seconds",
 )
-_STORE_KEYS = ("url", "data_dir", "outage_queue", "appendfsync")
+_STORE_KEYS = (
+    "url",
+    "data_dir",
+    "outage_queue",
+    "appendfsync",
+    "outage_queue_bytes",  # issue 11: the outage queue's byte bound
+)
 _UPSTREAM_KEYS = (
     "api_base",
     "api_key",
@@ -74,6 +81,8 @@ _UPSTREAM_KEYS = (
 )
 _MODEL_KEYS = ("context_window", "encoding")
 _TENANT_KEYS = ("api_keys", "budget", "pages", "weights", "rules", "upstream")
+_TENANT_KEYS += ("limits",)  # tenants.<name>.limits (issue 11): kept on a line of its own
+_LIMIT_KEYS = ("max_concurrent_requests",)
 _BUDGET_KEYS = ("max_prompt_tokens", "window_fraction", "output_reserve", "safety_margin")
 _PAGE_KEYS = ("floor", "pin", "base_utility", "scope")
 _WEIGHT_KEYS = ("pin_hard", "pin_soft", "recency", "recency_decay", "recompute")
@@ -105,6 +114,7 @@ class StoreSettings:
     data_dir: Path = Path(".clawvm-data")
     outage_queue: int = 10_000  # turns held in process while the store is unavailable (gateway.outage)
     appendfsync: str = "everysec"  # the embedded server's AOF fsync: "everysec" or "always"
+    outage_queue_bytes: int = 67_108_864  # bytes of deferred turns held in process (gateway.outage), 64 MiB
 
     @property
     def embedded(self) -> bool:
@@ -148,11 +158,20 @@ class ModelOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """What one tenant may use of one gateway process: the top-level `limits` section is every
+    tenant's default (the open tenant's too), `tenants.<name>.limits` overrides it field by field."""
+
+    max_concurrent_requests: int = 64  # requests in flight at once (gateway.limits); 0 = no limit
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     name: str
     api_keys: tuple[str, ...] = field(repr=False)
     policy: TenantPolicy
     upstream: UpstreamSettings
+    limits: TenantLimits = TenantLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +213,7 @@ def load_settings(path: Path | None, env: Mapping[str, str], overrides: Override
         store=_store(top.raw("store"), overrides),
         upstream=upstream,
         models=_models(top.raw("models")),
-        tenants=tenants or (_open_tenant(upstream, overrides),),
+        tenants=_limited(tenants or (_open_tenant(upstream, overrides),), top),
         open=not tenants,
     )
 
@@ -471,6 +490,7 @@ def _store(value: object, overrides: Overrides) -> StoreSettings:
         data_dir=sec.get("data_dir", base.data_dir, lambda v, p: Path(_text(v, p))),
         outage_queue=sec.get("outage_queue", base.outage_queue, _integer()),
         appendfsync=sec.get("appendfsync", base.appendfsync, _choice(APPENDFSYNC)),
+        outage_queue_bytes=sec.get("outage_queue_bytes", base.outage_queue_bytes, _integer()),
     )
 
 
@@ -576,6 +596,28 @@ def _tenant(name: str, value: object, upstream: UpstreamSettings, overrides: Ove
     )
     keys = _api_keys(sec.raw("api_keys"), sec.at("api_keys"))
     return Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream, tenant=True))
+
+
+def _limited(tenants: tuple[Tenant, ...], top: _Section) -> tuple[Tenant, ...]:
+    """Each tenant with its limits: the top-level `limits` section (the default of every tenant,
+    the open one included), overridden field by field by `tenants.<name>.limits`."""
+    default = _limits(top.raw("limits"), top.at("limits"), TenantLimits())
+    configured = top.raw("tenants")
+    entries = configured if isinstance(configured, dict) else {}
+    limited = []
+    for tenant in tenants:
+        entry = entries.get(tenant.name)
+        own = entry.get("limits") if isinstance(entry, dict) else None
+        path = _child(_child("tenants", tenant.name), "limits")
+        limited.append(replace(tenant, limits=_limits(own, path, default)))
+    return tuple(limited)
+
+
+def _limits(value: object, path: str, base: TenantLimits) -> TenantLimits:
+    sec = _section(value, path, _LIMIT_KEYS)
+    return TenantLimits(
+        max_concurrent_requests=sec.get("max_concurrent_requests", base.max_concurrent_requests, _integer(0)),
+    )
 
 
 def _api_keys(value: object, path: str) -> tuple[str, ...]:

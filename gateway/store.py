@@ -12,6 +12,7 @@ one server or a cluster (`redis+cluster://host:port[,host:port...]`, see `RedisS
     cvm:{<tenant>:s:<session>}:dec / :evt          decision trace and lifecycle/fault events (streams)
     cvm:{<tenant>:project:<project>}:recent        the project's newest session (reset detection)
     cvm:{<tenant>:project:<project>}:...           the same four for project scope
+    cvm:{probe}:writable                           `ping`'s write probe, expires after 10 s
 
 A table is stored as a snapshot plus a journal of later records (`save` writes a snapshot and
 clears the journal, `append` adds one record); both are single lines, and `load_table` returns
@@ -27,7 +28,12 @@ Errors (redis exceptions never escape; `mapped_errors` converts them):
 
     StoreError
     ├── StoreUnavailable ... connection refused/lost, timeout, server loading; a cluster down, a slot
-    │                        not covered or migrating (TRYAGAIN), no reachable cluster node
+    │                        not covered or migrating (TRYAGAIN), no reachable cluster node; a server
+    │                        that answers but refuses the operation until it recovers: a read-only
+    │                        replica after a failover (READONLY), maxmemory reached with noeviction
+    │                        (OOM), a long script running (BUSY), no master link (MASTERDOWN), too
+    │                        few replicas (NOREPLICAS), a failed snapshot stopping writes (MISCONF);
+    │                        `reason` names which, without the server's text (no hosts, no ports)
     ├── VersionConflict .... optimistic save lost against another writer
     ├── CorruptData ........ a stored value that does not decode
     ├── InvalidKeyError .... (also a ValueError) an id that would not make a safe key
@@ -59,6 +65,8 @@ SESSION_PREFIX = "s:"
 PROJECT_PREFIX = "project:"
 CONFLICT = "VERSION_CONFLICT"
 SNAPSHOT, APPEND = "snapshot", "append"
+PROBE_KEY = "cvm:{probe}:writable"  # `ping` writes it: a store that answers PING may still refuse writes
+PROBE_TTL_MS = 10_000
 # One atomic round trip: check the version (ARGV[2], -1 = unchecked), write the pages (SET),
 # the bodies (SET NX), then either a snapshot (HSET v, data, base; DEL the journal) or one
 # journal record (RPUSH; HSET v). A retry of a save that already committed (stored = expected
@@ -118,7 +126,14 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The server cannot be reached or did not answer in time; the operation may be retried."""
+    """The server cannot be reached, did not answer in time, or refuses the operation for now
+    (see the module docstring); the operation may be retried. `reason` is a short label safe to
+    show a client or write to an audit record (a Redis error code or "connection", "timeout",
+    "cluster"); the message may quote the server's text, internal hosts and ports: log it only."""
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class VersionConflict(StoreError):
@@ -294,22 +309,68 @@ def mapped_errors() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+        raise StoreUnavailable(f"redis unavailable: {exc}", _reason(exc)) from exc
     except (rexc.CrossSlotTransactionError, rexc.InvalidPipelineStack) as exc:  # a bug here, not an outage
         raise StoreError(f"redis cluster error: {exc}") from exc
     except rexc.RedisClusterException as exc:  # no reachable node, slots not all covered, no agreement
-        raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
+        raise StoreUnavailable(f"redis cluster unavailable: {exc}", "cluster") from exc
     except rexc.RedisError as exc:
+        code = refusal(exc)
+        if code is not None:
+            raise StoreUnavailable(f"redis refused the operation for now: {exc}", code) from exc
         raise StoreError(f"redis error: {exc}") from exc
 
 
 _UNAVAILABLE = (
-    rexc.ConnectionError,
+    rexc.ConnectionError,  # also BusyLoadingError: LOADING, the server reads its data set
     rexc.TimeoutError,
     rexc.ClusterDownError,  # also MasterDownError: a failover in progress
     rexc.TryAgainError,  # a slot migrating
     rexc.SlotNotCoveredError,
 )
+# Error codes of a server that answers but refuses the operation until it recovers (the
+# module docstring). Never a bug of ours: the same command succeeds once the server is well.
+REFUSALS = frozenset(
+    {"READONLY", "OOM", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "MISCONF"}
+)
+# Where the code stands in redis-py's message: first (redis-py strips only the codes it maps to
+# a class), after a pipeline's "Command # n (...) of pipeline caused error: ", or after the
+# "-" of an error raised by a `redis.call` inside a script (Redis 6: "Error running script
+# (call to f_...): @user_script:19: @user_script: 19: -OOM command not allowed ...").
+_REFUSAL = re.compile(r"(?:^|caused error: |: -)([A-Z]+)\b")
+_CLASS_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (rexc.ReadOnlyError, "READONLY"),
+    (rexc.OutOfMemoryError, "OOM"),
+    (rexc.BusyLoadingError, "LOADING"),
+    (rexc.MasterDownError, "MASTERDOWN"),
+    (rexc.ClusterDownError, "CLUSTERDOWN"),
+    (rexc.TryAgainError, "TRYAGAIN"),
+)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The Redis error code when `exc` is a refusal of a server that will recover (READONLY, OOM,
+    BUSY, ...), else None."""
+    for cls, code in _CLASS_CODES:
+        if isinstance(exc, cls):
+            return code
+    if not isinstance(exc, rexc.ResponseError):
+        return None
+    for found in _REFUSAL.finditer(str(exc)):
+        if found.group(1) in REFUSALS:
+            return found.group(1)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    code = refusal(exc)
+    if code is not None:
+        return code
+    if isinstance(exc, rexc.TimeoutError):
+        return "timeout"
+    if isinstance(exc, rexc.ConnectionError):
+        return "connection"
+    return "cluster"
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -471,10 +532,14 @@ class RedisStore:
         return None if previous is None else str(previous)
 
     async def ping(self) -> bool:
-        """True when the server answers; False when it cannot be reached."""
+        """True when the server answers and accepts writes; False when it cannot be reached or
+        refuses writes for now. A PING alone is not enough: a read-only replica after a failover,
+        a server at maxmemory (noeviction) or one whose link to its master is down all answer
+        PING while every write fails, so the probe also writes one short-lived key (PROBE_KEY;
+        on a cluster, the node that owns its slot)."""
         try:
             with mapped_errors():
-                return bool(await self._client.ping())
+                return bool(await self._client.ping()) and bool(await self._client.set(PROBE_KEY, "1", px=PROBE_TTL_MS))
         except StoreUnavailable:
             return False
 

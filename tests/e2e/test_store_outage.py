@@ -187,3 +187,30 @@ def test_a_gateway_stopped_after_an_outage_leaves_every_turn_stored(outage_gatew
     with outage_gateway() as gw:
         ask(gw, "stopped-reference", 2)
     assert ask_order == stored_order(killable.url, "stopped-reference")
+
+
+def test_a_queue_at_its_byte_bound_answers_503_and_keeps_what_it_holds(
+    killable: EmbeddedRedis, offline: None, tmp_path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("store: {outage_queue_bytes: 1}\n")  # one deferred turn passes it
+    fake = FakeUpstream()
+    with serve(fake.app) as upstream_url:
+        settings = load_settings(config, {}, Overrides(upstream=upstream_url, store=killable.url))
+        with serve(create_app(settings)) as url:
+            gw = Gateway(url=url, fake=fake)
+            ask(gw, "bytes", 1)
+            killable.kill()
+            assert ask(gw, "bytes", 2)[DEGRADED] == "store_unavailable"  # an empty queue admits a turn
+            refused = httpx.post(
+                f"{gw.url}/chat/completions",
+                json={"model": "gpt-4o", "messages": long_session(3)},
+                headers={"x-clawvm-session": "bytes"},
+            )
+            assert refused.status_code == 503
+            error = refused.json()["error"]
+            assert error["code"] == "store_unavailable" and "store.outage_queue_bytes" in error["message"]
+            assert probe(gw, "/health")[1]["queued"] == 1  # nothing dropped
+            killable.start()
+            assert drained(gw)["queued"] == 0
+            assert DEGRADED not in ask(gw, "bytes", 3)

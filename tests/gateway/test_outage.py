@@ -14,10 +14,11 @@ import pytest
 
 from gateway.audit import AuditLog
 from gateway.embedded import EmbeddedRedis
+from gateway.errors import ServiceUnavailable
 from gateway.journal import WritebackJournal
 from gateway.memory import MemoryService
 from gateway.metrics import Metrics
-from gateway.outage import STORE_UNAVAILABLE, Drainer, OutageQueue, store_event
+from gateway.outage import DEFAULT_BYTES, STORE_UNAVAILABLE, Drainer, OutageQueue, store_event, turn_bytes
 from gateway.session_state import SessionState
 from gateway.store import RedisStore, StoreUnavailable, session_scope
 from policies.budget import TokenBudget
@@ -50,10 +51,11 @@ class Parts:
     queue: OutageQueue
 
 
-def parts(store: RedisStore, capacity: int = 100) -> Parts:
+def parts(store: RedisStore, capacity: int = 100, byte_capacity: int = DEFAULT_BYTES) -> Parts:
     sessions, audit = SessionState(store), AuditLog(store.client)
     memory = MemoryService(WritebackJournal(store.client), store)
-    return Parts(store, sessions, memory, audit, OutageQueue(sessions, memory, audit, Metrics(), capacity))
+    queue = OutageQueue(sessions, memory, audit, Metrics(), capacity, byte_capacity)
+    return Parts(store, sessions, memory, audit, queue)
 
 
 async def planned(p: Parts, table: PageTable, turns: int) -> list[Page]:
@@ -202,4 +204,46 @@ async def test_a_full_queue_refuses_and_keeps_what_it_holds(store: RedisStore, t
         p.queue.admit()
     assert getattr(caught.value, "code", None) == "store_unavailable"
     assert await p.queue.drain() == 2 and not p.queue.full
+    assert (await stored(store, tenant, "s")).order == table.order
+
+
+async def test_the_queue_counts_a_deferred_turns_text_and_each_page_once(store: RedisStore, tenant: str) -> None:
+    p = parts(store)
+    table = PageTable(tenant=tenant, session="s", project="proj")
+    new = await deferred_turn(p, table, 1)
+    texts = sum(len(shown.text.encode()) for page in new for shown in vars_of(page))
+    first = p.queue.queued_bytes
+    assert first >= texts > 0  # every representation's text, and more (ids, tool calls, records)
+    p.queue.defer(table, new, new, ([], []))  # the same pages again: nothing more to hold
+    assert p.queue.queued_bytes == first
+    assert turn_bytes(new, ([], []), set()) > turn_bytes(new, ([], []), {p.id for p in new}) == 0
+    assert await p.queue.drain() == 2 and p.queue.queued_bytes == 0
+
+
+def vars_of(page: Page) -> tuple:
+    reprs = page.reprs
+    return (reprs.full, reprs.compressed, reprs.structured, reprs.pointer)
+
+
+async def test_a_queue_at_its_byte_bound_refuses_new_turns_and_keeps_what_it_holds(
+    store: RedisStore, tenant: str
+) -> None:
+    probe = parts(store)
+    await deferred_turn(probe, PageTable(tenant=tenant, session="probe", project="proj"), 1)
+    first = probe.queue.queued_bytes
+    p = parts(store, capacity=100, byte_capacity=3 * first)
+    table = PageTable(tenant=tenant, session="s", project="proj")
+    turns = 0
+    while not p.queue.full:
+        p.queue.admit()
+        turns += 1
+        await deferred_turn(p, table, turns)
+    assert 2 <= turns < 100  # the byte bound, not the turn bound, filled it
+    assert p.queue.queued_bytes <= 3 * first + first
+    with pytest.raises(ServiceUnavailable, match="store.outage_queue_bytes") as caught:
+        p.queue.admit()
+    assert caught.value.code == "store_unavailable" and caught.value.status_code == 503
+    assert p.queue.queued == turns  # nothing dropped
+    assert await p.queue.drain() == turns and not p.queue.full and p.queue.queued_bytes == 0
+    p.queue.admit()
     assert (await stored(store, tenant, "s")).order == table.order

@@ -269,6 +269,14 @@ VALIDATION_CASES = [
         "store.outage_queue: expected a positive integer, got 0",
     ),
     (
+        "store: {outage_queue_bytes: 0}\n",
+        "store.outage_queue_bytes: expected a positive integer, got 0",
+    ),
+    (
+        "store: {outage_queue_bytes: 1.5}\n",
+        "store.outage_queue_bytes: expected a positive integer, got 1.5",
+    ),
+    (
         "store: {appendfsync: never}\n",
         "store.appendfsync: expected one of everysec, always, got 'never'",
     ),
@@ -548,6 +556,8 @@ def test_overrides_host_port_store(tmp_path: Path) -> None:
     assert settings.store == StoreSettings("rediss://flag:1/2", Path("/var/x"))
     assert settings.store.outage_queue == 10_000  # the default
     assert load(tmp_path, "store: {outage_queue: 5}\n").store.outage_queue == 5
+    assert settings.store.outage_queue_bytes == 64 * 1024 * 1024  # the default
+    assert load(tmp_path, "store: {outage_queue_bytes: 1048576}\n").store.outage_queue_bytes == 1_048_576
     assert settings.store.appendfsync == "everysec"  # the default
     assert load(tmp_path, "store: {appendfsync: always}\n").store.appendfsync == "always"
     assert not settings.store.embedded
@@ -635,3 +645,44 @@ def test_account_routes_set_on_the_shared_upstream_apply_to_every_tenant(tmp_pat
     (acme,) = load(tmp_path, text).tenants
     assert acme.upstream.owns_account and not acme.upstream.own_key
     assert not load(tmp_path, "upstream:\n  api_key: sk-config\n").upstream.own_key  # the open tenant's is shared
+
+
+# ---------------------------------------------------------------- tenant limits (issue 11)
+
+
+def test_a_tenant_has_a_finite_concurrency_limit_by_default(tmp_path: Path) -> None:
+    (acme,) = load(tmp_path, ACME).tenants
+    assert acme.limits.max_concurrent_requests == 64
+    assert load(tmp_path, "").tenants[0].limits.max_concurrent_requests == 64  # the open tenant too
+    text = ACME + "    limits: {max_concurrent_requests: 3}\n"
+    assert load(tmp_path, text).tenants[0].limits.max_concurrent_requests == 3
+    unlimited = ACME + "    limits: {max_concurrent_requests: 0}\n"
+    assert load(tmp_path, unlimited).tenants[0].limits.max_concurrent_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ("{max_concurrent_requests: -1}", "expected a non-negative integer, got -1"),
+        ("{max_concurrent_requests: null}", "expected a non-negative integer, got null"),
+        ("{max_concurrent_requests: many}", "expected a non-negative integer, got 'many'"),
+        ("{max_concurrent_requests: 2.5}", "expected a non-negative integer, got 2.5"),
+    ],
+)
+def test_a_bad_concurrency_limit_names_its_key(tmp_path: Path, limits: str, expected: str) -> None:
+    message = error(tmp_path, ACME + f"    limits: {limits}\n")
+    assert message == f"tenants.acme.limits.max_concurrent_requests: {expected}"
+
+
+def test_the_top_level_limits_are_every_tenants_default(tmp_path: Path) -> None:
+    assert load(tmp_path, "limits: {max_concurrent_requests: 5}\n").tenants[0].limits.max_concurrent_requests == 5
+    text = "limits: {max_concurrent_requests: 5}\n" + ACME + "  other:\n    api_keys: [sk-other]\n"
+    text += "    limits: {max_concurrent_requests: 9}\n"
+    assert [t.limits.max_concurrent_requests for t in load(tmp_path, text).tenants] == [5, 9]
+    message = error(tmp_path, "limits: {max_concurrent_requests: -2}\n")
+    assert message == "limits.max_concurrent_requests: expected a non-negative integer, got -2"
+
+
+def test_an_unknown_limit_is_refused(tmp_path: Path) -> None:
+    message = error(tmp_path, ACME + "    limits: {max_concurrent: 3}\n")
+    assert message == "unknown key tenants.acme.limits.max_concurrent (did you mean max_concurrent_requests?)"

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import threading
 from collections.abc import AsyncIterator
 
 import anyio
 import pytest
+import redis as redis_sync
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.codec import dump_page
-from gateway.embedded import free_port
+from gateway.embedded import EmbeddedRedis, free_port
 from gateway.store import (
     CorruptData,
     InvalidKeyError,
@@ -581,3 +584,162 @@ async def test_more_requests_than_pooled_connections_wait_for_one_instead_of_fai
     finally:
         await store.aclose()
     assert versions == [1] * 40
+
+
+# -- a server that answers but refuses: READONLY, OOM, BUSY, ... (issue 11, item 8) ----------
+
+
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        (rexc.ReadOnlyError("You can't write against a read only replica."), "READONLY"),
+        (rexc.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "OOM"),
+        (rexc.BusyLoadingError("Redis is loading the dataset in memory"), "LOADING"),
+        (rexc.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL."), "BUSY"),
+        (rexc.ResponseError("NOREPLICAS Not enough good replicas to write."), "NOREPLICAS"),
+        (rexc.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it cannot"), "MISCONF"),
+        (rexc.MasterDownError("Link with MASTER is down"), "MASTERDOWN"),
+        (rexc.TryAgainError("Multiple keys request during rehashing of slot"), "TRYAGAIN"),
+        (rexc.ClusterDownError("The cluster is down"), "CLUSTERDOWN"),
+        (  # a pipeline's failed command, as redis-py words it
+            rexc.ResponseError(
+                "Command # 1 (HMGET cvm:{t:s:a}:table v data base) of pipeline caused error: BUSY Redis is busy"
+            ),
+            "BUSY",
+        ),
+        (  # a `redis.call` refused inside a script (Redis 6 wording)
+            rexc.ResponseError(
+                "Error running script (call to f_bb33): @user_script:19: @user_script: 19: -OOM command not allowed"
+            ),
+            "OOM",
+        ),
+        (
+            rexc.ResponseError(
+                "Error running script (call to f_bb33): @user_script:19: @user_script: 19: -READONLY You can't write"
+            ),
+            "READONLY",
+        ),
+    ],
+)
+async def test_a_server_refusing_for_now_is_store_unavailable_with_its_code(raised: Exception, reason: str) -> None:
+    with pytest.raises(StoreUnavailable) as info, mapped_errors():
+        raise raised
+    assert info.value.reason == reason and info.value.__cause__ is raised
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        rexc.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        rexc.ResponseError("BUSYKEY Target key name already exists."),
+        rexc.ResponseError("ERR unknown command 'FOO'"),
+        rexc.ResponseError("Error running script (call to f_1): @user_script:3: user_script:3: Script attempted x"),
+    ],
+)
+async def test_errors_that_are_bugs_stay_store_errors(raised: Exception) -> None:
+    with pytest.raises(StoreError) as info, mapped_errors():
+        raise raised
+    assert not isinstance(info.value, StoreUnavailable)
+
+
+async def test_connection_failures_name_their_reason_without_the_servers_text(tenant: str) -> None:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.table_version(tenant, S1)
+    finally:
+        await store.aclose()
+    assert info.value.reason == "connection" and "127.0.0.1" in str(info.value)
+
+
+@pytest.fixture
+async def own(killable: EmbeddedRedis) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    """A store on a redis-server of the test's own (its configuration is changed), and a raw client."""
+    store = RedisStore.from_url(killable.url)
+    raw = aioredis.Redis.from_url(killable.url, decode_responses=True)
+    yield store, raw
+    await raw.aclose()
+    await store.aclose()
+
+
+async def _refused(store: RedisStore, tenant: str) -> set[str]:
+    """The reasons of every write of the store that fails, each as StoreUnavailable."""
+    reasons = set()
+    writes = [
+        store.save(tenant, S1, '{"v": 2}', [make_page("p2")], {DIGEST: BODY}, 1),
+        store.put_pages(tenant, project_scope("p"), [make_page("p3")]),
+        store.swap_recent(tenant, project_scope("p"), "sess-1"),
+    ]
+    for write in writes:
+        with pytest.raises(StoreUnavailable) as info:
+            await write
+        reasons.add(info.value.reason)
+    return reasons
+
+
+async def test_a_read_only_replica_refuses_writes_as_unavailable_and_ping_says_so(own, tenant: str) -> None:
+    store, raw = own
+    await store.save(tenant, S1, '{"v": 1}', [make_page("p1")], {}, None)
+    await raw.replicaof("127.0.0.1", free_port())  # a master that is not there: read-only, stale reads served
+    assert await store.ping() is False  # PING alone answers PONG here
+    assert await _refused(store, tenant) == {"READONLY"}
+    assert (await store.load_table(tenant, S1)).version == 1
+    await raw.replicaof("NO", "ONE")
+    assert await store.ping() is True
+    assert await store.save(tenant, S1, '{"v": 2}', [make_page("p2")], {}, 1) == 2
+
+
+async def test_maxmemory_with_noeviction_refuses_writes_as_unavailable_and_ping_says_so(own, tenant: str) -> None:
+    store, raw = own
+    await store.save(tenant, S1, '{"v": 1}', [make_page("p1")], {}, None)
+    await raw.config_set("maxmemory-policy", "noeviction")
+    await raw.config_set("maxmemory", "1")
+    try:
+        assert await store.ping() is False
+        assert await _refused(store, tenant) == {"OOM"}
+    finally:
+        await raw.config_set("maxmemory", "0")
+    assert await store.ping() is True
+    assert await store.save(tenant, S1, '{"v": 2}', [make_page("p2")], {}, 1) == 2
+
+
+async def test_too_few_replicas_and_a_lost_master_link_are_unavailable(own, tenant: str) -> None:
+    store, raw = own
+    await store.save(tenant, S1, '{"v": 1}', [make_page("p1")], {}, None)
+    await raw.config_set("min-replicas-to-write", "1")
+    assert await store.ping() is False
+    assert await _refused(store, tenant) == {"NOREPLICAS"}
+    await raw.config_set("min-replicas-to-write", "0")
+    await raw.config_set("replica-serve-stale-data", "no")
+    await raw.replicaof("127.0.0.1", free_port())
+    with pytest.raises(StoreUnavailable) as info:
+        await store.load_table(tenant, S1)
+    assert info.value.reason == "MASTERDOWN"
+    assert await store.ping() is False
+    await raw.replicaof("NO", "ONE")
+    assert await store.ping() is True
+
+
+async def test_a_busy_script_makes_every_operation_unavailable_until_killed(own, killable: EmbeddedRedis) -> None:
+    store, raw = own
+    await raw.config_set("lua-time-limit", "50")  # busy-reply-threshold on Redis 7+
+    looping = redis_sync.Redis.from_url(killable.url)
+    busy = threading.Thread(target=_loop_forever, args=(looping,))
+    busy.start()
+    try:
+        with anyio.fail_after(10):
+            while await store.ping():  # until the script has run past the threshold
+                await anyio.sleep(0.02)
+        with pytest.raises(StoreUnavailable) as info:
+            await store.load_table("busy", S1)
+        assert info.value.reason == "BUSY"
+    finally:
+        await raw.script_kill()
+        busy.join()
+        looping.close()
+    assert await store.ping() is True
+
+
+def _loop_forever(client: redis_sync.Redis) -> None:
+    with contextlib.suppress(rexc.ResponseError):  # "Script killed by user with SCRIPT KILL"
+        client.eval("while true do end", 0)
