@@ -9,7 +9,9 @@ tenant reads only its own sessions and another tenant's session is simply unknow
 - `GET /v1/clawvm/sessions/{session_id}/decisions`, `/events`, `/journal`: stream records,
   oldest first. Query: `after` (the last `id` seen, exclusive; default from the start) and
   `limit` (1..1000, default 100). `/journal?scope=project` reads the project's journal: the
-  project of the `X-ClawVM-Project` header, else the session's own.
+  project of the `X-ClawVM-Project` header, else the session's own. `/journal?scope=user`
+  reads the journal of the session's end user's part of its project (what that user stated:
+  gateway.memory); for a session that names no user, the project's.
 Each list answers `{"object": "list", "data": [...], "has_more": bool, "next_after": id}`.
 
 The session id is the one the gateway reports in `X-ClawVM-Session` (a free-form id a client
@@ -30,6 +32,7 @@ from starlette.responses import Response
 from gateway.audit import START, InvalidCursor
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.jsonio import JSONAnswer
+from gateway.memory import user_scope
 from gateway.pipeline import Services, store_failure
 from gateway.sessions import SAFE_ID, safe_id
 from gateway.store import InvalidKeyError, Keys, StoreError, project_scope, session_scope
@@ -74,11 +77,13 @@ async def journal(request: Request) -> Response:
     session_id = _session_id(request)
     after, limit = _page(request)
     scope = request.query_params.get("scope", "session")
-    if scope not in ("session", "project"):
-        raise InvalidRequest("Invalid scope: expected 'session' or 'project'.", param="scope")
+    if scope not in ("session", "project", "user"):
+        raise InvalidRequest("Invalid scope: expected 'session', 'project' or 'user'.", param="scope")
     if scope == "project":
         table = await _table(services, tenant.name, session_id)
         key = Keys.of(tenant.name, project_scope(_project(request, table))).writeback
+    elif scope == "user":
+        key = Keys.of(tenant.name, user_scope(await _table(services, tenant.name, session_id))).writeback
     else:
         await _known(services, tenant.name, session_id)
         key = Keys.of(tenant.name, session_scope(session_id)).writeback

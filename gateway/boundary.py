@@ -4,12 +4,14 @@
 - a session unused for `server.session_idle_seconds` has ended: that is recorded first;
 - `policies.lifecycle.detect` says what the agent did to its history (append, prune,
   compaction, reset, ...), with its evidence;
-- at the first request of a session, the project's newest session before it decides what the
-  new one starts with. If that session was still live (used within the idle time) the same
-  agent has started over: a **reset**, and its rules, current plan and preferences carry over.
-  Otherwise the new session starts with the project's committed write-back state (its
-  preferences and project rules) only. Sessions carry nothing between them when nothing says
-  they are one agent's: no project named by the client and no system prompt.
+- at the first request of a session, the newest session before it of the same project and the
+  same end user (gateway.sessions: never another user's) decides what the new one starts with.
+  If that session was still live (used within the idle time) the same agent has started over:
+  a **reset**, and its rules, current plan and preferences carry over. Otherwise the new
+  session starts with the project's committed write-back state (the agent's project rules) and
+  the user's part of it (their preferences; gateway.memory) only. Sessions carry nothing
+  between them when nothing says they are one agent's: no project named by the client and no
+  system prompt.
 
 Carried state goes into the table's `carried` list (policies.pagetable), which the assembly
 keeps in the retained-state block until the transcript states it again.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.journal import WritebackJournal
+from gateway.memory import user_scope
 from gateway.session_state import SessionState
 from gateway.sessions import FINGERPRINT
 from gateway.store import StoreError, project_scope
@@ -82,14 +85,17 @@ def record(event: Event, evidence: str, turn: int, harness: str = "") -> dict[st
 async def _start(
     sessions: SessionState, journal: WritebackJournal, table: PageTable, crossing: Crossing, now: int, idle: int
 ) -> None:
-    """The first request of a session: carry the project's state, and a live predecessor's."""
-    scope = project_scope(table.project)
+    """The first request of a session: carry the project's state, and a live predecessor's (the
+    same user's newest session of the project: one pointer per project and user)."""
+    scope, mine = project_scope(table.project), user_scope(table)
     try:
-        previous = await sessions.store.swap_recent(table.tenant, scope, table.session)
+        previous = await sessions.store.swap_recent(table.tenant, mine, table.session)
         carried = await _project_pages(sessions, journal, table, scope)
+        if mine != scope:
+            carried += await _project_pages(sessions, journal, table, mine)
         if previous is not None and previous != table.session:
             before = await sessions.read(table.tenant, previous)
-            if before is not None and before.seen and now - before.seen <= idle:
+            if before is not None and before.user == table.user and before.seen and now - before.seen <= idle:
                 carried = [*_live_state(before), *carried]
                 if crossing.event is Event.START:
                     evidence = f"new session after {previous!r} (same tenant and system prompt, {now - before.seen} s)"
@@ -101,7 +107,7 @@ async def _start(
 
 
 async def _project_pages(sessions: SessionState, journal: WritebackJournal, table: PageTable, scope: str) -> list[Page]:
-    """The pages of the project's committed memory (validated write-back), oldest first."""
+    """The pages of a project scope's committed memory (validated write-back), oldest first."""
     memory = await journal.load(table.tenant, scope)
     ids = [entry.page_id for _, entry in sorted(memory.entries.items())]
     pages = await sessions.store.get_pages(table.tenant, scope, ids)

@@ -442,10 +442,10 @@ async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTabl
         services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
         return held
     try:
-        return await services.sessions.load(tenant.name, ids.session, ids.project)
+        return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)
     except StoreUnavailable as exc:
         log.warning("session %s planned on a fresh table: %s", ids.session, exc)
-        return PageTable(tenant=tenant.name, session=ids.session, project=ids.project)
+        return PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
 
 
 async def _write_back(services: Services, table: PageTable, new_pages: list[Page]) -> tuple[WriteReport | None, str]:

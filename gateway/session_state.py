@@ -73,13 +73,13 @@ class SessionState:
             if entry.users == 0:
                 del self._locks[key]
 
-    async def load(self, tenant: str, session: str, project: str) -> PageTable:
+    async def load(self, tenant: str, session: str, project: str, user: str = "") -> PageTable:
         cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
         if cached is not None:
             return cached  # trusted: a stale copy loses the optimistic save and is reloaded
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
-            return PageTable(tenant=tenant, session=session, project=project)
+            return PageTable(tenant=tenant, session=session, project=project, user=user)
         return await self._decode(tenant, session, record)
 
     async def read(self, tenant: str, session: str) -> PageTable | None:

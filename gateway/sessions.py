@@ -1,10 +1,23 @@
-"""Which session and project a request belongs to.
+"""Which end user, session and project a request belongs to.
 
-Session: the `X-ClawVM-Session` header, else `metadata.session_id`, else `user`, else a
-fingerprint of the transcript's opening (system prompt and first user message), which is
-stable across the turns of one conversation. Project, the scope that outlives a session:
-`X-ClawVM-Project`, else `metadata.project_id`, else the tenant plus a fingerprint of the
-system prompt. Free-form ids are hashed so nothing a client sends can shape a store key.
+User, the person behind the request (ClawVM does not authenticate users; the tenant's client
+names them): the `X-ClawVM-User` header, else `metadata.user_id`, else OpenAI's `user` field.
+The ClawVM-specific names come first, as for sessions and projects, so a client that already
+fills `user` for the upstream's abuse monitoring can still name a different ClawVM user. A
+user id is only ever part of a digest, never of a store key, so e-mail addresses used as ids
+are not written anywhere in clear.
+
+Session: the `X-ClawVM-Session` header, else `metadata.session_id`, else a fingerprint of the
+transcript's opening (system prompt and first user message) and of the user, which is stable
+across the turns of one conversation; two users with identical openings get two sessions.
+`user` names a person, not a conversation, and is never a session id.
+
+Project, the scope that outlives a session (write-back memory: preferences, project rules;
+the reset carry-over): `X-ClawVM-Project`, else `metadata.project_id` (an explicit project is
+shared deliberately by every request that names it), else a fingerprint of the tenant, the
+user and the system prompt: without a named user, every request of the tenant with that system
+prompt shares the project (one tenant key without user ids is one user). Free-form ids are
+hashed so nothing a client sends can shape a store key.
 """
 
 from __future__ import annotations
@@ -19,30 +32,44 @@ from policies.transcript import Message
 
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,96}")
 FINGERPRINT = "fp-"  # the head of an id the gateway derived from the transcript
+PER_USER = "pu-"  # the head of a project's per-user id (see `per_user`)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionIds:
     session: str
     project: str
-    source: str  # "header" | "metadata" | "user" | "fingerprint"
+    source: str  # "header" | "metadata" | "fingerprint"
+    user: str = ""  # a digest of the end user's id ("u-..."); "" when the request names none
 
 
 def resolve(
     headers: Mapping[str, str], body: Mapping[str, Any], messages: Sequence[Message], tenant: str
 ) -> SessionIds:
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    session, source = _first(
-        (headers.get("x-clawvm-session"), "header"),
-        (metadata.get("session_id"), "metadata"),
-        (body.get("user"), "user"),
-    )
+    user = user_of(headers, body)
+    session, source = _first((headers.get("x-clawvm-session"), "header"), (metadata.get("session_id"), "metadata"))
     if session is None:
-        session, source = FINGERPRINT + _digest(_opening(messages)), "fingerprint"
+        session, source = FINGERPRINT + _digest(_user_part(user) + _opening(messages)), "fingerprint"
     project, _ = _first((headers.get("x-clawvm-project"), "header"), (metadata.get("project_id"), "metadata"))
     if project is None:
-        project = FINGERPRINT + _digest(tenant + "\x1f" + _system_prompt(messages))
-    return SessionIds(session=safe_id(session), project=safe_id(project), source=source)
+        project = FINGERPRINT + _digest(tenant + _user_part(user) + "\x1f" + _system_prompt(messages))
+    return SessionIds(session=safe_id(session), project=safe_id(project), source=source, user=user)
+
+
+def user_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
+    """The end user the request names, as a digest: `X-ClawVM-User`, `metadata.user_id`, `user`."""
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    user, _ = _first(
+        (headers.get("x-clawvm-user"), "header"), (metadata.get("user_id"), "metadata"), (body.get("user"), "user")
+    )
+    return "" if user is None else "u-" + _digest(user)
+
+
+def per_user(project: str, user: str) -> str:
+    """The id of one user's part of a project (its newest session, for reset detection); the
+    project itself when no user is named."""
+    return project if not user else PER_USER + _digest(project + "\x1f" + user)
 
 
 def safe_id(value: str) -> str:
@@ -55,6 +82,12 @@ def _first(*candidates: tuple[Any, str]) -> tuple[str | None, str]:
         if isinstance(value, str) and value.strip():
             return value.strip(), source
     return None, ""
+
+
+def _user_part(user: str) -> str:
+    """What a named user adds to a fingerprint: nothing without one, so ids stay as they were.
+    The separator cannot occur in a tenant name, nor '\x1e' in a digest."""
+    return "\x1e" + user + "\x1e" if user else ""
 
 
 def _opening(messages: Sequence[Message]) -> str:

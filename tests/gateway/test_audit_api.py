@@ -257,3 +257,18 @@ def test_levels_and_shown_tokens_match_the_last_prompt(redis_url: str) -> None:
                 page = client.get(f"{url}/clawvm/pages/{row['id']}", params={"session": session, "level": row["level"]})
                 assert row["tokens"]["shown"] == page.json()["tokens"] <= row["tokens"]["full"]
             assert any(p["tokens"]["shown"] < p["tokens"]["full"] for p in degraded)
+
+
+def test_the_journal_reads_what_the_sessions_user_stated(served: Served) -> None:
+    """`scope=user`: the journal of the session's end user's part of the project, where their
+    preferences are committed; the project's journal does not hold them."""
+    session = f"audit-api-{next(_ids)}"
+    headers = {**auth("sk-acme"), "x-clawvm-session": session, "x-clawvm-user": "alice@example.com"}
+    said = [{"role": "system", "content": "You are the order desk agent. Never cancel an order without asking."}]
+    said.append({"role": "user", "content": "I prefer answers in Portuguese."})
+    body = {"model": "gpt-4o", "messages": said}
+    assert served.client.post(served.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+    mine = get(served, f"{session}/journal", scope="user", limit="1000").json()["data"]
+    assert [(r["status"], r["type"]) for r in mine] == [("committed", "preference")]
+    project = get(served, f"{session}/journal", scope="project", limit="1000").json()["data"]
+    assert [r["type"] for r in project] == ["constraint"]  # the agent's own rule

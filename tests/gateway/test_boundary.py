@@ -242,3 +242,20 @@ def test_hint_of_reads_the_header_first_then_the_metadata() -> None:
     assert hint_of({}, {"messages": []}) is None
     assert hint_of({}, {"metadata": "compaction"}) is None
     assert hint_of({}, {"metadata": {"clawvm_event": 3}}) is None
+
+
+# ---------------------------------------------------------------- users of one tenant
+
+
+async def test_a_reset_never_picks_a_live_session_of_another_user(edge: Edge, tenant: str) -> None:
+    """Two users naming one project: Bob's first session is a start, not a reset of Alice's
+    live session, and carries none of what Alice stated (her rule, plan, preference)."""
+    alice = PageTable(tenant, f"a-{tenant}", PROJECT, user="u-alice")
+    await edge.request(alice, session_wire(), T0)
+    bob = PageTable(tenant, f"b-{tenant}", PROJECT, user="u-bob")
+    crossing = await edge.cross(bob, restart(), T0 + 100)
+    assert crossing.event is Event.START
+    assert texts_of(bob, bob.carried) == {f"rule: {SYSTEM_RULE}"}  # the agent's own rule only
+    again = PageTable(tenant, f"c-{tenant}", PROJECT, user="u-alice")
+    assert (await edge.cross(again, restart(), T0 + 200)).event is Event.RESET  # Alice's own
+    assert "preference: I prefer small commits." in texts_of(again, again.carried)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService
+from gateway.memory import MemoryService, user_scope
 from gateway.store import RedisStore, project_scope, session_scope
 from policies.pages import Page, PageType, Scope
 from policies.pagetable import PageTable
@@ -175,3 +175,24 @@ async def test_a_small_cache_still_commits_every_scope(store: RedisStore, tenant
     report = await service.write_back(table, turn(table, wire))
     assert report.rejected == {} and len(report.committed) == 1
     assert (await service.journal.load(tenant, session_scope("s1"))).version == 2
+
+
+async def test_what_a_named_user_stated_is_committed_to_their_part_of_the_project(
+    service: MemoryService, store: RedisStore, tenant: str
+) -> None:
+    """The user's preference goes to the user's part; the system prompt's rule to the project."""
+    table = PageTable(tenant, "s1", PROJECT, user="u-alice")
+    await service.write_back(table, turn(table, opening()))
+    project = await service.journal.load(tenant, project_scope(PROJECT))
+    mine = await service.journal.load(tenant, user_scope(table))
+    assert user_scope(table) != project_scope(PROJECT)
+    assert [e.value for e in project.entries.values()] == ["rule: You must never push to main."]
+    assert [(e.page_type, e.value) for e in mine.entries.values()] == [
+        (PageType.PREFERENCE, "preference: I prefer small commits.")
+    ]
+    preference = next(p for p, page in table.pages.items() if page.type is PageType.PREFERENCE)
+    assert preference in await store.get_pages(tenant, user_scope(table), [preference])
+    assert await store.get_pages(tenant, project_scope(PROJECT), [preference]) == {}
+    assert preference in await service.committed(table)
+    bob = PageTable(tenant, "s2", PROJECT, user="u-bob")
+    assert (await service.journal.load(tenant, user_scope(bob))).entries == {}

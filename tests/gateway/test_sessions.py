@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -11,7 +12,7 @@ from starlette.datastructures import Headers
 
 from gateway.chat import parse_messages
 from gateway.session_state import SessionState
-from gateway.sessions import SAFE_ID, SessionIds, resolve, safe_id
+from gateway.sessions import SAFE_ID, SessionIds, per_user, resolve, safe_id
 from gateway.store import Keys, RedisStore, project_scope, session_scope
 from gateway.tables import dump_table
 from policies.budget import TokenBudget
@@ -43,15 +44,21 @@ def ids(
 # -- the session ----------------------------------------------------------------------------
 
 
-def test_precedence_header_then_metadata_then_user_then_fingerprint() -> None:
+def test_precedence_header_then_metadata_then_fingerprint() -> None:
     headers = {"x-clawvm-session": "from-header"}
-    body: dict[str, Any] = {"metadata": {"session_id": "from-metadata"}, "user": "from-user"}
+    body: dict[str, Any] = {"metadata": {"session_id": "from-metadata"}}
     assert (ids(headers, body).session, ids(headers, body).source) == ("from-header", "header")
     assert (ids({}, body).session, ids({}, body).source) == ("from-metadata", "metadata")
-    del body["metadata"]
-    assert (ids({}, body).session, ids({}, body).source) == ("from-user", "user")
     fingerprinted = ids({}, {})
     assert fingerprinted.source == "fingerprint" and fingerprinted.session.startswith("fp-")
+
+
+def test_user_names_a_person_never_a_session() -> None:
+    """Two conversations of one user are two sessions; `user` is not a session id."""
+    first = ids({}, {"user": "alice"}, transcript("Where is my order?"))
+    second = ids({}, {"user": "alice"}, transcript("Cancel my order."))
+    assert first.source == second.source == "fingerprint"
+    assert first.session != second.session and "alice" not in first.session
 
 
 def test_header_names_are_case_insensitive_on_real_requests() -> None:
@@ -62,19 +69,22 @@ def test_header_names_are_case_insensitive_on_real_requests() -> None:
 
 @pytest.mark.parametrize("blank", ["", "   ", "\t"])
 def test_blank_values_fall_through(blank: str) -> None:
-    resolved = ids({"x-clawvm-session": blank}, {"metadata": {"session_id": blank}, "user": "u-1"})
-    assert (resolved.session, resolved.source) == ("u-1", "user")
+    body = {"metadata": {"session_id": blank, "user_id": blank}, "user": "u-1"}
+    resolved = ids({"x-clawvm-session": blank, "x-clawvm-user": blank}, body)
+    assert resolved.source == "fingerprint"
+    assert resolved.user == ids({}, {"user": "u-1"}).user != ""
 
 
 @pytest.mark.parametrize("value", [5, None, ["s"], {"id": "s"}, True])
 def test_non_string_ids_are_ignored(value: Any) -> None:
-    resolved = ids({}, {"metadata": {"session_id": value}, "user": value})
-    assert resolved.source == "fingerprint"
+    resolved = ids({}, {"metadata": {"session_id": value, "user_id": value}, "user": value})
+    assert resolved.source == "fingerprint" and resolved.user == ""
 
 
 @pytest.mark.parametrize("metadata", ["session-1", ["session-1"], None, 5])
 def test_metadata_that_is_not_an_object_is_ignored(metadata: Any) -> None:
-    assert ids({}, {"metadata": metadata, "user": "u"}).source == "user"
+    resolved = ids({}, {"metadata": metadata, "user": "u"})
+    assert resolved.source == "fingerprint" and resolved.user == ids({}, {"user": "u"}).user
 
 
 def test_values_are_stripped() -> None:
@@ -122,6 +132,7 @@ def test_project_precedence_header_then_metadata_then_fingerprint() -> None:
 
 def test_user_does_not_name_a_project() -> None:
     assert ids({}, {"user": "alice"}).project.startswith("fp-")
+    assert "alice" not in ids({}, {"user": "alice"}).project
 
 
 def test_fingerprinted_project_is_shared_by_sessions_of_one_tenant_and_system_prompt() -> None:
@@ -133,13 +144,89 @@ def test_fingerprinted_project_is_shared_by_sessions_of_one_tenant_and_system_pr
     assert ids(messages=transcript("Fix the build.", system=other_system)).project != one.project
 
 
+# -- the end user ---------------------------------------------------------------------------
+
+
+def test_user_precedence_header_then_metadata_then_openai_user() -> None:
+    header, meta, field = (ids({}, {"user": name}).user for name in ("from-header", "from-metadata", "from-user"))
+    assert len({header, meta, field}) == 3
+    body: dict[str, Any] = {"metadata": {"user_id": "from-metadata"}, "user": "from-user"}
+    assert ids({"x-clawvm-user": "from-header"}, body).user == header
+    assert ids({}, body).user == meta
+    assert ids({}, {"user": "from-user"}).user == field
+    assert ids({}, {}).user == ""
+
+
+def test_a_user_is_the_same_person_however_it_is_named() -> None:
+    named = [
+        ids(Headers(headers={"X-ClawVM-User": " alice "})),
+        ids({}, {"metadata": {"user_id": "alice"}}),
+        ids({}, {"user": "alice"}),
+    ]
+    assert len({(n.user, n.session, n.project) for n in named}) == 1
+
+
+@pytest.mark.parametrize("user", ["alice", "alice@example.com", "{acme:s:victim}", "x" * 5000, "\ud800"])
+def test_user_ids_are_digests_never_the_id_itself(user: str) -> None:
+    resolved = ids({}, {"user": user})
+    assert resolved.user.startswith("u-") and SAFE_ID.fullmatch(resolved.user)
+    for value in (resolved.user, resolved.session, resolved.project, per_user(resolved.project, resolved.user)):
+        assert user not in value and SAFE_ID.fullmatch(value)
+
+
+NAMED: dict[str, Any] = {
+    "header": lambda user: ({"x-clawvm-user": user}, {}),
+    "metadata": lambda user: ({}, {"metadata": {"user_id": user}}),
+    "openai_user": lambda user: ({}, {"user": user}),
+}
+
+
+@pytest.mark.parametrize("naming", sorted(NAMED))
+def test_identical_openings_of_two_users_are_two_sessions(naming: str) -> None:
+    opening, later = transcript("Where is my order?"), transcript("Where is my order?", "It shipped.", "When?")
+    alice, bob = (ids(*NAMED[naming](user), messages=opening) for user in ("alice", "bob"))
+    assert alice.session != bob.session and alice.source == bob.source == "fingerprint"
+    assert ids(*NAMED[naming]("alice"), messages=later).session == alice.session  # still one conversation
+    assert ids(messages=opening).session not in (alice.session, bob.session)
+
+
+def test_without_a_user_the_ids_are_what_they_were() -> None:
+    """Stored sessions and projects of clients that name no user keep their ids."""
+    resolved = ids(messages=transcript("hello"), tenant="acme")
+    assert resolved.session == "fp-" + hashlib.sha256(b"You are a support agent.\x1fhello").hexdigest()[:24]
+    assert resolved.project == "fp-" + hashlib.sha256(b"acme\x1fYou are a support agent.").hexdigest()[:24]
+
+
+def test_the_default_project_is_the_users_when_a_user_is_named() -> None:
+    alice = ids({}, {"user": "alice"}, transcript("Fix the build."))
+    assert ids({}, {"user": "alice"}, transcript("Write the docs.")).project == alice.project
+    assert ids({}, {"user": "bob"}, transcript("Fix the build.")).project != alice.project
+    assert ids({}, {}, transcript("Fix the build.")).project != alice.project
+
+
+def test_an_explicit_project_is_shared_by_the_users_who_name_it() -> None:
+    for named in ({"x-clawvm-project": "team"}, {}):
+        body = {} if named else {"metadata": {"project_id": "team"}}
+        alice = ids(named, {**body, "user": "alice"})
+        bob = ids(named, {**body, "user": "bob"})
+        assert alice.project == bob.project == "team"
+        assert per_user(alice.project, alice.user) != per_user(bob.project, bob.user)  # their own parts
+    assert per_user("team", "") == "team"
+
+
+def test_an_explicit_session_id_is_kept_whoever_names_it() -> None:
+    alice = ids({"x-clawvm-session": "s-1"}, {"user": "alice"})
+    bob = ids({"x-clawvm-session": "s-1"}, {"user": "bob"})
+    assert alice.session == bob.session == "s-1" and alice.user != bob.user
+
+
 # -- safe ids -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("plain", ["s1", "sess-1.a_b", "A" * 96, "0", "...", "agent:main:main"])
 def test_plain_ids_are_kept(plain: str) -> None:
     assert safe_id(plain) == plain
-    assert ids({"x-clawvm-session": plain, "x-clawvm-project": plain}) == SessionIds(plain, plain, "header")
+    assert ids({"x-clawvm-session": plain, "x-clawvm-project": plain}) == SessionIds(plain, plain, "header", "")
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,16 @@ def test_round_trip_restores_the_table() -> None:
     assert loaded.born == table.born and loaded.turn == table.turn and loaded.plan_key == table.plan_key
 
 
+def test_the_end_user_of_a_session_round_trips() -> None:
+    table = planned_table()
+    table.user = "u-0123456789abcdef01234567"
+    loaded = load_table(dump_table(table), dict(table.pages), version=1)
+    assert loaded.user == table.user
+    table.user = ""
+    assert "user" not in json.loads(dump_table(table))  # tables without a user are stored as before
+    assert load_table(dump_table(table), dict(table.pages), version=1).user == ""
+
+
 def test_a_loaded_table_plans_the_next_turn_like_the_original() -> None:
     original = planned_table()
     loaded = load_table(dump_table(original), dict(original.pages), version=1)
