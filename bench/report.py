@@ -605,6 +605,8 @@ def _added_bar(series: Json, growth: Json | None) -> Bar:
     problems += _time_problems("direct median", series.get("direct_median_us"))
     problems += _time_problems("gateway median", series.get("gateway_median_us"))
     problems += _time_problems("added median", added, may_be_zero=True)
+    if series.get("failures"):
+        problems.append(f"{series['failures']} requests failed, so the medians time a different set of requests")
     met = _number(added) is not None and added < ADDED_BAR_US
     return _judged(Bar(name, met, f"{added} µs", why, True), problems)
 
@@ -614,6 +616,8 @@ def _growth_bars(growth: Json) -> list[Bar]:
     h_first, h_last = growth["http"][0], growth["http"][-1]
     policy_ratio, policy_problems = _growth_ratio("policy median", first, last, "median_us")
     added_ratio, added_problems = _growth_ratio("added median", h_first, h_last, "added_median_us")
+    if growth.get("failures"):
+        added_problems.append(f"{growth['failures']} non-200 answers during the growth session")
     span = f"turn {last['turn']} over turn {first['turn']}"
     growth_why = f"the request grew from {h_first['request_bytes']:,} to {h_last['request_bytes']:,} bytes"
     overhead_why = (

@@ -391,5 +391,13 @@ def test_a_stress_check_that_measured_nothing_is_a_measurement_error(where: Any,
     assert "nothing measured" in _measurement_error(data, name)
 
 
+def test_latency_medians_over_failed_requests_are_a_measurement_error() -> None:
+    data = sections()
+    data["latency"]["series"][0]["failures"] = 4
+    assert "4 requests failed" in _measurement_error(data, ADDED)
+    data["growth"]["failures"] = 2
+    assert "2 non-200 answers" in _measurement_error(data, GROWTH_ADDED)
+
+
 def test_measured_bars_carry_no_error() -> None:
     assert not [b for b in bars(sections()) if b.error]
