@@ -30,5 +30,8 @@ EXPOSE 4000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4000/health', timeout=2)"]
 
+# It binds 0.0.0.0, so it refuses to start without authentication: give it tenant keys with
+# `-e CLAWVM_API_KEYS=key1,key2` (the tenant "default"), or mount a config.yaml with a `tenants:`
+# section over /etc/clawvm/config.yaml. `docker run IMAGE --allow-unauthenticated` serves open on purpose.
 ENTRYPOINT ["clawvm", "serve", "--config", "/etc/clawvm/config.yaml", "--host", "0.0.0.0"]
 CMD []

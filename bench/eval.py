@@ -28,7 +28,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from bench.harnesses import INJECTORS
 from bench.latency import REQUEST_TIMEOUT_S, interleave, latency_trace, start_servers, workloads
 from bench.lifecycle_replay import BoundaryRecord
 from bench.lifecycle_replay import run as run_boundary
-from bench.report import write_report
+from bench.report import bars, write_report
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.app import create_app
 from gateway.embedded import EmbeddedRedis
@@ -360,4 +360,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections = {**read_sections(args.out), **sections}
     path = write_report(sections, args.out, command.strip())
     print(f"bench eval: wrote {path}", file=sys.stderr)
-    return 0
+    return verdict(sections)
+
+
+def verdict(sections: Mapping[str, Json]) -> int:
+    """0, or 1 when a bar's figures are a measurement error (impossible or absent): such a run
+    measured nothing that can be reported. Bars missed are findings, reported, and exit 0."""
+    found = bars(sections)
+    errors = [b for b in found if b.error]
+    print(f"bench eval: {sum(b.met for b in found)} of {len(found)} bars met", file=sys.stderr)
+    for bar in errors:
+        print(f"bench eval: measurement error, {bar.name}: {bar.error}", file=sys.stderr)
+    return 1 if errors else 0

@@ -16,6 +16,7 @@ failures) do not.
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -70,16 +71,20 @@ class GrowthReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def ratios(self) -> dict[str, float]:
-        """Last mark over first mark: 1.0 means the cost does not grow with the session."""
+    def ratios(self) -> dict[str, float | None]:
+        """Last mark over first mark: 1.0 means the cost does not grow with the session. None where
+        there is no such ratio: no marks, or a time at either mark that is not positive (a
+        negative or zero time is a measurement error, and a ratio of it would look like no growth)."""
         return {
-            "policy": _ratio(self.policy[0].median_us, self.policy[-1].median_us) if self.policy else 0.0,
-            "added_latency": _ratio(self.http[0].added_median_us, self.http[-1].added_median_us) if self.http else 0.0,
+            "policy": _ratio(self.policy[0].median_us, self.policy[-1].median_us) if self.policy else None,
+            "added_latency": _ratio(self.http[0].added_median_us, self.http[-1].added_median_us) if self.http else None,
         }
 
 
-def _ratio(first: float, last: float) -> float:
-    return round(last / first, 2) if first > 0 else 0.0
+def _ratio(first: float, last: float) -> float | None:
+    if not (math.isfinite(first) and math.isfinite(last)) or first <= 0 or last <= 0:
+        return None
+    return round(last / first, 2)
 
 
 @dataclass

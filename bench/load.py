@@ -751,7 +751,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_results(figures, args.out)
     print("\n".join(headlines(figures)), flush=True)
     print(f"bench load: wrote {path}", file=sys.stderr)
-    return 0 if passed(figures) else 1
+    failed = problems(figures)
+    if failed:
+        print("bench load: NOT passed: " + "; ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def write_results(figures: Json, out: Path) -> Path:
@@ -788,8 +791,10 @@ def headlines(figures: Json) -> list[str]:
     load = figures.get("load")
     if load:
         a = load["added"]
+        failed = load_problems(load)
+        verdict = f"Load NOT held ({'; '.join(failed)})" if failed else "Load held"
         lines.append(
-            f"Load held: {load['sessions']} concurrent streaming sessions for {load['seconds']:.0f} s, "
+            f"{verdict}: {load['sessions']} concurrent streaming sessions for {load['seconds']:.0f} s, "
             f"{load['requests']} requests ({load['requests_per_s']}/s), {load['errors']} errors, "
             f"{load['gateway']['degraded']} served degraded; added latency p50/p99 first byte "
             f"{a['ttfb_p50_ms']}/{a['ttfb_p99_ms']} ms, whole stream {a['total_p50_ms']}/{a['total_p99_ms']} ms; "
@@ -843,16 +848,67 @@ def _resumed(phase: Json) -> str:
 
 
 def passed(figures: Json) -> bool:
-    """The suite's bars: no load errors, no committed page lost or changed, no 5xx or crash under fuzzing,
-    nothing wrong in the structure-aware sweep."""
-    load = figures.get("load")
-    if load and (load["errors"] or load["answered_turns_not_stored"] or not load["gateway_alive"]):
-        return False
-    chaos = figures.get("chaos") or {}
-    if any(lost(p["data"]) for p in chaos.values()):
-        return False
-    fuzz = chaos.get("bad_inputs")
-    swept = (fuzz or {}).get("structural")
-    if swept and swept["problems"]:
-        return False
-    return not fuzz or (fuzz["server_errors"] == 0 and fuzz["transport_errors"] == 0 and fuzz["gateway_alive"])
+    """The suite's bars: something was measured, no load errors, no committed page lost or changed,
+    every session resumed after each fault, no 5xx or crash under fuzzing, nothing wrong in the
+    structure-aware sweep."""
+    return not problems(figures)
+
+
+def problems(figures: Json) -> list[str]:
+    """Every bar the figures miss, and every figure that shows nothing was measured; empty only
+    when the suite passed."""
+    load, chaos = figures.get("load"), figures.get("chaos") or {}
+    if not load and not chaos:
+        return ["nothing measured: neither the load nor any chaos phase ran"]
+    found = [f"load: {p}" for p in load_problems(load)] if load else []
+    return found + [f"{name}: {p}" for name, phase in chaos.items() for p in phase_problems(phase)]
+
+
+def load_problems(load: Json) -> list[str]:
+    """Why the load did not hold: errors, turns answered but not stored, the gateway gone, or no
+    whole request measured (on the gateway, or on the direct control path the added latency needs)."""
+    found = []
+    if not load.get("requests") or not load.get("ok"):
+        found.append(f"nothing measured ({load.get('requests')} requests, {load.get('ok')} whole)")
+    if load.get("control_sessions") and not (load.get("direct") or {}).get("ok"):
+        found.append("no control request measured, so no added latency")
+    if load.get("errors") != 0:
+        found.append(f"{load.get('errors')} errors {_kinds((load.get('gateway') or {}).get('errors') or {})}".strip())
+    if load.get("answered_turns_not_stored") != 0:
+        found.append(f"{load.get('answered_turns_not_stored')} answered turns not stored")
+    if load.get("gateway_alive") is not True:
+        found.append("the gateway was not alive at the end")
+    return found
+
+
+def phase_problems(phase: Json) -> list[str]:
+    """A chaos phase's missed bars: data lost or changed, nothing checked, the gateway gone; a fault
+    phase whose sessions did not all resume or that served nothing; fuzzing with 5xx, transport
+    failures or no probes at all."""
+    data = phase.get("data") or {}
+    found = []
+    if "pages_before" not in data or "lost" not in data:
+        found.append("no committed pages compared")
+    elif lost(data):
+        found.append(f"{lost(data)} committed pages lost or changed or answered turns not stored")
+    elif not data["pages_before"] and phase.get("sessions"):
+        found.append("nothing measured (0 committed pages before the fault)")
+    if phase.get("gateway_alive") is not True:
+        found.append("the gateway was not alive at the end")
+    if phase.get("phase") == "bad_inputs":
+        if not phase.get("probes"):
+            found.append("nothing measured (0 probes)")
+        for key in ("server_errors", "transport_errors"):
+            if phase.get(key) != 0:
+                found.append(f"{phase.get(key)} {key.replace('_', ' ')}")
+        swept = phase.get("structural")
+        if swept is None:
+            found.append("the structure-aware sweep did not run")
+        elif swept.get("problems") != 0:
+            found.append(f"{swept.get('problems')} problems in the structure-aware sweep")
+        return found
+    if not phase.get("requests"):
+        found.append("nothing measured (0 requests)")
+    if phase.get("all_sessions_progressed_after_s") is None:
+        found.append("not every session resumed after the fault")
+    return found

@@ -8,12 +8,15 @@ against through the gateway) and cost against session length (cost growth).
 Figures that are timings carry a ⏱ and change from run to run; everything else is reproducible,
 and `stable_digest` (printed in the report) is the SHA-256 of the sections with every timing
 removed: a rerun gives the same digest. "Bars missed and why" is computed from the numbers.
+A bar whose figures are impossible or absent (a negative time, a NaN or negative ratio, nothing
+measured) is a measurement error: never met, listed apart from the bars missed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,6 +411,36 @@ class Bar:
     value: str
     why: str = ""  # when missed
     timing: bool = False
+    error: str = ""  # a measurement error: what makes the figures impossible; the bar is then never met
+
+
+def _judged(bar: Bar, problems: Sequence[str]) -> Bar:
+    """`bar`, or, when its figures have problems, the same bar as a measurement error (not met)."""
+    if not problems:
+        return bar
+    return Bar(bar.name, False, bar.value, bar.why, bar.timing, "; ".join(problems))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _time_problems(name: str, value: object, *, may_be_zero: bool = False) -> list[str]:
+    """A time must be a finite number, > 0 (or >= 0 when `may_be_zero`): a measured duration."""
+    number = _number(value)
+    if number is None:
+        return [f"{name} not measured ({value!r})"]
+    if number < 0 or (number == 0 and not may_be_zero):
+        return [f"{name} is {value!r} µs, impossible for a measured time"]
+    return []
+
+
+def _count_problems(name: str, value: object) -> list[str]:
+    """A count of what was measured: nothing measured is no evidence either way."""
+    number = _number(value)
+    return [] if number is not None and number > 0 else [f"nothing measured ({name} {value!r})"]
 
 
 def bars(sections: Mapping[str, Json]) -> list[Bar]:
@@ -424,7 +457,11 @@ def _synthetic_bars(s: Mapping[str, Json]) -> list[Bar]:
         return []
     met = ours["mean_faults"] == 0 and ours["rows_at_oracle"] == ours["rows"]
     why = f"ClawVM faults above the oracle on {ours['rows'] - ours['rows_at_oracle']} rows of the synthetic sweep"
-    return [Bar("synthetic: ClawVM zero faults, at the oracle on every row", met, f"{ours['mean_faults']}", why)]
+    bar = Bar("synthetic: ClawVM zero faults, at the oracle on every row", met, f"{ours['mean_faults']}", why)
+    problems = _count_problems("rows", ours.get("rows"))
+    if _number(ours.get("mean_faults")) is None or (_number(ours.get("mean_faults")) or 0.0) < 0:
+        problems.append(f"mean faults is {ours.get('mean_faults')!r}")
+    return [_judged(bar, problems)]
 
 
 def _trace_bars(s: Mapping[str, Json]) -> list[Bar]:
@@ -436,7 +473,8 @@ def _trace_bars(s: Mapping[str, Json]) -> list[Bar]:
         value = f"invalid {r['invalid']}, unreported overruns {overruns}, faults {r['faults']}, errors {r['errors']}"
         met = not (r["invalid"] or overruns or r["faults"] or r["errors"])
         why = f"faults: {_fault_kinds(r)}; e.g. " + "; ".join(r.get("examples", [])[:2])
-        out.append(Bar(f"real traces at {r['budget']}: valid, within budget, no faults", met, value, why))
+        bar = Bar(f"real traces at {r['budget']}: valid, within budget, no faults", met, value, why)
+        out.append(_judged(bar, _count_problems("requests", r.get("requests"))))
     return out
 
 
@@ -453,7 +491,10 @@ def _lifecycle_bars(s: Mapping[str, Json]) -> list[Bar]:
     why = "; ".join(
         f"{n}: {r['boundaries'] - r['ok']} unclean ({'; '.join(r['examples'][:1])})" for n, r in bad.items()
     )
-    return [Bar("lifecycle: every boundary clean", not bad, f"{len(bad)} injectors with unclean boundaries", why)]
+    bar = Bar("lifecycle: every boundary clean", not bad, f"{len(bad)} injectors with unclean boundaries", why)
+    return [
+        _judged(bar, [p for n, r in injectors.items() for p in _count_problems(f"{n} boundaries", r["boundaries"])])
+    ]
 
 
 def _stress_bars(s: Mapping[str, Json]) -> list[Bar]:
@@ -463,7 +504,17 @@ def _stress_bars(s: Mapping[str, Json]) -> list[Bar]:
     large, planted, cascade = st["large_output"], st["planted"], st["cascade"]
     size = f"{large['bytes']:,}-byte"
     churn_faults = sum(st["churn"]["tally"]["faults"].values())
-    return [
+    measured = {
+        "starvation reported, never hidden": _count_problems("starvation probes", len(st["starvation"]["probes"])),
+        "churn: no overruns, no faults": _count_problems("churn turns", st["churn"]["tally"].get("turns")),
+        "cascade resets: no flush misses or bootstrap faults": _count_problems("cascade resets", cascade.get("resets"))
+        + _count_problems("cascade turns", cascade.get("turns")),
+        "planted rules never retained": _count_problems("planted rules", planted.get("planted")),
+        "long session: no failures or overruns": _count_problems(
+            "long-session turns", st["long_session"]["tally"].get("turns")
+        ),
+    }
+    found = [
         Bar(
             "starvation reported, never hidden",
             st["starvation"]["hidden"] == 0,
@@ -508,6 +559,7 @@ def _stress_bars(s: Mapping[str, Json]) -> list[Bar]:
             "see the long-session table",
         ),
     ]
+    return [_judged(bar, measured.get(bar.name, [])) for bar in found]
 
 
 def _timing_bars(s: Mapping[str, Json]) -> list[Bar]:
@@ -519,24 +571,25 @@ def _timing_bars(s: Mapping[str, Json]) -> list[Bar]:
 
 
 def _policy_bar(b: Json) -> Bar:
-    median, ingest, assembly = b["total"]["median_us"], b.get("ingest"), b.get("assembly")
+    median, ingest, assembly = b["total"].get("median_us"), b.get("ingest"), b.get("assembly")
     why = (
         f"the median turn spends {ingest['median_us']} µs ingesting (classifying, representing, counting tokens) "
         f"and {assembly['median_us']} µs assembling"
         if ingest and assembly
         else "no ingest/assembly split recorded"
     )
-    return Bar(
+    bar = Bar(
         f"policy time median < {POLICY_BAR_US:.0f} µs at {b['budget']}",
-        median < POLICY_BAR_US,
+        _number(median) is not None and median < POLICY_BAR_US,
         f"{median} µs",
         why,
         True,
     )
+    return _judged(bar, _count_problems("turns timed", b["total"].get("count")) + _time_problems("median", median))
 
 
 def _added_bar(series: Json, growth: Json | None) -> Bar:
-    added = series["added_median_us"]
+    added = series.get("added_median_us")
     name = f"added latency median < {ADDED_BAR_US:.0f} µs ({series['name']}{', stream' if series['stream'] else ''})"
     first = (growth or {}).get("http", [{}])[0]
     why = (
@@ -548,14 +601,23 @@ def _added_bar(series: Json, growth: Json | None) -> Bar:
         if first
         else "no growth figures"
     )
-    return Bar(name, added < ADDED_BAR_US, f"{added} µs", why, True)
+    problems = _count_problems("requests", min(len(series.get("direct_us") or []), len(series.get("gateway_us") or [])))
+    problems += _time_problems("direct median", series.get("direct_median_us"))
+    problems += _time_problems("gateway median", series.get("gateway_median_us"))
+    problems += _time_problems("added median", added, may_be_zero=True)
+    if series.get("failures"):
+        problems.append(f"{series['failures']} requests failed, so the medians time a different set of requests")
+    met = _number(added) is not None and added < ADDED_BAR_US
+    return _judged(Bar(name, met, f"{added} µs", why, True), problems)
 
 
 def _growth_bars(growth: Json) -> list[Bar]:
     first, last = growth["policy"][0], growth["policy"][-1]
-    policy_ratio = last["median_us"] / first["median_us"] if first["median_us"] else 0.0
     h_first, h_last = growth["http"][0], growth["http"][-1]
-    added_ratio = h_last["added_median_us"] / h_first["added_median_us"] if h_first["added_median_us"] > 0 else 0.0
+    policy_ratio, policy_problems = _growth_ratio("policy median", first, last, "median_us")
+    added_ratio, added_problems = _growth_ratio("added median", h_first, h_last, "added_median_us")
+    if growth.get("failures"):
+        added_problems.append(f"{growth['failures']} non-200 answers during the growth session")
     span = f"turn {last['turn']} over turn {first['turn']}"
     growth_why = f"the request grew from {h_first['request_bytes']:,} to {h_last['request_bytes']:,} bytes"
     overhead_why = (
@@ -564,21 +626,41 @@ def _growth_bars(growth: Json) -> list[Bar]:
         f"{h_first['policy_header_median_us']} to {h_last['policy_header_median_us']} µs"
     )
     return [
-        Bar(
-            f"policy time follows new content ({span} < {GROWTH_BAR}x)",
-            policy_ratio < GROWTH_BAR,
-            f"{policy_ratio:.2f}x",
-            f"{growth_why} and the per-turn policy work with it",
-            True,
+        _judged(
+            Bar(
+                f"policy time follows new content ({span} < {GROWTH_BAR}x)",
+                policy_ratio < GROWTH_BAR,
+                f"{policy_ratio:.2f}x",
+                f"{growth_why} and the per-turn policy work with it",
+                True,
+            ),
+            policy_problems,
         ),
-        Bar(
-            f"added latency follows new content ({span} < {GROWTH_BAR}x)",
-            added_ratio < GROWTH_BAR,
-            f"{added_ratio:.2f}x",
-            overhead_why,
-            True,
+        _judged(
+            Bar(
+                f"added latency follows new content ({span} < {GROWTH_BAR}x)",
+                added_ratio < GROWTH_BAR,
+                f"{added_ratio:.2f}x",
+                overhead_why,
+                True,
+            ),
+            added_problems,
         ),
     ]
+
+
+def _growth_ratio(name: str, first: Json, last: Json, key: str) -> tuple[float, list[str]]:
+    """last / first of a growth series, and what makes it no measurement: a time that is not a
+    positive finite number at either mark (a ratio over a negative or zero time means nothing),
+    or a mark without samples."""
+    problems = [
+        problem
+        for point in (first, last)
+        for problem in _time_problems(f"{name} at turn {point.get('turn')}", point.get(key))
+        + (_count_problems(f"samples at turn {point.get('turn')}", point["samples"]) if "samples" in point else [])
+    ]
+    ratio = last[key] / first[key] if not problems else math.nan
+    return ratio, problems
 
 
 BAR_CHECKS: tuple[Callable[[Mapping[str, Json]], list[Bar]], ...] = (
@@ -591,12 +673,18 @@ BAR_CHECKS: tuple[Callable[[Mapping[str, Json]], list[Bar]], ...] = (
 
 
 def bars_section(found: Sequence[Bar]) -> list[str]:
-    missed = [b for b in found if not b.met]
+    missed = [b for b in found if not b.met and not b.error]
+    errors = [b for b in found if b.error]
     lines = ["## Bars missed and why", ""]
-    lines += [f"{len(found) - len(missed)} of {len(found)} bars met."]
-    lines += [""] + [f"- {TIMING if b.timing else ''}**{b.name}**: {b.value}. Why: {b.why}" for b in missed]
+    lines += [f"{len(found) - len(missed) - len(errors)} of {len(found)} bars met{_errors_clause(errors)}."]
+    lines += [""] + [f"- {TIMING if b.timing else ''}**{b.name}**: measurement error: {b.error}." for b in errors]
+    lines += [f"- {TIMING if b.timing else ''}**{b.name}**: {b.value}. Why: {b.why}" for b in missed]
     met = [f"{b.name} ({b.value})" for b in found if b.met]
     return lines + ["", "Met: " + "; ".join(met) + ".", ""] if met else lines + [""]
+
+
+def _errors_clause(errors: Sequence[Bar]) -> str:
+    return f", {len(errors)} not measured (measurement errors, not met)" if errors else ""
 
 
 # ---------------------------------------------------------------- the document
@@ -623,7 +711,10 @@ def headline(sections: Mapping[str, Json], found: Sequence[Bar]) -> list[str]:
         lines.append(f"- {TIMING} Policy engine median {b['total']['median_us']} µs per turn at {b['budget']:,}.")
     series = (sections.get("latency") or {}).get("series", [])[:1]
     lines += [f"- {TIMING} Added latency median {s['added_median_us']} µs ({s['name']}, non-stream)." for s in series]
-    lines.append(f"- Bars: {sum(b.met for b in found)} of {len(found)} met (see the last section).")
+    errors = [b for b in found if b.error]
+    lines.append(
+        f"- Bars: {sum(b.met for b in found)} of {len(found)} met{_errors_clause(errors)} (see the last section)."
+    )
     return lines + [""]
 
 

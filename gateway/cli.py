@@ -31,13 +31,25 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     serve.add_argument("--budget", type=int, default=None, help="the default tenant's max prompt tokens")
     serve.add_argument("--store", default=None, help="'embedded' (default) or a redis:// URL")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve with no tenants (every caller let in) on a non-loopback host; refused without it",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    overrides = Overrides(host=args.host, port=args.port, upstream=args.upstream, budget=args.budget, store=args.store)
+    overrides = Overrides(
+        host=args.host,
+        port=args.port,
+        upstream=args.upstream,
+        budget=args.budget,
+        store=args.store,
+        allow_unauthenticated=args.allow_unauthenticated,
+    )
     try:
         settings = load_settings(args.config, os.environ, overrides)
     except ConfigError as exc:

@@ -13,11 +13,17 @@ String values may reference the environment: `${VAR}` (an error if VAR is unset)
 boolean (`port: ${PORT:-4000}`). An optional value that expands to "" counts as unset.
 
 With no tenants the gateway is *open*: one tenant named "default" accepts any key or none.
+That is allowed only on a loopback host (127.0.0.0/8, ::1, localhost) unless the operator says
+so (`server.allow_unauthenticated: true` or `--allow-unauthenticated`): anything else that can be
+reached from another machine would lend the operator's upstream key to every caller. Without a
+`tenants:` section, `$CLAWVM_API_KEYS` (comma-separated) gives the "default" tenant its keys, so a
+container can be given authentication by its environment alone.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +46,8 @@ Parse = Callable[[object, str], T]
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 OPEN_TENANT = "default"
+ENV_API_KEYS = "CLAWVM_API_KEYS"  # comma-separated keys of the "default" tenant when config.yaml lists none
+ALLOW_UNAUTHENTICATED_FLAG = "--allow-unauthenticated"
 _TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STORE_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
@@ -58,6 +66,7 @@ _SERVER_KEYS = (
     "default_context_window",
     "log_content",
     "session_idle_seconds",
+    "allow_unauthenticated",
 )
 _STORE_KEYS = (
     "url",
@@ -102,6 +111,7 @@ class ServerSettings:
     default_context_window: int = 128_000
     log_content: bool = False
     session_idle_seconds: int = 3600  # a session unused this long has ended (a lifecycle event)
+    allow_unauthenticated: bool = False  # serve without tenants on a non-loopback host (the operator's choice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +209,7 @@ class Overrides:
     upstream: str | None = None  # api_base of the default upstream (tenants' own api_base still wins)
     budget: int | None = None  # max_prompt_tokens wherever config.yaml sets none
     store: str | None = None  # "embedded" or a Redis URL
+    allow_unauthenticated: bool = False  # --allow-unauthenticated: only ever turns the config's value on
 
 
 def load_settings(path: Path | None, env: Mapping[str, str], overrides: Overrides = Overrides()) -> Settings:
@@ -208,8 +219,14 @@ def load_settings(path: Path | None, env: Mapping[str, str], overrides: Override
     configured = _upstream(top.raw("upstream"), "upstream", _env_upstream(env))
     upstream = _apply_upstream_override(configured, overrides)
     tenants = _tenants(top.raw("tenants"), upstream, overrides)
+    if env.get(ENV_API_KEYS, "").strip() and tenants:
+        raise ConfigError(f"{ENV_API_KEYS}: set, but config.yaml lists tenants; put the keys in a tenant's api_keys")
+    tenants = tenants or _env_tenant(env, upstream, overrides)
+    server = _server(top.raw("server"), overrides)
+    if not tenants:
+        _check_open_exposure(server)
     return Settings(
-        server=_server(top.raw("server"), overrides),
+        server=server,
         store=_store(top.raw("store"), overrides),
         upstream=upstream,
         models=_models(top.raw("models")),
@@ -468,6 +485,8 @@ def _server(value: object, overrides: Overrides) -> ServerSettings:
         default_context_window=sec.get("default_context_window", base.default_context_window, _integer()),
         log_content=sec.get("log_content", base.log_content, _boolean),
         session_idle_seconds=sec.get("session_idle_seconds", base.session_idle_seconds, _integer()),
+        allow_unauthenticated=overrides.allow_unauthenticated
+        or sec.get("allow_unauthenticated", base.allow_unauthenticated, _boolean),
     )
 
 
@@ -568,6 +587,56 @@ def _model_map(value: object, path: str) -> Mapping[str, str]:
 
 
 # ---------------------------------------------------------------- tenants
+
+
+def is_loopback_host(host: str) -> bool:
+    """True only for a bind address no other machine can reach: 127.0.0.0/8, ::1 (also as
+    ::ffff:127.x.x.x or in brackets) and the name localhost. Everything else counts as exposed:
+    0.0.0.0, ::, "" (all interfaces to uvicorn/asyncio), any other address, and every other host
+    name (it is not resolved: what it resolves to may change after start-up)."""
+    name = host.strip().lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _check_open_exposure(server: ServerSettings) -> None:
+    """No tenants on an address others can reach: refused unless the operator allowed it."""
+    if server.allow_unauthenticated or is_loopback_host(server.host):
+        return
+    raise ConfigError(
+        f"server.host: {server.host!r} is not a loopback address and no tenants are configured, so anyone who "
+        "can reach it could use the upstream key, every relayed /v1 route and every session's audit data. "
+        f"Add tenants: a `tenants:` section in config.yaml (each with api_keys), or set {ENV_API_KEYS}=key1,key2 "
+        'for a single tenant "default" (clients then send one of those keys as their API key). To serve '
+        "without authentication on purpose, set server.allow_unauthenticated: true in config.yaml or pass "
+        f"{ALLOW_UNAUTHENTICATED_FLAG}."
+    )
+
+
+def _env_tenant(env: Mapping[str, str], upstream: UpstreamSettings, overrides: Overrides) -> tuple[Tenant, ...]:
+    """$CLAWVM_API_KEYS, when config.yaml lists no tenants: the "default" tenant with those keys."""
+    raw = env.get(ENV_API_KEYS)
+    if raw is None or not raw.strip():
+        return ()
+    keys = [key.strip() for key in raw.split(",")]
+    for index, key in enumerate(keys):
+        if not key:
+            raise ConfigError(f"{ENV_API_KEYS}: key {index + 1} is empty (expected key1,key2,... without blanks)")
+        if any(c.isspace() or not c.isprintable() for c in key):
+            raise ConfigError(f"{ENV_API_KEYS}: key {index + 1} contains whitespace or control characters")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{ENV_API_KEYS}: a key is listed twice")
+    open_tenant = _open_tenant(upstream, overrides)
+    return (replace(open_tenant, api_keys=tuple(keys)),)
 
 
 def _open_tenant(upstream: UpstreamSettings, overrides: Overrides) -> Tenant:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -454,12 +455,28 @@ def bars(result: CompareResult, budget: int) -> Json:
     if ours is None:
         return {}
     judged: Json = {"median_over_direct_us": ours.like_for_like_median_us, "median_bar_us": MEDIAN_BAR_US}
-    judged["median_bar_met"] = ours.like_for_like_median_us <= MEDIAN_BAR_US
+    errors = _measurement_errors(ours)
+    judged["median_bar_met"] = not errors and ours.like_for_like_median_us <= MEDIAN_BAR_US
     if litellm is not None:
         limit = round(litellm.like_for_like_median_us * LITELLM_SHARE_BAR, 1)
+        errors += _measurement_errors(litellm)
         judged["litellm_bar_us"] = limit
-        judged["litellm_bar_met"] = ours.like_for_like_median_us <= limit
+        judged["litellm_bar_met"] = not errors and ours.like_for_like_median_us <= limit
+    if errors:
+        judged["measurement_errors"] = errors
     return judged
+
+
+def _measurement_errors(row: PeerFigures) -> list[str]:
+    """Why `row`'s like-for-like median is no measurement: no request answered, or an added
+    median that is not a positive finite time (a median of no samples is 0.0; a negative added
+    time is impossible). A bar judged from such a figure is not met."""
+    if row.requests - row.errors <= 0:
+        return [f"{row.peer}: nothing measured ({row.requests} requests, {row.errors} errors)"]
+    median = row.like_for_like_median_us
+    if not math.isfinite(median) or median <= 0:
+        return [f"{row.peer}: like-for-like added median {median} µs is impossible"]
+    return []
 
 
 def format_compare(result: CompareResult) -> list[str]:
@@ -532,6 +549,7 @@ def _bar_lines(result: CompareResult, budget: int) -> list[str]:
             f"  bar: at most a quarter of LiteLLM proxy's ({judged['litellm_bar_us']:.0f} µs): "
             f"{'met' if judged['litellm_bar_met'] else 'MISSED'}"
         )
+    lines += [f"  measurement error: {error}" for error in judged.get("measurement_errors", [])]
     if not judged["median_bar_met"] or not judged.get("litellm_bar_met", True):
         lines.append("  why: " + _why(result, budget, ours))
     return lines

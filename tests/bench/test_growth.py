@@ -38,6 +38,14 @@ def test_ratios_compare_the_last_mark_with_the_first() -> None:
     assert report.to_json()["http"][1]["added_median_us"] == 1200.0
 
 
+@pytest.mark.parametrize(("first", "last"), [(0.0, 1200.0), (-5.0, 1200.0), (400.0, -2799.0)])
+def test_a_ratio_over_an_impossible_time_is_none_not_a_low_ratio(first: float, last: float) -> None:
+    policy = (GrowthPoint(10, 20, first, (first,)), GrowthPoint(100, 200, last, (last,)))
+    report = GrowthReport(4000, (10, 100), 1, policy, (_http(10, first), _http(100, last)), 0)
+    assert report.ratios() == {"policy": None, "added_latency": None}
+    assert GrowthReport(4000, (), 1, (), (), 0).ratios() == {"policy": None, "added_latency": None}
+
+
 def test_run_growth_measures_real_servers(counter) -> None:
     parts: list[str] = []
     report = run_growth(counter, (3, 6), window=1, repeats=1, progress=parts.append)

@@ -127,3 +127,85 @@ def test_percentile_is_nearest_rank_and_errors_are_named() -> None:
     assert error_kind(500, '{"error": {"message": "fake upstream injected failure 500"}}') == "http_500_injected"
     relayed = '{"error": {"message": "the upstream answered 500", "code": "fake_upstream_injected"}}'
     assert error_kind(500, relayed) == "http_500_injected"  # the gateway relays a 5xx's code, not its message
+
+
+# ---------------------------------------------------------------- verdicts only from the numbers
+
+
+def _load(**changes: Any) -> dict[str, Any]:
+    """The load figures of a run that held, with `changes`."""
+    gateway = {"requests": 40, "ok": 40, "degraded": 0, "errors": {}, "events_per_stream": 20.0}
+    gateway |= {"ttfb_p50_ms": 5.0, "ttfb_p99_ms": 9.0, "total_p50_ms": 30.0, "total_p99_ms": 40.0}
+    figures = {
+        "sessions": 5,
+        "control_sessions": 1,
+        "seconds": 3.0,
+        "requests": 40,
+        "ok": 40,
+        "errors": 0,
+        "requests_per_s": 13.3,
+        "gateway": gateway,
+        "direct": {**gateway, "requests": 8, "ok": 8},
+        "added": {"ttfb_p50_ms": 1.0, "ttfb_p99_ms": 2.0, "total_p50_ms": 1.0, "total_p99_ms": 2.0},
+        "gateway_rss_mib": {"start": 100.0, "peak": 110.0, "end": 105.0},
+        "redis_bytes_per_session": 2048,
+        "gateway_alive": True,
+        "answered_turns_not_stored": 0,
+    }
+    return figures | changes
+
+
+def _phase(**changes: Any) -> dict[str, Any]:
+    """A fault phase that passed, with `changes`."""
+    data = {"pages_before": 100, "pages_after": 150, "lost": 0, "changed": 0, "answered_turns_not_stored": 0}
+    phase = {"phase": "redis_kill", "sessions": 5, "requests": 60, "ok": 60, "errors": {}, "gateway_alive": True}
+    return phase | {"all_sessions_progressed_after_s": 0.5, "data": data} | changes
+
+
+def _fuzz(**changes: Any) -> dict[str, Any]:
+    data = {"pages_before": 10, "pages_after": 20, "lost": 0, "changed": 0, "answered_turns_not_stored": 0}
+    phase = {"phase": "bad_inputs", "probes": 300, "server_errors": 0, "transport_errors": 0, "sessions": 2}
+    phase |= {"strategies": "bench.fuzz", "edge_cases": [], "edge_cases_not_200": [], "structural": {"problems": 0}}
+    return phase | {"gateway_alive": True, "data": data} | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"errors": 3, "gateway": {**_load()["gateway"], "errors": {"http_503": 3}}}, "3 errors (http_503 3)"),
+        ({"answered_turns_not_stored": 2}, "2 answered turns not stored"),
+        ({"gateway_alive": False}, "the gateway was not alive at the end"),
+        ({"requests": 0, "ok": 0}, "nothing measured (0 requests, 0 whole)"),
+        ({"direct": {**_load()["direct"], "ok": 0}}, "no control request measured"),
+        ({"errors": None}, "None errors"),
+    ],
+)
+def test_a_load_that_did_not_hold_is_not_said_to_have_held(changes: dict[str, Any], said: str) -> None:
+    suite = {"load": _load(**changes), "chaos": {}}
+    assert not passed(suite)
+    line = headlines(suite)[0]
+    assert line.startswith("Load NOT held (") and said in line and not line.startswith("Load held")
+
+
+@pytest.mark.parametrize(
+    "phase",
+    [
+        _phase(all_sessions_progressed_after_s=None),  # the sessions never resumed after the fault
+        _phase(requests=0, ok=0),
+        _phase(gateway_alive=False),
+        _phase(data={"pages_before": 0, "pages_after": 0, "lost": 0, "changed": 0}),
+        _phase(data={}),
+    ],
+)
+def test_a_fault_phase_that_did_not_hold_or_measured_nothing_fails(phase: dict[str, Any]) -> None:
+    assert not passed({"load": _load(), "chaos": {"redis_kill": phase}})
+
+
+def test_fuzzing_that_sent_no_probe_fails() -> None:
+    assert passed({"chaos": {"bad_inputs": _fuzz()}})
+    assert not passed({"chaos": {"bad_inputs": _fuzz(probes=0)}})
+
+
+def test_a_run_that_measured_nothing_fails() -> None:
+    assert not passed({"command": "python -m bench load --no-load"})
+    assert not passed({"load": {}, "chaos": {}})

@@ -295,3 +295,109 @@ def test_write_report_writes_markdown_and_four_pngs(tmp_path: Path) -> None:
         png = (tmp_path / "out" / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 1000
         assert f"]({name})" in path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- impossible figures are measurement errors
+
+GROWTH_ADDED = "added latency follows new content (turn 1000 over turn 10 < 2.0x)"
+GROWTH_POLICY = "policy time follows new content (turn 1000 over turn 10 < 2.0x)"
+ADDED = "added latency median < 1000 µs (static)"
+POLICY = "policy time median < 50 µs at 4000"
+
+
+def _measurement_error(data: dict[str, Json], name: str) -> str:
+    """The bar's measurement error; it must be one, and not met."""
+    bar = {b.name: b for b in bars(data)}[name]
+    assert not bar.met, bar
+    assert bar.error, bar
+    return bar.error
+
+
+def test_a_negative_added_latency_makes_the_growth_ratio_a_measurement_error() -> None:
+    data = sections()
+    data["growth"]["http"][1]["added_median_us"] = -2799.0  # turn 1000's measured figure
+    assert "added median at turn 1000 is -2799.0 µs" in _measurement_error(data, GROWTH_ADDED)
+    text = render(data, "python -m bench eval")
+    assert f"**{GROWTH_ADDED}**: measurement error" in text
+    assert "1 not measured (measurement errors, not met)" in text and GROWTH_ADDED + " (" not in text
+
+
+@pytest.mark.parametrize("first", [0.0, -10.0, float("nan"), None])
+def test_a_growth_ratio_over_an_impossible_first_mark_is_a_measurement_error(first: float | None) -> None:
+    data = sections()
+    data["growth"]["http"][0]["added_median_us"] = first
+    data["growth"]["policy"][0]["median_us"] = first
+    assert "at turn 10" in _measurement_error(data, GROWTH_ADDED)
+    assert "at turn 10" in _measurement_error(data, GROWTH_POLICY)
+
+
+def test_a_growth_mark_without_samples_is_a_measurement_error() -> None:
+    data = sections()
+    data["growth"]["http"][1]["samples"] = 0
+    assert "samples at turn 1000" in _measurement_error(data, GROWTH_ADDED)
+
+
+@pytest.mark.parametrize("added", [-50.0, float("nan"), None])
+def test_an_impossible_added_latency_median_is_a_measurement_error(added: float | None) -> None:
+    data = sections()
+    data["latency"]["series"][0]["added_median_us"] = added
+    assert "added median" in _measurement_error(data, ADDED)
+
+
+def test_an_added_latency_from_no_requests_is_a_measurement_error() -> None:
+    data = sections()
+    data["latency"]["series"][0]["direct_us"] = []
+    assert "nothing measured (requests 0)" in _measurement_error(data, ADDED)
+
+
+@pytest.mark.parametrize(("count", "median"), [(0, 40.0), (9, -1.0), (9, 0.0), (9, float("nan"))])
+def test_an_impossible_policy_time_is_a_measurement_error(count: int, median: float) -> None:
+    data = sections()
+    data["policy"]["budgets"][0]["total"].update(count=count, median_us=median)
+    assert _measurement_error(data, POLICY)
+
+
+def test_a_trace_replay_of_no_requests_is_a_measurement_error() -> None:
+    data = sections()
+    data["traces"]["rows"][1]["requests"] = 0
+    assert "requests 0" in _measurement_error(data, "real traces at 4000: valid, within budget, no faults")
+
+
+def test_a_synthetic_sweep_of_no_rows_is_a_measurement_error() -> None:
+    data = sections()
+    data["synthetic"]["table4"][0].update(rows=0, rows_at_oracle=0)
+    assert "rows 0" in _measurement_error(data, "synthetic: ClawVM zero faults, at the oracle on every row")
+
+
+def test_a_lifecycle_injector_with_no_boundaries_is_a_measurement_error() -> None:
+    data = sections()
+    data["lifecycle"]["injectors"]["reset"].update(boundaries=0, ok=0)
+    assert "reset boundaries 0" in _measurement_error(data, "lifecycle: every boundary clean")
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        (lambda st: st["starvation"].update(probes=[]), "starvation reported, never hidden"),
+        (lambda st: st["churn"]["tally"].update(turns=0), "churn: no overruns, no faults"),
+        (lambda st: st["cascade"].update(resets=0), "cascade resets: no flush misses or bootstrap faults"),
+        (lambda st: st["planted"].update(planted=0), "planted rules never retained"),
+        (lambda st: st["long_session"]["tally"].update(turns=0), "long session: no failures or overruns"),
+    ],
+)
+def test_a_stress_check_that_measured_nothing_is_a_measurement_error(where: Any, name: str) -> None:
+    data = sections()
+    where(data["stress"])
+    assert "nothing measured" in _measurement_error(data, name)
+
+
+def test_latency_medians_over_failed_requests_are_a_measurement_error() -> None:
+    data = sections()
+    data["latency"]["series"][0]["failures"] = 4
+    assert "4 requests failed" in _measurement_error(data, ADDED)
+    data["growth"]["failures"] = 2
+    assert "2 non-200 answers" in _measurement_error(data, GROWTH_ADDED)
+
+
+def test_measured_bars_carry_no_error() -> None:
+    assert not [b for b in bars(sections()) if b.error]

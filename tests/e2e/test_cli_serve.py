@@ -105,14 +105,15 @@ def wait_healthy(served: Served, port: int) -> None:
 
 
 @contextmanager
-def clawvm_serve(upstream: str, cwd: Path, *args: str) -> Iterator[Served]:
+def clawvm_serve(upstream: str, cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
     port = free_port()
     log = cwd / f"clawvm-{port}.log"
     command = [*clawvm(), "serve", "--upstream", upstream, "--port", str(port), "--log-level", "info", *args]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            command, cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
-        )
+            command, cwd=cwd, env={**clean_env(), **(env or {})}, stdin=subprocess.DEVNULL, stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     served = Served(process, f"http://127.0.0.1:{port}/v1", log)
     spawned: list[int] = []
     try:
@@ -217,3 +218,47 @@ def test_a_bad_config_file_exits_2_naming_the_key(tmp_path: Path, config: str, n
     err = done.stderr.decode()
     assert "clawvm: invalid configuration" in err and needle in err
     assert not (tmp_path / ".clawvm-data").exists()
+
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_CONFIG = "/etc/clawvm/config.yaml"  # where the Dockerfile copies the repo's config.yaml
+
+
+def image_command() -> list[str]:
+    """The Dockerfile's ENTRYPOINT + CMD, with the shipped config.yaml at its path in this checkout."""
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    entrypoint = json.loads(next(line for line in lines if line.startswith("ENTRYPOINT "))[len("ENTRYPOINT ") :])
+    cmd = json.loads(next(line for line in lines if line.startswith("CMD "))[len("CMD ") :])
+    assert entrypoint[:2] == ["clawvm", "serve"] and IMAGE_CONFIG in entrypoint
+    argv = [str(REPO / "config.yaml") if arg == IMAGE_CONFIG else arg for arg in entrypoint[2:] + cmd]
+    return [*clawvm(), "serve", *argv]
+
+
+def test_the_image_command_refuses_to_start_open(tmp_path: Path) -> None:
+    command = [*image_command(), "--port", str(free_port())]
+    assert "0.0.0.0" in command  # the image binds every interface
+    done = subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, timeout=START_TIMEOUT_S)
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert "clawvm: invalid configuration: server.host: '0.0.0.0' is not a loopback address" in err
+    assert "--allow-unauthenticated" in err and "server.allow_unauthenticated: true" in err
+    assert "CLAWVM_API_KEYS" in err and "tenants:" in err
+    assert not (tmp_path / ".clawvm-data").exists()  # nothing started: no store, no socket
+
+
+def test_the_image_command_with_api_keys_refuses_unauthenticated_requests(
+    tmp_path: Path, fake_upstream: Running
+) -> None:
+    env = {"CLAWVM_API_KEYS": "sk-tenant-one,sk-tenant-two", "CLAWVM_UPSTREAM_BASE_URL": fake_upstream.url}
+    with clawvm_serve(fake_upstream.url, tmp_path, *image_command()[len(clawvm()) + 1 :], env=env) as served:
+        body = {"model": "gpt-4o", "messages": FIRST}
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"x-api-key": "sk-tenant-"}):
+            refused = httpx.post(f"{served.url}/chat/completions", json=body, headers=headers, timeout=30)
+            assert refused.status_code == 401, (headers, refused.text)
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{served.url}/models", timeout=30).status_code == 401  # relayed routes too
+        assert fake_upstream.fake.requests == []
+        with openai.OpenAI(base_url=served.url, api_key="sk-tenant-two", max_retries=0, timeout=30) as client:
+            answer = client.chat.completions.create(model="gpt-4o", messages=FIRST)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "ok"
+        assert served.terminate() in (0, -signal.SIGTERM), served.output()

@@ -92,6 +92,34 @@ def test_no_config_is_an_open_local_setup(served: list[tuple[Settings, str]]) ->
     assert settings.store.embedded and settings.store.data_dir == Path(".clawvm-data")
 
 
+def test_an_open_gateway_on_all_interfaces_exits_2_naming_the_ways_out(
+    tmp_path: Path, served: list[tuple[Settings, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
+    assert cli.main(["serve", "--config", str(write(tmp_path, "tenants: {}\n")), "--host", "::"]) == 2
+    for err in capsys.readouterr().err.splitlines():
+        assert err.startswith("clawvm: invalid configuration: server.host: ")
+        assert "--allow-unauthenticated" in err and "server.allow_unauthenticated: true" in err
+        assert "tenants:" in err and "CLAWVM_API_KEYS" in err
+    assert not served
+
+
+def test_allow_unauthenticated_flag_serves_open_on_all_interfaces(served: list[tuple[Settings, str]]) -> None:
+    assert cli.parser().parse_args(["serve"]).allow_unauthenticated is False
+    assert cli.main(["serve", "--host", "0.0.0.0", "--allow-unauthenticated"]) == 0
+    [(settings, _)] = served
+    assert settings.open and settings.server.host == "0.0.0.0" and settings.server.allow_unauthenticated
+
+
+def test_clawvm_api_keys_turn_authentication_on(
+    monkeypatch: pytest.MonkeyPatch, served: list[tuple[Settings, str]]
+) -> None:
+    monkeypatch.setenv("CLAWVM_API_KEYS", "sk-from-env")
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 0
+    [(settings, _)] = served
+    assert not settings.open and settings.tenants[0].api_keys == ("sk-from-env",)
+
+
 def test_main_prepares_offline_tokenizers(served: list[tuple[Settings, str]]) -> None:
     cli.main(["serve"])
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"

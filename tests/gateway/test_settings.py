@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from gateway.settings import (
     Overrides,
     Settings,
     StoreSettings,
+    is_loopback_host,
     load_settings,
 )
 from policies.pages import Fidelity, PageType, Pin, Scope
@@ -197,6 +199,97 @@ def test_good_tenant_name(tmp_path: Path) -> None:
 def test_empty_tenants_section_is_open(tmp_path: Path) -> None:
     assert load(tmp_path, "tenants: {}\n").open
     assert load(tmp_path, "tenants:\n").open
+
+
+# ---------------------------------------------------------------- no tenants on an exposed host
+
+EXPOSED_HOSTS = ["0.0.0.0", "::", "10.1.2.3", "192.168.0.7", "2001:db8::1", "gateway.example.com", "localhost.evil.com"]
+LOOPBACK_HOSTS = ["127.0.0.1", "127.3.2.1", "::1", "localhost", "LocalHost", "::ffff:127.0.0.1"]
+
+
+def assert_names_the_ways_out(message: str) -> None:
+    assert "server.allow_unauthenticated: true" in message and "--allow-unauthenticated" in message
+    assert "tenants:" in message and "api_keys" in message and "CLAWVM_API_KEYS" in message
+
+
+@pytest.mark.parametrize("host", EXPOSED_HOSTS)
+def test_an_open_gateway_on_a_non_loopback_host_is_refused(tmp_path: Path, host: str) -> None:
+    message = error(tmp_path, "server:\n  port: 4000\n", host=host)
+    assert message.startswith(f"server.host: {host!r} is not a loopback address and no tenants are configured")
+    assert_names_the_ways_out(message)
+    assert_names_the_ways_out(error(tmp_path, f"server:\n  host: {json.dumps(host)}\n"))  # from the file too
+
+
+@pytest.mark.parametrize("tenants", ["tenants: {}\n", "tenants:\n"])
+def test_an_empty_tenants_section_on_a_non_loopback_host_is_refused(tmp_path: Path, tenants: str) -> None:
+    assert_names_the_ways_out(error(tmp_path, tenants, host="0.0.0.0"))
+
+
+def test_the_repo_config_on_all_interfaces_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(REPO_CONFIG, {}, Overrides(host="0.0.0.0"))
+    assert_names_the_ways_out(str(caught.value))
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_an_open_gateway_on_loopback_stays_open(tmp_path: Path, host: str) -> None:
+    assert load(tmp_path, "tenants: {}\n", host=host).open
+    assert load_settings(None, {}, Overrides(host=host)).open
+
+
+def test_loopback_hosts_are_only_loopback_addresses_and_localhost() -> None:
+    assert all(is_loopback_host(h) for h in LOOPBACK_HOSTS)
+    assert not any(is_loopback_host(h) for h in [*EXPOSED_HOSTS, "", "0", "127.1", "::ffff:10.0.0.1"])
+
+
+def test_allow_unauthenticated_serves_open_on_any_host(tmp_path: Path) -> None:
+    by_key = load(tmp_path, "server:\n  allow_unauthenticated: true\n", host="0.0.0.0")
+    by_flag = load(tmp_path, "server:\n  allow_unauthenticated: false\n", host="0.0.0.0", allow_unauthenticated=True)
+    by_env = load(tmp_path, "server:\n  allow_unauthenticated: ${OPEN}\n", {"OPEN": "yes"}, host="::")
+    for settings in (by_key, by_flag, by_env):
+        assert settings.open and settings.server.allow_unauthenticated
+    assert not load_settings(None, {}).server.allow_unauthenticated
+
+
+def test_allow_unauthenticated_must_be_a_boolean(tmp_path: Path) -> None:
+    message = error(tmp_path, "server:\n  allow_unauthenticated: 1\n")
+    assert message == "server.allow_unauthenticated: expected true or false, got 1"
+
+
+def test_tenants_on_a_non_loopback_host_need_no_permission(tmp_path: Path) -> None:
+    settings = load(tmp_path, ACME, host="0.0.0.0")
+    assert not settings.open and settings.server.host == "0.0.0.0"
+
+
+def test_clawvm_api_keys_give_the_default_tenant_its_keys(tmp_path: Path) -> None:
+    settings = load_settings(REPO_CONFIG, {"CLAWVM_API_KEYS": " sk-one , sk-two"}, Overrides(host="0.0.0.0"))
+    assert not settings.open
+    [tenant] = settings.tenants
+    assert (tenant.name, tenant.api_keys) == ("default", ("sk-one", "sk-two"))
+    assert load_settings(None, {"CLAWVM_API_KEYS": "sk-one"}, Overrides(budget=900)).tenants[0].policy.budget == Budget(
+        max_prompt_tokens=900
+    )
+    assert load_settings(None, {"CLAWVM_API_KEYS": "  "}).open  # blank counts as unset
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("sk-one,,sk-two", "CLAWVM_API_KEYS: key 2 is empty"),
+        ("sk-one,", "CLAWVM_API_KEYS: key 2 is empty"),
+        ("sk-one,sk-one", "CLAWVM_API_KEYS: a key is listed twice"),
+        ("sk one", "CLAWVM_API_KEYS: key 1 contains whitespace or control characters"),
+    ],
+)
+def test_bad_clawvm_api_keys_are_refused_without_echoing_them(tmp_path: Path, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"CLAWVM_API_KEYS": value})
+    assert str(caught.value).startswith(expected) and "sk-one" not in str(caught.value)
+
+
+def test_clawvm_api_keys_beside_a_tenants_section_is_an_error(tmp_path: Path) -> None:
+    message = error(tmp_path, ACME, {"CLAWVM_API_KEYS": "sk-env"})
+    assert message.startswith("CLAWVM_API_KEYS: set, but config.yaml lists tenants") and "sk-env" not in message
 
 
 # ---------------------------------------------------------------- validation messages
@@ -550,7 +643,7 @@ def test_tenant_api_base_beats_the_flag(tmp_path: Path) -> None:
 
 
 def test_overrides_host_port_store(tmp_path: Path) -> None:
-    text = "server: {host: 0.0.0.0, port: 5000}\nstore: {url: 'redis://config:6379/0', data_dir: /var/x}\n"
+    text = ACME + "server: {host: 0.0.0.0, port: 5000}\nstore: {url: 'redis://config:6379/0', data_dir: /var/x}\n"
     settings = load(tmp_path, text, host="10.0.0.1", port=5001, store="rediss://flag:1/2")
     assert (settings.server.host, settings.server.port) == ("10.0.0.1", 5001)
     assert settings.store == StoreSettings("rediss://flag:1/2", Path("/var/x"))

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from bench.peers.compare import (
+    CompareResult,
     Exchange,
     Judge,
     Tally,
@@ -152,6 +153,35 @@ def test_figures_summarise_a_tally() -> None:
         1.0,
     )
     assert row.overhead_header_median_us is None
+
+
+def _result(ours: Tally, litellm: Tally) -> CompareResult:
+    rows = (figures("clawvm", 4000, ours), figures("litellm", 4000, litellm))
+    return CompareResult(("t",), 4, (4000,), ("clawvm", "litellm"), rows, {})
+
+
+MEASURED = Tally(requests=3, added_ns=[300_000] * 3, single_added_ns=[300_000] * 3)
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        Tally(requests=0),  # nothing measured: the median of no samples is 0.0
+        Tally(requests=3, errors=3),
+        Tally(requests=3, added_ns=[-2_799_000] * 3, single_added_ns=[-2_799_000] * 3),  # a negative added time
+    ],
+)
+def test_latency_bars_from_no_or_impossible_measurements_are_not_met(ours: Tally) -> None:
+    assert bars(_result(MEASURED, Tally(requests=3, single_added_ns=[4_000_000])), 4000)["median_bar_met"]
+    judged = bars(_result(ours, Tally(requests=3, single_added_ns=[4_000_000])), 4000)
+    assert not judged["median_bar_met"] and not judged["litellm_bar_met"]
+    assert judged["measurement_errors"][0].startswith("clawvm: ")
+    assert "measurement error: clawvm" in "\n".join(format_compare(_result(ours, MEASURED)))
+
+
+def test_the_litellm_bar_against_an_unmeasured_litellm_is_not_met() -> None:
+    judged = bars(_result(MEASURED, Tally(requests=0)), 4000)
+    assert not judged["litellm_bar_met"] and judged["measurement_errors"][0].startswith("litellm: ")
 
 
 @pytest.fixture(scope="module")
