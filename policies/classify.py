@@ -27,7 +27,9 @@ tenant rule may still match it, and it is an intent only when it is a request ("
 please add 3 checked bags?"). Fragments under three words are skipped (except an identity fact:
 a bare e-mail address). A rule or preference is cut to 400 characters (the cut ends with "…");
 an intent is never cut: it is kept whole up to MAX_INTENT_CHARS, and a longer run of text
-without a sentence break is pasted material, not a sentence someone typed, and is skipped.
+without a sentence break is pasted material, not a sentence someone typed, and is skipped; so
+is every sentence of a user message over MAX_TYPED_CHARS (a harness's instructions, a pasted
+demonstration or log: no person typed it, and its rules are still found).
 A tenant rule with an invalid pattern raises `re.error`; the settings loader is expected to
 compile rules once at start-up to reject them early.
 """
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 MAX_FACT_CHARS = 400
 MAX_INTENT_CHARS = 1000
+MAX_TYPED_CHARS = 4000  # a longer user message is pasted or generated (a harness's template, a log)
 MIN_FACT_WORDS = 3
 FACT_ROLES = frozenset({"system", "developer", "user"})
 INTENT_ROLES = frozenset({"user"})
@@ -158,11 +161,12 @@ def extract_facts(
     if message.role not in FACT_ROLES or not message.text:
         return ()
     compiled = _compile(rules, message.role)
+    typed = message.role in INTENT_ROLES and len(message.text) <= MAX_TYPED_CHARS
     facts: dict[Fact, None] = {}
     for sentence in sentences(message.text):
-        page_type = _sentence_type(sentence, message.role, compiled)
+        page_type = _sentence_type(sentence, message.role, compiled, typed=typed)
         if page_type is PageType.INTENT:
-            if len(sentence) <= MAX_INTENT_CHARS:
+            if len(sentence) <= MAX_INTENT_CHARS:  # kept whole, or not at all
                 facts[Fact(page_type, sentence)] = None
         elif page_type is not None:
             facts[Fact(page_type, _cap(sentence, max_chars))] = None
@@ -174,9 +178,12 @@ def _compile(rules: tuple[ClassifierRule, ...], role: str) -> tuple[tuple[re.Pat
     return tuple((re.compile(r.pattern, re.IGNORECASE), r.type) for r in wanted)
 
 
-def _sentence_type(sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...]) -> PageType | None:
+def _sentence_type(
+    sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...], *, typed: bool = False
+) -> PageType | None:
+    """`typed`: the sentence is from a message a person typed (user text, not pasted at length)."""
     if len(sentence.split()) < MIN_FACT_WORDS:
-        return PageType.INTENT if role in INTENT_ROLES and intent_kind(sentence) == "identity" else None
+        return PageType.INTENT if typed and intent_kind(sentence) == "identity" else None
     for pattern, page_type in compiled:
         if pattern.search(sentence):
             return page_type
@@ -185,7 +192,7 @@ def _sentence_type(sentence: str, role: str, compiled: tuple[tuple[re.Pattern[st
             return None
         sentence = unquoted(sentence)
     builtin = None if sentence.endswith("?") else builtin_type(sentence, role)
-    if builtin is None and role in INTENT_ROLES and intent_kind(sentence) is not None:
+    if builtin is None and typed and len(sentence) <= MAX_INTENT_CHARS and intent_kind(sentence):
         return PageType.INTENT
     return builtin
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.intent import LABELS, load_labels, score
-from policies.classify import MAX_INTENT_CHARS, extract_facts
+from policies.classify import MAX_INTENT_CHARS, MAX_TYPED_CHARS, extract_facts
 from policies.intent import identity_key, intent_kind
 from policies.pages import PageType
 from policies.transcript import Message
@@ -210,3 +210,10 @@ def test_precision_and_recall_on_the_labelled_set_stay_above_their_floors() -> N
     assert heldout.sentences >= 80
     assert heldout.precision >= HELDOUT_PRECISION_FLOOR, heldout.false_alarms
     assert heldout.recall >= HELDOUT_RECALL_FLOOR, heldout.misses
+
+
+def test_a_user_message_too_long_to_be_typed_yields_rules_but_no_intents() -> None:
+    template = "You must keep every answer short. Cancel #W4836353 and #W7342738. " + "Some pasted log line. " * 200
+    assert len(template) > MAX_TYPED_CHARS
+    assert [t for t, _ in user_facts(template)] == [PageType.CONSTRAINT]
+    assert (N, "Cancel #W4836353 and #W7342738.") in user_facts(template[:MAX_TYPED_CHARS])

@@ -196,7 +196,7 @@ def test_the_users_intents_are_restated_whole_in_the_retained_state_after_a_comp
     assert output.index(retained) == len(output) - 2  # just before the newest turn
 
 
-BACKGROUND = " ".join(f"The old jacket number {i} lasted many winters in the mountains." for i in range(40))
+BACKGROUND = " ".join(f"The old jacket number {i} lasted many winters in the mountains." for i in range(28))
 
 
 def test_an_intent_stays_in_every_later_prompt_whole_when_its_message_is_paged_out() -> None:
