@@ -45,9 +45,7 @@ FALSE_FRIENDS: tuple[str, ...] = (
     rf"\bI{_A}?m\s+not\s+sure\b|\bI\s+am\s+not\s+sure\b|\bnot\s+sure\s+(?:if|whether|about|which|what)\b",
     rf"\bI(?:{_A}d|\s+would)\s+(?:like|love|want)\s+to\s+(?:know|understand|ask|hear|learn|see\s+(?:why|how|what|if))\b",
     r"\bI\s+(?:want|need|wish)\s+to\s+(?:know|understand|ask)\b",
-    r"\bno\s+(?:problem|worries|thanks|idea|doubt|wonder|rush|matter)\b|\bno,\s+that{_A}?s\s+(?:all|it)\b".replace(
-        "{_A}", _A
-    ),
+    rf"\bno\s+(?:problem|worries|thanks|idea|doubt|wonder|rush|matter)\b|\bno,\s+that{_A}?s\s+(?:all|it)\b",
     r"\bI\s+(?:wonder|guess|suppose|suspect|feel\s+like|was\s+wondering)\b",
     rf"\blet{_A}?s\s+(?:see|hope|wait\s+and\s+see)\b|\bI\s+wanted\s+to\s+(?:say|thank|ask|mention|let\s+you\s+know)\b",
     r"\bnot\s+(?:really|sure|bad|much|quite|exactly)\b",
@@ -159,9 +157,7 @@ REQUESTS: tuple[str, ...] = (
     r"|if|whether|how)\b|see\b|describe\b|confirm\s+(?:which|what|if)\b|give\s+me\s+(?:a|an|the)\s+(?:summary|overview)"
     r"|say\b|show\s+me\s+(?:what|how|which)\b|do\s+that\b|do\s+it\b|be\b|recommend\b|suggest\b|think\b|know\b)"
     r"[a-z]+\b",
-    r"\bwould\s+you\s+mind\b|\bhow\s+about\s+(?:(?:we|you)\s+\w+|\w+ing)\b|\bwhy\s+don{_A}?t\s+(?:you|we)\b".replace(
-        "{_A}", _A
-    ),
+    rf"\bwould\s+you\s+mind\b|\bhow\s+about\s+(?:(?:we|you)\s+\w+|\w+ing)\b|\bwhy\s+don{_A}?t\s+(?:you|we)\b",
 )
 
 # A sentence that opens (after a greeting or a discourse word) with one of these verbs is an order.
