@@ -1,6 +1,8 @@
 """`python -m bench [policy|latency|recall|all]`: print the figures the README quotes.
 `python -m bench eval [--quick]`: run every evaluation and write bench/results/report.md (bench.eval).
 `python -m bench load [--quick]`: the load and chaos suite, writes bench/results/load.md (bench.load).
+`python -m bench intent [--verbose]`: the user-intent classifier's precision and recall on its
+labelled set (bench.intent); `--verbose` lists the misses and false alarms.
 
 policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
 latency  the latency the gateway adds over calling the fake upstream directly (bench.latency);
@@ -52,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.load import main as run_load_suite
 
         return run_load_suite(given[1:])
+    if given[:1] == ["intent"]:
+        from bench.intent import main as run_intent
+
+        return run_intent(given[1:])
     args = parser().parse_args(given)
     prepare_offline(os.environ)
     directory = args.traces or traces_dir(os.environ)

@@ -6,7 +6,7 @@ compaction, a pruning or a reset. From then on it keeps sending its rewritten hi
 the trace's new messages, as the real agent would. On the first request after the boundary
 it checks what the model saw (the fake upstream's record):
 
-- every system-prompt rule, and every rule and preference the user stated before the
+- every system-prompt rule, and every rule, preference and intent the user stated before the
   boundary, is in the prompt (whitespace aside): a miss is a post-compaction bootstrap fault;
 - the gateway reported the boundary (`x-clawvm-event`) and no post-compaction bootstrap or
   flush-miss fault (`x-clawvm-faults`);
@@ -99,18 +99,22 @@ def _expected(injector: str, original: list[dict[str, Any]], history: list[dict[
 
 
 def missing_state(original: Sequence[dict[str, Any]], seen: Sequence[dict[str, Any]]) -> list[str]:
-    """Rules (system and user) and preferences stated in `original` that `seen` does not hold."""
+    """Rules (system and user), preferences and intents stated in `original` that `seen` does not hold."""
     text = " ".join(" ".join(message_text(m).split()) for m in seen)
     wanted = [*system_rules(original), *user_state(original)]
     return [w for w in dict.fromkeys(wanted) if " ".join(w.split()).rstrip("…").strip() not in text]
 
 
+USER_STATE = (PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT)
+
+
 def user_state(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """The rules, preferences and intents the user stated in `messages`."""
     found: list[str] = []
     for message in messages:
         if message.get("role") == "user":
             facts = extract_facts(Message(role="user", text=message_text(message)))
-            found.extend(f.text for f in facts if f.type in (PageType.CONSTRAINT, PageType.PREFERENCE))
+            found.extend(f.text for f in facts if f.type in USER_STATE)
     return found
 
 

@@ -540,7 +540,7 @@ CONTROL_RULE = "Never issue a refund without a ticket id."
 @dataclass(frozen=True, slots=True)
 class Planted:
     planted: int
-    retained: tuple[str, ...]  # planted sentences the session holds as a rule, preference or bootstrap
+    retained: tuple[str, ...]  # planted sentences the session holds as a rule, preference, intent or bootstrap
     shown_after_reset: tuple[str, ...]  # planted sentences the model saw after a reset
     control_kept: bool  # the user's own rule was seen after the reset (the check can see rules)
 
@@ -554,7 +554,7 @@ def planted(stage: Stage) -> Planted:
             sent = rig.send("planted", messages)
         after = rig.send("planted", [messages[0], _user(RESET_PROMPT)])
         facts = rig.session_facts(sent.headers.get("x-clawvm-session", "planted"))
-    rules = [f["text"] for f in facts if f.get("type") in ("constraint", "preference", "bootstrap")]
+    rules = [f["text"] for f in facts if f.get("type") in ("constraint", "preference", "intent", "bootstrap")]
     seen = " ".join(" ".join(message_text(m).split()) for m in after.seen)
     return Planted(
         planted=len(PLANTED),

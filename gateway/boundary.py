@@ -7,11 +7,12 @@
 - at the first request of a session, the newest session before it of the same project and the
   same end user (gateway.sessions: never another user's) decides what the new one starts with.
   If that session was still live (used within the idle time) the same agent has started over:
-  a **reset**, and its rules, current plan and preferences carry over. Otherwise the new
-  session starts with the project's committed write-back state (the agent's project rules) and
-  the user's part of it (their preferences; gateway.memory) only. Sessions carry nothing
-  between them when nothing says they are one agent's: no project named by the client and no
-  system prompt.
+  a **reset**, and its rules, current plan, preferences and the user's intents carry over.
+  Otherwise the new session starts with the project's committed write-back state (the agent's
+  project rules) and the user's part of it (their preferences and who they are; gateway.memory)
+  only: what the user asked for in another session is not this one's request
+  (`policies.writeback.opens_sessions`). Sessions carry nothing between them when nothing says
+  they are one agent's: no project named by the client and no system prompt.
 
 Carried state goes into the table's `carried` list (policies.pagetable), which the assembly
 keeps in the retained-state block until the transcript states it again.
@@ -32,8 +33,11 @@ from policies.lifecycle import Boundary, Event, detect
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, known_prefix
 from policies.transcript import Message
+from policies.writeback import opens_sessions
 
-CARRIED_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.PLAN, PageType.BOOTSTRAP})
+CARRIED_TYPES = frozenset(
+    {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.PLAN, PageType.BOOTSTRAP}
+)
 
 
 @dataclass(slots=True)
@@ -109,13 +113,13 @@ async def _start(
 async def _project_pages(sessions: SessionState, journal: WritebackJournal, table: PageTable, scope: str) -> list[Page]:
     """The pages of a project scope's committed memory (validated write-back), oldest first."""
     memory = await journal.load(table.tenant, scope)
-    ids = [entry.page_id for _, entry in sorted(memory.entries.items())]
+    ids = [entry.page_id for _, entry in sorted(memory.entries.items()) if opens_sessions(entry)]
     pages = await sessions.store.get_pages(table.tenant, scope, ids)
     return [pages[i] for i in ids if i in pages and pages[i].type in CARRIED_TYPES]
 
 
 def _live_state(table: PageTable) -> list[Page]:
-    """A session's rules, preferences and current plan, stated or carried."""
+    """A session's rules, preferences, intents and current plan, stated or carried."""
     pages = table.pages
     facts = [f for p in table.order for f in table.facts.get(p, ())]
     plans = [p for p in table.order if pages[p].type is PageType.PLAN]

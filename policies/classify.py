@@ -5,7 +5,7 @@ bootstrap, a tool result is evidence (or, when a plan tool such as TodoWrite ech
 checklist, the plan), an assistant message holding a plan is a plan, and everything else is
 conversation.
 
-`extract_facts` finds the rule and preference sentences inside instruction and user text.
+`extract_facts` finds the rule, preference and intent sentences inside instruction and user text.
 Text is cut into units (paragraphs with wrapped lines joined, bullet and numbered items,
 `key: value` lines; fenced code and markdown headings are skipped), units into sentences.
 
@@ -17,11 +17,21 @@ Precedence inside one sentence (the first that applies wins):
   2. in user text, preference cues before constraint cues: "please always use tabs" is what
      this user likes, a preference (project scope, soft pin), not a session rule;
   3. in system/developer text, constraint cues before preference cues: operator wording such
-     as "you should use X instead of Y" is a rule.
-A question ("should we ...?") is not a rule: it yields no built-in fact, though a tenant rule
-may still match it. Fragments under three words are skipped, and a fact is cut to 400
-characters (the cut ends with "…"). A tenant rule with an invalid pattern raises `re.error`;
-the settings loader is expected to compile rules once at start-up to reject them early.
+     as "you should use X instead of Y" is a rule;
+  4. in user text only, a sentence with neither cue that states what the person wants, forbids,
+     excepts or orders, who they are, or the details of their request is an intent
+     (`policies.intent`: "before anything else I'd like the docs brought up to date", "the
+     blue one, size M, no express shipping", "my e-mail is ...").
+A question ("should we ...?") is not a rule: it yields no built-in rule or preference, though a
+tenant rule may still match it, and it is an intent only when it is a request ("could you
+please add 3 checked bags?"). Fragments under three words are skipped (except an identity fact:
+a bare e-mail address). A rule or preference is cut to 400 characters (the cut ends with "…");
+an intent is never cut: it is kept whole up to MAX_INTENT_CHARS, and a longer run of text
+without a sentence break is pasted material, not a sentence someone typed, and is skipped; so
+is every sentence of a user message over MAX_TYPED_CHARS (a harness's instructions, a pasted
+demonstration or log: no person typed it, and its rules are still found).
+A tenant rule with an invalid pattern raises `re.error`; the settings loader is expected to
+compile rules once at start-up to reject them early.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from policies.intent import intent_kind, is_quoted, unquoted
 from policies.pages import PageType
 from policies.transcript import Message, ToolCall
 
@@ -38,9 +49,12 @@ if TYPE_CHECKING:
     from policies.tenant import ClassifierRule
 
 MAX_FACT_CHARS = 400
+MAX_INTENT_CHARS = 1000
+MAX_TYPED_CHARS = 4000  # a longer user message is pasted or generated (a harness's template, a log)
 MIN_FACT_WORDS = 3
 FACT_ROLES = frozenset({"system", "developer", "user"})
-FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE})
+INTENT_ROLES = frozenset({"user"})
+FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT})
 PLAN_TOOLS = frozenset({"todowrite", "updatetodos", "updateplan", "writetodos"})
 
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
@@ -85,7 +99,7 @@ MIN_PLAN_STEPS = 3
 
 @dataclass(frozen=True, slots=True)
 class Fact:
-    type: PageType  # CONSTRAINT or PREFERENCE
+    type: PageType  # CONSTRAINT, PREFERENCE or INTENT
     text: str  # the sentence, whitespace-normalised, as it stands in the source
 
 
@@ -140,16 +154,21 @@ def _has_step_list(text: str) -> bool:
 def extract_facts(
     message: Message, rules: tuple[ClassifierRule, ...] = (), *, max_chars: int | None = MAX_FACT_CHARS
 ) -> tuple[Fact, ...]:
-    """Rule and preference sentences of a system, developer or user message, in source order.
+    """Rule, preference and intent sentences of a system, developer or user message, in source
+    order. Intents come from user messages only, whole (see the module doc).
 
     `max_chars=None` keeps long sentences whole (the bootstrap's structured view uses that)."""
     if message.role not in FACT_ROLES or not message.text:
         return ()
     compiled = _compile(rules, message.role)
+    typed = message.role in INTENT_ROLES and len(message.text) <= MAX_TYPED_CHARS
     facts: dict[Fact, None] = {}
     for sentence in sentences(message.text):
-        page_type = _sentence_type(sentence, message.role, compiled)
-        if page_type is not None:
+        page_type = _sentence_type(sentence, message.role, compiled, typed=typed)
+        if page_type is PageType.INTENT:
+            if len(sentence) <= MAX_INTENT_CHARS:  # kept whole, or not at all
+                facts[Fact(page_type, sentence)] = None
+        elif page_type is not None:
             facts[Fact(page_type, _cap(sentence, max_chars))] = None
     return tuple(facts)
 
@@ -159,15 +178,23 @@ def _compile(rules: tuple[ClassifierRule, ...], role: str) -> tuple[tuple[re.Pat
     return tuple((re.compile(r.pattern, re.IGNORECASE), r.type) for r in wanted)
 
 
-def _sentence_type(sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...]) -> PageType | None:
+def _sentence_type(
+    sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...], *, typed: bool = False
+) -> PageType | None:
+    """`typed`: the sentence is from a message a person typed (user text, not pasted at length)."""
     if len(sentence.split()) < MIN_FACT_WORDS:
-        return None
+        return PageType.INTENT if typed and intent_kind(sentence) == "identity" else None
     for pattern, page_type in compiled:
         if pattern.search(sentence):
             return page_type
-    if sentence.endswith("?"):
-        return None
-    return builtin_type(sentence, role)
+    if role in INTENT_ROLES:  # a person's words, not the ones they quote or paste
+        if is_quoted(sentence):
+            return None
+        sentence = unquoted(sentence)
+    builtin = None if sentence.endswith("?") else builtin_type(sentence, role)
+    if builtin is None and typed and len(sentence) <= MAX_INTENT_CHARS and intent_kind(sentence):
+        return PageType.INTENT
+    return builtin
 
 
 def builtin_type(sentence: str, role: str) -> PageType | None:

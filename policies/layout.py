@@ -6,7 +6,7 @@ none of them pinned hard, is *collapsible*: a run of neighbouring collapsible bl
 as one span stub listing the page ids, which costs far less than a stub per message and keeps
 tool-call pairing valid (whole groups go or stay). A stub lists its newest SPAN_LISTED pages
 and names the older ones as one range (`p:first..p:last`) that the recall tool expands, so a
-stub's cost is bounded however long the session grows. Extracted facts (constraints, preferences)
+stub's cost is bounded however long the session grows. Extracted facts (constraints, preferences, intents)
 cost nothing while a parent that holds them is resident at a level that contains them;
 otherwise they are listed in one retained-state message before the newest turn. State carried
 across a compaction or reset (facts, the current plan, a dropped system prompt) is listed there
@@ -138,8 +138,8 @@ def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:
 
 
 def retained_level(page: Page) -> Fidelity:
-    """The level a page takes in the retained-state block: a rule or preference whole (it is one
-    sentence: a pointer to it would not state it), a plan as `plan_floor` says, anything else (a
+    """The level a page takes in the retained-state block: a rule, preference or intent whole (it
+    is one sentence: a pointer to it would not state it), a plan as `plan_floor` says, anything else (a
     system prompt) at its floor."""
     if page.extracted:
         return Fidelity.FULL

@@ -1,7 +1,7 @@
 """What one turn's forwarded prompt must hold, and what it does hold (the fault observer's facts).
 
 `required_state` names the pages that must survive every boundary, each with its floor: the
-system prompt (bootstrap), the rules and preferences stated anywhere in the session (in the
+system prompt (bootstrap), the rules, preferences and intents stated anywhere in the session (in the
 transcript or carried across a compaction or reset) and the current plan.
 
 `shown_in_text` checks the forwarded prompt itself for the state no message of the transcript
@@ -24,7 +24,7 @@ from policies.pagetable import PageTable
 from policies.render import stated
 from policies.transcript import Message
 
-STATE_TYPES = frozenset({PageType.BOOTSTRAP, PageType.CONSTRAINT, PageType.PREFERENCE, PageType.PLAN})
+STATE_TYPES = frozenset({PageType.BOOTSTRAP, PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.PLAN})
 
 
 def required_state(table: PageTable) -> dict[str, Fidelity]:

@@ -1,7 +1,7 @@
 """Typed pages: the unit of residency.
 
 A page is one message of the transcript (bootstrap, evidence, conversation, plan) or a
-fact extracted from one (constraint, preference). Each carries four representations,
+fact extracted from one (constraint, preference, intent). Each carries four representations,
 built once at ingest, and the metadata the selector needs: pin class, floor, scope,
 provenance, utility and recompute cost. Pages are immutable values; a change makes a new
 version with `dataclasses.replace`.
@@ -20,6 +20,7 @@ class PageType(StrEnum):
     CONSTRAINT = "constraint"
     PLAN = "plan"
     PREFERENCE = "preference"
+    INTENT = "intent"
     EVIDENCE = "evidence"
     CONVERSATION = "conversation"
 
@@ -113,7 +114,7 @@ class Page:
 
     @property
     def extracted(self) -> bool:
-        """True for a page taken out of another page's text (constraint, preference)."""
+        """True for a page taken out of another page's text (constraint, preference, intent)."""
         return self.provenance.parent_id is not None
 
     def tokens(self, level: Fidelity) -> int:

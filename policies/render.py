@@ -19,7 +19,8 @@ SPAN_HEADER = (
 )
 RANGE_LINE = "{first}..{last} ({n} older pages: pass this range as a page id, with a query to search them)"
 RETAINED_HEADER = (
-    "[clawvm retained state: rules, preferences and plan stated earlier in this conversation; they still apply]"
+    "[clawvm retained state: rules, preferences, what the user asked for and plan stated earlier in this"
+    " conversation; they still apply]"
 )
 
 

@@ -35,6 +35,7 @@ from policies.pages import PageType, Representation, Reprs
 from policies.tokens import TokenCounter, tool_calls_tokens
 from policies.transcript import Message, ToolCall
 
+FACT_LABELS = {PageType.PREFERENCE: "preference", PageType.INTENT: "user said"}  # else "rule"
 COMPRESS_FROM = 200  # tokens; shorter texts stay whole at compressed
 CALL_ARGS_LIMIT = 300  # characters of tool-call arguments kept at compressed
 SCALAR_LIMIT = 40  # characters of one argument value kept at structured and pointer
@@ -138,11 +139,12 @@ def represent_fact(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> Reprs:
-    """A constraint or preference page: `rule: <sentence>` / `preference: <sentence>` at full,
-    compressed and structured alike (one sentence has nothing to compress); the pointer is the
-    id and the label with the sentence's first words, when that is shorter. `parent_id` and
-    `recall_tool` are accepted for symmetry with `represent`; a fact's text is its own recall."""
-    label = "preference" if page_type is PageType.PREFERENCE else "rule"
+    """A constraint, preference or intent page: `rule: <sentence>`, `preference: <sentence>` or
+    `user said: <sentence>` at full, compressed and structured alike (one sentence has nothing
+    to compress); the pointer is the id and the label with the sentence's first words, when that
+    is shorter. `parent_id` and `recall_tool` are accepted for symmetry with `represent`; a
+    fact's text is its own recall."""
+    label = FACT_LABELS.get(page_type, "rule")
     full = _rep(f"{label}: {fact_text}", (), counter)
     pointer = _fact_pointer(page_id, label, fact_text, counter, full.tokens)
     return _monotone(full, full, full, pointer)

@@ -26,6 +26,7 @@ DEFAULT_TYPES: Mapping[PageType, TypePolicy] = MappingProxyType(
         PageType.CONSTRAINT: TypePolicy(Fidelity.STRUCTURED, Pin.HARD, 7.0, Scope.SESSION),
         PageType.PLAN: TypePolicy(Fidelity.STRUCTURED, Pin.HARD, 6.0, Scope.SESSION),
         PageType.PREFERENCE: TypePolicy(Fidelity.POINTER, Pin.SOFT, 5.0, Scope.PROJECT),
+        PageType.INTENT: TypePolicy(Fidelity.STRUCTURED, Pin.HARD, 6.0, Scope.PROJECT),
         PageType.EVIDENCE: TypePolicy(Fidelity.POINTER, Pin.SOFT, 5.0, Scope.SESSION),
         PageType.CONVERSATION: TypePolicy(Fidelity.POINTER, Pin.NONE, 3.0, Scope.SESSION),
     }

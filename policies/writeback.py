@@ -12,6 +12,10 @@ Staging, page by page:
                      (see SUBJECTS: "call me ..." is `pref:name`, tabs/spaces `pref:indentation`,
                      single/double quotes `pref:quotes`), else the fact id. The subject table is
                      small on purpose: a wrong merge would silently drop a preference;
+  intent fact     -> an identity fact ("my e-mail is ...") MERGE, slot = `intent:<key>` (the key
+                     `policies.intent.identity_key` names: `intent:email`, `intent:name` ...), so
+                     the user's latest word on who they are wins; any other intent APPEND, slot =
+                     the fact id: what the user asked for accumulates, like rules;
   plan page       -> SET on `plan`, base_version = the committed plan's version; only the
                      turn's newest plan is staged (it supersedes the others);
   evidence page   -> APPEND, slot = the page id, value = `<page id> sha256:<digest of its text>`
@@ -23,8 +27,8 @@ Staging, page by page:
 
 Validation runs five checks in order; the first failure is the reason (see `Reason`).
 
-Merge rules: a plan SET supersedes (the old value goes to history); constraints are
-append-only; a preference MERGE is last writer wins with history (within one batch only the
+Merge rules: a plan SET supersedes (the old value goes to history); constraints and intents
+are append-only; a preference or identity MERGE is last writer wins with history (within one batch only the
 last accepted MERGE of a slot is written, so a replayed batch changes nothing); evidence is
 immutable (the same reference again is a no-op); a file SET replaces (history kept) and a file
 APPEND adds text the slot does not hold yet. Writing a slot's committed value again is a no-op.
@@ -48,6 +52,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from policies.classify import is_plan_call
+from policies.intent import identity_key
 from policies.pages import Page, PageType, Scope
 from policies.pagetable import PAGE_ID, PageTable
 from policies.transcript import ROLES, ToolCall
@@ -59,6 +64,7 @@ FIELDS = frozenset({"body"})
 PLAN_SLOT = "plan"
 FILE_PREFIX = "file:"
 SUBJECT_PREFIX = "pref:"
+IDENTITY_PREFIX = "intent:"
 DEFAULT_MEMORY_FILE = "MEMORY.md"
 FILE_KIND = "file"
 INSTRUCTING_ROLES = frozenset({"system", "developer", "user"})
@@ -86,10 +92,11 @@ SUBJECTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("quotes", re.compile(r"\b(?:single|double)[ -]quot(?:es|ed)\b", re.IGNORECASE)),
 )
 _SUBJECT_SLOT = re.compile(r"pref:[a-z0-9_-]{1,64}")
+_IDENTITY_SLOT = re.compile(r"intent:[a-z0-9_-]{1,64}")
 _PATH = re.compile(r"[^\x00-\x1f\x7f]+")
 _FILE_NAME = re.compile(r"\S+\.[A-Za-z0-9]{1,8}")  # a memory tool's own target: one word with a suffix
 _WORD = re.compile(r"[A-Za-z_]{1,32}")
-_LABEL = re.compile(r"^(?:rule|preference): ")
+_LABEL = re.compile(r"^(?:rule|preference|user said): ")
 
 
 class Op(StrEnum):
@@ -112,20 +119,21 @@ OPS: Mapping[str, frozenset[Op]] = {
     str(PageType.EVIDENCE): frozenset({Op.APPEND}),
     str(PageType.CONSTRAINT): frozenset({Op.APPEND, Op.REMOVE}),
     str(PageType.PREFERENCE): frozenset({Op.MERGE, Op.APPEND, Op.REMOVE}),
+    str(PageType.INTENT): frozenset({Op.MERGE, Op.APPEND, Op.REMOVE}),
     str(PageType.PLAN): frozenset({Op.SET}),
     str(PageType.BOOTSTRAP): frozenset({Op.SET, Op.APPEND}),
     FILE_KIND: frozenset({Op.SET, Op.APPEND}),
 }
-FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE})
-TOOL_DENIED = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.BOOTSTRAP})
-ASSISTANT_DENIED = frozenset({PageType.CONSTRAINT, PageType.BOOTSTRAP})
+FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT})
+TOOL_DENIED = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.BOOTSTRAP})
+ASSISTANT_DENIED = frozenset({PageType.CONSTRAINT, PageType.INTENT, PageType.BOOTSTRAP})
 
 
 @dataclass(frozen=True, slots=True)
 class Update:
     """One staged change to one slot."""
 
-    slot: str  # "plan", a fact page id, `pref:<subject>`, an evidence page id, "file:<path>"
+    slot: str  # "plan", a fact page id, `pref:<subject>`, `intent:<key>`, an evidence page id, "file:<path>"
     page_id: str  # the page the value comes from
     page_type: PageType
     field: str  # "body" (the text)
@@ -222,6 +230,9 @@ def _fact_update(table: PageTable, page: Page) -> Update:
     text = page.reprs.full.text
     if page.type is PageType.CONSTRAINT:
         return _update(page, page.id, Op.APPEND, text, carrier_id, role=role)
+    if page.type is PageType.INTENT:
+        slot = intent_slot(page.id, text)
+        return _update(page, slot, Op.APPEND if slot == page.id else Op.MERGE, text, carrier_id, role=role)
     return _update(page, preference_slot(page.id, text), Op.MERGE, text, carrier_id, role=role)
 
 
@@ -244,6 +255,19 @@ def preference_slot(fact_id: str, text: str) -> str:
     sentence = _LABEL.sub("", text)
     subject = next((name for name, pattern in SUBJECTS if pattern.search(sentence)), None)
     return fact_id if subject is None else SUBJECT_PREFIX + subject
+
+
+def intent_slot(fact_id: str, text: str) -> str:
+    """`intent:<key>` for an identity fact (`intent:email`, `intent:name` ...), else the fact id."""
+    key = identity_key(_LABEL.sub("", text))
+    return fact_id if key is None else IDENTITY_PREFIX + key
+
+
+def opens_sessions(entry: Entry) -> bool:
+    """Whether a committed entry seeds a new session of its scope: everything but an intent
+    that is not about who the user is (a request belongs to the session that made it; a reset
+    carries the live session's intents, not this)."""
+    return entry.page_type is not PageType.INTENT or entry.slot.startswith(IDENTITY_PREFIX)
 
 
 def plan_text(page: Page) -> str:
@@ -387,6 +411,8 @@ def _slot_ok(update: Update, kind: str) -> bool:
     if kind == PageType.PLAN:
         return slot == PLAN_SLOT
     if kind == PageType.PREFERENCE and _SUBJECT_SLOT.fullmatch(slot):
+        return True
+    if kind == PageType.INTENT and _IDENTITY_SLOT.fullmatch(slot):
         return True
     return slot == update.page_id and PAGE_ID.fullmatch(slot) is not None
 

@@ -37,3 +37,4 @@ def test_a_new_session_of_the_same_agent_carries_the_users_rules(start_gateway) 
         assert answer.headers["x-clawvm-event"] == "reset"
         seen = " ".join(m["content"] for m in fake.requests[-1].body["messages"])
         assert "Never push to main." in seen and "I prefer small commits." in seen
+        assert "user said: Fix the parser." in seen  # what the user asked for carries too

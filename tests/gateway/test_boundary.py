@@ -129,11 +129,18 @@ async def test_a_new_session_after_a_live_one_is_a_reset_carrying_its_state(edge
     assert crossing.boundary.harness == "session" and f"a-{tenant}" in crossing.boundary.evidence
     assert [e for e, _ in lifecycle(crossing)] == ["reset"]
     carried = table.carried
-    assert types_of(table, carried) == [PageType.CONSTRAINT, PageType.CONSTRAINT, PageType.PLAN, PageType.PREFERENCE]
+    assert types_of(table, carried) == [
+        PageType.CONSTRAINT,
+        PageType.CONSTRAINT,
+        PageType.INTENT,
+        PageType.PLAN,
+        PageType.PREFERENCE,
+    ]
     assert texts_of(table, carried) == {
         f"rule: {RULE}",
         f"rule: {SYSTEM_RULE}",
         "preference: I prefer small commits.",
+        "user said: Fix the parser bug.",
         PLAN,
     }
     assert [p.id for p in crossing.seeded] == carried  # none of them was in the new table
@@ -144,7 +151,12 @@ async def test_carried_state_the_new_transcript_states_again_is_no_longer_carrie
     await predecessor(edge, tenant)
     table = PageTable(tenant, f"b-{tenant}", PROJECT)
     await edge.request(table, restart(), T0 + 100)  # its system prompt states the project rule
-    assert texts_of(table, table.carried) == {f"rule: {RULE}", "preference: I prefer small commits.", PLAN}
+    assert texts_of(table, table.carried) == {
+        f"rule: {RULE}",
+        "preference: I prefer small commits.",
+        "user said: Fix the parser bug.",
+        PLAN,
+    }
 
 
 async def test_a_new_session_after_an_idle_one_starts_with_project_memory_only(edge: Edge, tenant: str) -> None:
@@ -155,6 +167,21 @@ async def test_a_new_session_after_an_idle_one_starts_with_project_memory_only(e
     assert [e for e, _ in lifecycle(crossing)] == ["start"]
     assert texts_of(table, table.carried) == {f"rule: {SYSTEM_RULE}", "preference: I prefer small commits."}
     assert {table.pages[p].scope for p in table.carried} == {Scope.PROJECT}  # session rules and plans ended
+
+
+async def test_a_reset_carries_the_users_intents_a_fresh_session_only_who_the_user_is(edge: Edge, tenant: str) -> None:
+    request = "Before anything else I'd like the docs brought up to date."
+    identity = "My name is Pat Lee and my e-mail is pat@example.com."
+    wire = [*session_wire(), {"role": "user", "content": f"{request} {identity}"}]
+    await edge.request(PageTable(tenant, f"a-{tenant}", PROJECT), wire, T0)
+    reset = PageTable(tenant, f"b-{tenant}", PROJECT)
+    assert (await edge.cross(reset, restart(), T0 + 100)).event is Event.RESET
+    assert {f"user said: {request}", f"user said: {identity}"} <= texts_of(reset, reset.carried)
+    fresh = PageTable(tenant, f"c-{tenant}", PROJECT)
+    assert (await edge.cross(fresh, restart(), T0 + 100 + IDLE + 1)).event is Event.START
+    carried = texts_of(fresh, fresh.carried)
+    assert f"user said: {identity}" in carried  # who the user is outlives the session
+    assert f"user said: {request}" not in carried and "user said: Fix the parser bug." not in carried
 
 
 async def test_the_carried_state_survives_the_commit(edge: Edge, tenant: str) -> None:
@@ -191,7 +218,7 @@ async def test_a_named_project_carries_even_without_a_system_prompt(edge: Edge, 
     second = PageTable(tenant, f"b-{tenant}", PROJECT)
     crossing = await edge.request(second, [{"role": "user", "content": "Start again."}], T0 + 5)
     assert crossing.event is Event.RESET
-    assert texts_of(second, second.carried) == {f"rule: {RULE}"}
+    assert texts_of(second, second.carried) == {f"rule: {RULE}", "user said: Fix the bug."}
 
 
 async def test_a_store_failure_at_the_start_is_a_start_without_carried_state(tenant: str) -> None:

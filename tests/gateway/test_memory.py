@@ -60,13 +60,13 @@ async def test_write_back_commits_facts_plan_and_evidence_each_in_its_scope(
 ) -> None:
     table = new_table(tenant)
     report = await service.write_back(table, turn(table, opening()))
-    assert report.staged == 5 and report.rejected == {}
-    assert len(report.committed) == 5
+    assert report.staged == 6 and report.rejected == {}
+    assert len(report.committed) == 6
     session = await service.journal.load(tenant, session_scope("s1"))
     project = await service.journal.load(tenant, project_scope(PROJECT))
     assert session.version == project.version == 1
     assert sorted(str(e.page_type) for e in session.entries.values()) == ["constraint", "evidence", "plan"]
-    assert sorted(str(e.page_type) for e in project.entries.values()) == ["constraint", "preference"]
+    assert sorted(str(e.page_type) for e in project.entries.values()) == ["constraint", "intent", "preference"]
     assert session.entries[PLAN_SLOT].value == PLAN
     assert {e.scope for e in project.entries.values()} == {Scope.PROJECT}
     records = await service.journal.read(tenant, session_scope("s1"))
@@ -99,7 +99,7 @@ async def test_project_pages_are_stored_in_project_scope(
     table = new_table(tenant)
     await service.write_back(table, turn(table, opening()))
     project_facts = {p for p, page in table.pages.items() if page.extracted and page.scope is Scope.PROJECT}
-    assert {table.pages[p].type for p in project_facts} == {PageType.CONSTRAINT, PageType.PREFERENCE}
+    assert {table.pages[p].type for p in project_facts} == {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT}
     stored = await store.get_pages(tenant, project_scope(PROJECT), sorted(table.pages))
     assert set(stored) == project_facts
     assert all(stored[p] == table.pages[p] for p in project_facts)

@@ -152,6 +152,17 @@ def test_tenant_policy_is_built(tmp_path: Path) -> None:
     assert policy.rules[1].roles == ClassifierRule("x", PageType.PLAN).roles
 
 
+def test_the_intent_page_type_is_configurable_and_defaults_to_a_pinned_user_page(tmp_path: Path) -> None:
+    default = DEFAULT_TYPES[PageType.INTENT]
+    assert (default.floor, default.pin, default.scope) == (Fidelity.STRUCTURED, Pin.HARD, Scope.PROJECT)
+    text = ACME + "    pages: {intent: {scope: session, base_utility: 2}}\n"
+    text += "    rules:\n      - {pattern: 'size \\\\w+', type: intent, roles: [user]}\n"
+    (acme,) = load(tmp_path, text).tenants
+    intent = acme.policy.type_policy(PageType.INTENT)
+    assert (intent.scope, intent.base_utility, intent.pin) == (Scope.SESSION, 2.0, Pin.HARD)
+    assert acme.policy.rules == (ClassifierRule(r"size \\w+", PageType.INTENT, frozenset({"user"})),)
+
+
 def test_tenants_keep_config_order(tmp_path: Path) -> None:
     text = "tenants:\n  zed: {api_keys: [k1]}\n  alpha: {api_keys: [k2]}\n  mid: {api_keys: [k3]}\n"
     assert [t.name for t in load(tmp_path, text).tenants] == ["zed", "alpha", "mid"]
@@ -446,9 +457,13 @@ VALIDATION_CASES = [
         "tenants.acme.pages.preference.base_utility: expected a number in [0, inf), got -1",
     ),
     (
+        ACME + "    pages: {intent: {scope: global}}\n",
+        "tenants.acme.pages.intent.scope: expected one of session, project, got 'global'",
+    ),
+    (
         ACME + "    pages: {memo: {pin: hard}}\n",
         "unknown key tenants.acme.pages.memo "
-        "(expected one of: bootstrap, constraint, plan, preference, evidence, conversation)",
+        "(expected one of: bootstrap, constraint, plan, preference, intent, evidence, conversation)",
     ),
     (
         ACME + "    weights: {recency_decay: 0}\n",
@@ -465,7 +480,7 @@ VALIDATION_CASES = [
     (
         ACME + "    rules: [{pattern: x, type: memo}]\n",
         "tenants.acme.rules[0].type: "
-        "expected one of bootstrap, constraint, plan, preference, evidence, conversation, got 'memo'",
+        "expected one of bootstrap, constraint, plan, preference, intent, evidence, conversation, got 'memo'",
     ),
     (
         ACME + "    rules: [{pattern: x, type: plan, roles: [robot]}]\n",

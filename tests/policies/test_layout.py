@@ -196,7 +196,7 @@ def test_a_group_with_a_detailed_member_is_not_folded() -> None:
         },
     }
     request = [
-        {"role": "user", "content": "Fix the bug."},
+        {"role": "user", "content": "The bug is back."},
         {"role": "assistant", "content": None, "tool_calls": [todo]},
         {"role": "tool", "tool_call_id": "c1", "content": bulk_text(5, 3000)},
         {"role": "assistant", "content": "Working on it."},

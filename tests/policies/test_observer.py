@@ -52,7 +52,7 @@ def test_required_state_is_the_system_prompt_the_facts_and_the_plan_at_their_flo
     bootstrap, _, plan = table.order[:3]
     facts = list(table.facts[table.order[1]])
     assert list(required) == [bootstrap, *facts, plan]
-    assert {table.pages[p].type for p in facts} == {PageType.CONSTRAINT, PageType.PREFERENCE}
+    assert {table.pages[p].type for p in facts} == {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT}
     assert all(level is table.pages[p].floor for p, level in required.items())
     assert not {p for p in table.order if table.pages[p].type in (PageType.EVIDENCE, PageType.CONVERSATION)} & set(
         required
@@ -67,6 +67,7 @@ def test_required_state_after_a_compaction_holds_the_carried_pages() -> None:
         PageType.BOOTSTRAP,
         PageType.CONSTRAINT,
         PageType.PREFERENCE,
+        PageType.INTENT,
         PageType.PLAN,
     }
     assert of_type(table, required, PageType.BOOTSTRAP) == [table.order[0]]

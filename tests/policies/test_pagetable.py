@@ -119,7 +119,7 @@ def test_first_ingest_admits_every_message_and_its_facts() -> None:
     result = feed(table, [SYSTEM, {"role": "user", "content": "I prefer short answers. Fix the test."}])
     assert (result.kind, result.kept) == ("append", 0)
     types = sorted(p.type.value for p in result.new_pages)
-    assert types == ["bootstrap", "constraint", "conversation", "preference"]
+    assert types == ["bootstrap", "constraint", "conversation", "intent", "preference"]
     assert set(table.pages) == {p.id for p in result.new_pages}
     assert table.order == [p.id for p in result.new_pages if not p.extracted]
 
@@ -248,8 +248,8 @@ def test_tool_results_and_assistant_text_yield_no_facts() -> None:
     ]
     table = PageTable("t", "s", "p")
     result = feed(table, wire)
-    assert not any(p.extracted for p in result.new_pages)
-    assert all(facts == () for facts in table.facts.values())
+    assert all(table.pages[p.provenance.parent_id].provenance.role == "user" for p in result.new_pages if p.extracted)
+    assert all(facts == () for page_id, facts in table.facts.items() if table.pages[page_id].provenance.role != "user")
 
 
 # ---------------------------------------------------------------- provenance and cost
@@ -400,7 +400,7 @@ def after_compaction() -> list[Wire]:
     return [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": summary}]
 
 
-def test_a_compaction_carries_the_rules_preferences_and_plan_it_dropped() -> None:
+def test_a_compaction_carries_the_rules_preferences_intents_and_plan_it_dropped() -> None:
     table = PageTable("t", "s", "p")
     feed(table, working_session())
     facts = {table.pages[f].type for ids in table.facts.values() for f in ids}
@@ -408,7 +408,7 @@ def test_a_compaction_carries_the_rules_preferences_and_plan_it_dropped() -> Non
     result = feed(table, after_compaction())
     assert result.kind == "rewrite"
     carried = {table.pages[p].type for p in table.carried}
-    assert carried == {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.PLAN}
+    assert carried == {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.PLAN}
     assert not set(table.carried) & table.in_order
 
 

@@ -81,7 +81,7 @@ def test_the_retained_state_sits_just_before_the_newest_turn(session: Session) -
         facts = {  # whole: a pointer to a rule would not state it
             p.reprs.full.text
             for p in result.table.pages.values()
-            if p.type in (PageType.CONSTRAINT, PageType.PREFERENCE)
+            if p.type in (PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT)
         }
         lines = content_text(turn.output[retained[0]]).split("\n")[1:]
         assert lines and set(lines) <= facts
@@ -173,3 +173,48 @@ def test_span_stub_lists_ids_in_transcript_order_with_tool_origin() -> None:
     assert span_ids(output[0], table.order) == table.order[:4]
     assert stub[3] == f"{table.order[2]} grep(TODO)"
     assert stub[0].startswith("[clawvm: 4 earlier messages paged out")
+
+
+def test_the_users_intents_are_restated_whole_in_the_retained_state_after_a_compaction() -> None:
+    system = {"role": "system", "content": "You are a coding agent."}
+    wishes = [
+        "go on with the list, except the migration — I don't want that.",
+        "Before anything else I'd like the docs brought up to date.",
+        "My name is Pat Lee and my e-mail is pat@example.com.",
+    ]
+    table = PageTable("t", "s", "p")
+    plan(
+        [system, {"role": "user", "content": " ".join(wishes)}, {"role": "assistant", "content": "On it."}], 9000, table
+    )
+    summary = "This session is being continued from a previous conversation that ran out of context. Summary: docs."
+    after = [system, {"role": "user", "content": summary}, {"role": "assistant", "content": "Going on."}]
+    output = to_wire(plan([*after, {"role": "user", "content": "Next."}], 9000, table).messages)
+    (retained,) = [m for m in output if is_retained(m)]
+    lines = content_text(retained).split("\n")
+    assert "what the user asked for" in lines[0]
+    assert [f"user said: {wish}" for wish in wishes] == [line for line in lines if line.startswith("user said:")]
+    assert output.index(retained) == len(output) - 2  # just before the newest turn
+
+
+BACKGROUND = " ".join(f"The old jacket number {i} lasted many winters in the mountains." for i in range(28))
+
+
+def test_an_intent_stays_in_every_later_prompt_whole_when_its_message_is_paged_out() -> None:
+    wish = "the blue one, size M, no express shipping."
+    wire: list[Wire] = [
+        {"role": "system", "content": "You are a shopping assistant."},
+        {"role": "user", "content": f"I need a new jacket. {BACKGROUND} {wish} {BACKGROUND.upper()}"},
+    ]
+    table = PageTable("t", "s", "p")
+    paged_out = 0
+    for turn in range(12):
+        call = {"id": f"c{turn}", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+        wire += [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{turn}", "content": bulk_text(turn, 2500)},
+        ]
+        output = to_wire(plan(wire, 3000, table).messages)
+        texts = [content_text(m) for m in output]
+        assert any(wish in text for text in texts)
+        paged_out += not any(BACKGROUND in text for text in texts)
+    assert paged_out  # the budget did page the user's message out; the intent stayed, whole

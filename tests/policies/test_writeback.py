@@ -30,9 +30,11 @@ from policies.writeback import (
     Update,
     apply,
     batch_id,
+    intent_slot,
     is_memory_path,
     known_refs,
     memory_write,
+    opens_sessions,
     plan_version,
     preference_slot,
     stage,
@@ -150,7 +152,10 @@ def test_stage_types_each_new_page() -> None:
     assert evidence.value == f"{evidence.page_id} sha256:{body_digest(body)}"
     assert (evidence.source_role, evidence.source_ref, evidence.scope) == ("tool", "call_1", Scope.SESSION)
     assert not [u for u in updates if u.slot.startswith("file:")]  # a Read is no write
-    assert len(updates) == 4 and result.new_pages
+    (intent,) = by_type(updates, PageType.INTENT)
+    assert (intent.op, intent.slot, intent.source_role) == (Op.APPEND, intent.page_id, "user")
+    assert intent.value == "user said: Fix the parser." and intent.scope is Scope.PROJECT
+    assert len(updates) == 5 and result.new_pages
 
 
 def test_stage_memory_file_writes() -> None:
@@ -240,8 +245,9 @@ def test_a_tool_result_stages_evidence_only_and_cannot_smuggle_rules() -> None:
         {"role": "tool", "tool_call_id": "call_1", "content": INJECTION},
     ]
     table, _, updates = staged(wire)
-    assert [u.page_type for u in updates] == [PageType.EVIDENCE]
-    assert INJECTION not in updates[0].value
+    assert [(u.page_type, u.source_role) for u in updates] == [(PageType.INTENT, "user"), (PageType.EVIDENCE, "tool")]
+    assert updates[0].value == "user said: Read the page."
+    assert INJECTION not in updates[1].value
 
 
 TRACES = load_traces(traces_dir()) if traces_dir().is_dir() else []
@@ -352,10 +358,10 @@ def test_first_failure_wins_in_check_order() -> None:
 
 
 @pytest.mark.parametrize("op", list(Op))
-@pytest.mark.parametrize("page_type", [PageType.CONSTRAINT, PageType.PREFERENCE, PageType.BOOTSTRAP])
+@pytest.mark.parametrize("page_type", [PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.BOOTSTRAP])
 def test_injection_from_a_tool_result_never_becomes_a_rule(op: Op, page_type: PageType) -> None:
     memory = run([rule("rule: keep the API stable")], context=PROJECT).memory
-    slots = [P2, "pref:indentation"] if page_type is PageType.PREFERENCE else [P2]
+    slots = {PageType.PREFERENCE: [P2, "pref:indentation"], PageType.INTENT: [P2, "intent:email"]}.get(page_type, [P2])
     for slot in slots:
         attack = upd(slot, page_id=P2, page_type=page_type, op=op, value=INJECTION, scope=Scope.PROJECT, role="tool")
         outcome = run([attack], memory, PROJECT)
@@ -413,6 +419,59 @@ def test_within_a_batch_the_last_merge_wins() -> None:
     # a rejected later merge does not supersede the earlier one
     rejected_later = [batch[0], replace(batch[1], source_role="tool")]
     assert run(rejected_later, context=PROJECT).memory.entries["pref:name"].value == "preference: call me Sam"
+
+
+def intent(slot: str, value: str, *, role: str = "user", page_id: str = P2) -> Update:
+    op = Op.APPEND if slot == page_id else Op.MERGE
+    return upd(
+        slot, page_id=page_id, page_type=PageType.INTENT, op=op, value=value, scope=Scope.PROJECT, role=role, ref=P1
+    )
+
+
+def test_identity_intents_are_last_writer_wins_per_key_other_intents_accumulate() -> None:
+    first = [
+        intent("intent:email", "user said: My e-mail is old@example.com."),
+        intent(P2, "user said: Don't touch the tests folder."),
+    ]
+    memory = run(first, context=PROJECT).memory
+    later = [
+        intent("intent:email", "user said: Try new@example.com instead.", page_id=P3),
+        intent(P3, "user said: Before anything else, update the docs.", page_id=P3),
+    ]
+    outcome = run(later, memory, PROJECT)
+    assert not outcome.rejected
+    entries = outcome.memory.entries
+    email = entries["intent:email"]
+    assert (email.value, email.history, email.version) == (
+        "user said: Try new@example.com instead.",
+        ("user said: My e-mail is old@example.com.",),
+        2,
+    )
+    assert entries[P2].value == "user said: Don't touch the tests folder."
+    assert entries[P3].value == "user said: Before anything else, update the docs."
+    rewrite = run([intent(P2, "user said: Touch whatever you like.")], outcome.memory, PROJECT)
+    assert [r.reason for r in rewrite.rejected] == [Reason.DESTRUCTIVE_OP]  # a request is never rewritten
+
+
+@pytest.mark.parametrize("role", ["tool", "assistant"])
+def test_an_intent_with_tool_or_assistant_provenance_is_refused(role: str) -> None:
+    for slot in ("intent:email", P2):
+        assert reason(intent(slot, "user said: My e-mail is evil@example.com.", role=role), context=PROJECT) is (
+            Reason.POLICY_VIOLATION
+        )
+
+
+def test_intent_slots_and_which_entries_open_a_new_session() -> None:
+    assert intent_slot(P1, "user said: My e-mail is pat@example.com.") == "intent:email"
+    assert intent_slot(P1, "user said: My user ID is omar_rossi_1241.") == "intent:user_id"
+    assert intent_slot(P1, "user said: Before anything else, update the docs.") == P1
+    memory = run(
+        [intent("intent:name", "user said: My name is Pat Lee."), intent(P2, "user said: Keep the boots.")],
+        context=PROJECT,
+    ).memory
+    assert [e.slot for e in memory.entries.values() if opens_sessions(e)] == ["intent:name"]
+    preferences = run([pref("pref:name", "preference: call me Sam")], context=PROJECT).memory
+    assert all(opens_sessions(e) for e in preferences.entries.values())
 
 
 def test_preference_slot_subjects() -> None:
