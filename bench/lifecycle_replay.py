@@ -8,6 +8,8 @@ it checks what the model saw (the fake upstream's record):
 
 - every system-prompt rule, and every rule and preference the user stated before the
   boundary, is in the prompt (whitespace aside): a miss is a post-compaction bootstrap fault;
+- every sentence the user typed before it that `bench/data/intent_labels.tsv` labels as intent
+  is there (at least 80% of its content words, `bench.intent`): each miss is a fault;
 - the gateway reported the boundary (`x-clawvm-event`) and no post-compaction bootstrap or
   flush-miss fault (`x-clawvm-faults`);
 - the request is valid (tool pairing) and within budget.
@@ -24,6 +26,7 @@ import httpx
 from bench.checks import message_text, pairing_errors, system_rules
 from bench.fake_upstream import FakeUpstream
 from bench.harnesses import INJECTORS
+from bench.intent import Label, missing_intents
 from bench.traces import Trace
 from policies.classify import extract_facts
 from policies.pages import PageType
@@ -46,6 +49,7 @@ class BoundaryRecord:
     missing: tuple[str, ...]  # rules and preferences the model did not see
     pairing_errors: tuple[str, ...]
     expected: str  # the event the gateway should report
+    missing_intent: tuple[str, ...] = ()  # labelled intent sentences the model did not see
 
     @property
     def boundary_faults(self) -> list[str]:
@@ -55,12 +59,21 @@ class BoundaryRecord:
     @property
     def ok(self) -> bool:
         clean = self.status == 200 and not self.boundary_faults and not self.missing and not self.pairing_errors
+        clean = clean and not self.missing_intent
         return clean and self.event == self.expected
 
 
-def run(client: httpx.Client, url: str, fake: FakeUpstream, trace: Trace, injector: str) -> BoundaryRecord | None:
+def run(
+    client: httpx.Client,
+    url: str,
+    fake: FakeUpstream,
+    trace: Trace,
+    injector: str,
+    intent: Sequence[Label] = (),
+) -> BoundaryRecord | None:
     """Replay `trace` with `injector` applied a third of the way in; the record of the first
-    request after the boundary (None for a trace too short to hold one)."""
+    request after the boundary (None for a trace too short to hold one). `intent`: the trace's
+    labelled user sentences (`bench.intent`), checked in that request."""
     turns = list(trace.turns())
     at = len(turns) // 3
     if at < 2:
@@ -71,6 +84,7 @@ def run(client: httpx.Client, url: str, fake: FakeUpstream, trace: Trace, inject
     history = _inject(injector, turns[at - 1])
     after = history if injector == "reset" else [*history, *turns[at][len(turns[at - 1]) :]]
     expected = _expected(injector, turns[at - 1], history)
+    sent = len(turns[at - 1]) if injector == "reset" else len(turns[at])  # trace messages the agent sent
     before = len(fake.requests)
     response = _send(client, url, trace, session, after)
     seen = fake.requests[-1].body["messages"] if len(fake.requests) > before else []
@@ -84,6 +98,7 @@ def run(client: httpx.Client, url: str, fake: FakeUpstream, trace: Trace, inject
         missing=tuple(missing_state(turns[at - 1], seen)),
         pairing_errors=tuple(pairing_errors(seen)),
         expected=expected,
+        missing_intent=tuple(missing_intents(intent, sent, seen)),
     )
 
 

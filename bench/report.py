@@ -132,7 +132,8 @@ def traces_section(data: Json | None, policy: Json | None) -> list[str]:
     which = "every request" if turns >= EVERY_TURN else f"the first {turns} requests"
     lines += [
         f"{len(data.get('traces', []))} traces, {which} of each, through the gateway and the fake upstream "
-        "answering with the real next message.",
+        f"answering with the real next message and recalling as the {data.get('knowledge', 'honest')} model "
+        "(from what its prompt shows).",
         "",
     ]
     rows = [_trace_row(r) for r in ours]
@@ -150,7 +151,30 @@ def traces_section(data: Json | None, policy: Json | None) -> list[str]:
         f"added p99 {TIMING} µs",
     )
     lines += table(header, rows)
-    return lines + _policy_lines(policy)
+    return lines + _knowledge_lines(data) + _policy_lines(policy)
+
+
+def _knowledge_lines(data: Json) -> list[str]:
+    """Honest model against the perfect-knowledge upper bound, per budget, side by side."""
+    perfect = data.get("perfect_knowledge") or {}
+    bound = {r["budget"]: r for r in perfect.get("rows", []) if r.get("peer") == "clawvm"}
+    honest = [r for r in data.get("rows", []) if r.get("peer") == "clawvm"]
+    if not bound or not honest:
+        return []
+    lines = [
+        "The faults above are the honest model's: it recalls only from what its prompt shows (page ids, ranges, "
+        "search). Beside it, the upper bound of a model that knows the gateway's page ids (recall with perfect "
+        "knowledge), never a headline: the gap is what a real model loses. Each cell: honest / perfect knowledge.",
+        "",
+    ]
+    figures = (("faults", "faults"), *FAULT_KINDS, ("recalled", "recalled"))
+    rows = [
+        (r["budget"], *(f"{r.get(key, 0)} / {bound[r['budget']].get(key, 0)}" for _, key in figures))
+        for r in honest
+        if r["budget"] in bound
+    ]
+    header = ("budget (honest / perfect knowledge)", *(name for name, _ in figures))
+    return lines + table(header, rows) + [""]
 
 
 def _trace_row(r: Json) -> tuple[object, ...]:
@@ -191,10 +215,28 @@ def lifecycle_section(data: Json | None) -> list[str]:
         "",
     ]
     rows = [
-        (name, r["boundaries"], r["ok"], r["missing"], r["boundary_faults"], r["wrong_event"], r["invalid"])
+        (
+            name,
+            r["boundaries"],
+            r["ok"],
+            r["missing"],
+            r.get("missing_intent", 0),
+            r["boundary_faults"],
+            r["wrong_event"],
+            r["invalid"],
+        )
         for name, r in data.get("injectors", {}).items()
     ]
-    header = ("injector", "boundaries", "clean", "missing state", "boundary faults", "wrong event", "invalid")
+    header = (
+        "injector",
+        "boundaries",
+        "clean",
+        "missing state",
+        "missing intent",
+        "boundary faults",
+        "wrong event",
+        "invalid",
+    )
     return lines + table(header, rows)
 
 
@@ -440,9 +482,17 @@ def _trace_bars(s: Mapping[str, Json]) -> list[Bar]:
     return out
 
 
+FAULT_KINDS = (
+    ("rule", "rule_faults"),
+    ("plan", "plan_faults"),
+    ("intent", "intent_faults"),
+    ("evidence", "evidence_faults"),
+    ("empty or altered answer", "answer_faults"),
+)
+
+
 def _fault_kinds(r: Json) -> str:
-    kinds = (("rule", "rule_faults"), ("plan", "plan_faults"), ("evidence", "evidence_faults"))
-    return ", ".join(f"{name} {r.get(key, 0)}" for name, key in kinds)
+    return ", ".join(f"{name} {r.get(key, 0)}" for name, key in FAULT_KINDS)
 
 
 def _lifecycle_bars(s: Mapping[str, Json]) -> list[Bar]:

@@ -295,3 +295,25 @@ def test_write_report_writes_markdown_and_four_pngs(tmp_path: Path) -> None:
         png = (tmp_path / "out" / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 1000
         assert f"]({name})" in path.read_text(encoding="utf-8")
+
+
+def test_the_traces_table_sets_the_honest_model_beside_the_perfect_knowledge_bound() -> None:
+    data = sections()
+    honest = {**_peer("clawvm", 7, 1000, 300.0), "evidence_faults": 5, "intent_faults": 2, "recalled": 3}
+    bound = {**_peer("clawvm", 1, 1000, 300.0), "evidence_faults": 0, "intent_faults": 1, "recalled": 9}
+    data["traces"] = {**data["traces"], "rows": [honest], "perfect_knowledge": {"rows": [bound]}}
+    text = render(data, "python -m bench eval")
+    head = (
+        "| budget (honest / perfect knowledge) | faults | rule | plan | intent | evidence | empty or altered answer |"
+    )
+    assert head + " recalled |" in text
+    assert "| 4,000 | 7 / 1 | 0 / 0 | 0 / 0 | 2 / 1 | 5 / 0 | 0 / 0 | 3 / 9 |" in text
+    assert "- Real traces at 4,000 tokens: 4 requests, 0 invalid, 0 over budget, 7 faults" in text  # honest headline
+
+
+def test_the_lifecycle_table_counts_missing_intent() -> None:
+    data = sections()
+    data["lifecycle"]["injectors"]["reset"] = {**data["lifecycle"]["injectors"]["reset"], "missing_intent": 3, "ok": 1}
+    text = render(data, "python -m bench eval")
+    assert "| injector | boundaries | clean | missing state | missing intent |" in text
+    assert "| reset | 2 | 1 | 0 | 3 |" in text
