@@ -44,7 +44,7 @@ from bench.intent import intents, load_labels
 from bench.latency import REQUEST_TIMEOUT_S, interleave, latency_trace, start_servers, workloads
 from bench.lifecycle_replay import BoundaryRecord
 from bench.lifecycle_replay import run as run_boundary
-from bench.peers.model import PERFECT
+from bench.peers.model import HONEST, PERFECT, TraceModel
 from bench.report import write_report
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.app import create_app
@@ -162,19 +162,28 @@ def peers_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
 
 
 def lifecycle_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
-    """Every injector over every trace, on one gateway (budget LIFECYCLE_BUDGET) and embedded store."""
+    """Every injector over every trace, each request from the boundary to the trace's end checked,
+    with the honest fake model; then again with the perfect-knowledge one (the upper bound)."""
+    honest = lifecycle_rows(traces, HONEST, tick)
+    perfect = lifecycle_rows(traces, PERFECT, lambda _: None)
+    return {"budget": LIFECYCLE_BUDGET, "injectors": honest, "perfect_knowledge": perfect}
+
+
+def lifecycle_rows(traces: Sequence[Trace], knowledge: str, tick: Tick) -> Json:
+    """One gateway (budget LIFECYCLE_BUDGET) and embedded store; the fake model recalls with `knowledge`."""
     found: dict[str, list[BoundaryRecord]] = {}
     said = intents(load_labels())
-    fake = FakeUpstream()
+    model = TraceModel(knowledge)
+    fake = FakeUpstream(model)
     with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as data, EmbeddedRedis(Path(data)) as store:
         with serve(fake.app) as upstream:
             settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=LIFECYCLE_BUDGET))
             with serve(create_app(settings)) as url, httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
                 for name in INJECTORS:
-                    runs = (run_boundary(client, url, fake, t, name, said.get(t.name, [])) for t in traces)
+                    runs = (run_boundary(client, url, fake, t, name, said.get(t.name, []), model) for t in traces)
                     found[name] = [r for r in runs if r is not None]
                     tick(f"lifecycle: {name}")
-    return {"budget": LIFECYCLE_BUDGET, "injectors": {name: injector_row(rows) for name, rows in found.items()}}
+    return {name: injector_row(rows) for name, rows in found.items()}
 
 
 def injector_row(records: Sequence[BoundaryRecord]) -> Json:
@@ -184,6 +193,10 @@ def injector_row(records: Sequence[BoundaryRecord]) -> Json:
         "ok": len(records) - len(unclean),
         "missing": sum(len(r.missing) for r in records),
         "missing_intent": sum(len(r.missing_intent) for r in records),
+        "later_requests": sum(r.later.requests for r in records if r.later),
+        "later_intent_faults": sum(r.later.intent_faults for r in records if r.later),
+        "later_evidence_faults": sum(r.later.evidence_faults for r in records if r.later),
+        "later_answer_faults": sum(r.later.answer_faults for r in records if r.later),
         "boundary_faults": sum(len(r.boundary_faults) for r in records),
         "wrong_event": sum(1 for r in records if r.event != r.expected),
         "invalid": sum(1 for r in records if r.pairing_errors or r.status != 200),
@@ -197,6 +210,8 @@ def _unclean(record: BoundaryRecord) -> str:
         parts.append(f"missing {record.missing[0][:80]!r}")
     if record.missing_intent:
         parts.append(f"intent missing {record.missing_intent[0][:80]!r}")
+    if record.later and record.later.examples:
+        parts.append(record.later.examples[0])
     if record.boundary_faults:
         parts.append(f"faults {', '.join(record.boundary_faults)}")
     return "; ".join(parts)

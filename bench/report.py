@@ -209,9 +209,12 @@ def lifecycle_section(data: Json | None) -> list[str]:
     lines = ["## Lifecycle replay: every injector over every trace", ""]
     if not data:
         return lines + not_run("lifecycle")
+    perfect = data.get("perfect_knowledge") or {}
     lines += [
         f"Budget {data.get('budget')}: the agent's own compaction, pruning or reset a third of the way in; "
-        "the first request after it is checked.",
+        "the first request after it is checked, then every later request to the end of the trace (intent, "
+        "evidence, empty or altered answers) with the honest fake model"
+        + (" / the perfect-knowledge upper bound in each `later` cell." if perfect else "."),
         "",
     ]
     rows = [
@@ -224,6 +227,8 @@ def lifecycle_section(data: Json | None) -> list[str]:
             r["boundary_faults"],
             r["wrong_event"],
             r["invalid"],
+            r.get("later_requests", 0),
+            *(_beside(r, perfect.get(name), key) for key in LATER_KEYS),
         )
         for name, r in data.get("injectors", {}).items()
     ]
@@ -236,8 +241,19 @@ def lifecycle_section(data: Json | None) -> list[str]:
         "boundary faults",
         "wrong event",
         "invalid",
+        "later requests",
+        "later intent",
+        "later evidence",
+        "later empty or altered",
     )
     return lines + table(header, rows)
+
+
+LATER_KEYS = ("later_intent_faults", "later_evidence_faults", "later_answer_faults")
+
+
+def _beside(honest: Json, bound: Json | None, key: str) -> str:
+    return f"{honest.get(key, 0)}" + (f" / {bound.get(key, 0)}" if bound else "")
 
 
 def peers_section(data: Json | None) -> list[str]:

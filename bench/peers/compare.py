@@ -421,10 +421,10 @@ class Harness:
         prompts = tuple(r.body for r in self.fake.requests if r.path.endswith("/chat/completions") and r.body)
         self.fake.requests.clear()
         headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-clawvm-")}
-        return Exchange(response.status_code, elapsed, prompts, headers, _answer(response))
+        return Exchange(response.status_code, elapsed, prompts, headers, answer_of(response))
 
 
-def _answer(response: httpx.Response) -> Json | None:
+def answer_of(response: httpx.Response) -> Json | None:
     try:
         message = response.json()["choices"][0]["message"]
     except (ValueError, LookupError, TypeError):

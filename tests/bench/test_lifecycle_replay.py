@@ -12,6 +12,7 @@ import httpx
 from bench.fake_upstream import FakeUpstream, serve
 from bench.intent import Label
 from bench.lifecycle_replay import BoundaryRecord, run
+from bench.peers.model import TraceModel
 from bench.traces import Trace
 from gateway.app import create_app
 from gateway.embedded import EmbeddedRedis
@@ -36,12 +37,12 @@ def support_trace(steps: int = 8) -> Trace:
     return Trace("support", messages, [])
 
 
-def replayed(injector: str, labels: list[Label]) -> BoundaryRecord | None:
-    fake = FakeUpstream()
+def replayed(injector: str, labels: list[Label], model: TraceModel | None = None) -> BoundaryRecord | None:
+    fake = FakeUpstream(model) if model is not None else FakeUpstream()
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as store, serve(fake.app) as upstream:
         settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=16000))
         with serve(create_app(settings)) as url, httpx.Client(timeout=60) as client:
-            return run(client, url, fake, support_trace(), injector, labels)
+            return run(client, url, fake, support_trace(), injector, labels, model)
 
 
 def test_after_a_reset_a_labelled_intent_the_prompt_lacks_is_a_fault_and_one_it_holds_is_not(offline: None) -> None:
@@ -52,3 +53,15 @@ def test_after_a_reset_a_labelled_intent_the_prompt_lacks_is_a_fault_and_one_it_
     assert not record.ok
     clean = replayed("reset", labels[:1])
     assert clean is not None and clean.missing_intent == ()
+
+
+def test_with_a_model_every_later_request_is_checked_to_the_end_of_the_trace(offline: None) -> None:
+    trace = support_trace()
+    turns = len(list(trace.turns()))
+    labels = [Label("support", 1, KEPT, "intent"), Label("support", 1, NEVER_SAID, "intent")]
+    record = replayed("claude_code_compact", labels, TraceModel())
+    assert record is not None and record.later is not None
+    assert record.later.requests == turns - record.turn  # the first request after the boundary and the rest
+    assert record.later.intent_faults == record.later.requests  # the sentence never said misses every time
+    assert record.later.answer_faults == 0  # the agent got the model's real answers
+    assert not record.ok

@@ -317,3 +317,13 @@ def test_the_lifecycle_table_counts_missing_intent() -> None:
     text = render(data, "python -m bench eval")
     assert "| injector | boundaries | clean | missing state | missing intent |" in text
     assert "| reset | 2 | 1 | 0 | 3 |" in text
+
+
+def test_the_lifecycle_table_sets_later_faults_beside_the_perfect_knowledge_bound() -> None:
+    data = sections()
+    later = {"later_requests": 40, "later_intent_faults": 4, "later_evidence_faults": 6, "later_answer_faults": 1}
+    data["lifecycle"]["injectors"]["reset"].update(later)
+    data["lifecycle"]["perfect_knowledge"] = {"reset": {**later, "later_evidence_faults": 0}}
+    text = render(data, "python -m bench eval")
+    assert "| later requests | later intent | later evidence | later empty or altered |" in text
+    assert "| 40 | 4 / 4 | 6 / 0 | 1 / 1 |" in text
