@@ -261,7 +261,8 @@ def peers_section(data: Json | None) -> list[str]:
     if not data:
         return lines + not_run("peers")
     lines += [
-        f"{len(data.get('traces', []))} traces, first {data.get('turns_per_trace')} requests of each; "
+        f"{len(data.get('traces', []))} traces, first {data.get('turns_per_trace')} requests of each, the fake "
+        f"model recalling as the {data.get('knowledge', 'honest')} model; "
         "ratio = ours / theirs (lower is better; — where theirs is 0).",
         "",
     ]
