@@ -154,3 +154,14 @@ def test_the_trace_model_is_honest_by_default_and_perfect_only_when_asked() -> N
     perfect = TraceModel(PERFECT)
     perfect.expect(expected)
     assert arguments(perfect(body)["tool_calls"]) == [{"page_ids": [hidden], "query": "credit_card_4190576"}]
+
+
+@settings(max_examples=200, deadline=None)
+@given(prompt=st.lists(_message, max_size=6), wanted=st.lists(_word, min_size=1, max_size=5))
+def test_the_trace_model_only_ever_recalls_ids_of_the_request_it_got(prompt: list[Json], wanted: list[str]) -> None:
+    body = {"messages": prompt, "tools": [tool_schema(RECALL)]}
+    shown = json.dumps(body)
+    model = TraceModel()
+    model.expect(Expected({"content": "done"}, {w: "p:fedcba987654" for w in wanted}))  # never shown
+    for args in arguments(model(body).get("tool_calls") or []):
+        assert all(handle in shown for handle in args["page_ids"])
