@@ -6,7 +6,8 @@ labelled set (bench.intent); `--verbose` lists the misses and false alarms.
 
 policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
 latency  the latency the gateway adds over calling the fake upstream directly (bench.latency);
-recall   identifiers recovered through the recall tool on the real traces (bench.recall_replay).
+recall   identifiers recovered through the recall tool on the real traces (bench.recall_replay);
+         `--knowledge perfect` for the upper bound of a model that knows the gateway's page ids.
 
 Offline and loopback only; every process the latency bench starts is stopped before it returns.
 `--json PATH` also writes the figures as JSON.
@@ -41,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--requests", type=int, default=REQUESTS, help="measured requests per path and series")
     top.add_argument("--warmup", type=int, default=WARMUP, help="discarded warm-up requests per path, series")
     top.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    top.add_argument(
+        "--knowledge",
+        choices=("honest", "perfect"),
+        default="honest",
+        help="recall: how the fake model recalls, from its prompt (honest) or perfect knowledge (upper bound)",
+    )
     return top
 
 
@@ -84,7 +91,7 @@ def run(args: argparse.Namespace, traces: list[Trace]) -> dict[str, Any]:
         figures["policy"] = dataclasses.asdict(report)
     if args.what in ("recall", "all"):
         budget = args.budget or RECALL_BUDGET
-        rows = run_recall(traces, budget)
+        rows = run_recall(traces, budget, args.knowledge)
         _print(format_recall(rows, budget))
         figures["recall"] = [dataclasses.asdict(r) for r in rows]
     if args.what in ("latency", "all"):

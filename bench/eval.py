@@ -6,7 +6,9 @@ bench/results), then `DIR/report.md` and its plots (bench.report):
 - synthetic  the Tier-2 sweep, Table 4 and the ablation (bench.sim.sweep);
 - policy     the policy engine's time per turn over the real traces (bench.policy_time);
 - traces     every request of every real trace, direct and through the gateway, at 4,000, 8,000
-             and 16,000 tokens (bench.peers.compare with those two peers);
+             and 16,000 tokens (bench.peers.compare with those two peers), the fake model recalling
+             honestly (from its prompt); then the gateway again with the perfect-knowledge model,
+             an upper bound kept under `perfect_knowledge` for the side-by-side table;
 - lifecycle  every harness injector over every trace (bench.lifecycle_replay);
 - peers      the peers side by side (bench.peers.compare); the full run installs a missing peer
              first (bench.peers.install), and one that cannot be installed is reported skipped;
@@ -38,9 +40,11 @@ import httpx
 
 from bench.fake_upstream import FakeUpstream, serve
 from bench.harnesses import INJECTORS
+from bench.intent_check import intents, load_labels
 from bench.latency import REQUEST_TIMEOUT_S, interleave, latency_trace, start_servers, workloads
 from bench.lifecycle_replay import BoundaryRecord
 from bench.lifecycle_replay import run as run_boundary
+from bench.peers.model import HONEST, PERFECT, TraceModel
 from bench.report import bars, write_report
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.app import create_app
@@ -135,8 +139,10 @@ def policy_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
 def traces_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
     from bench.peers.compare import run_compare
 
-    result = run_compare(traces, BUDGETS, ("direct", "clawvm"), turns=plan.trace_turns, warmup=2)
-    return result.to_json()
+    honest = run_compare(traces, BUDGETS, ("direct", "clawvm"), turns=plan.trace_turns, warmup=2)
+    tick("traces: honest model")
+    perfect = run_compare(traces, BUDGETS, ("clawvm",), turns=plan.trace_turns, warmup=2, knowledge=PERFECT)
+    return {**honest.to_json(), "perfect_knowledge": perfect.to_json()}
 
 
 def peers_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
@@ -156,17 +162,28 @@ def peers_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
 
 
 def lifecycle_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
-    """Every injector over every trace, on one gateway (budget LIFECYCLE_BUDGET) and embedded store."""
+    """Every injector over every trace, each request from the boundary to the trace's end checked,
+    with the honest fake model; then again with the perfect-knowledge one (the upper bound)."""
+    honest = lifecycle_rows(traces, HONEST, tick)
+    perfect = lifecycle_rows(traces, PERFECT, lambda _: None)
+    return {"budget": LIFECYCLE_BUDGET, "injectors": honest, "perfect_knowledge": perfect}
+
+
+def lifecycle_rows(traces: Sequence[Trace], knowledge: str, tick: Tick) -> Json:
+    """One gateway (budget LIFECYCLE_BUDGET) and embedded store; the fake model recalls with `knowledge`."""
     found: dict[str, list[BoundaryRecord]] = {}
-    fake = FakeUpstream()
+    said = intents(load_labels())
+    model = TraceModel(knowledge)
+    fake = FakeUpstream(model)
     with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as data, EmbeddedRedis(Path(data)) as store:
         with serve(fake.app) as upstream:
             settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=LIFECYCLE_BUDGET))
             with serve(create_app(settings)) as url, httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
                 for name in INJECTORS:
-                    found[name] = [r for t in traces if (r := run_boundary(client, url, fake, t, name)) is not None]
+                    runs = (run_boundary(client, url, fake, t, name, said.get(t.name, []), model) for t in traces)
+                    found[name] = [r for r in runs if r is not None]
                     tick(f"lifecycle: {name}")
-    return {"budget": LIFECYCLE_BUDGET, "injectors": {name: injector_row(rows) for name, rows in found.items()}}
+    return {name: injector_row(rows) for name, rows in found.items()}
 
 
 def injector_row(records: Sequence[BoundaryRecord]) -> Json:
@@ -175,6 +192,11 @@ def injector_row(records: Sequence[BoundaryRecord]) -> Json:
         "boundaries": len(records),
         "ok": len(records) - len(unclean),
         "missing": sum(len(r.missing) for r in records),
+        "missing_intent": sum(len(r.missing_intent) for r in records),
+        "later_requests": sum(r.later.requests for r in records if r.later),
+        "later_intent_faults": sum(r.later.intent_faults for r in records if r.later),
+        "later_evidence_faults": sum(r.later.evidence_faults for r in records if r.later),
+        "later_answer_faults": sum(r.later.answer_faults for r in records if r.later),
         "boundary_faults": sum(len(r.boundary_faults) for r in records),
         "wrong_event": sum(1 for r in records if r.event != r.expected),
         "invalid": sum(1 for r in records if r.pairing_errors or r.status != 200),
@@ -186,6 +208,10 @@ def _unclean(record: BoundaryRecord) -> str:
     parts = [f"{record.trace}: status {record.status}, event {record.event or 'none'} (expected {record.expected})"]
     if record.missing:
         parts.append(f"missing {record.missing[0][:80]!r}")
+    if record.missing_intent:
+        parts.append(f"intent missing {record.missing_intent[0][:80]!r}")
+    if record.later and record.later.examples:
+        parts.append(record.later.examples[0])
     if record.boundary_faults:
         parts.append(f"faults {', '.join(record.boundary_faults)}")
     return "; ".join(parts)
@@ -249,7 +275,7 @@ def counter() -> TokenCounter:
 # ---------------------------------------------------------------- the run
 
 
-STEPS = {"synthetic": 2, "lifecycle": len(INJECTORS), "stress": 6, "growth": 2}
+STEPS = {"synthetic": 2, "traces": 2, "lifecycle": len(INJECTORS), "stress": 6, "growth": 2}
 
 
 def runners(traces: Sequence[Trace], plan: Plan) -> dict[str, Callable[[Tick], Json]]:

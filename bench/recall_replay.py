@@ -4,9 +4,12 @@ that recalls whatever it needs.
 For every request of a trace, the fake model (the upstream) looks at the real next assistant
 message of the trace and at the identifiers it uses (order ids, paths, numbers). Any identifier
 that the prompt it received does not show, but that an earlier message of the transcript holds,
-must come back through the gateway's recall tool: the fake calls `clawvm_recall` with the id of
-the page that held it (content-addressed, so computable from the transcript), and checks the
-tool result. The harness counts identifiers needed, recovered and lost, and recalls made.
+must come back through the gateway's recall tool. By default (`honest`) the fake asks the way a
+diligent model would, from its prompt alone (`bench.peers.honest`: the page ids and ranges it
+sees near what it misses, a search where the tool takes one); with `perfect` knowledge (an upper
+bound, never the headline) it calls `clawvm_recall` with the id of the page that held each
+identifier, computed from the transcript as the gateway does. It checks the tool results; the
+harness counts identifiers needed, recovered and lost, and recalls made.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ class Tally:
 
 
 class RecallingModel:
-    """The fake upstream's responder: recall what the next real answer needs, then answer."""
+    """The fake upstream's responder: recall what the next real answer needs, then answer.
+    `knowledge`: "honest" (from the prompt alone, the default) or "perfect" (the upper bound)."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, knowledge: str = "honest") -> None:
         self.trace = trace
+        self.knowledge = knowledge
         self.tally = Tally()
         self._wanted: dict[str, str] = {}  # identifier -> page id, for the request in flight
         self._turn = 0
@@ -66,10 +71,26 @@ class RecallingModel:
         if not needed:
             return {"content": "ok"}
         self.tally.needed += len(needed)
-        self.tally.recalls += len(needed)
-        return {
-            "tool_calls": [_recall(f"recall_{turn}_{n}", page, ident) for n, (ident, page) in enumerate(needed.items())]
-        }
+        if self.knowledge == "perfect":
+            calls = [_recall(f"recall_{turn}_{n}", page, ident) for n, (ident, page) in enumerate(needed.items())]
+        else:
+            calls = self._honest_calls(turn, list(needed), body)
+        if not calls:  # nothing in view to ask for: what it needed is lost
+            self.tally.lost += [(turn, ident) for ident in needed]
+            self._wanted = {}
+            return {"content": "ok"}
+        self.tally.recalls += len(calls)
+        return {"tool_calls": calls}
+
+    def _honest_calls(self, turn: int, wanted: list[str], body: dict[str, Any]) -> list[dict[str, Any]]:
+        from bench.peers.honest import offered_tool, recall_arguments
+
+        tool = offered_tool(body, RECALL)
+        arguments = recall_arguments(wanted, body["messages"], tool) if tool is not None else []
+        return [
+            {"id": f"recall_{turn}_{n}", "type": "function", "function": {"name": RECALL, "arguments": json.dumps(a)}}
+            for n, a in enumerate(arguments)
+        ]
 
     def _check(self, body: dict[str, Any]) -> dict[str, Any]:
         recalled = " ".join(str(m.get("content", "")) for m in body["messages"] if m.get("role") == "tool")
@@ -138,8 +159,9 @@ def replay(client: Any, url: str, trace: Trace, session: str, project: str | Non
     return insufficient
 
 
-def run_recall(traces: list[Trace], budget: int) -> list[RecallRow]:
-    """The recall replay for every trace, each through a fresh gateway on an embedded store."""
+def run_recall(traces: list[Trace], budget: int, knowledge: str = "honest") -> list[RecallRow]:
+    """The recall replay for every trace, each through a fresh gateway on an embedded store, the
+    fake model recalling with `knowledge` ("honest" by default, "perfect" for the upper bound)."""
     import tempfile
     from pathlib import Path
 
@@ -153,7 +175,7 @@ def run_recall(traces: list[Trace], budget: int) -> list[RecallRow]:
     rows = []
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as store:
         for trace in traces:
-            model = RecallingModel(trace)
+            model = RecallingModel(trace, knowledge)
             with serve(FakeUpstream(model).app) as upstream:
                 settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=budget))
                 with serve(create_app(settings)) as url, httpx.Client(timeout=60) as client:

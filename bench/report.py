@@ -135,7 +135,8 @@ def traces_section(data: Json | None, policy: Json | None) -> list[str]:
     which = "every request" if turns >= EVERY_TURN else f"the first {turns} requests"
     lines += [
         f"{len(data.get('traces', []))} traces, {which} of each, through the gateway and the fake upstream "
-        "answering with the real next message.",
+        f"answering with the real next message and recalling as the {data.get('knowledge', 'honest')} model "
+        "(from what its prompt shows).",
         "",
     ]
     rows = [_trace_row(r) for r in ours]
@@ -153,7 +154,30 @@ def traces_section(data: Json | None, policy: Json | None) -> list[str]:
         f"added p99 {TIMING} µs",
     )
     lines += table(header, rows)
-    return lines + _policy_lines(policy)
+    return lines + _knowledge_lines(data) + _policy_lines(policy)
+
+
+def _knowledge_lines(data: Json) -> list[str]:
+    """Honest model against the perfect-knowledge upper bound, per budget, side by side."""
+    perfect = data.get("perfect_knowledge") or {}
+    bound = {r["budget"]: r for r in perfect.get("rows", []) if r.get("peer") == "clawvm"}
+    honest = [r for r in data.get("rows", []) if r.get("peer") == "clawvm"]
+    if not bound or not honest:
+        return []
+    lines = [
+        "The faults above are the honest model's: it recalls only from what its prompt shows (page ids, ranges, "
+        "search). Beside it, the upper bound of a model that knows the gateway's page ids (recall with perfect "
+        "knowledge), never a headline: the gap is what a real model loses. Each cell: honest / perfect knowledge.",
+        "",
+    ]
+    figures = (("faults", "faults"), *FAULT_KINDS, ("recalled", "recalled"))
+    rows = [
+        (r["budget"], *(f"{r.get(key, 0)} / {bound[r['budget']].get(key, 0)}" for _, key in figures))
+        for r in honest
+        if r["budget"] in bound
+    ]
+    header = ("budget (honest / perfect knowledge)", *(name for name, _ in figures))
+    return lines + table(header, rows) + [""]
 
 
 def _trace_row(r: Json) -> tuple[object, ...]:
@@ -188,17 +212,51 @@ def lifecycle_section(data: Json | None) -> list[str]:
     lines = ["## Lifecycle replay: every injector over every trace", ""]
     if not data:
         return lines + not_run("lifecycle")
+    perfect = data.get("perfect_knowledge") or {}
     lines += [
         f"Budget {data.get('budget')}: the agent's own compaction, pruning or reset a third of the way in; "
-        "the first request after it is checked.",
+        "the first request after it is checked, then every later request to the end of the trace (intent, "
+        "evidence, empty or altered answers) with the honest fake model"
+        + (" / the perfect-knowledge upper bound in each `later` cell." if perfect else "."),
         "",
     ]
     rows = [
-        (name, r["boundaries"], r["ok"], r["missing"], r["boundary_faults"], r["wrong_event"], r["invalid"])
+        (
+            name,
+            r["boundaries"],
+            r["ok"],
+            r["missing"],
+            r.get("missing_intent", 0),
+            r["boundary_faults"],
+            r["wrong_event"],
+            r["invalid"],
+            r.get("later_requests", 0),
+            *(_beside(r, perfect.get(name), key) for key in LATER_KEYS),
+        )
         for name, r in data.get("injectors", {}).items()
     ]
-    header = ("injector", "boundaries", "clean", "missing state", "boundary faults", "wrong event", "invalid")
+    header = (
+        "injector",
+        "boundaries",
+        "clean",
+        "missing state",
+        "missing intent",
+        "boundary faults",
+        "wrong event",
+        "invalid",
+        "later requests",
+        "later intent",
+        "later evidence",
+        "later empty or altered",
+    )
     return lines + table(header, rows)
+
+
+LATER_KEYS = ("later_intent_faults", "later_evidence_faults", "later_answer_faults")
+
+
+def _beside(honest: Json, bound: Json | None, key: str) -> str:
+    return f"{honest.get(key, 0)}" + (f" / {bound.get(key, 0)}" if bound else "")
 
 
 def peers_section(data: Json | None) -> list[str]:
@@ -206,7 +264,8 @@ def peers_section(data: Json | None) -> list[str]:
     if not data:
         return lines + not_run("peers")
     lines += [
-        f"{len(data.get('traces', []))} traces, first {data.get('turns_per_trace')} requests of each; "
+        f"{len(data.get('traces', []))} traces, first {data.get('turns_per_trace')} requests of each, the fake "
+        f"model recalling as the {data.get('knowledge', 'honest')} model; "
         "ratio = ours / theirs (lower is better; — where theirs is 0).",
         "",
     ]
@@ -478,9 +537,17 @@ def _trace_bars(s: Mapping[str, Json]) -> list[Bar]:
     return out
 
 
+FAULT_KINDS = (
+    ("rule", "rule_faults"),
+    ("plan", "plan_faults"),
+    ("intent", "intent_faults"),
+    ("evidence", "evidence_faults"),
+    ("empty or altered answer", "answer_faults"),
+)
+
+
 def _fault_kinds(r: Json) -> str:
-    kinds = (("rule", "rule_faults"), ("plan", "plan_faults"), ("evidence", "evidence_faults"))
-    return ", ".join(f"{name} {r.get(key, 0)}" for name, key in kinds)
+    return ", ".join(f"{name} {r.get(key, 0)}" for name, key in FAULT_KINDS)
 
 
 def _lifecycle_bars(s: Mapping[str, Json]) -> list[Bar]:

@@ -15,9 +15,14 @@ Per peer and budget, from what the model saw:
 - over budget: the model's first prompt (messages and tools, tiktoken) exceeds the budget;
   for the gateway, those it declared physically insufficient are counted apart;
 - faults: requests missing a system or user rule or a preference (`missing_state`), missing the
-  current plan (the latest plan-carrying message, whitespace aside), and needed identifiers
-  (evidence the real next answer uses that an earlier message holds) that the model did not see
-  and could not get back through a working recall;
+  current plan (the latest plan-carrying message, whitespace aside), intent sentences the user
+  typed (`bench.intent_check`, from the hand-labelled `bench/data/intent_labels.tsv`), each missing one
+  a fault; needed identifiers (evidence the real next answer uses that an earlier message holds)
+  that the model did not see and could not get back through its recall, each one a fault (the
+  fake model answers anyway: what it lacked is counted, not hidden); and answers the agent got
+  that are empty or not the model's answer (altered);
+- knowledge: how the fake model recalls (`bench.peers.model`): `honest` (the default: from what
+  its prompt shows) or `perfect` (an upper bound that knows the gateway's page ids);
 - tokens forwarded (the first prompt of each request) against sending everything (direct);
 - prefix reuse: per request after a trace's first, the tokens of the prompt's leading part that
   equals the previous prompt's (tools, then whole messages) over the prompt's tokens: what a
@@ -47,12 +52,23 @@ from typing import Any
 
 import httpx
 
-from bench.checks import pairing_errors
+from bench.checks import message_text, pairing_errors
 from bench.fake_upstream import FakeUpstream, serve
+from bench.intent_check import Label, intents, load_labels, missing_intents
 from bench.latency import HEADERS, REQUEST_TIMEOUT_S, encode, request_body
 from bench.lifecycle_replay import missing_state
 from bench.peers import install
-from bench.peers.model import OK, Expected, TraceModel, answers_recall, expected_for, missing, visible
+from bench.peers.model import (
+    HONEST,
+    KNOWLEDGE,
+    OK,
+    Expected,
+    TraceModel,
+    answers_recall,
+    expected_for,
+    missing,
+    visible,
+)
 from bench.peers.servers import Upstream, available, start_peer
 from bench.policy_time import percentile
 from bench.traces import Trace, load_traces, traces_dir
@@ -96,6 +112,7 @@ class Exchange:
     elapsed_ns: int
     prompts: tuple[Json, ...]  # the request bodies the model received, recall round trips included
     headers: dict[str, str]  # the peer's x-clawvm-* answer headers
+    answer: Json | None = None  # the assistant message the agent got (choices[0].message)
 
 
 def request_errors(body: Json) -> list[str]:
@@ -168,6 +185,8 @@ class Tally:
     declared_insufficient: int = 0
     rule_faults: int = 0
     plan_faults: int = 0
+    intent_faults: int = 0
+    answer_faults: int = 0
     evidence_needed: int = 0
     evidence_faults: int = 0
     recalled: int = 0
@@ -198,6 +217,8 @@ class PeerFigures:
     declared_insufficient: int
     rule_faults: int
     plan_faults: int
+    intent_faults: int
+    answer_faults: int
     evidence_needed: int
     evidence_faults: int
     recalled: int
@@ -215,7 +236,7 @@ class PeerFigures:
 
     @property
     def faults(self) -> int:
-        return self.rule_faults + self.plan_faults + self.evidence_faults
+        return self.rule_faults + self.plan_faults + self.intent_faults + self.answer_faults + self.evidence_faults
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +247,7 @@ class CompareResult:
     peers: tuple[str, ...]
     rows: tuple[PeerFigures, ...]
     skipped: dict[str, str]  # peer -> why it did not run
+    knowledge: str = HONEST  # how the fake model recalled (bench.peers.model)
 
     def row(self, peer: str, budget: int) -> PeerFigures | None:
         return next((r for r in self.rows if r.peer == peer and r.budget == budget), None)
@@ -261,6 +283,8 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
         declared_insufficient=tally.declared_insufficient,
         rule_faults=tally.rule_faults,
         plan_faults=tally.plan_faults,
+        intent_faults=tally.intent_faults,
+        answer_faults=tally.answer_faults,
         evidence_needed=tally.evidence_needed,
         evidence_faults=tally.evidence_faults,
         recalled=tally.recalled,
@@ -285,6 +309,7 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
 class Judge:
     counter: TokenCounter
     budget: int
+    intents: dict[str, list[Label]] = field(default_factory=dict)  # trace -> its labelled intent sentences
 
     def record(self, tally: Tally, turn: Turn, exchange: Exchange, direct_ns: int | None) -> None:
         tally.requests += 1
@@ -333,7 +358,14 @@ class Judge:
         if turn.plan and turn.plan not in " ".join(visible(seen).split()):
             tally.plan_faults += 1
             tally.note(f"{turn.trace}#{turn.number}: plan missing: {turn.plan[:60]}")
+        said = missing_intents(self.intents.get(turn.trace, []), len(turn.messages), seen)
+        if said:
+            tally.intent_faults += len(said)
+            tally.note(f"{turn.trace}#{turn.number}: user intent missing: {said[0][:80]}")
         self._evidence(tally, turn, exchange, seen)
+        if altered(turn.expected.answer, exchange.answer):
+            tally.answer_faults += 1
+            tally.note(f"{turn.trace}#{turn.number}: answer empty or altered: {str(exchange.answer)[:80]}")
 
     def _evidence(self, tally: Tally, turn: Turn, exchange: Exchange, seen: list[Json]) -> None:
         gaps = missing(turn.expected.needs, seen)
@@ -345,6 +377,20 @@ class Judge:
         tally.evidence_faults += len(lost)
         if lost:
             tally.note(f"{turn.trace}#{turn.number}: evidence not seen nor recalled: {', '.join(lost[:3])}")
+
+
+def altered(expected: Json, got: Json | None) -> bool:
+    """The agent's answer is empty, or not the one the model gave (its text or its calls)."""
+    if got is None:
+        return True
+    if not message_text(got) and not got.get("tool_calls"):
+        return True
+    return (message_text(got) or None) != expected.get("content") or _calls(got) != _calls(expected)
+
+
+def _calls(message: Json) -> list[tuple[str, str]]:
+    functions = [c.get("function") or {} for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    return [(str(f.get("name")), str(f.get("arguments"))) for f in functions]
 
 
 # ---------------------------------------------------------------- running
@@ -376,7 +422,15 @@ class Harness:
         prompts = tuple(r.body for r in self.fake.requests if r.path.endswith("/chat/completions") and r.body)
         self.fake.requests.clear()
         headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-clawvm-")}
-        return Exchange(response.status_code, elapsed, prompts, headers)
+        return Exchange(response.status_code, elapsed, prompts, headers, answer_of(response))
+
+
+def answer_of(response: httpx.Response) -> Json | None:
+    try:
+        message = response.json()["choices"][0]["message"]
+    except (ValueError, LookupError, TypeError):
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def warmup_body(number: int) -> bytes:
@@ -412,15 +466,18 @@ def run_compare(
     turns: int = TURNS,
     warmup: int = WARMUP,
     root: Path = install.ROOT,
+    knowledge: str = HONEST,
 ) -> CompareResult:
-    """Replay the first `turns` requests of every trace through every peer at every budget."""
+    """Replay the first `turns` requests of every trace through every peer at every budget, the
+    fake model recalling with `knowledge` (HONEST by default; PERFECT is the upper bound)."""
     names = ("direct", *(p for p in dict.fromkeys(peers) if p != "direct"))
     skipped = {p: f"not installed (python -m bench.peers.install {p})" for p in names if not available(p, root)}
     running = tuple(p for p in names if p not in skipped)
     counter = _counter()
     prepared = [t for trace in traces for t in prepare_turns(trace, turns, counter)]
-    model = TraceModel()
+    model = TraceModel(knowledge)
     fake = FakeUpstream(model)
+    labels = intents(load_labels())
     rows: list[PeerFigures] = []
     with serve(fake.app) as api_base, _client() as client, tempfile.TemporaryDirectory(prefix="clawvm-peers-") as tmp:
         harness = Harness(client, fake, model)
@@ -428,10 +485,10 @@ def run_compare(
             with ExitStack() as stack:
                 directory = Path(tmp) / str(budget)
                 bases = {p: start_peer(p, stack, directory, Upstream(api_base), budget, root) for p in running}
-                tallies = run_budget(harness, bases, prepared, Judge(counter, budget), warmup)
+                tallies = run_budget(harness, bases, prepared, Judge(counter, budget, labels), warmup)
             rows += [figures(name, budget, tallies[name]) for name in running]
     names_run = tuple(t.name for t in traces)
-    return CompareResult(names_run, turns, tuple(budgets), running, tuple(rows), skipped)
+    return CompareResult(names_run, turns, tuple(budgets), running, tuple(rows), skipped, knowledge)
 
 
 def _counter() -> TokenCounter:
@@ -481,7 +538,8 @@ def _measurement_errors(row: PeerFigures) -> list[str]:
 
 def format_compare(result: CompareResult) -> list[str]:
     lines = [
-        "peers side by side: the same requests, fake upstream (real next answers) and budget",
+        f"peers side by side: the same requests, fake upstream (real next answers, {result.knowledge} recall) "
+        "and budget",
         f"  traces: {len(result.traces)}, first {result.turns_per_trace} requests of each; peers: "
         + ", ".join(result.peers),
     ]
@@ -493,7 +551,8 @@ def format_compare(result: CompareResult) -> list[str]:
 
 def _budget_lines(result: CompareResult, budget: int) -> list[str]:
     rows = [r for r in result.rows if r.budget == budget]
-    head = f"  {'peer':<12}{'reqs':>5}{'err':>5}{'inval':>6}{'over':>6}{'rules':>6}{'plan':>5}{'evid':>6}"
+    head = f"  {'peer':<12}{'reqs':>5}{'err':>5}{'inval':>6}{'over':>6}{'rules':>6}{'plan':>5}"
+    head += f"{'intent':>7}{'answer':>7}{'evid':>6}"
     head += f"{'recall':>7}{'tokens':>11}{'of all':>7}{'reuse':>7}{'added med':>11}{'p99':>10}{'1-call med':>11}"
     lines = [f"budget {budget}:", head]
     lines += [_row_line(r) for r in rows]
@@ -509,7 +568,7 @@ def _row_line(r: PeerFigures) -> str:
     over = f"{r.over_budget}" + (f"({r.declared_insufficient}d)" if r.declared_insufficient else "")
     return (
         f"  {r.peer:<12}{r.requests:>5}{r.errors:>5}{r.invalid:>6}{over:>6}{r.rule_faults:>6}{r.plan_faults:>5}"
-        f"{r.evidence_faults:>6}{r.recalled:>7}{r.tokens_forwarded:>11}{share:>7.1%}{r.prefix_reuse:>7.1%}"
+        f"{r.intent_faults:>7}{r.answer_faults:>7}{r.evidence_faults:>6}{r.recalled:>7}{r.tokens_forwarded:>11}{share:>7.1%}{r.prefix_reuse:>7.1%}"
         f"{r.added_median_us:>9.0f}µs{r.added_p99_us:>8.0f}µs{r.like_for_like_median_us:>9.0f}µs"
     )
 
@@ -580,13 +639,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=TURNS, help="requests replayed per trace (its first ones)")
     parser.add_argument("--warmup", type=int, default=WARMUP)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--knowledge",
+        choices=KNOWLEDGE,
+        default=HONEST,
+        help="how the fake model recalls: honest (from its prompt; default) or perfect (upper bound)",
+    )
     args = parser.parse_args(argv)
     directory = args.traces or traces_dir(os.environ)
     traces = load_traces(directory)
     if not traces:
         print(f"bench.peers.compare: no traces in {directory}", file=sys.stderr)
         return 2
-    result = run_compare(traces, args.budgets, args.peers, turns=args.turns, warmup=args.warmup)
+    chosen = {"turns": args.turns, "warmup": args.warmup, "knowledge": args.knowledge}
+    result = run_compare(traces, args.budgets, args.peers, **chosen)
     print("\n".join(format_compare(result)), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

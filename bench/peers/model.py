@@ -2,12 +2,17 @@
 
 Before each request the harness tells the model what comes next (`Expected`): the real answer,
 and the evidence it needs, i.e. the identifiers of that answer (its text and its tool calls'
-arguments) which an earlier message of the transcript holds, each with the page id of the latest
-such message. When the prompt the model receives lacks some of that evidence and offers a recall
-tool, the model uses it once, the way a model that noticed the gap would, then answers:
+arguments) which an earlier message of the transcript holds. Knowing what it wants to say is the
+task, not lookahead. When the prompt the model receives lacks some of that evidence and offers a
+recall tool, the model uses it once, the way a model that noticed the gap would, then answers:
 
-- `clawvm_recall` (the gateway's): the pages holding missing identifiers, up to eight to a call
-  as the tool's schema allows, with those identifiers as the query (alternatives joined by `|`);
+- `clawvm_recall` (the gateway's), by default (`HONEST`): from its prompt alone, the page ids and
+  ranges it sees near what it misses, or a search where the tool takes one (`bench.peers.honest`);
+- `clawvm_recall` with `PERFECT` knowledge, an upper bound only: `Expected.needs` also carries
+  the page id of the latest message holding each identifier, computed the way the gateway does
+  (content-addressed), and the model recalls exactly those pages whether its prompt shows their
+  ids or not. No real model can do that; the bench reports it beside the honest figures so the
+  gap between them is visible, never as the headline;
 - `headroom_retrieve` (Headroom's): one call per compression marker (`hash=...`) in the prompt.
 
 Everything the model does is cheap and decided from `Expected` (prepared outside any timed
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.checks import message_text
+from bench.peers.honest import offered_tool, recall_arguments
 from bench.recall_replay import RECALL, TENANT
 from gateway.chat import parse_messages
 from gateway.recall import MAX_IDS_PER_CALL, QUERY_OR
@@ -35,12 +41,16 @@ CALL_PREFIX = "peers_recall_"
 MAX_IDENTIFIERS = 40
 MAX_HASHES = 8
 HASH_MARKER = re.compile(r"hash=([0-9A-Za-z_-]{4,})")
+HONEST = "honest"  # recall from what the prompt shows (the default of every bench)
+PERFECT = "perfect"  # recall with perfect knowledge of the gateway's page ids (an upper bound)
+KNOWLEDGE = (HONEST, PERFECT)
 
 
 @dataclass(frozen=True, slots=True)
 class Expected:
     answer: Json  # the assistant message to answer with: content and tool_calls
-    needs: dict[str, str] = field(default_factory=dict)  # identifier -> page id of the message holding it
+    # identifier -> page id of the message holding it; the honest model reads only the identifiers
+    needs: dict[str, str] = field(default_factory=dict)
 
 
 OK = Expected({"content": "ok"})
@@ -91,9 +101,14 @@ def answers_recall(messages: Sequence[Json]) -> bool:
     return last.get("role") == "tool" and str(last.get("tool_call_id", "")).startswith(CALL_PREFIX)
 
 
-def recall_calls(tool: str, gaps: dict[str, str], messages: Sequence[Json]) -> list[Json]:
+def recall_calls(tool: str, gaps: dict[str, str], body: Json, knowledge: str = HONEST) -> list[Json]:
+    messages = body.get("messages") or []
     if tool == RECALL:
-        return [_call(n, RECALL, arguments) for n, arguments in enumerate(page_requests(gaps))]
+        if knowledge == PERFECT:
+            return [_call(n, RECALL, arguments) for n, arguments in enumerate(page_requests(gaps))]
+        schema = offered_tool(body, RECALL)
+        requests = recall_arguments(list(gaps), messages, schema) if schema is not None else []
+        return [_call(n, RECALL, arguments) for n, arguments in enumerate(requests)]
     hashes = list(dict.fromkeys(HASH_MARKER.findall(visible(messages))))[:MAX_HASHES]
     return [_call(n, HEADROOM_RETRIEVE, {"hash": value}) for n, value in enumerate(hashes)]
 
@@ -115,9 +130,13 @@ def _call(number: int, name: str, arguments: Json) -> Json:
 
 
 class TraceModel:
-    """The responder of `bench.fake_upstream.FakeUpstream`; `expect` before each agent request."""
+    """The responder of `bench.fake_upstream.FakeUpstream`; `expect` before each agent request.
+    `knowledge`: HONEST (the default) or PERFECT (the upper bound)."""
 
-    def __init__(self) -> None:
+    def __init__(self, knowledge: str = HONEST) -> None:
+        if knowledge not in KNOWLEDGE:
+            raise ValueError(f"knowledge must be one of {KNOWLEDGE}, not {knowledge!r}")
+        self.knowledge = knowledge
         self.expected = OK
 
     def expect(self, expected: Expected) -> None:
@@ -129,5 +148,5 @@ class TraceModel:
         if answers_recall(messages) or not tools:
             return self.expected.answer
         gaps = missing(self.expected.needs, messages)
-        calls = recall_calls(tools[0], gaps, messages) if gaps else []
+        calls = recall_calls(tools[0], gaps, body, self.knowledge) if gaps else []
         return {"content": None, "tool_calls": calls} if calls else self.expected.answer

@@ -401,3 +401,35 @@ def test_latency_medians_over_failed_requests_are_a_measurement_error() -> None:
 
 def test_measured_bars_carry_no_error() -> None:
     assert not [b for b in bars(sections()) if b.error]
+
+
+def test_the_traces_table_sets_the_honest_model_beside_the_perfect_knowledge_bound() -> None:
+    data = sections()
+    honest = {**_peer("clawvm", 7, 1000, 300.0), "evidence_faults": 5, "intent_faults": 2, "recalled": 3}
+    bound = {**_peer("clawvm", 1, 1000, 300.0), "evidence_faults": 0, "intent_faults": 1, "recalled": 9}
+    data["traces"] = {**data["traces"], "rows": [honest], "perfect_knowledge": {"rows": [bound]}}
+    text = render(data, "python -m bench eval")
+    head = (
+        "| budget (honest / perfect knowledge) | faults | rule | plan | intent | evidence | empty or altered answer |"
+    )
+    assert head + " recalled |" in text
+    assert "| 4,000 | 7 / 1 | 0 / 0 | 0 / 0 | 2 / 1 | 5 / 0 | 0 / 0 | 3 / 9 |" in text
+    assert "- Real traces at 4,000 tokens: 4 requests, 0 invalid, 0 over budget, 7 faults" in text  # honest headline
+
+
+def test_the_lifecycle_table_counts_missing_intent() -> None:
+    data = sections()
+    data["lifecycle"]["injectors"]["reset"] = {**data["lifecycle"]["injectors"]["reset"], "missing_intent": 3, "ok": 1}
+    text = render(data, "python -m bench eval")
+    assert "| injector | boundaries | clean | missing state | missing intent |" in text
+    assert "| reset | 2 | 1 | 0 | 3 |" in text
+
+
+def test_the_lifecycle_table_sets_later_faults_beside_the_perfect_knowledge_bound() -> None:
+    data = sections()
+    later = {"later_requests": 40, "later_intent_faults": 4, "later_evidence_faults": 6, "later_answer_faults": 1}
+    data["lifecycle"]["injectors"]["reset"].update(later)
+    data["lifecycle"]["perfect_knowledge"] = {"reset": {**later, "later_evidence_faults": 0}}
+    text = render(data, "python -m bench eval")
+    assert "| later requests | later intent | later evidence | later empty or altered |" in text
+    assert "| 40 | 4 / 4 | 6 / 0 | 1 / 1 |" in text

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from bench.intent_check import Label
 from bench.peers.compare import (
     CompareResult,
     Exchange,
@@ -260,3 +261,26 @@ def test_all_peers_on_a_sample_of_the_real_traces(offline: None, tmp_path: Path)
         assert row.requests == 16 and row.errors == 0
     assert result.row("clawvm", 4000).invalid == 0
     assert "bar: at most a quarter of LiteLLM" in "\n".join(format_compare(result))
+
+
+def test_a_labelled_intent_missing_from_the_prompt_is_a_fault_and_a_kept_one_is_not(counter: TokenCounter) -> None:
+    turn = list(prepare_turns(synthetic_trace(), 10, counter))[-1]
+    said = {"synthetic": [Label("synthetic", 1, "I prefer short answers.", "intent")]}
+    judge = Judge(counter, 50_000, said)
+    kept, dropped = Tally(), Tally()
+    judge.record(kept, turn, Exchange(200, 1, ({"messages": turn.messages, "tools": TOOLS},), {}), None)
+    judge.record(dropped, turn, Exchange(200, 1, ({"messages": turn.messages[2:], "tools": TOOLS},), {}), None)
+    assert (kept.intent_faults, dropped.intent_faults) == (0, 1)
+    assert any("user intent missing: I prefer short answers." in e for e in dropped.examples)
+
+
+def test_an_empty_or_altered_answer_is_a_fault(counter: TokenCounter) -> None:
+    turn = list(prepare_turns(synthetic_trace(), 10, counter))[-1]
+    prompts = ({"messages": turn.messages, "tools": TOOLS},)
+    faults = []
+    for answer in (dict(turn.expected.answer), {"content": ""}, {"content": "Something else."}, None):
+        tally = Tally()
+        Judge(counter, 50_000).record(tally, turn, Exchange(200, 1, prompts, {}, answer), None)
+        faults.append(tally.answer_faults)
+    assert faults == [0, 1, 1, 1]
+    assert figures("clawvm", 4000, Tally(answer_faults=1, intent_faults=2)).faults == 3

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.peers.model import (
     CALL_PREFIX,
     HEADROOM_RETRIEVE,
     OK,
+    PERFECT,
     Expected,
     TraceModel,
     expected_for,
@@ -62,8 +65,8 @@ def test_without_a_recall_tool_the_model_just_answers() -> None:
     assert model({"messages": TRANSCRIPT[:2]}) == {"content": ANSWER["content"]}
 
 
-def test_with_the_gateways_recall_the_model_recalls_each_page_once_then_answers() -> None:
-    model = TraceModel()
+def test_with_perfect_knowledge_the_model_recalls_each_holding_page_once_then_answers() -> None:
+    model = TraceModel(PERFECT)
     model.expect(expected_for(TRANSCRIPT, ANSWER))
     reply = model({"messages": TRANSCRIPT[:2], "tools": [RECALL_TOOL]})
     (call,) = reply["tool_calls"]
@@ -107,3 +110,14 @@ def test_with_headrooms_retrieve_the_model_asks_for_each_marker() -> None:
         {"hash": "abc123"},
         {"hash": "def456"},
     ]
+
+
+def test_the_honest_model_does_not_recall_a_page_its_prompt_does_not_show() -> None:
+    model = TraceModel()
+    model.expect(expected_for(TRANSCRIPT, ANSWER))
+    assert model({"messages": TRANSCRIPT[:2], "tools": [RECALL_TOOL]}) == {"content": ANSWER["content"]}
+
+
+def test_an_unknown_knowledge_is_refused() -> None:
+    with pytest.raises(ValueError, match="knowledge"):
+        TraceModel("psychic")
