@@ -187,8 +187,9 @@ async def test_what_a_named_user_stated_is_committed_to_their_part_of_the_projec
     mine = await service.journal.load(tenant, user_scope(table))
     assert user_scope(table) != project_scope(PROJECT)
     assert [e.value for e in project.entries.values()] == ["rule: You must never push to main."]
-    assert [(e.page_type, e.value) for e in mine.entries.values()] == [
-        (PageType.PREFERENCE, "preference: I prefer small commits.")
+    assert sorted((e.page_type.value, e.value) for e in mine.entries.values()) == [
+        ("intent", "user said: Fix the parser bug."),  # what the user asked for is theirs too
+        ("preference", "preference: I prefer small commits."),
     ]
     preference = next(p for p, page in table.pages.items() if page.type is PageType.PREFERENCE)
     assert preference in await store.get_pages(tenant, user_scope(table), [preference])
