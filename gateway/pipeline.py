@@ -277,7 +277,16 @@ def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> 
     store = services.sessions.store
     room = max(room, 0)
     return Paging(
-        store, tenant.name, ids.session, ids.project, turn.counter, room, name=RECALL_TOOL, sessions=services.sessions
+        store,
+        tenant.name,
+        ids.session,
+        ids.project,
+        turn.counter,
+        room,
+        name=RECALL_TOOL,
+        sessions=services.sessions,
+        user=ids.user,
+        memory=services.memory,
     )
 
 

@@ -5,10 +5,17 @@ its own. A model that calls it gets the page back from the store, in the upstrea
 only, and is called again (bounded); the agent receives only the final answer, or only its
 own tool calls when the model mixed both. A model still recalling after the last round is told
 recall is exhausted and called once more without the tool, so the agent gets its real answer.
-Every recall carries a reason code: `ok`, `no_match` (not a page id, or no such page in this
-session or its project), `denied` (a page id of another tenant: its tenant tag, the head of the
-id, is not this request's, so the answer is the same whether or not such a page exists) or
-`backend_error` (the store failed).
+
+A call names page ids (or a span stub's range), or only a `query`: a search of every page the
+request may read, newest first — the session's own pages, the requesting user's part of the
+project and the project's pages (gateway.memory), never another user's part or another tenant's
+— answered with the matching lines under their page ids, at most SEARCH_SHOWN pages of the
+SEARCH_PAGES newest, and a note naming the others that matched.
+
+Every recall carries a reason code: `ok`, `no_match` (not a page id, no such page in this
+session or its project, or no readable page holds the query), `denied` (a page id of another
+tenant: its tenant tag, the head of the id, is not this request's, so the answer is the same
+whether or not such a page exists) or `backend_error` (the store failed).
 An empty answer is never silent.
 """
 
@@ -19,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
+from gateway.memory import MemoryService
 from gateway.session_state import SessionState
+from gateway.sessions import per_user
 from gateway.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pages import Fidelity, Page
@@ -37,6 +46,9 @@ QUERY_LINE_CHARS = 400  # a matching line longer than this is shown as windows a
 QUERY_CONTEXT_CHARS = 160  # characters kept either side of a hit in a long line
 NARROW_CONTEXT_CHARS = 24  # the same when a round's answers do not all fit the room
 QUERY_OR = "|"  # separates a query's alternatives
+SEARCH_PAGES = 256  # pages a query without page ids searches, newest first
+SEARCH_SHOWN = 6  # matching pages a query without page ids answers with; the others are named
+ARGUMENTS = '{"page_ids": ["p:..."]} or {"query": "text to search for"}'  # what a call must pass
 DEFAULT_ROUNDS = 3
 EXHAUSTED = "no more recalls this turn; answer from what you have."
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
@@ -50,7 +62,10 @@ def tool_schema(name: str) -> dict[str, Any]:
             "name": name,
             "description": (
                 "Read back earlier parts of this conversation that were paged out to save context. "
-                "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d7e)."
+                "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d7e). "
+                "To find a value you know but cannot place, pass only a query, without page_ids: "
+                "it searches every page of this conversation and of its project and answers "
+                "the matching lines with their page ids."
             ),
             "parameters": {
                 "type": "object",
@@ -60,12 +75,12 @@ def tool_schema(name: str) -> dict[str, Any]:
                     "query": {
                         "type": "string",
                         "description": (
-                            "Optional: return only the lines containing this text (for large pages); "
-                            "separate several alternatives with |, e.g. 'HAT080|gift_card_123'."
+                            "Return only the lines containing this text (with page_ids: of those pages; "
+                            "alone: search all pages); separate several alternatives with |, "
+                            "e.g. 'HAT080|gift_card_123'."
                         ),
                     },
                 },
-                "required": ["page_ids"],
             },
         },
     }
@@ -107,7 +122,9 @@ async def _resolve(paging: Paging, call: dict[str, Any], context: int = QUERY_CO
     counter = paging.counter
     ids, level, query = _arguments(call)
     if ids is None:
-        return _answer("no_match", 'clawvm_recall: arguments must be {"page_ids": ["p:..."]}.', counter)
+        return _answer("no_match", f"clawvm_recall: arguments must be {ARGUMENTS}.", counter)
+    if not ids:
+        return await _search(paging, level, query, context)
     ranged = next((i for i in ids if RANGE in i), None)
     if ranged is not None:
         return await _range(paging, ranged, level, query, context)
@@ -157,6 +174,68 @@ async def _range(paging: Paging, handle: str, level: Fidelity, query: str, conte
     return _answer("ok", "\n\n".join(_part(p, pages[p], level, query, context) for p in hits), counter, hits)
 
 
+async def _search(paging: Paging, level: Fidelity, query: str, context: int) -> Recalled:
+    """A query without page ids: the matching lines of every page this request may read, under
+    their page ids, the newest pages first."""
+    counter = paging.counter
+    try:
+        pages, more = await _readable(paging)
+    except StoreError as exc:
+        return _store_failed(exc, counter)
+    hits = [p for p, page in pages.items() if _holds(page.reprs.at(level).text, query)]
+    searched = f"{len(pages)} pages searched" + (f", the newest of {len(pages) + more}" if more else "")
+    if not hits:
+        text = (
+            f"clawvm_recall: no page of this conversation or its project holds {query!r} ({searched}); "
+            f"try a shorter or different spelling, or alternatives joined by {QUERY_OR}."
+        )
+        return _answer("no_match", text, counter)
+    shown, rest = hits[:SEARCH_SHOWN], hits[SEARCH_SHOWN:]
+    parts = [_part(p, pages[p], level, query, context) for p in shown]
+    if rest:
+        beyond = len(rest) - RANGE_LISTED
+        named = ", ".join(rest[:RANGE_LISTED]) + (f" and {beyond} more" if beyond > 0 else "")
+        parts.append(f"[{len(rest)} more pages hold {query!r}: {named}; recall them by id, or narrow the query]")
+    if more:
+        parts.append(f"[{searched}: older pages were not searched]")
+    return _answer("ok", "\n\n".join(parts), counter, shown)
+
+
+async def _readable(paging: Paging) -> tuple[dict[str, Page], int]:
+    """The pages a query without ids searches, newest first, at most SEARCH_PAGES, and how many
+    more there were: the session's (its table), then the requesting user's part of the project,
+    then the project's (their committed write-back memory)."""
+    table = await paging.sessions.read(paging.tenant, paging.session) if paging.sessions else None
+    own = _newest_first(table) if table is not None else []
+    seen = set(own)
+    pages = {p: table.pages[p] for p in own[:SEARCH_PAGES]} if table is not None else {}
+    more = len(own) - len(pages)
+    for scope in dict.fromkeys((project_scope(per_user(paging.project, paging.user)), project_scope(paging.project))):
+        ids = [i for i in await _committed(paging, scope) if i not in seen]
+        seen.update(ids)
+        room = max(0, SEARCH_PAGES - len(pages))
+        more += max(0, len(ids) - room)
+        if ids[:room]:
+            stored = await paging.store.get_pages(paging.tenant, scope, ids[:room])
+            pages.update((i, stored[i]) for i in ids[:room] if i in stored)
+    return pages, more
+
+
+def _newest_first(table: PageTable) -> list[str]:
+    """The session's page ids, the newest first: by the turn each was made, then its place."""
+    place = {p: n for n, p in enumerate(table.order)}
+    return sorted(table.pages, key=lambda p: (-table.born.get(p, 0), -place.get(p, -1), p))
+
+
+async def _committed(paging: Paging, scope: str) -> list[str]:
+    """The page ids of a project scope's committed memory, the newest slot version first."""
+    if paging.memory is None:
+        return []
+    memory = await paging.memory.memory(paging.tenant, scope)
+    entries = sorted(memory.entries.items(), key=lambda item: (-item[1].version, item[0]))
+    return list(dict.fromkeys(entry.page_id for _, entry in entries))
+
+
 def _listing(table: PageTable, ids: Sequence[str]) -> list[str]:
     """One line per page of a range, the first and last RANGE_LISTED // 2 when it is longer."""
     half = RANGE_LISTED // 2
@@ -201,19 +280,24 @@ def _shown(value: str) -> str:
 
 
 def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
+    """(page ids, level, query); no ids ([]) for a query alone; None when the arguments are neither."""
     raw = function_of(call).get("arguments") or "{}"
     try:
         args = jsonio.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
         return None, Fidelity.FULL, ""
-    ids = args.get("page_ids") if isinstance(args, dict) else None
+    if not isinstance(args, dict):
+        return None, Fidelity.FULL, ""
+    ids = args.get("page_ids")
     if isinstance(ids, str):
         ids = [ids]
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+    query = args.get("query").strip() if isinstance(args.get("query"), str) else ""
+    if ids in (None, []) and _terms(query):
+        ids = []  # a search of every readable page
+    elif not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         return None, Fidelity.FULL, ""
     level = Fidelity.COMPRESSED if args.get("level") == "compressed" else Fidelity.FULL
-    query = args.get("query") if isinstance(args.get("query"), str) else ""
-    return list(dict.fromkeys(ids))[:MAX_IDS_PER_CALL], level, query.strip()
+    return list(dict.fromkeys(ids))[:MAX_IDS_PER_CALL], level, query
 
 
 def _part(page_id: str, page: Page, level: Fidelity, query: str, context: int) -> str:
@@ -340,7 +424,9 @@ class Paging:
     per_call_cap: int = DEFAULT_CALL_CAP
     name: str = "clawvm_recall"
     log: list[Recalled] = field(default_factory=list)
-    sessions: SessionState | None = None  # to expand a span stub's range of older pages
+    sessions: SessionState | None = None  # to expand a span stub's range of older pages, and to search the session
+    user: str = ""  # the requesting end user (a digest, gateway.sessions); "" when the request names none
+    memory: MemoryService | None = None  # the project's committed pages, for a query without page ids
 
 
 async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[UpstreamResponse | None, bytes]:

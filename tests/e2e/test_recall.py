@@ -70,6 +70,28 @@ def test_the_model_recalls_a_page_and_the_agent_sees_only_the_answer(start_gatew
         assert len(second["messages"]) == len(first["messages"]) + 2
 
 
+def test_a_query_alone_finds_a_line_the_prompt_does_not_place_and_the_agent_never_sees_it(start_gateway) -> None:
+    """The model knows the value it needs but no page id: it searches with `query` only."""
+    searched = "line 117 of module 3: value = 3117"
+
+    def responder(body: dict) -> dict:
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            return {"content": "searched"}
+        assert offered(body) and searched not in json.dumps(body)  # paged out: only a search finds it
+        return {"tool_calls": [recall_call(json.dumps({"query": "value = 3117"}))]}
+
+    with start_gateway(budget=4000, fake=FakeUpstream(responder)) as gw:
+        answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30), tools=TOOLS)
+        message = answer.choices[0].message
+        assert message.content == "searched" and not message.tool_calls
+        recalled = gw.fake.requests[-1].body["messages"][-1]["content"]
+        assert recalled.startswith("[recall: ok]") and searched in recalled
+        head = next(line for line in recalled.splitlines() if line.startswith("[p:"))
+        assert PAGE.match(head[1:]) and "lines matching 'value = 3117'" in head  # the page id names the lines
+        assert "value = 3050" not in recalled  # the matching lines, not the whole page
+
+
 def test_recalled_text_is_cut_to_the_budget_with_a_reason(start_gateway) -> None:
     def responder(body: dict) -> dict:
         if body["messages"][-1]["role"] == "tool":

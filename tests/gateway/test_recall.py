@@ -1,5 +1,6 @@
 """The recall resolver against a real store: queries with alternatives, windows in long lines,
-and a round's room shared fairly among its calls; past the bound, the model's own answer."""
+and a round's room shared fairly among its calls; past the bound, the model's own answer; a
+query without page ids searching the session, the project and the user's own part of it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from gateway.embedded import EmbeddedRedis
+from gateway.journal import WritebackJournal
+from gateway.memory import MemoryService
 from gateway.recall import (
     DEFAULT_ROUNDS,
     MIN_ANSWER_TOKENS,
     QUERY_OR,
+    SEARCH_SHOWN,
     Paging,
     complete,
     framing,
@@ -20,11 +25,14 @@ from gateway.recall import (
     split_calls,
     tool_schema,
 )
+from gateway.session_state import SessionState
 from gateway.store import RedisStore, session_scope
 from gateway.upstream import UpstreamResponse
-from policies.pagetable import make_page_id, tenant_tag
+from policies.pages import PageType
+from policies.pagetable import PageTable, make_page_id, tenant_tag
 from policies.tokens import CharCounter
 from tests.factories import make_page
+from tests.policies.test_pagetable import Wire, feed, tool_pair
 
 SESSION = "s1"
 pytestmark = pytest.mark.anyio
@@ -176,3 +184,113 @@ async def test_withdrawing_recall_keeps_the_agents_tools_and_frees_a_choice_nami
     failed, raw = await complete(recalling_model(sent), body, paging(store, tenant, 1000))
     assert json.loads(raw)["choices"][0]["message"]["content"] == "From what I have: 3000."
     assert sent[-1]["tools"] == [own] and sent[-1]["tool_choice"] == "auto"
+
+
+# -- a query without page ids: a search of every page the request may read ---------------------------
+
+PROJECT = "proj-search"
+CARD = "credit_card_4190576"
+SYSTEM = {"role": "system", "content": "You are a support agent. You must never push to main."}
+
+
+def search(query: str, number: int = 0) -> dict:
+    arguments = {"query": query} if query else {}
+    return {
+        "id": f"rs{number}",
+        "type": "function",
+        "function": {"name": "clawvm_recall", "arguments": json.dumps(arguments)},
+    }
+
+
+def searching(store: RedisStore, tenant: str, session: str, user: str = "") -> Paging:
+    memory = MemoryService(WritebackJournal(store.client), store)
+    return Paging(
+        store, tenant, session, PROJECT, CharCounter(), 10_000, sessions=SessionState(store), user=user, memory=memory
+    )
+
+
+async def lived(store: RedisStore, tenant: str, session: str, user: str, *turns: list[Wire]) -> PageTable:
+    """A session that went through `turns` (each a whole transcript), stored and written back."""
+    table = PageTable(tenant, session, PROJECT, user=user)
+    sessions, memory = SessionState(store), MemoryService(WritebackJournal(store.client), store)
+    for wire in turns:
+        new_pages = list(feed(table, wire).new_pages)
+        await memory.write_back(table, new_pages)
+        await sessions.commit(table, new_pages)
+    return table
+
+
+def order_lookup() -> list[Wire]:
+    rows = "\n".join(f"order #W{n:07d}: status delivered" for n in range(40))
+    payment = f"order #W4836353: paid with {CARD}, total 310.50"
+    return [
+        SYSTEM,
+        {"role": "user", "content": "Which card did I pay #W4836353 with?"},
+        *tool_pair("c1", "get_order_details", '{"order_id": "#W4836353"}', f"{rows}\n{payment}\n{rows}"),
+        {"role": "assistant", "content": "Let me check."},
+    ]
+
+
+async def test_a_query_without_page_ids_finds_a_value_in_evidence_paged_out_by_a_compaction(
+    store: RedisStore, tenant: str
+) -> None:
+    compacted = [SYSTEM, {"role": "user", "content": "Summary: the user asked about an order. Go on."}]
+    table = await lived(store, tenant, "s-evidence", "", order_lookup(), compacted)
+    evidence = next(p for p, page in table.pages.items() if page.type is PageType.EVIDENCE)
+    assert evidence not in table.order[-2:]  # not in the compacted transcript any more
+    (answer,) = await resolve_all(searching(store, tenant, "s-evidence"), [search(CARD)], 10_000)
+    assert answer.code == "ok" and answer.pages == (evidence,)
+    assert f"[{evidence} evidence" in answer.text  # the page id heads its matching lines
+    assert f"paid with {CARD}" in answer.text
+    assert "#W0000003" not in answer.text  # only the lines that hold the query, not the whole page
+
+
+async def test_a_query_without_page_ids_reads_the_project_and_the_users_own_part_only(
+    store: RedisStore, tenant: str
+) -> None:
+    stated = [SYSTEM, {"role": "user", "content": "Hello. I prefer small commits."}]
+    await lived(store, tenant, "s-alice-1", "u-alice", stated)
+    alice = await resolve_all(searching(store, tenant, "s-alice-2", "u-alice"), [search("small commits")], 10_000)
+    assert alice[0].code == "ok" and "I prefer small commits." in alice[0].text
+    assert alice[0].pages and all(f"[{p} " in alice[0].text for p in alice[0].pages)
+    bob = searching(store, tenant, "s-bob", "u-bob")
+    (theirs,) = await resolve_all(bob, [search("small commits")], 10_000)
+    assert theirs.code == "no_match"  # another user's part of the project is never searched
+    (rule,) = await resolve_all(bob, [search("push to main")], 10_000)
+    assert rule.code == "ok" and "never push to main" in rule.text  # the project's own rules are every user's
+    for session in ("s-alice-1", "s-alice-2"):
+        (foreign,) = await resolve_all(searching(store, tenant + "x", session, "u-alice"), [search("commits")], 10_000)
+        assert foreign.code == "no_match"  # the same session and project ids in another tenant are not these
+
+
+async def test_a_query_that_matches_nothing_says_so(store: RedisStore, tenant: str) -> None:
+    await lived(store, tenant, "s-none", "", order_lookup())
+    missed, empty = await resolve_all(searching(store, tenant, "s-none"), [search("gift_card_999"), search("")], 10_000)
+    assert missed.code == "no_match" and "'gift_card_999'" in missed.text and "pages searched" in missed.text
+    assert empty.code == "no_match" and '"query"' in empty.text and '"page_ids"' in empty.text
+
+
+async def test_a_search_names_the_matching_pages_it_could_not_show(store: RedisStore, tenant: str) -> None:
+    pairs = [tool_pair(f"c{n}", "get_order_details", f'{{"n": {n}}}', f"order {n}: shipped to Lyon") for n in range(9)]
+    await lived(store, tenant, "s-many", "", [SYSTEM, {"role": "user", "content": "orders?"}, *sum(pairs, [])])
+    (answer,) = await resolve_all(searching(store, tenant, "s-many"), [search("Lyon")], 10_000)
+    assert answer.code == "ok" and len(answer.pages) == SEARCH_SHOWN
+    assert "order 8: shipped" in answer.text  # the newest first
+    assert f"[{9 - SEARCH_SHOWN} more pages hold 'Lyon': " in answer.text
+
+
+async def test_a_search_while_the_store_is_down_is_a_backend_error(killable: EmbeddedRedis, tenant: str) -> None:
+    store = RedisStore.from_url(killable.url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    try:
+        await lived(store, tenant, "s-down", "", order_lookup())
+        killable.kill()
+        (answer,) = await resolve_all(searching(store, tenant, "s-down"), [search(CARD)], 10_000)
+        assert answer.code == "backend_error" and "unavailable" in answer.text
+    finally:
+        await store.aclose()
+
+
+def test_the_schema_offers_a_search_without_page_ids() -> None:
+    function = tool_schema("clawvm_recall")["function"]
+    assert "page_ids" not in function["parameters"].get("required", [])
+    assert "search" in function["description"] and "without page_ids" in function["description"]

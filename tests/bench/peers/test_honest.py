@@ -17,7 +17,8 @@ from gateway.recall import tool_schema
 
 Json = dict[str, Any]
 RECALL = "clawvm_recall"
-TODAY = RecallTool.of(tool_schema(RECALL))  # the gateway's tool as it offers it: page_ids required
+OFFERED = RecallTool.of(tool_schema(RECALL))  # the gateway's tool as it offers it: a query may search alone
+IDS_ONLY = RecallTool(RECALL, max_ids=8, has_query=True, query_alone=False, alternatives=True)  # page_ids required
 SEARCH = RecallTool(RECALL, max_ids=8, has_query=True, query_alone=True, alternatives=True)
 A, B, C = "p:abc111111111", "p:abc222222222", "p:abc333333333"
 OLDER = "p:abc000000001..p:abc000000009"
@@ -40,30 +41,38 @@ PROMPT = [
 ]
 
 
+def ids_only_schema() -> Json:
+    """The gateway's tool as it was before a query could search alone: page_ids required."""
+    schema = tool_schema(RECALL)
+    schema["function"]["parameters"]["required"] = ["page_ids"]
+    return schema
+
+
 def arguments(calls: list[Json]) -> list[Json]:
     return [json.loads(c["function"]["arguments"]) for c in calls]
 
 
 def test_the_gateways_tool_is_read_from_its_schema() -> None:
-    assert (TODAY.name, TODAY.max_ids, TODAY.has_query, TODAY.query_alone, TODAY.alternatives) == (
+    assert (OFFERED.name, OFFERED.max_ids, OFFERED.has_query, OFFERED.query_alone, OFFERED.alternatives) == (
         RECALL,
         8,
         True,
-        False,  # page_ids is required today
+        True,  # page_ids is not required: a query searches on its own
         True,  # the description says alternatives are joined by |
     )
+    assert RecallTool.of(ids_only_schema()) == IDS_ONLY
     body = {"tools": [{"type": "function", "function": {"name": "other"}}, tool_schema(RECALL)]}
-    assert offered_tool(body, RECALL) == TODAY
+    assert offered_tool(body, RECALL) == OFFERED
     assert offered_tool({"tools": []}, RECALL) is None
 
 
 def test_an_id_whose_stub_line_names_the_missing_value_is_recalled_with_it_as_the_query() -> None:
-    assert recall_arguments(["#W4836353"], PROMPT, TODAY) == [{"page_ids": [A], "query": "#W4836353"}]
+    assert recall_arguments(["#W4836353"], PROMPT, IDS_ONLY) == [{"page_ids": [A], "query": "#W4836353"}]
 
 
 def test_a_path_is_placed_by_its_file_name() -> None:
     prompt = [stub(f'{A} read_file({{"path": "north.txt"}})', f"{B} bash(ls)")]
-    assert recall_arguments(["/depot/north.txt"], prompt, TODAY) == [{"page_ids": [A], "query": "/depot/north.txt"}]
+    assert recall_arguments(["/depot/north.txt"], prompt, IDS_ONLY) == [{"page_ids": [A], "query": "/depot/north.txt"}]
 
 
 def test_a_value_it_cannot_place_is_searched_for_with_the_query_when_the_tool_takes_one_alone() -> None:
@@ -74,7 +83,7 @@ def test_a_value_it_cannot_place_is_searched_for_with_the_query_when_the_tool_ta
 
 
 def test_without_a_search_it_queries_the_ids_it_sees_newest_first_then_the_older_range() -> None:
-    calls = recall_arguments(["credit_card_4190576", "gift_card_1"], PROMPT, TODAY)
+    calls = recall_arguments(["credit_card_4190576", "gift_card_1"], PROMPT, IDS_ONLY)
     query = "credit_card_4190576|gift_card_1"
     assert calls == [{"page_ids": [C, B, A], "query": query}, {"page_ids": [OLDER], "query": query}]
 
@@ -88,14 +97,19 @@ def test_a_tool_without_alternatives_gets_one_value_per_query() -> None:
     ]
 
 
+def test_with_the_gateways_tool_a_value_it_cannot_place_is_searched_for_alone() -> None:
+    assert recall_arguments(["credit_card_4190576"], PROMPT, OFFERED) == [{"query": "credit_card_4190576"}]
+    assert recall_arguments(["#W4836353"], [{"role": "user", "content": "hello"}], OFFERED) == [{"query": "#W4836353"}]
+
+
 def test_nothing_in_view_means_no_call() -> None:
-    assert recall_arguments(["#W4836353"], [{"role": "user", "content": "hello"}], TODAY) == []
-    assert recall_arguments([], PROMPT, TODAY) == []
+    assert recall_arguments(["#W4836353"], [{"role": "user", "content": "hello"}], IDS_ONLY) == []
+    assert recall_arguments([], PROMPT, IDS_ONLY) == []
 
 
 def test_at_most_max_calls_in_one_round() -> None:
     many = [stub(*(f"p:abc{n:09d} bash(ls)" for n in range(1, 60)))]
-    assert len(recall_arguments(["missing-1"], many, TODAY)) == honest.MAX_CALLS
+    assert len(recall_arguments(["missing-1"], many, IDS_ONLY)) == honest.MAX_CALLS
 
 
 def test_ids_are_read_from_pointers_and_tool_call_arguments_too() -> None:
@@ -121,7 +135,7 @@ _message = st.builds(lambda role, text: {"role": role, "content": text}, st.samp
 @given(
     prompt=st.lists(_message, max_size=6),
     wanted=st.lists(_word, min_size=1, max_size=5),
-    tool=st.sampled_from([TODAY, SEARCH]),
+    tool=st.sampled_from([OFFERED, IDS_ONLY, SEARCH]),
 )
 def test_every_id_it_recalls_is_shown_verbatim_in_the_request_it_got(
     prompt: list[Json], wanted: list[str], tool: RecallTool
@@ -149,7 +163,10 @@ def test_the_trace_model_is_honest_by_default_and_perfect_only_when_asked() -> N
     model = TraceModel()
     assert model.knowledge == HONEST
     model.expect(expected)
-    recalled = [i for a in arguments(model(body)["tool_calls"]) for i in a["page_ids"]]
+    assert arguments(model(body)["tool_calls"]) == [{"query": "credit_card_4190576"}]  # a search, no id
+    model.expect(expected)
+    older = {"messages": PROMPT, "tools": [ids_only_schema()]}
+    recalled = [i for a in arguments(model(older)["tool_calls"]) for i in a["page_ids"]]
     assert hidden not in recalled and set(recalled) == {A, B, C, OLDER}
     perfect = TraceModel(PERFECT)
     perfect.expect(expected)
@@ -164,4 +181,4 @@ def test_the_trace_model_only_ever_recalls_ids_of_the_request_it_got(prompt: lis
     model = TraceModel()
     model.expect(Expected({"content": "done"}, {w: "p:fedcba987654" for w in wanted}))  # never shown
     for args in arguments(model(body).get("tool_calls") or []):
-        assert all(handle in shown for handle in args["page_ids"])
+        assert all(handle in shown for handle in args.get("page_ids", []))
