@@ -60,13 +60,8 @@ class RecallingModel:
         turn, messages = original
         self._turn = turn
         seen = _visible(body["messages"])
-        needed = {
-            i: p
-            for i in identifiers(message_text(self.trace.messages[turn]), 40)
-            if i not in seen
-            for p in [_holder(messages, i)]
-            if p is not None
-        }
+        wanted = [i for i in identifiers(message_text(self.trace.messages[turn]), 40) if i not in seen]
+        needed = holders(messages, wanted)
         self._wanted = needed
         if not needed:
             return {"content": "ok"}
@@ -122,13 +117,18 @@ def _visible(messages: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def _holder(messages: list[dict[str, Any]], ident: str) -> str | None:
-    """The page id of the latest earlier message whose text holds `ident`."""
-    parsed = parse_messages(messages)
-    for message in reversed(parsed):
-        if ident in message.text:
-            return make_page_id(tenant_tag(TENANT), content_digest(message))
-    return None
+def holders(transcript: list[dict[str, Any]], wanted: list[str]) -> dict[str, str]:
+    """For each identifier an earlier message's text holds, the page id of the latest such message
+    (content-addressed: the id the gateway gives that message's page for TENANT). Only the
+    perfect-knowledge model (an upper bound) recalls by these ids."""
+    parsed = list(reversed(parse_messages(list(transcript))))
+    tag = tenant_tag(TENANT)
+    found: dict[str, str] = {}
+    for ident in wanted:
+        holder = next((m for m in parsed if ident in m.text), None)
+        if holder is not None:
+            found[ident] = make_page_id(tag, content_digest(holder))
+    return found
 
 
 @dataclass(frozen=True)

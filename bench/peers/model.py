@@ -29,10 +29,8 @@ from typing import Any
 
 from bench.checks import message_text
 from bench.peers.honest import offered_tool, recall_arguments
-from bench.recall_replay import RECALL, TENANT
-from gateway.chat import parse_messages
+from bench.recall_replay import RECALL, holders
 from gateway.recall import MAX_IDS_PER_CALL, QUERY_OR
-from policies.pagetable import content_digest, make_page_id, tenant_tag
 from policies.represent import identifiers
 
 Json = dict[str, Any]
@@ -63,19 +61,6 @@ def expected_for(transcript: Sequence[Json], following: Json) -> Expected:
         answer["tool_calls"] = following["tool_calls"]
     used = identifiers(visible([following]), MAX_IDENTIFIERS)  # its text and its calls' arguments
     return Expected(answer, holders(transcript, used))
-
-
-def holders(transcript: Sequence[Json], wanted: Sequence[str]) -> dict[str, str]:
-    """For each identifier an earlier message's text holds, the page id of the latest such message
-    (content-addressed: the id the gateway gives that message's page for the default tenant)."""
-    parsed = list(reversed(parse_messages(list(transcript))))
-    tag = tenant_tag(TENANT)
-    found: dict[str, str] = {}
-    for ident in wanted:
-        holder = next((m for m in parsed if ident in m.text), None)
-        if holder is not None:
-            found[ident] = make_page_id(tag, content_digest(holder))
-    return found
 
 
 def visible(messages: Sequence[Json]) -> str:
