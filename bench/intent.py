@@ -1,10 +1,12 @@
 """`python -m bench intent`: the user-intent classifier's precision and recall on the labelled set.
 
-The set is tests/policies/data/intent_labels.tsv (source, sentence, label, kind), each sentence
+The set is bench/data/intent_labels.tsv (source, sentence, label, kind), each sentence
 labelled `intent` (a wish, a prohibition, an exception, an ordering, an identity fact or the
 details of a request; `kind` says which) or `none`. Its sources:
 - `trace:<name>#<message>`: every distinct user sentence of the shared traces (bench.traces),
-  except the two messages over 3,000 characters (a pasted demonstration and a pasted log);
+  except the two messages over 3,000 characters (a pasted demonstration and a pasted log), and
+  the two sentences of SWE-agent's issue template (pydicom-1458#2) that state the issue; the
+  user-intent check of the bench (bench.intent_check) holds every later prompt to these;
 - `written`: phrasings, negations, false friends, questions, quoted text and pasted output
   written for the set. The cue table was tuned on these and on the traces;
 - `heldout`: sentences written and labelled after the cue table was frozen, never tuned on:
@@ -24,7 +26,8 @@ from pathlib import Path
 from policies.classify import extract_facts
 from policies.transcript import Message
 
-LABELS = Path(__file__).resolve().parent.parent / "tests" / "policies" / "data" / "intent_labels.tsv"
+LABELS = Path(__file__).resolve().parent / "data" / "intent_labels.tsv"
+COLUMNS = ("source", "sentence", "label", "kind")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +59,11 @@ class Score:
 
 
 def load_labels(path: Path = LABELS) -> list[Labelled]:
+    """The labelled sentences of `path` (TSV with a header row naming COLUMNS)."""
     with path.open(encoding="utf-8", newline="") as handle:
         rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if tuple(rows.fieldnames or ()) != COLUMNS:
+            raise ValueError(f"{path}: the header must be {COLUMNS}, not {rows.fieldnames}")
         return [Labelled(r["source"], r["sentence"], r["label"] == "intent", r["kind"]) for r in rows]
 
 

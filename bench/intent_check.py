@@ -1,9 +1,11 @@
 """The user-intent check: what the user asked for stays in front of the model.
 
-A labelled file (`bench/data/intent_labels.tsv`: trace, message index, sentence, label) lists
-sentences users typed in the shared traces, labelled by hand: `intent` for a sentence that steers
-the rest of the session (a wish, a prohibition, an exception, an ordering, an identity fact, the
-specifics of the request), `other` for the rest. The labels are data, not our classifier's output.
+The labelled set of user sentences (`bench/data/intent_labels.tsv`, read by bench.intent, the
+same set the classifier is scored on) names, for each sentence of the shared traces, its trace
+and message (`trace:<name>#<message>`) and a label given by hand: `intent` for a sentence that
+steers the rest of the session (a wish, a prohibition, an exception, an ordering, an identity
+fact, the specifics of the request), `none` for the rest. The labels are data, not our
+classifier's output.
 
 For every forwarded prompt, every `intent` sentence of a message the agent already sent (its
 index in the trace is below the number of trace messages sent so far) must be there: at least
@@ -13,16 +15,17 @@ words. A sentence below that is a miss, counted as a fault.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LABELS = Path(__file__).resolve().parent / "data" / "intent_labels.tsv"
-COLUMNS = ("trace", "message", "sentence", "label")
+from bench.intent import LABELS
+from bench.intent import load_labels as load_labelled
+
 INTENT = "intent"
+TRACE_SOURCE = re.compile(r"^trace:(?P<trace>[^#]+)#(?P<message>\d+)$")
 COVERAGE = 0.8
 WORD = re.compile(r"[a-z0-9][a-z0-9@._'-]*[a-z0-9]|[a-z0-9]")
 STOP_WORDS = frozenset(
@@ -44,12 +47,13 @@ class Label:
 
 
 def load_labels(path: Path = LABELS) -> list[Label]:
-    """The labelled sentences of `path` (TSV with a header row naming COLUMNS)."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(f"{path}: the header must be {COLUMNS}, not {reader.fieldnames}")
-        return [Label(r["trace"], int(r["message"]), r["sentence"], r["label"].strip()) for r in reader]
+    """The labelled sentences of `path` that come from a trace's user message (`trace:<name>#<n>`)."""
+    found = []
+    for row in load_labelled(path):
+        if (source := TRACE_SOURCE.match(row.source)) is not None:
+            label = INTENT if row.intent else "none"
+            found.append(Label(source["trace"], int(source["message"]), row.sentence, label))
+    return found
 
 
 def intents(labels: Iterable[Label]) -> dict[str, list[Label]]:

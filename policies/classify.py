@@ -27,9 +27,11 @@ tenant rule may still match it, and it is an intent only when it is a request ("
 please add 3 checked bags?"). Fragments under three words are skipped (except an identity fact:
 a bare e-mail address). A rule or preference is cut to 400 characters (the cut ends with "…");
 an intent is never cut: it is kept whole up to MAX_INTENT_CHARS, and a longer run of text
-without a sentence break is pasted material, not a sentence someone typed, and is skipped; so
-is every sentence of a user message over MAX_TYPED_CHARS (a harness's instructions, a pasted
-demonstration or log: no person typed it, and its rules are still found).
+without a sentence break is pasted material, not a sentence someone typed, and is skipped. A user
+message over MAX_TYPED_CHARS is mostly not typed (a harness's instructions, a pasted demonstration
+or log; its rules are still found): of its sentences only those where a person speaks for
+themselves ("I would expect ...", "we don't want ...") are intents, at most LONG_MESSAGE_INTENTS
+of them, since such a template often wraps the person's own request (an issue's text).
 A tenant rule with an invalid pattern raises `re.error`; the settings loader is expected to
 compile rules once at start-up to reject them early.
 """
@@ -52,6 +54,8 @@ MAX_FACT_CHARS = 400
 MAX_INTENT_CHARS = 1000
 MAX_TYPED_CHARS = 4000  # a longer user message is pasted or generated (a harness's template, a log)
 MIN_FACT_WORDS = 3
+SHORT_INTENTS = frozenset({"identity", "wish"})  # intents shorter than MIN_FACT_WORDS: "Execute ./deploy.md"
+LONG_MESSAGE_INTENTS = 3  # intents a user message over MAX_TYPED_CHARS may yield, first-person ones only
 FACT_ROLES = frozenset({"system", "developer", "user"})
 INTENT_ROLES = frozenset({"user"})
 FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT})
@@ -73,6 +77,8 @@ _CONSTRAINT = re.compile(
 )
 # "I don't remember", "I need to cancel", "I should end": the user describing themselves
 _FIRST_PERSON = re.compile(r"\bI(?:\s+(?:just|actually|really|also|still|only|simply))?\s+$", re.IGNORECASE)
+# The person speaking for themselves: "I would expect", "we don't want", "Hi, I need ..."
+_SPEAKER = re.compile(r"^(?:[\w,!.*:]+\s+){0,3}?(?:I|we)(?:['\u2019](?:d|m|re|ve|ll))?\s+\w", re.IGNORECASE)
 _PREFERENCE = re.compile(
     rf"\bI(?:{_APOS}d|\s+would)?\s+(?:really\s+)?prefer\b|\bplease\s+(?:always|never)\b|\bcall\s+me\b"
     rf"|\bI\s+(?:really\s+)?(?:like|love|dislike|hate)\b|\bI\s+(?:do\s+not|don{_APOS}t)\s+like\b"
@@ -161,13 +167,17 @@ def extract_facts(
     if message.role not in FACT_ROLES or not message.text:
         return ()
     compiled = _compile(rules, message.role)
-    typed = message.role in INTENT_ROLES and len(message.text) <= MAX_TYPED_CHARS
+    person = message.role in INTENT_ROLES
+    typed = person and len(message.text) <= MAX_TYPED_CHARS
+    long_intents = 0 if typed or not person else LONG_MESSAGE_INTENTS
     facts: dict[Fact, None] = {}
     for sentence in sentences(message.text):
-        page_type = _sentence_type(sentence, message.role, compiled, typed=typed)
+        spoken = long_intents > 0 and _SPEAKER.match(sentence) is not None
+        page_type = _sentence_type(sentence, message.role, compiled, typed=typed or spoken)
         if page_type is PageType.INTENT:
             if len(sentence) <= MAX_INTENT_CHARS:  # kept whole, or not at all
                 facts[Fact(page_type, sentence)] = None
+                long_intents -= 1 if spoken else 0
         elif page_type is not None:
             facts[Fact(page_type, _cap(sentence, max_chars))] = None
     return tuple(facts)
@@ -182,8 +192,8 @@ def _sentence_type(
     sentence: str, role: str, compiled: tuple[tuple[re.Pattern[str], PageType], ...], *, typed: bool = False
 ) -> PageType | None:
     """`typed`: the sentence is from a message a person typed (user text, not pasted at length)."""
-    if len(sentence.split()) < MIN_FACT_WORDS:
-        return PageType.INTENT if typed and intent_kind(sentence) == "identity" else None
+    if len(sentence.split()) < MIN_FACT_WORDS:  # a fragment, unless it names the person or gives an order
+        return PageType.INTENT if typed and intent_kind(sentence) in SHORT_INTENTS else None
     for pattern, page_type in compiled:
         if pattern.search(sentence):
             return page_type

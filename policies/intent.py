@@ -33,8 +33,11 @@ assistant message says, it never becomes intent.
 from __future__ import annotations
 
 import re
+from functools import cache
 
 MIN_CONTENT_WORDS = 2
+# "please" as people type it: the word, its abbreviations and its common typos ("Pleare review ...").
+PLEASE = r"(?:please|pls|plz|pleas|plese|pleae|pleare|pleaes|plaese|plase|pleasse|pleasee|pelase|pleaze)"
 _A = "['\u2019]"  # an apostrophe, straight or curly
 
 # Blanked before matching: the speaker describing themselves, or asking to be told something.
@@ -115,16 +118,17 @@ CUES: tuple[tuple[str, str], ...] = (
         rf"|\b(?:I|we)(?:{_A}?m|{_A}?re|\s+am|\s+are|\s+was|\s+were)\s+looking\s+for\b"
         r"|\b(?:we|I)\s+(?:might|may|could)\s+want\s+to\b|\bI\s+(?:told|asked)\s+you\s+to\b"
         r"|\b(?:I|we)\s+(?:plan|intend|wanted|needed|meant|hoped)\s+to\b"
-        rf"|\bI(?:{_A}d|\s+would)\s+(?:need|prefer)\b|\b(?:I|we)(?:{_A}?m|{_A}?re|\s+am|\s+are)\s+(?:thinking\s+(?:of|about)"
+        rf"|\bI(?:{_A}d|\s+would)\s+(?:need|prefer|expect)\b|\b(?:I|we)(?:{_A}?m|{_A}?re|\s+am|\s+are)\s+(?:thinking\s+(?:of|about)"
         r"|considering)\b|\byou\s+(?:can|could|may)\s+(?:use|try|run|skip|ignore|just|also|now)\b"
         r"|\b(?:one|small|tiny|incremental)\s+(?:small\s+)?steps?\b"
-        r"|\bplease\b|\bpls\b|\bkindly\b"
-        rf"|\blet{_A}?s\s+\w+|\blet\s+us\s+\w+|\blet\s+me\s+(?:approve|review|decide|confirm)\b"
+        rf"|\b{PLEASE}\b|\bkindly\b"
+        rf"|\blet(?:{_A}?s|{_A}t)\s+\w+|\blet\s+us\s+\w+|\blet\s+me\s+(?:approve|review|decide|confirm)\b"
         r"|\b(?:go\s+ahead|proceed|go\s+on|continue|carry\s+on|stick)\s+with\b"
         r"|\b(?:my|our|the)\s+(?:\w+\s+)?(?:goal|aim|priority|objective|intention|request|wish|plan)\s+(?:is|was)\b"
         r"|\byour\s+(?:\w+\s+)?(?:task|job|goal|mission|role)\s+is\b"
         r"|\bwe\s+(?:always\s+)?(?:practice|practise|follow|work\s+with|stick\s+to)\b"
-        r"|\b(?:remind|reminding)\s+you\b|\bremember\s+(?:to|that|<)",
+        r"|\b(?:remind|reminding)\s+you\b|\bremember\s+(?:to|that|<)"
+        rf"|\bwe(?:{_A}ll|{_A}|\s+will|\s+shall)\s+(?!see\b|be\b|find\s+out\b|figure\b|get\s+there\b)[a-z]+",
     ),
     # specifics
     (
@@ -147,6 +151,21 @@ CUES: tuple[tuple[str, str], ...] = (
         "specifics",
         r"\b(?:one-way|round[- ]trip|nonstop|non-stop|direct\s+flight|economy|business\s+class|first\s+class"
         r"|gift\s+card|credit\s+card|paypal|visa|mastercard|express\s+shipping|travel\s+insurance|checked\s+bags?)\b",
+    ),
+    # specifics: the problem the person reports ("there's an issue with my payment")
+    (
+        "specifics",
+        rf"\b(?:there{_A}?s|there\s+(?:is|are|was|were)|I\s+(?:have|had|got)|I{_A}ve\s+got|I(?:{_A}m|\s+am)\s+having)"
+        r"\s+(?:an?\s+|some\s+)?(?:issue|problem|trouble|error|bug|mistake)s?\s+(?:with|in|on)\s+(?:my|our|the|this|that)\b",
+    ),
+    # specifics: a correction of what the agent assumed ("No, I don't have any books in state 5",
+    # "There's no BookMinder Team", "Snowcrash is a Book Sample")
+    ("specifics", r"^(?:no|nope)[,.!]\s+\S"),
+    ("specifics", rf"^there(?:{_A}s|\s+is|\s+are|\s+was|\s+were)\s+no\s+\w+"),
+    (
+        "specifics",
+        r"(?-i:^(?!(?:It|This|That|There|These|Those|He|She|They|We|You|What|Which|Who|Here|The|A|An)\b)"
+        r"[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*\s+(?:is|are)\s+(?:a|an|not\s+an?)\s+[A-Z][a-z]\w*)",
     ),
 )
 
@@ -182,12 +201,19 @@ IMPERATIVE_VERBS: frozenset[str] = frozenset(
 # Words that may stand before the verb of an order: greetings, answers and discourse words.
 _LEAD = re.compile(
     r"^(?:(?:ok(?:ay)?|yes|yeah|yep|sure|great|good|fine|thanks|thank\s+you|hi|hello|hey|alright|right|no|nope"
-    r"|so|and|but|also|then|now|first|firstly|next|finally|please|just|actually|instead|otherwise|meanwhile"
+    rf"|so|and|but|also|then|now|first|firstly|next|finally|{PLEASE}|just|actually|instead|otherwise|meanwhile"
     r"|in\s+the\s+future|for\s+now|after\s+that|from\s+now\s+on|in\s+that\s+case|if\s+so|perfect|excellent"
     r"|lgtm|cool|ah|oh|hmm|well|w8|wait)\b[,.!:;]?\s+)+",
     re.IGNORECASE,
 )
+# An order typed in haste: the verb one letter off ("Tech me ...", "Reviw the ..."), before its object.
+TYPO_VERB_LENGTH = 5  # verbs at least this long are recognised with one letter wrong, missing or extra
+_OBJECT = re.compile(
+    r"^(?:me|us|the|it|this|that|these|those|my|our|your|a|an|all|every|each|them|him|her)$", re.IGNORECASE
+)
 _CLAUSE = re.compile(r"[,;:]\s+|\s+--?\s+|\s*\u2014\s*")
+# Where a statement ends and a question starts in one sentence ("I'd first like to discuss it -- would ...?").
+_ASIDE = re.compile(r"\s*;\s+|\s+--?\s+|\s*\u2014\s*")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019-]*")
 # Someone else's words: a quoted sentence, a `>` line, pasted error output or JSON.
 _QUOTED = re.compile(
@@ -254,8 +280,13 @@ def intent_kind(sentence: str) -> str | None:
     if is_quoted(sentence):
         return None
     text = _FALSE.sub(" \u2026 ", unquoted(sentence))
-    if sentence.rstrip().endswith("?"):
-        return _question_kind(text)
+    if not sentence.rstrip().endswith("?"):
+        return _statement_kind(text)
+    stated = _ASIDE.split(text)[:-1]  # the statements before the question
+    return next((kind for part in stated if (kind := _statement_kind(part))), None) or _question_kind(text)
+
+
+def _statement_kind(text: str) -> str | None:
     for kind, pattern in _CUES:
         if pattern.search(text) and _enough(kind, text):
             return kind
@@ -309,7 +340,32 @@ def _is_order(text: str) -> bool:
     ("Cancel #W4836353", "I have converted it, use head to explore the format")."""
     for clause in _CLAUSE.split(text):
         rest = _LEAD.sub("", clause.lstrip("*_`(\"' ")).lstrip("*_`(\"' ")
+        words = rest.split()
         match = _WORD.match(rest)
-        if match is not None and match.group(0).lower() in IMPERATIVE_VERBS and len(rest.split()) > 1:
+        if match is None or len(words) < 2:
+            continue
+        verb = match.group(0).lower()
+        if verb in IMPERATIVE_VERBS or (_OBJECT.match(words[1]) and verb in _mistyped_verbs(IMPERATIVE_VERBS)):
             return True
     return False
+
+
+def _deletions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1 :] for i in range(len(word))}
+
+
+@cache
+def _mistyped_verbs(verbs: frozenset[str]) -> frozenset[str]:
+    """Every word one edit from a verb of TYPO_VERB_LENGTH letters or more: a letter missing, extra,
+    wrong or two swapped (built once per table, on first use)."""
+    long_verbs = [v for v in verbs if len(v) >= TYPO_VERB_LENGTH and v.isalpha()]
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    near: set[str] = set()
+    for verb in long_verbs:
+        near |= _deletions(verb)
+        for i in range(len(verb) + 1):
+            near |= {verb[:i] + c + verb[i:] for c in alphabet}
+        for i in range(len(verb)):
+            near |= {verb[:i] + c + verb[i + 1 :] for c in alphabet}
+        near |= {verb[:i] + verb[i + 1] + verb[i] + verb[i + 2 :] for i in range(len(verb) - 1)}
+    return frozenset(near - verbs - FUNCTION_WORDS)

@@ -280,7 +280,6 @@ def test_wrapped_user_lines_join_into_one_sentence() -> None:
     "text",
     [
         "Hmm, I don’t remember the exact order numbers.",
-        "No, I actually don't have any books that have ZSTATE 5.",
         "Maybe this is a sign I should end for today!",
         "SHould we apply any of this learning into our project?",
         "Did you check TODO.md and CLAUDE.md?",
@@ -290,6 +289,18 @@ def test_wrapped_user_lines_join_into_one_sentence() -> None:
 )
 def test_self_descriptions_questions_and_fragments_are_not_rules(text: str) -> None:
     assert extract_facts(msg("user", text)) == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No, I actually don't have any books that have ZSTATE 5.",
+        "There's no BookMinder Team.",
+        "Snowcrash is a Book Sample, as is Tiny Experiments",
+    ],
+)
+def test_a_correction_of_what_the_agent_assumed_is_an_intent_not_a_rule(text: str) -> None:
+    assert [f.type for f in extract_facts(msg("user", text))] == [N]
 
 
 # ---------------------------------------------------------------- extract_facts: preferences

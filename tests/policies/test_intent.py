@@ -1,12 +1,12 @@
 """The user-intent cue table, on many phrasings, negations, false friends, questions, quoted
-text and code, and on the labelled set of user sentences (tests/policies/data/intent_labels.tsv)."""
+text and code, and on the labelled set of user sentences (bench/data/intent_labels.tsv)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.intent import LABELS, load_labels, score
-from policies.classify import MAX_INTENT_CHARS, MAX_TYPED_CHARS, extract_facts
+from policies.classify import LONG_MESSAGE_INTENTS, MAX_INTENT_CHARS, MAX_TYPED_CHARS, extract_facts
 from policies.intent import identity_key, intent_kind
 from policies.pages import PageType
 from policies.transcript import Message
@@ -71,6 +71,14 @@ def test_the_issues_examples_are_kept_whole(text: str) -> None:
         ("The trip type is one-way.", "specifics"),
         ("I'll use the Visa ending in 6437 for the remaining amount.", "specifics"),
         ("Which restaurants within 1 block of Washington Square Park have vegan mains under $15?", "specifics"),
+        ("Pleare review the day-002 log and critically analyze where the problems originated.", "wish"),
+        ("plz run the linter before committing.", "ordering"),
+        ("I would expect the property to decode float pixel data without that element.", "wish"),
+        ("I'd first like to discuss the options -- would that change the log file?", "wish"),
+        ("Hi, I just placed an order, but there's an issue with my payment.", "specifics"),
+        ("No, I actually don't have any books that have ZSTATE 5.", "specifics"),
+        ("There's no BookMinder Team.", "specifics"),
+        ("Snowcrash is a Book Sample, as is Tiny Experiments", "specifics"),
     ],
 )
 def test_phrasings_of_each_kind(text: str, kind: str) -> None:
@@ -210,6 +218,32 @@ def test_precision_and_recall_on_the_labelled_set_stay_above_their_floors() -> N
     assert heldout.sentences >= 80
     assert heldout.precision >= HELDOUT_PRECISION_FLOOR, heldout.false_alarms
     assert heldout.recall >= HELDOUT_RECALL_FLOOR, heldout.misses
+
+
+def test_a_long_template_yields_the_persons_own_words_as_intents_and_no_more_than_three() -> None:
+    issue = "I would expect the reader to accept float pixel data. " + "Run the tests after every edit. " * 50
+    speaking = " ".join(f"I need change number {n} in the build file." for n in range(5))
+    template = issue + speaking + " Some pasted log line." * 200
+    assert len(template) > MAX_TYPED_CHARS
+    intents = [text for kind, text in user_facts(template) if kind is N]
+    assert intents[0] == "I would expect the reader to accept float pixel data."
+    assert len(intents) == LONG_MESSAGE_INTENTS
+    assert "Run the tests after every edit." not in intents  # an order in a template is not the person's
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No, thanks.",
+        "No, I don't know.",
+        "No, that is all.",
+        "It is a Bug.",
+        "Thanks -- what does this flag do?",
+        "I'm not sure -- what does this flag do?",
+    ],
+)
+def test_short_answers_pronouns_and_plain_questions_are_not_corrections(text: str) -> None:
+    assert intent_kind(text) is None
 
 
 def test_a_user_message_too_long_to_be_typed_yields_rules_but_no_intents() -> None:
