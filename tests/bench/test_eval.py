@@ -86,11 +86,11 @@ def test_report_only_rewrites_the_report_from_the_json(quick_run: Path) -> None:
 
 
 def test_report_only_exits_1_on_a_measurement_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    marks = [(10, 500.0), (1000, -2799.0)]  # turn 1000's added latency measured below zero
+    marks = [(10, 500.0), (1000, -2799.0)]  # turn 1000's overhead measured below zero
     http = [
         {"turn": t, "messages": 2 * t, "request_bytes": 1000 * t, "samples": 5, "direct_median_us": 100.0,
          "gateway_median_us": 100.0 + a, "added_median_us": a, "policy_header_median_us": 80.0,
-         "overhead_header_median_us": 400.0}
+         "overhead_header_median_us": a}
         for t, a in marks
     ]  # fmt: skip
     policy = [{"turn": t, "messages": 2 * t, "median_us": 100.0, "samples_us": [100.0]} for t, _ in marks]
@@ -98,7 +98,7 @@ def test_report_only_exits_1_on_a_measurement_error(tmp_path: Path, capsys: pyte
     (tmp_path / "growth.json").write_text(json.dumps(growth), encoding="utf-8")
     assert bench_main(["eval", "--report-only", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "measurement error, added latency follows new content" in err and "-2799.0" in err
-    assert "**added latency follows new content (turn 1000 over turn 10 < 2.0x)**: measurement error" in (
+    assert "measurement error, gateway overhead follows new content" in err and "-2799.0" in err
+    assert "**gateway overhead follows new content (turn 1000 over turn 10 < 2.0x)**: measurement error" in (
         tmp_path / "report.md"
     ).read_text(encoding="utf-8")
