@@ -15,11 +15,13 @@ from policies.assembler import Assembly, assemble
 from policies.budget import TokenBudget
 from policies.layout import Layout, make_layout, newest_turn
 from policies.pages import Fidelity, PageType
-from policies.pagetable import IngestResult, PageTable, ingest, replace_levels, set_level
-from policies.render import View, render
+from policies.pagetable import IngestResult, PageTable, ingest, named_in, paged_out, replace_levels, set_level
+from policies.render import View, render, stated
 from policies.tenant import TenantPolicy
 from policies.tokens import TokenCounter, framed
 from policies.transcript import Message
+
+REFERENCE_MESSAGES = 6  # the last messages whose text may bring paged-out evidence back (`_recent_text`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ def assemble_turn(
     replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
-    entries = {p: table.entries[p][0] for p in layout.order}
+    entries = {p: table.entries[p][0] for p in (*layout.order, *layout.index)}
     view = render(layout, assembly.levels, entries, recall_tool)
     table.view = view
     return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result)
@@ -129,15 +131,26 @@ def build_layout(table: PageTable) -> Layout:
     order = tuple(table.order)
     pages = table.pages
     plans = [p for p in order if pages[p].type is PageType.PLAN]
+    index = tuple(paged_out(table))
     return make_layout(
         order,
         pages,
         table.names,
-        {p: table.entries[p][1] for p in order},
+        {p: table.entries[p][1] for p in (*order, *index)},
         _live_facts(table, order),
         plans[-1] if plans else None,
         frozenset(table.restored),
+        index,
+        named_in(table, index, _recent_text(table, plans[-1:])) if index else frozenset(),
     )
+
+
+def _recent_text(table: PageTable, plans: Sequence[str]) -> str:
+    """What the evidence index's pages may be referred to by: the last REFERENCE_MESSAGES
+    messages of the transcript and the current plan (stated or carried), tool calls included."""
+    carried = [p for p in table.carried if table.pages[p].type is PageType.PLAN]
+    ids = dict.fromkeys([*table.order[-REFERENCE_MESSAGES:], *plans, *carried])
+    return "\n".join(stated(table.pages[p].reprs.full) for p in ids)
 
 
 def _live_facts(
