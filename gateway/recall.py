@@ -7,10 +7,10 @@ own tool calls when the model mixed both. A model still recalling after the last
 recall is exhausted and called once more without the tool, so the agent gets its real answer.
 
 A call names page ids (or a range of a span stub or of the evidence index), or only a `query`:
-a search of every page the request may read, newest first — the session's own pages, the requesting user's part of the
-project and the project's pages (gateway.memory), never another user's part or another tenant's
-— answered with the matching lines under their page ids, at most SEARCH_SHOWN pages of the
-SEARCH_PAGES newest, and a note naming the others that matched.
+a search of every page the request may read, newest first — the session's own pages, the
+requesting user's part of the project and the project's pages (gateway.memory), never another
+user's part or another tenant's — answered with the matching lines under their page ids, at
+most SEARCH_SHOWN pages of the SEARCH_PAGES newest, and a note naming the others that matched.
 
 Every recall carries a reason code: `ok`, `no_match` (not a page id, no such page in this
 session or its project, or no readable page holds the query), `denied` (a page id of another
