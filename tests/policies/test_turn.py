@@ -560,14 +560,18 @@ def boundary(kind: str, wire: list[Wire]) -> list[Wire]:
     return [*INJECTORS[kind](wire), {"role": "user", "content": "Go on: which module is slow?"}]
 
 
+@pytest.mark.parametrize("counter_name", ["chars", "tiktoken"])
 @pytest.mark.parametrize("usable", [1_500, 20_000])
 @pytest.mark.parametrize("kind", ["claude_code_compact", "openclaw_compact", "reset"])
-def test_after_a_compaction_or_reset_every_dropped_result_is_listed_in_the_index(kind: str, usable: int) -> None:
+def test_after_a_compaction_or_reset_every_dropped_result_is_listed_in_the_index(
+    kind: str, usable: int, counter_name: str, tiktoken: TokenCounter
+) -> None:
+    counter = tiktoken if counter_name == "tiktoken" else COUNTER
     table = PageTable("t", "s", "p")
     wire = reading_session(6)
-    cross(table, wire[:2], budget_of(usable))
-    cross(table, wire, budget_of(usable))
-    plan = cross(table, boundary(kind, wire), budget_of(usable))
+    cross(table, wire[:2], budget_of(usable), counter)
+    cross(table, wire, budget_of(usable), counter)
+    plan = cross(table, boundary(kind, wire), budget_of(usable), counter)
     output = to_wire(plan.messages)
     position, text = index_message(output)
     assert position == 1 and output[0]["role"] == "system", "right after the instructions"
@@ -576,7 +580,7 @@ def test_after_a_compaction_or_reset_every_dropped_result_is_listed_in_the_index
     for page_id in dropped:
         n = int(re.match(r"line 0 of module (\d+)", table.pages[page_id].reprs.full.text).group(1))
         assert f'{page_id} read_file(src/m{n}.py): "line 0 of module {n}: value = {n * 1000}"' in text
-    assert_invariants(table, boundary(kind, wire), plan, usable)
+    assert_invariants(table, boundary(kind, wire), plan, usable, counter)
 
 
 def test_the_newest_dropped_results_come_back_when_the_budget_allows() -> None:
