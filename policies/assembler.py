@@ -12,9 +12,10 @@ low-water mark, so the next turns append without touching the prefix (provider p
 stay warm, and most turns do no planning at all).
 
 Evidence the transcript no longer holds (the evidence index, policies.layout) sits at pointer,
-listed, and comes back through the same utility, but only beside a transcript sent whole and
-within EVIDENCE_SHARE of the budget: what the agent itself still sends goes first, and the room
-left for appending turns stays large enough that they do not re-plan (and rewrite the index) soon.
+listed, and comes back through the same utility, but only beside a transcript sent whole, within
+EVIDENCE_SHARE of the budget, and only what `restorable` allows: what the agent itself still sends
+goes first, and the room left for appending turns stays large enough that they do not re-plan
+(and rewrite the index) soon.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from policies.layout import (
     message_cost,
     pinned_hard,
     plan_floor,
+    restorable,
     total_cost,
 )
 from policies.pages import Fidelity, Page, PageType, Pin
@@ -100,7 +102,8 @@ def replan(
         if not layout.index:
             return Assembly(whole, whole_cost, whole_cost, False, True, ())
         target = int(min(budget * LOW_WATER, whole_cost + budget * EVIDENCE_SHARE))
-        cost = _upgrade(layout, whole, target, weights, turn, born, whole_cost)
+        held = frozenset(layout.index) - restorable(layout)
+        cost = _upgrade(layout, whole, target, weights, turn, born, whole_cost, held)
         return Assembly(whole, cost, whole_cost, False, True, _decisions(layout, floors, whole))
     levels = dict(floors)
     minimum = total_cost(layout, levels)

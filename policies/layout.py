@@ -18,7 +18,8 @@ leading instructions, where a boundary cuts the transcript anyway, so the index 
 cached prefix beyond the one the agent's rewrite already changed. Each dropped result is a page
 of the selection like any other: at pointer it is one line of the index (bounded like a span
 stub: its newest INDEX_LISTED lines, the older ones as one range), above pointer its line is
-followed by its representation at that level, when the budget lets the selector bring it back.
+followed by its representation at that level, when the budget lets the selector bring it back
+(`restorable`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Layout:
     index: tuple[str, ...] = ()  # paged-out evidence, oldest first: listed in the evidence index
     anchor: int = 0  # position the evidence index is shown before: after the leading instructions
     referenced: frozenset[str] = frozenset()  # index pages the current plan or the last turns name
+    continues: bool = False  # the transcript opens with a summary: it goes on with the dropped work
 
 
 def make_layout(
@@ -71,17 +73,19 @@ def make_layout(
     restored: frozenset[str] = frozenset(),
     index: tuple[str, ...] = (),
     referenced: frozenset[str] = frozenset(),
+    continues: bool = False,
 ) -> Layout:
     """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs.
     `index`: the paged-out evidence (its pages' `entries` are their index lines); `referenced`:
-    those of them the current plan or the last turns name (policies.pagetable)."""
+    those of them the current plan or the last turns name (policies.pagetable); `continues`: the
+    transcript goes on from a summary of what was dropped (a compaction, not a fresh start)."""
     blocks = group_blocks(order, pages)
     newest = newest_turn(order, pages)
     costs = {p: _costs(pages[p], p in names) for p in order}
     costs.update((p, _index_costs(pages[p], entries[p])) for p in index)
     anchor = leading_instructions(order, pages)
     layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, (), restored)
-    layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index))
+    layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index), continues=continues)
     return replace(layout, eligible=tuple(_eligible(layout, start, stop) for start, stop in blocks))
 
 
@@ -94,6 +98,14 @@ def _index_costs(page: Page, entry: int) -> tuple[int, ...]:
     (At pointer, a page among the older ones is named by the range line instead: `index_cost`.)"""
     line = entry + LINE_TOKENS
     return (0, line, *(line + page.tokens(level) + LINE_TOKENS for level in LEVELS[1:]))
+
+
+def restorable(layout: Layout) -> frozenset[str]:
+    """The index pages the selector may bring back above pointer: any of them when the transcript
+    continues from a summary (the same work goes on: the newest evidence is likely needed), else
+    (a reset, an edit: the agent started over) only those the plan or the last turns name, so a
+    fresh start is not handed old tool output nobody asked for."""
+    return frozenset(layout.index) if layout.continues else layout.referenced
 
 
 def leading_instructions(order: Sequence[str], pages: Mapping[str, Page]) -> int:

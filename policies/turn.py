@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from policies.assembler import Assembly, assemble
 from policies.budget import TokenBudget
-from policies.layout import Layout, make_layout, newest_turn
+from policies.layout import Layout, leading_instructions, make_layout, newest_turn
+from policies.lifecycle import summary_marker
 from policies.pages import Fidelity, PageType
 from policies.pagetable import IngestResult, PageTable, ingest, named_in, paged_out, replace_levels, set_level
 from policies.render import View, render, stated
@@ -22,6 +23,7 @@ from policies.tokens import TokenCounter, framed
 from policies.transcript import Message
 
 REFERENCE_MESSAGES = 6  # the last messages whose text may bring paged-out evidence back (`_recent_text`)
+SUMMARY_WITHIN = 2  # messages after the instructions where a compaction's summary sits (`_continues`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,16 @@ def build_layout(table: PageTable) -> Layout:
         frozenset(table.restored),
         index,
         named_in(table, index, _recent_text(table, plans[-1:])) if index else frozenset(),
+        bool(index) and _continues(table),
     )
+
+
+def _continues(table: PageTable) -> bool:
+    """Whether one of the transcript's first messages (not a tool result) opens a summary of
+    earlier work (policies.lifecycle's markers): the agent compacted and goes on, not over."""
+    pages = table.pages
+    head = table.order[: leading_instructions(table.order, pages) + SUMMARY_WITHIN]
+    return any(pages[p].provenance.role != "tool" and summary_marker(pages[p].reprs.full.text) for p in head)
 
 
 def _recent_text(table: PageTable, plans: Sequence[str]) -> str:

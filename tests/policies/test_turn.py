@@ -596,6 +596,18 @@ def test_the_newest_dropped_results_come_back_when_the_budget_allows() -> None:
     assert "line 59 of module 5: value = 5059" in texts[20_000]  # the newest, whole
 
 
+def test_after_a_reset_only_the_dropped_results_the_new_request_names_come_back() -> None:
+    """Starting over is not going on: old tool output comes back only when asked for by name."""
+    wire = reading_session(6)
+    for prompt, back in (("Start again: which module is slow?", set()), ("Start again from src/m2.py.", {2})):
+        table = PageTable("t", "s", "p")
+        cross(table, wire, budget_of(20_000))
+        plan = cross(table, INJECTORS["reset"](wire, prompt), budget_of(20_000))
+        text = index_message(to_wire(plan.messages))[1]
+        assert {n for n in range(6) if f"line 59 of module {n}:" in text} == back
+        assert all(f"read_file(src/m{n}.py)" in text for n in range(6))  # all listed all the same
+
+
 def test_a_dropped_result_the_last_turn_names_comes_back_first() -> None:
     wire = reading_session(6)
     table = PageTable("t", "s", "p")
