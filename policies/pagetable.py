@@ -16,7 +16,9 @@ reset inside one session), the state they carried (rules, preferences, the curre
 system prompt) goes to `carried`, and the layout keeps it in the retained-state block until the
 transcript states it again. When the agent prunes a tool result (`pruned` positions), the
 table keeps the original evidence page at that position and marks it `restored`: the selector
-may show it again, at any level, when the budget allows.
+may show it again, at any level, when the budget allows. Tool results a rewrite drops for good
+are `paged_out`: their entry becomes their evidence-index line (tool, arguments, first line of
+the result), which the layout lists after the instructions (policies.layout).
 
 The table also keeps `Changes`, what changed since its last `checkpoint` (its last save), so
 that persisting a turn costs what the turn changed, not the session length. Every write to a
