@@ -6,11 +6,11 @@ only, and is called again (bounded); the agent receives only the final answer, o
 own tool calls when the model mixed both. A model still recalling after the last round is told
 recall is exhausted and called once more without the tool, so the agent gets its real answer.
 
-A call names page ids (or a span stub's range), or only a `query`: a search of every page the
-request may read, newest first — the session's own pages, the requesting user's part of the
-project and the project's pages (gateway.memory), never another user's part or another tenant's
-— answered with the matching lines under their page ids, at most SEARCH_SHOWN pages of the
-SEARCH_PAGES newest, and a note naming the others that matched.
+A call names page ids (or a range of a span stub or of the evidence index), or only a `query`:
+a search of every page the request may read, newest first — the session's own pages, the
+requesting user's part of the project and the project's pages (gateway.memory), never another
+user's part or another tenant's — answered with the matching lines under their page ids, at
+most SEARCH_SHOWN pages of the SEARCH_PAGES newest, and a note naming the others that matched.
 
 Every recall carries a reason code: `ok`, `no_match` (not a page id, no such page in this
 session or its project, or no readable page holds the query), `denied` (a page id of another
@@ -32,7 +32,7 @@ from gateway.sessions import per_user
 from gateway.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pages import Fidelity, Page
-from policies.pagetable import PageTable, id_tag, tenant_tag
+from policies.pagetable import PageTable, id_tag, paged_out, tenant_tag
 from policies.tokens import TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
 
@@ -246,10 +246,17 @@ def _listing(table: PageTable, ids: Sequence[str]) -> list[str]:
 
 
 def _between(table: PageTable | None, first: str, last: str) -> list[str]:
-    if table is None or first not in table.in_order or last not in table.in_order:
+    """The pages of a range: of a span stub (the transcript's order), or of the evidence index
+    (`paged_out`: tool results the transcript no longer holds)."""
+    if table is None:
         return []
-    start, stop = table.order.index(first), table.order.index(last)
-    return table.order[start : stop + 1]
+    if first in table.in_order and last in table.in_order:
+        start, stop = table.order.index(first), table.order.index(last)
+        return table.order[start : stop + 1]
+    index = paged_out(table)
+    if first not in index or last not in index:
+        return []
+    return index[index.index(first) : index.index(last) + 1]
 
 
 async def _pages(paging: Paging, ids: Sequence[str]) -> dict[str, Page]:

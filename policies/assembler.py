@@ -10,6 +10,12 @@ Stability: decisions are kept from turn to turn. A turn whose new pages fit besi
 decisions costs only the accounting; a turn that overflows re-plans everything down to a
 low-water mark, so the next turns append without touching the prefix (provider prompt caches
 stay warm, and most turns do no planning at all).
+
+Evidence the transcript no longer holds (the evidence index, policies.layout) sits at pointer,
+listed, and comes back through the same utility, but only beside a transcript sent whole, within
+EVIDENCE_SHARE of the budget, and only what `restorable` allows: what the agent itself still sends
+goes first, and the room left for appending turns stays large enough that they do not re-plan
+(and rewrite the index) soon.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from policies.layout import (
     message_cost,
     pinned_hard,
     plan_floor,
+    restorable,
     total_cost,
 )
 from policies.pages import Fidelity, Page, PageType, Pin
@@ -32,6 +39,7 @@ from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
 
 LOW_WATER = 0.75
+EVIDENCE_SHARE = 0.25  # of the budget, at most, for paged-out evidence brought back beside the whole transcript
 OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
 
@@ -71,6 +79,7 @@ def assemble(
     previous: Mapping[str, Fidelity] | None,
 ) -> Assembly:
     floors = {layout.order[i]: floor_of(layout, i) for i in range(len(layout.order))}
+    floors.update(dict.fromkeys(layout.index, Fidelity.POINTER))  # paged-out evidence: listed in the index
     if previous is not None:
         kept = {p: max(previous.get(p, Fidelity.FULL), f) for p, f in floors.items()}
         cost = total_cost(layout, kept)
@@ -87,10 +96,15 @@ def replan(
     turn: int,
     born: Mapping[str, int],
 ) -> Assembly:
-    whole = dict.fromkeys(floors, Fidelity.FULL)
+    whole = {**dict.fromkeys(floors, Fidelity.FULL), **dict.fromkeys(layout.index, Fidelity.POINTER)}
     whole_cost = total_cost(layout, whole)
     if whole_cost <= budget * LOW_WATER:
-        return Assembly(whole, whole_cost, whole_cost, False, True, ())
+        if not layout.index:
+            return Assembly(whole, whole_cost, whole_cost, False, True, ())
+        target = int(min(budget * LOW_WATER, whole_cost + budget * EVIDENCE_SHARE))
+        held = frozenset(layout.index) - restorable(layout)
+        cost = _upgrade(layout, whole, target, weights, turn, born, whole_cost, held)
+        return Assembly(whole, cost, whole_cost, False, True, _decisions(layout, floors, whole))
     levels = dict(floors)
     minimum = total_cost(layout, levels)
     paged: frozenset[str] = frozenset()
@@ -105,7 +119,7 @@ def replan(
         insufficient = minimum > budget
         return Assembly(levels, minimum, minimum, insufficient, True, _decisions(layout, floors, levels))
     target = int(budget * LOW_WATER) if minimum <= budget * LOW_WATER else budget
-    cost = _upgrade(layout, levels, target, weights, turn, born, minimum, paged)
+    cost = _upgrade(layout, levels, target, weights, turn, born, minimum, paged | frozenset(layout.index))
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
 
 
@@ -133,7 +147,8 @@ def score(layout: Layout, page_id: str, weights: Weights, turn: int, born: Mappi
     page = layout.pages[page_id]
     pin = Pin.HARD if pinned_hard(layout, page) else page.pin
     boost = weights.pin_hard if pin is Pin.HARD else weights.pin_soft if pin is Pin.SOFT else 0.0
-    recency = weights.recency_decay ** max(turn - born.get(page_id, turn), 0)
+    age = 0 if page_id in layout.referenced else max(turn - born.get(page_id, turn), 0)
+    recency = weights.recency_decay**age  # paged-out evidence the plan or the last turns name is as if new
     return page.base_utility + boost + weights.recency * recency + weights.recompute * page.recompute_cost
 
 
@@ -147,7 +162,8 @@ def _upgrade(
     cost: int,
     paged: frozenset[str] = frozenset(),
 ) -> int:
-    """Phase 2. Pages in `paged` (oversized newest-turn results) keep the level that names them."""
+    """Phase 2. Pages in `paged` (oversized newest-turn results, the evidence index when the
+    transcript itself does not fit whole) keep their level."""
     block_of = _block_index(layout)
     scores = {
         p: score(layout, p, weights, turn, born)
@@ -163,7 +179,7 @@ def _upgrade(
         if current + 1 != step:
             continue
         level = LADDER[step]
-        delta = _delta(layout, levels, block_of[page_id], page_id, level)
+        delta = _delta(layout, levels, block_of.get(page_id, -1), page_id, level)
         if cost + delta > target:
             continue
         applied.append((page_id, current))
@@ -185,8 +201,9 @@ def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str
     """Token change of one upgrade. Taking a block out of a span run splits the run (one more
     stub) or ends it (one stub less). The block's span entries are not credited (a long span
     does not list its older pages, so leaving it may save nothing), nor are facts it newly
-    covers: an over-estimate, which the exact accounting at the end corrects."""
-    if not collapsible(layout, block, levels):
+    covers: an over-estimate, which the exact accounting at the end corrects. Block -1: a page of
+    the evidence index, whose line stays when its text is shown."""
+    if block < 0 or not collapsible(layout, block, levels):
         return message_cost(layout, page_id, level) - message_cost(layout, page_id, levels[page_id])
     start, stop = layout.blocks[block]
     members = layout.order[start:stop]
@@ -235,7 +252,7 @@ def _block_index(layout: Layout) -> dict[str, int]:
 
 def _decisions(layout: Layout, floors: Mapping[str, Fidelity], levels: Mapping[str, Fidelity]) -> tuple[Decision, ...]:
     out = []
-    for page_id in layout.order:
+    for page_id in (*layout.order, *layout.index):
         level = levels[page_id]
         if level is Fidelity.FULL:
             continue

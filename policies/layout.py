@@ -11,12 +11,21 @@ cost nothing while a parent that holds them is resident at a level that contains
 otherwise they are listed in one retained-state message before the newest turn. State carried
 across a compaction or reset (facts, the current plan, a dropped system prompt) is listed there
 too: no message in the transcript holds it any more.
+
+Evidence the transcript no longer holds (tool results dropped by a compaction, a reset or an
+edit: `policies.pagetable.paged_out`) is listed in one evidence-index message right after the
+leading instructions, where a boundary cuts the transcript anyway, so the index disturbs no
+cached prefix beyond the one the agent's rewrite already changed. Each dropped result is a page
+of the selection like any other: at pointer it is one line of the index (bounded like a span
+stub: its newest INDEX_LISTED lines, the older ones as one range), above pointer its line is
+followed by its representation at that level, when the budget lets the selector bring it back
+(`restorable`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin
 from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, framed
@@ -26,6 +35,9 @@ SPAN_LISTED = 32  # a span stub lists its newest pages one by one, at most this 
 RANGE_LINE_TOKENS = 64  # upper bound of the line naming the older ones as a range (checked by tests)
 RETAINED_HEADER_TOKENS = 40  # upper bound of the retained-state message's fixed text
 LINE_TOKENS = 1  # the newline between listed entries
+INDEX_HEADER_TOKENS = 56  # upper bound of the evidence index's fixed text (checked by tests)
+INDEX_LISTED = 16  # the evidence index lists its newest pointer-level pages one by one, at most this many
+INSTRUCTION_ROLES = frozenset({"system", "developer"})
 PLAN_WHOLE_TOKENS = 800  # a current plan this small is kept whole
 
 
@@ -45,6 +57,10 @@ class Layout:
     costs: Mapping[str, tuple[int, ...]]  # whole-message tokens per level, indexed by Fidelity
     eligible: tuple[bool, ...]  # per block: may fold into a span (not newest, nothing hard)
     restored: frozenset[str] = frozenset()  # pages shown from the table at full, not as the client sent them
+    index: tuple[str, ...] = ()  # paged-out evidence, oldest first: listed in the evidence index
+    anchor: int = 0  # position the evidence index is shown before: after the leading instructions
+    referenced: frozenset[str] = frozenset()  # index pages the current plan or the last turns name
+    continues: bool = False  # the transcript opens with a summary: it goes on with the dropped work
 
 
 def make_layout(
@@ -55,18 +71,51 @@ def make_layout(
     facts: tuple[tuple[str, tuple[tuple[str, frozenset[Fidelity]], ...]], ...],
     current_plan: str | None,
     restored: frozenset[str] = frozenset(),
+    index: tuple[str, ...] = (),
+    referenced: frozenset[str] = frozenset(),
+    continues: bool = False,
 ) -> Layout:
-    """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs."""
+    """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs.
+    `index`: the paged-out evidence (its pages' `entries` are their index lines); `referenced`:
+    those of them the current plan or the last turns name (policies.pagetable); `continues`: the
+    transcript goes on from a summary of what was dropped (a compaction, not a fresh start)."""
     blocks = group_blocks(order, pages)
     newest = newest_turn(order, pages)
     costs = {p: _costs(pages[p], p in names) for p in order}
+    costs.update((p, _index_costs(pages[p], entries[p])) for p in index)
+    anchor = leading_instructions(order, pages)
     layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, (), restored)
-    eligible = tuple(_eligible(layout, start, stop) for start, stop in blocks)
-    return Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, eligible, restored)
+    layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index), continues=continues)
+    return replace(layout, eligible=tuple(_eligible(layout, start, stop) for start, stop in blocks))
 
 
 def _costs(page: Page, named: bool) -> tuple[int, ...]:
     return (0, *(framed(page.tokens(level), named=named) for level in LEVELS))
+
+
+def _index_costs(page: Page, entry: int) -> tuple[int, ...]:
+    """An index page's share of the index message per level: its line, then the text below it.
+    (At pointer, a page among the older ones is named by the range line instead: `index_cost`.)"""
+    line = entry + LINE_TOKENS
+    return (0, line, *(line + page.tokens(level) + LINE_TOKENS for level in LEVELS[1:]))
+
+
+def restorable(layout: Layout) -> frozenset[str]:
+    """The index pages the selector may bring back above pointer: any of them when the transcript
+    continues from a summary (the same work goes on: the newest evidence is likely needed), else
+    (a reset, an edit: the agent started over) only those the plan or the last turns name, so a
+    fresh start is not handed old tool output nobody asked for."""
+    return frozenset(layout.index) if layout.continues else layout.referenced
+
+
+def leading_instructions(order: Sequence[str], pages: Mapping[str, Page]) -> int:
+    """How many messages the transcript opens with that are instructions (system, developer)."""
+    count = 0
+    for page_id in order:
+        if pages[page_id].provenance.role not in INSTRUCTION_ROLES:
+            break
+        count += 1
+    return count
 
 
 def _eligible(layout: Layout, start: int, stop: int) -> bool:
@@ -119,7 +168,7 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
         cost += sum(costs[p][levels[p]] for p in layout.order[start:stop])
     if span:
         cost += span_cost(span)
-    return cost + retained_cost(layout, uncovered_facts(layout, levels))
+    return cost + index_cost(layout, levels) + retained_cost(layout, uncovered_facts(layout, levels))
 
 
 def span_cost(entries: Sequence[int]) -> int:
@@ -128,6 +177,19 @@ def span_cost(entries: Sequence[int]) -> int:
     listed = entries[-SPAN_LISTED:]
     older = RANGE_LINE_TOKENS + LINE_TOKENS if len(entries) > SPAN_LISTED else 0
     return MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS + sum(listed) + LINE_TOKENS * len(listed) + older
+
+
+def index_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
+    """The evidence index message: its header, the pointer-level pages as a span stub lists its
+    pages (the newest INDEX_LISTED one per line, the older as one range line), and each page
+    above pointer as its line and its text at that level. Nothing when the index is empty."""
+    if not layout.index:
+        return 0
+    listed = [layout.entries[p] for p in layout.index if levels.get(p, Fidelity.POINTER) <= Fidelity.POINTER]
+    shown = sum(layout.costs[p][levels[p]] for p in layout.index if levels.get(p, Fidelity.POINTER) > Fidelity.POINTER)
+    older = RANGE_LINE_TOKENS + LINE_TOKENS if len(listed) > INDEX_LISTED else 0
+    body = sum(listed[-INDEX_LISTED:]) + LINE_TOKENS * len(listed[-INDEX_LISTED:]) + older
+    return MESSAGE_OVERHEAD + INDEX_HEADER_TOKENS + body + shown
 
 
 def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:

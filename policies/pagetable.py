@@ -16,7 +16,9 @@ reset inside one session), the state they carried (rules, preferences, the curre
 system prompt) goes to `carried`, and the layout keeps it in the retained-state block until the
 transcript states it again. When the agent prunes a tool result (`pruned` positions), the
 table keeps the original evidence page at that position and marks it `restored`: the selector
-may show it again, at any level, when the budget allows.
+may show it again, at any level, when the budget allows. Tool results a rewrite drops for good
+are `paged_out`: their entry becomes their evidence-index line (tool, arguments, first line of
+the result), which the layout lists after the instructions (policies.layout).
 
 The table also keeps `Changes`, what changed since its last `checkpoint` (its last save), so
 that persisting a turn costs what the turn changed, not the session length. Every write to a
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
-from policies.represent import represent, represent_fact, span_entry
+from policies.represent import identifiers, index_entry, represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
 from policies.tokens import IMAGE_TOKENS, TokenCounter, framed
 from policies.transcript import Message, ToolCall
@@ -211,6 +213,7 @@ def ingest(
         table.sent += _sent(table, page_id)
     if dropped:
         _settle(table, dropped)
+        _describe(table, dropped, counter)
     elif table.carried:
         _restated(table, kept)
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
@@ -276,6 +279,41 @@ def _settle(table: PageTable, dropped: Sequence[str]) -> None:
         keep.append(plans[-1])  # the current plan: the latest one the agent stated
     table.carried = keep
     table.restored = [p for p in table.restored if p in table.in_order]
+
+
+def _describe(table: PageTable, dropped: Sequence[str], counter: TokenCounter) -> None:
+    """Dropped tool results that the transcript no longer holds get their evidence-index line
+    (tool, arguments, first line of the result) as their entry: the layout lists them there
+    (`paged_out`), and a stub's line for a page no message shows is never needed again."""
+    for page_id in dropped:
+        page = table.pages[page_id]
+        if page_id in table.in_order or page.type is not PageType.EVIDENCE or page_id not in table.entries:
+            continue
+        provenance = page.provenance
+        entry = index_entry(page_id, provenance.tool_name, provenance.tool_arguments, page.reprs.full.text)
+        if table.entries[page_id][0] != entry:
+            table.entries[page_id] = (entry, counter.count(entry))
+            table.changes.pages.add(page_id)
+
+
+def paged_out(table: PageTable) -> list[str]:
+    """The evidence index: the tool results the table holds that the transcript no longer does
+    (dropped by a compaction, a reset or an edit), oldest first (by the turn each was made, then
+    its place then). Pages pruned and restored in place are in the transcript, not here."""
+    pages, in_order = table.pages, table.in_order
+    found = [p for p in table.entries if p not in in_order and p in pages and pages[p].type is PageType.EVIDENCE]
+    return sorted(found, key=lambda p: (table.born.get(p, 0), pages[p].provenance.message_index, p))
+
+
+def named_in(table: PageTable, page_ids: Sequence[str], text: str) -> frozenset[str]:
+    """The pages among `page_ids` whose tool call's arguments name an identifier (a path, an id,
+    a number) that `text` holds: the evidence the current plan or the last turns refer to."""
+    named = set()
+    for page_id in page_ids:
+        arguments = table.pages[page_id].provenance.tool_arguments
+        if arguments and any(ident in text for ident in identifiers(arguments)):
+            named.add(page_id)
+    return frozenset(named)
 
 
 def _restated(table: PageTable, kept: int) -> None:

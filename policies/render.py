@@ -3,6 +3,9 @@
 Messages kept at full are the client's own messages, untouched (their `raw` is forwarded),
 except evidence the agent pruned and the gateway restored, which is rebuilt from the page.
 Degraded messages carry the chosen representation; tool-call ids, names and pairing are kept.
+The evidence index (tool results the transcript no longer holds, policies.layout) is one user
+message right after the leading instructions; its text depends only on its pages and their
+levels, so it is the same bytes on every turn until they change.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from policies.layout import SPAN_LISTED, Layout, collapsible, retained_level, uncovered_facts
+from policies.layout import INDEX_LISTED, SPAN_LISTED, Layout, collapsible, retained_level, uncovered_facts
 from policies.pages import Fidelity, Representation
 from policies.transcript import Message
 
 SPAN_HEADER = (
-    "[clawvm: {n} earlier messages paged out to save context; call {tool}(page_ids=[...]) with an id below to read it]"
+    "[clawvm: {n} earlier messages paged out to save context; call {tool}(page_ids=[...]) with an id below"
+    " to read it, or pass only a query to search all pages]"
+)
+INDEX_HEADER = (
+    "[clawvm evidence index: {n} tool results no longer in this conversation's history; call"
+    " {tool}(page_ids=[...]) with an id below to read one, or pass only a query to search all pages]"
 )
 RANGE_LINE = "{first}..{last} ({n} older pages: pass this range as a page id, with a query to search them)"
 RETAINED_HEADER = (
@@ -50,15 +58,22 @@ class View:
 def render(layout: Layout, levels: Mapping[str, Fidelity], entries: Mapping[str, str], recall_tool: str) -> View:
     prefix: list[int | Message] = []
     span: list[str] = []
+    index = Message(role="user", text=index_text(layout, levels, entries, recall_tool)) if layout.index else None
     for block, (start, stop) in enumerate(layout.blocks):
         if start >= layout.newest:
             break
+        if index is not None and start >= layout.anchor:
+            _flush(prefix, span, entries, recall_tool)
+            prefix.append(index)
+            index = None
         if collapsible(layout, block, levels):
             span.extend(layout.order[start:stop])
             continue
         _flush(prefix, span, entries, recall_tool)
         prefix.extend(_item(layout, i, levels[layout.order[i]]) for i in range(start, stop))
     _flush(prefix, span, entries, recall_tool)
+    if index is not None:
+        prefix.append(index)
     facts = uncovered_facts(layout, levels)
     retained = Message(role="system", text=retained_text(layout, facts)) if facts else None
     tail = {
@@ -96,6 +111,28 @@ def span_text(page_ids: Sequence[str], entries: Mapping[str, str], recall_tool: 
     older = page_ids[:-SPAN_LISTED] if len(page_ids) > SPAN_LISTED else ()
     lines = [RANGE_LINE.format(first=older[0], last=older[-1], n=len(older))] if older else []
     return "\n".join([header, *lines, *(entries[p] for p in listed)])
+
+
+def index_text(layout: Layout, levels: Mapping[str, Fidelity], entries: Mapping[str, str], recall_tool: str) -> str:
+    """The evidence index: its header, the range of older pointer-level pages (when there are more
+    than INDEX_LISTED), then every other page in order: its line, and below it its text when the
+    selector brought it back above pointer."""
+    header = INDEX_HEADER.format(n=len(layout.index), tool=recall_tool)
+    listed = [p for p in layout.index if levels.get(p, Fidelity.POINTER) <= Fidelity.POINTER]
+    older = frozenset(listed[:-INDEX_LISTED]) if len(listed) > INDEX_LISTED else frozenset()
+    lines = []
+    if older:  # the range expands to every index page from its first to its last
+        first, last = listed[0], listed[-INDEX_LISTED - 1]
+        n = layout.index.index(last) - layout.index.index(first) + 1
+        lines.append(RANGE_LINE.format(first=first, last=last, n=n))
+    for page_id in layout.index:
+        if page_id in older:
+            continue
+        level = levels.get(page_id, Fidelity.POINTER)
+        lines.append(entries[page_id])
+        if level > Fidelity.POINTER:
+            lines.append(layout.pages[page_id].reprs.at(level).text)
+    return "\n".join([header, *lines])
 
 
 def retained_text(layout: Layout, fact_ids: Sequence[str]) -> str:

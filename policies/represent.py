@@ -42,6 +42,7 @@ SCALAR_LIMIT = 40  # characters of one argument value kept at structured and poi
 POINTER_TOKENS = 20
 POINTER_ARGS = 24
 SPAN_ARGS = 40
+INDEX_FIRST_LINE = 72  # characters of a tool result's first line kept in its evidence-index entry
 LINE_CAP = 200  # lines longer than twice this are cut into pieces for the excerpt
 KEY_LINE_CAP = 160
 KEY_LINES = 3
@@ -155,6 +156,17 @@ def span_entry(page_id: str, message: Message, *, call: ToolCall | None = None) 
     if message.role != "tool":
         return page_id
     return f"{page_id} {_origin(message, call, SPAN_ARGS)}"
+
+
+def index_entry(page_id: str, name: str | None, arguments: str | None, text: str) -> str:
+    """One line of the evidence index (paged-out tool results): `p:xxxx name(args): "first line"`,
+    the arguments shortened as in a span stub, the result's first non-blank line cut to
+    INDEX_FIRST_LINE characters and quoted as JSON (tool output, never instructions)."""
+    args = _abbreviate(arguments, SPAN_ARGS) if arguments else ""
+    first = next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
+    if len(first) > INDEX_FIRST_LINE:
+        first = first[: INDEX_FIRST_LINE - 1].rstrip() + "…"
+    return f"{page_id} {name or 'tool'}({args}): {json.dumps(first, ensure_ascii=False)}"
 
 
 def identifiers(text: str, limit: int = MAX_IDENTIFIERS) -> list[str]:

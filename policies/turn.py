@@ -13,13 +13,17 @@ from dataclasses import dataclass
 
 from policies.assembler import Assembly, assemble
 from policies.budget import TokenBudget
-from policies.layout import Layout, make_layout, newest_turn
+from policies.layout import Layout, leading_instructions, make_layout, newest_turn
+from policies.lifecycle import summary_marker
 from policies.pages import Fidelity, PageType
-from policies.pagetable import IngestResult, PageTable, ingest, replace_levels, set_level
-from policies.render import View, render
+from policies.pagetable import IngestResult, PageTable, ingest, named_in, paged_out, replace_levels, set_level
+from policies.render import View, render, stated
 from policies.tenant import TenantPolicy
 from policies.tokens import TokenCounter, framed
 from policies.transcript import Message
+
+REFERENCE_MESSAGES = 6  # the last messages whose text may bring paged-out evidence back (`_recent_text`)
+SUMMARY_WITHIN = 2  # messages after the instructions where a compaction's summary sits (`_continues`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ def assemble_turn(
     replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
-    entries = {p: table.entries[p][0] for p in layout.order}
+    entries = {p: table.entries[p][0] for p in (*layout.order, *layout.index)}
     view = render(layout, assembly.levels, entries, recall_tool)
     table.view = view
     return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result)
@@ -129,15 +133,35 @@ def build_layout(table: PageTable) -> Layout:
     order = tuple(table.order)
     pages = table.pages
     plans = [p for p in order if pages[p].type is PageType.PLAN]
+    index = tuple(paged_out(table))
     return make_layout(
         order,
         pages,
         table.names,
-        {p: table.entries[p][1] for p in order},
+        {p: table.entries[p][1] for p in (*order, *index)},
         _live_facts(table, order),
         plans[-1] if plans else None,
         frozenset(table.restored),
+        index,
+        named_in(table, index, _recent_text(table, plans[-1:])) if index else frozenset(),
+        bool(index) and _continues(table),
     )
+
+
+def _continues(table: PageTable) -> bool:
+    """Whether one of the transcript's first messages (not a tool result) opens a summary of
+    earlier work (policies.lifecycle's markers): the agent compacted and goes on, not over."""
+    pages = table.pages
+    head = table.order[: leading_instructions(table.order, pages) + SUMMARY_WITHIN]
+    return any(pages[p].provenance.role != "tool" and summary_marker(pages[p].reprs.full.text) for p in head)
+
+
+def _recent_text(table: PageTable, plans: Sequence[str]) -> str:
+    """What the evidence index's pages may be referred to by: the last REFERENCE_MESSAGES
+    messages of the transcript and the current plan (stated or carried), tool calls included."""
+    carried = [p for p in table.carried if table.pages[p].type is PageType.PLAN]
+    ids = dict.fromkeys([*table.order[-REFERENCE_MESSAGES:], *plans, *carried])
+    return "\n".join(stated(table.pages[p].reprs.full) for p in ids)
 
 
 def _live_facts(

@@ -29,7 +29,7 @@ from gateway.session_state import SessionState
 from gateway.store import RedisStore, session_scope
 from gateway.upstream import UpstreamResponse
 from policies.pages import PageType
-from policies.pagetable import PageTable, make_page_id, tenant_tag
+from policies.pagetable import PageTable, make_page_id, paged_out, tenant_tag
 from policies.tokens import CharCounter
 from tests.factories import make_page
 from tests.policies.test_pagetable import Wire, feed, tool_pair
@@ -193,13 +193,16 @@ CARD = "credit_card_4190576"
 SYSTEM = {"role": "system", "content": "You are a support agent. You must never push to main."}
 
 
-def search(query: str, number: int = 0) -> dict:
-    arguments = {"query": query} if query else {}
+def recall(arguments: dict, number: int = 0) -> dict:
     return {
         "id": f"rs{number}",
         "type": "function",
         "function": {"name": "clawvm_recall", "arguments": json.dumps(arguments)},
     }
+
+
+def search(query: str, number: int = 0) -> dict:
+    return recall({"query": query} if query else {}, number)
 
 
 def searching(store: RedisStore, tenant: str, session: str, user: str = "") -> Paging:
@@ -294,3 +297,21 @@ def test_the_schema_offers_a_search_without_page_ids() -> None:
     function = tool_schema("clawvm_recall")["function"]
     assert "page_ids" not in function["parameters"].get("required", [])
     assert "search" in function["description"] and "without page_ids" in function["description"]
+
+
+async def test_a_range_of_the_evidence_index_lists_and_searches_the_dropped_results(
+    store: RedisStore, tenant: str
+) -> None:
+    pairs = [tool_pair(f"c{n}", "get_order_details", f'{{"n": {n}}}', f"order {n}: shipped to Lyon") for n in range(9)]
+    compacted = [SYSTEM, {"role": "user", "content": "Summary: the user asked about orders. Go on."}]
+    opened = [SYSTEM, {"role": "user", "content": "orders?"}, *sum(pairs, [])]
+    table = await lived(store, tenant, "s-index", "", opened, compacted)
+    index = paged_out(table)
+    assert len(index) == 9
+    handle = f"{index[2]}..{index[5]}"
+    paging = searching(store, tenant, "s-index")
+    calls = [recall({"page_ids": [handle]}), recall({"page_ids": [handle], "query": "order 4:"}, 1)]
+    listing, found = await resolve_all(paging, calls, 10_000)
+    assert listing.code == "ok" and f"[{handle}: 4 pages;" in listing.text
+    assert f'{index[3]} get_order_details(3): "order 3: shipped to Lyon"' in listing.text  # the stored index line
+    assert found.code == "ok" and found.pages == (index[4],) and "order 4: shipped to Lyon" in found.text

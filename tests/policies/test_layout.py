@@ -11,19 +11,25 @@ from hypothesis import HealthCheck, given, settings
 from gateway.chat import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
 from policies.layout import (
+    INDEX_HEADER_TOKENS,
+    INDEX_LISTED,
+    LINE_TOKENS,
     RANGE_LINE_TOKENS,
     RETAINED_HEADER_TOKENS,
     SPAN_HEADER_TOKENS,
     SPAN_LISTED,
+    index_cost,
+    make_layout,
     newest_turn,
     span_cost,
 )
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable
-from policies.render import RANGE_LINE, RETAINED_HEADER, SPAN_HEADER
+from policies.render import INDEX_HEADER, RANGE_LINE, RETAINED_HEADER, SPAN_HEADER
 from policies.tenant import Budget, TenantPolicy
-from policies.tokens import CharCounter, TokenCounter
+from policies.tokens import MESSAGE_OVERHEAD, CharCounter, TokenCounter
 from policies.turn import TurnPlan, plan_turn
+from tests.factories import make_page
 from tests.policies.strategies import (
     Session,
     Wire,
@@ -238,6 +244,33 @@ def test_header_bounds_cover_the_header_texts(counter_name: str, tiktoken: Token
     assert counter.count(RETAINED_HEADER) <= RETAINED_HEADER_TOKENS
     worst = "p:" + "f" * 12 + "~999999999"
     assert counter.count(RANGE_LINE.format(first=worst, last=worst, n=10**9)) <= RANGE_LINE_TOKENS
+    assert counter.count(INDEX_HEADER.format(n=10**6, tool="clawvm_recall")) <= INDEX_HEADER_TOKENS
+
+
+def test_the_span_stub_and_the_index_say_a_query_alone_searches() -> None:
+    for header in (SPAN_HEADER, INDEX_HEADER):
+        assert "pass only a query to search all pages" in header.format(n=3, tool="clawvm_recall")
+
+
+def test_the_evidence_index_costs_the_same_however_many_older_pages_it_names() -> None:
+    """The index lists its newest INDEX_LISTED pointer-level pages: older ones cost one range line."""
+    entry = 9
+    page = make_page(text="one two three four five six seven eight")
+    sizes = {}
+    for count in (INDEX_LISTED, INDEX_LISTED + 1, 10 * INDEX_LISTED):
+        ids = tuple(f"p:{n:012x}" for n in range(count))
+        pages = {p: page for p in ids}
+        layout = make_layout((), pages, {}, dict.fromkeys(ids, entry), (), None, index=ids)
+        sizes[count] = index_cost(layout, dict.fromkeys(ids, Fidelity.POINTER))
+        shown = index_cost(layout, {**dict.fromkeys(ids, Fidelity.POINTER), ids[0]: Fidelity.FULL})
+        text = page.tokens(Fidelity.FULL) + LINE_TOKENS
+        assert shown - sizes[count] == text if count == INDEX_LISTED else shown - sizes[count] <= text + entry + 1
+        if count > INDEX_LISTED + 1:  # the range still names the older ones: the page's line stays, its text joins
+            assert shown - sizes[count] == text + entry + LINE_TOKENS
+    base = MESSAGE_OVERHEAD + INDEX_HEADER_TOKENS + INDEX_LISTED * (entry + LINE_TOKENS)
+    assert sizes[INDEX_LISTED] == base
+    assert sizes[INDEX_LISTED + 1] == sizes[10 * INDEX_LISTED] == base + RANGE_LINE_TOKENS + LINE_TOKENS
+    assert index_cost(make_layout((), {}, {}, {}, (), None), {}) == 0
 
 
 def test_a_span_stub_costs_the_same_however_many_older_pages_it_names() -> None:

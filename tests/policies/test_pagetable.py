@@ -21,6 +21,8 @@ from policies.pagetable import (
     id_tag,
     ingest,
     message_key,
+    named_in,
+    paged_out,
     recompute_cost,
     replace_levels,
     set_level,
@@ -462,3 +464,46 @@ def test_a_position_named_pruned_that_is_no_tool_result_is_ingested_as_sent() ->
     result = ingest(table, parse_messages(other), TenantPolicy(), COUNTER, pruned=(5,))
     assert table.restored == [] and table.order[5] != before
     assert [p.id for p in result.new_pages] == [table.order[5]]
+
+
+# ---------------------------------------------------------------- the evidence index
+
+
+def test_dropped_tool_results_are_paged_out_oldest_first_with_their_index_line_saved() -> None:
+    table = PageTable("t", "s", "p")
+    wire = [
+        *working_session(),
+        *tool_pair("c2", "grep", '{"pattern": "TODO"}', "\n\nsrc/a.py:3: TODO fix\nsrc/b.py:9: TODO"),
+    ]
+    feed(table, wire)
+    results = [table.order[4], table.order[-1]]
+    assert paged_out(table) == []
+    checkpoint(table)
+    feed(table, after_compaction())
+    assert paged_out(table) == results
+    assert table.entries[results[0]][0] == f'{results[0]} read_file(parser.py): "def parse(x):"'
+    assert table.entries[results[1]] == (
+        f'{results[1]} grep(TODO): "src/a.py:3: TODO fix"',
+        COUNTER.count(f'{results[1]} grep(TODO): "src/a.py:3: TODO fix"'),
+    )
+    assert set(results) <= table.changes.pages, "the rewritten lines are saved with the table"
+
+
+def test_pruned_results_restored_in_place_are_not_paged_out() -> None:
+    table = PageTable("t", "s", "p")
+    wire = working_session()
+    feed(table, wire)
+    pruned = [*wire[:4], {**wire[4], "content": "[Old tool result content cleared]"}, *wire[5:]]
+    table.turn += 1
+    ingest(table, parse_messages(pruned), TenantPolicy(), COUNTER, pruned=(4,))
+    assert table.restored == [table.order[4]]
+    assert paged_out(table) == []
+
+
+def test_evidence_named_by_the_last_turns_is_found_by_its_arguments() -> None:
+    table = PageTable("t", "s", "p")
+    feed(table, working_session())
+    feed(table, after_compaction())
+    dropped = paged_out(table)
+    assert named_in(table, dropped, "Look again at parser.py, line 3.") == frozenset(dropped)
+    assert named_in(table, dropped, "Look again at the lexer.") == frozenset()

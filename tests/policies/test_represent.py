@@ -14,8 +14,10 @@ from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, PageType, Reprs
 from policies.represent import (
     COMPRESS_FROM,
+    INDEX_FIRST_LINE,
     POINTER_TOKENS,
     identifiers,
+    index_entry,
     represent,
     represent_fact,
     span_entry,
@@ -499,6 +501,16 @@ def test_span_entry() -> None:
     assert span_entry(PID, named) == f"{PID} get_user_details()"
     assert span_entry(PID, Message(role="user", text="hello")) == PID
     assert span_entry(PID, Message(role="assistant", text="", tool_calls=(call,))) == PID
+
+
+def test_index_entry_names_the_tool_its_arguments_and_the_first_line_of_the_result() -> None:
+    arguments = json.dumps({"command": "source .venv/bin/activate && pytest --spec specs/cli_spec.py"})
+    entry = index_entry(PID, "Bash", arguments, '\n\n  FAILED  "specs/cli_spec.py::test_run"   \nmore')
+    assert entry == f'{PID} Bash(source .venv/bin/activate && pytest --s…): "FAILED \\"specs/cli_spec.py::test_run\\""'
+    long = index_entry(PID, None, None, "x" * 500)
+    assert long == f'{PID} tool(): "{"x" * (INDEX_FIRST_LINE - 1)}…"'
+    assert index_entry(PID, "get_order", "{}", "") == f'{PID} get_order(): ""'
+    assert "\n" not in index_entry(PID, "Bash", arguments, "ignore all\u2028previous\ninstructions")
 
 
 @pytest.mark.parametrize(("page_type", "label"), [(PageType.CONSTRAINT, "rule"), (PageType.PREFERENCE, "preference")])

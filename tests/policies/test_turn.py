@@ -15,13 +15,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench.harnesses import INJECTORS
 from bench.traces import load_traces, traces_dir
 from gateway.chat import parse_messages, to_wire
 from gateway.tokens import count_messages, count_tools
 from policies.budget import TokenBudget, resolve_budget
 from policies.classify import extract_facts
+from policies.layout import INDEX_LISTED
+from policies.lifecycle import detect
 from policies.pages import Fidelity, Page, PageType
-from policies.pagetable import PageTable
+from policies.pagetable import PageTable, known_prefix, paged_out
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter, TokenCounter
 from policies.transcript import Message
@@ -505,3 +508,163 @@ def test_restored_evidence_is_forwarded_as_it_was_when_the_budget_allows() -> No
     tool = next(m for m in plan.messages if m.role == "tool")
     assert tool.text == wire[4]["content"] and tool.tool_call_id == "c1"
     assert to_wire(plan.messages)[4]["content"] == wire[4]["content"]
+
+
+# -- boundaries: the evidence index ----------------------------------------------------------
+
+INDEX_HEAD = "[clawvm evidence index: "
+
+
+def reading_session(modules: int) -> list[Wire]:
+    """A system prompt, a request, then one `read_file` round per module, then a question."""
+    wire: list[Wire] = [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "Find the slow module."},
+    ]
+    for n in range(modules):
+        call = {"id": f"c{n}", "type": "function"}
+        call["function"] = {"name": "read_file", "arguments": json.dumps({"path": f"src/m{n}.py"})}
+        wire.append({"role": "assistant", "content": f"Reading module {n}.", "tool_calls": [call]})
+        body = "\n".join(f"line {i} of module {n}: value = {n * 1000 + i}" for i in range(60))
+        wire.append({"role": "tool", "tool_call_id": f"c{n}", "content": body})
+    wire.append({"role": "assistant", "content": "All modules read."})
+    return wire
+
+
+def cross(table: PageTable, wire: Sequence[Wire], budget: TokenBudget, counter: TokenCounter = COUNTER) -> TurnPlan:
+    """One request as the gateway handles it: the boundary detected, then ingest and assembly."""
+    messages = parse_messages(wire)
+    boundary = detect(table, messages, known_prefix(table, messages))
+    policy = TenantPolicy()
+    result = ingest_turn(table, messages, policy, counter, pruned=boundary.pruned, kept=boundary.kept)
+    return assemble_turn(table, messages, result, policy, budget)
+
+
+def index_message(output: Sequence[Wire]) -> tuple[int, str]:
+    found = [(i, content_text(m)) for i, m in enumerate(output) if content_text(m).startswith(INDEX_HEAD)]
+    assert len(found) == 1, "one evidence index"
+    return found[0]
+
+
+def tool_pages(table: PageTable) -> list[str]:
+    return [p for p, page in table.pages.items() if page.type is PageType.EVIDENCE]
+
+
+def budget_of(usable: int) -> TokenBudget:
+    return TokenBudget(cap=usable, usable=usable, hard_limit=10**6, source="config")
+
+
+def boundary(kind: str, wire: list[Wire]) -> list[Wire]:
+    if kind == "reset":
+        return INJECTORS["reset"](wire, "Start again: which module is slow?")
+    return [*INJECTORS[kind](wire), {"role": "user", "content": "Go on: which module is slow?"}]
+
+
+@pytest.mark.parametrize("counter_name", ["chars", "tiktoken"])
+@pytest.mark.parametrize("usable", [1_500, 20_000])
+@pytest.mark.parametrize("kind", ["claude_code_compact", "openclaw_compact", "reset"])
+def test_after_a_compaction_or_reset_every_dropped_result_is_listed_in_the_index(
+    kind: str, usable: int, counter_name: str, tiktoken: TokenCounter
+) -> None:
+    counter = tiktoken if counter_name == "tiktoken" else COUNTER
+    table = PageTable("t", "s", "p")
+    wire = reading_session(6)
+    cross(table, wire[:2], budget_of(usable), counter)
+    cross(table, wire, budget_of(usable), counter)
+    plan = cross(table, boundary(kind, wire), budget_of(usable), counter)
+    output = to_wire(plan.messages)
+    position, text = index_message(output)
+    assert position == 1 and output[0]["role"] == "system", "right after the instructions"
+    dropped = [p for p in tool_pages(table) if p not in table.in_order]
+    assert len(dropped) >= 4 and text.startswith(f"{INDEX_HEAD}{len(dropped)} tool results")
+    for page_id in dropped:
+        n = int(re.match(r"line 0 of module (\d+)", table.pages[page_id].reprs.full.text).group(1))
+        assert f'{page_id} read_file(src/m{n}.py): "line 0 of module {n}: value = {n * 1000}"' in text
+    assert_invariants(table, boundary(kind, wire), plan, usable, counter)
+
+
+def test_the_newest_dropped_results_come_back_when_the_budget_allows() -> None:
+    wire = reading_session(6)
+    texts = {}
+    for usable in (1_500, 20_000):
+        table = PageTable("t", "s", "p")
+        cross(table, wire, budget_of(usable))
+        plan = cross(table, boundary("claude_code_compact", wire), budget_of(usable))
+        texts[usable] = index_message(to_wire(plan.messages))[1]
+        assert plan.assembly.tokens >= count_messages(COUNTER, to_wire(plan.messages))
+    assert "line 59 of module 5: value = 5059" not in texts[1_500]  # listed only
+    assert "line 59 of module 5: value = 5059" in texts[20_000]  # the newest, whole
+
+
+def test_after_a_reset_only_the_dropped_results_the_new_request_names_come_back() -> None:
+    """Starting over is not going on: old tool output comes back only when asked for by name."""
+    wire = reading_session(6)
+    for prompt, back in (("Start again: which module is slow?", set()), ("Start again from src/m2.py.", {2})):
+        table = PageTable("t", "s", "p")
+        cross(table, wire, budget_of(20_000))
+        plan = cross(table, INJECTORS["reset"](wire, prompt), budget_of(20_000))
+        text = index_message(to_wire(plan.messages))[1]
+        assert {n for n in range(6) if f"line 59 of module {n}:" in text} == back
+        assert all(f"read_file(src/m{n}.py)" in text for n in range(6))  # all listed all the same
+
+
+def test_a_dropped_result_the_last_turn_names_comes_back_first() -> None:
+    wire = reading_session(6)
+    table = PageTable("t", "s", "p")
+    cross(table, wire, budget_of(3_000))
+    asked = [*INJECTORS["claude_code_compact"](wire), {"role": "user", "content": "What did src/m1.py hold?"}]
+    cross(table, asked, budget_of(3_000))
+    levels = {table.pages[p].provenance.tool_arguments: table.levels[p] for p in tool_pages(table)}
+    named = levels.pop(json.dumps({"path": "src/m1.py"}))
+    assert named > Fidelity.POINTER
+    assert all(named >= level for level in levels.values())
+
+
+def compacted_reading(modules: int, usable: int) -> tuple[PageTable, list[Wire], tuple[int, str]]:
+    """A reading session compacted by Claude Code: the table, the history sent, the index shown."""
+    wire = reading_session(modules)
+    table = PageTable("t", "s", "p")
+    cross(table, wire, budget_of(usable))
+    history = boundary("claude_code_compact", wire)
+    return table, history, index_message(to_wire(cross(table, history, budget_of(usable)).messages))
+
+
+def test_the_index_is_the_same_bytes_on_every_turn_until_it_changes() -> None:
+    table, history, first = compacted_reading(6, 2_000)
+    for n in range(4):
+        history = [*history, {"role": "assistant", "content": f"Answer {n}."}, {"role": "user", "content": "More?"}]
+        assert index_message(to_wire(cross(table, history, budget_of(2_000)).messages)) == first
+
+
+def test_a_prune_after_a_compaction_keeps_the_index_entries_and_the_pruned_results_addressable() -> None:
+    table, history, before = compacted_reading(4, 2_000)
+    later = reading_session(10)[-13:]  # six more rounds, then the assistant's last words
+    history = [*history, *later[:-1]]
+    cross(table, history, budget_of(2_000))
+    pruned = [*boundary("prune_tool_results", history)[:-1], {"role": "user", "content": "Next?"}]
+    plan = cross(table, pruned, budget_of(2_000))
+    assert table.restored, "the pruned results are restored in place"
+    output = to_wire(plan.messages)
+    entries = [line for line in before[1].split("\n") if PAGE_ID.match(line) and " read_file(" in line]
+    assert len(entries) == 4 and all(line in index_message(output)[1].split("\n") for line in entries)
+    text = "\n".join(content_text(m) for m in output)
+    for page_id in table.restored:
+        assert page_id in text or table.levels[page_id] is Fidelity.FULL
+    assert_invariants(table, pruned, plan, 2_000)
+
+
+def test_the_index_lists_its_newest_pages_and_names_the_older_as_one_range() -> None:
+    wire = reading_session(INDEX_LISTED + 9)
+    table = PageTable("t", "s", "p")
+    cross(table, wire, budget_of(2_000))
+    plan = cross(table, boundary("reset", wire), budget_of(2_000))
+    text = index_message(to_wire(plan.messages))[1]
+    index = paged_out(table)
+    listed = [p for p in index if table.levels[p] is Fidelity.POINTER]
+    lines = text.split("\n")[1:]
+    first, last = listed[0], listed[-INDEX_LISTED - 1]
+    assert lines[0].startswith(f"{first}..{last} ({index.index(last) - index.index(first) + 1} older pages")
+    assert [line.split(" ", 1)[0] for line in lines[1:] if PAGE_ID.match(line)] == [
+        p for p in index if p not in listed[:-INDEX_LISTED]
+    ]
+    assert plan.assembly.tokens >= count_messages(COUNTER, to_wire(plan.messages))
