@@ -59,6 +59,7 @@ BUDGETS = (4000, 8000, 16000)  # the real traces, every request
 PEER_BUDGETS = (4000, 16000)
 LATENCY_BUDGET = 16000
 LIFECYCLE_BUDGET = 16000
+LIFECYCLE_BUDGETS = (LIFECYCLE_BUDGET, 8000, 4000)  # the full run replays the injectors at each; quick: the first
 ALL_TURNS = 1_000_000
 RUN_FILE = "run.json"  # the command that produced the sections' JSON
 EXAMPLES = 3
@@ -163,26 +164,32 @@ def peers_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
 
 def lifecycle_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
     """Every injector over every trace, each request from the boundary to the trace's end checked,
-    with the honest fake model; then again with the perfect-knowledge one (the upper bound)."""
-    honest = lifecycle_rows(traces, HONEST, tick)
-    perfect = lifecycle_rows(traces, PERFECT, lambda _: None)
-    return {"budget": LIFECYCLE_BUDGET, "injectors": honest, "perfect_knowledge": perfect}
+    with the honest fake model; then again with the perfect-knowledge one (the upper bound). At
+    LIFECYCLE_BUDGET, then (full run) at each other budget of LIFECYCLE_BUDGETS, under `other_budgets`."""
+    first, *others = (lifecycle_run(traces, budget, tick) for budget in LIFECYCLE_BUDGETS[: 1 if plan.quick else None])
+    return {**first, "other_budgets": others}
 
 
-def lifecycle_rows(traces: Sequence[Trace], knowledge: str, tick: Tick) -> Json:
-    """One gateway (budget LIFECYCLE_BUDGET) and embedded store; the fake model recalls with `knowledge`."""
+def lifecycle_run(traces: Sequence[Trace], budget: int, tick: Tick) -> Json:
+    honest = lifecycle_rows(traces, HONEST, tick, budget)
+    perfect = lifecycle_rows(traces, PERFECT, lambda _: None, budget)
+    return {"budget": budget, "injectors": honest, "perfect_knowledge": perfect}
+
+
+def lifecycle_rows(traces: Sequence[Trace], knowledge: str, tick: Tick, budget: int = LIFECYCLE_BUDGET) -> Json:
+    """One gateway at `budget` and an embedded store; the fake model recalls with `knowledge`."""
     found: dict[str, list[BoundaryRecord]] = {}
     said = intents(load_labels())
     model = TraceModel(knowledge)
     fake = FakeUpstream(model)
     with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as data, EmbeddedRedis(Path(data)) as store:
         with serve(fake.app) as upstream:
-            settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=LIFECYCLE_BUDGET))
+            settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=budget))
             with serve(create_app(settings)) as url, httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
                 for name in INJECTORS:
                     runs = (run_boundary(client, url, fake, t, name, said.get(t.name, []), model) for t in traces)
                     found[name] = [r for r in runs if r is not None]
-                    tick(f"lifecycle: {name}")
+                    tick(f"lifecycle {budget}: {name}")
     return {name: injector_row(rows) for name, rows in found.items()}
 
 

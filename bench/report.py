@@ -212,6 +212,13 @@ def lifecycle_section(data: Json | None) -> list[str]:
     lines = ["## Lifecycle replay: every injector over every trace", ""]
     if not data:
         return lines + not_run("lifecycle")
+    for run in [data, *data.get("other_budgets", [])]:
+        lines += lifecycle_table(run) + [""]
+    return lines[:-1]
+
+
+def lifecycle_table(data: Json) -> list[str]:
+    lines: list[str] = []
     perfect = data.get("perfect_knowledge") or {}
     lines += [
         f"Budget {data.get('budget')}: the agent's own compaction, pruning or reset a third of the way in; "
@@ -529,12 +536,24 @@ def _trace_bars(s: Mapping[str, Json]) -> list[Bar]:
         if r.get("peer") != "clawvm":
             continue
         overruns = r["over_budget"] - r["declared_insufficient"]
+        allowed = fault_allowance(r["budget"])
         value = f"invalid {r['invalid']}, unreported overruns {overruns}, faults {r['faults']}, errors {r['errors']}"
-        met = not (r["invalid"] or overruns or r["faults"] or r["errors"])
+        met = not (r["invalid"] or overruns or r["errors"]) and r["faults"] <= allowed
         why = f"faults: {_fault_kinds(r)}; e.g. " + "; ".join(r.get("examples", [])[:2])
-        bar = Bar(f"real traces at {r['budget']}: valid, within budget, no faults", met, value, why)
+        bar = Bar(f"real traces at {r['budget']}: valid, within budget, {_allowed_text(allowed)}", met, value, why)
         out.append(_judged(bar, _count_problems("requests", r.get("requests"))))
     return out
+
+
+FAULT_ALLOWANCE = {4000: 20}  # hard faults the smallest budget may show (issue 12); every other: none
+
+
+def fault_allowance(budget: object) -> int:
+    return FAULT_ALLOWANCE.get(budget, 0) if isinstance(budget, int) else 0
+
+
+def _allowed_text(allowed: int) -> str:
+    return "no faults" if allowed == 0 else f"at most {allowed} faults"
 
 
 FAULT_KINDS = (
@@ -551,9 +570,38 @@ def _fault_kinds(r: Json) -> str:
 
 
 def _lifecycle_bars(s: Mapping[str, Json]) -> list[Bar]:
-    injectors = (s.get("lifecycle") or {}).get("injectors", {})
-    if not injectors:
+    data = s.get("lifecycle") or {}
+    if not data.get("injectors"):
         return []
+    return [*_clean_bar(data["injectors"]), *(_hard_fault_bar(run) for run in [data, *data.get("other_budgets", [])])]
+
+
+LIFECYCLE_HARD = (
+    "missing",
+    "missing_intent",
+    "boundary_faults",
+    "invalid",
+    *("later_intent_faults", "later_evidence_faults", "later_answer_faults"),
+)
+
+
+def _hard_fault_bar(run: Json) -> Bar:
+    """The hard faults of every injector at one budget: state or intent missing after the boundary,
+    invalid requests, and every later intent, evidence, empty or altered answer (honest model)."""
+    budget, injectors = run.get("budget"), run.get("injectors", {})
+    allowed = fault_allowance(budget)
+    per = {n: sum(r.get(k, 0) for k in LIFECYCLE_HARD) for n, r in injectors.items()}
+    total = sum(per.values())
+    bar = Bar(
+        f"lifecycle at {budget}: every injector, {_allowed_text(allowed)}",
+        total <= allowed,
+        f"{total} hard faults",
+        "; ".join(f"{n} {v}" for n, v in per.items()),
+    )
+    return _judged(bar, [p for n, r in injectors.items() for p in _count_problems(f"{n} boundaries", r["boundaries"])])
+
+
+def _clean_bar(injectors: Mapping[str, Json]) -> list[Bar]:
     bad = {n: r for n, r in injectors.items() if r["ok"] != r["boundaries"]}
     why = "; ".join(
         f"{n}: {r['boundaries'] - r['ok']} unclean ({'; '.join(r['examples'][:1])})" for n, r in bad.items()

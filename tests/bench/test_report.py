@@ -247,7 +247,7 @@ def test_bars_are_computed_from_the_numbers() -> None:
     growth = found["gateway overhead follows new content (turn 1000 over turn 10 < 2.0x)"]
     assert not growth.met and growth.value == "5.00x" and "1,000,000 bytes" in growth.why
     assert found["policy time follows new content (turn 1000 over turn 10 < 2.0x)"].met
-    assert found["real traces at 4000: valid, within budget, no faults"].met
+    assert found["real traces at 4000: valid, within budget, at most 20 faults"].met
     assert found["planted rules never retained"].met
 
 
@@ -369,7 +369,7 @@ def test_an_impossible_policy_time_is_a_measurement_error(count: int, median: fl
 def test_a_trace_replay_of_no_requests_is_a_measurement_error() -> None:
     data = sections()
     data["traces"]["rows"][1]["requests"] = 0
-    assert "requests 0" in _measurement_error(data, "real traces at 4000: valid, within budget, no faults")
+    assert "requests 0" in _measurement_error(data, "real traces at 4000: valid, within budget, at most 20 faults")
 
 
 def test_a_synthetic_sweep_of_no_rows_is_a_measurement_error() -> None:
@@ -442,3 +442,22 @@ def test_the_lifecycle_table_sets_later_faults_beside_the_perfect_knowledge_boun
     text = render(data, "python -m bench eval")
     assert "| later requests | later intent | later evidence | later empty or altered |" in text
     assert "| 40 | 4 / 4 | 6 / 0 | 1 / 1 |" in text
+
+
+def test_each_lifecycle_budget_gets_its_table_and_a_hard_fault_bar() -> None:
+    data = sections()
+    reset = data["lifecycle"]["injectors"]["reset"]
+    data["lifecycle"]["other_budgets"] = [
+        {"budget": 8000, "injectors": {"reset": {**reset, "later_evidence_faults": 1}}},
+        {"budget": 4000, "injectors": {"reset": {**reset, "later_intent_faults": 12, "missing": 8}}},
+    ]
+    found = {b.name: b for b in bars(data)}
+    assert found["lifecycle at 16000: every injector, no faults"].met
+    eight = found["lifecycle at 8000: every injector, no faults"]
+    assert not eight.met and eight.value == "1 hard faults" and "reset 1" in eight.why
+    four = found["lifecycle at 4000: every injector, at most 20 faults"]
+    assert four.met and four.value == "20 hard faults"
+    data["lifecycle"]["other_budgets"][1]["injectors"]["reset"]["invalid"] = 1
+    assert not {b.name: b for b in bars(data)}["lifecycle at 4000: every injector, at most 20 faults"].met
+    text = render(data, "python -m bench eval")
+    assert text.count("| injector | boundaries |") == 3 and "Budget 8000:" in text and "Budget 4000:" in text
