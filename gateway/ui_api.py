@@ -121,7 +121,7 @@ async def timeline_body(services: Services, tenant: str, table: PageTable) -> di
         "recalls": [
             {**d, "turn_index": after_turn(times, stream_ms(d["id"]))} for d in decisions if d.get("kind") == "recall"
         ],
-        "events": [{**e, "turn_index": _event_turn(e, records, times)} for e in events],
+        "events": [{**e, "turn_index": after_turn(times, stream_ms(e["id"]))} for e in events],
         "journal": [{**j, "turn_index": by_turn(times, stream_ms(j["id"]))} for j in journal],
     }
 
@@ -166,7 +166,12 @@ async def page(request: Request) -> Response:
     history = level_history(records, page_id)
     key = Keys.of(tenant.name, session_scope(session_id)).decisions
     decisions = await _guarded(services.audit.newest(key, count=STREAM_READ))
-    about = [d for d in decisions if d.get("page_id") == page_id or page_id in (d.get("pages") or ())]
+    times = [int(r.get("at", 0)) for r in records]
+    about = [
+        {**d, "turn": d["turn"] if "turn" in d else _turn_at(records, after_turn(times, stream_ms(d["id"])))}
+        for d in decisions
+        if d.get("page_id") == page_id or page_id in (d.get("pages") or ())
+    ]
     return JSONAnswer(
         {
             **page_body(found, Fidelity.FULL),
@@ -185,19 +190,13 @@ def _shown(found: Page, level: Fidelity) -> dict[str, Any]:
     return {"text": body["text"], "tokens": body["tokens"], "tool_calls": body["tool_calls"]}
 
 
+def _turn_at(records: list[dict[str, Any]], index: int) -> int | None:
+    return records[index].get("turn") if 0 <= index < len(records) else None
+
+
 def _turn_row(record: dict[str, Any]) -> dict[str, Any]:
     """A turn record without its level changes (the heat map carries them)."""
     return {k: v for k, v in record.items() if k not in ("levels", "key")}
-
-
-def _event_turn(event: dict[str, Any], records: list[dict[str, Any]], times: list[int]) -> int:
-    """Lifecycle events name their turn; faults observed after a response go by time."""
-    turn = event.get("turn")
-    if isinstance(turn, int):
-        for i in range(len(records) - 1, -1, -1):
-            if records[i].get("turn") == turn:
-                return i
-    return after_turn(times, stream_ms(str(event.get("id", ""))))
 
 
 async def _types(services: Services, tenant: str, table: PageTable, pages: list[str]) -> dict[str, dict[str, Any]]:

@@ -29,7 +29,7 @@ function el(tag, attrs, ...children) {
     else if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? '' : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -62,6 +62,7 @@ async function api(path) {
 function show(...nodes) {
   const view = document.getElementById('view');
   view.replaceChildren(...nodes);
+  window.scrollTo(0, 0);
   document.getElementById('login').hidden = true;
   view.hidden = false;
 }
@@ -134,7 +135,8 @@ async function sessionView(sessionId) {
     card('lifecycle events', num(lifecycle.length)),
   );
   const parts = [el('h1', {}, 'Session ', el('span', { class: 'mono' }, t.id)), summary];
-  parts.push(el('h2', {}, 'Page fidelity, turn by turn'), heatLegend(), heatMap(t));
+  parts.push(el('h2', {}, 'Page fidelity, turn by turn'), heatLegend('pages down (transcript order; no number: no longer in the transcript), requests across; '
+    + 'marked columns: lifecycle events; click a cell to open the page'), heatMap(t));
   parts.push(el('h2', {}, 'Tokens forwarded against the budget'), tokenChart(turns));
   parts.push(el('h2', {}, 'Timeline'), timelineTable(t));
   parts.push(el('h2', {}, 'Lifecycle events and faults'), eventsTable(t));
@@ -143,10 +145,10 @@ async function sessionView(sessionId) {
   show(...parts);
 }
 
-function heatLegend() {
+function heatLegend(note) {
   return el('div', { class: 'legend' },
     Object.entries(LEVELS).map(([, lv]) => el('span', {}, el('i', { class: lv.css }), lv.name)),
-    el('span', {}, 'pages down (transcript order), requests across; click a cell to open the page'));
+    el('span', {}, note));
 }
 
 function heatMap(t) {
@@ -160,7 +162,7 @@ function heatMap(t) {
   }
   const gutter = 120;
   const avail = Math.max(400, (document.getElementById('view').clientWidth || 1100) - gutter - 30);
-  const cw = Math.max(1, Math.min(16, Math.floor(avail / cols)));
+  const cw = Math.max(1, Math.min(28, Math.floor(avail / cols)));
   const ch = rows > 400 ? 2 : rows > 150 ? 4 : rows > 60 ? 8 : 12;
   const top = 18;
   const canvas = el('canvas', { 'data-rows': rows, 'data-columns': cols });
@@ -185,6 +187,10 @@ function heatMap(t) {
   });
   g.fillStyle = '#5b6570';
   g.fillText('turn →', 4, top / 2);
+  const every = Math.max(1, Math.ceil(36 / cw));
+  t.turns.forEach((turn, col) => {
+    if (col % every === 0) g.fillText(String(turn.turn), gutter + col * cw + 1, top / 2);
+  });
   heat.rows.forEach((row, r) => {
     const y = top + r * ch;
     let col = 0;
@@ -367,7 +373,7 @@ async function pageView(sessionId, pageId) {
   const p = await api(`/v1/clawvm/sessions/${enc(sessionId)}/pages/${enc(pageId)}`);
   const now = p.in_table ? p.in_table.level : 'none';
   const prov = p.provenance;
-  const fields = el('dl', { class: 'fields' },
+  const fields = el('dl', { class: 'fields' }, [
     ['id', p.id], ['type', p.type], ['scope', p.scope], ['pin', p.pin], ['floor', p.floor],
     ['level in the last prompt', p.in_table ? now : 'not in the session\'s table'], ['version', p.version],
     ['provenance', `${prov.role}, message #${prov.message_index}`
@@ -394,7 +400,7 @@ async function pageView(sessionId, pageId) {
     : el('p', { class: 'muted' }, 'No decision recorded about this page.');
   show(el('h1', {}, 'Page ', el('span', { class: 'mono' }, p.id)), fields,
     el('h2', {}, 'Representations'), reprs,
-    el('h2', {}, 'Level at each kept turn'), history, heatLegend(),
+    el('h2', {}, 'Level at each kept turn'), history, heatLegend('one square per kept request, oldest first'),
     el('h2', {}, 'Decisions'), decisions);
 }
 
