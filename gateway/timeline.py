@@ -104,6 +104,22 @@ def by_turn(times: Sequence[int], at_ms: int) -> int:
     return bisect.bisect_left(times, at_ms)
 
 
+def event_turns(records: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The turn index of each event of the session's event stream: the record that holds the same
+    event (a turn's own lifecycle events and faults travel in its record), else by time (the
+    faults observed after a response, with its recalls)."""
+    held: dict[bytes, list[int]] = {}
+    for index, record in enumerate(records):
+        for event in record.get("events") or ():
+            held.setdefault(jsonio.dumps(event, sort_keys=True), []).append(index)
+    times = [int(r.get("at", 0)) for r in records]
+    out = []
+    for event in events:
+        same = held.get(jsonio.dumps({k: v for k, v in event.items() if k != "id"}, sort_keys=True))
+        out.append(same.pop(0) if same else after_turn(times, stream_ms(str(event.get("id", "")))))
+    return out
+
+
 def stream_ms(entry_id: str) -> int:
     head = entry_id.partition("-")[0]
     return int(head) if head.isdigit() else 0

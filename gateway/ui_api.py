@@ -36,7 +36,7 @@ from gateway.memory import user_scope
 from gateway.pages_api import LEVEL_NAMES, _fetch, _page_id, _scopes, page_body
 from gateway.pipeline import Services
 from gateway.store import Keys, StoreError, project_scope, session_scope
-from gateway.timeline import after_turn, by_turn, heat_map, level_history, prompt_diff, stream_ms
+from gateway.timeline import after_turn, by_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
 from policies.faults import Tally
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable
@@ -53,7 +53,7 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",
 }
-STREAM_READ = 5000  # newest entries of each audit stream the session view reads
+STREAM_READ = 1000  # newest entries of each audit stream the session and page views read
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
 
@@ -121,7 +121,7 @@ async def timeline_body(services: Services, tenant: str, table: PageTable) -> di
         "recalls": [
             {**d, "turn_index": after_turn(times, stream_ms(d["id"]))} for d in decisions if d.get("kind") == "recall"
         ],
-        "events": [{**e, "turn_index": after_turn(times, stream_ms(e["id"]))} for e in events],
+        "events": [{**e, "turn_index": i} for e, i in zip(events, event_turns(records, events), strict=True)],
         "journal": [{**j, "turn_index": by_turn(times, stream_ms(j["id"]))} for j in journal],
     }
 

@@ -95,6 +95,24 @@ function table(headers, rows, opts) {
   return el('table', { class: opts && opts.cls }, el('thead', {}, head), body);
 }
 
+// A long list shows its newest `SHOWN` rows; a button draws the rest (a 1,000-turn session stays quick).
+const SHOWN = 150;
+function capped(items, headers, makeRow, cls) {
+  const wrap = el('div', {});
+  const draw = (all) => {
+    const shown = all ? items : items.slice(-SHOWN);
+    const offset = items.length - shown.length;
+    const parts = [el('div', { class: 'scroll' }, table(headers, shown.map((item, i) => makeRow(item, offset + i)), { cls }))];
+    if (!all && offset > 0) {
+      parts.unshift(el('div', { class: 'toolbar' }, el('span', { class: 'muted' }, `the newest ${num(shown.length)} of ${num(items.length)}`),
+        el('button', { type: 'button', class: 'show-all', onclick: () => draw(true) }, `show all ${num(items.length)}`)));
+    }
+    wrap.replaceChildren(...parts);
+  };
+  draw(false);
+  return wrap;
+}
+
 function td(value, numeric) { return el('td', { class: numeric ? 'n' : null }, value); }
 
 // ------------------------------------------------------------------ views
@@ -288,7 +306,7 @@ function tokenChart(turns) {
 function timelineTable(t) {
   const keptPrompts = new Set(t.turns.filter((r) => r.prompt).slice(-t.retention.prompts).map((r) => r.prompt));
   const recallsAt = group(t.recalls);
-  const rows = t.turns.map((r, i) => {
+  const row = (r, i) => {
     const faults = (r.events || []).filter((e) => e.type === 'fault');
     const wb = r.writeback || { committed: [], rejected: {} };
     const rejected = Object.entries(wb.rejected || {});
@@ -309,10 +327,10 @@ function timelineTable(t) {
         rejected.map(([code, n]) => el('span', { class: 'pill bad' }, `${code} ×${n}`))]),
       td(r.prompt && keptPrompts.has(r.prompt) ? link(`#/s/${enc(t.id)}/t/${enc(r.prompt)}`, 'prompt') : el('span', { class: 'muted' }, '–')),
     );
-  });
-  return el('div', { class: 'scroll' }, table(
+  };
+  return capped(t.turns,
     ['turn#', 'time', 'event', 'messages#', 'tokens received#', 'forwarded#', 'budget#', 'prefix reused#', 'assembly', 'faults', 'recalls', 'write-back', 'prompt'],
-    rows, { cls: 'timeline' }));
+    row, 'timeline');
 }
 
 function group(items) {
@@ -332,30 +350,30 @@ function turnLabel(t, index) {
 
 function eventsTable(t) {
   if (!t.events.length) return el('p', { class: 'muted' }, 'None.');
-  const rows = t.events.map((e) => el('tr', { class: e.kind === 'lifecycle' ? 'event' : null },
+  const row = (e) => el('tr', { class: e.kind === 'lifecycle' ? 'event' : null },
     td(turnLabel(t, e.turn_index), true),
     td(el('span', { class: e.kind === 'lifecycle' ? 'pill ev' : e.type === 'fault' ? 'pill bad' : 'pill' }, e.kind === 'lifecycle' ? e.event : e.kind)),
     td(e.kind === 'lifecycle' ? (e.harness || '') : (e.type || '')),
     td(e.page_id ? pageLink(t.id, e.page_id) : ''),
     td(el('span', { class: 'mono' }, e.evidence || e.detail || e.unreadable || '')),
-  ));
-  return el('div', { class: 'scroll' }, table(['turn#', 'event or fault', 'harness or type', 'page', 'evidence'], rows));
+  );
+  return capped(t.events, ['turn#', 'event or fault', 'harness or type', 'page', 'evidence'], row, 'events');
 }
 
 function recallsTable(t) {
   if (!t.recalls.length) return el('p', { class: 'muted' }, 'None.');
-  const rows = t.recalls.map((d) => el('tr', {},
+  const row = (d) => el('tr', {},
     td(turnLabel(t, d.turn_index), true),
     td(el('span', { class: d.code === 'ok' ? 'pill ok' : 'pill bad' }, d.code)),
     td((d.pages || []).map((p) => [pageLink(t.id, p), ' '])),
     td(num(d.tokens), true),
-  ));
-  return el('div', { class: 'scroll' }, table(['turn#', 'reason code', 'pages', 'tokens#'], rows));
+  );
+  return capped(t.recalls, ['turn#', 'reason code', 'pages', 'tokens#'], row, 'recalls');
 }
 
 function journalTable(t) {
   if (!t.journal.length) return el('p', { class: 'muted' }, 'No write-back in this session\'s own scope.');
-  const rows = t.journal.map((j) => el('tr', {},
+  const row = (j) => el('tr', {},
     td(turnLabel(t, j.turn_index), true),
     td(el('span', { class: j.status === 'committed' ? 'pill ok' : j.status === 'rejected' ? 'pill bad' : 'pill' }, j.status || '')),
     td(j.reason || ''),
@@ -364,8 +382,8 @@ function journalTable(t) {
     td(j.type || ''),
     td(j.scope || ''),
     td(el('span', { class: 'mono' }, j.detail || '')),
-  ));
-  return el('div', { class: 'scroll' }, table(['turn#', 'status', 'code', 'op', 'slot', 'type', 'scope', 'detail'], rows));
+  );
+  return capped(t.journal, ['turn#', 'status', 'code', 'op', 'slot', 'type', 'scope', 'detail'], row, 'journal');
 }
 
 async function pageView(sessionId, pageId) {
@@ -392,11 +410,11 @@ async function pageView(sessionId, pageId) {
     return el('span', { class: lv.css, title: `turn ${h.turn}: ${lv.name}` });
   }));
   const decisions = p.decisions.length
-    ? el('div', { class: 'scroll' }, table(['turn#', 'action', 'from', 'to', 'reason code'], p.decisions.map((d) => el('tr', {},
-      td(d.turn === undefined ? '' : num(d.turn), true),
+    ? capped(p.decisions, ['turn#', 'action', 'from', 'to', 'reason code'], (d) => el('tr', {},
+      td(d.turn === undefined || d.turn === null ? '' : num(d.turn), true),
       td(d.kind === 'recall' ? 'recall' : d.action || ''),
       td(d.from || ''), td(d.to || ''),
-      td(el('span', { class: 'pill' }, d.reason || d.code || ''))))))
+      td(el('span', { class: 'pill' }, d.reason || d.code || ''))), 'decisions')
     : el('p', { class: 'muted' }, 'No decision recorded about this page.');
   show(el('h1', {}, 'Page ', el('span', { class: 'mono' }, p.id)), fields,
     el('h2', {}, 'Representations'), reprs,
@@ -460,6 +478,7 @@ async function route() {
     else if (parts[0] === 's' && parts[1] && parts[2] === 't' && parts[3]) await promptView(parts[1], parts[3]);
     else if (parts[0] === 's' && parts[1]) await sessionView(parts[1]);
     else await sessionsView();
+    document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = location.hash || '#/';
   } catch (error) {
     if (error instanceof AuthError) { showLogin(key() ? error.message : ''); return; }
