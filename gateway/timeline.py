@@ -2,7 +2,7 @@
 
 - `heat_map`: every page's fidelity at every kept turn, rebuilt from the records' level changes and
   keyframes, one run-length row per page;
-- `after_turn` / `by_turn`: which turn a stream entry belongs to, by its time;
+- `after_turn`, `event_turns`: which turn a stream entry belongs to;
 - `prompt_diff`: what the gateway did to the agent's messages, as message-level edit operations.
 
 Level letters: F full, C compressed, S structured, P pointer, - absent (in the table, not in the
@@ -96,12 +96,6 @@ def after_turn(times: Sequence[int], at_ms: int) -> int:
     """The index of the last turn that started at or before `at_ms` (-1: before every kept turn).
     Recalls and after-response events belong to the turn whose answer they came in."""
     return bisect.bisect_right(times, at_ms) - 1
-
-
-def by_turn(times: Sequence[int], at_ms: int) -> int:
-    """The index of the first turn recorded at or after `at_ms` (len: after every kept turn).
-    Write-back happens inside a turn, before its record is taken."""
-    return bisect.bisect_left(times, at_ms)
 
 
 def event_turns(records: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> list[int]:

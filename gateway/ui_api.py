@@ -11,9 +11,10 @@ id is refused (403) without a lookup.
   received and forwarded, faults, lifecycle events, last activity. Query: `limit` (1..1000,
   default 100), `offset`.
 - `GET /v1/clawvm/sessions/{id}/timeline`: everything the session view shows, in one answer: the
-  kept turn records (tokens against the budget, prefix reused, events, write-back), the fidelity
-  heat map, recalls with reason codes, lifecycle events and faults with evidence, the write-back
-  journal with its codes, each attributed to a turn.
+  kept turn records (tokens against the budget, prefix reused, events, the write-back committed and
+  rejected with its codes), the fidelity heat map, recalls with reason codes, lifecycle events and
+  faults with evidence, each attributed to a turn. The write-back journal's every record, with its
+  detail, stays at `/v1/clawvm/sessions/{id}/journal` (gateway.audit_api).
 - `GET /v1/clawvm/sessions/{id}/prompts/{prompt_id}`: one kept request as the agent sent it and
   as the model saw it, with the message-level diff.
 - `GET /v1/clawvm/sessions/{id}/pages/{page_id}`: one page: type, scope, pin, provenance, its four
@@ -36,7 +37,7 @@ from gateway.memory import user_scope
 from gateway.pages_api import LEVEL_NAMES, _fetch, _page_id, _scopes, page_body
 from gateway.pipeline import Services
 from gateway.store import Keys, StoreError, project_scope, session_scope
-from gateway.timeline import after_turn, by_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
+from gateway.timeline import after_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
 from policies.faults import Tally
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable
@@ -97,7 +98,6 @@ async def timeline_body(services: Services, tenant: str, table: PageTable) -> di
     keys = Keys.of(tenant, session_scope(session))
     decisions = await _guarded(audit.newest(keys.decisions, count=STREAM_READ))
     events = await _guarded(audit.newest(keys.events, count=STREAM_READ))
-    journal = await _guarded(audit.newest(keys.writeback, count=STREAM_READ, flat=True))
     heat = heat_map(records, {p: i for i, p in enumerate(table.order)})
     types = await _types(services, tenant, table, heat.pages)
     times = [int(r.get("at", 0)) for r in records]
@@ -122,7 +122,6 @@ async def timeline_body(services: Services, tenant: str, table: PageTable) -> di
             {**d, "turn_index": after_turn(times, stream_ms(d["id"]))} for d in decisions if d.get("kind") == "recall"
         ],
         "events": [{**e, "turn_index": i} for e, i in zip(events, event_turns(records, events), strict=True)],
-        "journal": [{**j, "turn_index": by_turn(times, stream_ms(j["id"]))} for j in journal],
     }
 
 

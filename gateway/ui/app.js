@@ -61,7 +61,7 @@ async function api(path) {
 
 function show(...nodes) {
   const view = document.getElementById('view');
-  view.replaceChildren(...nodes);
+  view.replaceChildren(...nodes.flat(Infinity).filter((node) => node !== null && node !== undefined && node !== false));
   window.scrollTo(0, 0);
   document.getElementById('login').hidden = true;
   view.hidden = false;
@@ -372,18 +372,25 @@ function recallsTable(t) {
 }
 
 function journalTable(t) {
-  if (!t.journal.length) return el('p', { class: 'muted' }, 'No write-back in this session\'s own scope.');
+  const rows = [];
+  t.turns.forEach((r, i) => {
+    const wb = r.writeback || { committed: [], rejected: {} };
+    for (const c of wb.committed || []) rows.push({ i, status: 'committed', code: '', ...c, count: 1 });
+    for (const [code, count] of Object.entries(wb.rejected || {})) rows.push({ i, status: 'rejected', code, count });
+  });
+  if (!rows.length) return el('p', { class: 'muted' }, 'No write-back in the kept turns.');
   const row = (j) => el('tr', {},
-    td(turnLabel(t, j.turn_index), true),
-    td(el('span', { class: j.status === 'committed' ? 'pill ok' : j.status === 'rejected' ? 'pill bad' : 'pill' }, j.status || '')),
-    td(j.reason || ''),
+    td(turnLabel(t, j.i), true),
+    td(el('span', { class: j.status === 'committed' ? 'pill ok' : 'pill bad' }, j.status)),
+    td(j.code),
     td(j.op || ''),
     td(el('span', { class: 'mono' }, j.slot || '')),
     td(j.type || ''),
     td(j.scope || ''),
-    td(el('span', { class: 'mono' }, j.detail || '')),
+    td(j.page_id ? pageLink(t.id, j.page_id) : ''),
+    td(num(j.count), true),
   );
-  return capped(t.journal, ['turn#', 'status', 'code', 'op', 'slot', 'type', 'scope', 'detail'], row, 'journal');
+  return capped(rows, ['turn#', 'status', 'code', 'op', 'slot', 'type', 'scope', 'from page', 'updates#'], row, 'journal');
 }
 
 async function pageView(sessionId, pageId) {

@@ -164,7 +164,8 @@ def test_a_sessions_heat_map_after_a_replayed_compaction(inspected: Inspected, p
     assert colours["full"] > 0
     assert any(letter in letters for letter in "CSP-")  # the budget made the gateway page things out
     assert sum(colours[level] for level in ("compressed", "structured", "pointer", "absent")) > 0
-    page.screenshot(path=str(inspected.shots / "session.png"), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(inspected.shots / "session.png"))  # type: ignore[attr-defined]  # the README's
+    page.screenshot(path=str(inspected.shots / "session-full.png"), full_page=True)  # type: ignore[attr-defined]
     page.locator("#heatmap").screenshot(path=str(inspected.shots / "heatmap.png"))  # type: ignore[attr-defined]
 
 
@@ -229,6 +230,7 @@ def test_the_forwarded_prompt_and_its_diff_against_what_the_agent_sent(inspected
 def test_a_second_tenant_sees_nothing_of_the_first(inspected: Inspected, page: object) -> None:
     sign_in(page, inspected.root, "sk-ui-globex")
     assert page.locator(".empty").count() == 1  # type: ignore[attr-defined]
+    assert "null" not in page.inner_text("#view")  # type: ignore[attr-defined]
     acme = api(inspected, f"/v1/clawvm/sessions/{SESSION}/timeline").json()
     page_id = acme["heat"]["pages"][0]["id"]
     prompt_id = acme["turns"][-1]["prompt"]

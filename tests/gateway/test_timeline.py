@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.timeline import after_turn, by_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
+from gateway.timeline import after_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
 
 
 def spelled(row: str) -> str:
@@ -55,7 +55,6 @@ def test_a_page_changed_twice_in_one_record_keeps_the_last_level() -> None:
 def test_stream_entries_go_to_the_turn_they_belong_to() -> None:
     times = [100, 200, 300]  # when each turn's record was taken
     assert [after_turn(times, ms) for ms in (50, 100, 250, 999)] == [-1, 0, 1, 2]  # recalls: the turn answered
-    assert [by_turn(times, ms) for ms in (50, 100, 250, 999)] == [0, 0, 2, 3]  # write-back: inside the turn
     assert stream_ms("1712345678901-3") == 1712345678901 and stream_ms("bad") == 0
 
 
