@@ -43,7 +43,7 @@ SESSION = "ui-bench"
 CHROMIUM = "/usr/bin/chromium"
 TARGET_MS = 1000.0
 SETTLE_S = 10.0
-BROWSER_FLAGS = (
+BROWSER_FLAGS = (  # headless, and no background traffic: the machine's network is closed
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -159,9 +159,14 @@ def timing(action: Callable[[], None], repeats: int) -> Timed:
     return Timed(round(statistics.median(samples), 1), tuple(samples))
 
 
+def chromium_path() -> str:
+    """Debian's chromium (scripts/install installs it); the path may not exist."""
+    return shutil.which("chromium") or CHROMIUM
+
+
 def browser_load(url: str, repeats: int) -> tuple[Timed | None, str]:
     """The session page in headless Chromium, a fresh tab each time: navigation to drawn."""
-    chromium = shutil.which("chromium") or CHROMIUM
+    chromium = chromium_path()
     if not Path(chromium).exists():
         return None, "no chromium (scripts/install installs Debian's chromium package)"
     try:

@@ -32,7 +32,7 @@ import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -125,7 +125,6 @@ def recorded(
     session: str,
     after: Callable[[], Awaitable[None]],
     shot: Shot,
-    written: WriteReport | None,
 ) -> Callable[[], Awaitable[None]]:
     """`after` (the turn's audit records), then the inspector's record of the turn."""
     if log is None or shot.glimpse is None:
@@ -133,7 +132,7 @@ def recorded(
 
     async def both() -> None:
         await after()
-        await log.record(tenant, session, replace(shot, written=written))
+        await log.record(tenant, session, shot)
 
     return both
 

@@ -357,8 +357,9 @@ async def prepare(
         headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter))
     received = timing.sent + budget.tools - _reserve(services, chat, counter)  # the recall tool is ours
     forwarded = int(headers["x-clawvm-prompt-tokens"])
-    shot = Shot(timing.glimpse, chat.body.get("messages") or [], body["messages"], received, forwarded, budget.cap)
-    then = recorded(services.inspector, tenant.name, ids.session, after, shot, timing.written)
+    sent = chat.body.get("messages") or []
+    shot = Shot(timing.glimpse, sent, body["messages"], received, forwarded, budget.cap, timing.written)
+    then = recorded(services.inspector, tenant.name, ids.session, after, shot)
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.ui import CHROMIUM, UIReport, format_ui, run_ui
+from bench.ui import UIReport, chromium_path, format_ui, run_ui
 
 
 def test_the_bench_builds_the_session_and_times_every_view() -> None:
@@ -15,6 +15,6 @@ def test_the_bench_builds_the_session_and_times_every_view() -> None:
     assert report.heat_cells == report.heat_rows * 4 and report.timeline_bytes > 0
     for timed in (report.timeline, report.sessions, report.page, report.prompt):
         assert len(timed.samples_ms) == 1 and timed.median_ms == timed.samples_ms[0]
-    assert (report.browser is not None) == Path(CHROMIUM).exists()
+    assert (report.browser is not None) == Path(chromium_path()).exists()
     lines = format_ui(report)
     assert lines[0].startswith("session inspector: one 4-turn session") and len(lines) == 5

@@ -11,7 +11,6 @@ Screenshots go to `$CLAWVM_UI_SCREENSHOTS` when set (the README's comes from
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +22,12 @@ from bench.fake_upstream import FakeUpstream, serve
 from bench.lifecycle_replay import run
 from bench.peers.model import TraceModel
 from bench.traces import load_traces, traces_dir
+from bench.ui import BROWSER_FLAGS, chromium_path
 from gateway.app import create_app
 from gateway.settings import Overrides, load_settings
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [  # as the machine notes advise: no background traffic on a closed network
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CONFIG = "tenants:\n  acme:\n    api_keys: [sk-ui-acme]\n  globex:\n    api_keys: [sk-ui-globex]\n"
 TRACE = "taubench-airline-004"
 INJECTOR = "claude_code_compact"
@@ -85,10 +75,11 @@ def inspected(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
+    chromium = chromium_path()
+    if not Path(chromium).exists():
         pytest.skip("no chromium: scripts/install installs Debian's chromium package")
     with sync_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        launched = driver.chromium.launch(executable_path=chromium, headless=True, args=list(BROWSER_FLAGS))
         yield launched
         launched.close()
 

@@ -156,11 +156,11 @@ async def test_recorded_runs_the_audit_first_then_the_record(client: aioredis.Re
 
     tenant, session = fresh("t"), fresh()
     log = TurnLog(client, UISettings())
-    await recorded(log, tenant, session, audit, shot(1, chat(1)), None)()
+    await recorded(log, tenant, session, audit, shot(1, chat(1)))()
     assert order == ["audit"] and len(await log.turns(tenant, session)) == 1
-    assert recorded(None, tenant, session, audit, shot(1, chat(1)), None) is audit
+    assert recorded(None, tenant, session, audit, shot(1, chat(1))) is audit
     blind = Shot(None, [], [], 0, 0, 0)
-    assert recorded(log, tenant, session, audit, blind, None) is audit
+    assert recorded(log, tenant, session, audit, blind) is audit
 
 
 def table_with(levels: dict[str, Fidelity], version: int, turn: int) -> PageTable:
