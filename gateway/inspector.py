@@ -341,7 +341,7 @@ def _int(value: object) -> int:
 
 
 def pack(value: Any) -> str:
-    return base64.b64encode(zlib.compress(jsonio.dumps(value), 6)).decode("ascii")
+    return base64.b64encode(zlib.compress(jsonio.dumps(value), 1)).decode("ascii")
 
 
 def unpack(text: str) -> dict[str, Any] | None:

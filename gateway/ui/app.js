@@ -450,16 +450,25 @@ function messageView(m) {
 async function promptView(sessionId, promptId) {
   crumbs(link(`#/s/${enc(sessionId)}`, sessionId, 'mono'), `prompt ${promptId}`);
   const p = await api(`/v1/clawvm/sessions/${enc(sessionId)}/prompts/${enc(promptId)}`);
-  const counts = { equal: 0, replace: 0, delete: 0, insert: 0 };
-  for (const op of p.diff) counts[op.op] += op.op === 'insert' ? op.forwarded[1] - op.forwarded[0] : op.received[1] - op.received[0];
+  let same = 0;
+  let dropped = 0;
+  let added = 0;
+  for (const op of p.diff) {
+    if (op.op === 'equal') same += op.received[1] - op.received[0];
+    else {
+      dropped += op.received[1] - op.received[0];
+      added += op.forwarded[1] - op.forwarded[0];
+    }
+  }
   const diff = el('div', { class: 'diff', id: 'diff' },
     el('div', { class: 'colhead' }, `What the agent sent (${p.received.length} messages)`),
     el('div', { class: 'colhead' }, `What the model saw (${p.forwarded.length} messages)`),
     p.diff.map((op) => diffBlock(op, p)));
   const forwarded = el('div', { id: 'forwarded' }, p.forwarded.map(messageView));
   show(el('h1', {}, 'Prompt ', el('span', { class: 'mono' }, promptId)),
-    el('div', { class: 'cards' }, card('forwarded as sent', num(counts.equal)), card('degraded or rebuilt', num(counts.replace)),
-      card('paged out', num(counts.delete)), card('added by the gateway', num(counts.insert))),
+    el('div', { class: 'cards' }, card('messages forwarded as sent', num(same)),
+      card('the agent\'s, not forwarded as sent', num(dropped)),
+      card('the gateway\'s in their place (degraded pages, stubs, retained state)', num(added))),
     el('h2', {}, 'Diff against what the agent sent'), diff,
     el('h2', {}, 'The prompt as the model saw it'), forwarded);
 }
@@ -472,6 +481,9 @@ function diffBlock(op, p) {
       left.map(messageView));
   }
   const side = (items, cls, empty) => el('div', { class: `side ${cls}` }, items.length ? items.map(messageView) : el('div', { class: 'gap' }, empty));
+  if (left.length === right.length) { // one for one: each message beside what it became
+    return left.map((message, i) => [side([message], 'del', ''), side([right[i]], 'ins', '')]);
+  }
   return [side(left, 'del', 'added by the gateway'), side(right, 'ins', 'paged out: not in the prompt')];
 }
 
