@@ -196,3 +196,17 @@ def test_a_glimpse_is_a_keyframe_on_the_first_save_every_few_turns_and_after_a_b
     set_level(table, "c", Fidelity.POINTER)  # 2 of 3 changed: a keyframe
     g = glimpse(table, [], [], kept)
     assert g.key and g.levels == {"a": "P", "c": "P"}
+
+
+async def test_on_a_redis_cluster_each_sessions_records_stay_in_its_slot(redis_cluster_url: str) -> None:
+    store = RedisStore.from_url(redis_cluster_url)
+    try:
+        log, tenant = TurnLog(store.client, UISettings()), fresh("t")
+        sessions = [fresh() for _ in range(4)]  # spread over the cluster's slots
+        for n, session in enumerate(sessions):
+            await log.record(tenant, session, shot(1, chat(2), at=20_000 + n))
+        assert [r["id"] for r in await log.sessions(tenant, 0, 10)] == sessions[::-1]
+        [record] = await log.turns(tenant, sessions[0])
+        assert (await log.prompt(tenant, sessions[0], record["prompt"]) or {}).get("forwarded") == chat(2)
+    finally:
+        await store.aclose()
