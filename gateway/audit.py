@@ -96,15 +96,11 @@ class AuditLog:
         """Entries of any stream as flat field maps plus `id`, oldest first, after `after`."""
         return [{**fields, "id": entry_id} for entry_id, fields in await self._range(key, after, count)]
 
-    async def newest(self, key: str, *, count: int = 100, flat: bool = False) -> list[dict[str, Any]]:
-        """The newest `count` entries of a stream, oldest first: JSON records, or with `flat` field
-        maps (the write-back journal), each plus `id`."""
+    async def newest(self, key: str, *, count: int = 100) -> list[dict[str, Any]]:
+        """The newest `count` records of a stream (the decision trace, the events), oldest first."""
         with mapped_errors():
             entries = list(await self._client.xrevrange(key, max="+", min="-", count=max(count, 1)))
-        entries.reverse()
-        if flat:
-            return [{**fields, "id": entry_id} for entry_id, fields in entries]
-        return [decode(entry_id, fields) for entry_id, fields in entries]
+        return [decode(entry_id, fields) for entry_id, fields in reversed(entries)]
 
     async def _records(self, key: str, after: str, count: int) -> list[dict[str, Any]]:
         return [decode(entry_id, fields) for entry_id, fields in await self._range(key, after, count)]

@@ -57,7 +57,6 @@ CODES: Mapping[Fidelity, str] = {
     Fidelity.POINTER: "P",
     Fidelity.NONE: "-",
 }
-ABSENT = "-"
 DIGEST_CHARS = 12
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -120,19 +119,19 @@ def glimpse(
 
 
 def recorded(
-    log: TurnLog | None,
+    inspector: TurnLog | None,
     tenant: str,
     session: str,
     after: Callable[[], Awaitable[None]],
     shot: Shot,
 ) -> Callable[[], Awaitable[None]]:
     """`after` (the turn's audit records), then the inspector's record of the turn."""
-    if log is None or shot.glimpse is None:
+    if inspector is None or shot.glimpse is None:
         return after
 
     async def both() -> None:
         await after()
-        await log.record(tenant, session, shot)
+        await inspector.record(tenant, session, shot)
 
     return both
 
@@ -147,31 +146,28 @@ class TurnLog:
     # -- writing -----------------------------------------------------------------------------
 
     async def record(self, tenant: str, session: str, shot: Shot) -> None:
-        """The request's record, its prompts and the session's totals. A failure is logged,
-        never the request's: the turn itself is committed already."""
-        if not self.settings.turns:
+        """The request's record, its prompts and the session's totals, in two round trips. A
+        failure is logged, never the request's: the turn itself is committed already."""
+        if not self.settings.turns or shot.glimpse is None:
             return
         try:
-            await self._record(tenant, session, shot)
+            await self._record(tenant, session, shot, shot.glimpse)
         except (StoreError, InvalidKeyError) as exc:
             log.warning("inspector records of session %s not written: %s", session, type(exc).__name__)
 
-    async def _record(self, tenant: str, session: str, shot: Shot) -> None:
-        g = shot.glimpse
-        assert g is not None  # `recorded` records glimpsed turns only
+    async def _record(self, tenant: str, session: str, shot: Shot, g: Glimpse) -> None:
         keys = InspectorKeys.of(tenant, session)
         sizes = message_sizes(shot.forwarded)
+        index = sessions_key(tenant)
         with mapped_errors():
-            previous = await self._client.get(keys.forwarded)
-            prompt_id = ""
-            if self.settings.prompts:
-                prompt_id = await self._client.xadd(
-                    keys.prompts,
-                    {FIELD: pack({"received": list(shot.received), "forwarded": list(shot.forwarded)})},
-                    maxlen=self.settings.prompts,
-                    approximate=False,
-                )
-            body = turn_record(g, shot, reused_prefix(parse_sizes(previous), sizes, shot.tokens_forwarded), prompt_id)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(keys.forwarded)
+                if self.settings.prompts:
+                    prompt = pack({"received": list(shot.received), "forwarded": list(shot.forwarded)})
+                    pipe.xadd(keys.prompts, {FIELD: prompt}, maxlen=self.settings.prompts, approximate=False)
+                previous, *added = await pipe.execute()
+            prefix = reused_prefix(parse_sizes(previous), sizes, shot.tokens_forwarded)
+            body = turn_record(g, shot, prefix, str(added[0]) if added else "")
             lifecycle = sum(1 for e in g.events if e.get("kind") == "lifecycle")
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xadd(keys.turns, {FIELD: jsonio.dumps_text(body)}, maxlen=self.settings.turns, approximate=True)
@@ -183,13 +179,10 @@ class TurnLog:
                 pipe.hset(keys.summary, mapping={"turns": g.turn, "faults": g.faults, "last": g.at_ms})
                 if body["event"]:
                     pipe.hset(keys.summary, "last_event", body["event"])
-                await pipe.execute()
-            if self.settings.sessions:
-                index = sessions_key(tenant)
-                async with self._client.pipeline(transaction=False) as pipe:
+                if self.settings.sessions:  # the tenant's index: another slot on a cluster, same round trip
                     pipe.zadd(index, {session: g.at_ms})
                     pipe.zremrangebyrank(index, 0, -(self.settings.sessions + 1))
-                    await pipe.execute()
+                await pipe.execute()
 
     # -- reading -----------------------------------------------------------------------------
 
