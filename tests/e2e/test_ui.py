@@ -28,7 +28,8 @@ from gateway.settings import Overrides, load_settings
 
 pytestmark = pytest.mark.browser
 
-CONFIG = "tenants:\n  acme:\n    api_keys: [sk-ui-acme]\n  globex:\n    api_keys: [sk-ui-globex]\n"
+# tenant names of this module's own: the Redis server is shared by the whole test session
+CONFIG = "tenants:\n  inspected-a:\n    api_keys: [sk-ui-acme]\n  inspected-b:\n    api_keys: [sk-ui-globex]\n"
 TRACE = "taubench-airline-004"
 INJECTOR = "claude_code_compact"
 SESSION = f"lifecycle-{TRACE}-{INJECTOR}"  # the id bench.lifecycle_replay gives the replay
