@@ -1,6 +1,7 @@
 """`python -m bench [policy|latency|recall|all]`: print the figures the README quotes.
 `python -m bench eval [--quick]`: run every evaluation and write bench/results/report.md (bench.eval).
 `python -m bench load [--quick]`: the load and chaos suite, writes bench/results/load.md (bench.load).
+`python -m bench ui [--turns 1000]`: the session inspector's load time on a long session (bench.ui).
 `python -m bench intent [--verbose]`: the user-intent classifier's precision and recall on its
 labelled set (bench.intent); `--verbose` lists the misses and false alarms.
 
@@ -61,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.load import main as run_load_suite
 
         return run_load_suite(given[1:])
+    if given[:1] == ["ui"]:
+        from bench.ui import main as run_ui_bench
+
+        return run_ui_bench(given[1:])
     if given[:1] == ["intent"]:
         from bench.intent import main as run_intent
 

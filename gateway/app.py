@@ -27,6 +27,7 @@ from gateway.auth import KeyRing
 from gateway.embedded import EmbeddedRedis
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_response
 from gateway.http import HeaderLimit
+from gateway.inspector import TurnLog
 from gateway.journal import WritebackJournal
 from gateway.jsonio import NestingTooDeep
 from gateway.limits import ConcurrencyLimit, TenantLimiter
@@ -42,6 +43,8 @@ from gateway.settings import Settings
 from gateway.store import RedisStore
 from gateway.tokens import Tokenizers, prepare_offline
 from gateway.transcripts import TranscriptCache
+from gateway.ui_api import asset, index, prompt, sessions, timeline
+from gateway.ui_api import page as session_page
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 
 log = logging.getLogger("clawvm.gateway")
@@ -69,6 +72,12 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/clawvm/sessions/{session_id:str}/decisions", decisions, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}/events", events, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}/journal", journal, methods=["GET"]),
+            Route("/v1/clawvm/sessions", sessions, methods=["GET"]),  # the session inspector (gateway.ui_api)
+            Route("/v1/clawvm/sessions/{session_id:str}/timeline", timeline, methods=["GET"]),
+            Route("/v1/clawvm/sessions/{session_id:str}/prompts/{prompt_id:str}", prompt, methods=["GET"]),
+            Route("/v1/clawvm/sessions/{session_id:str}/pages/{page_id:str}", session_page, methods=["GET"]),
+            Route("/ui", index, methods=["GET"]),
+            Route("/ui/{name:str}", asset, methods=["GET"]),
             Route("/v1/{path:path}", relay, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ],
         exception_handlers={
@@ -120,6 +129,7 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
         memory=memory,
         outage=outage,
         limiter=TenantLimiter(metrics.in_flight),
+        inspector=TurnLog(store.client, settings.ui),
     )
 
 

@@ -96,6 +96,12 @@ class AuditLog:
         """Entries of any stream as flat field maps plus `id`, oldest first, after `after`."""
         return [{**fields, "id": entry_id} for entry_id, fields in await self._range(key, after, count)]
 
+    async def newest(self, key: str, *, count: int = 100) -> list[dict[str, Any]]:
+        """The newest `count` records of a stream (the decision trace, the events), oldest first."""
+        with mapped_errors():
+            entries = list(await self._client.xrevrange(key, max="+", min="-", count=max(count, 1)))
+        return [decode(entry_id, fields) for entry_id, fields in reversed(entries)]
+
     async def _records(self, key: str, after: str, count: int) -> list[dict[str, Any]]:
         return [decode(entry_id, fields) for entry_id, fields in await self._range(key, after, count)]
 

@@ -34,6 +34,7 @@ from gateway.http import (
     unless_disconnected,
     upstream_target,
 )
+from gateway.inspector import Glimpse, Shot, TurnLog, glimpse, recorded
 from gateway.limits import TenantLimiter
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
@@ -114,6 +115,7 @@ class Services:
     memory: MemoryService
     outage: OutageQueue  # turns deferred while the store is unavailable
     limiter: TenantLimiter = field(default_factory=TenantLimiter)  # requests in flight per tenant (gateway.limits)
+    inspector: TurnLog | None = None  # per-turn records for the session inspector (gateway.inspector)
 
 
 class ToolTokens:
@@ -145,6 +147,7 @@ class Timing:
     written: WriteReport | None = None  # the turn's write-back
     sent: int = 0  # tokens of the transcript as the agent sent it
     degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.outage)
+    glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.inspector)
 
     @property
     def policy_ns(self) -> int:
@@ -352,7 +355,12 @@ async def prepare(
         body["tools"] = [*(body.get("tools") or []), tool_schema(RECALL_TOOL)]
     else:  # the reserve for the recall tool's schema went unused
         headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter))
-    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, after)
+    received = timing.sent + budget.tools - _reserve(services, chat, counter)  # the recall tool is ours
+    forwarded = int(headers["x-clawvm-prompt-tokens"])
+    sent = chat.body.get("messages") or []
+    shot = Shot(timing.glimpse, sent, body["messages"], received, forwarded, budget.cap, timing.written)
+    then = recorded(services.inspector, tenant.name, ids.session, after, shot)
+    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then)
 
 
 def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:
@@ -557,6 +565,7 @@ async def _turn(
     observation.events[:0] = crossing.events
     observation.event = "" if crossing.event in QUIET else crossing.event.value
     table.seen = now
+    timing = replace(timing, glimpse=glimpse(table, observation.decisions, observation.events, plan.assembly))
     deferred = None if written is not None else list(result.new_pages)
     pages = [*plan.ingest.new_pages, *crossing.seeded]  # no round trip when unchanged
     if await _commit(services, table, pages, deferred, observation, unavailable):

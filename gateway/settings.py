@@ -58,6 +58,8 @@ _PINS = tuple(p.value for p in Pin)
 _SCOPES = tuple(s.value for s in Scope)
 _TOP_KEYS = ("server", "store", "upstream", "models", "tenants")
 _TOP_KEYS += ("limits",)  # the default tenants.<name>.limits (issue 11): kept on a line of its own
+_TOP_KEYS += ("ui",)  # the session inspector's retention (issue 16): kept on a line of its own
+_UI_KEYS = ("turns", "prompts", "sessions")
 _SERVER_KEYS = (
     "host",
     "port",
@@ -185,6 +187,16 @@ class Tenant:
 
 
 @dataclass(frozen=True, slots=True)
+class UISettings:
+    """What the store keeps for the session inspector (`GET /ui`, gateway.inspector): per-turn
+    records and forwarded prompts per session, and sessions listed per tenant. 0 keeps none."""
+
+    turns: int = 1000  # per-turn records of one session (heat map, timeline), the newest kept
+    prompts: int = 20  # forwarded prompts (with what the agent sent) of one session, the newest kept
+    sessions: int = 1000  # sessions in a tenant's list, the most recently active kept
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings
     store: StoreSettings
@@ -192,6 +204,7 @@ class Settings:
     models: Mapping[str, ModelOverride]
     tenants: tuple[Tenant, ...]
     open: bool
+    ui: UISettings = UISettings()
 
     def tenant(self, name: str) -> Tenant:
         for tenant in self.tenants:
@@ -232,6 +245,7 @@ def load_settings(path: Path | None, env: Mapping[str, str], overrides: Override
         models=_models(top.raw("models")),
         tenants=_limited(tenants or (_open_tenant(upstream, overrides),), top),
         open=not tenants,
+        ui=_ui(top.raw("ui")),
     )
 
 
@@ -510,6 +524,15 @@ def _store(value: object, overrides: Overrides) -> StoreSettings:
         outage_queue=sec.get("outage_queue", base.outage_queue, _integer()),
         appendfsync=sec.get("appendfsync", base.appendfsync, _choice(APPENDFSYNC)),
         outage_queue_bytes=sec.get("outage_queue_bytes", base.outage_queue_bytes, _integer()),
+    )
+
+
+def _ui(value: object) -> UISettings:
+    sec, base = _section(value, "ui", _UI_KEYS), UISettings()
+    return UISettings(
+        turns=sec.get("turns", base.turns, _integer(0)),
+        prompts=sec.get("prompts", base.prompts, _integer(0)),
+        sessions=sec.get("sessions", base.sessions, _integer(0)),
     )
 
 

@@ -114,3 +114,11 @@ async def test_redis_errors_become_store_errors() -> None:
             await AuditLog(store.client).events(TENANT, fresh())
     finally:
         await store.aclose()
+
+
+async def test_newest_reads_the_last_records_oldest_first(client: aioredis.Redis) -> None:
+    log, session = AuditLog(client), fresh()
+    await log.record(TENANT, session, [{"n": n} for n in range(5)], [])
+    key = Keys.of(TENANT, session_scope(session)).decisions
+    assert [r["n"] for r in await log.newest(key, count=3)] == [2, 3, 4]
+    assert await log.newest(Keys.of(TENANT, session_scope(fresh())).decisions) == []

@@ -12,6 +12,7 @@ from gateway.settings import (
     Overrides,
     Settings,
     StoreSettings,
+    UISettings,
     is_loopback_host,
     load_settings,
 )
@@ -794,3 +795,26 @@ def test_the_top_level_limits_are_every_tenants_default(tmp_path: Path) -> None:
 def test_an_unknown_limit_is_refused(tmp_path: Path) -> None:
     message = error(tmp_path, ACME + "    limits: {max_concurrent: 3}\n")
     assert message == "unknown key tenants.acme.limits.max_concurrent (did you mean max_concurrent_requests?)"
+
+
+# ---------------------------------------------------------------- session inspector retention (issue 16)
+
+
+def test_the_inspectors_retention_defaults_and_is_configurable(tmp_path: Path) -> None:
+    assert load(tmp_path, "").ui == UISettings(turns=1000, prompts=20, sessions=1000)
+    assert load_settings(REPO_CONFIG, {}).ui == UISettings()  # the repo's config.yaml shows the defaults
+    configured = load(tmp_path, "ui: {turns: 50, prompts: 0, sessions: 7}\n").ui
+    assert configured == UISettings(turns=50, prompts=0, sessions=7)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ui: {turns: -1}\n", "ui.turns: expected a non-negative integer, got -1"),
+        ("ui: {prompts: many}\n", "ui.prompts: expected a non-negative integer, got 'many'"),
+        ("ui: {session: 3}\n", "unknown key ui.session (did you mean sessions?)"),
+        ("ui: 5\n", "ui: expected a mapping, got 5"),
+    ],
+)
+def test_a_bad_retention_names_its_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert error(tmp_path, text) == expected
