@@ -36,6 +36,11 @@ class View:
     retained_ids: frozenset[str] = frozenset()
     tail: dict[int, Message] = field(default_factory=dict)  # newest-turn positions not sent whole
 
+    def stable(self) -> int:
+        """How many leading messages of this rendering the next turn forwards unchanged when it
+        only appends: the prefix before the newest turn."""
+        return len(self.prefix)
+
     def messages(self, messages: Sequence[Message]) -> list[Message]:
         out = [messages[x] if type(x) is int else x for x in self.prefix]  # type: ignore[index]
         if self.retained is not None:
