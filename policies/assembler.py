@@ -31,7 +31,7 @@ from policies.pages import Fidelity, Page, PageType, Pin
 from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
 
-LOW_WATER = 0.75
+LOW_WATER = 0.75  # the re-plan target when the caller names none
 OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
 
@@ -69,14 +69,17 @@ def assemble(
     turn: int,
     born: Mapping[str, int],
     previous: Mapping[str, Fidelity] | None,
+    low_water: float = LOW_WATER,
 ) -> Assembly:
+    """Keep the previous decisions while they fit the budget; else re-plan down to `low_water`
+    (a share of the budget: 1.0 fills it)."""
     floors = {layout.order[i]: floor_of(layout, i) for i in range(len(layout.order))}
     if previous is not None:
         kept = {p: max(previous.get(p, Fidelity.FULL), f) for p, f in floors.items()}
         cost = total_cost(layout, kept)
         if cost <= budget:
             return Assembly(kept, cost, -1, False, False, ())
-    return replan(layout, floors, budget, weights, turn, born)
+    return replan(layout, floors, budget, weights, turn, born, low_water)
 
 
 def replan(
@@ -86,10 +89,11 @@ def replan(
     weights: Weights,
     turn: int,
     born: Mapping[str, int],
+    low_water: float = LOW_WATER,
 ) -> Assembly:
     whole = dict.fromkeys(floors, Fidelity.FULL)
     whole_cost = total_cost(layout, whole)
-    if whole_cost <= budget * LOW_WATER:
+    if whole_cost <= budget * low_water:
         return Assembly(whole, whole_cost, whole_cost, False, True, ())
     levels = dict(floors)
     minimum = total_cost(layout, levels)
@@ -104,7 +108,7 @@ def replan(
             levels, minimum = whole, whole_cost
         insufficient = minimum > budget
         return Assembly(levels, minimum, minimum, insufficient, True, _decisions(layout, floors, levels))
-    target = int(budget * LOW_WATER) if minimum <= budget * LOW_WATER else budget
+    target = int(budget * low_water) if minimum <= budget * low_water else budget
     cost = _upgrade(layout, levels, target, weights, turn, born, minimum, paged)
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
 

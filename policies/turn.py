@@ -76,7 +76,8 @@ def assemble_turn(
         return TurnPlan(messages=fast, assembly=_kept(table), ingest=result, changed=not resent, stable=stable)
     layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
-    assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous)
+    low_water = policy.cache.target
+    assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous, low_water)
     replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
@@ -88,8 +89,9 @@ def assemble_turn(
 
 def plan_key(policy: TenantPolicy, budget: TokenBudget) -> str:
     """What the kept decisions depend on: a change re-plans from scratch."""
-    w = policy.weights
-    return f"{budget.usable}|{policy.name}|{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
+    w, cache = policy.weights, policy.cache
+    weights = f"{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
+    return f"{budget.usable}|{policy.name}|{weights}|{cache.mode}:{cache.low_water}"
 
 
 def _append(
