@@ -51,6 +51,7 @@ def figures(row: Json, direct: Json) -> dict[str, float | None]:
         "reuse": row["prefix_reuse"],
         "openai": ratio(row["openai_cost"], direct["openai_cost"]),
         "anthropic": ratio(row["anthropic_cost"], direct["anthropic_cost"]),
+        "floor": ratio(row.get("openai_floor", 0.0), direct["openai_cost"]),
     }
 
 
@@ -70,7 +71,9 @@ def cache_section(
         "of the session (tools, then messages, token-exact inside the first message that differs), priced in "
         "units of one uncached input token (`bench/pricing.py`): OpenAI caches 128-token steps of a prefix of "
         "1,024+ tokens and bills them at 0.1×; Anthropic reads the same at 0.1× and writes the rest at 1.25×. "
-        "Each ratio is against sending everything (direct) over the same requests of the same replay.",
+        "Each ratio is against sending everything (direct) over the same requests of the same replay. The floor "
+        "is the OpenAI-priced cost of the same prompts had each read from the cache all but the tokens the agent "
+        "added since its previous request (which no cache holds yet): no assembly of that size can cost less.",
         "",
     ]
     rows = []
@@ -87,11 +90,12 @@ def cache_section(
                     f"{100 * row['prefix_reuse']:.1f}%",
                     _shown(f["openai"]),
                     _shown(f["anthropic"]),
+                    _shown(f["floor"]),
                 )
             )
     rows.sort(key=lambda r: (r[0], r[1] != replays[0][0], r[2] != "direct", r[2] != OURS, r[2]))
     header = ("budget", "replay", "peer", "faults", "tokens vs direct", "prefix reuse", "OpenAI-priced cost vs direct")
-    lines += table((*header, "Anthropic-priced cost vs direct"), rows)
+    lines += table((*header, "Anthropic-priced cost vs direct", "OpenAI-priced floor vs direct"), rows)
     return lines + [f"![cumulative cost over one session]({PLOT})", ""]
 
 

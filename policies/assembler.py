@@ -108,9 +108,18 @@ def replan(
             levels, minimum = whole, whole_cost
         insufficient = minimum > budget
         return Assembly(levels, minimum, minimum, insufficient, True, _decisions(layout, floors, levels))
-    target = int(budget * low_water) if minimum <= budget * low_water else budget
+    target = low_mark(budget, minimum, low_water)
     cost = _upgrade(layout, levels, target, weights, turn, born, minimum, paged)
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
+
+
+def low_mark(budget: int, minimum: int, low_water: float) -> int:
+    """Where a re-plan lands: `low_water` of the budget (1.0 fills it); when the minimum set is
+    already above that, the budget. (Landing between the minimum and the budget instead re-plans
+    less often at small budgets, but shows less: on the 12 real traces at 4,000 tokens it saved
+    3% of the prompt-cache-priced cost for 2 more faults, so the budget it is.)"""
+    mark = int(budget * low_water)
+    return mark if minimum <= mark else budget
 
 
 def _relaxed(layout: Layout, floors: dict[str, Fidelity]) -> dict[str, Fidelity]:

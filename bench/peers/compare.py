@@ -24,9 +24,10 @@ Per peer and budget, from what the model saw:
 - knowledge: how the fake model recalls (`bench.peers.model`): `honest` (the default: from what
   its prompt shows) or `perfect` (an upper bound that knows the gateway's page ids);
 - tokens forwarded (the first prompt of each request) against sending everything (direct);
-- prefix reuse: per request after a trace's first, the tokens of the prompt's leading part that
-  equals the previous prompt's (tools, then whole messages) over the prompt's tokens: what a
-  provider prompt cache can reuse;
+- prefix reuse: over every upstream request after a trace's first (recall follow-ups included),
+  the tokens of each prompt's longest common prefix with the session's previous request
+  (`reused_tokens`) over the prompts' tokens: the share of the input a provider prompt cache can
+  read back; and the input cost priced with prompt caching (`bench.pricing`);
 - added latency: per request, the peer's end-to-end time minus direct's for the same request
   (sent just before it); median and p99. "like-for-like" keeps the requests the model answered
   in one call (a recall round trip is a second model call, not proxy work). A peer that forwards
@@ -71,7 +72,7 @@ from bench.peers.model import (
 )
 from bench.peers.servers import Upstream, available, start_peer
 from bench.policy_time import percentile
-from bench.pricing import Price, price
+from bench.pricing import Price, openai_cost, price
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.chat import parse_messages
 from gateway.tokens import Tokenizers, compact_json, count_tools, message_tokens, prepare_offline
@@ -105,6 +106,7 @@ class Turn:
     expected: Expected
     plan: str  # the current plan, whitespace-normalised ("" when there is none)
     everything: int  # tokens of the agent's request: messages and tools
+    fresh: int = 0  # of those, the tokens its previous request did not have (all of them for the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +225,12 @@ class Tally:
     recall_round_trips: int = 0
     forwarded: int = 0
     everything: int = 0
-    reuse: list[float] = field(default_factory=list)
+    reused: int = 0  # prefix tokens shared with the session's previous upstream request
+    reusable: int = 0  # prompt tokens of the upstream requests that have a previous one
     upstream_tokens: int = 0  # every upstream request's prompt tokens, recall follow-ups included
     openai_cost: float = 0.0  # their input cost priced by bench.pricing, in uncached-token units
     anthropic_cost: float = 0.0
+    openai_floor: float = 0.0  # the OpenAI-priced cost had every request read all but the agent's new tokens
     sessions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # per trace, per request
     added_ns: list[int] = field(default_factory=list)
     single_added_ns: list[int] = field(default_factory=list)
@@ -259,10 +263,11 @@ class PeerFigures:
     recall_round_trips: int
     tokens_forwarded: int
     tokens_everything: int
-    prefix_reuse: float  # mean share over upstream requests after each trace's first
+    prefix_reuse: float  # shared-prefix tokens over prompt tokens, upstream requests after each trace's first
     upstream_tokens: int  # prompt tokens of every upstream request, recall follow-ups included
     openai_cost: float  # input cost priced with prompt caching (bench.pricing), uncached-token units
     anthropic_cost: float
+    openai_floor: float  # the same requests, each reading all but the agent's new tokens from the cache
     added_median_us: float
     added_p99_us: float
     like_for_like_median_us: float  # requests answered in one model call
@@ -330,10 +335,11 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
         recall_round_trips=tally.recall_round_trips,
         tokens_forwarded=tally.forwarded,
         tokens_everything=tally.everything,
-        prefix_reuse=round(statistics.fmean(tally.reuse), 4) if tally.reuse else 0.0,
+        prefix_reuse=round(tally.reused / tally.reusable, 4) if tally.reusable else 0.0,
         upstream_tokens=tally.upstream_tokens,
         openai_cost=round(tally.openai_cost, 1),
         anthropic_cost=round(tally.anthropic_cost, 1),
+        openai_floor=round(tally.openai_floor, 1),
         added_median_us=_median_us(tally.added_ns),
         added_p99_us=_p99_us(tally.added_ns),
         like_for_like_median_us=_median_us(tally.single_added_ns),
@@ -389,6 +395,8 @@ class Judge:
             tally.over_budget += 1
             tally.declared_insufficient += 1 if "x-clawvm-insufficient" in exchange.headers else 0
         costs = [self._price(tally, prompt) for prompt in exchange.prompts]
+        new = min(turn.fresh, tokens)  # the first call cannot reuse what the agent just added
+        tally.openai_floor += openai_cost(tokens - new, tokens) + sum(c.openai for c in costs[1:])
         spent = (round(sum(c.openai for c in costs), 1), round(sum(c.anthropic for c in costs), 1))
         tally.sessions.setdefault(turn.trace, []).append(spent)
 
@@ -396,8 +404,9 @@ class Judge:
         """One upstream request against the session's previous one: its reuse and its price."""
         tokens = prompt_tokens(self.counter, prompt)
         prefix = reused_tokens(self.counter, tally.previous, prompt)
-        if tally.previous is not None and tokens:
-            tally.reuse.append(prefix / tokens)
+        if tally.previous is not None:
+            tally.reused += prefix
+            tally.reusable += tokens
         tally.previous = prompt
         cost = price(prefix, tokens)
         tally.upstream_tokens += tokens
@@ -454,13 +463,17 @@ def _calls(message: Json) -> list[tuple[str, str]]:
 
 def prepare_turns(trace: Trace, limit: int, counter: TokenCounter) -> Iterator[Turn]:
     """The first `limit` requests of `trace`, each with what the model should answer."""
+    previous: Json | None = None
     for number, messages in enumerate(trace.turns()):
         if number >= limit:
             return
         body = request_body(messages, trace.tools, False, f"peers-{trace.name}")
         expected = expected_for(messages, trace.messages[len(messages)])
         everything = prompt_tokens(counter, body)
-        yield Turn(trace.name, number, encode(body), messages, trace.tools, expected, plan_text(messages), everything)
+        fresh = everything - reused_tokens(counter, previous, body)
+        plan = plan_text(messages)
+        yield Turn(trace.name, number, encode(body), messages, trace.tools, expected, plan, everything, fresh)
+        previous = body
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ def _row(peer: str, budget: int, forwarded: int, reuse: float, openai: float, an
         "prefix_reuse": reuse,
         "openai_cost": openai,
         "anthropic_cost": anthropic,
+        "openai_floor": openai / 2,
         "session_costs": {"long": [[openai / 3, anthropic / 3]] * 3, "short": [[1.0, 1.0]]},
     }
 
@@ -56,8 +57,8 @@ def sections() -> dict[str, Json]:
 def test_one_table_holds_every_replay_each_against_its_own_direct() -> None:
     lines = cache_section(sections(), table)
     text = "\n".join(lines)
-    assert "| 4,000 | 2 traces, every request | clawvm | 0 | 0.30 | 96.0% | 0.25 | 0.25 |" in text
-    assert "| 4,000 | 1 traces, first 40 requests | litellm | 0 | 0.80 | 50.0% | 1.50 | 1.50 |" in text
+    assert "| 4,000 | 2 traces, every request | clawvm | 0 | 0.30 | 96.0% | 0.25 | 0.25 | 0.12 |" in text
+    assert "| 4,000 | 1 traces, first 40 requests | litellm | 0 | 0.80 | 50.0% | 1.50 | 1.50 | 0.75 |" in text
     assert sum(1 for line in lines if line.startswith(("| 4,000", "| 16,000"))) == 6
     assert f"]({PLOT})" in text
 

@@ -3,6 +3,7 @@ utility per token, decisions, and stability from turn to turn."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -23,6 +24,7 @@ from tests.policies.strategies import (
     Wire,
     bulk_text,
     is_retained,
+    newest_turn_of,
     replay,
     requests,
     sessions,
@@ -222,6 +224,29 @@ def test_a_kept_turn_keeps_the_forwarded_prefix(session: Session) -> None:
         assert all(current.plan.assembly.levels[p] == level for p, level in before.items())
         old, new = without_retained(previous.output), without_retained(current.output)
         assert new[: len(old)] == old
+
+
+@PROPERTY
+@given(sessions(max_rounds=8))
+def test_an_append_forwards_the_previous_prompt_byte_for_byte_as_its_prefix(session: Session) -> None:
+    """Between re-plans the prompt only grows at its end: the previous upstream request, the
+    retained-state message included, is the head of the next one, byte for byte (what a
+    provider's prompt cache reads back). The exceptions are the design's: a turn that restates a
+    retained rule (the rule leaves the retained message) or whose previous newest turn was
+    forwarded with a page degraded (that page moves into the prefix)."""
+    turns = replay(session, COUNTER).turns
+    for previous, current in zip(turns, turns[1:], strict=False):
+        appended = current.request[: len(previous.request)] == previous.request
+        if current.plan.assembly.replanned or not appended:
+            continue
+        newest = previous.output[len(previous.output) - len(newest_turn_of(previous.request)) :]
+        if not all(any(out is sent for sent in previous.request) for out in newest):
+            continue
+        if [m for m in previous.output if is_retained(m)] == [m for m in current.output if is_retained(m)]:
+            assert json.dumps(current.output[: len(previous.output)]) == json.dumps(previous.output)
+        else:  # a restated rule left the retained message
+            kept = without_retained(previous.output)
+            assert without_retained(current.output)[: len(kept)] == kept
 
 
 def test_appending_under_a_generous_budget_does_not_replan() -> None:

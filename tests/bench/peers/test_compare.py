@@ -175,7 +175,12 @@ def test_every_upstream_request_is_priced_against_the_one_before_it(counter: Tok
         sum(anthropic_cost(p, t) for p, t in zip(prefixes, sizes, strict=True))
     )
     assert tally.openai_cost < tally.anthropic_cost < sum(sizes)
-    assert len(tally.sessions["synthetic"]) == 2 and len(tally.reuse) == 2
+    floor = openai_cost(sizes[0] - turns[-2].fresh, sizes[0]) + openai_cost(prefixes[1], sizes[1])
+    floor += openai_cost(sizes[2] - turns[-1].fresh, sizes[2])
+    assert tally.openai_floor == pytest.approx(floor) and tally.openai_floor <= tally.openai_cost
+    assert 0 < turns[-1].fresh < turns[-1].everything and turns[0].fresh == turns[0].everything
+    assert len(tally.sessions["synthetic"]) == 2
+    assert (tally.reused, tally.reusable) == (sum(prefixes), sum(sizes[1:]))
 
 
 def test_a_failed_request_is_an_error_and_nothing_else(counter: TokenCounter) -> None:
@@ -184,7 +189,7 @@ def test_a_failed_request_is_an_error_and_nothing_else(counter: TokenCounter) ->
 
 
 def test_figures_summarise_a_tally() -> None:
-    tally = Tally(requests=3, reuse=[0.5, 1.0], added_ns=[1_000, 3_000, 2_000], single_added_ns=[1_000])
+    tally = Tally(requests=3, reused=750, reusable=1000, added_ns=[1_000, 3_000, 2_000], single_added_ns=[1_000])
     row = figures("passthrough", 4000, tally)
     assert (row.prefix_reuse, row.added_median_us, row.added_p99_us, row.like_for_like_median_us) == (
         0.75,
