@@ -73,7 +73,8 @@ def cache_section(
         "1,024+ tokens and bills them at 0.1×; Anthropic reads the same at 0.1× and writes the rest at 1.25×. "
         "Each ratio is against sending everything (direct) over the same requests of the same replay. The floor "
         "is the OpenAI-priced cost of the same prompts had each read from the cache all but the tokens the agent "
-        "added since its previous request (which no cache holds yet): no assembly of that size can cost less.",
+        "added since its previous request (which no cache holds yet): what prompts of that size cost when the "
+        "agent's new tokens are forwarded whole (a peer that shrinks them can go below it).",
         "",
     ]
     rows = []
