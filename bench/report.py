@@ -1,9 +1,10 @@
 """The evaluation report: `bench/results/report.md` and its PNG plots, from the sections' JSON.
 
 `write_report(sections, directory, command)` takes what `bench.eval` wrote per section (a missing
-section is reported as not run) and writes `report.md` beside four plots: faults against budget
+section is reported as not run) and writes `report.md` beside five plots: faults against budget
 per policy (the synthetic sweep), tokens per turn (the churn stress), the latency CDF (direct
-against through the gateway) and cost against session length (cost growth).
+against through the gateway), cost against session length (cost growth) and the cumulative
+prompt-cache-priced cost over one session (the traces; `bench.cache_report`).
 
 Figures that are timings carry a ⏱ and change from run to run; everything else is reproducible,
 and `stable_digest` (printed in the report) is the SHA-256 of the sections with every timing
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cache_report import PLOT, cache_section, cache_targets, cost_rows, plot_session_cost
+from bench.cache_report import figures as cost_figures
+
 Json = dict[str, Any]
 TIMING = "⏱"
 TIMING_SUFFIXES = ("_us", "_ms", "_ns", "_us_met")
@@ -35,6 +39,7 @@ PLOTS = {
     "tokens": "tokens_per_turn.png",
     "latency": "latency_cdf.png",
     "growth": "cost_vs_session_length.png",
+    "cache": PLOT,
 }
 
 
@@ -782,9 +787,15 @@ def _growth_ratio(name: str, first: Json, last: Json, key: str) -> tuple[float, 
     return ratio, problems
 
 
+def _cache_bars(s: Mapping[str, Json]) -> list[Bar]:
+    why = "the prompt's prefix changes too often, or the prompt is too large, for the cache to pay"
+    return [_judged(Bar(t.name, t.met, t.value, why), [t.error] if t.error else []) for t in cache_targets(s)]
+
+
 BAR_CHECKS: tuple[Callable[[Mapping[str, Json]], list[Bar]], ...] = (
     _synthetic_bars,
     _trace_bars,
+    _cache_bars,
     _lifecycle_bars,
     _stress_bars,
     _timing_bars,
@@ -826,6 +837,14 @@ def headline(sections: Mapping[str, Json], found: Sequence[Bar]) -> list[str]:
                 f"{r['over_budget']} over budget, {r['faults']} faults; {saved} of the tokens saved, "
                 f"{100 * r['prefix_reuse']:.1f}% prefix reuse."
             )
+    for row, direct in cost_rows(sections.get("traces") or {}):
+        if row["peer"] == "clawvm":
+            f = cost_figures(row, direct)
+            lines.append(
+                f"- Prompt-cache-priced input cost at {row['budget']:,} tokens, against sending everything: "
+                f"OpenAI {f['openai']}, Anthropic {f['anthropic']} (direct's prefix reuse "
+                f"{100 * direct['prefix_reuse']:.1f}%)."
+            )
     for b in (sections.get("policy") or {}).get("budgets", [])[:1]:
         lines.append(f"- {TIMING} Policy engine median {b['total']['median_us']} µs per turn at {b['budget']:,}.")
     series = (sections.get("latency") or {}).get("series", [])[:1]
@@ -851,6 +870,7 @@ def render(sections: Mapping[str, Json], command: str) -> str:
         *traces_section(sections.get("traces"), sections.get("policy")),
         *lifecycle_section(sections.get("lifecycle")),
         *peers_section(sections.get("peers")),
+        *cache_section(sections, table),
         *stress_section(sections.get("stress")),
         *growth_section(sections.get("growth"), sections.get("latency")),
         *bars_section(found),
@@ -871,7 +891,7 @@ def write_report(sections: Mapping[str, Json], directory: Path, command: str) ->
 
 
 def write_plots(sections: Mapping[str, Json], directory: Path) -> list[Path]:
-    """The four PNGs (each only when its section is there), with matplotlib's Agg backend."""
+    """The five PNGs (each only when its section is there), with matplotlib's Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -883,6 +903,7 @@ def write_plots(sections: Mapping[str, Json], directory: Path) -> list[Path]:
         ("tokens", _plot_tokens, "stress"),
         ("latency", _plot_latency, "latency"),
         ("growth", _plot_growth, "growth"),
+        ("cache", plot_session_cost, "traces"),
     ):
         if sections.get(key):
             figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=100)

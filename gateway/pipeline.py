@@ -23,6 +23,7 @@ from gateway import jsonio
 from gateway.audit import AuditLog
 from gateway.auth import KeyRing
 from gateway.boundary import cross, hint_of
+from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
 from gateway.chat import ChatRequest, parse_request, to_wire
 from gateway.errors import ContextLengthExceeded, GatewayError, ServiceUnavailable
 from gateway.http import (
@@ -360,7 +361,16 @@ async def prepare(
     sent = chat.body.get("messages") or []
     shot = Shot(timing.glimpse, sent, body["messages"], received, forwarded, budget.cap, timing.written)
     then = recorded(services.inspector, tenant.name, ids.session, after, shot)
+    _cache_hints(body, chat.model, tenant.name, ids.session, plan.stable)
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then)
+
+
+def _cache_hints(body: dict[str, Any], model: str, tenant: str, session: str, stable: int) -> None:
+    """OpenAI's `prompt_cache_key` on the passthrough; Anthropic's breakpoints through litellm."""
+    if not uses_litellm(model):
+        add_cache_key(body, tenant, session)
+    elif caches_explicitly(model):
+        add_breakpoints(body, stable)
 
 
 def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:

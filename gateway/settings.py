@@ -38,7 +38,16 @@ import yaml
 from gateway.embedded import APPENDFSYNC
 from gateway.tokens import OFFLINE_ENCODINGS
 from policies.pages import Fidelity, PageType, Pin, Scope
-from policies.tenant import DEFAULT_TYPES, Budget, ClassifierRule, TenantPolicy, TypePolicy, Weights
+from policies.tenant import (
+    DEFAULT_TYPES,
+    Budget,
+    CacheMode,
+    CachePolicy,
+    ClassifierRule,
+    TenantPolicy,
+    TypePolicy,
+    Weights,
+)
 from policies.transcript import ROLES
 
 T = TypeVar("T")
@@ -93,7 +102,10 @@ _UPSTREAM_KEYS = (
 _MODEL_KEYS = ("context_window", "encoding")
 _TENANT_KEYS = ("api_keys", "budget", "pages", "weights", "rules", "upstream")
 _TENANT_KEYS += ("limits",)  # tenants.<name>.limits (issue 11): kept on a line of its own
+_TENANT_KEYS += ("policy",)  # tenants.<name>.policy (issue 13): how assembly treats prompt caches
 _LIMIT_KEYS = ("max_concurrent_requests",)
+_POLICY_KEYS = ("cache", "low_water")
+_CACHE_MODES = tuple(m.value for m in CacheMode)
 _BUDGET_KEYS = ("max_prompt_tokens", "window_fraction", "output_reserve", "safety_margin")
 _PAGE_KEYS = ("floor", "pin", "base_utility", "scope")
 _WEIGHT_KEYS = ("pin_hard", "pin_soft", "recency", "recency_decay", "recompute")
@@ -685,6 +697,7 @@ def _tenant(name: str, value: object, upstream: UpstreamSettings, overrides: Ove
         types=_page_types(sec.raw("pages"), sec.at("pages")),
         weights=_weights(sec.raw("weights"), sec.at("weights")),
         rules=_rules(sec.raw("rules"), sec.at("rules")),
+        cache=_cache_policy(sec.raw("policy"), sec.at("policy")),
     )
     keys = _api_keys(sec.raw("api_keys"), sec.at("api_keys"))
     return Tenant(name, keys, policy, _upstream(sec.raw("upstream"), sec.at("upstream"), upstream, tenant=True))
@@ -769,6 +782,15 @@ def _weights(value: object, path: str) -> Weights:
         recency=sec.get("recency", base.recency, _NON_NEGATIVE),
         recency_decay=sec.get("recency_decay", base.recency_decay, _FRACTION),
         recompute=sec.get("recompute", base.recompute, _NON_NEGATIVE),
+    )
+
+
+def _cache_policy(value: object, path: str) -> CachePolicy:
+    """`policy.cache` (stable or tight) and `policy.low_water` (a fraction of the budget, (0, 1])."""
+    sec, base = _section(value, path, _POLICY_KEYS), CachePolicy()
+    return CachePolicy(
+        mode=sec.get("cache", base.mode, lambda v, p: CacheMode(_choice(_CACHE_MODES)(v, p))),
+        low_water=sec.get("low_water", base.low_water, _FRACTION),
     )
 
 

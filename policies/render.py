@@ -36,7 +36,13 @@ RETAINED_HEADER = (
 class View:
     """A rendering kept for the next turn: items before the newest turn (an int is the
     position of a message forwarded as sent; a Message is a degraded page or a span stub),
-    where the newest turn started, and the retained-state message if any."""
+    where the newest turn started, and the retained-state message if any.
+
+    The retained-state message goes right after the block of the last message the gateway built
+    in the prefix (a stub or a degraded page), else after the leading system messages: a place that
+    does not move while turns are appended, so every request's prefix is the previous request
+    whole (provider prompt caches read it back). It is a function of the items alone, so a
+    table reloaded from the store renders the same bytes."""
 
     prefix: list[int | Message]
     newest: int
@@ -44,15 +50,38 @@ class View:
     retained_ids: frozenset[str] = frozenset()
     tail: dict[int, Message] = field(default_factory=dict)  # newest-turn positions not sent whole
 
+    def stable(self) -> int:
+        """How many leading messages of this rendering the next turn forwards unchanged when it
+        only appends: the prefix before the newest turn, with the retained-state message."""
+        return len(self.prefix) + (self.retained is not None)
+
     def messages(self, messages: Sequence[Message]) -> list[Message]:
         out = [messages[x] if type(x) is int else x for x in self.prefix]  # type: ignore[index]
         if self.retained is not None:
-            out.append(self.retained)
+            out.insert(self.retained_at(out), self.retained)
         if self.tail:
             out.extend(self.tail.get(i, messages[i]) for i in range(self.newest, len(messages)))
         else:
             out.extend(messages[self.newest :])
         return out
+
+    def retained_at(self, prefix: Sequence[Message]) -> int:
+        """Where the retained-state message goes among the prefix's messages (see the class)."""
+        for index in range(len(self.prefix) - 1, -1, -1):
+            if type(self.prefix[index]) is not int:
+                return _block_end(prefix, index + 1)
+        index = 0
+        while index < len(prefix) and prefix[index].role in ("system", "developer"):
+            index += 1
+        return index
+
+
+def _block_end(prefix: Sequence[Message], index: int) -> int:
+    """The first position at or after `index` that is not a tool result: the end of a block
+    whose call was built (a tool result must follow its call)."""
+    while index < len(prefix) and prefix[index].role == "tool":
+        index += 1
+    return index
 
 
 def render(layout: Layout, levels: Mapping[str, Fidelity], entries: Mapping[str, str], recall_tool: str) -> View:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 
 from policies.pages import Fidelity, PageType, Pin, Scope
@@ -69,6 +70,27 @@ class Budget:
     safety_margin: float = 0.02
 
 
+class CacheMode(StrEnum):
+    """How assembly treats the provider's prompt cache."""
+
+    STABLE = "stable"  # change the prompt in rare, large steps: over the budget, fall to the low-water mark
+    TIGHT = "tight"  # fill the budget every turn (providers without prompt caching)
+
+
+LOW_WATER = 0.75  # stable: an overflowing turn re-plans down to this share of the budget
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    mode: CacheMode = CacheMode.STABLE
+    low_water: float = LOW_WATER  # a fraction of the budget, (0, 1]; used by `stable` only
+
+    @property
+    def target(self) -> float:
+        """The share of the budget an overflowing turn re-plans down to."""
+        return self.low_water if self.mode is CacheMode.STABLE else 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class TenantPolicy:
     name: str = "default"
@@ -76,6 +98,7 @@ class TenantPolicy:
     types: Mapping[PageType, TypePolicy] = field(default_factory=lambda: DEFAULT_TYPES)
     weights: Weights = field(default_factory=Weights)
     rules: tuple[ClassifierRule, ...] = ()
+    cache: CachePolicy = field(default_factory=CachePolicy)
 
     def type_policy(self, page_type: PageType) -> TypePolicy:
         return self.types[page_type]

@@ -32,6 +32,7 @@ class TurnPlan:
     assembly: Assembly
     ingest: IngestResult
     changed: bool = True  # False when the table is exactly as before (a resent transcript)
+    stable: int = 0  # leading messages the next append forwards unchanged (a cache breakpoint goes there)
 
 
 def plan_turn(
@@ -75,23 +76,26 @@ def assemble_turn(
     fast = _append(table, messages, result, key, budget.usable)
     if fast is not None:
         resent = result.kind == "append" and result.kept == len(messages)
-        return TurnPlan(messages=fast, assembly=_kept(table), ingest=result, changed=not resent)
+        stable = table.view.stable() if isinstance(table.view, View) else 0
+        return TurnPlan(messages=fast, assembly=_kept(table), ingest=result, changed=not resent, stable=stable)
     layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
-    assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous)
+    low_water = policy.cache.target
+    assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous, low_water)
     replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
     entries = {p: table.entries[p][0] for p in (*layout.order, *layout.index)}
     view = render(layout, assembly.levels, entries, recall_tool)
     table.view = view
-    return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result)
+    return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result, stable=view.stable())
 
 
 def plan_key(policy: TenantPolicy, budget: TokenBudget) -> str:
     """What the kept decisions depend on: a change re-plans from scratch."""
-    w = policy.weights
-    return f"{budget.usable}|{policy.name}|{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
+    w, cache = policy.weights, policy.cache
+    weights = f"{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
+    return f"{budget.usable}|{policy.name}|{weights}|{cache.mode}:{cache.low_water}"
 
 
 def _append(

@@ -24,9 +24,10 @@ Per peer and budget, from what the model saw:
 - knowledge: how the fake model recalls (`bench.peers.model`): `honest` (the default: from what
   its prompt shows) or `perfect` (an upper bound that knows the gateway's page ids);
 - tokens forwarded (the first prompt of each request) against sending everything (direct);
-- prefix reuse: per request after a trace's first, the tokens of the prompt's leading part that
-  equals the previous prompt's (tools, then whole messages) over the prompt's tokens: what a
-  provider prompt cache can reuse;
+- prefix reuse: over every upstream request after a trace's first (recall follow-ups included),
+  the tokens of each prompt's longest common prefix with the session's previous request
+  (`reused_tokens`) over the prompts' tokens: the share of the input a provider prompt cache can
+  read back; and the input cost priced with prompt caching (`bench.pricing`);
 - added latency: per request, the peer's end-to-end time minus direct's for the same request
   (sent just before it); median and p99. "like-for-like" keeps the requests the model answered
   in one call (a recall round trip is a second model call, not proxy work). A peer that forwards
@@ -44,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +72,10 @@ from bench.peers.model import (
 )
 from bench.peers.servers import Upstream, available, start_peer
 from bench.policy_time import percentile
+from bench.pricing import Price, openai_cost, price
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.chat import parse_messages
-from gateway.tokens import Tokenizers, count_tools, message_tokens, prepare_offline
+from gateway.tokens import Tokenizers, compact_json, count_tools, message_tokens, prepare_offline
 from policies.classify import is_plan
 from policies.tokens import TokenCounter
 
@@ -104,6 +106,7 @@ class Turn:
     expected: Expected
     plan: str  # the current plan, whitespace-normalised ("" when there is none)
     everything: int  # tokens of the agent's request: messages and tools
+    fresh: int = 0  # of those, the tokens its previous request did not have (all of them for the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +156,44 @@ def prompt_tokens(counter: TokenCounter, body: Json) -> int:
 
 
 def reused_tokens(counter: TokenCounter, previous: Json | None, current: Json) -> int:
-    """Tokens of `current`'s leading part equal to `previous`'s: tools, then whole messages."""
-    if previous is None or previous.get("tools") != current.get("tools"):
+    """Tokens of `current`'s longest common prefix with `previous`, as a provider caches a prompt:
+    the tools, then the messages, in order; inside the first item that differs, the tokens of
+    the text the two share from its start (role, name, content, calls), less one for the token
+    the difference may split."""
+    if previous is None:
         return 0
-    total = count_tools(counter, current.get("tools"))
-    for before, now in zip(previous.get("messages") or [], current.get("messages") or [], strict=False):
-        if before != now:
-            break
-        total += message_tokens(counter, now)
+    before, now = previous.get("tools") or [], current.get("tools") or []
+    tools = _shared(counter, before, now, lambda tool: count_tools(counter, [tool]))
+    if before != now:
+        return tools
+    earlier, messages = previous.get("messages") or [], current.get("messages") or []
+    return tools + _shared(counter, earlier, messages, lambda message: message_tokens(counter, message))
+
+
+def _shared(counter: TokenCounter, before: Sequence[Any], now: Sequence[Any], tokens: Callable[[Any], int]) -> int:
+    """Tokens of `now`'s items equal to `before`'s from the start, then the shared head of the
+    first item that differs (when `before` has one there)."""
+    total = 0
+    for index, item in enumerate(now):
+        if index < len(before) and before[index] == item:
+            total += tokens(item)
+            continue
+        if index < len(before):
+            head = os.path.commonprefix([_serialized(before[index]), _serialized(item)])
+            total += min(max(counter.count(head) - 1, 0), tokens(item)) if head else 0
+        break
     return total
+
+
+def _serialized(item: object) -> str:
+    """An item as a provider lays it out: a message's role and name, its content, then its calls
+    (a tool schema as compact JSON)."""
+    if not isinstance(item, dict) or "role" not in item:
+        return compact_json(item)
+    content = item.get("content")
+    text = content if isinstance(content, str) else compact_json(content)
+    calls = compact_json(item["tool_calls"]) if item.get("tool_calls") else ""
+    return f"{item['role']}\n{item.get('name') or ''}\n{item.get('tool_call_id') or ''}\n{text}\n{calls}"
 
 
 def recovered(gaps: dict[str, str], prompts: Sequence[Json]) -> set[str]:
@@ -193,13 +225,19 @@ class Tally:
     recall_round_trips: int = 0
     forwarded: int = 0
     everything: int = 0
-    reuse: list[float] = field(default_factory=list)
+    reused: int = 0  # prefix tokens shared with the session's previous upstream request
+    reusable: int = 0  # prompt tokens of the upstream requests that have a previous one
+    upstream_tokens: int = 0  # every upstream request's prompt tokens, recall follow-ups included
+    openai_cost: float = 0.0  # their input cost priced by bench.pricing, in uncached-token units
+    anthropic_cost: float = 0.0
+    openai_floor: float = 0.0  # the OpenAI-priced cost had every request read all but the agent's new tokens
+    sessions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # per trace, per request
     added_ns: list[int] = field(default_factory=list)
     single_added_ns: list[int] = field(default_factory=list)
     overhead_us: list[int] = field(default_factory=list)
     policy_us: list[int] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
-    previous: Json | None = None  # the last first-prompt of the current trace
+    previous: Json | None = None  # the last upstream request of the current trace
 
     def note(self, text: str) -> None:
         if len(self.examples) < EXAMPLES:
@@ -225,7 +263,11 @@ class PeerFigures:
     recall_round_trips: int
     tokens_forwarded: int
     tokens_everything: int
-    prefix_reuse: float  # mean share over requests after each trace's first
+    prefix_reuse: float  # shared-prefix tokens over prompt tokens, upstream requests after each trace's first
+    upstream_tokens: int  # prompt tokens of every upstream request, recall follow-ups included
+    openai_cost: float  # input cost priced with prompt caching (bench.pricing), uncached-token units
+    anthropic_cost: float
+    openai_floor: float  # the same requests, each reading all but the agent's new tokens from the cache
     added_median_us: float
     added_p99_us: float
     like_for_like_median_us: float  # requests answered in one model call
@@ -233,6 +275,8 @@ class PeerFigures:
     overhead_header_median_us: float | None  # x-clawvm-overhead-us (the gateway only)
     policy_header_median_us: float | None  # x-clawvm-policy-us
     examples: tuple[str, ...]
+    session_costs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # per trace, per agent request: its (OpenAI, Anthropic)-priced cost, recall follow-ups included
 
     @property
     def faults(self) -> int:
@@ -291,7 +335,11 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
         recall_round_trips=tally.recall_round_trips,
         tokens_forwarded=tally.forwarded,
         tokens_everything=tally.everything,
-        prefix_reuse=round(statistics.fmean(tally.reuse), 4) if tally.reuse else 0.0,
+        prefix_reuse=round(tally.reused / tally.reusable, 4) if tally.reusable else 0.0,
+        upstream_tokens=tally.upstream_tokens,
+        openai_cost=round(tally.openai_cost, 1),
+        anthropic_cost=round(tally.anthropic_cost, 1),
+        openai_floor=round(tally.openai_floor, 1),
         added_median_us=_median_us(tally.added_ns),
         added_p99_us=_p99_us(tally.added_ns),
         like_for_like_median_us=_median_us(tally.single_added_ns),
@@ -299,6 +347,7 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
         overhead_header_median_us=_header_median(tally.overhead_us),
         policy_header_median_us=_header_median(tally.policy_us),
         examples=tuple(tally.examples),
+        session_costs={name: list(costs) for name, costs in tally.sessions.items()},
     )
 
 
@@ -345,9 +394,25 @@ class Judge:
         if tokens > self.budget:
             tally.over_budget += 1
             tally.declared_insufficient += 1 if "x-clawvm-insufficient" in exchange.headers else 0
-        if turn.number > 0 and tokens:
-            tally.reuse.append(reused_tokens(self.counter, tally.previous, first) / tokens)
-        tally.previous = first
+        costs = [self._price(tally, prompt) for prompt in exchange.prompts]
+        new = min(turn.fresh, tokens)  # the first call cannot reuse what the agent just added
+        tally.openai_floor += openai_cost(tokens - new, tokens) + sum(c.openai for c in costs[1:])
+        spent = (round(sum(c.openai for c in costs), 1), round(sum(c.anthropic for c in costs), 1))
+        tally.sessions.setdefault(turn.trace, []).append(spent)
+
+    def _price(self, tally: Tally, prompt: Json) -> Price:
+        """One upstream request against the session's previous one: its reuse and its price."""
+        tokens = prompt_tokens(self.counter, prompt)
+        prefix = reused_tokens(self.counter, tally.previous, prompt)
+        if tally.previous is not None:
+            tally.reused += prefix
+            tally.reusable += tokens
+        tally.previous = prompt
+        cost = price(prefix, tokens)
+        tally.upstream_tokens += tokens
+        tally.openai_cost += cost.openai
+        tally.anthropic_cost += cost.anthropic
+        return cost
 
     def _faults(self, tally: Tally, turn: Turn, exchange: Exchange) -> None:
         seen = exchange.prompts[0].get("messages") or []
@@ -398,13 +463,17 @@ def _calls(message: Json) -> list[tuple[str, str]]:
 
 def prepare_turns(trace: Trace, limit: int, counter: TokenCounter) -> Iterator[Turn]:
     """The first `limit` requests of `trace`, each with what the model should answer."""
+    previous: Json | None = None
     for number, messages in enumerate(trace.turns()):
         if number >= limit:
             return
         body = request_body(messages, trace.tools, False, f"peers-{trace.name}")
         expected = expected_for(messages, trace.messages[len(messages)])
         everything = prompt_tokens(counter, body)
-        yield Turn(trace.name, number, encode(body), messages, trace.tools, expected, plan_text(messages), everything)
+        fresh = everything - reused_tokens(counter, previous, body)
+        plan = plan_text(messages)
+        yield Turn(trace.name, number, encode(body), messages, trace.tools, expected, plan, everything, fresh)
+        previous = body
 
 
 @dataclass(slots=True)
@@ -581,8 +650,11 @@ def _ratio_lines(result: CompareResult, budget: int) -> list[str]:
     for other in (r for r in result.rows if r.budget == budget and r.peer != OURS):
         tokens = _ratio(ours.tokens_forwarded, other.tokens_forwarded)
         latency = _ratio(ours.like_for_like_median_us, other.like_for_like_median_us) if other.peer != "direct" else "—"
+        openai = _ratio(ours.openai_cost, other.openai_cost)
+        anthropic = _ratio(ours.anthropic_cost, other.anthropic_cost)
         lines.append(
-            f"    vs {other.peer:<12} tokens {tokens}, added latency {latency}, "
+            f"    vs {other.peer:<12} tokens {tokens}, cost {openai} (OpenAI-priced) {anthropic} (Anthropic-priced), "
+            f"added latency {latency}, "
             f"faults {ours.faults} vs {other.faults}, invalid {ours.invalid} vs {other.invalid}, "
             f"over budget {ours.over_budget} vs {other.over_budget}"
         )

@@ -14,6 +14,7 @@ from gateway import jsonio
 from gateway.app import create_app
 from gateway.audit import AuditLog
 from gateway.auth import KeyRing
+from gateway.cache_hints import cache_key
 from gateway.chat import parse_request
 from gateway.embedded import free_port
 from gateway.errors import ContextLengthExceeded, ServiceUnavailable
@@ -169,9 +170,10 @@ async def test_a_fitting_request_is_forwarded_unchanged(
     original = json.loads(raw)
     assert body["messages"] == messages
     assert body["model"] == "gpt-4o-2024-08-06"
-    assert {k: v for k, v in body.items() if k not in ("messages", "model")} == {
+    assert {k: v for k, v in body.items() if k not in ("messages", "model", "prompt_cache_key")} == {
         k: v for k, v in original.items() if k not in ("messages", "model")
     }
+    assert body["prompt_cache_key"] == cache_key("default", ids.session)  # the one field the gateway adds
     assert b'": ' not in encoded and b'", "' not in encoded  # compact
     assert headers["x-clawvm-session"] == ids.session
     assert headers["x-clawvm-budget-source"] == "model_map"
@@ -215,7 +217,8 @@ async def test_the_same_transcript_gives_the_same_bytes(
     raw = request(coding_session(10))
     first = await run_prepare(svc, raw)
     second = await run_prepare(svc, raw)
-    assert first[1] == second[1]
+    assert first[0].pop("prompt_cache_key") != second[0].pop("prompt_cache_key")  # two sessions, two keys
+    assert first[0] == second[0] and len(first[1]) == len(second[1])
 
 
 @pytest.mark.anyio

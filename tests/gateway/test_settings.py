@@ -17,7 +17,7 @@ from gateway.settings import (
     load_settings,
 )
 from policies.pages import Fidelity, PageType, Pin, Scope
-from policies.tenant import DEFAULT_TYPES, Budget, ClassifierRule, Weights
+from policies.tenant import DEFAULT_TYPES, Budget, CacheMode, CachePolicy, ClassifierRule, Weights
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
@@ -151,6 +151,16 @@ def test_tenant_policy_is_built(tmp_path: Path) -> None:
     assert policy.weights == Weights(3.0, 0.5, 0.1, 1.0, 0.0)
     assert policy.rules[0] == ClassifierRule(r"\bNEVER\b", PageType.CONSTRAINT, frozenset({"user", "system"}))
     assert policy.rules[1].roles == ClassifierRule("x", PageType.PLAN).roles
+
+
+def test_the_cache_policy_is_per_tenant_and_stable_by_default(tmp_path: Path) -> None:
+    text = FULL_TENANT + "  beta:\n    api_keys: [sk-b]\n    policy: {cache: tight}\n"
+    text += "  gamma:\n    api_keys: [sk-c]\n    policy: {low_water: 0.5}\n"
+    acme, beta, gamma = load(tmp_path, text).tenants
+    assert acme.policy.cache == CachePolicy() and acme.policy.cache.mode is CacheMode.STABLE
+    assert acme.policy.cache.target == acme.policy.cache.low_water < 1.0
+    assert beta.policy.cache.mode is CacheMode.TIGHT and beta.policy.cache.target == 1.0
+    assert gamma.policy.cache == CachePolicy(CacheMode.STABLE, 0.5) and gamma.policy.cache.target == 0.5
 
 
 def test_the_intent_page_type_is_configurable_and_defaults_to_a_pinned_user_page(tmp_path: Path) -> None:
@@ -469,6 +479,18 @@ VALIDATION_CASES = [
     (
         ACME + "    weights: {recency_decay: 0}\n",
         "tenants.acme.weights.recency_decay: expected a number in (0, 1], got 0",
+    ),
+    (
+        ACME + "    policy: {cache: loose}\n",
+        "tenants.acme.policy.cache: expected one of stable, tight, got 'loose'",
+    ),
+    (
+        ACME + "    policy: {low_water: 0}\n",
+        "tenants.acme.policy.low_water: expected a number in (0, 1], got 0",
+    ),
+    (
+        ACME + "    policy: {lowwater: 0.5}\n",
+        "unknown key tenants.acme.policy.lowwater (did you mean low_water?)",
     ),
     (
         ACME + "    weights: {pin_hard: .nan}\n",

@@ -3,8 +3,10 @@ utility per token, decisions, and stability from turn to turn."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +16,7 @@ from policies.budget import TokenBudget, resolve_budget
 from policies.layout import PLAN_WHOLE_TOKENS
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable
-from policies.tenant import Budget, TenantPolicy
+from policies.tenant import Budget, CacheMode, CachePolicy, TenantPolicy
 from policies.tokens import CharCounter
 from policies.turn import TurnPlan, plan_turn
 from tests.policies.strategies import (
@@ -22,6 +24,7 @@ from tests.policies.strategies import (
     Wire,
     bulk_text,
     is_retained,
+    newest_turn_of,
     replay,
     requests,
     sessions,
@@ -223,6 +226,29 @@ def test_a_kept_turn_keeps_the_forwarded_prefix(session: Session) -> None:
         assert new[: len(old)] == old
 
 
+@PROPERTY
+@given(sessions(max_rounds=8))
+def test_an_append_forwards_the_previous_prompt_byte_for_byte_as_its_prefix(session: Session) -> None:
+    """Between re-plans the prompt only grows at its end: the previous upstream request, the
+    retained-state message included, is the head of the next one, byte for byte (what a
+    provider's prompt cache reads back). The exceptions are the design's: a turn that restates a
+    retained rule (the rule leaves the retained message) or whose previous newest turn was
+    forwarded with a page degraded (that page moves into the prefix)."""
+    turns = replay(session, COUNTER).turns
+    for previous, current in zip(turns, turns[1:], strict=False):
+        appended = current.request[: len(previous.request)] == previous.request
+        if current.plan.assembly.replanned or not appended:
+            continue
+        newest = previous.output[len(previous.output) - len(newest_turn_of(previous.request)) :]
+        if not all(any(out is sent for sent in previous.request) for out in newest):
+            continue
+        if [m for m in previous.output if is_retained(m)] == [m for m in current.output if is_retained(m)]:
+            assert json.dumps(current.output[: len(previous.output)]) == json.dumps(previous.output)
+        else:  # a restated rule left the retained message
+            kept = without_retained(previous.output)
+            assert without_retained(current.output)[: len(kept)] == kept
+
+
 def test_appending_under_a_generous_budget_does_not_replan() -> None:
     wire = [{"role": "system", "content": "You are a careful agent. Always run the tests."}]
     table = PageTable("t", "s", "p")
@@ -269,3 +295,39 @@ def test_an_overflow_replans_with_head_room_for_the_next_turns() -> None:
         wire += [{"role": "assistant", "content": "ok"}]
     assert sum(replanned[1:]) >= 2
     assert not any(a and b for a, b in zip(replanned[1:], replanned[2:], strict=False))
+
+
+def _steps(cache: CachePolicy, turns: int = 40) -> list[tuple[bool, int]]:
+    """(re-planned, tokens) per turn of a session of 300-token user turns at a 6,000 budget."""
+    table, policy, budget = PageTable("t", "s", "p"), TenantPolicy(cache=cache), exact_budget(6000)
+    wire: list[Wire] = [{"role": "system", "content": "You are a careful agent. Always run the tests."}]
+    steps = []
+    for number in range(turns):
+        wire += [{"role": "user", "content": bulk_text(number, 1200)}]
+        assembly = plan_turn(table, parse_messages(wire), policy, COUNTER, budget).assembly
+        assert not assembly.insufficient and assembly.tokens <= budget.usable
+        steps.append((assembly.replanned, assembly.tokens))
+        wire += [{"role": "assistant", "content": f"Done with step {number}."}]
+    return steps
+
+
+@pytest.mark.parametrize("low_water", [0.5, 0.7, 0.9])
+def test_stable_steps_down_to_the_low_water_mark_then_only_appends(low_water: float) -> None:
+    """Over the budget, a stable tenant pages out down to its low-water mark; the turns after it
+    append (no re-plan) until the budget is reached again."""
+    steps = _steps(CachePolicy(CacheMode.STABLE, low_water))
+    overflows = [n for n, (replanned, _) in enumerate(steps) if replanned and n > 0]
+    assert len(overflows) >= 2
+    for n in overflows:
+        assert steps[n][1] <= int(6000 * low_water)  # the step lands at or under the mark
+        assert steps[n - 1][1] + 313 > 6000  # and only when the turn would go over the budget
+    gaps = [b - a for a, b in zip(overflows, overflows[1:], strict=False)]
+    assert min(gaps) >= int(6000 * (1 - low_water) / 320)  # appends fill the head room between steps
+
+
+def test_a_lower_mark_steps_more_rarely_and_tight_fills_the_budget() -> None:
+    replans = {w: sum(r for r, _ in _steps(CachePolicy(CacheMode.STABLE, w))) for w in (0.5, 0.7, 0.9)}
+    assert replans[0.5] < replans[0.7] < replans[0.9]
+    tight = _steps(CachePolicy(CacheMode.TIGHT))
+    assert sum(r for r, _ in tight) > replans[0.9]
+    assert all(tokens > 6000 * 0.85 for _, tokens in tight[-8:])  # every turn near the budget

@@ -70,14 +70,25 @@ def test_each_message_is_sent_as_is_or_as_its_chosen_representation(session: Ses
 
 @PROPERTY
 @given(sessions())
-def test_the_retained_state_sits_just_before_the_newest_turn(session: Session) -> None:
+def test_the_retained_state_sits_after_the_last_message_the_gateway_built(session: Session) -> None:
+    """After the last stub or degraded page before the newest turn (else after the leading system
+    messages): a place appended turns do not move."""
     result = replay(session, COUNTER)
     for turn in result.turns:
         retained = [i for i, m in enumerate(turn.output) if is_retained(m)]
         assert len(retained) <= 1
         if not retained:
             continue
-        assert retained[0] == len(turn.output) - len(newest_turn_of(turn.request)) - 1
+        at, newest = retained[0], len(turn.output) - len(newest_turn_of(turn.request))
+        own = [any(out is sent for sent in turn.request) for out in turn.output]
+        assert at < newest and all(own[at + 1 : newest])  # only the client's own messages follow it
+        assert turn.output[at + 1]["role"] != "tool"  # never inside a block: a result follows its call
+        built = [i for i in range(at) if not own[i]]
+        if built:  # right after the last built message's block
+            assert all(m["role"] == "tool" for m in turn.output[built[-1] + 1 : at])
+        else:  # nothing built before it: it follows the leading system messages
+            assert all(m["role"] in ("system", "developer") for m in turn.output[:at])
+            assert turn.output[at + 1]["role"] not in ("system", "developer")
         facts = {  # whole: a pointer to a rule would not state it
             p.reprs.full.text
             for p in result.table.pages.values()
@@ -193,7 +204,7 @@ def test_the_users_intents_are_restated_whole_in_the_retained_state_after_a_comp
     lines = content_text(retained).split("\n")
     assert "what the user asked for" in lines[0]
     assert [f"user said: {wish}" for wish in wishes] == [line for line in lines if line.startswith("user said:")]
-    assert output.index(retained) == len(output) - 2  # just before the newest turn
+    assert output.index(retained) == 1  # nothing paged: right after the system prompt, where appends do not move it
 
 
 BACKGROUND = " ".join(f"The old jacket number {i} lasted many winters in the mountains." for i in range(28))

@@ -18,14 +18,16 @@ from bench.peers.compare import (
     format_compare,
     plan_text,
     prepare_turns,
+    prompt_tokens,
     recovered,
     request_errors,
     reused_tokens,
     run_compare,
 )
 from bench.peers.model import CALL_PREFIX
+from bench.pricing import anthropic_cost, openai_cost
 from bench.traces import Trace, load_traces, traces_dir
-from policies.tokens import TokenCounter
+from policies.tokens import MESSAGE_OVERHEAD, TokenCounter
 
 SYSTEM = "You are a careful support agent. Always confirm the order id before any change. Never reveal internal notes."
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
@@ -89,7 +91,21 @@ def test_reuse_counts_the_tools_and_the_equal_leading_messages(counter: TokenCou
     assert 0 < part < full
     assert reused_tokens(counter, {"messages": first["messages"], "tools": []}, grown) == 0  # tools changed
     rewritten = {"messages": [{"role": "system", "content": "other"}, *grown["messages"][1:]], "tools": TOOLS}
-    assert reused_tokens(counter, rewritten, grown) == reused_tokens(counter, {"messages": [], "tools": TOOLS}, grown)
+    tools_only = reused_tokens(counter, {"messages": [], "tools": TOOLS}, grown)
+    assert tools_only <= reused_tokens(counter, rewritten, grown) <= tools_only + MESSAGE_OVERHEAD  # its role only
+
+
+def test_reuse_counts_the_shared_head_of_the_first_message_that_differs(counter: TokenCounter) -> None:
+    text = "order #W7000001 " * 40
+    before = {"messages": [{"role": "user", "content": text + "shipped"}], "tools": TOOLS}
+    after = {"messages": [{"role": "user", "content": text + "cancelled"}], "tools": TOOLS}
+    tools_only = reused_tokens(counter, {"messages": [], "tools": TOOLS}, after)
+    head = reused_tokens(counter, before, after) - tools_only
+    assert counter.count(text) - 2 <= head < prompt_tokens(counter, after) - tools_only
+    other_role = {"messages": [{"role": "system", "content": text + "shipped"}], "tools": TOOLS}
+    assert reused_tokens(counter, other_role, after) == tools_only  # the role comes first: nothing shared
+    fewer_tools = {"messages": after["messages"], "tools": []}
+    assert reused_tokens(counter, fewer_tools, after) == 0  # the tools lead the prompt
 
 
 def test_the_current_plan_is_the_latest_plan_message() -> None:
@@ -139,13 +155,41 @@ def test_dropping_rules_and_evidence_are_faults(counter: TokenCounter) -> None:
     assert orphan.examples
 
 
+def test_every_upstream_request_is_priced_against_the_one_before_it(counter: TokenCounter) -> None:
+    """Recall follow-ups included: the second model call of a request is priced against the first,
+    the next request against that follow-up; the session's first request reads nothing."""
+    turns = list(prepare_turns(synthetic_trace(steps=40), 40, counter))
+    judge, tally = Judge(counter, 50_000), Tally()
+    first = {"messages": turns[-2].messages, "tools": TOOLS}
+    follow_up = {"messages": [*turns[-2].messages, {"role": "user", "content": "recalled text"}], "tools": TOOLS}
+    last = {"messages": turns[-1].messages, "tools": TOOLS}
+    judge.record(tally, turns[-2], Exchange(200, 1, (first, follow_up), {}), None)
+    judge.record(tally, turns[-1], Exchange(200, 1, (last,), {}), None)
+    sizes = [prompt_tokens(counter, p) for p in (first, follow_up, last)]
+    prefixes = [0, reused_tokens(counter, first, follow_up), reused_tokens(counter, follow_up, last)]
+    assert prefixes[1] == sizes[0]  # the follow-up extends the first call
+    assert 0 < prefixes[2] < sizes[1]  # the next request shares the transcript, not the recall round
+    assert tally.upstream_tokens == sum(sizes)
+    assert tally.openai_cost == pytest.approx(sum(openai_cost(p, t) for p, t in zip(prefixes, sizes, strict=True)))
+    assert tally.anthropic_cost == pytest.approx(
+        sum(anthropic_cost(p, t) for p, t in zip(prefixes, sizes, strict=True))
+    )
+    assert tally.openai_cost < tally.anthropic_cost < sum(sizes)
+    floor = openai_cost(sizes[0] - turns[-2].fresh, sizes[0]) + openai_cost(prefixes[1], sizes[1])
+    floor += openai_cost(sizes[2] - turns[-1].fresh, sizes[2])
+    assert tally.openai_floor == pytest.approx(floor) and tally.openai_floor <= tally.openai_cost
+    assert 0 < turns[-1].fresh < turns[-1].everything and turns[0].fresh == turns[0].everything
+    assert len(tally.sessions["synthetic"]) == 2
+    assert (tally.reused, tally.reusable) == (sum(prefixes), sum(sizes[1:]))
+
+
 def test_a_failed_request_is_an_error_and_nothing_else(counter: TokenCounter) -> None:
     tally = judged(counter, 500, (), status=502)
     assert (tally.requests, tally.errors, tally.forwarded, tally.added_ns) == (1, 1, 0, [])
 
 
 def test_figures_summarise_a_tally() -> None:
-    tally = Tally(requests=3, reuse=[0.5, 1.0], added_ns=[1_000, 3_000, 2_000], single_added_ns=[1_000])
+    tally = Tally(requests=3, reused=750, reusable=1000, added_ns=[1_000, 3_000, 2_000], single_added_ns=[1_000])
     row = figures("passthrough", 4000, tally)
     assert (row.prefix_reuse, row.added_median_us, row.added_p99_us, row.like_for_like_median_us) == (
         0.75,
