@@ -91,14 +91,19 @@ def chat(client: httpx.Client, target: Served, session: str, messages: list[Any]
 
 def replay(deployment: Deployment, targets: Sequence[Served], trace: Trace, session: str) -> list[str]:
     """Every request of `trace`, turn by turn, to targets[turn % len(targets)]; returns, per turn,
-    the JSON of the request bodies the model received for it."""
-    fake, seen = deployment.fake, []
+    the JSON of the request bodies the model received for it. The `prompt_cache_key` the gateway
+    adds names the session, so it is checked here (one per session, whatever the replica) and left
+    out of what is compared."""
+    fake, seen, keys = deployment.fake, [], set()
     with httpx.Client(timeout=60) as client:
         for turn, messages in enumerate(trace.turns()):
             before = len(fake.requests)
             response = chat(client, targets[turn % len(targets)], session, messages, trace.tools)
             assert response.status_code == 200, (turn, response.text)
-            seen.append(json.dumps([r.body for r in fake.requests[before:]], sort_keys=True))
+            bodies = [dict(r.body) for r in fake.requests[before:]]
+            keys |= {body.pop("prompt_cache_key", None) for body in bodies}
+            seen.append(json.dumps(bodies, sort_keys=True))
+    assert len(keys) == 1 and str(next(iter(keys))).startswith("clawvm-"), keys
     return seen
 
 
