@@ -9,25 +9,16 @@ client's own dict, forwarded unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway import jsonio
 from gateway.errors import InvalidRequest
 from gateway.fields import ARRAY, BODY, MESSAGE, STRING, Spec, check, invalid, of
+from gateway.wire.base import Parse, WireRequest
 from policies.transcript import ROLES, Message, ToolCall
 
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    body: dict[str, Any]
-    model: str
-    messages: list[Message]
-    stream: bool
-
-
-Parse = Callable[[list[Any]], list[Message]]
+ChatRequest = WireRequest  # a chat request is a wire request (gateway.wire.base)
 
 
 def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
