@@ -100,12 +100,24 @@ def _too_large(size: int, limit: int) -> str:
 
 def upstream_target(tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:
     settings = tenant.upstream
-    key = client_key(headers) if settings.forward_client_key else settings.api_key
+    return _target(tenant, headers, settings.api_base, settings.api_key, "authorization")
+
+
+def anthropic_target(tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:
+    """The tenant's Messages API upstream (`anthropic_base`), its key sent as `x-api-key`: the
+    client's own key only with `forward_client_key`, like OpenAI's."""
+    settings = tenant.upstream
+    return _target(tenant, headers, settings.anthropic_base, settings.anthropic_key, "x-api-key")
+
+
+def _target(tenant: Tenant, headers: Mapping[str, str], base: str, key: str | None, key_header: str) -> UpstreamTarget:
+    settings = tenant.upstream
     return UpstreamTarget(
-        api_base=settings.api_base,
-        api_key=key,
+        api_base=base,
+        api_key=client_key(headers) if settings.forward_client_key else key,
         timeout=settings.timeout,
         stream_idle_timeout=settings.stream_idle_timeout,
+        key_header=key_header,
     )
 
 

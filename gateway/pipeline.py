@@ -8,6 +8,7 @@ upstream -> relay the answer, streaming bytes as they come, with our headers on 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -60,7 +61,7 @@ from policies.observer import state_of
 from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.tokens import TokenCounter
-from policies.turn import TurnPlan, assemble_turn, ingest_turn
+from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
@@ -578,3 +579,22 @@ async def _turn(
     if await _commit(services, table, pages, deferred, observation, unavailable):
         timing = replace(timing, degraded=True)
     return plan, timing, observation
+
+
+async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:
+    """The upstream body this request would be forwarded as, planned on a copy of the session's
+    table: nothing is ingested, written back or committed (a count of tokens, not a turn)."""
+    override = services.settings.models.get(chat.model)
+    counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
+    budget = _budget(services, tenant, chat, counter, wire)
+    fresh = PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
+    try:
+        held = services.outage.table(tenant.name, ids.session) or await services.sessions.read(tenant.name, ids.session)
+    except (StoreUnavailable, CorruptData, TableFormatError):  # counted as a new session would be
+        held = None
+    table = copy.deepcopy(held) if held is not None else fresh
+    plan = plan_turn(table, chat.messages, tenant.policy, counter, budget, recall_tool=RECALL_TOOL)
+    body = wire.render(chat, plan.messages, tenant.upstream.upstream_model(chat.model))
+    if wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages):
+        wire.offer(body, RECALL_TOOL)
+    return body

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.errors import GatewayError
+from gateway import jsonio
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.settings import Tenant
 from gateway.upstream import UpstreamResponse, UpstreamTarget
 from policies.transcript import Message, ToolCall
@@ -131,3 +132,85 @@ def passed(headers: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
     forwarded = {"content-type": "application/json"}
     forwarded.update((name, headers[name]) for name in names if name in headers)
     return forwarded
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object, or `InvalidRequest`."""
+    try:
+        body = jsonio.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+class WholeAnswer:
+    """Whole (non-streamed) answers: each round's JSON read; the answer is the last round's, its
+    recall calls stripped (`finish`) and its usage the sum over rounds (`usage`, the counters).
+    An answer the format does not understand (`inspect` says None) is relayed as it came."""
+
+    usage_keys: tuple[str, ...] = ()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.found = NOTHING
+        self.usage: dict[str, Any] = {}
+        self._data: dict[str, Any] | None = None
+        self._raw = b""
+
+    async def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        self.found, self._data = NOTHING, None
+        self._raw = await upstream.read()
+        try:
+            data = jsonio.loads(self._raw)
+        except ValueError:  # not JSON (a broken upstream): relayed as it came
+            return
+        found = self.inspect(data)
+        if found is not None:
+            self.found, self._data = found, data
+            add_usage(self.usage, data.get("usage"), self.usage_keys)
+        return
+        yield b""  # an async generator that yields nothing: whole answers show nothing until the end
+
+    def closing(self) -> list[bytes]:
+        if self._data is None:
+            return [self._raw]
+        self.finish(self._data)
+        return [jsonio.dumps(self._data)]
+
+    def inspect(self, data: Any) -> Found | None:
+        """What an answer holds, or None when it is not one this format understands."""
+        raise NotImplementedError
+
+    def finish(self, data: dict[str, Any]) -> None:
+        """Strip the recall calls of the last answer (`self.found`) and put the summed usage in."""
+        raise NotImplementedError
+
+
+def add_usage(total: dict[str, Any], usage: Any, keys: tuple[str, ...]) -> None:
+    """Add an answer's integer usage counters (`keys`) to `total`."""
+    if not isinstance(usage, dict):
+        return
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
+class ToolList:
+    """`tools`, `recall_tool` and `offer` of a format whose tools are the body's `tools` array;
+    `schema` is the recall tool in the format's tool shape."""
+
+    def schema(self, name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tools(self, body: Mapping[str, Any]) -> list[Any]:
+        tools = body.get("tools")
+        return tools if isinstance(tools, list) else []
+
+    def recall_tool(self, name: str) -> Any:
+        return self.schema(name)
+
+    def offer(self, body: Body, name: str) -> None:
+        body["tools"] = [*(body.get("tools") or []), self.schema(name)]

@@ -27,8 +27,8 @@ from gateway.recall import DESCRIPTION, Paging, parameters
 from gateway.settings import Tenant
 from gateway.sse import DONE, encode_data, error_event, event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget
-from gateway.wire.base import NOTHING, Body, Found, Parse, WireRequest, passed
-from gateway.wire.loop import Send, answered, streamed, usage_sum, whole
+from gateway.wire.base import Body, Found, Parse, ToolList, WholeAnswer, WireRequest, add_usage, passed
+from gateway.wire.loop import Send, answered, streamed, whole
 from policies.transcript import Message, ToolCall
 
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -64,7 +64,7 @@ def neutral(call: dict[str, Any]) -> ToolCall:
     )
 
 
-class ChatWire:
+class ChatWire(ToolList):
     name = "chat"
     path = "/chat/completions"
     litellm = True
@@ -87,15 +87,8 @@ class ChatWire:
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
         return body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)
 
-    def tools(self, body: Mapping[str, Any]) -> list[Any]:
-        tools = body.get("tools")
-        return tools if isinstance(tools, list) else []
-
-    def recall_tool(self, name: str) -> Any:
+    def schema(self, name: str) -> dict[str, Any]:
         return tool_schema(name)
-
-    def offer(self, body: Body, name: str) -> None:
-        body["tools"] = [*(body.get("tools") or []), tool_schema(name)]
 
     def withdraw(self, body: Body, name: str) -> None:
         """From `tools` (with `tool_choice` and `parallel_tool_calls` when no tool is left) and
@@ -136,42 +129,23 @@ class ChatWire:
 CHAT = ChatWire()
 
 
-class ChatWhole:
+class ChatWhole(WholeAnswer):
     """Whole answers: the last round's completion, its recall calls stripped, usage summed."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.found = NOTHING
-        self._usage: dict[str, Any] = {}
-        self._data: dict[str, Any] | None = None
-        self._raw = b""
+    usage_keys = USAGE
 
-    async def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        self.found, self._data = NOTHING, None
-        self._raw = await upstream.read()
-        try:
-            data = jsonio.loads(self._raw)
-        except ValueError:  # not JSON (a broken upstream): relayed as it came
-            return
+    def inspect(self, data: Any) -> Found | None:
         message = _first_message(data)
-        if message is None:  # not a chat completion we understand: relayed as it came
-            return
-        self._data = data
-        usage_sum(self._usage, data.get("usage"), USAGE)
+        if message is None:  # not a chat completion we understand
+            return None
         ours, theirs = split_calls(message, self.name)
         content = message.get("content")
-        self.found = Found(tuple(map(neutral, ours)), bool(theirs), content if isinstance(content, str) else "", ours)
-        return
-        yield b""  # an async generator that yields nothing: whole answers show nothing until the end
+        return Found(tuple(map(neutral, ours)), bool(theirs), content if isinstance(content, str) else "", ours)
 
-    def closing(self) -> list[bytes]:
-        data = self._data
-        if data is None:
-            return [self._raw]
+    def finish(self, data: dict[str, Any]) -> None:
         if self.found.ours:  # past the bound, or mixed with the agent's own calls
             message = data["choices"][0]["message"]
-            ours = self.found.turn
-            rest = [c for c in message.get("tool_calls") or [] if c not in ours]
+            rest = [c for c in message.get("tool_calls") or [] if c not in self.found.turn]
             if rest:
                 message["tool_calls"] = rest
             else:
@@ -179,9 +153,8 @@ class ChatWhole:
             if not self.found.theirs:  # a clean stop, never a call the agent cannot run
                 data["choices"][0]["finish_reason"] = "stop"
                 message["content"] = message.get("content") or ""
-        if self._usage:
-            data["usage"] = self._usage
-        return [jsonio.dumps(data)]
+        if self.usage:
+            data["usage"] = self.usage
 
 
 def _first_message(data: Any) -> dict[str, Any] | None:
@@ -236,7 +209,7 @@ class ChatStream:
                 continue
             self._head.setdefault("id", chunk.get("id"))
             chunk["id"] = self._head["id"]
-            usage_sum(self._usage, chunk.pop("usage", None), USAGE)
+            add_usage(self._usage, chunk.pop("usage", None), USAGE)
             out = self._filter(chunk, state)
             if out is not None:
                 yield encode_data(out)

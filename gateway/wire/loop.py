@@ -11,7 +11,6 @@ its own answer. A round whose upstream answers an error raises `RoundFailed`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from gateway import jsonio
 from gateway.errors import GatewayError, from_status
@@ -100,13 +99,3 @@ async def whole(events: AsyncIterator[bytes]) -> tuple[UpstreamResponse | None, 
         return None, b"".join([out async for out in events])
     except RoundFailed as exc:
         return exc.upstream, b""
-
-
-def usage_sum(total: dict[str, Any], usage: Any, keys: tuple[str, ...]) -> None:
-    """Add an answer's integer usage counters (`keys`, nested dicts one level) to `total`."""
-    if not isinstance(usage, dict):
-        return
-    for key in keys:
-        value = usage.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
