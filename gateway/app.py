@@ -38,6 +38,7 @@ from gateway.outage import Drainer, OutageQueue
 from gateway.pages_api import page
 from gateway.pipeline import Services, ToolTokens, chat_completions, turn_route
 from gateway.relay import relay
+from gateway.responses_api import compact
 from gateway.session_state import SessionState
 from gateway.settings import Settings
 from gateway.store import RedisStore
@@ -45,6 +46,7 @@ from gateway.tokens import Tokenizers, prepare_offline
 from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from gateway.wire.messages import MESSAGES
+from gateway.wire.responses import RESPONSES
 
 log = logging.getLogger("clawvm.gateway")
 WARM_ENCODINGS = ("o200k_base", "cl100k_base")
@@ -67,6 +69,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/messages", turn_route(MESSAGES), methods=["POST"]),
             Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+            Route("/v1/responses", turn_route(RESPONSES), methods=["POST"]),
+            Route("/v1/responses/compact", compact, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/clawvm/pages/{page_id:str}", page, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}", session, methods=["GET"]),

@@ -24,6 +24,7 @@ from gateway import jsonio
 from gateway.audit import AuditLog
 from gateway.auth import KeyRing
 from gateway.boundary import cross, hint_of
+from gateway.chains import ResponseChains
 from gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.http import (
     read_body,
@@ -52,7 +53,7 @@ from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
 from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
-from gateway.wire.base import Wire, WireRequest
+from gateway.wire.base import Answer, Wire, WireRequest
 from gateway.wire.chat import CHAT
 from gateway.wire.loop import answered, streamed, whole
 from policies import duplicates
@@ -189,6 +190,22 @@ def turn_route(wire: Wire) -> Callable[[Request], Awaitable[Response]]:
     return route
 
 
+async def _resolved(services: Services, tenant: Tenant, chat: WireRequest, wire: Wire) -> WireRequest:
+    """The request with the state it names resolved (a Responses chain)."""
+    try:
+        return await wire.resolve(chat, tenant.name, ResponseChains(services.sessions.store.client))
+    except StoreUnavailable as exc:
+        raise store_failure(exc, "a previous response") from exc
+
+
+async def _remember(services: Services, tenant: Tenant, chat: WireRequest, wire: Wire, answer: Answer) -> None:
+    """Keep what a later request may name (a response id); a store failure costs only that."""
+    try:
+        await wire.remember(chat, answer, tenant.name, ResponseChains(services.sessions.store.client))
+    except StoreError as exc:
+        log.warning("a response could not be kept for previous_response_id: %s", exc)
+
+
 def _error(wire: Wire, exc: GatewayError) -> Response:
     return JSONAnswer(wire.error_body(exc), status_code=exc.status_code)
 
@@ -202,8 +219,10 @@ async def _serve(request: Request, services: Services, tenant: Tenant, started: 
     chat = wire.parse(body, services.transcripts.parser(hint))
     if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned
+    chat = await _resolved(services, tenant, chat, wire)
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
-    turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body), wire)
+    event = hint_of(request.headers, chat.body) or wire.event(chat)
+    turn = await prepare(services, tenant, chat, ids, event, wire)
     _log_turn(services, tenant, chat, turn)
     try:  # the turn is committed: a hang-up from here on cancels only the upstream call
         forwarding = _forward(request, services, tenant, chat, ids, turn, started, wire)
@@ -255,7 +274,7 @@ async def _forward(
     wire: Wire,
 ) -> Response:
     target = wire.target(tenant, request.headers)
-    paging = _paging(services, tenant, ids, turn)
+    paging = _paging(services, tenant, ids, turn, wire.remembers(chat))
     turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
     faults = stream_faults_counted(services.metrics)
     shape = wire.error_body
@@ -275,12 +294,18 @@ async def _forward(
         return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
     answer = wire.answer(chat.stream, paging.name, turn.body)
     events = answered(first, send, turn.body, paging, wire, answer)
+
+    async def remember() -> None:
+        await _remember(services, tenant, chat, wire, answer)
+
     if chat.stream:
         relayed = ending_cleanly(streamed(events), faults, wire.error_event)
         return StreamingResponse(
-            _recorded(services, relayed, paging), media_type="text/event-stream", headers=turn.headers
+            _recorded(services, relayed, paging, remember), media_type="text/event-stream", headers=turn.headers
         )
     failed, body = await whole(events)
+    if failed is None:
+        await remember()
     recalls = BackgroundTask(record_recalls, services.metrics, services.audit, paging)
     if failed is not None:
         response = await respond(failed, turn.headers, shape=shape)
@@ -289,15 +314,19 @@ async def _forward(
     return Response(body, media_type="application/json", headers=turn.headers, background=recalls)
 
 
-async def _recorded(services: Services, events: AsyncIterator[bytes], paging: Paging) -> AsyncIterator[bytes]:
-    """The stream as it is, then its recalls observed."""
+async def _recorded(
+    services: Services, events: AsyncIterator[bytes], paging: Paging, then: Callable[[], Awaitable[None]]
+) -> AsyncIterator[bytes]:
+    """The stream as it is, then `then` and its recalls observed."""
     async for chunk in events:
         yield chunk
+    await then()
     await record_recalls(services.metrics, services.audit, paging)
 
 
-def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> Paging | None:
-    if not turn.offered:
+def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn, wanted: bool) -> Paging | None:
+    """The recall loop's paging when the recall tool is offered (or the answer is `wanted` whole)."""
+    if not turn.offered and not wanted:
         return None
     room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
     store = services.sessions.store
@@ -368,7 +397,7 @@ async def prepare(
     if timing.degraded:
         headers[DEGRADED_HEADER] = DEGRADED
         services.metrics.store_unavailable(tenant.name)
-    body = wire.render(chat, plan.messages, tenant.upstream.upstream_model(chat.model))
+    body = wire.render(chat, plan.messages, tenant)
     offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
     if offered:
         wire.offer(body, RECALL_TOOL)
@@ -594,7 +623,7 @@ async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: Se
         held = None
     table = copy.deepcopy(held) if held is not None else fresh
     plan = plan_turn(table, chat.messages, tenant.policy, counter, budget, recall_tool=RECALL_TOOL)
-    body = wire.render(chat, plan.messages, tenant.upstream.upstream_model(chat.model))
+    body = wire.render(chat, plan.messages, tenant)
     if wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages):
         wire.offer(body, RECALL_TOOL)
     return body

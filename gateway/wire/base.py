@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway import jsonio
+from gateway.chains import ResponseChains
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.settings import Tenant
 from gateway.upstream import UpstreamResponse, UpstreamTarget
@@ -86,8 +87,8 @@ class Wire(Protocol):
         """The request validated; `InvalidRequest` naming the offending field otherwise."""
         ...
 
-    def render(self, request: WireRequest, messages: Sequence[Message], model: str) -> Body:
-        """The upstream body: the client's, with the assembled transcript and the upstream model."""
+    def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
+        """The upstream body: the client's, with the assembled transcript and the tenant's upstream model."""
         ...
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
@@ -124,6 +125,22 @@ class Wire(Protocol):
 
     def error_event(self, exc: GatewayError) -> bytes:
         """The event that ends a stream that failed after it began."""
+        ...
+
+    def event(self, request: WireRequest) -> str | None:
+        """The format's own word on a lifecycle boundary (a Codex compaction item), or None."""
+        ...
+
+    async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
+        """The request with any state it names on the server (`previous_response_id`) resolved."""
+        ...
+
+    def remembers(self, request: WireRequest) -> bool:
+        """Whether its answer must be read whole (for `remember`) even when no recall is offered."""
+        ...
+
+    async def remember(self, request: WireRequest, answer: Any, tenant: str, chains: ResponseChains) -> None:
+        """Keep what a later request may name (a response id), once the answer is complete."""
         ...
 
 
@@ -214,3 +231,42 @@ class ToolList:
 
     def offer(self, body: Body, name: str) -> None:
         body["tools"] = [*(body.get("tools") or []), self.schema(name)]
+
+    dropped: tuple[str, ...] = ("tools", "tool_choice", "parallel_tool_calls")  # gone with the last tool
+
+    def tool_name(self, tool: Any) -> Any:
+        """The name of a tool (or of the tool a `tool_choice` forces)."""
+        return tool.get("name") if isinstance(tool, dict) else None
+
+    def auto(self) -> Any:
+        """The `tool_choice` that lets the model choose."""
+        return "auto"
+
+    def withdraw(self, body: Body, name: str) -> None:
+        """Take the recall tool out of `tools` (with `dropped` when no tool is left) and out of a
+        `tool_choice` naming it."""
+        tools = body.get("tools")
+        kept = [t for t in tools if self.tool_name(t) != name] if isinstance(tools, list) else tools
+        if kept:
+            body["tools"] = kept
+        else:
+            for key in self.dropped:
+                body.pop(key, None)
+        if self.tool_name(body.get("tool_choice")) == name:
+            body["tool_choice"] = self.auto()
+
+
+class Stateless:
+    """The state hooks of a format whose requests carry their whole conversation: nothing to do."""
+
+    def event(self, request: WireRequest) -> str | None:
+        return None
+
+    async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
+        return request
+
+    def remembers(self, request: WireRequest) -> bool:
+        return False
+
+    async def remember(self, request: WireRequest, answer: Any, tenant: str, chains: ResponseChains) -> None:
+        return None

@@ -27,7 +27,7 @@ from gateway.recall import DESCRIPTION, Paging, parameters
 from gateway.settings import Tenant
 from gateway.sse import DONE, encode_data, error_event, event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget
-from gateway.wire.base import Body, Found, Parse, ToolList, WholeAnswer, WireRequest, add_usage, passed
+from gateway.wire.base import Body, Found, Parse, Stateless, ToolList, WholeAnswer, WireRequest, add_usage, passed
 from gateway.wire.loop import Send, answered, streamed, whole
 from policies.transcript import Message, ToolCall
 
@@ -64,7 +64,7 @@ def neutral(call: dict[str, Any]) -> ToolCall:
     )
 
 
-class ChatWire(ToolList):
+class ChatWire(Stateless, ToolList):
     name = "chat"
     path = "/chat/completions"
     litellm = True
@@ -78,10 +78,10 @@ class ChatWire(ToolList):
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return chat_json.parse_request(raw, parse)
 
-    def render(self, request: WireRequest, messages: Sequence[Message], model: str) -> Body:
+    def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
         body = dict(request.body)
         body["messages"] = chat_json.to_wire(messages)
-        body["model"] = model
+        body["model"] = tenant.upstream.upstream_model(request.model)
         return body
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
@@ -90,18 +90,8 @@ class ChatWire(ToolList):
     def schema(self, name: str) -> dict[str, Any]:
         return tool_schema(name)
 
-    def withdraw(self, body: Body, name: str) -> None:
-        """From `tools` (with `tool_choice` and `parallel_tool_calls` when no tool is left) and
-        from a `tool_choice` naming it."""
-        tools = body.get("tools")
-        kept = [t for t in tools if function_of(t).get("name") != name] if isinstance(tools, list) else tools
-        if kept:
-            body["tools"] = kept
-        else:
-            for key in ("tools", "tool_choice", "parallel_tool_calls"):
-                body.pop(key, None)
-        if function_of(body.get("tool_choice")).get("name") == name:
-            body["tool_choice"] = "auto"
+    def tool_name(self, tool: Any) -> Any:
+        return function_of(tool).get("name")
 
     def continue_after(self, body: Body, found: Found, replies: Sequence[str]) -> None:
         calls = list(found.turn)

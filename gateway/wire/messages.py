@@ -33,7 +33,18 @@ from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
 from gateway.sse import event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget
-from gateway.wire.base import Body, Found, Parse, ToolList, WholeAnswer, WireRequest, add_usage, json_object, passed
+from gateway.wire.base import (
+    Body,
+    Found,
+    Parse,
+    Stateless,
+    ToolList,
+    WholeAnswer,
+    WireRequest,
+    add_usage,
+    json_object,
+    passed,
+)
 from policies.transcript import Message, ToolCall
 
 USAGE = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -56,7 +67,7 @@ def tool_schema(name: str) -> dict[str, Any]:
     return {"name": name, "description": DESCRIPTION, "input_schema": parameters()}
 
 
-class MessagesWire(ToolList):
+class MessagesWire(Stateless, ToolList):
     name = "messages"
     path = "/v1/messages"
     litellm = False
@@ -70,13 +81,13 @@ class MessagesWire(ToolList):
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return parse_request(raw)
 
-    def render(self, request: WireRequest, messages: Sequence[Message], model: str) -> Body:
+    def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
         body = dict(request.body)
         system, body["messages"] = to_wire(messages)
         body.pop("system", None)
         if system is not None:
             body["system"] = system
-        body["model"] = model
+        body["model"] = tenant.upstream.upstream_model(request.model)
         return body
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
@@ -86,16 +97,10 @@ class MessagesWire(ToolList):
     def schema(self, name: str) -> dict[str, Any]:
         return tool_schema(name)
 
-    def withdraw(self, body: Body, name: str) -> None:
-        tools = body.get("tools")
-        kept = [t for t in tools if not _named(t, name)] if isinstance(tools, list) else tools
-        if kept:
-            body["tools"] = kept
-        else:
-            body.pop("tools", None)
-            body.pop("tool_choice", None)
-        if _named(body.get("tool_choice"), name):
-            body["tool_choice"] = {"type": "auto"}
+    dropped = ("tools", "tool_choice")
+
+    def auto(self) -> Any:
+        return {"type": "auto"}
 
     def continue_after(self, body: Body, found: Found, replies: Sequence[str]) -> None:
         results = [
