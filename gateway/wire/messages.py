@@ -243,7 +243,8 @@ def _block(block: Any, where: str) -> dict[str, Any]:
                 f"{where}.{key}: Field required ({_KINDS.get(kind, 'a string')})", param=f"{where}.{key}"
             )
     content = block.get("content")
-    if block["type"] == "tool_result" and content is not None and type(content) not in (str, list):
+    nested = type(content) is list and all(isinstance(part, dict) for part in content)
+    if block["type"] == "tool_result" and content is not None and type(content) is not str and not nested:
         raise InvalidRequest(f"{where}.content: expected a string or an array of blocks", param=f"{where}.content")
     return block
 
@@ -517,7 +518,8 @@ class MessagesStream:
     def closing(self) -> list[bytes]:
         state = self._round
         delta = state.delta or {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
-        delta = {**delta, "delta": dict(delta.get("delta") or {})}
+        inner = delta.get("delta")
+        delta = {**delta, "delta": dict(inner) if isinstance(inner, dict) else {}}
         if state.ours and not state.theirs:
             delta["delta"]["stop_reason"] = "end_turn"  # the calls were ours: nothing for the agent to run
         total: dict[str, Any] = {}

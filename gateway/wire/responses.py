@@ -330,7 +330,7 @@ def _content(content: Any) -> tuple[str, int]:
     """(the text of a message's content, its parts that are not text)."""
     if type(content) is str:
         return content, 0
-    parts = content if isinstance(content, list) else []
+    parts = [p for p in content if isinstance(p, dict)] if isinstance(content, list) else []
     texts = [p["text"] for p in parts if p.get("type") in TEXT_PARTS and type(p.get("text")) is str]
     refusals = [p["refusal"] for p in parts if type(p.get("refusal")) is str]
     return "\n".join([*texts, *refusals]), len(parts) - len(texts) - len(refusals)
@@ -514,7 +514,7 @@ class ResponsesStream:
     def closing(self) -> list[bytes]:
         held = self._round.closing
         kind = held.get("type") if held else "response.completed"
-        response = dict(held.get("response") or {}) if held else {}
+        response = dict(held["response"]) if held and isinstance(held.get("response"), dict) else {}
         head = self._head or {}
         response = {**head, **response, "output": list(self._shown)}
         if isinstance(head.get("id"), str):
