@@ -53,9 +53,10 @@ def figures(traces: list[Trace], tmp_path_factory: pytest.TempPathFactory) -> di
 
 def test_both_paths_answer_every_request(figures: dict[str, Any]) -> None:
     assert figures["failures"] == 0
-    assert [(s["name"], s["stream"]) for s in figures["series"]] == [
-        ("static", False), ("static", True), ("growing", False), ("growing", True),
-    ]  # fmt: skip
+    shapes = [("static", False), ("static", True), ("growing", False), ("growing", True)]
+    assert [(s["wire"], s["name"], s["stream"]) for s in figures["series"]] == [
+        (wire, name, stream) for wire in ("chat", "messages", "responses") for name, stream in shapes
+    ]
     for series in figures["series"]:
         assert series["direct_failures"] == series["gateway_failures"] == 0
         for path in ("direct", "gateway"):
