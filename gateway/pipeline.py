@@ -61,6 +61,7 @@ from policies.budget import TokenBudget, resolve_budget
 from policies.observer import state_of
 from policies.pages import Page
 from policies.pagetable import PageTable
+from policies.recall import recall_room as room_for_recall
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
 
@@ -71,7 +72,6 @@ COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session 
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
 COMMIT_BACKOFF_CAP_S = 0.1
 DUPLICATES_LISTED = 10
-RECALL_ROOM = 2048  # most prompt tokens kept free for recalled pages
 # Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
 LITELLM_PREFIXES = frozenset(
     {
@@ -429,8 +429,8 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
 
 
 def recall_room(budget: TokenBudget, offered: bool) -> int:
-    """Prompt tokens kept free for recalled text: a sixth of the budget, at most RECALL_ROOM."""
-    return min(RECALL_ROOM, budget.cap // 6) if offered else 0
+    """Prompt tokens kept free for recalled text (`policies.recall.recall_room`)."""
+    return room_for_recall(budget.cap, offered)
 
 
 def _budget(services: Services, tenant: Tenant, chat: WireRequest, counter: TiktokenCounter, wire: Wire) -> TokenBudget:

@@ -32,26 +32,32 @@ from gateway.sessions import per_user
 from gateway.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable, id_tag, tenant_tag
-from policies.tokens import TokenCounter, framed, tool_calls_tokens
+from policies.recall import (
+    MIN_ANSWER_TOKENS,
+    NARROW_CONTEXT_CHARS,
+    QUERY_CONTEXT_CHARS,
+    QUERY_OR,
+    framing,
+    holds,
+    matching,
+    shares,
+    terms,
+)
+from policies.tokens import TokenCounter
 from policies.transcript import ToolCall
 
 RECALL_NAME = "clawvm_recall"
+__all__ = ["MIN_ANSWER_TOKENS", "QUERY_OR", "framing", "shares"]  # the pure rules, from policies.recall
 RECALL_LEVELS = ("full", "compressed")
 RANGE = ".."  # policies.render.RANGE_LINE: `p:first..p:last`
 RANGE_LISTED = 16  # pages a range's listing names one by one
 MAX_IDS_PER_CALL = 8
-QUERY_HITS = 12  # matching lines kept per page for a query
-QUERY_LINE_CHARS = 400  # a matching line longer than this is shown as windows around its hits
-QUERY_CONTEXT_CHARS = 160  # characters kept either side of a hit in a long line
-NARROW_CONTEXT_CHARS = 24  # the same when a round's answers do not all fit the room
-QUERY_OR = "|"  # separates a query's alternatives
 SEARCH_PAGES = 256  # pages a query without page ids searches, newest first
 SEARCH_SHOWN = 6  # matching pages a query without page ids answers with; the others are named
 ARGUMENTS = '{"page_ids": ["p:..."]} or {"query": "text to search for"}'  # what a call must pass
 DEFAULT_ROUNDS = 3
 EXHAUSTED = "no more recalls this turn; answer from what you have."
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
-MIN_ANSWER_TOKENS = 48  # below this, a cut answer would hold nothing but its note
 
 
 DESCRIPTION = (
@@ -149,7 +155,7 @@ async def _range(paging: Paging, handle: str, level: Fidelity, query: str, conte
     if not query:
         head = f"[{handle}: {len(ids)} pages; recall an id below, a narrower range, or this range with a query]"
         return _answer("ok", "\n".join([head, *_listing(table, ids)]), counter)
-    hits = [p for p in ids if p in pages and _holds(pages[p].reprs.at(level).text, query)]
+    hits = [p for p in ids if p in pages and holds(pages[p].reprs.at(level).text, query)]
     if not hits:
         return _answer("no_match", f"clawvm_recall: no page in {handle} holds {query!r}.", counter)
     return _answer("ok", "\n\n".join(_part(p, pages[p], level, query, context) for p in hits), counter, hits)
@@ -163,7 +169,7 @@ async def _search(paging: Paging, level: Fidelity, query: str, context: int) -> 
         pages, more = await _readable(paging)
     except StoreError as exc:
         return _store_failed(exc, counter)
-    hits = [p for p, page in pages.items() if _holds(page.reprs.at(level).text, query)]
+    hits = [p for p, page in pages.items() if holds(page.reprs.at(level).text, query)]
     searched = f"{len(pages)} pages searched" + (f", the newest of {len(pages) + more}" if more else "")
     if not hits:
         text = (
@@ -273,7 +279,7 @@ def _arguments(call: ToolCall) -> tuple[list[str] | None, Fidelity, str]:
     if isinstance(ids, str):
         ids = [ids]
     query = args.get("query").strip() if isinstance(args.get("query"), str) else ""
-    if ids in (None, []) and _terms(query):
+    if ids in (None, []) and terms(query):
         ids = []  # a search of every readable page
     elif not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         return None, Fidelity.FULL, ""
@@ -285,62 +291,8 @@ def _part(page_id: str, page: Page, level: Fidelity, query: str, context: int) -
     """One page's text at `level`; with a query, only the lines that hold it (and their neighbours)."""
     text = page.reprs.at(level).text
     if query:
-        text = _matching(text, query, context)
+        text = matching(text, query, context)
     return f"[{page_id} {page.type} · {level.label}{f' · lines matching {query!r}' if query else ''}]\n{text}"
-
-
-def _terms(query: str) -> list[str]:
-    """A query's alternatives (`a|b|c`), lower-cased, empty ones dropped."""
-    return [t for t in (part.strip().lower() for part in query.split(QUERY_OR)) if t]
-
-
-def _holds(text: str, query: str) -> bool:
-    lowered = text.lower()
-    return any(term in lowered for term in _terms(query))
-
-
-def _matching(text: str, query: str, context: int) -> str:
-    """The lines holding any of the query's terms, with a line either side; a long line is cut to
-    windows around its hits, so a hit deep inside one long line (a JSON tool result) is shown."""
-    terms = _terms(query)
-    lines = text.splitlines()
-    hits = [i for i, line in enumerate(lines) if any(t in line.lower() for t in terms)]
-    if not hits:
-        return f"(no line holds {query!r})"
-    chosen = set(hits[:QUERY_HITS])
-    keep = sorted({j for i in chosen for j in range(max(0, i - 1), min(len(lines), i + 2))})
-    out, previous = [], -1
-    for j in keep:
-        if j > previous + 1:
-            out.append("…")
-        out.append(_windows(lines[j], terms, context) if j in chosen else lines[j][:context])
-        previous = j
-    return "\n".join(out)
-
-
-def _windows(line: str, terms: Sequence[str], context: int) -> str:
-    """`line` itself when short, else the merged stretches of `context` characters around each hit."""
-    if len(line) <= min(QUERY_LINE_CHARS, 2 * context):
-        return line
-    lowered = line.lower()
-    spans: list[list[int]] = []
-    for start in sorted(i for t in terms for i in _occurrences(lowered, t))[:QUERY_HITS]:
-        end = start + max(len(t) for t in terms)
-        lo, hi = max(0, start - context), min(len(line), end + context)
-        if spans and lo <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
-    pieces = [("…" if lo else "") + line[lo:hi] + ("…" if hi < len(line) else "") for lo, hi in spans]
-    return " ".join(pieces)
-
-
-def _occurrences(text: str, term: str) -> list[int]:
-    found, at = [], text.find(term)
-    while at >= 0 and len(found) < QUERY_HITS:
-        found.append(at)
-        at = text.find(term, at + 1)
-    return found
 
 
 def _answer(code: str, text: str, counter: TokenCounter, pages: Sequence[str] = ()) -> Recalled:
@@ -390,14 +342,6 @@ class Paging:
     memory: MemoryService | None = None  # the project's committed pages, for a query without page ids
 
 
-def framing(text: str, ours: Sequence[ToolCall], counter: TokenCounter) -> int:
-    """Tokens the continuation adds besides the recalled text: the assistant's calls (with its
-    `text`), the results' framing and reason lines."""
-    calls = tuple(ToolCall(c.id, RECALL_NAME, c.arguments) for c in ours)
-    assistant = framed(counter.count(text) + tool_calls_tokens(counter, calls))
-    return assistant + len(ours) * framed(counter.count("[recall: backend_error]\n"))
-
-
 async def resolve_all(paging: Paging, calls: Sequence[ToolCall], room: int) -> list[Recalled]:
     """Answer a round's recall calls, sharing the room fairly: answers that fit their share are
     whole, and what they leave goes in equal shares to the longer ones, which are cut to fit."""
@@ -413,17 +357,3 @@ async def resolve_all(paging: Paging, calls: Sequence[ToolCall], room: int) -> l
 
 def _queried(call: ToolCall) -> bool:
     return bool(_arguments(call)[2])
-
-
-def shares(sizes: Sequence[int], room: int, most: int) -> list[int]:
-    """Water-filling, smallest first: each size gets min(size, most, an equal share of what the
-    smaller ones left), but never less than MIN_ANSWER_TOKENS while the room lasts (several
-    useful answers beat many empty ones)."""
-    caps = [0] * len(sizes)
-    left = room
-    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
-    for rank, i in enumerate(order):
-        share = max(left // (len(sizes) - rank), MIN_ANSWER_TOKENS)
-        caps[i] = min(sizes[i], most, share, left)
-        left -= caps[i]
-    return caps
