@@ -2,8 +2,9 @@
 
 Parsing: the top-level `system` (a string or text blocks) is one system message; each user or
 assistant message is one neutral message, except that a user message's `tool_result` blocks
-become one `tool` message each (then its other blocks, if any, one user message), so the policy
-core pairs calls and results as it does for chat. A message's `raw` is the client's own dict (a
+become one `tool` message each, so the policy core pairs calls and results as it does for chat,
+and a user message of several blocks one user message per block (the older blocks of a turn can
+be paged out apart from its newest). A message's `raw` is the client's own dict (a
 split message's raw holds its own blocks), so what is kept whole is forwarded unchanged:
 `thinking` and `redacted_thinking` blocks with their signatures, `cache_control`, images.
 
@@ -265,15 +266,15 @@ def _user(item: dict[str, Any], content: Any, blocks: list[dict[str, Any]]) -> l
         return [Message("user", content, raw=item)]
     results = [b for b in blocks if b["type"] == "tool_result"]
     rest = [b for b in blocks if b["type"] != "tool_result"]
-    images = sum(1 for b in rest if b["type"] in MEDIA)
-    if not results:
-        return [Message("user", _joined(rest), raw=item, images=images)]
+    if not results and len(rest) <= 1:
+        return [Message("user", _joined(rest), raw=item, images=sum(1 for b in rest if b["type"] in MEDIA))]
     out = [
         Message("tool", _result_text(b), tool_call_id=b["tool_use_id"], raw={"role": "user", "content": [b]})
         for b in results
     ]
-    if rest:
-        out.append(Message("user", _joined(rest), raw={"role": "user", "content": rest}, images=images))
+    for block in rest:  # one page per block: Claude Code's reminders page out apart from the request
+        images = 1 if block["type"] in MEDIA else 0
+        out.append(Message("user", _joined([block]), raw={"role": "user", "content": [block]}, images=images))
     return out
 
 
