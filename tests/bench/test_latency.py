@@ -22,21 +22,12 @@ from bench.latency import (
     wait_healthy,
     write_config,
 )
-from bench.traces import Trace, load_traces, traces_dir
+from bench.traces import Trace
 from gateway.chat import parse_messages
 from gateway.embedded import free_port
 from gateway.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def traces() -> list[Trace]:
-    directory = traces_dir()
-    found = load_traces(directory) if directory.is_dir() else []
-    if not found:
-        pytest.skip("shared/traces/real not found (set CLAWVM_TRACES)")
-    return found
 
 
 @pytest.fixture(scope="module")

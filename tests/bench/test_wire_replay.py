@@ -3,20 +3,9 @@ valid and within budget in each format, and the same faults as chat (one model, 
 
 from __future__ import annotations
 
-import pytest
-
-from bench.traces import Trace, load_traces, traces_dir
+from bench.traces import Trace
 from bench.wire_bodies import chat_of_messages, chat_of_responses, to_messages, to_responses
 from bench.wire_replay import run
-
-
-@pytest.fixture(scope="module")
-def traces() -> list[Trace]:
-    directory = traces_dir()
-    found = load_traces(directory) if directory.is_dir() else []
-    if not found:
-        pytest.skip("shared/traces/real not found (set CLAWVM_TRACES)")
-    return found
 
 
 def test_every_format_is_served_validly_with_chats_faults(traces: list[Trace]) -> None:
