@@ -50,6 +50,8 @@ from policies.transcript import Message, ToolCall
 
 USAGE = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 ROLES = ("user", "assistant")
+SPOKEN = (*ROLES, "system")  # a `system` message in `messages`: newer models take them mid-conversation
+TOP_SYSTEM = "clawvm.system"  # the raw of the top-level `system`
 MEDIA = frozenset({"image", "document"})  # non-text blocks the full level carries
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -170,14 +172,14 @@ def _system(system: Any) -> list[Message]:
     if system is None:
         return []
     if type(system) is str:
-        return [Message("system", system, raw={"role": "system", "content": system})] if system else []
+        return [Message("system", system, raw={"type": TOP_SYSTEM, "content": system})] if system else []
     if type(system) is not list:
         raise InvalidRequest("system: expected a string or an array of text blocks", param="system")
     for index, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or type(block.get("text")) is not str:
             raise InvalidRequest(f"system.{index}: expected a text block", param=f"system.{index}")
     text = "\n".join(block["text"] for block in system)
-    return [Message("system", text, raw={"role": "system", "content": system})] if system else []
+    return [Message("system", text, raw={"type": TOP_SYSTEM, "content": system})] if system else []
 
 
 def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
@@ -185,8 +187,8 @@ def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
     pending: dict[str, int] = {}
     for index, item in enumerate(raw_messages):
         where = f"messages.{index}"
-        if not isinstance(item, dict) or item.get("role") not in ROLES:
-            raise InvalidRequest(f"{where}.role: expected 'user' or 'assistant'", param=f"{where}.role")
+        if not isinstance(item, dict) or item.get("role") not in SPOKEN:
+            raise InvalidRequest(f"{where}.role: expected 'user', 'assistant' or 'system'", param=f"{where}.role")
         content = item.get("content")
         if type(content) is str:
             blocks: list[dict[str, Any]] = []
@@ -213,6 +215,10 @@ def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
             message = _assistant(item, content, blocks)
             pending.update((call.id, index) for call in message.tool_calls)
             messages.append(message)
+        elif item["role"] == "system":  # forwarded as it came, where it came
+            if any(b["type"] != "text" for b in blocks):
+                raise InvalidRequest(f"{where}.content: a system message holds text blocks only", param=f"{where}.content")
+            messages.append(Message("system", content if type(content) is str else _joined(blocks), raw=item))
         else:
             messages.extend(_user(item, content, blocks))
     if pending:
@@ -297,8 +303,8 @@ def _text(value: Any) -> str:
 
 def to_wire(messages: Sequence[Message]) -> tuple[Any, list[dict[str, Any]]]:
     """(the top-level `system`, or None; the alternating messages)."""
-    lead = 0
-    while lead < len(messages) and messages[lead].is_instruction:
+    lead = 0  # the top-level system prompt, or what the assembly built in its place
+    while lead < len(messages) and messages[lead].is_instruction and messages[lead].raw.get("role") != "system":
         lead += 1
     system = _system_wire(messages[:lead])
     groups: list[tuple[str, list[tuple[Message, list[dict[str, Any]]]]]] = []
@@ -306,8 +312,9 @@ def to_wire(messages: Sequence[Message]) -> tuple[Any, list[dict[str, Any]]]:
         blocks = _blocks(message)
         if not blocks:
             continue  # an empty message is refused by the API: nothing to say
-        role = "assistant" if message.role == "assistant" else "user"
-        if groups and groups[-1][0] == role:
+        role = message.raw.get("role") or ("assistant" if message.role == "assistant" else "user")
+        role = role if role in SPOKEN else "user"  # built tool results and system notes (older models take none)
+        if groups and groups[-1][0] == role and role != "system":
             groups[-1][1].append((message, blocks))
         else:
             groups.append((role, [(message, blocks)]))
@@ -337,7 +344,7 @@ def _grouped(role: str, members: list[tuple[Message, list[dict[str, Any]]]]) -> 
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
-    if message.raw and message.raw.get("role") in ROLES:
+    if message.raw and message.raw.get("role") in SPOKEN:
         content = message.raw["content"]
         return list(content) if isinstance(content, list) else _text_blocks(message)
     if message.role == "tool":

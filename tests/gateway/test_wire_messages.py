@@ -47,6 +47,19 @@ def test_a_whole_transcript_renders_back_exactly_as_it_came() -> None:
     assert system == SYSTEM and messages == loop()
 
 
+def test_a_system_message_in_the_conversation_stays_where_it_came() -> None:
+    """Newer models take `system` messages mid-conversation (Claude Code sends them)."""
+    conversation = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "<reminder>"}]},
+        {"role": "system", "content": "Be terse from now on."},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "go"},
+    ]
+    parsed = parse_request(request(conversation))
+    assert [m.role for m in parsed.messages] == ["user", "user", "system", "assistant", "user"]
+    assert to_wire(parsed.messages) == (None, conversation)
+
+
 def test_degraded_messages_become_alternating_turns_with_tool_results_first() -> None:
     degraded = [
         Message("assistant", "I read it.", (ToolCall("t1", "read", "{bad json"),)),
