@@ -217,7 +217,9 @@ def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
             messages.append(message)
         elif item["role"] == "system":  # forwarded as it came, where it came
             if any(b["type"] != "text" for b in blocks):
-                raise InvalidRequest(f"{where}.content: a system message holds text blocks only", param=f"{where}.content")
+                raise InvalidRequest(
+                    f"{where}.content: a system message holds text blocks only", param=f"{where}.content"
+                )
             messages.append(Message("system", content if type(content) is str else _joined(blocks), raw=item))
         else:
             messages.extend(_user(item, content, blocks))
@@ -415,6 +417,7 @@ class _Round:
     index: dict[int, int] = field(default_factory=dict)  # upstream index -> the agent's
     delta: dict[str, Any] | None = None  # the held message_delta
     usage: dict[str, Any] = field(default_factory=dict)  # message_start's, updated by message_delta's
+    failed: bool = False  # the upstream ended the stream with an `error` event
 
 
 class MessagesStream:
@@ -458,6 +461,7 @@ class MessagesStream:
             out = self._event(payload, state, raw)
             if out is not None:
                 yield out
+            state.failed = payload.get("type") == "error"
             if payload.get("type") in ("message_stop", "error"):
                 return
 
@@ -525,6 +529,8 @@ class MessagesStream:
 
     def closing(self) -> list[bytes]:
         state = self._round
+        if state.failed:  # the error event was the stream's last word, relayed as it came
+            return []
         delta = state.delta or {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
         inner = delta.get("delta")
         delta = {**delta, "delta": dict(inner) if isinstance(inner, dict) else {}}

@@ -57,6 +57,7 @@ TEXT_PARTS = ("input_text", "output_text", "text", "summary_text")
 PASSED_HEADERS = ("accept", "openai-beta")
 HELD = frozenset({"response.completed", "response.incomplete"})
 OPENING = frozenset({"response.created", "response.in_progress", "response.queued"})
+FAILED = frozenset({"response.failed", "error"})
 
 
 def tool_schema(name: str) -> dict[str, Any]:
@@ -437,6 +438,7 @@ class _Round:
     ours: set[int] = field(default_factory=set)
     items: dict[int, Any] = field(default_factory=dict)  # upstream output_index -> the item, when done
     closing: dict[str, Any] | None = None  # the held response.completed (or .incomplete)
+    failed: bool = False  # the upstream ended the response with `response.failed` or `error`
 
 
 class ResponsesStream:
@@ -488,6 +490,7 @@ class ResponsesStream:
             state.closing = payload
             add_usage(self._usage, response.get("usage") if isinstance(response, dict) else None, USAGE)
             return None
+        state.failed = state.failed or kind in FAILED
         index = payload.get("output_index")
         if not isinstance(index, int):  # errors, and events this gateway does not know: as they came
             return self._relayed({**payload, "response": hidden(response, self.name)} if response else payload)
@@ -512,6 +515,8 @@ class ResponsesStream:
         return event(str(payload.get("type")), payload)
 
     def closing(self) -> list[bytes]:
+        if self._round.failed:  # the failure was the stream's last word, relayed as it came
+            return []
         held = self._round.closing
         kind = held.get("type") if held else "response.completed"
         response = dict(held["response"]) if held and isinstance(held.get("response"), dict) else {}

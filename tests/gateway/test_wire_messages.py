@@ -148,3 +148,14 @@ async def test_a_stream_holds_the_recall_call_and_relays_the_rest() -> None:
         and '"input_tokens":20' in closing
         and closing.endswith('event: message_stop\ndata: {"type":"message_stop"}\n\n')
     )
+
+
+@pytest.mark.anyio
+async def test_an_upstream_error_event_ends_the_stream() -> None:
+    answer = MESSAGES.answer(True, "clawvm_recall", {})
+    events = stream_events(message({"content": "Partial."}))[:4]
+    events.append(
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    )
+    shown = b"".join([out async for out in answer.read(upstream(events))])
+    assert shown.endswith(b'"Overloaded"}}\n\n') and answer.closing() == []

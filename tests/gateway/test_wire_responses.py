@@ -101,3 +101,14 @@ async def test_a_stream_holds_the_recall_call_and_renumbers_the_rest() -> None:
         json.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in (shown + second + closing).split(b"\n\n") if e
     ]
     assert numbers == list(range(len(numbers)))
+
+
+@pytest.mark.anyio
+async def test_a_failed_response_is_the_streams_last_event() -> None:
+    answer = RESPONSES.answer(True, "clawvm_recall", {})
+    events = stream_events(FakeResponses().response({"input": "q"}, 1))[:3]
+    events.append(
+        b'event: response.failed\ndata: {"type":"response.failed","response":{"id":"r","status":"failed"}}\n\n'
+    )
+    shown = b"".join([out async for out in answer.read(upstream(events))])
+    assert b"response.failed" in shown and answer.closing() == []
