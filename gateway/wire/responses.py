@@ -134,8 +134,7 @@ class ResponsesWire(ToolList):
                 code="previous_response_not_found",
             )
         body = {**request.body, "input": [*items, *_items(request.body.get("input"))]}
-        body.pop("previous_response_id")
-        return parsed(body)
+        return parsed(body)  # previous_response_id stays for `remember`; `render` drops it
 
     def remembers(self, request: WireRequest) -> bool:
         return request.body.get("store") is not False
@@ -146,7 +145,13 @@ class ResponsesWire(ToolList):
         if request.body.get("store") is False or not isinstance(final, dict) or not isinstance(final.get("id"), str):
             return
         output = [item for item in final.get("output") or [] if isinstance(item, dict)]
-        await chains.save(tenant, final["id"], [*_items(request.body.get("input")), *output])
+        given = _items(request.body.get("input"))
+        previous = request.body.get("previous_response_id")
+        chain = await chains.chain(tenant, previous) if isinstance(previous, str) else None
+        if chain is not None and chain.length <= len(given):  # only what this request added
+            await chains.save(tenant, final["id"], chain, [*given[chain.length :], *output])
+        else:
+            await chains.save(tenant, final["id"], None, [*given, *output])
 
 
 RESPONSES = ResponsesWire()
