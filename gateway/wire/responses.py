@@ -351,19 +351,30 @@ def _output_text(output: Any) -> str:
 
 def to_wire(messages: Sequence[Message]) -> tuple[str | None, list[Any]]:
     """(the instructions, or None; the input items)."""
+    lead = 0  # the instructions, or what the assembly built in their place (a carried system prompt)
+    while lead < len(messages) and _instructs(messages[lead]):
+        lead += 1
+    leading = messages[:lead]
     instructions = None
+    if len(leading) == 1 and leading[0].raw:
+        instructions = leading[0].raw["text"]
+    elif leading:
+        instructions = "\n\n".join(m.text for m in leading if m.text)
     items: list[Any] = []
-    for message in messages:
+    for message in messages[lead:]:
         raw = message.raw
-        if raw.get("type") == INSTRUCTIONS and instructions is None and not items:
-            instructions = raw["text"]
-        elif raw.get("type") == GROUP:
+        if raw.get("type") == GROUP:
             items.extend(raw["items"])
         elif raw and raw.get("type") != INSTRUCTIONS:
             items.append(raw)
         else:
             items.extend(_built(message))
     return instructions, items
+
+
+def _instructs(message: Message) -> bool:
+    """The instructions, or a system message the assembly built (not an input item of the client's)."""
+    return message.is_instruction and (not message.raw or message.raw.get("type") == INSTRUCTIONS)
 
 
 def _built(message: Message) -> list[dict[str, Any]]:

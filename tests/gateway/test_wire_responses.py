@@ -112,3 +112,20 @@ async def test_a_failed_response_is_the_streams_last_event() -> None:
     )
     shown = b"".join([out async for out in answer.read(upstream(events))])
     assert b"response.failed" in shown and answer.closing() == []
+
+
+def test_a_system_prompt_the_assembly_built_goes_back_to_the_instructions() -> None:
+    built = [Message("system", "Be brief."), Message("system", "[retained] never push"), Message("user", "go")]
+    instructions, items = to_wire(built)
+    assert instructions == "Be brief.\n\n[retained] never push" and [i["role"] for i in items] == ["user"]
+    own = [
+        Message("developer", "from input", raw={"role": "developer", "content": "from input"}),
+        Message("user", "go"),
+    ]
+    assert to_wire(own) == (
+        None,
+        [
+            {"role": "developer", "content": "from input"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+        ],
+    )
