@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from gateway import jsonio
 from gateway.chains import ResponseChains
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.settings import Tenant
+from gateway.sse import event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget
 from policies.transcript import Message, ToolCall
 
@@ -270,3 +271,26 @@ class Stateless:
 
     async def remember(self, request: WireRequest, answer: Any, tenant: str, chains: ResponseChains) -> None:
         return None
+
+
+END = "[DONE]"  # the data of OpenAI's last chat event
+
+
+async def json_events(upstream: UpstreamResponse) -> AsyncIterator[tuple[bytes, Any]]:
+    """Each event of an upstream stream that carries data: (the event as it came, its data as
+    JSON, or END). Data that is not UTF-8 JSON (typically the half event of a connection that
+    closed mid-way) is an `UpstreamError`."""
+    async for raw in iter_events(upstream.aiter_raw()):
+        try:
+            data = event_data(raw)
+        except UnicodeDecodeError as exc:
+            raise UpstreamError("the upstream sent an event that is not UTF-8") from exc
+        if data is None:
+            continue
+        if data.strip() == END:
+            yield raw, END
+            continue
+        try:
+            yield raw, jsonio.loads(data)
+        except ValueError as exc:
+            raise UpstreamError(f"the upstream sent an event that is not JSON: {data[:100]!r}") from exc

@@ -21,13 +21,25 @@ from typing import Any
 
 from gateway import chat as chat_json
 from gateway import jsonio
-from gateway.errors import GatewayError, UpstreamError, error_body
+from gateway.errors import GatewayError, error_body
 from gateway.http import upstream_target
 from gateway.recall import DESCRIPTION, Paging, parameters
 from gateway.settings import Tenant
-from gateway.sse import DONE, encode_data, error_event, event_data, iter_events
+from gateway.sse import DONE, encode_data, error_event
 from gateway.upstream import UpstreamResponse, UpstreamTarget
-from gateway.wire.base import Body, Found, Parse, Stateless, ToolList, WholeAnswer, WireRequest, add_usage, passed
+from gateway.wire.base import (
+    END,
+    Body,
+    Found,
+    Parse,
+    Stateless,
+    ToolList,
+    WholeAnswer,
+    WireRequest,
+    add_usage,
+    json_events,
+    passed,
+)
 from gateway.wire.loop import Send, answered, streamed, whole
 from policies.transcript import Message, ToolCall
 
@@ -185,16 +197,9 @@ class ChatStream:
 
     async def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         self._state = state = _Round()
-        async for raw in iter_events(upstream.aiter_raw()):
-            data = event_data(raw)
-            if data is None:
-                continue
-            if data.strip() == "[DONE]":
+        async for _, chunk in json_events(upstream):
+            if chunk == END:
                 return
-            try:
-                chunk = jsonio.loads(data)
-            except ValueError as exc:  # typically the half event of a connection that closed mid-way
-                raise UpstreamError(f"the upstream sent an event that is not JSON: {data[:100]!r}") from exc
             if not isinstance(chunk, dict):
                 continue
             self._head.setdefault("id", chunk.get("id"))

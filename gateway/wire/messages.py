@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import anthropic_target
 from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
-from gateway.sse import event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget
 from gateway.wire.base import (
     Body,
@@ -43,6 +42,7 @@ from gateway.wire.base import (
     WholeAnswer,
     WireRequest,
     add_usage,
+    json_events,
     json_object,
     passed,
 )
@@ -448,14 +448,7 @@ class MessagesStream:
     async def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         self._round = state = _Round()
         self._rounds.append(state)
-        async for raw in iter_events(upstream.aiter_raw()):
-            data = event_data(raw)
-            if data is None:
-                continue
-            try:
-                payload = jsonio.loads(data)
-            except ValueError as exc:
-                raise UpstreamError(f"the upstream sent an event that is not JSON: {data[:100]!r}") from exc
+        async for raw, payload in json_events(upstream):
             if not isinstance(payload, dict):
                 continue
             out = self._event(payload, state, raw)

@@ -27,11 +27,10 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.chains import ResponseChains
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import upstream_target
 from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
-from gateway.sse import event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget
 from gateway.wire.base import (
     Body,
@@ -41,6 +40,7 @@ from gateway.wire.base import (
     WholeAnswer,
     WireRequest,
     add_usage,
+    json_events,
     json_object,
     passed,
 )
@@ -479,14 +479,7 @@ class ResponsesStream:
     async def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         self._round = state = _Round()
         self._rounds += 1
-        async for raw in iter_events(upstream.aiter_raw()):
-            data = event_data(raw)
-            if data is None or data.strip() == "[DONE]":
-                continue
-            try:
-                payload = jsonio.loads(data)
-            except ValueError as exc:
-                raise UpstreamError(f"the upstream sent an event that is not JSON: {data[:100]!r}") from exc
+        async for _, payload in json_events(upstream):
             if not isinstance(payload, dict):
                 continue
             out = self._event(payload, state)
