@@ -36,8 +36,9 @@ def _input(arguments: str) -> Json:
     return value if isinstance(value, dict) else {}
 
 
-def to_messages(messages: Sequence[Json], tools: Sequence[Json]) -> tuple[str, list[Json], list[Json]]:
-    system = "\n\n".join(_text(m) for m in messages if m.get("role") in ("system", "developer"))
+def to_messages(messages: Sequence[Json], tools: Sequence[Json]) -> tuple[Any, list[Json], list[Json]]:
+    texts = [_text(m) for m in messages if m.get("role") in ("system", "developer")]
+    system: Any = texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts if t]
     out: list[Json] = []
     for message in messages:
         role = message.get("role")
@@ -87,11 +88,16 @@ def _append(out: list[Json], role: str, blocks: list[Json]) -> None:
 
 
 def to_responses(messages: Sequence[Json], tools: Sequence[Json]) -> tuple[str, list[Json], list[Json]]:
-    instructions = "\n\n".join(_text(m) for m in messages if m.get("role") in ("system", "developer"))
+    """The first system message is the instructions; later ones are system message items."""
+    first = next((n for n, m in enumerate(messages) if m.get("role") in ("system", "developer")), None)
+    instructions = _text(messages[first]) if first is not None else ""
     items: list[Json] = []
-    for message in messages:
+    for number, message in enumerate(messages):
         role = message.get("role")
+        if number == first:
+            continue
         if role in ("system", "developer"):
+            items.append({"type": "message", "role": role, "content": [{"type": "input_text", "text": _text(message)}]})
             continue
         if role == "tool":
             items.append({"type": "function_call_output", "call_id": message["tool_call_id"], "output": _text(message)})
@@ -142,6 +148,17 @@ def canonical(arguments: str) -> str:
         return json.dumps(json.loads(arguments))
     except ValueError:
         return arguments
+
+
+def canonical_answer(answer: Json | None) -> Json | None:
+    """An assistant message with its calls' arguments in canonical JSON (`canonical`)."""
+    if answer is None or not answer.get("tool_calls"):
+        return answer
+    calls = [
+        {**c, "function": {**c["function"], "arguments": canonical(c["function"].get("arguments") or "")}}
+        for c in answer["tool_calls"]
+    ]
+    return {**answer, "tool_calls": calls}
 
 
 def _blocks_text(content: Any) -> str:

@@ -30,18 +30,21 @@ from typing import Any
 
 import httpx
 
+from bench.eval import injector_row
 from bench.fake_anthropic import FakeAnthropic
 from bench.fake_apis import app
 from bench.fake_responses import FakeResponses
 from bench.fake_upstream import FakeUpstream, serve
+from bench.harnesses import INJECTORS
 from bench.intent_check import intents, load_labels
 from bench.latency import HEADERS, PATHS, WIRES, encode, request_body
+from bench.lifecycle_replay import run as run_boundary
 from bench.peers.compare import Exchange, Judge, PeerFigures, Tally, Turn, figures, prepare_turns
 from bench.peers.model import Expected, TraceModel
 from bench.traces import Trace, load_traces, traces_dir
 from bench.wire_bodies import (
     anthropic_reply,
-    canonical,
+    canonical_answer,
     chat_answer,
     chat_of_messages,
     chat_of_responses,
@@ -53,6 +56,7 @@ from gateway.settings import Overrides, load_settings
 from gateway.tokens import Tokenizers, prepare_offline
 
 BUDGET = 4000
+LIFECYCLE_BUDGET = 16000  # as `bench eval`'s lifecycle section
 TURNS = 40
 MODEL = "gpt-4o"
 TIMEOUT_S = 120.0
@@ -88,14 +92,27 @@ class Fakes:
         self.responses.requests.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    body: Json
+
+
+class ChatView:
+    """`requests` as `bench.lifecycle_replay` reads a fake's: what the model of `wire` received,
+    every request since the view was made, as chat requests."""
+
+    def __init__(self, fakes: Fakes, wire: str) -> None:
+        self.fakes = fakes
+        self.wire = wire
+
+    @property
+    def requests(self) -> list[Seen]:
+        return [Seen(body) for body in self.fakes.prompts(self.wire)]
+
+
 def canonical_turn(turn: Turn) -> Turn:
     """The turn with its expected answer's call arguments in canonical JSON."""
-    answer = dict(turn.expected.answer)
-    if answer.get("tool_calls"):
-        answer["tool_calls"] = [
-            {**c, "function": {**c["function"], "arguments": canonical(c["function"].get("arguments") or "")}}
-            for c in answer["tool_calls"]
-        ]
+    answer = canonical_answer(turn.expected.answer) or {}
     return dataclasses.replace(turn, expected=Expected(answer, turn.expected.needs))
 
 
@@ -146,6 +163,28 @@ def run(
     return rows
 
 
+def run_lifecycle(traces: Sequence[Trace], budget: int = LIFECYCLE_BUDGET, wires: Sequence[str] = WIRES) -> list[Json]:
+    """Every harness injector over every trace (`bench.lifecycle_replay`) in each wire format, the
+    honest model answering to each trace's end: one row per format and injector."""
+    said = intents(load_labels())
+    fakes = Fakes.of(TraceModel())
+    rows = []
+    with gateway(fakes, budget) as base, httpx.Client(trust_env=False, timeout=TIMEOUT_S) as client:
+        for wire in wires:
+            view = ChatView(fakes, wire)
+            for injector in INJECTORS:
+                records = []
+                for trace in traces:
+                    fakes.clear()  # the view converts what it holds on every read: one trace at a time
+                    found = run_boundary(
+                        client, base, view, trace, injector, said.get(trace.name, []), fakes.model, wire
+                    )  # type: ignore[arg-type]
+                    records += [found] if found is not None else []
+                fakes.clear()
+                rows.append({"wire": wire, "injector": injector, **injector_row(records)})
+    return rows
+
+
 def format_rows(rows: Sequence[PeerFigures]) -> list[str]:
     lines = [
         "wire format | requests | errors | invalid | over budget | faults (rule/plan/intent/answer/evidence) | recalls"
@@ -159,13 +198,27 @@ def format_rows(rows: Sequence[PeerFigures]) -> list[str]:
     return lines
 
 
+def format_lifecycle(rows: Sequence[Json]) -> list[str]:
+    keys = [k for k in rows[0] if k not in ("wire", "injector")] if rows else []
+    lines = ["wire | injector | " + " | ".join(keys)]
+    lines += [f"{r['wire']} | {r['injector']} | " + " | ".join(str(r[k]) for k in keys) for r in rows]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The real traces through the gateway in all three wire formats.")
     parser.add_argument("--budget", type=int, default=BUDGET)
     parser.add_argument("--turns", type=int, default=TURNS, help="requests replayed per trace")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--lifecycle", action="store_true", help="the harness injectors instead (budget 16,000)")
     args = parser.parse_args(argv)
     traces = load_traces(traces_dir())
+    if args.lifecycle:
+        lifecycle = run_lifecycle(traces)
+        print("\n".join(format_lifecycle(lifecycle)), flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps(lifecycle, indent=2) + "\n", encoding="utf-8")
+        return 0
     rows = run(traces, args.budget, args.turns)
     print("\n".join(format_rows(rows)), flush=True)
     if args.json is not None:

@@ -1,6 +1,7 @@
 """The Anthropic Messages adapter (`POST /v1/messages`): what Claude Code speaks.
 
-Parsing: the top-level `system` (a string or text blocks) is one system message; each user or
+Parsing: the top-level `system` is one system message (a string or one block) or one per text
+block (a harness's summary block pages apart from the prompt it follows); each user or
 assistant message is one neutral message, except that a user message's `tool_result` blocks
 become one `tool` message each, so the policy core pairs calls and results as it does for chat,
 and a user message of several blocks one user message per block (the older blocks of a turn can
@@ -178,8 +179,9 @@ def _system(system: Any) -> list[Message]:
     for index, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or type(block.get("text")) is not str:
             raise InvalidRequest(f"system.{index}: expected a text block", param=f"system.{index}")
-    text = "\n".join(block["text"] for block in system)
-    return [Message("system", text, raw={"type": TOP_SYSTEM, "content": system})] if system else []
+    if len(system) == 1:
+        return [Message("system", system[0]["text"], raw={"type": TOP_SYSTEM, "content": system})]
+    return [Message("system", block["text"], raw={"type": TOP_SYSTEM, "block": block}) for block in system]
 
 
 def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
@@ -327,11 +329,13 @@ def to_wire(messages: Sequence[Message]) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def _system_wire(instructions: Sequence[Message]) -> Any:
+    """The top-level `system`: the client's own when it is whole, else its blocks (the client's
+    where they were kept, rebuilt where the assembly rebuilt them)."""
     if not instructions:
         return None
-    if len(instructions) == 1 and instructions[0].raw:
+    if len(instructions) == 1 and "content" in instructions[0].raw:
         return instructions[0].raw["content"]
-    return [block for m in instructions for block in _text_blocks(m)]
+    return [m.raw["block"] if "block" in m.raw else block for m in instructions for block in _text_blocks(m)[:1]]
 
 
 def _grouped(role: str, members: list[tuple[Message, list[dict[str, Any]]]]) -> dict[str, Any]:
