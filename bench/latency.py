@@ -1,11 +1,13 @@
 """Gateway-added latency: the fake upstream called directly and through the gateway, side by side.
 
-Both servers run as subprocesses on free loopback ports: `python -m bench.fake_upstream` and
-`clawvm serve --store embedded` (with a throw-away config whose `store.data_dir` is a temporary
-directory). One keep-alive `httpx.Client` interleaves the two paths (direct, gateway, direct, ...)
-with byte-identical bodies, after a discarded warm-up. Four series: a fixed tau-bench prefix of
-about ten messages with its tools (a transcript the gateway already knows after the first request)
-and a growing session (each request appends an assistant tool call and its result), each
+Both servers run as subprocesses on free loopback ports: `python -m bench.fake_apis` (the fake
+Chat Completions, Messages and Responses APIs) and `clawvm serve --store embedded` (with a
+throw-away config whose `store.data_dir` is a temporary directory). One keep-alive `httpx.Client`
+interleaves the two paths (direct, gateway, direct, ...) with byte-identical bodies, after a
+discarded warm-up. Four series per wire format (chat, then Anthropic Messages, then Responses,
+the same conversation in each: `bench.wire_bodies`): a fixed tau-bench prefix of about ten
+messages with its tools (a transcript the gateway already knows after the first request) and a
+growing session (each request appends an assistant tool call and its result), each
 non-streaming and streaming (the whole SSE body is read). Every process started here is stopped,
 its process group included (the gateway's embedded redis-server).
 """
@@ -29,6 +31,7 @@ import httpx
 
 from bench.policy_time import Summary, summarize_ns
 from bench.traces import Trace
+from bench.wire_bodies import to_messages, to_responses
 from gateway.embedded import free_port
 from gateway.tokens import prepare_offline
 
@@ -41,7 +44,11 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 GROUP_GRACE_S = 3.0
 REQUEST_TIMEOUT_S = 30.0
-HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
+HEADERS = {"content-type": "application/json", "authorization": "Bearer bench", "anthropic-version": "2023-06-01"}
+WIRES = ("chat", "messages", "responses")
+PATHS = {"chat": "/chat/completions", "messages": "/messages", "responses": "/responses"}
+FINISHED = {"chat": b"data: [DONE]", "messages": b"message_stop", "responses": b"response.completed"}
+ANSWERED = {"chat": "choices", "messages": "content", "responses": "output"}
 REPO = Path(__file__).resolve().parent.parent
 
 Json = dict[str, Any]
@@ -63,6 +70,7 @@ class ProcessRecord:
 class Series:
     name: str
     stream: bool
+    wire: str  # "chat" | "messages" | "responses"
     direct: Summary
     gateway: Summary
     added_median_us: float  # median(gateway) - median(direct)
@@ -230,10 +238,12 @@ def gateway_argv(config: Path, port: int, upstream: str, budget: int | None) -> 
     return argv + (["--budget", str(budget)] if budget is not None else [])
 
 
-def write_config(directory: Path) -> Path:
+def write_config(directory: Path, anthropic_base: str | None = None) -> Path:
     config = directory / "config.yaml"
     data_dir = directory / "data"
     text = f"store:\n  data_dir: {json.dumps(str(data_dir))}\n"
+    if anthropic_base is not None:  # the Messages API's upstream
+        text += f"upstream:\n  anthropic_base: {json.dumps(anthropic_base)}\n"
     text += "limits: {max_concurrent_requests: 0}\n"  # the load bench's sessions are all one (open) tenant
     config.write_text(text, encoding="utf-8")
     return config
@@ -263,28 +273,40 @@ def encode(body: Json) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def request_body(messages: Sequence[Json], tools: Sequence[Json], stream: bool, session: str) -> Json:
-    body: Json = {"model": MODEL, "messages": list(messages), "user": session}
-    if tools:
-        body["tools"] = list(tools)
+def request_body(
+    messages: Sequence[Json], tools: Sequence[Json], stream: bool, session: str, wire: str = "chat"
+) -> Json:
+    """The request in `wire`'s format (the chat transcript translated: `bench.wire_bodies`)."""
+    if wire == "messages":
+        system, turns, shaped = to_messages(messages, tools)
+        body: Json = {"model": MODEL, "max_tokens": 1024, "system": system, "messages": turns}
+        body["metadata"] = {"user_id": session}
+    elif wire == "responses":
+        instructions, items, shaped = to_responses(messages, tools)
+        body = {"model": MODEL, "instructions": instructions, "input": items, "store": False, "user": session}
+    else:
+        body, shaped = {"model": MODEL, "messages": list(messages), "user": session}, list(tools)
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+    if shaped:
+        body["tools"] = shaped
     if stream:
         body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
     return body
 
 
-def static_bodies(trace: Trace, stream: bool, session: str) -> BodyFactory:
-    body = encode(request_body(prefix(trace), trace.tools, stream, session))
+def static_bodies(trace: Trace, stream: bool, session: str, wire: str = "chat") -> BodyFactory:
+    body = encode(request_body(prefix(trace), trace.tools, stream, session, wire))
     return lambda _: body
 
 
-def growing_bodies(trace: Trace, stream: bool, session: str) -> BodyFactory:
+def growing_bodies(trace: Trace, stream: bool, session: str, wire: str = "chat") -> BodyFactory:
     """Request n carries the prefix plus n + 1 appended tool-call steps: the agent loop's growth."""
     start, tool = prefix(trace), _tool_name(trace)
 
     def body(number: int) -> bytes:
         steps = [message for step in range(number + 1) for message in appended_step(step, tool)]
-        return encode(request_body(start + steps, trace.tools, stream, session))
+        return encode(request_body(start + steps, trace.tools, stream, session, wire))
 
     return body
 
@@ -310,8 +332,8 @@ def appended_step(step: int, tool: str) -> list[Json]:
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    direct: str  # the fake upstream's /v1/chat/completions
-    gateway: str  # the gateway's /v1/chat/completions
+    direct: str  # the fake upstream's /v1
+    gateway: str  # the gateway's /v1
 
 
 @dataclass(slots=True)
@@ -321,9 +343,9 @@ class PathSamples:
     policy_us: list[int] = field(default_factory=list)
     failures: int = 0
 
-    def add(self, elapsed_ns: int, response: httpx.Response, stream: bool) -> None:
+    def add(self, elapsed_ns: int, response: httpx.Response, stream: bool, wire: str = "chat") -> None:
         self.times_ns.append(elapsed_ns)
-        self.failures += 0 if succeeded(response, stream) else 1
+        self.failures += 0 if succeeded(response, stream, wire) else 1
         headers = response.headers
         if "x-clawvm-overhead-us" in headers:
             self.overhead_us.append(int(headers["x-clawvm-overhead-us"]))
@@ -331,35 +353,25 @@ class PathSamples:
             self.policy_us.append(int(headers["x-clawvm-policy-us"]))
 
 
-def succeeded(response: httpx.Response, stream: bool) -> bool:
+def succeeded(response: httpx.Response, stream: bool, wire: str = "chat") -> bool:
     if response.status_code != 200:
         return False
     if stream:
-        return response.content.rstrip().endswith(b"data: [DONE]")
+        return FINISHED[wire] in response.content
     try:
-        return bool(response.json().get("choices"))
+        return bool(response.json().get(ANSWERED[wire]))
     except ValueError:
         return False
 
 
-def timed_post(client: httpx.Client, url: str, body: bytes, stream: bool, samples: PathSamples) -> None:
+def timed_post(
+    client: httpx.Client, url: str, body: bytes, stream: bool, samples: PathSamples, wire: str = "chat"
+) -> None:
     """One request; the whole response body (every SSE event too) is read inside the timed region."""
     started = time.perf_counter_ns()
     response = client.post(url, content=body, headers=HEADERS)
     elapsed = time.perf_counter_ns() - started
-    samples.add(elapsed, response, stream)
-
-
-def interleave(
-    client: httpx.Client, endpoints: Endpoints, bodies: BodyFactory, numbers: range, stream: bool
-) -> tuple[PathSamples, PathSamples]:
-    """Request n goes direct, then through the gateway, with the same bytes."""
-    direct, gateway = PathSamples(), PathSamples()
-    for number in numbers:
-        body = bodies(number)
-        timed_post(client, endpoints.direct, body, stream, direct)
-        timed_post(client, endpoints.gateway, body, stream, gateway)
-    return direct, gateway
+    samples.add(elapsed, response, stream, wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,13 +379,26 @@ class Workload:
     name: str
     stream: bool
     bodies: BodyFactory
+    wire: str = "chat"
+
+
+def interleave(
+    client: httpx.Client, endpoints: Endpoints, workload: Workload, numbers: range
+) -> tuple[PathSamples, PathSamples]:
+    """Request n goes direct, then through the gateway, with the same bytes."""
+    direct, gateway = PathSamples(), PathSamples()
+    path, stream, wire = PATHS[workload.wire], workload.stream, workload.wire
+    for number in numbers:
+        body = workload.bodies(number)
+        timed_post(client, endpoints.direct + path, body, stream, direct, wire)
+        timed_post(client, endpoints.gateway + path, body, stream, gateway, wire)
+    return direct, gateway
 
 
 def measure(client: httpx.Client, endpoints: Endpoints, workload: Workload, warmup: int, requests: int) -> Series:
     """The first `warmup` bodies are sent and discarded; the next `requests` are measured."""
-    interleave(client, endpoints, workload.bodies, range(warmup), workload.stream)
-    measured = range(warmup, warmup + requests)
-    direct, gateway = interleave(client, endpoints, workload.bodies, measured, workload.stream)
+    interleave(client, endpoints, workload, range(warmup))
+    direct, gateway = interleave(client, endpoints, workload, range(warmup, warmup + requests))
     return series(workload, direct, gateway)
 
 
@@ -382,6 +407,7 @@ def series(workload: Workload, direct: PathSamples, gateway: PathSamples) -> Ser
     return Series(
         name=workload.name,
         stream=workload.stream,
+        wire=workload.wire,
         direct=direct_summary,
         gateway=gateway_summary,
         added_median_us=round(gateway_summary.median_us - direct_summary.median_us, 1),
@@ -397,12 +423,13 @@ def _header_summary(values_us: Sequence[int]) -> Summary | None:
 
 
 def workloads(trace: Trace) -> list[Workload]:
-    """Each series talks to its own gateway session (the `user` field)."""
+    """Each series talks to its own gateway session (the `user` field, `metadata.user_id`)."""
     made = []
-    for name, factory in (("static", static_bodies), ("growing", growing_bodies)):
-        for stream in (False, True):
-            session = f"bench-{name}-{'stream' if stream else 'json'}"
-            made.append(Workload(name, stream, factory(trace, stream, session)))
+    for wire in WIRES:
+        for name, factory in (("static", static_bodies), ("growing", growing_bodies)):
+            for stream in (False, True):
+                session = f"bench-{wire}-{name}-{'stream' if stream else 'json'}"
+                made.append(Workload(name, stream, factory(trace, stream, session, wire), wire))
     return made
 
 
@@ -427,13 +454,14 @@ def start_servers(stack: ExitStack, directory: Path, budget: int | None) -> tupl
     env = server_env(os.environ)
     fake_port, gateway_port = free_port(), free_port()
     fake_base = f"http://127.0.0.1:{fake_port}/v1"
-    fake_argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)]
+    fake_argv = [sys.executable, "-m", "bench.fake_apis", "--port", str(fake_port)]
     fake_log, gateway_log = directory / "fake.log", directory / "gateway.log"
     fake = stack.enter_context(launched("fake upstream", fake_argv, fake_base + "/models", env, fake_log))
     gateway_root = f"http://127.0.0.1:{gateway_port}"
-    argv = gateway_argv(write_config(directory), gateway_port, fake_base, budget)
+    config = write_config(directory, anthropic_base=fake_base.removesuffix("/v1"))
+    argv = gateway_argv(config, gateway_port, fake_base, budget)
     gateway = stack.enter_context(launched("gateway", argv, gateway_root + "/health", env, gateway_log))
-    return fake, gateway, Endpoints(fake_base + "/chat/completions", gateway_root + "/v1/chat/completions")
+    return fake, gateway, Endpoints(fake_base, gateway_root + "/v1")
 
 
 def format_latency(report: LatencyReport) -> list[str]:
@@ -455,7 +483,7 @@ def _exit(code: int | None) -> str:
 
 
 def _format_series(item: Series) -> list[str]:
-    lines = [f"{item.name}, {'stream' if item.stream else 'non-stream'}:"]
+    lines = [f"{item.wire} {PATHS[item.wire]}, {item.name}, {'stream' if item.stream else 'non-stream'}:"]
     for label, summary in (("direct", item.direct), ("gateway", item.gateway)):
         lines.append(
             f"  {label:<8} median {summary.median_us:>9.1f} µs  "

@@ -33,8 +33,10 @@ from bench.checks import message_text, pairing_errors, system_rules
 from bench.fake_upstream import FakeUpstream
 from bench.harnesses import INJECTORS
 from bench.intent_check import Label, missing_intents
+from bench.latency import PATHS, request_body
 from bench.peers.model import TraceModel, expected_for, missing
 from bench.traces import Trace
+from bench.wire_bodies import canonical_answer, chat_answer
 from policies.classify import extract_facts
 from policies.pages import PageType
 from policies.transcript import Message
@@ -99,11 +101,14 @@ def run(
     injector: str,
     intent: Sequence[Label] = (),
     model: TraceModel | None = None,
+    wire: str = "chat",
 ) -> BoundaryRecord | None:
     """Replay `trace` with `injector` applied a third of the way in; the record of the first
     request after the boundary (None for a trace too short to hold one). `intent`: the trace's
     labelled user sentences (`bench.intent_check`), checked in that request. With `model` (the fake
-    upstream's responder), every later request to the end of the trace is checked too."""
+    upstream's responder), every later request to the end of the trace is checked too. `wire`: the
+    format the agent speaks (`bench.wire_bodies`); `fake.requests` then holds what the model got
+    as chat requests (`bench.wire_replay.ChatView`)."""
     turns = list(trace.turns())
     at = len(turns) // 3
     if at < 2:
@@ -111,24 +116,24 @@ def run(
     session = f"lifecycle-{trace.name}-{injector}"
     for prefix in turns[:at]:
         _expect(model, trace, prefix)
-        _send(client, url, trace, session, prefix)
+        _send(client, url, trace, session, prefix, wire)
     history = _inject(injector, turns[at - 1])
     after = history if injector == "reset" else [*history, *turns[at][len(turns[at - 1]) :]]
     expected = _expected(injector, turns[at - 1], history)
     sent = len(turns[at - 1]) if injector == "reset" else len(turns[at])  # trace messages the agent sent
     before = len(fake.requests)
     _expect(model, trace, turns[at - 1] if injector == "reset" else turns[at])
-    response = _send(client, url, trace, session, after)
+    response = _send(client, url, trace, session, after, wire)
     seen = fake.requests[before].body["messages"] if len(fake.requests) > before else []
     later = None
     if model is not None:
         later = Later()
-        _judge(later, model, fake.requests[before:], response, trace, injector, sent, intent)
+        _judge(later, model, fake.requests[before:], response, trace, injector, sent, intent, wire)
         for turn in turns[at + 1 :]:
             before = len(fake.requests)
             model.expect(expected_for(turn, trace.messages[len(turn)]))
-            answer = _send(client, url, trace, session, [*history, *turn[len(turns[at - 1]) :]])
-            _judge(later, model, fake.requests[before:], answer, trace, injector, len(turn), intent)
+            answer = _send(client, url, trace, session, [*history, *turn[len(turns[at - 1]) :]], wire)
+            _judge(later, model, fake.requests[before:], answer, trace, injector, len(turn), intent, wire)
     return BoundaryRecord(
         trace=trace.name,
         injector=injector,
@@ -158,9 +163,10 @@ def _judge(
     injector: str,
     sent: int,
     intent: Sequence[Label],
+    wire: str = "chat",
 ) -> None:
     """One request after the boundary: its first prompt, the model's recall round trips, the answer."""
-    from bench.peers.compare import altered, answer_of, recovered
+    from bench.peers.compare import altered, recovered
 
     later.requests += 1
     prompts = [r.body for r in requests if r.body]
@@ -175,7 +181,10 @@ def _judge(
     later.evidence_faults += len(lost)
     if lost:
         later.note(f"{trace.name} ({injector}) request with {sent} messages: evidence lost: {', '.join(lost[:3])}")
-    if altered(model.expected.answer, answer_of(response)):
+    expected, got = model.expected.answer, _answer(response, wire)
+    if wire != "chat":  # a format that carries call arguments as objects keeps their values, not their spacing
+        expected, got = canonical_answer(expected) or expected, canonical_answer(got)
+    if altered(expected, got):
         later.answer_faults += 1
         later.note(f"{trace.name} ({injector}) request with {sent} messages: answer empty or altered")
 
@@ -216,8 +225,22 @@ def _inject(name: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return injector(history, RESET_PROMPT) if name == "reset" else injector(history)
 
 
-def _send(client: httpx.Client, url: str, trace: Trace, session: str, messages: list[dict[str, Any]]) -> httpx.Response:
-    body: dict[str, Any] = {"model": MODEL, "messages": messages}
+def _answer(response: httpx.Response, wire: str) -> dict[str, Any] | None:
+    """The assistant message the agent got, as a chat message."""
+    try:
+        return chat_answer(wire, response.json())
+    except ValueError:
+        return None
+
+
+def _send(
+    client: httpx.Client, url: str, trace: Trace, session: str, messages: list[dict[str, Any]], wire: str = "chat"
+) -> httpx.Response:
+    if wire != "chat":
+        body = request_body(messages, trace.tools, False, session, wire)
+        headers = {"x-clawvm-session": session, "anthropic-version": "2023-06-01"}
+        return client.post(url + PATHS[wire], json=body, headers=headers)
+    body = {"model": MODEL, "messages": messages}
     if trace.tools:
         body["tools"] = trace.tools
     return client.post(url + "/chat/completions", json=body, headers={"x-clawvm-session": session})

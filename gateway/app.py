@@ -32,12 +32,14 @@ from gateway.journal import WritebackJournal
 from gateway.jsonio import NestingTooDeep
 from gateway.limits import ConcurrencyLimit, TenantLimiter
 from gateway.memory import MemoryService
+from gateway.messages_api import count_tokens
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
 from gateway.outage import Drainer, OutageQueue
 from gateway.pages_api import page
-from gateway.pipeline import Services, ToolTokens, chat_completions
+from gateway.pipeline import Services, ToolTokens, chat_completions, turn_route
 from gateway.relay import relay
+from gateway.responses_api import compact
 from gateway.session_state import SessionState
 from gateway.settings import Settings
 from gateway.store import RedisStore
@@ -46,6 +48,8 @@ from gateway.transcripts import TranscriptCache
 from gateway.ui_api import asset, index, prompt, sessions, timeline
 from gateway.ui_api import page as session_page
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
+from gateway.wire.messages import MESSAGES
+from gateway.wire.responses import RESPONSES
 
 log = logging.getLogger("clawvm.gateway")
 WARM_ENCODINGS = ("o200k_base", "cl100k_base")
@@ -66,6 +70,10 @@ def create_app(settings: Settings) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/messages", turn_route(MESSAGES), methods=["POST"]),
+            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+            Route("/v1/responses", turn_route(RESPONSES), methods=["POST"]),
+            Route("/v1/responses/compact", compact, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/clawvm/pages/{page_id:str}", page, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}", session, methods=["GET"]),

@@ -9,36 +9,21 @@ client's own dict, forwarded unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway import jsonio
 from gateway.errors import InvalidRequest
 from gateway.fields import ARRAY, BODY, MESSAGE, STRING, Spec, check, invalid, of
+from gateway.wire.base import Parse, WireRequest, json_object
 from policies.transcript import ROLES, Message, ToolCall
 
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    body: dict[str, Any]
-    model: str
-    messages: list[Message]
-    stream: bool
-
-
-Parse = Callable[[list[Any]], list[Message]]
+ChatRequest = WireRequest  # a chat request is a wire request (gateway.wire.base)
 
 
 def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
     """The request, validated; `parse` turns its `messages` into the transcript (default
     `parse_messages`; `gateway.transcripts.TranscriptCache.parser` reuses an earlier parse)."""
-    try:
-        body = jsonio.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = json_object(raw)
     model = body.get("model")
     if type(model) is not str or not model:
         raise _absent("model", _MODEL, model, "you must provide a model parameter")

@@ -37,7 +37,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.retry import OnRetry, RetryPolicy
 from gateway.settings import Tenant
-from gateway.sse import ending_cleanly
+from gateway.sse import ending_cleanly, error_event
 from gateway.upstream import UpstreamResponse, UpstreamTarget
 
 log = logging.getLogger("clawvm.gateway")
@@ -100,12 +100,24 @@ def _too_large(size: int, limit: int) -> str:
 
 def upstream_target(tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:
     settings = tenant.upstream
-    key = client_key(headers) if settings.forward_client_key else settings.api_key
+    return _target(tenant, headers, settings.api_base, settings.api_key, "authorization")
+
+
+def anthropic_target(tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:
+    """The tenant's Messages API upstream (`anthropic_base`), its key sent as `x-api-key`: the
+    client's own key only with `forward_client_key`, like OpenAI's."""
+    settings = tenant.upstream
+    return _target(tenant, headers, settings.anthropic_base, settings.anthropic_key, "x-api-key")
+
+
+def _target(tenant: Tenant, headers: Mapping[str, str], base: str, key: str | None, key_header: str) -> UpstreamTarget:
+    settings = tenant.upstream
     return UpstreamTarget(
-        api_base=settings.api_base,
-        api_key=key,
+        api_base=base,
+        api_key=client_key(headers) if settings.forward_client_key else key,
         timeout=settings.timeout,
         stream_idle_timeout=settings.stream_idle_timeout,
+        key_header=key_header,
     )
 
 
@@ -125,21 +137,30 @@ def stream_faults_counted(metrics: Metrics) -> OnError:
     return count
 
 
+Shape = Callable[[GatewayError], object]  # an error's body in the client's wire format
+
+
 async def respond(
-    upstream: UpstreamResponse, ours: Mapping[str, str], on_error: OnError | None = None, *, log_content: bool = False
+    upstream: UpstreamResponse,
+    ours: Mapping[str, str],
+    on_error: OnError | None = None,
+    *,
+    log_content: bool = False,
+    shape: Shape = error_body,
+    event: Callable[[GatewayError], bytes] = error_event,
 ) -> Response:
     """The upstream's answer with our headers on top: a stream relayed as it comes (a failure
-    mid-stream ends it with an error event, reported to `on_error`), an error in OpenAI's shape.
-    `log_content`: a 5xx body (which may quote the request) may be logged, not only its size."""
+    mid-stream ends it with `event`, reported to `on_error`), an error in `shape` (OpenAI's by
+    default). `log_content`: a 5xx body (which may quote the request) may be logged, not only its size."""
     headers = {name: value for name, value in upstream.headers}
     headers.update(ours)
     if upstream.status >= 500:
-        return await _server_error(upstream, headers, log_content)
+        return await _server_error(upstream, headers, log_content, shape)
     if upstream.status >= 400:
-        return await _error(upstream, headers)
+        return await _error(upstream, headers, shape)
     if upstream.is_stream:
         return StreamingResponse(
-            ending_cleanly(upstream.aiter_raw(), on_error),
+            ending_cleanly(upstream.aiter_raw(), on_error, event),
             status_code=upstream.status,
             headers=headers,
             background=BackgroundTask(upstream.aclose),
@@ -147,7 +168,9 @@ async def respond(
     return Response(await upstream.read(), status_code=upstream.status, headers=headers)
 
 
-async def _server_error(upstream: UpstreamResponse, headers: dict[str, str], log_content: bool) -> Response:
+async def _server_error(
+    upstream: UpstreamResponse, headers: dict[str, str], log_content: bool, shape: Shape = error_body
+) -> Response:
     """An upstream 5xx with its status, headers (Retry-After) and error `code` (when an identifier)
     but a message of ours: its body, OpenAI-shaped or not, may quote internal hosts, ports or a
     library's exception text. The body is logged (its size only, unless `server.log_content`)."""
@@ -159,7 +182,7 @@ async def _server_error(upstream: UpstreamResponse, headers: dict[str, str], log
     message = f"the upstream answered {upstream.status}; the request may be retried"
     error = from_status(upstream.status, message, code=_error_code(body))
     headers = {name: value for name, value in headers.items() if name != "content-type"}
-    return Response(jsonio.dumps(error_body(error)), upstream.status, headers, media_type="application/json")
+    return Response(jsonio.dumps(shape(error)), upstream.status, headers, media_type="application/json")
 
 
 def _error_code(body: bytes) -> str | None:
@@ -173,7 +196,7 @@ def _error_code(body: bytes) -> str | None:
     return code if isinstance(code, str) and ERROR_CODE.fullmatch(code) else None
 
 
-async def _error(upstream: UpstreamResponse, headers: dict[str, str]) -> Response:
+async def _error(upstream: UpstreamResponse, headers: dict[str, str], shape: Shape = error_body) -> Response:
     """An upstream 4xx with its status and headers (Retry-After, rate-limit counters): its body
     as it is when OpenAI-shaped (the provider's words to the caller), else that body's head quoted
     in an OpenAI error of that status."""
@@ -183,7 +206,7 @@ async def _error(upstream: UpstreamResponse, headers: dict[str, str]) -> Respons
     text = " ".join(body.decode("utf-8", "replace").split())[:ERROR_SNIPPET] or "(empty body)"
     error = from_status(upstream.status, f"the upstream answered {upstream.status}: {text}")
     headers = {name: value for name, value in headers.items() if name != "content-type"}
-    return Response(jsonio.dumps(error_body(error)), upstream.status, headers, media_type="application/json")
+    return Response(jsonio.dumps(shape(error)), upstream.status, headers, media_type="application/json")
 
 
 def _openai_error(body: bytes) -> bool:

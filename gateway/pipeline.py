@@ -1,4 +1,4 @@
-"""One chat completion through the gateway (DESIGN §1).
+"""One turn through the gateway, in any wire format (DESIGN §1; gateway.wire).
 
 authenticate -> read and validate the body -> resolve the session -> load its page table ->
 plan the turn (the pure policy engine, timed) -> persist pages and evidence -> forward
@@ -8,6 +8,7 @@ upstream -> relay the answer, streaming bytes as they come, with our headers on 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -24,8 +25,9 @@ from gateway.audit import AuditLog
 from gateway.auth import KeyRing
 from gateway.boundary import cross, hint_of
 from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
-from gateway.chat import ChatRequest, parse_request, to_wire
-from gateway.errors import ContextLengthExceeded, GatewayError, ServiceUnavailable
+from gateway.chains import ResponseChains
+from gateway.chat import to_wire
+from gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.http import (
     read_body,
     respond,
@@ -33,9 +35,9 @@ from gateway.http import (
     retry_policy,
     stream_faults_counted,
     unless_disconnected,
-    upstream_target,
 )
 from gateway.inspector import Glimpse, Shot, TurnLog, glimpse, recorded
+from gateway.jsonio import JSONAnswer, NestingTooDeep
 from gateway.limits import TenantLimiter
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
@@ -43,8 +45,7 @@ from gateway.models import ModelCatalog, resolve_window
 from gateway.observe import BOUNDARIES, QUIET, Observation, TurnFacts, observe, record, record_recalls
 from gateway.outage import DEGRADED, DEGRADED_HEADER, OutageQueue, store_event
 from gateway.provider_params import provider_params
-from gateway.recall import Paging, complete, tool_schema
-from gateway.recall_stream import relay
+from gateway.recall import Paging
 from gateway.retry import with_retries
 from gateway.session_state import SessionState
 from gateway.sessions import SessionIds, resolve
@@ -55,13 +56,18 @@ from gateway.tables import TableFormatError
 from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
 from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
+from gateway.wire.base import Answer, Wire, WireRequest
+from gateway.wire.chat import CHAT
+from gateway.wire.loop import answered, streamed, whole
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
 from policies.observer import state_of
 from policies.pages import Page
 from policies.pagetable import PageTable
+from policies.recall import recall_room as room_for_recall
 from policies.tokens import TokenCounter
-from policies.turn import TurnPlan, assemble_turn, ingest_turn
+from policies.transcript import Message
+from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
@@ -70,7 +76,6 @@ COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session 
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
 COMMIT_BACKOFF_CAP_S = 0.1
 DUPLICATES_LISTED = 10
-RECALL_ROOM = 2048  # most prompt tokens kept free for recalled pages
 # Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
 LITELLM_PREFIXES = frozenset(
     {
@@ -169,33 +174,65 @@ def uses_litellm(model: str) -> bool:
     return bool(sep) and prefix in LITELLM_PREFIXES
 
 
-async def chat_completions(request: Request) -> Response:
-    """The route: one chat completion, counted by tenant and status (errors included)."""
-    started = time.perf_counter_ns()
-    services: Services = request.state.services
-    name = UNAUTHENTICATED
+def turn_route(wire: Wire) -> Callable[[Request], Awaitable[Response]]:
+    """The route of one wire format: a turn, counted by tenant and status (errors included),
+    every error in the format's own shape."""
+
+    async def route(request: Request) -> Response:
+        started = time.perf_counter_ns()
+        services: Services = request.state.services
+        name = UNAUTHENTICATED
+        try:
+            tenant = services.keyring.authenticate(request.headers)
+            name = tenant.name
+            response = await _serve(request, services, tenant, started, wire)
+        except NestingTooDeep as exc:  # within the parser's nesting limit, past the encoder's
+            response = _error(wire, InvalidRequest(f"The request body is not usable: {exc}."))
+        except GatewayError as exc:
+            response = _error(wire, exc)
+        services.metrics.request(name, response.status_code)
+        return response
+
+    return route
+
+
+async def _resolved(services: Services, tenant: Tenant, chat: WireRequest, wire: Wire) -> WireRequest:
+    """The request with the state it names resolved (a Responses chain)."""
     try:
-        tenant = services.keyring.authenticate(request.headers)
-        name = tenant.name
-        response = await _chat(request, services, tenant, started)
-    except GatewayError as exc:
-        services.metrics.request(name, exc.status_code)
-        raise
-    services.metrics.request(name, response.status_code)
-    return response
+        return await wire.resolve(chat, tenant.name, ResponseChains(services.sessions.store.client))
+    except StoreUnavailable as exc:
+        raise store_failure(exc, "a previous response") from exc
 
 
-async def _chat(request: Request, services: Services, tenant: Tenant, started: int) -> Response:
+async def _remember(services: Services, tenant: Tenant, chat: WireRequest, wire: Wire, answer: Answer) -> None:
+    """Keep what a later request may name (a response id); a store failure costs only that."""
+    try:
+        await wire.remember(chat, answer, tenant.name, ResponseChains(services.sessions.store.client))
+    except StoreError as exc:
+        log.warning("a response could not be kept for previous_response_id: %s", exc)
+
+
+def _error(wire: Wire, exc: GatewayError) -> Response:
+    return JSONAnswer(wire.error_body(exc), status_code=exc.status_code)
+
+
+chat_completions = turn_route(CHAT)
+
+
+async def _serve(request: Request, services: Services, tenant: Tenant, started: int, wire: Wire) -> Response:
     body = await read_body(request, services.settings.server.max_body_bytes)
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
-    chat = parse_request(body, services.transcripts.parser(hint))
-    if uses_litellm(chat.model):
+    chat = wire.parse(body, services.transcripts.parser(hint))
+    if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned
+    chat = await _resolved(services, tenant, chat, wire)
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
-    turn = await prepare(services, tenant, chat, ids, hint_of(request.headers, chat.body))
+    event = hint_of(request.headers, chat.body) or wire.event(chat)
+    turn = await prepare(services, tenant, chat, ids, event, wire)
     _log_turn(services, tenant, chat, turn)
     try:  # the turn is committed: a hang-up from here on cancels only the upstream call
-        response = await unless_disconnected(request, _forward(request, services, tenant, chat, ids, turn, started))
+        forwarding = _forward(request, services, tenant, chat, ids, turn, started, wire)
+        response = await unless_disconnected(request, forwarding)
     except GatewayError:
         await turn.after()
         raise
@@ -203,7 +240,7 @@ async def _chat(request: Request, services: Services, tenant: Tenant, started: i
     return response
 
 
-def _log_turn(services: Services, tenant: Tenant, chat: ChatRequest, turn: Turn) -> None:
+def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn) -> None:
     """One debug line per turn: ids and counts only; the newest message's text only when
     `server.log_content` is true (message text never reaches the logs otherwise)."""
     if not log.isEnabledFor(logging.DEBUG):
@@ -233,49 +270,69 @@ def _then(response: Response, task: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _forward(
-    request: Request, services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, turn: Turn, started: int
+    request: Request,
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    turn: Turn,
+    started: int,
+    wire: Wire,
 ) -> Response:
-    target = upstream_target(tenant, request.headers)
-    paging = _paging(services, tenant, ids, turn)
+    target = wire.target(tenant, request.headers)
+    paging = _paging(services, tenant, ids, turn, wire.remembers(chat))
     turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
     faults = stream_faults_counted(services.metrics)
-    if uses_litellm(chat.model):
+    shape = wire.error_body
+    if wire.litellm and uses_litellm(chat.model):
         return await respond(await services.provider.chat(turn.body, target), turn.headers, faults)
-    forwarded = _forwarded(request)
+    forwarded = wire.forwarded(request.headers)
     policy, retried = retry_policy(tenant), retries_counted(services.metrics)
 
     async def send(body: bytes) -> UpstreamResponse:
         def attempt() -> Awaitable[UpstreamResponse]:
-            return services.upstream.send(target, "POST", "/chat/completions", body, forwarded, stream=chat.stream)
+            return services.upstream.send(target, "POST", wire.path, body, forwarded, stream=chat.stream)
 
         return await with_retries(attempt, policy, on_retry=retried)
 
-    if paging is None:
-        return await respond(await send(jsonio.dumps(turn.body)), turn.headers, faults)
+    first = await send(jsonio.dumps(turn.body))
+    if paging is None or first.status != 200 or (chat.stream and not first.is_stream):
+        return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
+    answer = wire.answer(chat.stream, paging.name, turn.body)
+    events = answered(first, send, turn.body, paging, wire, answer)
+
+    async def remember() -> None:
+        await _remember(services, tenant, chat, wire, answer)
+
     if chat.stream:
-        first = await send(jsonio.dumps(turn.body))
-        if first.status != 200 or not first.is_stream:
-            return await respond(first, turn.headers, faults)
-        events = _recorded(services, ending_cleanly(relay(first, send, turn.body, paging), faults), paging)
-        return StreamingResponse(events, media_type="text/event-stream", headers=turn.headers)
-    failed, answer = await complete(send, turn.body, paging)
+        relayed = ending_cleanly(streamed(events), faults, wire.error_event)
+        return StreamingResponse(
+            _recorded(services, relayed, paging, remember), media_type="text/event-stream", headers=turn.headers
+        )
+    failed, body = await whole(events)
+    if failed is None:
+        await remember()
     recalls = BackgroundTask(record_recalls, services.metrics, services.audit, paging)
     if failed is not None:
-        response = await respond(failed, turn.headers)
+        response = await respond(failed, turn.headers, shape=shape)
         _then(response, recalls)
         return response
-    return Response(answer, media_type="application/json", headers=turn.headers, background=recalls)
+    return Response(body, media_type="application/json", headers=turn.headers, background=recalls)
 
 
-async def _recorded(services: Services, events: AsyncIterator[bytes], paging: Paging) -> AsyncIterator[bytes]:
-    """The stream as it is, then its recalls observed."""
+async def _recorded(
+    services: Services, events: AsyncIterator[bytes], paging: Paging, then: Callable[[], Awaitable[None]]
+) -> AsyncIterator[bytes]:
+    """The stream as it is, then `then` and its recalls observed."""
     async for chunk in events:
         yield chunk
+    await then()
     await record_recalls(services.metrics, services.audit, paging)
 
 
-def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> Paging | None:
-    if not turn.offered:
+def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn, wanted: bool) -> Paging | None:
+    """The recall loop's paging when the recall tool is offered (or the answer is `wanted` whole)."""
+    if not turn.offered and not wanted:
         return None
     room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
     store = services.sessions.store
@@ -294,13 +351,6 @@ def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn) -> 
     )
 
 
-def _forwarded(request: Request) -> dict[str, str]:
-    forwarded = {"content-type": "application/json"}
-    if "accept" in request.headers:
-        forwarded["accept"] = request.headers["accept"]
-    return forwarded
-
-
 @dataclass(slots=True)
 class Turn:
     """A planned request, ready to forward."""
@@ -315,14 +365,19 @@ class Turn:
 
 
 async def prepare(
-    services: Services, tenant: Tenant, chat: ChatRequest, ids: SessionIds, hint: str | None = None
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    hint: str | None = None,
+    wire: Wire = CHAT,
 ) -> Turn:
     """Plan the turn and persist it; returns the upstream body and our response headers."""
     override = services.settings.models.get(chat.model)
     counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
-    budget = _budget(services, tenant, chat, counter)
+    budget = _budget(services, tenant, chat, counter, wire)
     async with services.sessions.locked(tenant.name, ids.session):
-        plan, timing, observation = await _plan_and_commit(services, tenant, chat, ids, counter, budget, hint)
+        plan, timing, observation = await _plan_and_commit(services, tenant, chat, ids, counter, budget, hint, wire)
     metrics, audit = services.metrics, services.audit
 
     async def after() -> None:
@@ -348,28 +403,37 @@ async def prepare(
     if timing.degraded:
         headers[DEGRADED_HEADER] = DEGRADED
         services.metrics.store_unavailable(tenant.name)
-    body = dict(chat.body)
-    body["messages"] = to_wire(plan.messages)
-    body["model"] = tenant.upstream.upstream_model(chat.model)
-    offered = _offers_recall(chat) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
+    body = wire.render(chat, plan.messages, tenant)
+    offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
     if offered:
-        body["tools"] = [*(body.get("tools") or []), tool_schema(RECALL_TOOL)]
+        wire.offer(body, RECALL_TOOL)
     else:  # the reserve for the recall tool's schema went unused
-        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter))
-    received = timing.sent + budget.tools - _reserve(services, chat, counter)  # the recall tool is ours
+        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter, wire))
+    received = timing.sent + budget.tools - _reserve(services, chat, counter, wire)  # the recall tool is ours
     forwarded = int(headers["x-clawvm-prompt-tokens"])
-    sent = chat.body.get("messages") or []
-    shot = Shot(timing.glimpse, sent, body["messages"], received, forwarded, budget.cap, timing.written)
+    sent, built = _prompts(wire, chat, plan.messages, body)
+    shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
     then = recorded(services.inspector, tenant.name, ids.session, after, shot)
-    _cache_hints(body, chat.model, tenant.name, ids.session, plan.stable)
+    _cache_hints(body, wire, chat.model, tenant.name, ids.session, plan.stable)
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then)
 
 
-def _cache_hints(body: dict[str, Any], model: str, tenant: str, session: str, stable: int) -> None:
-    """OpenAI's `prompt_cache_key` on the passthrough; Anthropic's breakpoints through litellm."""
+def _prompts(wire: Wire, chat: WireRequest, built: list[Message], body: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """What the agent sent and what goes upstream, in the one shape the inspector keeps prompts in
+    (Chat Completions'): as they are for chat, converted from the neutral transcript otherwise."""
+    if wire.name == "chat":
+        return chat.body.get("messages") or [], body["messages"]
+    return to_wire(chat.messages), to_wire(built)
+
+
+def _cache_hints(body: dict[str, Any], wire: Wire, model: str, tenant: str, session: str, stable: int) -> None:
+    """OpenAI's `prompt_cache_key` on the OpenAI routes (Chat Completions, Responses); Anthropic's
+    breakpoints through litellm. A Messages request keeps the client's own `cache_control`."""
+    if wire.name == "messages":
+        return
     if not uses_litellm(model):
         add_cache_key(body, tenant, session)
-    elif caches_explicitly(model):
+    elif wire.name == "chat" and caches_explicitly(model):
         add_breakpoints(body, stable)
 
 
@@ -384,13 +448,6 @@ def _printable(value: str) -> str:
     return value if value.isascii() and value.isprintable() and len(value) <= 64 else "?"
 
 
-def _offers_recall(chat: ChatRequest) -> bool:
-    """The recall tool is resolved inside the gateway for single-choice requests that do not
-    switch tools off, streaming or not."""
-    body = chat.body
-    return body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)
-
-
 def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
     if prompt_tokens > budget.hard_limit:
         raise ContextLengthExceeded(
@@ -403,26 +460,26 @@ def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
 
 
 def recall_room(budget: TokenBudget, offered: bool) -> int:
-    """Prompt tokens kept free for recalled text: a sixth of the budget, at most RECALL_ROOM."""
-    return min(RECALL_ROOM, budget.cap // 6) if offered else 0
+    """Prompt tokens kept free for recalled text (`policies.recall.recall_room`)."""
+    return room_for_recall(budget.cap, offered)
 
 
-def _budget(services: Services, tenant: Tenant, chat: ChatRequest, counter: TiktokenCounter) -> TokenBudget:
+def _budget(services: Services, tenant: Tenant, chat: WireRequest, counter: TiktokenCounter, wire: Wire) -> TokenBudget:
     server = services.settings.server
     window, source = resolve_window(
         chat.model, services.catalog, services.settings.models, server.default_context_window
     )
-    tools = services.tool_tokens.count(counter, chat.body.get("tools")) + _reserve(services, chat, counter)
+    tools = services.tool_tokens.count(counter, wire.tools(chat.body)) + _reserve(services, chat, counter, wire)
     budget = resolve_budget(tenant.policy.budget, window, source, tools)
-    room = recall_room(budget, _offers_recall(chat))
+    room = recall_room(budget, wire.offers_recall(chat.body))
     return replace(budget, usable=max(budget.usable - room, 0))
 
 
-def _reserve(services: Services, chat: ChatRequest, counter: TiktokenCounter) -> int:
+def _reserve(services: Services, chat: WireRequest, counter: TiktokenCounter, wire: Wire) -> int:
     """Tokens of the recall tool's schema, kept free whenever the tool may be offered."""
-    if not _offers_recall(chat):
+    if not wire.offers_recall(chat.body):
         return 0
-    return services.tool_tokens.count(counter, [tool_schema(RECALL_TOOL)])
+    return services.tool_tokens.count(counter, [wire.recall_tool(RECALL_TOOL)])
 
 
 def commit_backoff(attempt: int, draw: Callable[[float, float], float] = random.uniform) -> float:
@@ -434,17 +491,18 @@ def commit_backoff(attempt: int, draw: Callable[[float, float], float] = random.
 async def _plan_and_commit(
     services: Services,
     tenant: Tenant,
-    chat: ChatRequest,
+    chat: WireRequest,
     ids: SessionIds,
     counter: TokenCounter,
     budget: TokenBudget,
     hint: str | None,
+    wire: Wire,
 ) -> tuple[TurnPlan, Timing, Observation]:
     services.outage.admit()
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             table = await _load(services, tenant, ids)
-            return await _turn(services, tenant, chat, table, counter, budget, hint)
+            return await _turn(services, tenant, chat, table, counter, budget, hint, wire)
         except VersionConflict:
             services.sessions.forget(tenant.name, ids.session)
             await asyncio.sleep(commit_backoff(attempt))
@@ -534,11 +592,12 @@ async def _commit(
 async def _turn(
     services: Services,
     tenant: Tenant,
-    chat: ChatRequest,
+    chat: WireRequest,
     table: PageTable,
     counter: TokenCounter,
     budget: TokenBudget,
     hint: str | None,
+    wire: Wire,
 ) -> tuple[TurnPlan, Timing, Observation]:
     """One turn on a loaded table: boundary, ingest, write-back, assembly, observation, commit."""
     now = int(time.time())
@@ -564,7 +623,7 @@ async def _turn(
     before = table.levels
     assembling = time.perf_counter_ns()
     plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
-    relief = recall_room(budget, _offers_recall(chat))
+    relief = recall_room(budget, wire.offers_recall(chat.body))
     if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
         roomless = replace(budget, usable=budget.usable + relief)
         plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
@@ -581,3 +640,22 @@ async def _turn(
     if await _commit(services, table, pages, deferred, observation, unavailable):
         timing = replace(timing, degraded=True)
     return plan, timing, observation
+
+
+async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:
+    """The upstream body this request would be forwarded as, planned on a copy of the session's
+    table: nothing is ingested, written back or committed (a count of tokens, not a turn)."""
+    override = services.settings.models.get(chat.model)
+    counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
+    budget = _budget(services, tenant, chat, counter, wire)
+    fresh = PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
+    try:
+        held = services.outage.table(tenant.name, ids.session) or await services.sessions.read(tenant.name, ids.session)
+    except (StoreUnavailable, CorruptData, TableFormatError):  # counted as a new session would be
+        held = None
+    table = copy.deepcopy(held) if held is not None else fresh
+    plan = plan_turn(table, chat.messages, tenant.policy, counter, budget, recall_tool=RECALL_TOOL)
+    body = wire.render(chat, plan.messages, tenant)
+    if wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages):
+        wire.offer(body, RECALL_TOOL)
+    return body

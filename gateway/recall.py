@@ -21,7 +21,7 @@ An empty answer is never silent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,57 +30,59 @@ from gateway.memory import MemoryService
 from gateway.session_state import SessionState
 from gateway.sessions import per_user
 from gateway.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
-from gateway.upstream import UpstreamResponse
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable, id_tag, paged_out, tenant_tag
-from policies.tokens import TokenCounter, framed, tool_calls_tokens
+from policies.recall import (
+    MIN_ANSWER_TOKENS,
+    NARROW_CONTEXT_CHARS,
+    QUERY_CONTEXT_CHARS,
+    QUERY_OR,
+    framing,
+    holds,
+    matching,
+    shares,
+    terms,
+)
+from policies.tokens import TokenCounter
 from policies.transcript import ToolCall
 
 RECALL_NAME = "clawvm_recall"
+__all__ = ["MIN_ANSWER_TOKENS", "QUERY_OR", "framing", "shares"]  # the pure rules, from policies.recall
 RECALL_LEVELS = ("full", "compressed")
 RANGE = ".."  # policies.render.RANGE_LINE: `p:first..p:last`
 RANGE_LISTED = 16  # pages a range's listing names one by one
 MAX_IDS_PER_CALL = 8
-QUERY_HITS = 12  # matching lines kept per page for a query
-QUERY_LINE_CHARS = 400  # a matching line longer than this is shown as windows around its hits
-QUERY_CONTEXT_CHARS = 160  # characters kept either side of a hit in a long line
-NARROW_CONTEXT_CHARS = 24  # the same when a round's answers do not all fit the room
-QUERY_OR = "|"  # separates a query's alternatives
 SEARCH_PAGES = 256  # pages a query without page ids searches, newest first
 SEARCH_SHOWN = 6  # matching pages a query without page ids answers with; the others are named
 ARGUMENTS = '{"page_ids": ["p:..."]} or {"query": "text to search for"}'  # what a call must pass
 DEFAULT_ROUNDS = 3
 EXHAUSTED = "no more recalls this turn; answer from what you have."
 DEFAULT_CALL_CAP = 2000  # tokens of recalled text per call
-MIN_ANSWER_TOKENS = 48  # below this, a cut answer would hold nothing but its note
 
 
-def tool_schema(name: str) -> dict[str, Any]:
+DESCRIPTION = (
+    "Read back earlier parts of this conversation that were paged out to save context. "
+    "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d7e). "
+    "To find a value you know but cannot place, pass only a query, without page_ids: "
+    "it searches every page of this conversation and of its project and answers "
+    "the matching lines with their page ids."
+)
+
+
+def parameters() -> dict[str, Any]:
+    """The recall tool's arguments as a JSON schema (each wire format wraps it in its tool shape)."""
     return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": (
-                "Read back earlier parts of this conversation that were paged out to save context. "
-                "Pass the page ids shown in [clawvm ...] notes (for example p:3f9a2c1b0d7e). "
-                "To find a value you know but cannot place, pass only a query, without page_ids: "
-                "it searches every page of this conversation and of its project and answers "
-                "the matching lines with their page ids."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "page_ids": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_IDS_PER_CALL},
-                    "level": {"type": "string", "enum": list(RECALL_LEVELS)},
-                    "query": {
-                        "type": "string",
-                        "description": (
-                            "Return only the lines containing this text (with page_ids: of those pages; "
-                            "alone: search all pages); separate several alternatives with |, "
-                            "e.g. 'HAT080|gift_card_123'."
-                        ),
-                    },
-                },
+        "type": "object",
+        "properties": {
+            "page_ids": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_IDS_PER_CALL},
+            "level": {"type": "string", "enum": list(RECALL_LEVELS)},
+            "query": {
+                "type": "string",
+                "description": (
+                    "Return only the lines containing this text (with page_ids: of those pages; "
+                    "alone: search all pages); separate several alternatives with |, "
+                    "e.g. 'HAT080|gift_card_123'."
+                ),
             },
         },
     }
@@ -94,29 +96,14 @@ class Recalled:
     pages: tuple[str, ...] = ()  # the page ids asked for (served ones when the code is "ok")
 
 
-def split_calls(message: dict[str, Any], name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(recall calls, the agent's own calls) of an assistant message."""
-    calls = message.get("tool_calls") or []
-    if not isinstance(calls, list):  # not calls at all: nothing of ours, relayed as it came
-        return [], []
-    ours = [c for c in calls if isinstance(c, dict) and function_of(c).get("name") == name]
-    return ours, [c for c in calls if c not in ours]
-
-
-def function_of(call: Any) -> dict[str, Any]:
-    """A tool call's `function` object, or {} when a broken upstream sent something else."""
-    function = call.get("function") if isinstance(call, dict) else None
-    return function if isinstance(function, dict) else {}
-
-
-async def resolve(paging: Paging, call: dict[str, Any], cap: int) -> Recalled:
+async def resolve(paging: Paging, call: ToolCall, cap: int) -> Recalled:
     """Answer one recall call from the store, within `cap` tokens; the outcome goes to `paging.log`."""
     recalled = _fitted(await _resolve(paging, call), paging.counter, cap)
     paging.log.append(recalled)
     return recalled
 
 
-async def _resolve(paging: Paging, call: dict[str, Any], context: int = QUERY_CONTEXT_CHARS) -> Recalled:
+async def _resolve(paging: Paging, call: ToolCall, context: int = QUERY_CONTEXT_CHARS) -> Recalled:
     """The whole answer to one call, not yet fitted to any room; `context`: characters kept
     either side of a query's hit in a long line."""
     counter = paging.counter
@@ -168,7 +155,7 @@ async def _range(paging: Paging, handle: str, level: Fidelity, query: str, conte
     if not query:
         head = f"[{handle}: {len(ids)} pages; recall an id below, a narrower range, or this range with a query]"
         return _answer("ok", "\n".join([head, *_listing(table, ids)]), counter)
-    hits = [p for p in ids if p in pages and _holds(pages[p].reprs.at(level).text, query)]
+    hits = [p for p in ids if p in pages and holds(pages[p].reprs.at(level).text, query)]
     if not hits:
         return _answer("no_match", f"clawvm_recall: no page in {handle} holds {query!r}.", counter)
     return _answer("ok", "\n\n".join(_part(p, pages[p], level, query, context) for p in hits), counter, hits)
@@ -182,7 +169,7 @@ async def _search(paging: Paging, level: Fidelity, query: str, context: int) -> 
         pages, more = await _readable(paging)
     except StoreError as exc:
         return _store_failed(exc, counter)
-    hits = [p for p, page in pages.items() if _holds(page.reprs.at(level).text, query)]
+    hits = [p for p, page in pages.items() if holds(page.reprs.at(level).text, query)]
     searched = f"{len(pages)} pages searched" + (f", the newest of {len(pages) + more}" if more else "")
     if not hits:
         text = (
@@ -286,11 +273,11 @@ def _shown(value: str) -> str:
     return repr(value[:80]) if value.isprintable() else "the id given"
 
 
-def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
+def _arguments(call: ToolCall) -> tuple[list[str] | None, Fidelity, str]:
     """(page ids, level, query); no ids ([]) for a query alone; None when the arguments are neither."""
-    raw = function_of(call).get("arguments") or "{}"
+    raw = call.arguments or "{}"
     try:
-        args = jsonio.loads(raw) if isinstance(raw, str) else raw
+        args = jsonio.loads(raw)
     except ValueError:
         return None, Fidelity.FULL, ""
     if not isinstance(args, dict):
@@ -299,7 +286,7 @@ def _arguments(call: dict[str, Any]) -> tuple[list[str] | None, Fidelity, str]:
     if isinstance(ids, str):
         ids = [ids]
     query = args.get("query").strip() if isinstance(args.get("query"), str) else ""
-    if ids in (None, []) and _terms(query):
+    if ids in (None, []) and terms(query):
         ids = []  # a search of every readable page
     elif not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         return None, Fidelity.FULL, ""
@@ -311,62 +298,8 @@ def _part(page_id: str, page: Page, level: Fidelity, query: str, context: int) -
     """One page's text at `level`; with a query, only the lines that hold it (and their neighbours)."""
     text = page.reprs.at(level).text
     if query:
-        text = _matching(text, query, context)
+        text = matching(text, query, context)
     return f"[{page_id} {page.type} · {level.label}{f' · lines matching {query!r}' if query else ''}]\n{text}"
-
-
-def _terms(query: str) -> list[str]:
-    """A query's alternatives (`a|b|c`), lower-cased, empty ones dropped."""
-    return [t for t in (part.strip().lower() for part in query.split(QUERY_OR)) if t]
-
-
-def _holds(text: str, query: str) -> bool:
-    lowered = text.lower()
-    return any(term in lowered for term in _terms(query))
-
-
-def _matching(text: str, query: str, context: int) -> str:
-    """The lines holding any of the query's terms, with a line either side; a long line is cut to
-    windows around its hits, so a hit deep inside one long line (a JSON tool result) is shown."""
-    terms = _terms(query)
-    lines = text.splitlines()
-    hits = [i for i, line in enumerate(lines) if any(t in line.lower() for t in terms)]
-    if not hits:
-        return f"(no line holds {query!r})"
-    chosen = set(hits[:QUERY_HITS])
-    keep = sorted({j for i in chosen for j in range(max(0, i - 1), min(len(lines), i + 2))})
-    out, previous = [], -1
-    for j in keep:
-        if j > previous + 1:
-            out.append("…")
-        out.append(_windows(lines[j], terms, context) if j in chosen else lines[j][:context])
-        previous = j
-    return "\n".join(out)
-
-
-def _windows(line: str, terms: Sequence[str], context: int) -> str:
-    """`line` itself when short, else the merged stretches of `context` characters around each hit."""
-    if len(line) <= min(QUERY_LINE_CHARS, 2 * context):
-        return line
-    lowered = line.lower()
-    spans: list[list[int]] = []
-    for start in sorted(i for t in terms for i in _occurrences(lowered, t))[:QUERY_HITS]:
-        end = start + max(len(t) for t in terms)
-        lo, hi = max(0, start - context), min(len(line), end + context)
-        if spans and lo <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
-    pieces = [("…" if lo else "") + line[lo:hi] + ("…" if hi < len(line) else "") for lo, hi in spans]
-    return " ".join(pieces)
-
-
-def _occurrences(text: str, term: str) -> list[int]:
-    found, at = [], text.find(term)
-    while at >= 0 and len(found) < QUERY_HITS:
-        found.append(at)
-        at = text.find(term, at + 1)
-    return found
 
 
 def _answer(code: str, text: str, counter: TokenCounter, pages: Sequence[str] = ()) -> Recalled:
@@ -397,26 +330,6 @@ def _capped(text: str, counter: TokenCounter, cap: int, pages: tuple[str, ...]) 
         keep = max(0, keep - max(64, (counted - cap) * 4))
 
 
-def tool_message(call: dict[str, Any], recalled: Recalled) -> dict[str, Any]:
-    return {
-        "role": "tool",
-        "tool_call_id": call.get("id", ""),
-        "content": f"[recall: {recalled.code}]\n{recalled.text}",
-    }
-
-
-def strip_calls(message: dict[str, Any], ours: Sequence[dict[str, Any]]) -> None:
-    """Remove the gateway's calls from an assistant message the agent will see."""
-    rest = [c for c in message.get("tool_calls") or [] if c not in ours]
-    if rest:
-        message["tool_calls"] = rest
-    else:
-        message.pop("tool_calls", None)
-
-
-Send = Callable[[bytes], Awaitable[UpstreamResponse]]
-
-
 @dataclass(frozen=True, slots=True)
 class Paging:
     """What the recall loop needs of the request it serves; `log` collects every outcome."""
@@ -436,95 +349,7 @@ class Paging:
     memory: MemoryService | None = None  # the project's committed pages, for a query without page ids
 
 
-async def complete(send: Send, body: dict[str, Any], paging: Paging) -> tuple[UpstreamResponse | None, bytes]:
-    """Call the upstream until the model stops recalling (at most `paging.rounds` recall rounds,
-    then one call without the tool).
-
-    Returns (the failed upstream response, b"") when the upstream answers with an error, else
-    (None, the final completion JSON with usage summed over every round and no recall call)."""
-    usage: dict[str, int] = {}
-    room = paging.room
-    for round_ in range(paging.rounds + 2):
-        upstream = await send(jsonio.dumps(body))
-        if upstream.status != 200:
-            return upstream, b""
-        raw = await upstream.read()
-        try:
-            data = jsonio.loads(raw)
-        except ValueError:  # not JSON (a broken upstream): relayed as it came, like any answer we do not understand
-            return None, raw
-        message = _first_message(data)
-        if message is None:  # not a chat completion we understand: relay it as it came
-            return None, raw
-        add_usage(usage, data.get("usage"))
-        ours, theirs = split_calls(message, paging.name)
-        if not ours:
-            break
-        if theirs or round_ > paging.rounds:
-            _finish(data, message, ours, mixed=bool(theirs))
-            break
-        room = await next_round(paging, body, message.get("content"), ours, room, last=round_ == paging.rounds)
-    if usage:
-        data["usage"] = usage
-    return None, jsonio.dumps(data)
-
-
-async def next_round(
-    paging: Paging, body: dict[str, Any], content: Any, ours: Sequence[dict[str, Any]], room: int, *, last: bool
-) -> int:
-    """Append a round's recall calls and their answers to `body` for the next upstream call;
-    returns the room left. After the last round (`last`) nothing is recalled: each call is told
-    recall is exhausted and the tool is withdrawn, so the next call gets the model's own answer."""
-    room -= framing({"content": content}, ours, paging.counter)
-    if last:
-        withdraw(body, paging.name)
-        replies = [exhausted(call) for call in ours]
-    else:
-        answers = await resolve_all(paging, ours, room)
-        room -= sum(a.tokens for a in answers)
-        replies = [tool_message(c, a) for c, a in zip(ours, answers, strict=True)]
-    call = {"role": "assistant", "content": content, "tool_calls": list(ours)}
-    body["messages"] = [*body["messages"], call, *replies]
-    return room
-
-
-def exhausted(call: dict[str, Any]) -> dict[str, Any]:
-    """The tool result of a recall call past the bound: no pages, a note to answer without them."""
-    return {"role": "tool", "tool_call_id": call.get("id", ""), "content": f"[recall: exhausted]\n{EXHAUSTED}"}
-
-
-def withdraw(body: dict[str, Any], name: str) -> None:
-    """Take the recall tool out of a request: from `tools` (with `tool_choice` and
-    `parallel_tool_calls` when no tool is left) and from a `tool_choice` naming it."""
-    tools = body.get("tools")
-    kept = [t for t in tools if function_of(t).get("name") != name] if isinstance(tools, list) else tools
-    if kept:
-        body["tools"] = kept
-    else:
-        for key in ("tools", "tool_choice", "parallel_tool_calls"):
-            body.pop(key, None)
-    if function_of(body.get("tool_choice")).get("name") == name:
-        body["tool_choice"] = "auto"
-
-
-def _first_message(data: Any) -> dict[str, Any] | None:
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
-    message = choices[0].get("message")
-    return message if isinstance(message, dict) else None
-
-
-def framing(message: dict[str, Any], ours: Sequence[dict[str, Any]], counter: TokenCounter) -> int:
-    """Tokens the continuation adds besides the recalled text: the assistant's call, the tool
-    messages' framing and reason lines."""
-    calls = tuple(ToolCall(_text(c.get("id")), RECALL_NAME, _text(function_of(c).get("arguments"))) for c in ours)
-    content = message.get("content") if isinstance(message.get("content"), str) else ""
-    assistant = framed(counter.count(content) + tool_calls_tokens(counter, calls))
-    return assistant + len(ours) * framed(counter.count("[recall: backend_error]\n"))
-
-
-async def resolve_all(paging: Paging, calls: Sequence[dict[str, Any]], room: int) -> list[Recalled]:
+async def resolve_all(paging: Paging, calls: Sequence[ToolCall], room: int) -> list[Recalled]:
     """Answer a round's recall calls, sharing the room fairly: answers that fit their share are
     whole, and what they leave goes in equal shares to the longer ones, which are cut to fit."""
     whole = [await _resolve(paging, call) for call in calls]
@@ -537,37 +362,5 @@ async def resolve_all(paging: Paging, calls: Sequence[dict[str, Any]], room: int
     return answers
 
 
-def _queried(call: dict[str, Any]) -> bool:
+def _queried(call: ToolCall) -> bool:
     return bool(_arguments(call)[2])
-
-
-def shares(sizes: Sequence[int], room: int, most: int) -> list[int]:
-    """Water-filling, smallest first: each size gets min(size, most, an equal share of what the
-    smaller ones left), but never less than MIN_ANSWER_TOKENS while the room lasts (several
-    useful answers beat many empty ones)."""
-    caps = [0] * len(sizes)
-    left = room
-    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
-    for rank, i in enumerate(order):
-        share = max(left // (len(sizes) - rank), MIN_ANSWER_TOKENS)
-        caps[i] = min(sizes[i], most, share, left)
-        left -= caps[i]
-    return caps
-
-
-def _finish(data: dict[str, Any], message: dict[str, Any], ours: Sequence[dict[str, Any]], *, mixed: bool) -> None:
-    strip_calls(message, ours)
-    if not mixed:  # recalling though the tool was withdrawn: a clean stop, never a call the agent cannot run
-        data["choices"][0]["finish_reason"] = "stop"
-        message["content"] = message.get("content") or ""
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def add_usage(total: dict[str, int], usage: Any) -> None:
-    if isinstance(usage, dict):
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if isinstance(usage.get(key), int):
-                total[key] = total.get(key, 0) + usage[key]

@@ -15,8 +15,10 @@ Before anything is sent:
   assistants, threads, containers, evals, realtime sessions, organization, ..., any DELETE, and any
   route this list does not know) is refused with 403 unless the tenant brings its own upstream key
   or the operator allowed them (`UpstreamSettings.owns_account`): through a key shared by tenants,
-  one tenant could read or delete another's objects. `POST /v1/responses` is account-level too: a
-  response is stored on the account by default and `previous_response_id` reads a stored one.
+  one tenant could read or delete another's objects. `POST /v1/responses` is not relayed here: it
+  is a managed turn (gateway.wire.responses), sent with `store: false` through a shared key and its
+  `previous_response_id` resolved by the gateway; stored responses (`GET`/`DELETE
+  /v1/responses/{id}`, their `input_items`) stay account-level.
 - The client's `openai-organization` / `openai-project` headers pass only with the tenant's own key
   (`forward_client_key` or a tenant `api_key`): with the operator's key they would pick the
   operator's organization or project.

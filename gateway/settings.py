@@ -54,6 +54,7 @@ T = TypeVar("T")
 Parse = Callable[[object, str], T]
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
+DEFAULT_ANTHROPIC_BASE = "https://api.anthropic.com"
 OPEN_TENANT = "default"
 ENV_API_KEYS = "CLAWVM_API_KEYS"  # comma-separated keys of the "default" tenant when config.yaml lists none
 ALLOW_UNAUTHENTICATED_FLAG = "--allow-unauthenticated"
@@ -99,6 +100,7 @@ _UPSTREAM_KEYS = (
     "retry_after_max",
     "stream_idle_timeout",
 )
+_UPSTREAM_KEYS += ("anthropic_base", "anthropic_key")  # issue 14: the Messages API's upstream
 _MODEL_KEYS = ("context_window", "encoding")
 _TENANT_KEYS = ("api_keys", "budget", "pages", "weights", "rules", "upstream")
 _TENANT_KEYS += ("limits",)  # tenants.<name>.limits (issue 11): kept on a line of its own
@@ -159,6 +161,8 @@ class UpstreamSettings:
     backoff_max: float = 8.0  # longest backoff wait
     retry_after_max: float = 30.0  # longest upstream Retry-After waited for; a longer one is relayed
     stream_idle_timeout: float = 120.0  # a stream silent this long ends with an error event
+    anthropic_base: str = DEFAULT_ANTHROPIC_BASE  # where /v1/messages turns go (no /v1: Anthropic's convention)
+    anthropic_key: str | None = field(default=None, repr=False)  # sent as x-api-key
 
     @property
     def own_key(self) -> bool:
@@ -575,10 +579,17 @@ def _model(value: object, path: str) -> ModelOverride:
 
 
 def _env_upstream(env: Mapping[str, str]) -> UpstreamSettings:
-    """The upstream before config.yaml: environment fallbacks, then OpenAI."""
+    """The upstream before config.yaml: environment fallbacks, then OpenAI (and Anthropic for
+    the Messages API)."""
     api_base = env.get("CLAWVM_UPSTREAM_BASE_URL") or DEFAULT_API_BASE
     api_key = env.get("CLAWVM_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY") or None
-    return UpstreamSettings(api_base=_http_url(api_base, "CLAWVM_UPSTREAM_BASE_URL"), api_key=api_key)
+    anthropic_base = _http_url(env.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE, "ANTHROPIC_BASE_URL")
+    return UpstreamSettings(
+        api_base=_http_url(api_base, "CLAWVM_UPSTREAM_BASE_URL"),
+        api_key=api_key,
+        anthropic_base=anthropic_base,
+        anthropic_key=env.get("ANTHROPIC_API_KEY") or None,
+    )
 
 
 def _upstream(value: object, path: str, base: UpstreamSettings, *, tenant: bool = False) -> UpstreamSettings:
@@ -599,6 +610,8 @@ def _upstream(value: object, path: str, base: UpstreamSettings, *, tenant: bool 
         backoff_max=sec.get("backoff_max", base.backoff_max, _NON_NEGATIVE),
         retry_after_max=sec.get("retry_after_max", base.retry_after_max, _NON_NEGATIVE),
         stream_idle_timeout=sec.get("stream_idle_timeout", base.stream_idle_timeout, _SECONDS),
+        anthropic_base=sec.optional("anthropic_base", base.anthropic_base, _http_url),
+        anthropic_key=sec.optional("anthropic_key", base.anthropic_key, _secret),
     )
 
 

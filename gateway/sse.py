@@ -103,13 +103,15 @@ def _whole(buffer: bytes) -> int:
 
 
 async def ending_cleanly(
-    chunks: AsyncIterator[bytes], on_error: Callable[[GatewayError], None] | None = None
+    chunks: AsyncIterator[bytes],
+    on_error: Callable[[GatewayError], None] | None = None,
+    event: Callable[[GatewayError], bytes] = error_event,
 ) -> AsyncIterator[bytes]:
     """A stream relayed whole events at a time, whose failure is its last event.
 
     Bytes pass as they come, except that an event cut by a chunk boundary is held until it is
     complete. A `GatewayError` raised while streaming (the upstream dropped or stalled) ends the
-    stream with `error_event` and nothing after it (no `[DONE]`, as OpenAI does): the event
+    stream with `event` (`error_event`: OpenAI's) and nothing after it (no `[DONE]`, as OpenAI does): the event
     being received when it failed is dropped, so the agent never sees half an event. At the
     end of a stream that closed cleanly, an unfinished tail is relayed as it is."""
     pending = b""
@@ -127,4 +129,4 @@ async def ending_cleanly(
     except GatewayError as exc:
         if on_error is not None:
             on_error(exc)
-        yield error_event(exc)
+        yield event(exc)

@@ -109,6 +109,7 @@ class UpstreamTarget:
     api_key: str | None
     timeout: float = 600.0
     stream_idle_timeout: float = 120.0
+    key_header: str = "authorization"  # "authorization" (Bearer) or "x-api-key" (Anthropic's)
 
 
 class UpstreamResponse:
@@ -271,10 +272,12 @@ def forwarded_headers(target: UpstreamTarget, headers: Mapping[str, str]) -> lis
     """End-to-end request headers; the target's key, when it has one, replaces the client's."""
     dropped = _NOT_FORWARDED | _connection_tokens(headers.items())
     if target.api_key:
-        dropped = dropped | {"authorization"}
+        dropped = dropped | _CREDENTIALS
     kept = [(name, value) for name, value in headers.items() if name.lower() not in dropped]
     kept.append(("Accept-Encoding", "identity"))
-    if target.api_key:
+    if target.api_key and target.key_header == "x-api-key":
+        kept.append(("x-api-key", target.api_key))
+    elif target.api_key:
         kept.append(("Authorization", f"Bearer {target.api_key}"))
     return kept
 

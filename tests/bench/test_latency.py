@@ -22,21 +22,12 @@ from bench.latency import (
     wait_healthy,
     write_config,
 )
-from bench.traces import Trace, load_traces, traces_dir
+from bench.traces import Trace
 from gateway.chat import parse_messages
 from gateway.embedded import free_port
 from gateway.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def traces() -> list[Trace]:
-    directory = traces_dir()
-    found = load_traces(directory) if directory.is_dir() else []
-    if not found:
-        pytest.skip("shared/traces/real not found (set CLAWVM_TRACES)")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +44,10 @@ def figures(traces: list[Trace], tmp_path_factory: pytest.TempPathFactory) -> di
 
 def test_both_paths_answer_every_request(figures: dict[str, Any]) -> None:
     assert figures["failures"] == 0
-    assert [(s["name"], s["stream"]) for s in figures["series"]] == [
-        ("static", False), ("static", True), ("growing", False), ("growing", True),
-    ]  # fmt: skip
+    shapes = [("static", False), ("static", True), ("growing", False), ("growing", True)]
+    assert [(s["wire"], s["name"], s["stream"]) for s in figures["series"]] == [
+        (wire, name, stream) for wire in ("chat", "messages", "responses") for name, stream in shapes
+    ]
     for series in figures["series"]:
         assert series["direct_failures"] == series["gateway_failures"] == 0
         for path in ("direct", "gateway"):

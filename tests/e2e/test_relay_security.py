@@ -220,7 +220,7 @@ ACCOUNT_ROUTES = [
     ("POST", "/v1/batches"),
     ("GET", "/v1/responses/resp_123"),
     ("DELETE", "/v1/responses/resp_123"),
-    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/resp_123/input_items"),  # POST /v1/responses is a managed turn (tests/e2e/test_responses.py)
     ("GET", "/v1/chat/completions"),
     ("GET", "/v1/fine_tuning/jobs"),
     ("GET", "/v1/vector_stores"),

@@ -139,7 +139,7 @@ def test_a_bug_is_an_openai_shaped_500_and_the_connection_stays_open(
 ) -> None:
     """Starlette's last handler raises the exception again once it has answered, and uvicorn then
     closes the connection: the client's next request on it failed too."""
-    failing_once(monkeypatch, "gateway.pipeline.parse_request")
+    failing_once(monkeypatch, "gateway.chat.parse_request")
     with OneConnection(gateway, {"x-clawvm-session": f"bug-{next(_ids)}"}) as connection:
         first = connection.post("/v1/chat/completions", CHAT)
         second = connection.post("/v1/chat/completions", CHAT)

@@ -18,16 +18,15 @@ from gateway.recall import (
     QUERY_OR,
     SEARCH_SHOWN,
     Paging,
-    complete,
+    Recalled,
     framing,
-    resolve_all,
     shares,
-    split_calls,
-    tool_schema,
 )
+from gateway.recall import resolve_all as resolve_calls
 from gateway.session_state import SessionState
 from gateway.store import RedisStore, session_scope
 from gateway.upstream import UpstreamResponse
+from gateway.wire.chat import complete, neutral, split_calls, tool_schema
 from policies.pages import PageType
 from policies.pagetable import PageTable, make_page_id, paged_out, tenant_tag
 from policies.tokens import CharCounter
@@ -52,6 +51,11 @@ async def stored(store: RedisStore, tenant: str, *texts: str) -> list[str]:
     pages = [make_page(i, text=t) for i, t in zip(ids, texts, strict=True)]
     await store.put_pages(tenant, session_scope(SESSION), pages)
     return ids
+
+
+async def resolve_all(paging: Paging, calls: list[dict], room: int) -> list[Recalled]:
+    """The resolver, given chat-shaped calls as a model sends them."""
+    return await resolve_calls(paging, [neutral(c) for c in calls], room)
 
 
 def paging(store: RedisStore, tenant: str, room: int) -> Paging:
@@ -121,7 +125,7 @@ def test_odd_tool_calls_are_never_ours_and_never_crash_the_split() -> None:
     ours, theirs = split_calls({"tool_calls": odd}, "clawvm_recall")
     assert ours == [odd[2]] and theirs == [odd[0], odd[1], odd[3]]
     assert split_calls({"tool_calls": 7}, "clawvm_recall") == ([], [])
-    assert framing({"content": None}, ours, CharCounter()) > 0  # a numeric id and arguments count as empty
+    assert framing("", [neutral(c) for c in ours], CharCounter()) > 0  # a numeric id and arguments count as empty
 
 
 async def test_an_answer_that_is_not_json_is_relayed_as_it_came(store: RedisStore, tenant: str) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import bench.peers.honest as honest
 from bench.peers.honest import HANDLE, RecallTool, offered_tool, recall_arguments, sightings
 from bench.peers.model import HONEST, PERFECT, Expected, TraceModel
-from gateway.recall import tool_schema
+from gateway.wire.chat import tool_schema
 
 Json = dict[str, Any]
 RECALL = "clawvm_recall"

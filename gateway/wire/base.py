@@ -1,0 +1,296 @@
+"""The interface every wire format implements.
+
+A `Wire` turns a request body into the format-neutral transcript (`policies.transcript.Message`)
+and an assembled transcript back into a body; it offers and withdraws the gateway's recall
+tool, and appends the continuation after a recall round. An `Answer` reads one request's
+upstream answers, round by round: it relays at once what the agent may see (a stream's text,
+the agent's own tool calls), holds the recall calls back and reports them (`Found`), and
+writes the end of the answer (a stream's closing events, or the whole JSON) with usage summed
+over every round and no recall call in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway import jsonio
+from gateway.chains import ResponseChains
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.settings import Tenant
+from gateway.sse import event_data, iter_events
+from gateway.upstream import UpstreamResponse, UpstreamTarget
+from policies.transcript import Message, ToolCall
+
+Body = dict[str, Any]
+Parse = Callable[[list[Any]], list[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A validated request: its body (the client's JSON), the model, the neutral transcript."""
+
+    body: Body
+    model: str
+    messages: list[Message]
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What one upstream answer held: the recall calls (neutral), whether the agent's own tool
+    calls came with them, the assistant's text, and `turn`, the format's own record of the
+    answer that the continuation replays (opaque outside the adapter)."""
+
+    ours: tuple[ToolCall, ...] = ()
+    theirs: bool = False
+    text: str = ""
+    turn: Any = None
+
+
+NOTHING = Found()
+
+
+class Answer(Protocol):
+    """One request's answer, read round by round (see the module docstring)."""
+
+    def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        """Read one round's upstream answer; yields what the agent may see now."""
+        ...
+
+    @property
+    def found(self) -> Found:
+        """What the round just read held (after `read` is exhausted)."""
+        ...
+
+    def closing(self) -> list[bytes]:
+        """The end of the answer: a stream's held finish events, or the whole answer body."""
+        ...
+
+
+class Wire(Protocol):
+    """One wire format."""
+
+    name: str  # "chat" | "messages" | "responses"
+    path: str  # the upstream path of a turn, relative to the upstream's base
+    litellm: bool  # models named with a provider prefix (`anthropic/...`) go through litellm
+
+    def target(self, tenant: Tenant, headers: Mapping[str, str]) -> UpstreamTarget:
+        """Where this format's turns go for `tenant`, with which key: never chosen by the client."""
+        ...
+
+    def forwarded(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The client's request headers passed to the upstream (never a credential)."""
+        ...
+
+    def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
+        """The request validated; `InvalidRequest` naming the offending field otherwise."""
+        ...
+
+    def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
+        """The upstream body: the client's, with the assembled transcript and the tenant's upstream model."""
+        ...
+
+    def offers_recall(self, body: Mapping[str, Any]) -> bool:
+        """Whether the recall tool may be added to this request (tools not switched off, one answer)."""
+        ...
+
+    def tools(self, body: Mapping[str, Any]) -> list[Any]:
+        """The request's tool schemas, for counting their tokens."""
+        ...
+
+    def recall_tool(self, name: str) -> Any:
+        """The recall tool's schema in this format."""
+        ...
+
+    def offer(self, body: Body, name: str) -> None:
+        """Add the recall tool to an upstream body."""
+        ...
+
+    def withdraw(self, body: Body, name: str) -> None:
+        """Take the recall tool out of an upstream body (and any choice naming it)."""
+        ...
+
+    def continue_after(self, body: Body, found: Found, replies: Sequence[str]) -> None:
+        """Append a round's answer and its recall results (one text per call) to `body`."""
+        ...
+
+    def answer(self, stream: bool, name: str, body: Mapping[str, Any]) -> Answer:
+        """A reader for one request's answers; `name`: the recall tool's."""
+        ...
+
+    def error_body(self, exc: GatewayError) -> Any:
+        """An error in this format's shape."""
+        ...
+
+    def error_event(self, exc: GatewayError) -> bytes:
+        """The event that ends a stream that failed after it began."""
+        ...
+
+    def event(self, request: WireRequest) -> str | None:
+        """The format's own word on a lifecycle boundary (a Codex compaction item), or None."""
+        ...
+
+    async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
+        """The request with any state it names on the server (`previous_response_id`) resolved."""
+        ...
+
+    def remembers(self, request: WireRequest) -> bool:
+        """Whether its answer must be read whole (for `remember`) even when no recall is offered."""
+        ...
+
+    async def remember(self, request: WireRequest, answer: Any, tenant: str, chains: ResponseChains) -> None:
+        """Keep what a later request may name (a response id), once the answer is complete."""
+        ...
+
+
+def passed(headers: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """`content-type: application/json` and the client's `names` headers it sent."""
+    forwarded = {"content-type": "application/json"}
+    forwarded.update((name, headers[name]) for name in names if name in headers)
+    return forwarded
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object, or `InvalidRequest`."""
+    try:
+        body = jsonio.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+class WholeAnswer:
+    """Whole (non-streamed) answers: each round's JSON read; the answer is the last round's, its
+    recall calls stripped (`finish`) and its usage the sum over rounds (`usage`, the counters).
+    An answer the format does not understand (`inspect` says None) is relayed as it came."""
+
+    usage_keys: tuple[str, ...] = ()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.found = NOTHING
+        self.usage: dict[str, Any] = {}
+        self._data: dict[str, Any] | None = None
+        self._raw = b""
+
+    async def read(self, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        self.found, self._data = NOTHING, None
+        self._raw = await upstream.read()
+        try:
+            data = jsonio.loads(self._raw)
+        except ValueError:  # not JSON (a broken upstream): relayed as it came
+            return
+        found = self.inspect(data)
+        if found is not None:
+            self.found, self._data = found, data
+            add_usage(self.usage, data.get("usage"), self.usage_keys)
+        return
+        yield b""  # an async generator that yields nothing: whole answers show nothing until the end
+
+    def closing(self) -> list[bytes]:
+        if self._data is None:
+            return [self._raw]
+        self.finish(self._data)
+        return [jsonio.dumps(self._data)]
+
+    def inspect(self, data: Any) -> Found | None:
+        """What an answer holds, or None when it is not one this format understands."""
+        raise NotImplementedError
+
+    def finish(self, data: dict[str, Any]) -> None:
+        """Strip the recall calls of the last answer (`self.found`) and put the summed usage in."""
+        raise NotImplementedError
+
+
+def add_usage(total: dict[str, Any], usage: Any, keys: tuple[str, ...]) -> None:
+    """Add an answer's integer usage counters (`keys`) to `total`."""
+    if not isinstance(usage, dict):
+        return
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
+class ToolList:
+    """`tools`, `recall_tool` and `offer` of a format whose tools are the body's `tools` array;
+    `schema` is the recall tool in the format's tool shape."""
+
+    def schema(self, name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tools(self, body: Mapping[str, Any]) -> list[Any]:
+        tools = body.get("tools")
+        return tools if isinstance(tools, list) else []
+
+    def recall_tool(self, name: str) -> Any:
+        return self.schema(name)
+
+    def offer(self, body: Body, name: str) -> None:
+        body["tools"] = [*(body.get("tools") or []), self.schema(name)]
+
+    dropped: tuple[str, ...] = ("tools", "tool_choice", "parallel_tool_calls")  # gone with the last tool
+
+    def tool_name(self, tool: Any) -> Any:
+        """The name of a tool (or of the tool a `tool_choice` forces)."""
+        return tool.get("name") if isinstance(tool, dict) else None
+
+    def auto(self) -> Any:
+        """The `tool_choice` that lets the model choose."""
+        return "auto"
+
+    def withdraw(self, body: Body, name: str) -> None:
+        """Take the recall tool out of `tools` (with `dropped` when no tool is left) and out of a
+        `tool_choice` naming it."""
+        tools = body.get("tools")
+        kept = [t for t in tools if self.tool_name(t) != name] if isinstance(tools, list) else tools
+        if kept:
+            body["tools"] = kept
+        else:
+            for key in self.dropped:
+                body.pop(key, None)
+        if self.tool_name(body.get("tool_choice")) == name:
+            body["tool_choice"] = self.auto()
+
+
+class Stateless:
+    """The state hooks of a format whose requests carry their whole conversation: nothing to do."""
+
+    def event(self, request: WireRequest) -> str | None:
+        return None
+
+    async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
+        return request
+
+    def remembers(self, request: WireRequest) -> bool:
+        return False
+
+    async def remember(self, request: WireRequest, answer: Any, tenant: str, chains: ResponseChains) -> None:
+        return None
+
+
+END = "[DONE]"  # the data of OpenAI's last chat event
+
+
+async def json_events(upstream: UpstreamResponse) -> AsyncIterator[tuple[bytes, Any]]:
+    """Each event of an upstream stream that carries data: (the event as it came, its data as
+    JSON, or END). Data that is not UTF-8 JSON (typically the half event of a connection that
+    closed mid-way) is an `UpstreamError`."""
+    async for raw in iter_events(upstream.aiter_raw()):
+        try:
+            data = event_data(raw)
+        except UnicodeDecodeError as exc:
+            raise UpstreamError("the upstream sent an event that is not UTF-8") from exc
+        if data is None:
+            continue
+        if data.strip() == END:
+            yield raw, END
+            continue
+        try:
+            yield raw, jsonio.loads(data)
+        except ValueError as exc:
+            raise UpstreamError(f"the upstream sent an event that is not JSON: {data[:100]!r}") from exc
