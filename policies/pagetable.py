@@ -373,7 +373,7 @@ def _admit(
     table.entries[page_id] = (entry, counter.count(entry))
     created = [page]
     fact_ids: list[str] = []
-    for fact in extract_facts(message, policy.rules):
+    for fact in () if _is_summary(message) else extract_facts(message, policy.rules):
         fact_id = _fact_id(table.tenant, fact.type, fact.text)
         fact_ids.append(fact_id)
         table.covering[f"{page_id}|{fact_id}"] = _covering_levels(page, fact.text)
@@ -386,6 +386,16 @@ def _admit(
     table.facts[page_id] = tuple(dict.fromkeys(fact_ids))
     table.changes.pages.update(p.id for p in created)
     return created
+
+
+def _is_summary(message: Message) -> bool:
+    """A harness's compaction summary (Claude Code's "This session is being continued ...", a
+    LangChain summary ...): its sentences are the harness's words and its own one-turn orders
+    ("Resume directly ..."), not rules, preferences or wishes anyone stated. The session's own
+    facts cross the boundary as pages of their own (`carried`), so none are taken from it."""
+    from policies.lifecycle import summary_marker  # lifecycle reads page tables: imported here, not at the top
+
+    return message.role in ("user", "system") and bool(message.text) and summary_marker(message.text) is not None
 
 
 def _message_page(

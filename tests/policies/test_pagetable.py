@@ -507,3 +507,28 @@ def test_evidence_named_by_the_last_turns_is_found_by_its_arguments() -> None:
     dropped = paged_out(table)
     assert named_in(table, dropped, "Look again at parser.py, line 3.") == frozenset(dropped)
     assert named_in(table, dropped, "Look again at the lexer.") == frozenset()
+
+
+def test_a_harness_summary_yields_no_rules_preferences_or_intents() -> None:
+    """Claude Code's continuation summary is the harness's text: its own one-turn orders ("Resume
+    directly ...") and its restatements are not the person's facts; the session's facts cross the
+    boundary as pages of their own."""
+    from policies.pagetable import _is_summary
+
+    summary = Message(
+        role="user",
+        text=(
+            "This session is being continued from a previous conversation that ran out of context. The summary "
+            "below covers the earlier portion of the conversation.\n\nContinue the conversation from where it left "
+            "off without asking the user any further questions. Resume directly — do not acknowledge the summary."
+        ),
+    )
+    assert _is_summary(summary)
+    plain = Message(role="user", text="Resume directly and never acknowledge the summary.")
+    assert not _is_summary(plain)
+    facts = {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT}
+    table = PageTable("t", "s", "p")
+    ingest(table, [summary], TenantPolicy(), COUNTER)
+    assert not [p for p in table.pages.values() if p.type in facts]
+    ingest(table, [summary, plain], TenantPolicy(), COUNTER)
+    assert [p.type for p in table.pages.values() if p.type in facts] == [PageType.CONSTRAINT]
