@@ -245,10 +245,10 @@ def latency_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
     with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as scratch, ExitStack() as stack:
         _, _, endpoints = start_servers(stack, Path(scratch), LATENCY_BUDGET)
         with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_S) as client:
-            for work in workloads(trace):
-                interleave(client, endpoints, work.bodies, range(plan.latency_warmup), work.stream)
+            for work in (w for w in workloads(trace) if w.wire == "chat"):  # every format: python -m bench latency
+                interleave(client, endpoints, work, range(plan.latency_warmup))
                 measured = range(plan.latency_warmup, plan.latency_warmup + plan.latency_requests)
-                direct, gateway = interleave(client, endpoints, work.bodies, measured, work.stream)
+                direct, gateway = interleave(client, endpoints, work, measured)
                 series.append(_series(work.name, work.stream, direct.times_ns, gateway.times_ns))
                 series[-1]["failures"] = direct.failures + gateway.failures
     return {"trace": trace.name, "budget": LATENCY_BUDGET, "requests": plan.latency_requests, "series": series}
