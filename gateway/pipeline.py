@@ -419,8 +419,9 @@ async def prepare(
 
 
 def _prompts(wire: Wire, chat: WireRequest, built: list[Message], body: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """What the agent sent and what goes upstream, in the one shape the inspector keeps prompts in
-    (Chat Completions'): as they are for chat, converted from the neutral transcript otherwise."""
+    """What the agent sent and what goes upstream, for the inspector: chat's JSON as it is; other
+    formats' from the neutral transcript, each message as the client sent it where it was forwarded
+    so (its `raw`: an Anthropic item stays one) and in chat's shape where the gateway built it."""
     if wire.name == "chat":
         return chat.body.get("messages") or [], body["messages"]
     return to_wire(chat.messages), to_wire(built)

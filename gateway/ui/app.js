@@ -429,17 +429,31 @@ async function pageView(sessionId, pageId) {
     el('h2', {}, 'Decisions'), decisions);
 }
 
+function partText(part) {
+  if (!part || typeof part !== 'object') return String(part);
+  if (typeof part.text === 'string') return part.text;
+  if (part.type === 'tool_use') return `→ ${part.name || '?'}(${JSON.stringify(part.input || {})})  [${part.id || ''}]`;
+  if (part.type === 'tool_result') {
+    const inner = Array.isArray(part.content) ? part.content.map(partText).join('\n') : String(part.content || '');
+    return `result of ${part.tool_use_id || '?'}:\n${inner}`;
+  }
+  if (part.type === 'thinking') return `[thinking] ${part.thinking || ''}`;
+  return `[${part.type || 'part'}]`;
+}
+
 function messageView(m) {
   if (!m || typeof m !== 'object') return el('div', { class: 'msg' }, el('pre', {}, JSON.stringify(m)));
-  const role = String(m.role || '?');
+  // Chat Completions messages, Anthropic Messages items and Responses items alike: the prompt is
+  // kept as forwarded, so each format's own shapes are read here.
+  const role = String(m.role || (m.type === 'clawvm.system' ? 'system' : m.type) || '?');
   const head = el('div', { class: 'head' }, el('span', { class: 'role' }, role),
     m.name ? el('span', { class: 'mono' }, m.name) : null,
     m.tool_call_id ? el('span', { class: 'mono muted' }, `result of ${m.tool_call_id}`) : null);
   let text = '';
   if (typeof m.content === 'string') text = m.content;
-  else if (Array.isArray(m.content)) {
-    text = m.content.map((part) => (part && typeof part.text === 'string' ? part.text : `[${(part && part.type) || 'part'}]`)).join('\n');
-  }
+  else if (Array.isArray(m.content)) text = m.content.map(partText).join('\n');
+  else if (typeof m.output === 'string') text = m.output;
+  if (m.type === 'function_call') text = `→ ${m.name || '?'}(${m.arguments || ''})  [${m.call_id || ''}]`;
   for (const call of m.tool_calls || []) {
     const fn = call.function || {};
     text += `${text ? '\n' : ''}→ ${fn.name || '?'}(${fn.arguments || ''})  [${call.id || ''}]`;

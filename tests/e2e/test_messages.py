@@ -5,6 +5,7 @@ by the agent, thinking signatures byte for byte, count_tokens, errors in Anthrop
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -249,3 +250,34 @@ def test_an_upstream_error_reaches_the_agent_in_anthropics_shape(start_gateway) 
             client(root).messages.create(model="m", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
         assert failed.value.status_code == 529 and failed.value.body["type"] == "error"
         assert "529" in failed.value.message
+
+
+def test_a_messages_session_is_in_the_inspector_with_its_prompt_and_diff(start_gateway) -> None:
+    """The session inspector works for every wire format: a Messages session's turns, heat map and
+    kept prompt (in the inspector's one shape) with its diff against what the agent sent."""
+    session = "inspector-messages"
+    with running(start_gateway, FakeAnthropic(key=UPSTREAM_KEY), budget=4000) as (root, _):
+        agent = client(root)
+        for turns in (20, 30):
+            agent.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                system=SYSTEM,
+                messages=long_session(turns),
+                tools=TOOLS,
+                extra_headers={"x-clawvm-session": session},
+            )
+        headers = {"authorization": "Bearer sk-agent"}
+        with httpx.Client(base_url=root, headers=headers, timeout=30) as http:
+            deadline = time.monotonic() + 10
+            while len((body := http.get(f"/v1/clawvm/sessions/{session}/timeline").json()).get("turns", [])) < 2:
+                assert time.monotonic() < deadline, body  # records are written after each answer
+                time.sleep(0.05)
+            assert body["heat"]["pages"] and body["heat"]["rows"]
+            kept = http.get(f"/v1/clawvm/sessions/{session}/prompts/{body['turns'][-1]['prompt']}").json()
+            assert kept["object"] == "clawvm.prompt" and kept["received"] and kept["forwarded"]
+            assert len(kept["received"]) > len(kept["forwarded"])  # the budget paged part of it out
+            assert kept["forwarded"][0] == {"type": "clawvm.system", "content": SYSTEM}  # as forwarded
+            assert all("content" in item for item in kept["forwarded"]) and kept["diff"]
+            listed = http.get("/v1/clawvm/sessions").json()["data"]
+            assert session in [row["id"] for row in listed]
