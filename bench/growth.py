@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.latency import HEADERS, REQUEST_TIMEOUT_S, Endpoints, encode, start_servers
+from bench.latency import HEADERS, PATHS, REQUEST_TIMEOUT_S, Endpoints, encode, start_servers
 from bench.policy_time import (
     GROWTH_REPEATS,
     GROWTH_TURNS,
@@ -137,10 +137,10 @@ def walk(
     failures = 0
     for turn in range(1, max(marks) + window + 1):
         body = body_at(wire, turn)
-        elapsed, response = timed(client, endpoints.gateway, body)
+        elapsed, response = timed(client, endpoints.gateway + PATHS["chat"], body)
         mark = next((m for m, turns in near.items() if turn in turns), None)
         if mark is not None:
-            _sample(found[mark], client, endpoints.direct, body, elapsed, response)
+            _sample(found[mark], client, endpoints.direct + PATHS["chat"], body, elapsed, response)
         else:
             failures += response.status_code != 200
     return found, failures

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.latency import HEADERS, REQUEST_TIMEOUT_S, BenchError, encode, start_servers
+from bench.latency import HEADERS, PATHS, REQUEST_TIMEOUT_S, BenchError, encode, start_servers
 from bench.policy_time import MODEL, synthetic_session
 
 TURNS = 1000
@@ -84,10 +84,10 @@ class UIReport:
 def run_ui(turns: int = TURNS, budget: int = BUDGET, repeats: int = REPEATS) -> UIReport:
     with tempfile.TemporaryDirectory(prefix="clawvm-ui-bench-") as tmp, ExitStack() as stack:
         _, gateway, endpoints = start_servers(stack, Path(tmp), budget)
-        root = endpoints.gateway.removesuffix("/v1/chat/completions")
+        root = endpoints.gateway.removesuffix("/v1")
         with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
             started = time.perf_counter()
-            failures = build_session(client, endpoints.gateway, turns)
+            failures = build_session(client, endpoints.gateway + PATHS["chat"], turns)
             send_s = time.perf_counter() - started
             timeline_url = f"{root}/v1/clawvm/sessions/{SESSION}/timeline"
             answer, body = settled(client, timeline_url, turns)
