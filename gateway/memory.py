@@ -1,7 +1,7 @@
 """Validated write-back, every request, before assembly (DESIGN §5).
 
-The turn's new pages are staged as typed updates (`policies.writeback.stage`), validated and
-merged against the scope's committed memory (`policies.writeback.apply`), and committed
+The turn's new pages are staged as typed updates, validated and merged against the scope's
+committed memory by the pure turn step (`policies.writes`), and committed
 atomically with their journal records (`gateway.journal`), one batch per scope: the session's
 (plan, evidence, session rules) and the project's (preferences, project rules, whose pages are
 also stored in that scope so a later session can carry them). Memory is cached in process
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from gateway.journal import WritebackJournal
 from gateway.sessions import per_user
 from gateway.store import Store, VersionConflict, project_scope, session_scope
-from policies.pages import Page, PageType, Scope
+from policies.pages import Page
 from policies.pagetable import PageTable
-from policies.writeback import Context, Memory, Outcome, Update, apply, batch_id, plan_version, stage
+from policies.writeback import Memory, Outcome, Update
+from policies.writes import Memories, WriteBatch, WritePlan, plan_writes, revalidate, stored_pages
 
 CACHE_CAPACITY = 4096
 
@@ -57,19 +58,23 @@ class MemoryService:
         self._cache: OrderedDict[tuple[str, str], Memory] = OrderedDict()
 
     async def write_back(self, table: PageTable, new_pages: Sequence[Page]) -> WriteReport:
-        report = WriteReport()
-        session = await self.memory(table.tenant, session_scope(table.session))
-        updates = stage(table, new_pages, plan_version(session))
-        report.staged = len(updates)
-        project, mine = project_scope(table.project), user_scope(table)
-        agents = _agents(table) if mine != project else None
-        for scope, scope_id, batch in _batches(table, updates, agents):
-            if batch:
-                report.add(await self._commit(table, scope, scope_id, batch))
-        stored = _project_pages(new_pages, report)
-        await self._store.put_pages(table.tenant, project, [p for p in stored if agents is None or p.id in agents])
-        if agents is not None:
-            await self._store.put_pages(table.tenant, mine, [p for p in stored if p.id not in agents])
+        """Plan the write-back of `new_pages` on the committed memory and carry it out (a deferred
+        turn's, from gateway.outage; a live turn's is planned by the pure turn step)."""
+        return await self.execute(table, plan_writes(table, new_pages, await self.memories(table)), new_pages)
+
+    async def memories(self, table: PageTable) -> Memories:
+        """The committed memory of the session's, the project's and the user's scopes."""
+        ids = (session_scope(table.session), project_scope(table.project), user_scope(table))
+        loaded = {scope_id: await self.memory(table.tenant, scope_id) for scope_id in dict.fromkeys(ids)}
+        return Memories(*((scope_id, loaded[scope_id]) for scope_id in ids))
+
+    async def execute(self, table: PageTable, plan: WritePlan, new_pages: Sequence[Page]) -> WriteReport:
+        """Commit a planned write-back, batch by batch, then store the project pages it committed."""
+        report = WriteReport(staged=plan.staged)
+        for batch in plan.batches:
+            report.add(await self._commit(table, batch))
+        for scope_id, pages in stored_pages(plan, new_pages, report.committed):
+            await self._store.put_pages(table.tenant, scope_id, pages)
         return report
 
     async def committed(self, table: PageTable) -> frozenset[str]:
@@ -87,23 +92,23 @@ class MemoryService:
             self._keep(key, found)
         return found
 
-    async def _commit(self, table: PageTable, scope: Scope, scope_id: str, updates: Sequence[Update]) -> Outcome:
-        """Validate against the cached memory and commit; a stale cache is reloaded once."""
+    async def _commit(self, table: PageTable, batch: WriteBatch) -> Outcome:
+        """Commit a batch planned on the cached memory; a stale cache is reloaded once and the
+        batch validated again."""
         try:
-            return await self._try(table, scope, scope_id, updates)
+            return await self._try(table.tenant, batch)
         except VersionConflict:
-            self._cache.pop((table.tenant, scope_id), None)
-            return await self._try(table, scope, scope_id, updates)
+            self._cache.pop((table.tenant, batch.scope_id), None)
+            memory = await self.memory(table.tenant, batch.scope_id)
+            return await self._try(table.tenant, revalidate(table, batch.scope, batch.scope_id, batch.updates, memory))
 
-    async def _try(self, table: PageTable, scope: Scope, scope_id: str, updates: Sequence[Update]) -> Outcome:
-        memory = await self.memory(table.tenant, scope_id)
-        outcome = apply(memory, updates, _context(table, scope, updates))
-        batch = batch_id(table.tenant, scope_id, updates)
-        version = await self.journal.commit(table.tenant, scope_id, outcome, updates, batch, memory.version)
+    async def _try(self, tenant: str, batch: WriteBatch) -> Outcome:
+        outcome, scope_id = batch.outcome, batch.scope_id
+        version = await self.journal.commit(tenant, scope_id, outcome, batch.updates, batch.batch, batch.expected)
         if version == outcome.memory.version:
-            self._keep((table.tenant, scope_id), outcome.memory)
+            self._keep((tenant, scope_id), outcome.memory)
         else:  # a retry of a batch committed before: the stored memory is the truth
-            self._cache.pop((table.tenant, scope_id), None)
+            self._cache.pop((tenant, scope_id), None)
         return outcome
 
     def _keep(self, key: tuple[str, str], memory: Memory) -> None:
@@ -117,35 +122,3 @@ def user_scope(table: PageTable) -> str:
     """The scope of the session's end user's part of its project; the project's own scope when
     the session names no user."""
     return project_scope(per_user(table.project, table.user))
-
-
-def _agents(table: PageTable) -> frozenset[str]:
-    """Pages that are the agent's, not a user's: the system prompt's pages and the facts they state."""
-    prompts = [p for p, page in table.pages.items() if page.type is PageType.BOOTSTRAP]
-    return frozenset([*prompts, *(f for p in prompts for f in table.facts.get(p, ()))])
-
-
-def _batches(
-    table: PageTable, updates: Sequence[Update], agents: frozenset[str] | None
-) -> list[tuple[Scope, str, list[Update]]]:
-    """(scope, scope id, updates) per commit: the session's; the project's; with a named user
-    (`agents` given) the project's takes the agent's updates only, the user's part the rest."""
-    session = [u for u in updates if u.scope is Scope.SESSION]
-    project = [u for u in updates if u.scope is Scope.PROJECT]
-    batches = [(Scope.SESSION, session_scope(table.session), session)]
-    if agents is None:
-        return [*batches, (Scope.PROJECT, project_scope(table.project), project)]
-    mine = [u for u in project if u.page_id not in agents]
-    theirs = [u for u in project if u.page_id in agents]
-    return [*batches, (Scope.PROJECT, project_scope(table.project), theirs), (Scope.PROJECT, user_scope(table), mine)]
-
-
-def _context(table: PageTable, scope: Scope, updates: Sequence[Update]) -> Context:
-    """What validation may consult: the provenance refs this turn's updates name that resolve."""
-    refs = frozenset(u.source_ref for u in updates if u.source_ref in table.pages or u.source_ref in table.calls)
-    return Context(scope=scope, allowed=frozenset({Scope.SESSION, Scope.PROJECT}), refs=refs)
-
-
-def _project_pages(new_pages: Sequence[Page], report: WriteReport) -> list[Page]:
-    committed = {u.page_id for u in report.committed if u.scope is Scope.PROJECT}
-    return [p for p in new_pages if p.id in committed]

@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway import jsonio
 from gateway.audit import AuditLog
 from gateway.auth import KeyRing
-from gateway.boundary import cross, hint_of
+from gateway.boundary import hint_of, load_start
 from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
 from gateway.chains import ResponseChains
 from gateway.chat import to_wire
@@ -42,7 +42,7 @@ from gateway.limits import TenantLimiter
 from gateway.memory import MemoryService, WriteReport
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog, resolve_window
-from gateway.observe import BOUNDARIES, QUIET, Observation, TurnFacts, observe, record, record_recalls
+from gateway.observe import record, record_recalls
 from gateway.outage import DEGRADED, DEGRADED_HEADER, OutageQueue, store_event
 from gateway.provider_params import provider_params
 from gateway.recall import Paging
@@ -61,13 +61,16 @@ from gateway.wire.chat import CHAT
 from gateway.wire.loop import answered, streamed, whole
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
-from policies.observer import state_of
+from policies.crossing import wants_start
+from policies.observation import Observation
 from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
+from policies.step import Decision, TurnInput, step
 from policies.tokens import TokenCounter
 from policies.transcript import Message
-from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
+from policies.turn import TurnPlan, plan_turn
+from policies.writes import Memories
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
@@ -533,25 +536,28 @@ async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTabl
         return PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
 
 
-async def _write_back(services: Services, table: PageTable, new_pages: list[Page]) -> tuple[WriteReport | None, str]:
-    """The turn's write-back, or (None, why) when it must be deferred: the store is unavailable,
-    or the session's earlier batches wait in the outage queue (batches commit in order)."""
+async def _memories(services: Services, table: PageTable) -> tuple[Memories | None, str]:
+    """The committed memory the turn's write-back is planned on, or (None, why) when it must be
+    deferred: the store is unavailable, or the session's earlier batches wait in the outage queue
+    (batches commit in order)."""
     if services.outage.holds(table.tenant, table.session):
         return None, ""
     try:
-        return await services.memory.write_back(table, new_pages), ""
+        return await services.memory.memories(table), ""
     except StoreUnavailable as exc:
         log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
         return None, f"write-back: {exc.reason}"
 
 
-async def _committed(services: Services, table: PageTable, dirty: list[str]) -> frozenset[str]:
-    """What the write-back memory holds; without the store, the dropped state is taken as held
-    (its write-back is deferred, not lost): no flush miss is claimed that cannot be checked."""
+async def _write_back(services: Services, table: PageTable, decision: Decision) -> tuple[WriteReport | None, str]:
+    """Carry out the turn's write-back, or (None, why) when the store is unavailable (deferred)."""
+    if decision.writes is None:
+        return None, ""
     try:
-        return await services.memory.committed(table)
-    except StoreUnavailable:
-        return frozenset(dirty)
+        return await services.memory.execute(table, decision.writes, decision.new_pages), ""
+    except StoreUnavailable as exc:
+        log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
+        return None, f"write-back: {exc.reason}"
 
 
 async def _commit(
@@ -599,47 +605,36 @@ async def _turn(
     hint: str | None,
     wire: Wire,
 ) -> tuple[TurnPlan, Timing, Observation]:
-    """One turn on a loaded table: boundary, ingest, write-back, assembly, observation, commit."""
+    """One turn on a loaded table: load what the pure step needs, run it, carry out its commands
+    (write-back, commit; the records are written after the answer)."""
     now = int(time.time())
-    idle = services.settings.server.session_idle_seconds
-    crossing = await cross(
-        services.sessions, services.memory.journal, table, chat.messages, hint=hint, now=now, idle=idle
-    )
-    dirty = state_of(table, range(crossing.boundary.kept, len(table.order))) if crossing.event in BOUNDARIES else []
-    started = time.perf_counter_ns()
-    boundary = crossing.boundary  # its `kept` is the known prefix: ingest need not scan for it again
-    result = ingest_turn(
-        table,
+    start = None
+    if wants_start(table, chat.messages):
+        start = await load_start(services.sessions, services.memory.journal, table)
+    memories, unavailable = await _memories(services, table)
+    turn = TurnInput(
         chat.messages,
         tenant.policy,
         counter,
+        budget,
+        now,
+        idle=services.settings.server.session_idle_seconds,
+        hint=hint,
+        offers_recall=wire.offers_recall(chat.body),
         recall_tool=RECALL_TOOL,
-        pruned=boundary.pruned,
-        kept=boundary.kept,
+        start=start,
+        memories=memories,
     )
-    repeated = duplicates.after_ingest(table, result)
-    ingested = time.perf_counter_ns()
-    written, unavailable = await _write_back(services, table, result.new_pages)  # carried pages: committed already
-    before = table.levels
-    assembling = time.perf_counter_ns()
-    plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
-    relief = recall_room(budget, wire.offers_recall(chat.body))
-    if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
-        roomless = replace(budget, usable=budget.usable + relief)
-        plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
-    timing = Timing(ingested - started, time.perf_counter_ns() - assembling, tuple(repeated), written, table.sent)
-    committed = await _committed(services, table, dirty) if crossing.event in BOUNDARIES else frozenset()
-    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, before, dirty, committed, repeated)
-    observation = observe(table, facts)
-    observation.events[:0] = crossing.events
-    observation.event = "" if crossing.event in QUIET else crossing.event.value
-    table.seen = now
-    timing = replace(timing, glimpse=glimpse(table, observation.decisions, observation.events, plan.assembly))
-    deferred = None if written is not None else list(result.new_pages)
-    pages = [*plan.ingest.new_pages, *crossing.seeded]  # no round trip when unchanged
-    if await _commit(services, table, pages, deferred, observation, unavailable):
+    decision = step(table, turn, clock=time.perf_counter_ns)
+    written, failed = await _write_back(services, table, decision)
+    unavailable = unavailable or failed
+    observation = decision.observation
+    seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
+    timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
+    deferred = None if written is not None else list(decision.new_pages)
+    if await _commit(services, table, list(decision.pages), deferred, observation, unavailable):
         timing = replace(timing, degraded=True)
-    return plan, timing, observation
+    return decision.plan, timing, observation
 
 
 async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from policies.recall import (
     NARROW_CONTEXT_CHARS,
     QUERY_CONTEXT_CHARS,
     QUERY_OR,
+    Recalled,
     framing,
     holds,
     matching,
@@ -86,14 +87,6 @@ def parameters() -> dict[str, Any]:
             },
         },
     }
-
-
-@dataclass(frozen=True, slots=True)
-class Recalled:
-    code: str  # "ok" | "no_match" | "denied" | "backend_error"
-    text: str  # what the model reads as the tool result
-    tokens: int
-    pages: tuple[str, ...] = ()  # the page ids asked for (served ones when the code is "ok")
 
 
 async def resolve(paging: Paging, call: ToolCall, cap: int) -> Recalled:

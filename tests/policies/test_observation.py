@@ -1,4 +1,4 @@
-"""The fault observer at the gateway's edge, on real planned turns: a compaction whose prompt
+"""The pure fault observer (policies.observation), on real planned turns: a compaction whose prompt
 lacks a rule, flush misses, the decision trace and residency, and recall outcomes."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from gateway.chat import parse_messages
-from gateway.observe import Observation, TurnFacts, observe, recall_events, recall_hits, residency
-from gateway.recall import Recalled
 from policies.budget import TokenBudget
 from policies.faults import FaultKind
 from policies.lifecycle import Event, detect
+from policies.observation import Observation, TurnFacts, observe, recall_events, recall_hits, residency
 from policies.observer import state_of
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable, known_prefix, set_level
+from policies.recall import Recalled
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.transcript import Message
