@@ -5,7 +5,7 @@ word on its boundary.
 At the first request of a session (`policies.crossing.wants_start`) `load_start` swaps the
 project's newest-session pointer of the end user (gateway.sessions: never another user's) and
 reads the session it pointed to, with the committed write-back pages of the project and of the
-user's part of it (gateway.memory). The turn step decides from these whether the session is a
+user's part of it (gateway.store.memory). The turn step decides from these whether the session is a
 reset of a live predecessor or a new start, and what carries over.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.journal import WritebackJournal
-from gateway.memory import user_scope
-from gateway.session_state import SessionState
-from gateway.store import StoreError, project_scope
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import user_scope
+from gateway.store.session_state import SessionState
+from gateway.store.store import StoreError, project_scope
 from policies.crossing import CARRIED_TYPES, Start
 from policies.pages import Page
 from policies.pagetable import PageTable

@@ -9,10 +9,10 @@ import logging
 from collections.abc import Mapping
 
 from gateway.audit import AuditLog
-from gateway.memory import WriteReport
 from gateway.metrics import Metrics
 from gateway.recall import Paging
-from gateway.store import StoreError
+from gateway.store.memory import WriteReport
+from gateway.store.store import StoreError
 from policies import faults
 from policies.faults import Tally
 from policies.observation import Observation, recall_events, recall_hits, served_pages

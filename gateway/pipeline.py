@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -21,13 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import jsonio
-from gateway.audit import AuditLog
-from gateway.auth import KeyRing
+from gateway.api.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.boundary import hint_of, load_start
 from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
 from gateway.chains import ResponseChains
 from gateway.chat import to_wire
-from gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.http import (
     read_body,
     respond,
@@ -36,26 +34,23 @@ from gateway.http import (
     stream_faults_counted,
     unless_disconnected,
 )
-from gateway.inspector import Glimpse, Shot, TurnLog, glimpse, recorded
+from gateway.inspector import Glimpse, Shot, glimpse, recorded
 from gateway.jsonio import JSONAnswer, NestingTooDeep
-from gateway.limits import TenantLimiter
-from gateway.memory import MemoryService, WriteReport
-from gateway.metrics import Metrics
-from gateway.models import ModelCatalog, resolve_window
+from gateway.models import resolve_window
 from gateway.observe import record, record_recalls
-from gateway.outage import DEGRADED, DEGRADED_HEADER, OutageQueue, store_event
 from gateway.provider_params import provider_params
 from gateway.recall import Paging
 from gateway.retry import with_retries
-from gateway.session_state import SessionState
+from gateway.services import UNAUTHENTICATED, Services, store_failure
 from gateway.sessions import SessionIds, resolve
-from gateway.settings import Settings, Tenant
+from gateway.settings import Tenant
 from gateway.sse import ending_cleanly
-from gateway.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
-from gateway.tables import TableFormatError
-from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
-from gateway.transcripts import TranscriptCache
-from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
+from gateway.store.memory import WriteReport
+from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
+from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
+from gateway.store.tables import TableFormatError
+from gateway.tokens import TiktokenCounter
+from gateway.upstream import UpstreamResponse
 from gateway.wire.base import Answer, Wire, WireRequest
 from gateway.wire.chat import CHAT
 from gateway.wire.loop import answered, streamed, whole
@@ -74,7 +69,6 @@ from policies.writes import Memories
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
-UNAUTHENTICATED = "-"  # the tenant label of a request whose key was refused
 COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
 COMMIT_BACKOFF_CAP_S = 0.1
@@ -109,44 +103,6 @@ LITELLM_PREFIXES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Services:
-    settings: Settings
-    keyring: KeyRing
-    sessions: SessionState
-    upstream: OpenAICompatible
-    provider: LiteLLMProvider
-    tokenizers: Tokenizers
-    catalog: ModelCatalog
-    tool_tokens: ToolTokens
-    transcripts: TranscriptCache
-    metrics: Metrics
-    audit: AuditLog
-    memory: MemoryService
-    outage: OutageQueue  # turns deferred while the store is unavailable
-    limiter: TenantLimiter = field(default_factory=TenantLimiter)  # requests in flight per tenant (gateway.limits)
-    inspector: TurnLog | None = None  # per-turn records for the session inspector (gateway.inspector)
-
-
-class ToolTokens:
-    """Token counts of tool schemas, remembered: agents send the same tools every turn."""
-
-    def __init__(self, capacity: int = 256) -> None:
-        self._capacity = capacity
-        self._counts: dict[tuple[str, bytes], int] = {}
-
-    def count(self, counter: TiktokenCounter, tools: object) -> int:
-        if not isinstance(tools, list) or not tools:
-            return 0
-        key = (counter.name, jsonio.dumps(tools))
-        found = self._counts.get(key)
-        if found is None:
-            if len(self._counts) >= self._capacity:
-                self._counts.pop(next(iter(self._counts)))
-            found = self._counts[key] = count_tools(counter, tools)
-        return found
-
-
-@dataclass(frozen=True, slots=True)
 class Timing:
     """The policy engine's time on one turn: ingesting new content, then assembling."""
 
@@ -155,21 +111,12 @@ class Timing:
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
     written: WriteReport | None = None  # the turn's write-back
     sent: int = 0  # tokens of the transcript as the agent sent it
-    degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.outage)
+    degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.store.outage)
     glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.inspector)
 
     @property
     def policy_ns(self) -> int:
         return self.ingest_ns + self.assembly_ns
-
-
-def store_failure(exc: StoreError, what: str, code: str | None = None) -> ServiceUnavailable:
-    """The 503 for a store failure: the client learns the store is unavailable (and, for a
-    refusal, the Redis error code); the exception's text, which may name internal hosts and
-    ports, goes to the log only."""
-    log.warning("%s: the page store failed: %s: %s", what, type(exc).__name__, exc)
-    reason = f" ({exc.reason})" if isinstance(exc, StoreUnavailable) else ""
-    return ServiceUnavailable(f"the page store is unavailable{reason}; retry the request", code=code)
 
 
 def uses_litellm(model: str) -> bool:

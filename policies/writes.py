@@ -8,7 +8,7 @@ system prompt) is the user's: when the session names an end user it goes to the 
 the project, never to the project's own memory. Facts of the system prompt (the agent's own
 rules) stay in the project's memory. Without a named user the user's part is the project itself.
 
-Each batch is validated and merged here (`policies.writeback.apply`); `gateway.memory` commits
+Each batch is validated and merged here (`policies.writeback.apply`); `gateway.store.memory` commits
 it atomically with its journal records, checking the memory's version, and on a conflict
 validates the batch again against the reloaded memory with the same rule.
 """

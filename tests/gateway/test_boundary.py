@@ -10,12 +10,12 @@ import pytest
 
 from gateway.boundary import hint_of, load_start
 from gateway.chat import parse_messages
-from gateway.embedded import free_port
-from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService
-from gateway.session_state import SessionState
 from gateway.sessions import FINGERPRINT
-from gateway.store import RedisStore
+from gateway.store.embedded import free_port
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService
+from gateway.store.session_state import SessionState
+from gateway.store.store import RedisStore
 from policies import crossing as pure
 from policies.crossing import Crossing, seed, wants_start
 from policies.lifecycle import Event

@@ -2,7 +2,7 @@
 
 The turn's new pages are staged as typed updates, validated and merged against the scope's
 committed memory by the pure turn step (`policies.writes`), and committed
-atomically with their journal records (`gateway.journal`), one batch per scope: the session's
+atomically with their journal records (`gateway.store.journal`), one batch per scope: the session's
 (plan, evidence, session rules) and the project's (preferences, project rules, whose pages are
 also stored in that scope so a later session can carry them). Memory is cached in process
 and trusted like page tables: the commit checks its version, and a stale copy is reloaded and
@@ -22,9 +22,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.journal import WritebackJournal
 from gateway.sessions import per_user
-from gateway.store import Store, VersionConflict, project_scope, session_scope
+from gateway.store.journal import WritebackJournal
+from gateway.store.store import Store, VersionConflict, project_scope, session_scope
 from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.writeback import Memory, Outcome, Update
@@ -59,7 +59,7 @@ class MemoryService:
 
     async def write_back(self, table: PageTable, new_pages: Sequence[Page]) -> WriteReport:
         """Plan the write-back of `new_pages` on the committed memory and carry it out (a deferred
-        turn's, from gateway.outage; a live turn's is planned by the pure turn step)."""
+        turn's, from gateway.store.outage; a live turn's is planned by the pure turn step)."""
         return await self.execute(table, plan_writes(table, new_pages, await self.memories(table)), new_pages)
 
     async def memories(self, table: PageTable) -> Memories:

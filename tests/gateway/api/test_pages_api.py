@@ -1,4 +1,4 @@
-"""gateway.pages_api: the page's JSON answer, and store failures as OpenAI-shaped 503s.
+"""gateway.api.pages_api: the page's JSON answer, and store failures as OpenAI-shaped 503s.
 (The route end to end, with tenants and a real chat turn: tests/e2e/test_pages_api.py.)"""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
-from gateway.codec import dump_page
-from gateway.embedded import free_port
-from gateway.pages_api import page_body
+from gateway.api.app import create_app
+from gateway.api.pages_api import page_body
 from gateway.settings import Overrides, load_settings
-from gateway.store import Keys, session_scope
+from gateway.store.codec import dump_page
+from gateway.store.embedded import free_port
+from gateway.store.store import Keys, session_scope
 from policies.pages import Fidelity, PageType, Pin, Provenance, Scope
 from policies.pagetable import make_page_id, tenant_tag
 from policies.transcript import ToolCall

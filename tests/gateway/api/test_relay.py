@@ -13,11 +13,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import serve
-from gateway.app import create_app
-from gateway.embedded import free_port
-from gateway.errors import InvalidRequest
-from gateway.relay import relayed_path, shared_route
+from gateway.api.app import create_app
+from gateway.api.errors import InvalidRequest
+from gateway.api.relay import relayed_path, shared_route
 from gateway.settings import Overrides, load_settings
+from gateway.store.embedded import free_port
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway import embedded
-from gateway.embedded import EmbeddedRedis, EmbeddedRedisError, free_port, ping, redis_server_binary
+from gateway.store import embedded
+from gateway.store.embedded import EmbeddedRedis, EmbeddedRedisError, free_port, ping, redis_server_binary
 
 
 def _client(url: str) -> redis.Redis:

@@ -1,5 +1,5 @@
 """The session inspector: `GET /ui` (static files in the package, no build step, nothing from a CDN)
-and the JSON it reads, beside the audit API (gateway.audit_api).
+and the JSON it reads, beside the audit API (gateway.api.audit_api).
 
 The page itself holds no data and needs no key; every route below does, as every other route:
 the tenant's API key (`Authorization: Bearer`, `api-key` or `x-api-key`), typed into the page's
@@ -14,7 +14,7 @@ id is refused (403) without a lookup.
   kept turn records (tokens against the budget, prefix reused, events, the write-back committed and
   rejected with its codes), the fidelity heat map, recalls with reason codes, lifecycle events and
   faults with evidence, each attributed to a turn. The write-back journal's every record, with its
-  detail, stays at `/v1/clawvm/sessions/{id}/journal` (gateway.audit_api).
+  detail, stays at `/v1/clawvm/sessions/{id}/journal` (gateway.api.audit_api).
 - `GET /v1/clawvm/sessions/{id}/prompts/{prompt_id}`: one kept request as the agent sent it and
   as the model saw it, with the message-level diff.
 - `GET /v1/clawvm/sessions/{id}/pages/{page_id}`: one page: type, scope, pin, provenance, its four
@@ -29,20 +29,20 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.audit_api import _guarded, _page_row, _session_id, _table, tally_body
-from gateway.errors import InvalidRequest, NotFound
+from gateway.api.audit_api import _guarded, _page_row, _session_id, _table, tally_body
+from gateway.api.errors import InvalidRequest, NotFound
+from gateway.api.pages_api import LEVEL_NAMES, _fetch, _page_id, _scopes, page_body
 from gateway.inspector import TurnLog
 from gateway.jsonio import JSONAnswer
-from gateway.memory import user_scope
-from gateway.pages_api import LEVEL_NAMES, _fetch, _page_id, _scopes, page_body
-from gateway.pipeline import Services
-from gateway.store import Keys, StoreError, project_scope, session_scope
+from gateway.services import Services
+from gateway.store.memory import user_scope
+from gateway.store.store import Keys, StoreError, project_scope, session_scope
 from gateway.timeline import after_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
 from policies.faults import Tally
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable
 
-STATIC = Path(__file__).resolve().parent / "ui"
+STATIC = Path(__file__).resolve().parent.parent / "ui"
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # The page runs only its own script and style, talks only to this origin, and is never framed.
 PAGE_HEADERS = {

@@ -3,7 +3,7 @@
 The body goes as it came (its items, encrypted ones included, byte for byte) to the tenant's
 upstream with the tenant's key, and the answer (the compacted items) comes back as it is. Only
 what would read the upstream account is refused: a `previous_response_id`, through a key tenants
-share (gateway.relay's account-level rule), since the response it names may be another tenant's.
+share (gateway.api.relay's account-level rule), since the response it names may be another tenant's.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Awaitable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, InvalidRequest, error_response
+from gateway.api.errors import GatewayError, InvalidRequest, error_response
 from gateway.http import read_body, respond, retries_counted, stream_faults_counted, upstream_target
-from gateway.pipeline import UNAUTHENTICATED, Services
 from gateway.retry import RetryPolicy, with_retries
+from gateway.services import UNAUTHENTICATED, Services
 from gateway.upstream import UpstreamResponse
 from gateway.wire.base import json_object
 from gateway.wire.responses import RESPONSES

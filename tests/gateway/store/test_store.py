@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.codec import dump_page
-from gateway.embedded import EmbeddedRedis, free_port
-from gateway.store import (
+from gateway.store.codec import dump_page
+from gateway.store.embedded import EmbeddedRedis, free_port
+from gateway.store.store import (
     CorruptData,
     InvalidKeyError,
     InvalidRecordError,

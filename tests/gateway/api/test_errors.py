@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from gateway import errors
-from gateway.errors import (
+from gateway.api import errors
+from gateway.api.errors import (
     AuthenticationFailed,
     ContextLengthExceeded,
     GatewayError,

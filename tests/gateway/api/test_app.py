@@ -13,10 +13,10 @@ import redis
 
 from bench.fake_upstream import FakeUpstream, serve
 from bench.fuzz import OneConnection
-from gateway.app import create_app
-from gateway.embedded import EmbeddedRedis, free_port
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
-from gateway.store import Keys, session_scope
+from gateway.store.embedded import EmbeddedRedis, free_port
+from gateway.store.store import Keys, session_scope
 
 _ids = itertools.count()
 

@@ -16,11 +16,11 @@ from typing import Any, TypedDict
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.api.errors import InvalidRequest, NotFound, PermissionDenied
 from gateway.jsonio import JSONAnswer
-from gateway.pipeline import Services, store_failure
+from gateway.services import Services, store_failure
 from gateway.sessions import safe_id
-from gateway.store import StoreError, project_scope, session_scope
+from gateway.store.store import StoreError, project_scope, session_scope
 from policies.pages import LEVELS, Fidelity, Page, Provenance, Representation
 from policies.pagetable import id_tag, tenant_tag
 

@@ -1,6 +1,6 @@
 """The write-back journal in Redis: one scope's committed memory, its journal and applied batches.
 
-Keys (gateway.store.Keys, one hash tag per scope):
+Keys (gateway.store.store.Keys, one hash tag per scope):
 
     .memory     hash: one field per slot holding the Entry as JSON, plus `v` (the memory version)
     .writeback  stream: one record per staged update, committed or rejected, capped near JOURNAL_MAXLEN
@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from gateway.jsonio import dumps_text, loads
-from gateway.store import CONFLICT, CorruptData, Keys, VersionConflict, mapped_errors
+from gateway.store.store import CONFLICT, CorruptData, Keys, VersionConflict, mapped_errors
 from policies.pages import PageType, Scope
 from policies.writeback import Entry, Memory, Outcome, Rejection, Update
 

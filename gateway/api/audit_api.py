@@ -11,7 +11,7 @@ tenant reads only its own sessions and another tenant's session is simply unknow
   `limit` (1..1000, default 100). `/journal?scope=project` reads the project's journal: the
   project of the `X-ClawVM-Project` header, else the session's own. `/journal?scope=user`
   reads the journal of the session's end user's part of its project (what that user stated:
-  gateway.memory); for a session that names no user, the project's.
+  gateway.store.memory); for a session that names no user, the project's.
 Each list answers `{"object": "list", "data": [...], "has_more": bool, "next_after": id}`.
 
 The session id is the one the gateway reports in `X-ClawVM-Session` (a free-form id a client
@@ -29,14 +29,14 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.audit import START, InvalidCursor
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.jsonio import JSONAnswer
-from gateway.memory import user_scope
-from gateway.pipeline import Services, store_failure
+from gateway.services import Services, store_failure
 from gateway.sessions import SAFE_ID, safe_id
-from gateway.store import InvalidKeyError, Keys, StoreError, project_scope, session_scope
-from gateway.tables import TableFormatError
+from gateway.store.memory import user_scope
+from gateway.store.store import InvalidKeyError, Keys, StoreError, project_scope, session_scope
+from gateway.store.tables import TableFormatError
 from policies.faults import Tally
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable

@@ -32,10 +32,10 @@ from urllib.parse import unquote_to_bytes
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.api.errors import InvalidRequest, PermissionDenied
 from gateway.http import read_body, respond, retries_counted, retry_policy, stream_faults_counted, upstream_target
-from gateway.pipeline import Services
 from gateway.retry import RetryPolicy, with_retries
+from gateway.services import Services
 from gateway.settings import Tenant
 from gateway.upstream import UpstreamResponse
 

@@ -13,11 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsonio
-from gateway.errors import GatewayError
+from gateway.api.errors import GatewayError
 from gateway.http import read_body, respond, retries_counted, retry_policy
 from gateway.jsonio import JSONAnswer
-from gateway.pipeline import UNAUTHENTICATED, Services, dry_run
+from gateway.pipeline import dry_run
 from gateway.retry import with_retries
+from gateway.services import UNAUTHENTICATED, Services
 from gateway.sessions import resolve
 from gateway.upstream import UpstreamResponse
 from gateway.wire.messages import MESSAGES, error_body, parse_request

@@ -6,7 +6,7 @@ one server or a cluster (`redis+cluster://host:port[,host:port...]`, see `RedisS
 
     cvm:{<tenant>:s:<session>}:table               hash: v (version), data (snapshot), base (its version)
     cvm:{<tenant>:s:<session>}:tlog                list: the journal, one record per save since the snapshot
-    cvm:{<tenant>:s:<session>}:page:<page_id>      page JSON (gateway.codec)
+    cvm:{<tenant>:s:<session>}:page:<page_id>      page JSON (gateway.store.codec)
     cvm:{<tenant>:s:<session>}:body:<sha256>       evidence body, content-addressed, immutable
     cvm:{<tenant>:<scope>}:mem / :wb / :wbids      write-back memory, journal stream, applied batch ids
     cvm:{<tenant>:s:<session>}:dec / :evt          decision trace and lifecycle/fault events (streams)
@@ -54,7 +54,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from gateway.codec import CodecError, dump_page, load_page
+from gateway.store.codec import CodecError, dump_page, load_page
 from policies.pages import Page
 
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -446,7 +446,7 @@ class RedisStore:
         except that a retry of a save that already committed (stored = expected + 1 with the same
         data) returns the stored version instead of failing. Ids, digests and pages are checked
         before any I/O: a body whose sha256 is not its digest raises InvalidKeyError, a page that
-        cannot be encoded (NaN utility) raises gateway.codec.CodecError, a snapshot holding a
+        cannot be encoded (NaN utility) raises gateway.store.codec.CodecError, a snapshot holding a
         newline raises InvalidRecordError.
         """
         expected = -1 if expected_version is None else expected_version

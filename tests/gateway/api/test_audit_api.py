@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.audit import AuditLog
 from gateway.settings import Overrides, load_settings
-from gateway.store import Keys, RedisStore, project_scope, session_scope
+from gateway.store.store import Keys, RedisStore, project_scope, session_scope
 from tests.factories import order_desk_conversation
 
 CONFIG = "tenants:\n  acme:\n    api_keys: [sk-acme]\n  globex:\n    api_keys: [sk-globex]\n"

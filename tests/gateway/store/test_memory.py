@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService, user_scope
-from gateway.store import RedisStore, project_scope, session_scope
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService, user_scope
+from gateway.store.store import RedisStore, project_scope, session_scope
 from policies.pages import Page, PageType, Scope
 from policies.pagetable import PageTable
 from policies.writeback import PLAN_SLOT

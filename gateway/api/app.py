@@ -21,32 +21,33 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.audit_api import decisions, events, journal, metrics, session
+from gateway.api.errors import GatewayError, InvalidRequest, NotFound, error_response
+from gateway.api.messages_api import count_tokens
+from gateway.api.pages_api import page
+from gateway.api.relay import relay
+from gateway.api.responses_api import compact
+from gateway.api.ui_api import asset, index, prompt, sessions, timeline
+from gateway.api.ui_api import page as session_page
 from gateway.audit import AuditLog
-from gateway.audit_api import decisions, events, journal, metrics, session
 from gateway.auth import KeyRing
-from gateway.embedded import EmbeddedRedis
-from gateway.errors import GatewayError, InvalidRequest, NotFound, error_response
 from gateway.http import HeaderLimit
 from gateway.inspector import TurnLog
-from gateway.journal import WritebackJournal
 from gateway.jsonio import NestingTooDeep
 from gateway.limits import ConcurrencyLimit, TenantLimiter
-from gateway.memory import MemoryService
-from gateway.messages_api import count_tokens
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
-from gateway.outage import Drainer, OutageQueue
-from gateway.pages_api import page
-from gateway.pipeline import Services, ToolTokens, chat_completions, turn_route
-from gateway.relay import relay
-from gateway.responses_api import compact
-from gateway.session_state import SessionState
+from gateway.pipeline import chat_completions, turn_route
+from gateway.services import Services, ToolTokens
 from gateway.settings import Settings
-from gateway.store import RedisStore
+from gateway.store.embedded import EmbeddedRedis
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService
+from gateway.store.outage import Drainer, OutageQueue
+from gateway.store.session_state import SessionState
+from gateway.store.store import RedisStore
 from gateway.tokens import Tokenizers, prepare_offline
 from gateway.transcripts import TranscriptCache
-from gateway.ui_api import asset, index, prompt, sessions, timeline
-from gateway.ui_api import page as session_page
 from gateway.upstream import LiteLLMProvider, OpenAICompatible
 from gateway.wire.messages import MESSAGES
 from gateway.wire.responses import RESPONSES
@@ -80,7 +81,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/clawvm/sessions/{session_id:str}/decisions", decisions, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}/events", events, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}/journal", journal, methods=["GET"]),
-            Route("/v1/clawvm/sessions", sessions, methods=["GET"]),  # the session inspector (gateway.ui_api)
+            Route("/v1/clawvm/sessions", sessions, methods=["GET"]),  # the session inspector (gateway.api.ui_api)
             Route("/v1/clawvm/sessions/{session_id:str}/timeline", timeline, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}/prompts/{prompt_id:str}", prompt, methods=["GET"]),
             Route("/v1/clawvm/sessions/{session_id:str}/pages/{page_id:str}", session_page, methods=["GET"]),

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from policies.pagetable import tenant_tag
 from tests.factories import order_desk_conversation

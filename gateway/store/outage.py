@@ -47,12 +47,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
+from gateway.api.errors import ServiceUnavailable
 from gateway.audit import AuditLog
-from gateway.errors import ServiceUnavailable
-from gateway.memory import MemoryService
 from gateway.metrics import Metrics
-from gateway.session_state import SessionState
-from gateway.store import StoreError, VersionConflict, session_scope
+from gateway.store.memory import MemoryService
+from gateway.store.session_state import SessionState
+from gateway.store.store import StoreError, VersionConflict, session_scope
 from policies.pages import Page
 from policies.pagetable import PageTable
 

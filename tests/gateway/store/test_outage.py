@@ -12,22 +12,22 @@ from dataclasses import dataclass
 
 import pytest
 
+from gateway.api.errors import ServiceUnavailable
 from gateway.audit import AuditLog
-from gateway.embedded import EmbeddedRedis
-from gateway.errors import ServiceUnavailable
-from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService
 from gateway.metrics import Metrics
-from gateway.outage import DEFAULT_BYTES, STORE_UNAVAILABLE, Drainer, OutageQueue, store_event, turn_bytes
-from gateway.session_state import SessionState
-from gateway.store import RedisStore, StoreUnavailable, session_scope
+from gateway.store.embedded import EmbeddedRedis
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService
+from gateway.store.outage import DEFAULT_BYTES, STORE_UNAVAILABLE, Drainer, OutageQueue, store_event, turn_bytes
+from gateway.store.session_state import SessionState
+from gateway.store.store import RedisStore, StoreUnavailable, session_scope
 from policies.budget import TokenBudget
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.turn import plan_turn
-from tests.gateway.test_session_state import conversation
+from tests.gateway.store.test_session_state import conversation
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.codec import FORMAT_VERSION, CodecError, dump_page, load_page
+from gateway.store.codec import FORMAT_VERSION, CodecError, dump_page, load_page
 from policies.pages import Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
 from policies.transcript import ToolCall
 from tests.factories import make_page

@@ -9,11 +9,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.traces import load_traces, traces_dir
-from gateway import session_state
 from gateway.chat import parse_messages, to_wire
-from gateway.session_state import Journal, SessionState
-from gateway.store import CorruptData, Keys, RedisStore, StoreUnavailable, VersionConflict, body_digest, session_scope
-from gateway.tables import dump_table
+from gateway.store import session_state
+from gateway.store.session_state import Journal, SessionState
+from gateway.store.store import (
+    CorruptData,
+    Keys,
+    RedisStore,
+    StoreUnavailable,
+    VersionConflict,
+    body_digest,
+    session_scope,
+)
+from gateway.store.tables import dump_table
 from gateway.tokens import Tokenizers, prepare_offline
 from policies.budget import TokenBudget, resolve_budget
 from policies.pages import PageType

@@ -16,9 +16,17 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.embedded import EmbeddedRedis, free_port
-from gateway.journal import APPLIED_KEEP, WritebackJournal, dump_entry
-from gateway.store import CorruptData, Keys, RedisStore, StoreError, StoreUnavailable, VersionConflict, session_scope
+from gateway.store.embedded import EmbeddedRedis, free_port
+from gateway.store.journal import APPLIED_KEEP, WritebackJournal, dump_entry
+from gateway.store.store import (
+    CorruptData,
+    Keys,
+    RedisStore,
+    StoreError,
+    StoreUnavailable,
+    VersionConflict,
+    session_scope,
+)
 from policies.pages import PageType, Scope
 from policies.writeback import Context, Memory, Op, Outcome, Reason, Update, apply, batch_id
 

@@ -7,7 +7,7 @@ version the table was loaded at), so a replica that planned on a table another r
 moved past loses the save, drops its copy and plans again on the stored state.
 
 A commit writes what the turn changed: one delta appended to the table's journal (see
-gateway.tables), not the whole table. Every COMPACT_EVERY records, or when the journal would
+gateway.store.tables), not the whole table. Every COMPACT_EVERY records, or when the journal would
 outgrow the snapshot, the commit writes a fresh snapshot instead (which clears the journal), so
 that a load replays a bounded journal and the per-turn write stays proportional to the change.
 """
@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from gateway.store import Store, TableRecord, body_digest, session_scope
-from gateway.tables import dump_delta, dump_table, load_table, page_ids
+from gateway.store.store import Store, TableRecord, body_digest, session_scope
+from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
 
