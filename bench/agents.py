@@ -38,7 +38,7 @@ from bench.fake_anthropic import FakeAnthropic
 from bench.fake_apis import app
 from bench.fake_responses import FakeResponses
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from gateway.tokens import prepare_offline
 

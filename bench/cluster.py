@@ -1,7 +1,7 @@
 """A real Redis Cluster on loopback, for tests and the load suite: N masters, no replicas.
 
 `EmbeddedCluster(base_dir).start()` launches N `redis-server --cluster-enabled yes` processes
-(the same binary as gateway.embedded) on free ports, splits the 16384 slots evenly between them
+(the same binary as gateway.store.embedded) on free ports, splits the 16384 slots evenly between them
 with CLUSTER ADDSLOTS, introduces them with CLUSTER MEET and waits until every node reports
 `cluster_state:ok` and sees every slot served. No `redis-cli --cluster create` is needed. The
 servers keep nothing on disk but their cluster config files (no AOF, no RDB); `stop()` ends them.
@@ -22,7 +22,7 @@ from types import TracebackType
 
 import redis
 
-from gateway.embedded import ping, redis_server_binary, wait_or_kill
+from gateway.store.embedded import ping, redis_server_binary, wait_or_kill
 
 SLOTS = 16384
 START_TIMEOUT_S = 30.0

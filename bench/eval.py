@@ -47,9 +47,9 @@ from bench.lifecycle_replay import run as run_boundary
 from bench.peers.model import HONEST, PERFECT, TraceModel
 from bench.report import bars, write_report
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.app import create_app
-from gateway.embedded import EmbeddedRedis
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
+from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import Tokenizers, prepare_offline
 from policies.tokens import TokenCounter
 

@@ -32,7 +32,7 @@ import httpx
 from bench.policy_time import Summary, summarize_ns
 from bench.traces import Trace
 from bench.wire_bodies import to_messages, to_responses
-from gateway.embedded import free_port
+from gateway.store.embedded import free_port
 from gateway.tokens import prepare_offline
 
 MODEL = "gpt-4o"

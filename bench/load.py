@@ -39,7 +39,7 @@ import aiohttp
 import redis
 
 from bench.latency import BenchError, Server, clawvm_command, server_env, stop, wait_healthy, write_config
-from gateway.embedded import EmbeddedRedis, free_port
+from gateway.store.embedded import EmbeddedRedis, free_port
 
 SESSIONS = 200
 SECONDS = 60.0
@@ -57,7 +57,7 @@ RULE_EVERY = 7
 MODEL = "gpt-4o"
 TENANT = "default"  # the open local setup's tenant
 MIB = 1024 * 1024
-DEGRADED_HEADER = "x-clawvm-degraded"  # gateway.outage: the store was down, the turn's writes deferred
+DEGRADED_HEADER = "x-clawvm-degraded"  # gateway.store.outage: the store was down, the turn's writes deferred
 
 Json = dict[str, Any]
 Tick = Callable[[str], None]

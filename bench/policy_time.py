@@ -1,10 +1,12 @@
-"""Policy-engine time per turn, in process: the real traces replayed through `plan_turn`.
+"""Policy-engine time per turn, in process: the real traces replayed through `policies.step.step`,
+the pure turn step the gateway runs on every request.
 
-Each trace is replayed request by request (`Trace.turns()`) into one `PageTable`, at each budget.
-The chat wire adapter builds the `Message` list outside the timed region; the policy engine's
-two steps are timed apart (`time.perf_counter_ns`), with the real tiktoken counter: ingest
-(classifying, representing and counting the new messages) and assembly (layout, knapsack and
-render: the selector, the figure the paper quotes). One full replay runs first and is discarded (warm-up).
+Each trace is replayed request by request (`Trace.turns()`) into one `PageTable`, at each budget,
+with the write-back planned on empty committed memory (no store). The chat wire adapter builds
+the `Message` list outside the timed region; the whole step is timed (`time.perf_counter_ns`),
+with the real tiktoken counter, and within it ingest (classifying, representing and counting the
+new messages) and assembly (layout, knapsack and render: the selector, the figure the paper
+quotes) apart. One full replay runs first and is discarded (warm-up).
 
 "Cost growth" times turns 10, 100 and 1000 of a synthetic agent loop (a fixed system prompt,
 then assistant tool call + ~300-token tool result per turn): the session is replayed up to each
@@ -25,18 +27,22 @@ from dataclasses import dataclass, field
 from bench.traces import Trace
 from gateway.chat import parse_messages
 from gateway.tokens import count_tools
+from policies import step as turn_step
 from policies.budget import TokenBudget, resolve_budget
 from policies.pagetable import PageTable
+from policies.step import TurnInput
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import TokenCounter
 from policies.transcript import Message
-from policies.turn import assemble_turn, ingest_turn
+from policies.writeback import Memory
+from policies.writes import Memories
 
 MODEL = "gpt-4o"
 WINDOW = 128_000
 BUDGETS = (4000, 16000)
 GROWTH_TURNS = (10, 100, 1000)
 GROWTH_REPEATS = 5
+NOW = 1_700_000_000  # the step's clock reading: fixed, so no turn is an idle session's end
 RESULT_LINES = 15  # lines of one synthetic tool result: ~300 tokens
 SYSTEM_PROMPT = (
     "You are a coding agent working in a Python repository.\n"
@@ -111,19 +117,24 @@ def summarize_ns(values_ns: Sequence[int]) -> Summary:
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """`plan_turn` with everything but the table and the transcript fixed."""
+    """The turn step with everything but the table and the transcript fixed."""
 
     counter: TokenCounter
     budget: TokenBudget
     policy: TenantPolicy = field(default_factory=TenantPolicy)
 
     def turn(self, table: PageTable, messages: Sequence[Message]) -> TurnTime:
+        turn = TurnInput(messages, self.policy, self.counter, self.budget, NOW, memories=_memories(table))
         started = time.perf_counter_ns()
-        result = ingest_turn(table, messages, self.policy, self.counter)
-        ingested = time.perf_counter_ns()
-        assemble_turn(table, messages, result, self.policy, self.budget)
+        decision = turn_step.step(table, turn, clock=time.perf_counter_ns)
         done = time.perf_counter_ns()
-        return TurnTime(done - started, ingested - started, done - ingested)
+        return TurnTime(done - started, decision.ingest_ns, decision.assembly_ns)
+
+
+def _memories(table: PageTable) -> Memories:
+    """Empty committed memory for the session's scopes: the bench has no store."""
+    empty = Memory.empty()
+    return Memories((f"s:{table.session}", empty), (f"p:{table.project}", empty), (f"p:{table.project}", empty))
 
 
 def engine(counter: TokenCounter, budget: int, tools: Sequence[object] = ()) -> Engine:
@@ -255,7 +266,7 @@ def run_policy(
 
 
 def format_policy(report: PolicyReport) -> list[str]:
-    lines = [f"policy time per turn (plan_turn, in process; {report.model}, {report.encoding})"]
+    lines = [f"policy time per turn (policies.step, in process; {report.model}, {report.encoding})"]
     for budget in report.budgets:
         lines += _format_budget(budget)
     lines.append(f"cost growth: synthetic agent loop at budget {report.growth_budget} (median of repeats)")

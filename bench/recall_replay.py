@@ -168,9 +168,9 @@ def run_recall(traces: list[Trace], budget: int, knowledge: str = "honest") -> l
     import httpx
 
     from bench.fake_upstream import FakeUpstream, serve
-    from gateway.app import create_app
-    from gateway.embedded import EmbeddedRedis
+    from gateway.api.app import create_app
     from gateway.settings import Overrides, load_settings
+    from gateway.store.embedded import EmbeddedRedis
 
     rows = []
     with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as store:

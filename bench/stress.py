@@ -41,9 +41,9 @@ from bench.checks import message_text, missing_rules, pairing_errors
 from bench.fake_upstream import FakeUpstream, Responder, serve
 from bench.lifecycle_replay import missing_state, user_state
 from bench.policy_time import synthetic_session
-from gateway.app import create_app
-from gateway.embedded import EmbeddedRedis
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
+from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import Tokenizers, count_messages
 
 MODEL = "gpt-4o"

@@ -50,9 +50,9 @@ from bench.wire_bodies import (
     chat_of_responses,
     responses_reply,
 )
-from gateway.app import create_app
-from gateway.embedded import EmbeddedRedis
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
+from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import Tokenizers, prepare_offline
 
 BUDGET = 4000

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway import jsonio
-from gateway.store import Keys, mapped_errors, session_scope
+from gateway.store.store import Keys, mapped_errors, session_scope
 
 FIELD = "r"
 START = "-"

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-from gateway.errors import AuthenticationFailed
+from gateway.api.errors import AuthenticationFailed
 from gateway.settings import Settings, Tenant
 
 KEY_HEADERS = ("api-key", "x-api-key")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import jsonio
-from gateway.store import Client, mapped_errors
+from gateway.store.store import Client, mapped_errors
 
 CHAIN_TTL_S = 7 * 24 * 3600  # how long a response can be chained from
 

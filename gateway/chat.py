@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.api.errors import InvalidRequest
 from gateway.fields import ARRAY, BODY, MESSAGE, STRING, Spec, check, invalid, of
 from gateway.wire.base import Parse, WireRequest, json_object
 from policies.transcript import ROLES, Message, ToolCall

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings, log_level: str) -> None:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.api.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_content_loggers(settings.server.log_content)

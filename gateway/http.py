@@ -22,8 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import jsonio
-from gateway.auth import client_key
-from gateway.errors import (
+from gateway.api.errors import (
     ClientDisconnected,
     GatewayError,
     HeadersTooLarge,
@@ -34,6 +33,7 @@ from gateway.errors import (
     error_response,
     from_status,
 )
+from gateway.auth import client_key
 from gateway.metrics import Metrics
 from gateway.retry import OnRetry, RetryPolicy
 from gateway.settings import Tenant

@@ -1,4 +1,4 @@
-"""Per-turn records for the session inspector (`GET /ui`, gateway.ui_api): bounded, beside the pages.
+"""Per-turn records for the session inspector (`GET /ui`, gateway.api.ui_api): bounded, beside the pages.
 
 Every request of a session leaves one record: its turn, when, the lifecycle event, tokens
 received and forwarded against the budget, how much of the forwarded prompt repeats the previous
@@ -39,9 +39,9 @@ import redis.asyncio as aioredis
 
 from gateway import jsonio
 from gateway.audit import decode
-from gateway.memory import WriteReport
 from gateway.settings import UISettings
-from gateway.store import InvalidKeyError, Keys, StoreError, mapped_errors, session_scope
+from gateway.store.memory import WriteReport
+from gateway.store.store import InvalidKeyError, Keys, StoreError, mapped_errors, session_scope
 from policies.assembler import Assembly
 from policies.faults import Tally
 from policies.pages import Fidelity

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import AuthenticationFailed, GatewayError, RateLimited, error_response
+from gateway.api.errors import AuthenticationFailed, GatewayError, RateLimited, error_response
 from gateway.settings import Tenant
 
 LIMITED_PREFIX = "/v1/"

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -21,13 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import jsonio
-from gateway.audit import AuditLog
-from gateway.auth import KeyRing
-from gateway.boundary import cross, hint_of
+from gateway.api.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.boundary import hint_of, load_start
 from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
 from gateway.chains import ResponseChains
 from gateway.chat import to_wire
-from gateway.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.http import (
     read_body,
     respond,
@@ -36,42 +34,41 @@ from gateway.http import (
     stream_faults_counted,
     unless_disconnected,
 )
-from gateway.inspector import Glimpse, Shot, TurnLog, glimpse, recorded
+from gateway.inspector import Glimpse, Shot, glimpse, recorded
 from gateway.jsonio import JSONAnswer, NestingTooDeep
-from gateway.limits import TenantLimiter
-from gateway.memory import MemoryService, WriteReport
-from gateway.metrics import Metrics
-from gateway.models import ModelCatalog, resolve_window
-from gateway.observe import BOUNDARIES, QUIET, Observation, TurnFacts, observe, record, record_recalls
-from gateway.outage import DEGRADED, DEGRADED_HEADER, OutageQueue, store_event
+from gateway.models import resolve_window
+from gateway.observe import record, record_recalls
 from gateway.provider_params import provider_params
 from gateway.recall import Paging
 from gateway.retry import with_retries
-from gateway.session_state import SessionState
+from gateway.services import UNAUTHENTICATED, Services, store_failure
 from gateway.sessions import SessionIds, resolve
-from gateway.settings import Settings, Tenant
+from gateway.settings import Tenant
 from gateway.sse import ending_cleanly
-from gateway.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
-from gateway.tables import TableFormatError
-from gateway.tokens import TiktokenCounter, Tokenizers, count_tools
-from gateway.transcripts import TranscriptCache
-from gateway.upstream import LiteLLMProvider, OpenAICompatible, UpstreamResponse
+from gateway.store.memory import WriteReport
+from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
+from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
+from gateway.store.tables import TableFormatError
+from gateway.tokens import TiktokenCounter
+from gateway.upstream import UpstreamResponse
 from gateway.wire.base import Answer, Wire, WireRequest
 from gateway.wire.chat import CHAT
 from gateway.wire.loop import answered, streamed, whole
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
-from policies.observer import state_of
+from policies.crossing import wants_start
+from policies.observation import Observation
 from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
+from policies.step import Decision, TurnInput, step
 from policies.tokens import TokenCounter
 from policies.transcript import Message
-from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
+from policies.turn import TurnPlan, plan_turn
+from policies.writes import Memories
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
-UNAUTHENTICATED = "-"  # the tenant label of a request whose key was refused
 COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
 COMMIT_BACKOFF_CAP_S = 0.1
@@ -106,44 +103,6 @@ LITELLM_PREFIXES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Services:
-    settings: Settings
-    keyring: KeyRing
-    sessions: SessionState
-    upstream: OpenAICompatible
-    provider: LiteLLMProvider
-    tokenizers: Tokenizers
-    catalog: ModelCatalog
-    tool_tokens: ToolTokens
-    transcripts: TranscriptCache
-    metrics: Metrics
-    audit: AuditLog
-    memory: MemoryService
-    outage: OutageQueue  # turns deferred while the store is unavailable
-    limiter: TenantLimiter = field(default_factory=TenantLimiter)  # requests in flight per tenant (gateway.limits)
-    inspector: TurnLog | None = None  # per-turn records for the session inspector (gateway.inspector)
-
-
-class ToolTokens:
-    """Token counts of tool schemas, remembered: agents send the same tools every turn."""
-
-    def __init__(self, capacity: int = 256) -> None:
-        self._capacity = capacity
-        self._counts: dict[tuple[str, bytes], int] = {}
-
-    def count(self, counter: TiktokenCounter, tools: object) -> int:
-        if not isinstance(tools, list) or not tools:
-            return 0
-        key = (counter.name, jsonio.dumps(tools))
-        found = self._counts.get(key)
-        if found is None:
-            if len(self._counts) >= self._capacity:
-                self._counts.pop(next(iter(self._counts)))
-            found = self._counts[key] = count_tools(counter, tools)
-        return found
-
-
-@dataclass(frozen=True, slots=True)
 class Timing:
     """The policy engine's time on one turn: ingesting new content, then assembling."""
 
@@ -152,21 +111,12 @@ class Timing:
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
     written: WriteReport | None = None  # the turn's write-back
     sent: int = 0  # tokens of the transcript as the agent sent it
-    degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.outage)
+    degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.store.outage)
     glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.inspector)
 
     @property
     def policy_ns(self) -> int:
         return self.ingest_ns + self.assembly_ns
-
-
-def store_failure(exc: StoreError, what: str, code: str | None = None) -> ServiceUnavailable:
-    """The 503 for a store failure: the client learns the store is unavailable (and, for a
-    refusal, the Redis error code); the exception's text, which may name internal hosts and
-    ports, goes to the log only."""
-    log.warning("%s: the page store failed: %s: %s", what, type(exc).__name__, exc)
-    reason = f" ({exc.reason})" if isinstance(exc, StoreUnavailable) else ""
-    return ServiceUnavailable(f"the page store is unavailable{reason}; retry the request", code=code)
 
 
 def uses_litellm(model: str) -> bool:
@@ -534,25 +484,28 @@ async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTabl
         return PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
 
 
-async def _write_back(services: Services, table: PageTable, new_pages: list[Page]) -> tuple[WriteReport | None, str]:
-    """The turn's write-back, or (None, why) when it must be deferred: the store is unavailable,
-    or the session's earlier batches wait in the outage queue (batches commit in order)."""
+async def _memories(services: Services, table: PageTable) -> tuple[Memories | None, str]:
+    """The committed memory the turn's write-back is planned on, or (None, why) when it must be
+    deferred: the store is unavailable, or the session's earlier batches wait in the outage queue
+    (batches commit in order)."""
     if services.outage.holds(table.tenant, table.session):
         return None, ""
     try:
-        return await services.memory.write_back(table, new_pages), ""
+        return await services.memory.memories(table), ""
     except StoreUnavailable as exc:
         log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
         return None, f"write-back: {exc.reason}"
 
 
-async def _committed(services: Services, table: PageTable, dirty: list[str]) -> frozenset[str]:
-    """What the write-back memory holds; without the store, the dropped state is taken as held
-    (its write-back is deferred, not lost): no flush miss is claimed that cannot be checked."""
+async def _write_back(services: Services, table: PageTable, decision: Decision) -> tuple[WriteReport | None, str]:
+    """Carry out the turn's write-back, or (None, why) when the store is unavailable (deferred)."""
+    if decision.writes is None:
+        return None, ""
     try:
-        return await services.memory.committed(table)
-    except StoreUnavailable:
-        return frozenset(dirty)
+        return await services.memory.execute(table, decision.writes, decision.new_pages), ""
+    except StoreUnavailable as exc:
+        log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
+        return None, f"write-back: {exc.reason}"
 
 
 async def _commit(
@@ -600,47 +553,36 @@ async def _turn(
     hint: str | None,
     wire: Wire,
 ) -> tuple[TurnPlan, Timing, Observation]:
-    """One turn on a loaded table: boundary, ingest, write-back, assembly, observation, commit."""
+    """One turn on a loaded table: load what the pure step needs, run it, carry out its commands
+    (write-back, commit; the records are written after the answer)."""
     now = int(time.time())
-    idle = services.settings.server.session_idle_seconds
-    crossing = await cross(
-        services.sessions, services.memory.journal, table, chat.messages, hint=hint, now=now, idle=idle
-    )
-    dirty = state_of(table, range(crossing.boundary.kept, len(table.order))) if crossing.event in BOUNDARIES else []
-    started = time.perf_counter_ns()
-    boundary = crossing.boundary  # its `kept` is the known prefix: ingest need not scan for it again
-    result = ingest_turn(
-        table,
+    start = None
+    if wants_start(table, chat.messages):
+        start = await load_start(services.sessions, services.memory.journal, table)
+    memories, unavailable = await _memories(services, table)
+    turn = TurnInput(
         chat.messages,
         tenant.policy,
         counter,
+        budget,
+        now,
+        idle=services.settings.server.session_idle_seconds,
+        hint=hint,
+        offers_recall=wire.offers_recall(chat.body),
         recall_tool=RECALL_TOOL,
-        pruned=boundary.pruned,
-        kept=boundary.kept,
+        start=start,
+        memories=memories,
     )
-    repeated = duplicates.after_ingest(table, result)
-    ingested = time.perf_counter_ns()
-    written, unavailable = await _write_back(services, table, result.new_pages)  # carried pages: committed already
-    before = table.levels
-    assembling = time.perf_counter_ns()
-    plan = assemble_turn(table, chat.messages, result, tenant.policy, budget, recall_tool=RECALL_TOOL)
-    relief = recall_room(budget, wire.offers_recall(chat.body))
-    if plan.assembly.insufficient and relief:  # the pinned set comes first: give up the recall room
-        roomless = replace(budget, usable=budget.usable + relief)
-        plan = assemble_turn(table, chat.messages, result, tenant.policy, roomless, recall_tool=RECALL_TOOL)
-    timing = Timing(ingested - started, time.perf_counter_ns() - assembling, tuple(repeated), written, table.sent)
-    committed = await _committed(services, table, dirty) if crossing.event in BOUNDARIES else frozenset()
-    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, before, dirty, committed, repeated)
-    observation = observe(table, facts)
-    observation.events[:0] = crossing.events
-    observation.event = "" if crossing.event in QUIET else crossing.event.value
-    table.seen = now
-    timing = replace(timing, glimpse=glimpse(table, observation.decisions, observation.events, plan.assembly))
-    deferred = None if written is not None else list(result.new_pages)
-    pages = [*plan.ingest.new_pages, *crossing.seeded]  # no round trip when unchanged
-    if await _commit(services, table, pages, deferred, observation, unavailable):
+    decision = step(table, turn, clock=time.perf_counter_ns)
+    written, failed = await _write_back(services, table, decision)
+    unavailable = unavailable or failed
+    observation = decision.observation
+    seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
+    timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
+    deferred = None if written is not None else list(decision.new_pages)
+    if await _commit(services, table, list(decision.pages), deferred, observation, unavailable):
         timing = replace(timing, degraded=True)
-    return plan, timing, observation
+    return decision.plan, timing, observation
 
 
 async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.api.errors import InvalidRequest
 
 OPENAI_PARAMS = frozenset(
     {

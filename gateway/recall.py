@@ -8,7 +8,7 @@ recall is exhausted and called once more without the tool, so the agent gets its
 
 A call names page ids (or a range of a span stub or of the evidence index), or only a `query`:
 a search of every page the request may read, newest first — the session's own pages, the
-requesting user's part of the project and the project's pages (gateway.memory), never another
+requesting user's part of the project and the project's pages (gateway.store.memory), never another
 user's part or another tenant's — answered with the matching lines under their page ids, at
 most SEARCH_SHOWN pages of the SEARCH_PAGES newest, and a note naming the others that matched.
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
-from gateway.memory import MemoryService
-from gateway.session_state import SessionState
 from gateway.sessions import per_user
-from gateway.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
+from gateway.store.memory import MemoryService
+from gateway.store.session_state import SessionState
+from gateway.store.store import Store, StoreError, StoreUnavailable, project_scope, session_scope
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable, id_tag, paged_out, tenant_tag
 from policies.recall import (
@@ -37,6 +37,7 @@ from policies.recall import (
     NARROW_CONTEXT_CHARS,
     QUERY_CONTEXT_CHARS,
     QUERY_OR,
+    Recalled,
     framing,
     holds,
     matching,
@@ -86,14 +87,6 @@ def parameters() -> dict[str, Any]:
             },
         },
     }
-
-
-@dataclass(frozen=True, slots=True)
-class Recalled:
-    code: str  # "ok" | "no_match" | "denied" | "backend_error"
-    text: str  # what the model reads as the tool result
-    tokens: int
-    pages: tuple[str, ...] = ()  # the page ids asked for (served ones when the code is "ok")
 
 
 async def resolve(paging: Paging, call: ToolCall, cap: int) -> Recalled:
@@ -248,7 +241,7 @@ def _between(table: PageTable | None, first: str, last: str) -> list[str]:
 
 async def _pages(paging: Paging, ids: Sequence[str]) -> dict[str, Page]:
     """The session's pages, then the project's for ids the session does not hold. While the
-    store is unavailable, the pages of the session's in-process table (gateway.outage)."""
+    store is unavailable, the pages of the session's in-process table (gateway.store.outage)."""
     try:
         pages = await paging.store.get_pages(paging.tenant, session_scope(paging.session), ids)
         rest = [i for i in ids if i not in pages]

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.api.errors import UpstreamTimeout, UpstreamUnreachable
 from gateway.upstream import UpstreamResponse
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})

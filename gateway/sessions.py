@@ -28,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policies.crossing import FINGERPRINT  # the head of an id the gateway derived from the transcript
 from policies.transcript import Message
 
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,96}")
-FINGERPRINT = "fp-"  # the head of an id the gateway derived from the transcript
 PER_USER = "pu-"  # the head of a project's per-user id (see `per_user`)
 
 

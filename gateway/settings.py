@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.embedded import APPENDFSYNC
+from gateway.store.embedded import APPENDFSYNC
 from gateway.tokens import OFFLINE_ENCODINGS
 from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.tenant import (
@@ -138,9 +138,9 @@ class StoreSettings:
 
     url: str = "embedded"
     data_dir: Path = Path(".clawvm-data")
-    outage_queue: int = 10_000  # turns held in process while the store is unavailable (gateway.outage)
+    outage_queue: int = 10_000  # turns held in process while the store is unavailable (gateway.store.outage)
     appendfsync: str = "everysec"  # the embedded server's AOF fsync: "everysec" or "always"
-    outage_queue_bytes: int = 67_108_864  # bytes of deferred turns held in process (gateway.outage), 64 MiB
+    outage_queue_bytes: int = 67_108_864  # bytes of deferred turns held in process (gateway.store.outage), 64 MiB
 
     @property
     def embedded(self) -> bool:
@@ -171,7 +171,7 @@ class UpstreamSettings:
 
     @property
     def owns_account(self) -> bool:
-        """Account-level routes (gateway.relay) may be relayed: the tenant's own key, or allowed."""
+        """Account-level routes (gateway.api.relay) may be relayed: the tenant's own key, or allowed."""
         return self.own_key or self.account_routes
 
     def upstream_model(self, model: str) -> str:

@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from gateway.errors import GatewayError, error_body
+from gateway.api.errors import GatewayError, error_body
 
 DONE = b"data: [DONE]\n\n"
 _SEPARATOR = b"\n\n"

@@ -44,7 +44,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.errors import (
+from gateway.api.errors import (
     ContextLengthExceeded,
     GatewayError,
     UpstreamError,

@@ -7,6 +7,7 @@ how a round's room is shared among its calls, and which lines of a page answer a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from policies.tokens import TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
@@ -18,6 +19,16 @@ QUERY_CONTEXT_CHARS = 160  # characters kept either side of a hit in a long line
 NARROW_CONTEXT_CHARS = 24  # the same when a round's answers do not all fit the room
 QUERY_OR = "|"  # separates a query's alternatives
 MIN_ANSWER_TOKENS = 48  # below this, a cut answer would hold nothing but its note
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """One recall call's outcome."""
+
+    code: str  # "ok" | "no_match" | "denied" | "backend_error"
+    text: str  # what the model reads as the tool result
+    tokens: int
+    pages: tuple[str, ...] = ()  # the page ids asked for (served ones when the code is "ok")
 
 
 def recall_room(cap: int, offered: bool) -> int:

@@ -4,7 +4,7 @@ The gateway keeps the agent's durable memory per scope (project: rules and prefe
 outlive a session, memory files; session: the plan, evidence references, session rules). Each
 turn's new pages become typed `Update`s (`stage`), each update is checked (`validate`), and the
 accepted ones are merged into the scope's committed `Memory` (`apply`). Nothing here does I/O:
-`gateway.journal` stores the memory and journals every update, committed or rejected.
+`gateway.store.journal` stores the memory and journals every update, committed or rejected.
 
 Staging, page by page:
   constraint fact -> APPEND, slot = the fact id (content-addressed: a rule is never rewritten);
@@ -19,7 +19,7 @@ Staging, page by page:
   plan page       -> SET on `plan`, base_version = the committed plan's version; only the
                      turn's newest plan is staged (it supersedes the others);
   evidence page   -> APPEND, slot = the page id, value = `<page id> sha256:<digest of its text>`
-                     (the digest `gateway.store.body_digest` keys the body by);
+                     (the digest `gateway.store.store.body_digest` keys the body by);
   memory-file write (a tool call of a new assistant page that writes MEMORY.md, memory/*.md,
                      CLAUDE.md, AGENTS.md, USER.md, or a memory_write/save_memory-like tool)
                   -> slot `file:<path>`: SET (no base version) for write/create, APPEND for

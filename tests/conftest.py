@@ -10,7 +10,7 @@ import pytest
 
 from bench.cluster import EmbeddedCluster
 from bench.fake_upstream import Running, running
-from gateway.embedded import EmbeddedRedis, free_port
+from gateway.store.embedded import EmbeddedRedis, free_port
 from gateway.tokens import prepare_offline
 
 
@@ -30,7 +30,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server (gateway.embedded) on a free loopback port, for the whole test session.
+    """A real redis-server (gateway.store.embedded) on a free loopback port, for the whole test session.
 
     Tests share it: keep keys apart with a tenant or session id of their own."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as url:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway import jsonio
+from gateway.api.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.chains import ResponseChains
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.settings import Tenant
 from gateway.sse import event_data, iter_events
 from gateway.upstream import UpstreamResponse, UpstreamTarget

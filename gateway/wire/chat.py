@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway import chat as chat_json
 from gateway import jsonio
-from gateway.errors import GatewayError, error_body
+from gateway.api.errors import GatewayError, error_body
 from gateway.http import upstream_target
 from gateway.recall import DESCRIPTION, Paging, parameters
 from gateway.settings import Tenant

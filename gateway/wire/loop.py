@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway import jsonio
-from gateway.errors import GatewayError, from_status
+from gateway.api.errors import GatewayError, from_status
 from gateway.recall import EXHAUSTED, Paging, Recalled, framing, resolve_all
 from gateway.upstream import UpstreamResponse
 from gateway.wire.base import Answer, Body, Found, Wire

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.api.errors import GatewayError, InvalidRequest
 from gateway.http import anthropic_target
 from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonio
+from gateway.api.errors import GatewayError, InvalidRequest
 from gateway.chains import ResponseChains
-from gateway.errors import GatewayError, InvalidRequest
 from gateway.http import upstream_target
 from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant

@@ -18,7 +18,7 @@ from bench.chaos import (
     run_chaos,
 )
 from bench.load import headlines, passed, write_results
-from gateway.embedded import EmbeddedRedis
+from gateway.store.embedded import EmbeddedRedis
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from bench.latency import (
 )
 from bench.traces import Trace
 from gateway.chat import parse_messages
-from gateway.embedded import free_port
 from gateway.settings import load_settings
+from gateway.store.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ from bench.intent_check import Label
 from bench.lifecycle_replay import BoundaryRecord, run
 from bench.peers.model import TraceModel
 from bench.traces import Trace
-from gateway.app import create_app
-from gateway.embedded import EmbeddedRedis
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
+from gateway.store.embedded import EmbeddedRedis
 
 KEPT = "I prefer short answers in English."
 NEVER_SAID = "Never ship anything to the Denver warehouse."

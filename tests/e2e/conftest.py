@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 
 

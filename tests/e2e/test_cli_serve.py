@@ -21,9 +21,9 @@ import openai
 import pytest
 
 from bench.fake_upstream import Running
-from gateway.embedded import EmbeddedRedis, free_port
-from gateway.store import RedisStore, session_scope
-from gateway.tables import load_table, page_ids
+from gateway.store.embedded import EmbeddedRedis, free_port
+from gateway.store.store import RedisStore, session_scope
+from gateway.store.tables import load_table, page_ids
 from policies.pagetable import PageTable
 
 START_TIMEOUT_S = 60.0

@@ -26,8 +26,8 @@ import redis
 
 from bench.fake_upstream import FakeUpstream, serve
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.store import RedisStore, session_scope
-from gateway.tables import load_table, page_ids
+from gateway.store.store import RedisStore, session_scope
+from gateway.store.tables import load_table, page_ids
 from policies.pagetable import PageTable
 from tests.e2e.test_cli_serve import Served, clawvm_serve
 

@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 
 from bench.fake_upstream import Running
-from gateway.journal import WritebackJournal
-from gateway.session_state import SessionState
-from gateway.store import Keys, RedisStore, project_scope, session_scope
-from gateway.tables import page_ids
+from gateway.store.journal import WritebackJournal
+from gateway.store.session_state import SessionState
+from gateway.store.store import Keys, RedisStore, project_scope, session_scope
+from gateway.store.tables import page_ids
 from policies.pagetable import PageTable
 from tests.e2e.test_cli_serve import Served, clawvm_serve
 

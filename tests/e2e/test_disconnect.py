@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 
 CHUNKS = 50

@@ -43,7 +43,7 @@ from bench.fuzz import (
     upstream_answers,
     valid_chat_bodies,
 )
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from gateway.tokens import prepare_offline
 

@@ -9,8 +9,8 @@ import anyio
 import httpx
 import pytest
 
-from gateway.store import RedisStore, session_scope
-from gateway.tables import page_ids
+from gateway.store.store import RedisStore, session_scope
+from gateway.store.tables import page_ids
 from policies.pages import Page
 from policies.pagetable import make_page_id, tenant_tag
 from tests.factories import order_desk_conversation

@@ -32,9 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench.fake_upstream import serve
-from gateway.app import create_app
-from gateway.embedded import free_port
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
+from gateway.store.embedded import free_port
 
 SHARED_KEY = "sk-operator-shared-0123456789"
 ACME, GLOBEX, OWN, ALLOWED = "sk-acme-agent", "sk-globex-agent", "sk-own-agent", "sk-allowed-agent"

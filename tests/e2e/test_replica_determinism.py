@@ -10,8 +10,8 @@ import pytest
 
 from bench.traces import load_traces, traces_dir
 from gateway.chat import parse_messages, to_wire
-from gateway.codec import dump_page, load_page
-from gateway.tables import dump_table, load_table
+from gateway.store.codec import dump_page, load_page
+from gateway.store.tables import dump_table, load_table
 from gateway.tokens import Tokenizers, prepare_offline
 from policies.budget import resolve_budget
 from policies.pagetable import PageTable

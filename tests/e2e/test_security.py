@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 
 AGENT_KEY = "sk-agent-acme-5f1e2d3c4b5a"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 
 WORDS = 20

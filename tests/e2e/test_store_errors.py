@@ -4,7 +4,7 @@ replicas (NOREPLICAS). Each is produced for real on a redis-server of the test's
 gateway serves the turn degraded (200, `x-clawvm-degraded`), never a 500, says so on /ready,
 and once Redis accepts writes again the queued turn is committed: a fresh reader of the store
 and the audit API both see it. LOADING, TRYAGAIN, CLUSTERDOWN and MASTERDOWN are converted by the
-same code (tests/gateway/test_store.py)."""
+same code (tests/gateway/store/test_store.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.embedded import EmbeddedRedis, free_port
+from gateway.store.embedded import EmbeddedRedis, free_port
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_store_outage import DEGRADED, WAIT_S, ask, drained, outage_gateway, probe, stored_order
 

@@ -16,11 +16,11 @@ import pytest
 import redis
 
 from bench.fake_upstream import FakeUpstream, serve
-from gateway.app import create_app
-from gateway.embedded import EmbeddedRedis
-from gateway.session_state import SessionState
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
-from gateway.store import Keys, RedisStore, session_scope
+from gateway.store.embedded import EmbeddedRedis
+from gateway.store.session_state import SessionState
+from gateway.store.store import Keys, RedisStore, session_scope
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_chat import long_session
 from tests.e2e.test_recall import recall_call, tool_id_of

@@ -23,7 +23,7 @@ from bench.lifecycle_replay import run
 from bench.peers.model import TraceModel
 from bench.traces import load_traces, traces_dir
 from bench.ui import BROWSER_FLAGS, chromium_path
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 
 pytestmark = pytest.mark.browser

@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from bench.fake_upstream import serve
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from tests.e2e.test_chat import long_session
 from tests.e2e.test_recall import recall_call

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store import RedisStore
+from gateway.store.store import RedisStore
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.audit import AuditLog, InvalidCursor, lower_bound
-from gateway.embedded import free_port
-from gateway.store import InvalidKeyError, Keys, RedisStore, StoreUnavailable, session_scope
+from gateway.store.embedded import free_port
+from gateway.store.store import InvalidKeyError, Keys, RedisStore, StoreUnavailable, session_scope
 
 pytestmark = pytest.mark.anyio
 TENANT = "audit-t"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from starlette.datastructures import Headers
 
+from gateway.api.errors import AuthenticationFailed
 from gateway.auth import KeyRing, authenticate, client_key
-from gateway.errors import AuthenticationFailed
 from gateway.settings import Settings, load_settings
 
 CONFIG = """

@@ -1,4 +1,4 @@
-"""Lifecycle boundaries at the gateway's edge on a real Redis server: session end after idle
+"""Lifecycle boundaries (`gateway.boundary.load_start`, then the pure `policies.crossing.cross`) on a real Redis server: session end after idle
 time, a reset carrying a live predecessor's state, a start carrying only project memory, nothing
 carried between strangers, the agent's hint, and a store failure at the start."""
 
@@ -8,19 +8,22 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.boundary import Crossing, cross, hint_of, seed
+from gateway.boundary import hint_of, load_start
 from gateway.chat import parse_messages
-from gateway.embedded import free_port
-from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService
-from gateway.session_state import SessionState
 from gateway.sessions import FINGERPRINT
-from gateway.store import RedisStore
+from gateway.store.embedded import free_port
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService
+from gateway.store.session_state import SessionState
+from gateway.store.store import RedisStore
+from policies import crossing as pure
+from policies.crossing import Crossing, seed, wants_start
 from policies.lifecycle import Event
 from policies.pages import PageType, Scope
 from policies.pagetable import PageTable, ingest
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
+from policies.transcript import Message
 from tests.factories import make_page
 from tests.policies.test_pagetable import PLAN, RULE, Wire, working_session
 
@@ -30,6 +33,21 @@ IDLE = 600
 T0 = 1_700_000_000
 PROJECT = "proj-boundary"
 SYSTEM_RULE = "You must always run the linter."
+
+
+async def cross(
+    sessions: SessionState,
+    journal: WritebackJournal,
+    table: PageTable,
+    messages: Sequence[Message],
+    *,
+    hint: str | None,
+    now: int,
+    idle: int,
+) -> Crossing:
+    """The boundary as the pipeline crosses it: what a start needs loaded, then the pure rule."""
+    start = await load_start(sessions, journal, table) if wants_start(table, messages) else None
+    return pure.cross(table, messages, hint=hint, now=now, idle=idle, start=start)
 
 
 class Edge:

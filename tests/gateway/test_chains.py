@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.chains import ResponseChains
-from gateway.store import RedisStore
+from gateway.store.store import RedisStore
 
 pytestmark = pytest.mark.anyio
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from gateway.api.errors import InvalidRequest
 from gateway.chat import ChatRequest, parse_request, to_wire
-from gateway.errors import InvalidRequest
 from policies.budget import TokenBudget
 from policies.pagetable import PageTable
 from policies.tenant import TenantPolicy

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidRequest
+from gateway.api.errors import InvalidRequest
 from gateway.fields import ARRAY, BODY, MESSAGE, NUMBER, OBJECT, STRING, Spec, check, of, typed
 
 PERSON = of(OBJECT, name=of(STRING, required=True), age=of(NUMBER))

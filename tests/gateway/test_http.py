@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import serve
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout, error_response
+from gateway.api.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout, error_response
 from gateway.http import HeaderLimit, head_bytes, read_body, respond, upstream_target
 from gateway.settings import Tenant, UpstreamSettings
 from gateway.upstream import UpstreamResponse

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.embedded import free_port
 from gateway.inspector import (
     KEYFRAME_EVERY,
     Glimpse,
@@ -22,9 +21,10 @@ from gateway.inspector import (
     reused_prefix,
     sessions_key,
 )
-from gateway.memory import WriteReport
 from gateway.settings import UISettings
-from gateway.store import InvalidKeyError, RedisStore
+from gateway.store.embedded import free_port
+from gateway.store.memory import WriteReport
+from gateway.store.store import InvalidKeyError, RedisStore
 from policies.assembler import Assembly
 from policies.pages import Fidelity
 from policies.pagetable import PageTable, checkpoint, set_level

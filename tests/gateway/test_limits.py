@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import RateLimited
+from gateway.api.errors import RateLimited
 from gateway.limits import TenantLimiter
 from gateway.settings import Tenant, TenantLimits, UpstreamSettings
 from policies.tenant import TenantPolicy

@@ -11,32 +11,31 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream, serve
 from gateway import jsonio
-from gateway.app import create_app
+from gateway.api.app import create_app
+from gateway.api.errors import ContextLengthExceeded, ServiceUnavailable
 from gateway.audit import AuditLog
 from gateway.auth import KeyRing
 from gateway.cache_hints import cache_key
 from gateway.chat import parse_request
-from gateway.embedded import free_port
-from gateway.errors import ContextLengthExceeded, ServiceUnavailable
-from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService
 from gateway.metrics import Metrics
 from gateway.models import ModelCatalog
-from gateway.outage import OutageQueue
 from gateway.pipeline import (
     COMMIT_ATTEMPTS,
     COMMIT_BACKOFF_CAP_S,
     COMMIT_BACKOFF_S,
-    Services,
-    ToolTokens,
     commit_backoff,
     prepare,
     uses_litellm,
 )
-from gateway.session_state import SessionState
+from gateway.services import Services, ToolTokens
 from gateway.sessions import SessionIds
 from gateway.settings import Overrides, Settings, load_settings
-from gateway.store import RedisStore
+from gateway.store.embedded import free_port
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService
+from gateway.store.outage import OutageQueue
+from gateway.store.session_state import SessionState
+from gateway.store.store import RedisStore
 from gateway.tokens import Tokenizers, count_messages
 from gateway.transcripts import TranscriptCache
 from gateway.upstream import LiteLLMProvider, OpenAICompatible

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from openai.types.chat import completion_create_params
 
-from gateway.errors import InvalidRequest
+from gateway.api.errors import InvalidRequest
 from gateway.provider_params import OPENAI_PARAMS, REFUSED, provider_params
 
 MESSAGES = [{"role": "user", "content": "hi"}]

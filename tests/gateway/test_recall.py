@@ -9,9 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.embedded import EmbeddedRedis
-from gateway.journal import WritebackJournal
-from gateway.memory import MemoryService
 from gateway.recall import (
     DEFAULT_ROUNDS,
     MIN_ANSWER_TOKENS,
@@ -23,8 +20,11 @@ from gateway.recall import (
     shares,
 )
 from gateway.recall import resolve_all as resolve_calls
-from gateway.session_state import SessionState
-from gateway.store import RedisStore, session_scope
+from gateway.store.embedded import EmbeddedRedis
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import MemoryService
+from gateway.store.session_state import SessionState
+from gateway.store.store import RedisStore, session_scope
 from gateway.upstream import UpstreamResponse
 from gateway.wire.chat import complete, neutral, split_calls, tool_schema
 from policies.pages import PageType

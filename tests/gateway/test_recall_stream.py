@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import UpstreamError
+from gateway.api.errors import UpstreamError
 from gateway.recall import Paging
 from gateway.recall_stream import relay
-from gateway.store import RedisStore, session_scope
+from gateway.store.store import RedisStore, session_scope
 from gateway.upstream import UpstreamResponse
 from gateway.wire.chat import tool_schema
 from policies.pagetable import make_page_id, tenant_tag

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import Running, serve
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.api.errors import UpstreamTimeout, UpstreamUnreachable
 from gateway.retry import (
     RetryPolicy,
     backoff_delay,

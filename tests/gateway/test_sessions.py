@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
 from gateway.chat import parse_messages
-from gateway.session_state import SessionState
 from gateway.sessions import SAFE_ID, SessionIds, per_user, resolve, safe_id
-from gateway.store import Keys, RedisStore, project_scope, session_scope
-from gateway.tables import dump_table
+from gateway.store.session_state import SessionState
+from gateway.store.store import Keys, RedisStore, project_scope, session_scope
+from gateway.store.tables import dump_table
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.fake_upstream import stream_events
-from gateway.errors import GatewayError, RateLimited, UpstreamError, error_body
+from gateway.api.errors import GatewayError, RateLimited, UpstreamError, error_body
 from gateway.sse import DONE, encode_data, ending_cleanly, error_event, event_data, is_done, iter_events
 
 HEAD = {"id": "chatcmpl-1", "created": 1, "model": "m"}

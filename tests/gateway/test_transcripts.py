@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.api.errors import InvalidRequest
 from gateway.chat import parse_messages
-from gateway.errors import InvalidRequest
 from gateway.transcripts import MIN_REUSE, TranscriptCache
 
 

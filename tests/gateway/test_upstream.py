@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import FakeUpstream, Running, running, serve
-from gateway.errors import (
+from gateway.api.errors import (
     InvalidRequest,
     RateLimited,
     UpstreamError,

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz import encode, json_values, raw_bodies, text
-from gateway.errors import InvalidRequest
+from gateway.api.errors import InvalidRequest
 from gateway.settings import Tenant, UpstreamSettings
 from gateway.wire.messages import MESSAGES
 from gateway.wire.responses import RESPONSES
@@ -178,7 +178,7 @@ def events() -> st.SearchStrategy[list[bytes]]:
 def test_any_upstream_answer_is_read_or_refused_never_a_crash(rounds: list, which: Any) -> None:
     import asyncio
 
-    from gateway.errors import UpstreamError
+    from gateway.api.errors import UpstreamError
     from gateway.upstream import UpstreamResponse
 
     async def run() -> None:

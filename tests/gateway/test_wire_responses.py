@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bench.fake_responses import FakeResponses, stream_events
-from gateway.errors import InvalidRequest
+from gateway.api.errors import InvalidRequest
 from gateway.upstream import UpstreamResponse
 from gateway.wire.responses import COMPACTION, GROUP, RESPONSES, compacted, parse_request, to_wire
 from policies.transcript import Message, ToolCall

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bench.traces import load_traces, traces_dir
 from gateway.chat import parse_messages
-from gateway.store import body_digest
+from gateway.store.store import body_digest
 from policies.pages import PageType, Scope
 from policies.pagetable import IngestResult, PageTable, ingest
 from policies.tenant import TenantPolicy

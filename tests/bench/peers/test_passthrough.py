@@ -8,7 +8,7 @@ import pytest
 
 from bench.fake_upstream import Running, serve
 from bench.peers.passthrough import create_app, end_to_end
-from gateway.embedded import free_port
+from gateway.store.embedded import free_port
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hello there"}], "user": "relay-test"}
 

@@ -1,0 +1,2 @@
+"""The HTTP surface: the Starlette app and its routes, the error shapes, the audit, page and
+inspector APIs, the Messages and Responses side routes, and the untouched relay."""

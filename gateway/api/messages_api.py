@@ -1,0 +1,50 @@
+"""`POST /v1/messages/count_tokens`: the tokens of the prompt the gateway would forward.
+
+Claude Code sizes its context from this count (and from `usage`): the request is planned like a
+turn, on a copy of the session's table (`gateway.pipeline.dry_run`: nothing is stored), and the
+assembled prompt, not the agent's, is counted by the tenant's Messages API upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import jsonio
+from gateway.api.errors import GatewayError
+from gateway.http import read_body, respond, retries_counted, retry_policy
+from gateway.jsonio import JSONAnswer
+from gateway.pipeline import dry_run
+from gateway.retry import with_retries
+from gateway.services import UNAUTHENTICATED, Services
+from gateway.sessions import resolve
+from gateway.upstream import UpstreamResponse
+from gateway.wire.messages import MESSAGES, error_body, parse_request
+
+COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")  # what count_tokens accepts
+
+
+async def count_tokens(request: Request) -> Response:
+    services: Services = request.state.services
+    name = UNAUTHENTICATED
+    try:
+        tenant = services.keyring.authenticate(request.headers)
+        name = tenant.name
+        chat = parse_request(await read_body(request, services.settings.server.max_body_bytes), counting=True)
+        ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
+        body = await dry_run(services, tenant, chat, ids, MESSAGES)
+        counted = jsonio.dumps({key: body[key] for key in COUNTED if key in body})
+        target = MESSAGES.target(tenant, request.headers)
+        forwarded = MESSAGES.forwarded(request.headers)
+
+        def attempt() -> Awaitable[UpstreamResponse]:
+            return services.upstream.send(target, "POST", "/v1/messages/count_tokens", counted, forwarded)
+
+        upstream = await with_retries(attempt, retry_policy(tenant), on_retry=retries_counted(services.metrics))
+        response = await respond(upstream, {"x-clawvm-session": ids.session}, shape=error_body)
+    except GatewayError as exc:
+        response = JSONAnswer(error_body(exc), status_code=exc.status_code)
+    services.metrics.request(name, response.status_code)
+    return response

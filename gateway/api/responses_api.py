@@ -1,0 +1,52 @@
+"""`POST /v1/responses/compact`: Codex's compaction, relayed to the tenant's upstream.
+
+The body goes as it came (its items, encrypted ones included, byte for byte) to the tenant's
+upstream with the tenant's key, and the answer (the compacted items) comes back as it is. Only
+what would read the upstream account is refused: a `previous_response_id`, through a key tenants
+share (gateway.api.relay's account-level rule), since the response it names may be another tenant's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.errors import GatewayError, InvalidRequest, error_response
+from gateway.http import read_body, respond, retries_counted, stream_faults_counted, upstream_target
+from gateway.retry import RetryPolicy, with_retries
+from gateway.services import UNAUTHENTICATED, Services
+from gateway.upstream import UpstreamResponse
+from gateway.wire.base import json_object
+from gateway.wire.responses import RESPONSES
+
+COMPACT_PATH = "/responses/compact"
+
+
+async def compact(request: Request) -> Response:
+    services: Services = request.state.services
+    name = UNAUTHENTICATED
+    try:
+        tenant = services.keyring.authenticate(request.headers)
+        name = tenant.name
+        raw = await read_body(request, services.settings.server.max_body_bytes)
+        body = json_object(raw)
+        if body.get("previous_response_id") is not None and not tenant.upstream.owns_account:
+            raise InvalidRequest(
+                "previous_response_id cannot be compacted through this gateway: the response it names is stored "
+                "upstream, under a key other tenants share. Send the items to compact in `input`.",
+                param="previous_response_id",
+            )
+        target = upstream_target(tenant, request.headers)
+        forwarded = RESPONSES.forwarded(request.headers)
+
+        def attempt() -> Awaitable[UpstreamResponse]:
+            return services.upstream.send(target, "POST", COMPACT_PATH, raw, forwarded)
+
+        upstream = await with_retries(attempt, RetryPolicy(retries=0), on_retry=retries_counted(services.metrics))
+        response = await respond(upstream, {}, stream_faults_counted(services.metrics))
+    except GatewayError as exc:
+        response = error_response(exc)
+    services.metrics.request(name, response.status_code)
+    return response

@@ -1,0 +1,124 @@
+"""Validated write-back, every request, before assembly (DESIGN §5).
+
+The turn's new pages are staged as typed updates, validated and merged against the scope's
+committed memory by the pure turn step (`policies.writes`), and committed
+atomically with their journal records (`gateway.store.journal`), one batch per scope: the session's
+(plan, evidence, session rules) and the project's (preferences, project rules, whose pages are
+also stored in that scope so a later session can carry them). Memory is cached in process
+and trusted like page tables: the commit checks its version, and a stale copy is reloaded and
+the batch validated again.
+
+Project-scope state a user stated (their preferences, and any fact not from the system prompt)
+is the user's: when the session's table names an end user (gateway.sessions), it is committed
+to the user's part of the project (`user_scope`), never to the project's own memory, so it
+reaches that user's later sessions only, even in a project several users name. Facts of the
+system prompt (the agent's own rules) stay in the project's memory. Without a named user the
+user's part is the project itself: one tenant key without user ids is one user.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.sessions import per_user
+from gateway.store.journal import WritebackJournal
+from gateway.store.store import Store, VersionConflict, project_scope, session_scope
+from policies.pages import Page
+from policies.pagetable import PageTable
+from policies.writeback import Memory, Outcome, Update
+from policies.writes import Memories, WriteBatch, WritePlan, plan_writes, revalidate, stored_pages
+
+CACHE_CAPACITY = 4096
+
+
+@dataclass(slots=True)
+class WriteReport:
+    """What one request's write-back did."""
+
+    staged: int = 0
+    committed: list[Update] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason code -> updates
+
+    def add(self, outcome: Outcome) -> None:
+        self.committed.extend(outcome.committed)
+        for rejection in outcome.rejected:
+            code = str(rejection.reason)
+            self.rejected[code] = self.rejected.get(code, 0) + 1
+
+
+class MemoryService:
+    """Committed memory per (tenant, scope), cached, behind the journal."""
+
+    def __init__(self, journal: WritebackJournal, store: Store, capacity: int = CACHE_CAPACITY) -> None:
+        self.journal = journal
+        self._store = store
+        self._capacity = capacity
+        self._cache: OrderedDict[tuple[str, str], Memory] = OrderedDict()
+
+    async def write_back(self, table: PageTable, new_pages: Sequence[Page]) -> WriteReport:
+        """Plan the write-back of `new_pages` on the committed memory and carry it out (a deferred
+        turn's, from gateway.store.outage; a live turn's is planned by the pure turn step)."""
+        return await self.execute(table, plan_writes(table, new_pages, await self.memories(table)), new_pages)
+
+    async def memories(self, table: PageTable) -> Memories:
+        """The committed memory of the session's, the project's and the user's scopes."""
+        ids = (session_scope(table.session), project_scope(table.project), user_scope(table))
+        loaded = {scope_id: await self.memory(table.tenant, scope_id) for scope_id in dict.fromkeys(ids)}
+        return Memories(*((scope_id, loaded[scope_id]) for scope_id in ids))
+
+    async def execute(self, table: PageTable, plan: WritePlan, new_pages: Sequence[Page]) -> WriteReport:
+        """Commit a planned write-back, batch by batch, then store the project pages it committed."""
+        report = WriteReport(staged=plan.staged)
+        for batch in plan.batches:
+            report.add(await self._commit(table, batch))
+        for scope_id, pages in stored_pages(plan, new_pages, report.committed):
+            await self._store.put_pages(table.tenant, scope_id, pages)
+        return report
+
+    async def committed(self, table: PageTable) -> frozenset[str]:
+        """The pages the session's, the project's and the user's committed memory hold."""
+        held: set[str] = set()
+        for scope_id in dict.fromkeys((session_scope(table.session), project_scope(table.project), user_scope(table))):
+            held.update(e.page_id for e in (await self.memory(table.tenant, scope_id)).entries.values())
+        return frozenset(held)
+
+    async def memory(self, tenant: str, scope_id: str) -> Memory:
+        key = (tenant, scope_id)
+        found = self._cache.get(key)
+        if found is None:
+            found = await self.journal.load(tenant, scope_id)
+            self._keep(key, found)
+        return found
+
+    async def _commit(self, table: PageTable, batch: WriteBatch) -> Outcome:
+        """Commit a batch planned on the cached memory; a stale cache is reloaded once and the
+        batch validated again."""
+        try:
+            return await self._try(table.tenant, batch)
+        except VersionConflict:
+            self._cache.pop((table.tenant, batch.scope_id), None)
+            memory = await self.memory(table.tenant, batch.scope_id)
+            return await self._try(table.tenant, revalidate(table, batch.scope, batch.scope_id, batch.updates, memory))
+
+    async def _try(self, tenant: str, batch: WriteBatch) -> Outcome:
+        outcome, scope_id = batch.outcome, batch.scope_id
+        version = await self.journal.commit(tenant, scope_id, outcome, batch.updates, batch.batch, batch.expected)
+        if version == outcome.memory.version:
+            self._keep((tenant, scope_id), outcome.memory)
+        else:  # a retry of a batch committed before: the stored memory is the truth
+            self._cache.pop((tenant, scope_id), None)
+        return outcome
+
+    def _keep(self, key: tuple[str, str], memory: Memory) -> None:
+        self._cache[key] = memory
+        self._cache.move_to_end(key)
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
+
+def user_scope(table: PageTable) -> str:
+    """The scope of the session's end user's part of its project; the project's own scope when
+    the session names no user."""
+    return project_scope(per_user(table.project, table.user))

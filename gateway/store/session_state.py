@@ -1,0 +1,131 @@
+"""Session page tables: loaded from the store, cached in process, saved atomically.
+
+Requests for one session are serialised by a per-session lock in this process; across
+processes the store's optimistic version check decides (a lost race re-plans on fresh state).
+The in-process cache is trusted without a round trip: the save is optimistic (it carries the
+version the table was loaded at), so a replica that planned on a table another replica has
+moved past loses the save, drops its copy and plans again on the stored state.
+
+A commit writes what the turn changed: one delta appended to the table's journal (see
+gateway.store.tables), not the whole table. Every COMPACT_EVERY records, or when the journal would
+outgrow the snapshot, the commit writes a fresh snapshot instead (which clears the journal), so
+that a load replays a bounded journal and the per-turn write stays proportional to the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from gateway.store.store import Store, TableRecord, body_digest, session_scope
+from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
+from policies.pages import Page, PageType
+from policies.pagetable import PageTable, checkpoint, unchanged
+
+CACHE_CAPACITY = 2048
+COMPACT_EVERY = 64  # journal records between snapshots, at most
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """The stored form of a table as of its version: the snapshot's size and the records after it."""
+
+    records: int
+    size: int  # characters of the records, a newline before each
+    base: int  # characters of the snapshot
+
+    @classmethod
+    def of(cls, data: str) -> Journal:
+        snapshot = data.partition("\n")[0]
+        return cls(data.count("\n"), len(data) - len(snapshot), len(snapshot))
+
+    def takes(self, delta: str) -> bool:
+        """Whether one more record keeps the journal within its bounds."""
+        return self.records < COMPACT_EVERY and self.size + len(delta) <= self.base
+
+
+@dataclass(slots=True)
+class _Lock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class SessionState:
+    def __init__(self, store: Store, capacity: int = CACHE_CAPACITY) -> None:
+        self.store = store
+        self._capacity = capacity
+        self._cache: OrderedDict[tuple[str, str], PageTable] = OrderedDict()
+        self._locks: dict[tuple[str, str], _Lock] = {}
+
+    @asynccontextmanager
+    async def locked(self, tenant: str, session: str) -> AsyncIterator[None]:
+        key = (tenant, session)
+        entry = self._locks.setdefault(key, _Lock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[key]
+
+    async def load(self, tenant: str, session: str, project: str, user: str = "") -> PageTable:
+        cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
+        if cached is not None:
+            return cached  # trusted: a stale copy loses the optimistic save and is reloaded
+        record = await self.store.load_table(tenant, session_scope(session))
+        if record is None:
+            return PageTable(tenant=tenant, session=session, project=project, user=user)
+        return await self._decode(tenant, session, record)
+
+    async def read(self, tenant: str, session: str) -> PageTable | None:
+        """The session's table for reading (the audit API): the cached copy, left in the cache,
+        else decoded from the store; None when the session has no stored table."""
+        cached = self._cache.get((tenant, session))
+        if cached is not None:
+            return cached
+        record = await self.store.load_table(tenant, session_scope(session))
+        if record is None:
+            return None
+        return await self._decode(tenant, session, record)
+
+    async def _decode(self, tenant: str, session: str, record: TableRecord) -> PageTable:
+        ids = page_ids(record.data)
+        pages = await self.store.get_pages(tenant, session_scope(session), ids)
+        table = load_table(record.data, pages, record.version)
+        table.journal = Journal.of(record.data)
+        return table
+
+    async def commit(self, table: PageTable, new_pages: Sequence[Page]) -> None:
+        """Persist what changed in the table, its new pages and their evidence bodies in one
+        atomic save. A failed save leaves the table's change tracking as it was. A stored
+        table that has not changed since its last save is cached again without a round trip."""
+        if table.version > 0 and not new_pages and unchanged(table):
+            self.keep(table)
+            return
+        bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
+        scope = session_scope(table.session)
+        journal = table.journal if isinstance(table.journal, Journal) and table.version > 0 else None
+        delta = dump_delta(table) if journal is not None else ""
+        if journal is not None and journal.takes(delta):
+            table.version = await self.store.append(table.tenant, scope, delta, new_pages, bodies, table.version)
+            table.journal = Journal(journal.records + 1, journal.size + len(delta) + 1, journal.base)
+        else:
+            snapshot = dump_table(table)
+            table.version = await self.store.save(table.tenant, scope, snapshot, new_pages, bodies, table.version)
+            table.journal = Journal(0, 0, len(snapshot))
+        checkpoint(table)
+        self.keep(table)
+
+    def keep(self, table: PageTable) -> None:
+        """Hand an unchanged table back to the cache without saving it."""
+        self._cache[(table.tenant, table.session)] = table
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
+    def forget(self, tenant: str, session: str) -> None:
+        self._cache.pop((tenant, session), None)

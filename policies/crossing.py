@@ -1,0 +1,140 @@
+"""Lifecycle boundaries of one request (DESIGN §5), around the pure detector. Pure.
+
+`cross` runs before ingest, on every request:
+- a session unused for `idle` seconds has ended: that is recorded first;
+- `policies.lifecycle.detect` says what the agent did to its history (append, prune,
+  compaction, reset, ...), with its evidence;
+- at the first request of a session (`wants_start`), the newest session before it of the same
+  project and the same end user (never another user's) decides what the new one starts with.
+  If that session was still live (used within the idle time) the same agent has started over:
+  a **reset**, and its rules, current plan, preferences and the user's intents carry over.
+  Otherwise the new session starts with the project's committed write-back state (the agent's
+  project rules) and the user's part of it (their preferences and who they are) only: what the
+  user asked for in another session is not this one's request
+  (`policies.writeback.opens_sessions`). Sessions carry nothing between them when nothing says
+  they are one agent's: no project named by the client and no system prompt.
+
+What a start needs from the store (the predecessor's table, the project's committed pages) is
+loaded by the gateway (`gateway.boundary.load_start`) and handed in as a `Start`. Carried state
+goes into the table's `carried` list (policies.pagetable), which the assembly keeps in the
+retained-state block until the transcript states it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.lifecycle import Boundary, Event, detect
+from policies.pages import Page, PageType
+from policies.pagetable import PageTable, known_prefix
+from policies.transcript import Message
+
+FINGERPRINT = "fp-"  # the head of an id the gateway derived from the transcript (gateway.sessions)
+CARRIED_TYPES = frozenset(
+    {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.PLAN, PageType.BOOTSTRAP}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What the store holds for a session's first request: the committed pages of its project
+    (and of the user's part of it), oldest first; the same user's newest earlier session of the
+    project, if any; or why it could not be read (`failed`: the exception's name)."""
+
+    project: Sequence[Page] = ()
+    previous: PageTable | None = None
+    failed: str = ""
+
+
+@dataclass(slots=True)
+class Crossing:
+    """What this request's boundary was, the events to record, and pages copied into the table."""
+
+    boundary: Boundary
+    events: list[dict[str, Any]] = field(default_factory=list)
+    seeded: list[Page] = field(default_factory=list)
+
+    @property
+    def event(self) -> Event:
+        return self.boundary.event
+
+
+def wants_start(table: PageTable, messages: Sequence[Message]) -> bool:
+    """Whether this request opens a session that may carry state: a `Start` is loaded for it."""
+    return not table.order and _same_agent_known(table, messages)
+
+
+def cross(
+    table: PageTable,
+    messages: Sequence[Message],
+    *,
+    hint: str | None,
+    now: int,
+    idle: int,
+    start: Start | None = None,
+) -> Crossing:
+    events: list[dict[str, Any]] = []
+    if table.seen and now - table.seen > idle:
+        events.append(record(Event.SESSION_END, f"idle for {now - table.seen} s (limit {idle} s)", table.turn))
+    boundary = detect(table, messages, known_prefix(table, messages), hint)
+    crossing = Crossing(boundary, events)
+    if start is not None and wants_start(table, messages):
+        _start(table, crossing, start, now, idle)
+    if crossing.event is not Event.APPEND and crossing.event is not Event.RESEND:
+        events.append(record(crossing.event, crossing.boundary.evidence, table.turn, crossing.boundary.harness))
+    return crossing
+
+
+def _same_agent_known(table: PageTable, messages: Sequence[Message]) -> bool:
+    """Whether sessions of this project are one agent's: the client named the project, or the
+    transcript opens with a system prompt (the project is then its fingerprint). Without either,
+    every conversation of the tenant would share one project, and nothing carries between them."""
+    return not table.project.startswith(FINGERPRINT) or bool(messages and messages[0].is_instruction)
+
+
+def record(event: Event, evidence: str, turn: int, harness: str = "") -> dict[str, Any]:
+    return {"kind": "lifecycle", "event": str(event), "harness": harness, "evidence": evidence, "turn": turn}
+
+
+def _start(table: PageTable, crossing: Crossing, start: Start, now: int, idle: int) -> None:
+    """The first request of a session: carry the project's state, and a live predecessor's (the
+    same user's newest session of the project)."""
+    if start.failed:  # a start without carried state is still a start; say so
+        crossing.events.append(record(Event.START, f"carried state unavailable: {start.failed}", table.turn))
+        return
+    carried = list(start.project)
+    before = start.previous
+    if before is not None and before.user == table.user and before.seen and now - before.seen <= idle:
+        carried = [*_live_state(before), *carried]
+        if crossing.event is Event.START:
+            evidence = f"new session after {before.session!r} (same tenant and system prompt, {now - before.seen} s)"
+            crossing.boundary = Boundary(Event.RESET, 0, "session", evidence)
+    crossing.seeded = seed(table, carried)
+
+
+def _live_state(table: PageTable) -> list[Page]:
+    """A session's rules, preferences, intents and current plan, stated or carried."""
+    pages = table.pages
+    facts = [f for p in table.order for f in table.facts.get(p, ())]
+    plans = [p for p in table.order if pages[p].type is PageType.PLAN]
+    ids = [*table.carried, *facts, *plans[-1:]]
+    return [pages[i] for i in dict.fromkeys(ids) if pages[i].type in CARRIED_TYPES - {PageType.BOOTSTRAP}]
+
+
+def seed(table: PageTable, pages: Sequence[Page]) -> list[Page]:
+    """Put carried pages into a new table; returns the ones it did not hold (to be stored)."""
+    added: list[Page] = []
+    plans = [p for p in pages if p.type is PageType.PLAN]
+    for page in pages:
+        if page.type is PageType.PLAN and page is not plans[-1]:
+            continue  # only the current plan carries
+        if page.id not in table.pages:
+            table.pages[page.id] = page
+            table.born[page.id] = table.turn
+            table.changes.pages.add(page.id)
+            added.append(page)
+        if page.id not in table.carried:
+            table.carried.append(page.id)
+    return added

@@ -1,0 +1,115 @@
+"""The pure turn step (policies.step): the same assembly as the engine's two steps, the same
+decision from the same table and input, the write-back as commands (or deferred), and a start
+decided from what the gateway loaded."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from gateway.chat import parse_messages
+from policies.budget import TokenBudget
+from policies.crossing import Start
+from policies.lifecycle import Event
+from policies.pages import PageType, Scope
+from policies.pagetable import PageTable
+from policies.step import Decision, TurnInput, step
+from policies.tenant import TenantPolicy
+from policies.tokens import CharCounter
+from policies.transcript import Message
+from policies.turn import plan_turn
+from policies.writeback import Memory
+from policies.writes import Memories
+from tests.policies.test_pagetable import RULE, Wire, working_session
+
+NOW = 1_700_000_000
+BUDGET = TokenBudget(cap=100_000, usable=100_000, hard_limit=100_000, source="config")
+TIGHT = TokenBudget(cap=300, usable=300, hard_limit=100_000, source="config")
+
+
+def memories(user: bool = False) -> Memories:
+    empty = Memory.empty()
+    return Memories(("s:s", empty), ("p:p", empty), ("p:u" if user else "p:p", empty))
+
+
+def turn(messages: Sequence[Message], budget: TokenBudget = BUDGET, **kw: object) -> TurnInput:
+    return TurnInput(messages, TenantPolicy(), CharCounter(), budget, NOW, idle=600, **kw)  # type: ignore[arg-type]
+
+
+def requests(wire: Sequence[Wire]) -> list[int]:
+    """The lengths of the requests an agent sends: none ends with an unanswered tool call."""
+    return [n for n in range(2, len(wire) + 1) if "tool_calls" not in wire[n - 1]]
+
+
+def replay(wire: Sequence[Wire], budget: TokenBudget, **kw: object) -> tuple[PageTable, list[Decision]]:
+    table = PageTable("t", "s", "p")
+    decisions = [step(table, turn(parse_messages(wire[:n]), budget, **kw)) for n in requests(wire)]
+    return table, decisions
+
+
+def test_the_step_assembles_what_plan_turn_assembles() -> None:
+    wire = working_session()
+    for budget in (BUDGET, TIGHT):
+        table, decisions = replay(wire, budget)
+        planned = PageTable("t", "s", "p")
+        plans = [
+            plan_turn(planned, parse_messages(wire[:n]), TenantPolicy(), CharCounter(), budget) for n in requests(wire)
+        ]
+        assert [d.messages for d in decisions] == [p.messages for p in plans]
+        assert table.levels == planned.levels
+
+
+def test_the_same_table_and_input_give_the_same_decision() -> None:
+    wire = working_session()
+    table, _ = replay(wire[:-1], TIGHT, memories=memories())
+    twin = copy.deepcopy(table)
+    messages = parse_messages(wire)
+    first, second = (
+        step(table, turn(messages, TIGHT, memories=memories())),
+        step(twin, turn(messages, TIGHT, memories=memories())),
+    )
+    assert first.messages == second.messages and first.pages == second.pages
+    assert first.writes == second.writes and first.observation == second.observation
+    assert first.ingest_ns == first.assembly_ns == 0  # no clock given: nothing timed
+
+
+def test_the_write_back_is_a_command_per_scope_planned_on_the_loaded_memory() -> None:
+    table = PageTable("t", "s", "p", user="u")
+    decision = step(table, turn(parse_messages(working_session()[:2]), memories=memories(user=True)))
+    assert decision.writes is not None
+    batches = {b.scope_id: b for b in decision.writes.batches}
+    assert set(batches) <= {"s:s", "p:p", "p:u"} and "p:u" in batches  # the user's preference is theirs
+    assert all(b.scope is Scope.PROJECT for sid, b in batches.items() if sid != "s:s")
+    committed = {u.page_id for b in batches.values() for u in b.outcome.committed}
+    assert any(table.pages[p].type is PageType.CONSTRAINT for p in committed if p in table.pages)
+    assert all(b.expected == 0 for b in batches.values())
+
+
+def test_without_memory_the_write_back_is_deferred_with_the_new_pages() -> None:
+    table = PageTable("t", "s", "p")
+    decision = step(table, turn(parse_messages(working_session()[:2])))
+    assert decision.writes is None
+    assert decision.new_pages and set(decision.new_pages) <= set(decision.pages)
+
+
+def test_a_start_after_a_live_session_is_a_reset_that_seeds_its_state() -> None:
+    before, _ = replay(working_session(), BUDGET)
+    before.seen = NOW - 60
+    table = PageTable("t", "s2", "p")
+    restart = [working_session()[0], {"role": "user", "content": "Let us start over."}]
+    decision = step(table, turn(parse_messages(restart), start=Start(previous=before)))
+    assert decision.crossing.event is Event.RESET and decision.observation.event == "reset"
+    assert f"rule: {RULE}" in {table.pages[p].reprs.full.text for p in table.carried}
+    assert set(decision.crossing.seeded) <= set(decision.pages)
+    stale = PageTable("t", "s3", "p")
+    before.seen = NOW - 601
+    assert step(stale, turn(parse_messages(restart), start=Start(previous=before))).crossing.event is Event.START
+    assert stale.carried == []
+
+
+def test_a_start_whose_state_could_not_be_read_says_so() -> None:
+    table = PageTable("t", "s", "p")
+    decision = step(table, turn(parse_messages(working_session()[:2]), start=Start(failed="StoreUnavailable")))
+    assert ("start", "carried state unavailable: StoreUnavailable") in {
+        (e["event"], e["evidence"]) for e in decision.observation.events
+    }
