@@ -1,0 +1,65 @@
+"""`clawvm serve --workers N`: N worker processes behind one listening socket.
+
+uvicorn's supervisor binds the socket, spawns the workers and restarts one that dies; a worker
+imports `gateway.workers:app` and builds its own application from the same configuration, which
+it reads again (config file, environment, command-line overrides) from what the parent put in
+`CLAWVM_WORKER_SPEC`: no secret is copied into that variable, only the config file's path and the
+flags. The embedded Redis is started once, by the parent, before the workers; they reach it as a
+`redis://` store. Workers share nothing but the store: a session's turns may land on any worker
+(session tables are saved with an optimistic version check, see gateway.session_state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from gateway.settings import Overrides, Settings, load_settings
+
+SPEC_ENV = "CLAWVM_WORKER_SPEC"
+FACTORY = "gateway.workers:app"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the settings came from: a worker loads them again from the same places."""
+
+    config: Path | None = None
+    overrides: Overrides = Overrides()
+
+
+def worker_count(settings: Settings, cpus: int | None) -> int:
+    """`server.workers`, else one per CPU."""
+    return settings.server.workers or cpus or 1
+
+
+def spec(source: Source, store_url: str | None, log_level: str) -> str:
+    """The worker spec: the config path, the flags (the store replaced by the parent's embedded
+    Redis when there is one) and the log level."""
+    overrides = source.overrides if store_url is None else replace(source.overrides, store=store_url)
+    config = None if source.config is None else str(source.config.resolve())
+    return json.dumps({"config": config, "overrides": asdict(overrides), "log_level": log_level})
+
+
+def worker_settings(env: Mapping[str, str]) -> tuple[Settings, str]:
+    """The settings and log level a worker serves with, from its spec and environment."""
+    found = json.loads(env[SPEC_ENV])
+    config = None if found["config"] is None else Path(found["config"])
+    return load_settings(config, env, Overrides(**found["overrides"])), str(found["log_level"])
+
+
+def app() -> Starlette:
+    """uvicorn's factory in each worker process."""
+    from gateway.app import create_app
+    from gateway.cli import configure_logging
+    from gateway.tokens import prepare_offline
+
+    settings, log_level = worker_settings(os.environ)
+    configure_logging(settings, log_level)
+    prepare_offline(os.environ)
+    return create_app(settings)
