@@ -26,6 +26,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +42,8 @@ import redis
 
 from bench.latency import BenchError, Server, clawvm_command, server_env, stop, wait_healthy, write_config
 from gateway.embedded import EmbeddedRedis, free_port
+from gateway.stages import HEADER as STAGES_HEADER
+from gateway.stages import parse_header
 
 SESSIONS = 200
 SECONDS = 60.0
@@ -304,6 +307,7 @@ class Outcome:
     events: int
     reply: Json | None
     degraded: bool = False  # answered with DEGRADED_HEADER
+    stages: Mapping[str, float] = field(default_factory=dict)  # the gateway's server-timing, µs by stage
 
 
 class StreamState:
@@ -369,6 +373,7 @@ async def exchange(http: aiohttp.ClientSession, url: str, body: bytes, headers: 
                     ttfb = time.perf_counter() - started
                 state.feed(data)
             degraded = DEGRADED_HEADER in response.headers
+            stages = parse_header(response.headers.get(STAGES_HEADER, ""))
     except aiohttp.ClientConnectorError:
         return _failed("connect_refused", started)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
@@ -383,7 +388,7 @@ async def exchange(http: aiohttp.ClientSession, url: str, body: bytes, headers: 
     if not state.done:
         kind = "truncated" if state.error is None else "stream_error_event"
         return Outcome(kind, ttfb, total, state.events, None)
-    return Outcome(None, ttfb, total, state.events, state.reply(), degraded)
+    return Outcome(None, ttfb, total, state.events, state.reply(), degraded, stages)
 
 
 def _failed(kind: str, started: float) -> Outcome:
@@ -411,6 +416,7 @@ class PathStats:
     events: int = 0
     degraded: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    stages: list[Mapping[str, float]] = field(default_factory=list)  # per whole stream, when timed
 
     @property
     def ok(self) -> int:
@@ -428,6 +434,8 @@ class PathStats:
         self.total_s.append(outcome.total_s)
         self.events += outcome.events
         self.degraded += outcome.degraded
+        if outcome.stages:
+            self.stages.append(outcome.stages)
 
 
 @dataclass
@@ -571,6 +579,13 @@ def latency_ms(stats: PathStats) -> Json:
     }
 
 
+def stage_medians_us(stats: PathStats) -> Json:
+    """Each `server-timing` stage's median over the path's whole streams, µs (the stages of
+    different requests: they need not add up to one request's time)."""
+    names = dict.fromkeys(name for stages in stats.stages for name in stages)
+    return {name: round(statistics.median(s.get(name, 0.0) for s in stats.stages), 1) for name in names}
+
+
 def added_ms(gateway: Json, direct: Json) -> Json:
     return {key: round(gateway[key] - direct[key], 1) for key in gateway}
 
@@ -642,6 +657,7 @@ async def load_run(rig_: Rig, plan: LoadPlan, tick: Tick) -> Json:
         "gateway": gateway,
         "direct": direct,
         "added": added_ms(latency_ms(fleet.gateway), latency_ms(fleet.direct)),
+        "gateway_stages_p50_us": stage_medians_us(fleet.gateway),
         "gateway_rss_mib": {
             "start": round(rss[0] / MIB, 1),
             "peak": round(max(rss) / MIB, 1),
@@ -709,6 +725,7 @@ def format_load(figures: Json) -> list[str]:
         f"direct {d['total_p50_ms']} / {d['total_p99_ms']} ms |",
         f"| added latency, first byte p50 / p99 ⏱ | {a['ttfb_p50_ms']} / {a['ttfb_p99_ms']} ms |",
         f"| added latency, whole stream p50 / p99 ⏱ | {a['total_p50_ms']} / {a['total_p99_ms']} ms |",
+        f"| gateway stages before the first byte, each one's median ⏱ | {_stages(figures)} |",
         f"| gateway RSS start / peak / end | {rss['start']} / {rss['peak']} / {rss['end']} MiB |",
         f"| Redis used_memory before / after | {mem['before']} / {mem['after']} MiB |",
         f"| Redis memory per session | {figures['redis_bytes_per_session'] / 1024:.1f} KiB |",
@@ -722,6 +739,11 @@ def format_load(figures: Json) -> list[str]:
     if d["errors"]:
         lines.append(f"| control path errors | {_kinds(d['errors'])} |")
     return lines
+
+
+def _stages(figures: Json) -> str:
+    stages = figures.get("gateway_stages_p50_us") or {}
+    return ", ".join(f"{name} {spent / 1000:.1f} ms" for name, spent in stages.items()) or "-"
 
 
 def _kinds(errors: Mapping[str, int]) -> str:

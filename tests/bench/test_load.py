@@ -55,6 +55,9 @@ def test_the_report_carries_latency_memory_and_rss(figures: dict[str, Any]) -> N
     assert figures["workers"] == 2 and figures["first_byte_s"] == 0.5
     assert figures["direct"]["ttfb_p50_ms"] >= 500  # the fake model's first byte waited as asked
     assert figures["requests_per_s_per_core"] > 0
+    stages = figures["gateway_stages_p50_us"]  # the gateway's server-timing, each stage's median
+    assert {"parse", "ingest", "assemble", "store", "serialise", "upstream"} <= set(stages)
+    assert all(value >= 0 for value in stages.values())
 
 
 def test_the_markdown_and_json_are_written(figures: dict[str, Any], tmp_path: Path) -> None:
