@@ -93,7 +93,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
         if settings.store.embedded:
             redis = EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync)
             store_url = stack.enter_context(redis)
-        os.environ[SPEC_ENV] = spec(source or Source(), store_url, log_level)
+        os.environ[SPEC_ENV] = spec(source or Source(), store_url, log_level, os.getpid())
         uvicorn.run(FACTORY, factory=True, workers=workers, **options)
 
 

@@ -7,12 +7,21 @@ it reads again (config file, environment, command-line overrides) from what the 
 flags. The embedded Redis is started once, by the parent, before the workers; they reach it as a
 `redis://` store. Workers share nothing but the store: a session's turns may land on any worker
 (session tables are saved with an optimistic version check, see gateway.session_state).
+
+A worker dies with its parent: on Linux it asks the kernel for SIGKILL when the parent goes
+(`prctl(PR_SET_PDEATHSIG)`), so a supervisor killed outright (SIGKILL, the OOM killer) takes its
+workers with it instead of leaving them serving on the port. A clean stop (SIGTERM, SIGINT) goes
+through uvicorn's supervisor, which stops each worker gracefully first.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +32,7 @@ from gateway.settings import Overrides, Settings, load_settings
 
 SPEC_ENV = "CLAWVM_WORKER_SPEC"
 FACTORY = "gateway.workers:app"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +48,12 @@ def worker_count(settings: Settings, cpus: int | None) -> int:
     return settings.server.workers or cpus or 1
 
 
-def spec(source: Source, store_url: str | None, log_level: str) -> str:
+def spec(source: Source, store_url: str | None, log_level: str, parent: int) -> str:
     """The worker spec: the config path, the flags (the store replaced by the parent's embedded
-    Redis when there is one) and the log level."""
+    Redis when there is one), the log level and the parent's pid."""
     overrides = source.overrides if store_url is None else replace(source.overrides, store=store_url)
     config = None if source.config is None else str(source.config.resolve())
-    return json.dumps({"config": config, "overrides": asdict(overrides), "log_level": log_level})
+    return json.dumps({"config": config, "overrides": asdict(overrides), "log_level": log_level, "parent": parent})
 
 
 def worker_settings(env: Mapping[str, str]) -> tuple[Settings, str]:
@@ -59,7 +69,20 @@ def app() -> Starlette:
     from gateway.cli import configure_logging
     from gateway.tokens import prepare_offline
 
+    die_with_parent(int(json.loads(os.environ[SPEC_ENV])["parent"]))
     settings, log_level = worker_settings(os.environ)
     configure_logging(settings, log_level)
     prepare_offline(os.environ)
     return create_app(settings)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when `parent` goes (Linux; elsewhere a no-op). A parent already gone
+    before the request took effect is caught by the pid check after it."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)

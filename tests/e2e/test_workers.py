@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
+import pytest
 
 from bench.fake_upstream import Running
 from tests.e2e.test_cli_serve import Served, alive, children, clawvm_serve, stored_table_of
@@ -77,3 +81,23 @@ def test_the_workers_flag_wins_over_the_config(tmp_path: Path, fake_upstream: Ru
         spawned = children(served.process.pid)
         assert len([pid for pid, cmdline in spawned if "spawn_main" in cmdline]) == 2, spawned
         assert served.terminate() in (0, -signal.SIGTERM), served.output()
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path, fake_upstream: Running) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store:\n  data_dir: {json.dumps(str(tmp_path / 'data'))}\n")
+    with clawvm_serve(fake_upstream.url, tmp_path, "--config", str(config), "--workers", "2") as served:
+        spawned = children(served.process.pid)
+        workers = [pid for pid, cmdline in spawned if "spawn_main" in cmdline]
+        assert len(workers) == 2
+        served.process.kill()  # SIGKILL: no graceful stop, no chance to stop the workers itself
+        served.process.wait()
+        deadline = time.monotonic() + 10.0
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers)  # nothing left serving on the port
+        with pytest.raises(httpx.TransportError):
+            httpx.get(served.url.removesuffix("/v1") + "/health", timeout=2.0)
+        for pid, _ in spawned:  # the embedded redis-server outlives a SIGKILLed parent, as it always has
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -30,10 +30,11 @@ def test_a_worker_loads_the_parents_settings_with_the_shared_store(tmp_path: Pat
     config = tmp_path / "config.yaml"
     config.write_text("upstream:\n  api_key: sk-upstream-secret\nserver:\n  log_content: true\n")
     overrides = Overrides(port=4100, budget=5000, workers=2)
-    encoded = spec(Source(config, overrides), "redis://127.0.0.1:7001/0", "debug")
+    encoded = spec(Source(config, overrides), "redis://127.0.0.1:7001/0", "debug", 4242)
     assert "sk-upstream-secret" not in encoded  # the worker reads the secret from the config itself
     settings, level = worker_settings({SPEC_ENV: encoded})
     parent = load_settings(config, {}, overrides)
     assert level == "debug" and settings.store.url == "redis://127.0.0.1:7001/0"
     assert settings.server == parent.server and settings.upstream == parent.upstream
-    assert json.loads(spec(Source(), None, "info"))["overrides"]["store"] is None
+    assert json.loads(encoded)["parent"] == 4242
+    assert json.loads(spec(Source(), None, "info", 1))["overrides"]["store"] is None
