@@ -290,7 +290,10 @@ async def _forward(
     faults = stream_faults_counted(services.metrics)
     shape = wire.error_body
     if wire.litellm and uses_litellm(chat.model):
-        return await respond(await services.provider.chat(turn.body, target), turn.headers, faults)
+        completed = await services.provider.chat(turn.body, target)  # litellm serialises the body itself
+        stages.lap("upstream")
+        turn.headers[STAGES_HEADER] = stages.header()
+        return await respond(completed, turn.headers, faults)
     forwarded = wire.forwarded(request.headers)
     policy, retried = retry_policy(tenant), retries_counted(services.metrics)
 
