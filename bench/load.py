@@ -44,6 +44,7 @@ from bench.latency import BenchError, Server, clawvm_command, server_env, stop, 
 from gateway.embedded import EmbeddedRedis, free_port
 from gateway.stages import HEADER as STAGES_HEADER
 from gateway.stages import parse_header
+from gateway.workers import usable_cpus
 
 SESSIONS = 200
 SECONDS = 60.0
@@ -646,7 +647,7 @@ async def load_run(rig_: Rig, plan: LoadPlan, tick: Tick) -> Json:
         "chunk_delay_s": plan.chunk_delay_s,
         "first_byte_s": plan.first_byte_s,
         "spread": plan.spread,
-        "workers": plan.workers or os.cpu_count() or 1,
+        "workers": plan.workers or usable_cpus() or 1,
         "budget": plan.budget,
         "requests": gateway["requests"],
         "ok": gateway["ok"],

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.embedded import EmbeddedRedis
 from gateway.settings import ConfigError, Overrides, Settings, load_settings
 from gateway.tokens import prepare_offline
-from gateway.workers import FACTORY, SPEC_ENV, Source, spec, worker_count
+from gateway.workers import FACTORY, SPEC_ENV, Source, spec, usable_cpus, worker_count
 
 GRACEFUL_SHUTDOWN_S = 30
 # Libraries whose DEBUG records quote request bodies (messages, tool output): held at INFO unless
@@ -84,7 +84,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
         "h11_max_incomplete_event_size": settings.server.max_header_bytes,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
-    workers = worker_count(settings, os.cpu_count())
+    workers = worker_count(settings, usable_cpus())
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return

@@ -48,6 +48,14 @@ def worker_count(settings: Settings, cpus: int | None) -> int:
     return settings.server.workers or cpus or 1
 
 
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset), else the
+    machine's. A CPU quota without a cpuset is not seen: set `server.workers` there."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def spec(source: Source, store_url: str | None, log_level: str, parent: int) -> str:
     """The worker spec: the config path, the flags (the store replaced by the parent's embedded
     Redis when there is one), the log level and the parent's pid."""

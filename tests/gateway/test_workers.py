@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from gateway.settings import ConfigError, Overrides, load_settings
-from gateway.workers import SPEC_ENV, Source, spec, worker_count, worker_settings
+from gateway.workers import SPEC_ENV, Source, spec, usable_cpus, worker_count, worker_settings
 
 
 def test_workers_default_to_one_per_cpu_and_the_flag_wins(tmp_path: Path) -> None:
@@ -38,3 +39,8 @@ def test_a_worker_loads_the_parents_settings_with_the_shared_store(tmp_path: Pat
     assert settings.server == parent.server and settings.upstream == parent.upstream
     assert json.loads(encoded)["parent"] == 4242
     assert json.loads(spec(Source(), None, "info", 1))["overrides"]["store"] is None
+
+
+def test_usable_cpus_counts_what_this_process_may_run_on() -> None:
+    cpus = usable_cpus()
+    assert cpus is not None and 1 <= cpus <= (os.cpu_count() or cpus)
