@@ -146,9 +146,11 @@ class FakeUpstream:
         chunk_delay: float = 0.0,
         faults: Faults | None = None,
         calls_in_finish: bool = False,
+        first_byte_delay: float = 0.0,
     ) -> None:
         self.responder = responder or default_responder
         self.chunk_delay = chunk_delay
+        self.first_byte_delay = first_byte_delay  # seconds before a stream's first event (a model's think time)
         self.calls_in_finish = calls_in_finish
         self.faults = faults
         self.requests: list[Recorded] = []
@@ -223,6 +225,8 @@ class FakeUpstream:
 
     async def _paced(self, events: list[bytes], cut: int | None = None) -> AsyncIterator[bytes]:
         for number, event in enumerate(events):
+            if number == 0 and self.first_byte_delay:
+                await asyncio.sleep(self.first_byte_delay)
             if number == 1:
                 await self._held()
             if number and self.chunk_delay:
@@ -449,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument("--first-byte-delay", type=float, default=0.0, help="seconds before a stream's first event")
     parser.add_argument("--agent", action="store_true", help="answer like a tool-using agent's model")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of completions failed with 429/500/503")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of streams cut mid-way")
@@ -458,7 +463,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     faults = None
     if args.fault_rate or args.drop_rate:
         faults = Faults(error_rate=args.fault_rate, drop_rate=args.drop_rate, seed=args.fault_seed)
-    fake = FakeUpstream(agent_responder if args.agent else None, chunk_delay=args.chunk_delay, faults=faults)
+    fake = FakeUpstream(
+        agent_responder if args.agent else None,
+        chunk_delay=args.chunk_delay,
+        faults=faults,
+        first_byte_delay=args.first_byte_delay,
+    )
     print(f"fake upstream on http://{args.host}:{args.port}/v1", flush=True)
     quiet = {"log_level": "warning", "access_log": False} if args.quiet else {}
     uvicorn.run(fake.app, host=args.host, port=args.port, **quiet)

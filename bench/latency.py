@@ -32,6 +32,8 @@ import httpx
 from bench.policy_time import Summary, summarize_ns
 from bench.traces import Trace
 from bench.wire_bodies import to_messages, to_responses
+from gateway.stages import HEADER as STAGES_HEADER
+from gateway.stages import parse_header
 from gateway.store.embedded import free_port
 from gateway.tokens import prepare_offline
 
@@ -78,6 +80,7 @@ class Series:
     policy_header: Summary | None  # the gateway's x-clawvm-policy-us
     direct_failures: int
     gateway_failures: int
+    stages: dict[str, float] = field(default_factory=dict)  # µs by stage, the median gateway request's
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +344,7 @@ class PathSamples:
     times_ns: list[int] = field(default_factory=list)
     overhead_us: list[int] = field(default_factory=list)
     policy_us: list[int] = field(default_factory=list)
+    stages: list[dict[str, float]] = field(default_factory=list)  # Server-Timing, in step with times_ns
     failures: int = 0
 
     def add(self, elapsed_ns: int, response: httpx.Response, stream: bool, wire: str = "chat") -> None:
@@ -351,6 +355,7 @@ class PathSamples:
             self.overhead_us.append(int(headers["x-clawvm-overhead-us"]))
         if "x-clawvm-policy-us" in headers:
             self.policy_us.append(int(headers["x-clawvm-policy-us"]))
+        self.stages.append(parse_header(headers.get(STAGES_HEADER, "")))
 
 
 def succeeded(response: httpx.Response, stream: bool, wire: str = "chat") -> bool:
@@ -413,9 +418,23 @@ def series(workload: Workload, direct: PathSamples, gateway: PathSamples) -> Ser
         added_median_us=round(gateway_summary.median_us - direct_summary.median_us, 1),
         overhead_header=_header_summary(gateway.overhead_us),
         policy_header=_header_summary(gateway.policy_us),
+        stages=median_request_stages(gateway),
         direct_failures=direct.failures,
         gateway_failures=gateway.failures,
     )
+
+
+def median_request_stages(samples: PathSamples) -> dict[str, float]:
+    """The stage breakdown (gateway `Server-Timing`, µs) of the request whose whole time is the
+    median, plus what the client saw beyond the gateway's stages ("client+wire": the client, the
+    loopback, the answer's relay)."""
+    if not samples.times_ns:
+        return {}
+    order = sorted(range(len(samples.times_ns)), key=samples.times_ns.__getitem__)
+    middle = order[len(order) // 2]
+    stages = dict(samples.stages[middle]) if middle < len(samples.stages) else {}
+    stages["client+wire"] = round(samples.times_ns[middle] / 1000 - sum(stages.values()), 1)
+    return stages
 
 
 def _header_summary(values_us: Sequence[int]) -> Summary | None:
@@ -494,6 +513,9 @@ def _format_series(item: Series) -> list[str]:
     for label, header in headers:
         shown = f"median {header.median_us:.0f} µs, p95 {header.p95_us:.0f} µs" if header else "absent"
         lines.append(f"  {label}: {shown}")
+    if item.stages:
+        parts = ", ".join(f"{name} {spent:.0f}" for name, spent in item.stages.items())
+        lines.append(f"  median request's stages (µs): {parts}")
     if item.direct_failures or item.gateway_failures:
         lines.append(f"  FAILED requests: direct {item.direct_failures}, gateway {item.gateway_failures}")
     return lines

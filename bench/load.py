@@ -21,31 +21,37 @@ percentile minus the direct path's, for time to first byte and for the whole str
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import redis
 
 from bench.latency import BenchError, Server, clawvm_command, server_env, stop, wait_healthy, write_config
+from gateway.stages import HEADER as STAGES_HEADER
+from gateway.stages import parse_header
 from gateway.store.embedded import EmbeddedRedis, free_port
+from gateway.workers import usable_cpus
 
 SESSIONS = 200
 SECONDS = 60.0
 QUICK_SESSIONS = 20
 QUICK_SECONDS = 10.0
 CHUNK_DELAY_S = 0.03
+FIRST_BYTE_S = 2.0  # the fake model's time to its first SSE event under load: a real model's pace
 THINK_S = 0.1
 BUDGET = 8000
 CONTROL_EVERY = 10  # one direct control session per this many gateway sessions
@@ -60,6 +66,7 @@ MIB = 1024 * 1024
 DEGRADED_HEADER = "x-clawvm-degraded"  # gateway.store.outage: the store was down, the turn's writes deferred
 
 Json = dict[str, Any]
+T = TypeVar("T")
 Tick = Callable[[str], None]
 
 
@@ -154,6 +161,8 @@ def rig(
     chunk_delay: float = CHUNK_DELAY_S,
     faults: UpstreamFaults | None = None,
     store_options: str = "",
+    first_byte: float = 0.0,
+    workers: int | None = None,
 ) -> Iterator[Rig]:
     """Redis, the fake upstream and the gateway, started in that order and stopped in reverse."""
     env = server_env(os.environ)
@@ -165,7 +174,7 @@ def rig(
         port = free_port()
         upstream_url = f"http://127.0.0.1:{port}/v1"
         argv = [sys.executable, "-m", "bench.fake_upstream", "--agent", "--quiet", "--port", str(port)]
-        argv += ["--chunk-delay", str(chunk_delay)]
+        argv += ["--chunk-delay", str(chunk_delay), "--first-byte-delay", str(first_byte)]
         if faults is not None:
             argv += ["--fault-rate", str(faults.error_rate), "--drop-rate", str(faults.drop_rate)]
             argv += ["--fault-seed", str(faults.seed)]
@@ -174,6 +183,7 @@ def rig(
         stack.callback(upstream.stop)
         port = free_port()
         argv = gateway_command(write_config(directory), port, upstream_url, store_url(store, store_options), budget)
+        argv += [] if workers is None else ["--workers", str(workers)]
         gateway = Process("gateway", argv, f"http://127.0.0.1:{port}/health", env, directory / "gateway.log")
         gateway.start()
         stack.callback(gateway.stop)
@@ -187,28 +197,37 @@ def gateway_command(config: Path, port: int, upstream: str, store: str, budget: 
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident set size of `pid` (psutil when installed, else /proc/PID/status), 0 when gone."""
-    try:
-        import psutil
-    except ImportError:
+    """Resident set size of `pid` and its live descendants (the gateway's workers; psutil when
+    installed, else /proc/PID/status of `pid` alone), 0 when gone."""
+    if importlib.util.find_spec("psutil") is None:
         return _proc_rss(pid)
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
+    return sum(_each(pid, lambda p: int(p.memory_info().rss)))
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` so far (psutil when installed, else /proc/PID/stat)."""
-    try:
-        import psutil
-    except ImportError:
+    """User + system CPU time of `pid` and its live descendants so far (psutil when installed,
+    else /proc/PID/stat of `pid` alone)."""
+    if importlib.util.find_spec("psutil") is None:
         return _proc_cpu(pid)
+    return sum(_each(pid, lambda p: float(p.cpu_times().user + p.cpu_times().system)))
+
+
+def _each(pid: int, measure: Callable[[Any], T]) -> list[T]:
+    """`measure` of `pid` and of each live descendant (one that is gone counts for nothing)."""
+    import psutil
+
     try:
-        times = psutil.Process(pid).cpu_times()
+        top = psutil.Process(pid)
+        tree = [top, *top.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
+        return []
+    found = []
+    for process in tree:
+        try:
+            found.append(measure(process))
+        except psutil.Error:
+            continue
+    return found
 
 
 def _proc_cpu(pid: int) -> float:
@@ -289,6 +308,7 @@ class Outcome:
     events: int
     reply: Json | None
     degraded: bool = False  # answered with DEGRADED_HEADER
+    stages: Mapping[str, float] = field(default_factory=dict)  # the gateway's server-timing, µs by stage
 
 
 class StreamState:
@@ -354,6 +374,7 @@ async def exchange(http: aiohttp.ClientSession, url: str, body: bytes, headers: 
                     ttfb = time.perf_counter() - started
                 state.feed(data)
             degraded = DEGRADED_HEADER in response.headers
+            stages = parse_header(response.headers.get(STAGES_HEADER, ""))
     except aiohttp.ClientConnectorError:
         return _failed("connect_refused", started)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
@@ -368,7 +389,7 @@ async def exchange(http: aiohttp.ClientSession, url: str, body: bytes, headers: 
     if not state.done:
         kind = "truncated" if state.error is None else "stream_error_event"
         return Outcome(kind, ttfb, total, state.events, None)
-    return Outcome(None, ttfb, total, state.events, state.reply(), degraded)
+    return Outcome(None, ttfb, total, state.events, state.reply(), degraded, stages)
 
 
 def _failed(kind: str, started: float) -> Outcome:
@@ -396,6 +417,7 @@ class PathStats:
     events: int = 0
     degraded: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    stages: list[Mapping[str, float]] = field(default_factory=list)  # per whole stream, when timed
 
     @property
     def ok(self) -> int:
@@ -413,6 +435,8 @@ class PathStats:
         self.total_s.append(outcome.total_s)
         self.events += outcome.events
         self.degraded += outcome.degraded
+        if outcome.stages:
+            self.stages.append(outcome.stages)
 
 
 @dataclass
@@ -452,20 +476,35 @@ def client_session() -> aiohttp.ClientSession:
 
 
 async def run_fleet(
-    fleet: Fleet, gateway_url: str, direct_url: str | None, sessions: int, controls: int, prefix: str
+    fleet: Fleet,
+    gateway_url: str,
+    direct_url: str | None,
+    sessions: int,
+    controls: int,
+    prefix: str,
+    spread_s: float = 0.0,
 ) -> list[asyncio.Task[None]]:
-    """Start the session tasks (they share `fleet`'s stop event); the caller awaits them."""
+    """Start the session tasks (they share `fleet`'s stop event); the caller awaits them. With
+    `spread_s`, session starts are spread evenly over that many seconds (a steady arrival rate
+    rather than every session's turn in lockstep)."""
     http = client_session()
     tasks = []
     for number in range(sessions):
         agent = Agent(f"{prefix}-{number}")
         fleet.agents.append(agent)
-        tasks.append(asyncio.create_task(fleet.drive(http, agent, gateway_url + "/chat/completions", fleet.gateway)))
+        driving = fleet.drive(http, agent, gateway_url + "/chat/completions", fleet.gateway)
+        tasks.append(asyncio.create_task(_later(spread_s * number / max(sessions, 1), driving)))
     for number in range(controls if direct_url else 0):
         agent = Agent(f"{prefix}-direct-{number}")
-        tasks.append(asyncio.create_task(fleet.drive(http, agent, f"{direct_url}/chat/completions", fleet.direct)))
+        driving = fleet.drive(http, agent, f"{direct_url}/chat/completions", fleet.direct)
+        tasks.append(asyncio.create_task(_later(spread_s * number / max(controls, 1), driving)))
     closer = asyncio.create_task(_close_after(http, tasks))
     return [*tasks, closer]
+
+
+async def _later(delay_s: float, work: Awaitable[None]) -> None:
+    await asyncio.sleep(delay_s)
+    await work
 
 
 async def _close_after(http: aiohttp.ClientSession, tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -515,6 +554,9 @@ class LoadPlan:
     chunk_delay_s: float = CHUNK_DELAY_S
     budget: int | None = BUDGET
     store_options: str = ""  # a query string on the gateway's redis URL, e.g. "max_connections=512"
+    first_byte_s: float = FIRST_BYTE_S
+    workers: int | None = None  # the gateway's --workers; None: its default (one per CPU)
+    spread: bool = True  # session starts spread over one turn's time (False: every session at once)
 
     @property
     def controls(self) -> int:
@@ -536,6 +578,13 @@ def latency_ms(stats: PathStats) -> Json:
         "total_p50_ms": round(percentile(stats.total_s, 0.50) * 1000, 1),
         "total_p99_ms": round(percentile(stats.total_s, 0.99) * 1000, 1),
     }
+
+
+def stage_medians_us(stats: PathStats) -> Json:
+    """Each `server-timing` stage's median over the path's whole streams, µs (the stages of
+    different requests: they need not add up to one request's time)."""
+    names = dict.fromkeys(name for stages in stats.stages for name in stages)
+    return {name: round(statistics.median(s.get(name, 0.0) for s in stats.stages), 1) for name in names}
 
 
 def added_ms(gateway: Json, direct: Json) -> Json:
@@ -573,7 +622,10 @@ async def load_run(rig_: Rig, plan: LoadPlan, tick: Tick) -> Json:
     load_before = os.getloadavg()[0]
     rss: list[int] = [await asyncio.to_thread(rss_bytes, rig_.gateway.pid)]
     started = time.monotonic()
-    tasks = await run_fleet(fleet, rig_.gateway_url, rig_.upstream_url, plan.sessions, plan.controls, "load")
+    spread = plan.first_byte_s + plan.think_s if plan.spread else 0.0  # about one turn's time
+    tasks = await run_fleet(
+        fleet, rig_.gateway_url, rig_.upstream_url, plan.sessions, plan.controls, "load", spread_s=spread
+    )
     watcher = asyncio.create_task(_watch(rig_, fleet, started, plan, tick, rss))
     await asyncio.sleep(plan.seconds)
     fleet.stopping.set()
@@ -593,15 +645,20 @@ async def load_run(rig_: Rig, plan: LoadPlan, tick: Tick) -> Json:
         "elapsed_s": round(elapsed, 1),
         "think_s": plan.think_s,
         "chunk_delay_s": plan.chunk_delay_s,
+        "first_byte_s": plan.first_byte_s,
+        "spread": plan.spread,
+        "workers": plan.workers or usable_cpus() or 1,
         "budget": plan.budget,
         "requests": gateway["requests"],
         "ok": gateway["ok"],
         "errors": sum(gateway["errors"].values()),
         "requests_per_s": round(gateway["requests"] / elapsed, 1) if elapsed else 0.0,
+        "requests_per_s_per_core": round(gateway["requests"] / elapsed / (os.cpu_count() or 1), 1) if elapsed else 0.0,
         "turns_per_session": {"min": min(turns, default=0), "max": max(turns, default=0)},
         "gateway": gateway,
         "direct": direct,
         "added": added_ms(latency_ms(fleet.gateway), latency_ms(fleet.direct)),
+        "gateway_stages_p50_us": stage_medians_us(fleet.gateway),
         "gateway_rss_mib": {
             "start": round(rss[0] / MIB, 1),
             "peak": round(max(rss) / MIB, 1),
@@ -630,7 +687,12 @@ def _cpu(rig_: Rig) -> dict[str, float]:
 def run_load(directory: Path, plan: LoadPlan, tick: Tick = lambda _: None) -> Json:
     """Start a rig in `directory`, hold the load, stop everything; the figures as JSON."""
     with rig(
-        directory, budget=plan.budget, chunk_delay=plan.chunk_delay_s, store_options=plan.store_options
+        directory,
+        budget=plan.budget,
+        chunk_delay=plan.chunk_delay_s,
+        store_options=plan.store_options,
+        first_byte=plan.first_byte_s,
+        workers=plan.workers,
     ) as running:
         return asyncio.run(load_run(running, plan, tick))
 
@@ -644,13 +706,17 @@ def format_load(figures: Json) -> list[str]:
         "",
         f"Each session an agent loop (tool call, tool result, a rule every {RULE_EVERY} turns), every request "
         f"`stream: true`, {g['events_per_stream']} SSE events per answer {figures['chunk_delay_s'] * 1000:.0f} ms "
-        f"apart, {figures['think_s'] * 1000:.0f} ms think time; budget {figures['budget']}; "
+        f"apart, the first after {figures.get('first_byte_s', 0.0):g} s; "
+        f"{figures['think_s'] * 1000:.0f} ms think time; "
+        f"budget {figures['budget']}; gateway workers {figures.get('workers', 1)}; session starts "
+        f"{'spread over one turn' if figures.get('spread') else 'all at once (lockstep)'}; "
         f"{figures['control_sessions']} control sessions straight to the fake upstream in the same run.",
         "",
         "| figure | value |",
         "|---|---|",
         f"| requests (whole streams) | {figures['requests']} ({figures['ok']}) in {figures['elapsed_s']} s |",
-        f"| requests per second ⏱ | {figures['requests_per_s']} |",
+        f"| requests per second ⏱ | {figures['requests_per_s']} "
+        f"({figures.get('requests_per_s_per_core', '-')} per core) |",
         f"| errors | {figures['errors']} {_kinds(g['errors'])} |",
         f"| served degraded (`{DEGRADED_HEADER}`: store writes deferred) | {g['degraded']} |",
         f"| turns per session | {figures['turns_per_session']['min']}-{figures['turns_per_session']['max']} |",
@@ -660,6 +726,7 @@ def format_load(figures: Json) -> list[str]:
         f"direct {d['total_p50_ms']} / {d['total_p99_ms']} ms |",
         f"| added latency, first byte p50 / p99 ⏱ | {a['ttfb_p50_ms']} / {a['ttfb_p99_ms']} ms |",
         f"| added latency, whole stream p50 / p99 ⏱ | {a['total_p50_ms']} / {a['total_p99_ms']} ms |",
+        f"| gateway stages before the first byte, each one's median ⏱ | {_stages(figures)} |",
         f"| gateway RSS start / peak / end | {rss['start']} / {rss['peak']} / {rss['end']} MiB |",
         f"| Redis used_memory before / after | {mem['before']} / {mem['after']} MiB |",
         f"| Redis memory per session | {figures['redis_bytes_per_session'] / 1024:.1f} KiB |",
@@ -673,6 +740,11 @@ def format_load(figures: Json) -> list[str]:
     if d["errors"]:
         lines.append(f"| control path errors | {_kinds(d['errors'])} |")
     return lines
+
+
+def _stages(figures: Json) -> str:
+    stages = figures.get("gateway_stages_p50_us") or {}
+    return ", ".join(f"{name} {spent / 1000:.1f} ms" for name, spent in stages.items()) or "-"
 
 
 def _kinds(errors: Mapping[str, int]) -> str:
@@ -702,6 +774,11 @@ def parser() -> Any:
     top.add_argument(
         "--store-options", default="", help="query string for the gateway's redis URL, e.g. max_connections=512"
     )
+    top.add_argument(
+        "--first-byte", type=float, default=FIRST_BYTE_S, help=f"the fake model's first-byte delay, s ({FIRST_BYTE_S})"
+    )
+    top.add_argument("--lockstep", action="store_true", help="start every session at once (no spread)")
+    top.add_argument("--workers", type=int, default=None, help="the gateway's --workers (default: its own default)")
     top.add_argument("--phases", nargs="*", choices=PHASES, default=list(PHASES), help="chaos phases to run")
     top.add_argument("--no-load", action="store_true", help="run the chaos phases only")
     top.add_argument("--out", type=Path, default=RESULTS, help=f"where load.md and load.json go (default {RESULTS})")
@@ -723,6 +800,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds=args.seconds or (QUICK_SECONDS if args.quick else SECONDS),
         budget=args.budget,
         store_options=args.store_options,
+        first_byte_s=args.first_byte,
+        workers=args.workers,
+        spread=not args.lockstep,
     )
     chaos_plan = ChaosPlan.quick() if args.quick else ChaosPlan()
     chaos_plan = replace(chaos_plan, store_options=args.store_options)

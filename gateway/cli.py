@@ -8,10 +8,14 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from gateway.settings import ConfigError, Overrides, Settings, load_settings
+from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import prepare_offline
+from gateway.workers import FACTORY, SPEC_ENV, Source, spec, usable_cpus, worker_count
 
 GRACEFUL_SHUTDOWN_S = 30
 # Libraries whose DEBUG records quote request bodies (messages, tool output): held at INFO unless
@@ -36,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve with no tenants (every caller let in) on a non-loopback host; refused without it",
     )
+    serve.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: server.workers, else one per CPU)"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return top
 
@@ -49,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget=args.budget,
         store=args.store,
         allow_unauthenticated=args.allow_unauthenticated,
+        workers=args.workers,
     )
     try:
         settings = load_settings(args.config, os.environ, overrides)
@@ -56,26 +64,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clawvm: invalid configuration: {exc}", file=sys.stderr)
         return 2
     prepare_offline(os.environ)
-    serve(settings, args.log_level)
+    serve(settings, args.log_level, Source(args.config, overrides))
     return 0
 
 
-def serve(settings: Settings, log_level: str) -> None:
+def serve(settings: Settings, log_level: str, source: Source | None = None) -> None:
+    """One process serving the app, or (more than one worker) uvicorn's supervisor over workers
+    that share the embedded Redis this process starts (gateway.workers)."""
     import uvicorn
 
     from gateway.api.app import create_app
 
+    configure_logging(settings, log_level)
+    options: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_level": log_level,
+        "access_log": False,
+        "h11_max_incomplete_event_size": settings.server.max_header_bytes,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
+    workers = worker_count(settings, usable_cpus())
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    with ExitStack() as stack:
+        store_url = None
+        if settings.store.embedded:
+            redis = EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync)
+            store_url = stack.enter_context(redis)
+        os.environ[SPEC_ENV] = spec(source or Source(), store_url, log_level, os.getpid())
+        uvicorn.run(FACTORY, factory=True, workers=workers, **options)
+
+
+def configure_logging(settings: Settings, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_content_loggers(settings.server.log_content)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=log_level,
-        access_log=False,
-        h11_max_incomplete_event_size=settings.server.max_header_bytes,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
 
 
 def quiet_content_loggers(log_content: bool) -> None:

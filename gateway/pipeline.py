@@ -45,6 +45,8 @@ from gateway.services import UNAUTHENTICATED, Services, store_failure
 from gateway.sessions import SessionIds, resolve
 from gateway.settings import Tenant
 from gateway.sse import ending_cleanly
+from gateway.stages import HEADER as STAGES_HEADER
+from gateway.stages import Stages
 from gateway.store.memory import WriteReport
 from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
 from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
@@ -129,13 +131,13 @@ def turn_route(wire: Wire) -> Callable[[Request], Awaitable[Response]]:
     every error in the format's own shape."""
 
     async def route(request: Request) -> Response:
-        started = time.perf_counter_ns()
+        stages = Stages()
         services: Services = request.state.services
         name = UNAUTHENTICATED
         try:
             tenant = services.keyring.authenticate(request.headers)
             name = tenant.name
-            response = await _serve(request, services, tenant, started, wire)
+            response = await _serve(request, services, tenant, stages, wire)
         except NestingTooDeep as exc:  # within the parser's nesting limit, past the encoder's
             response = _error(wire, InvalidRequest(f"The request body is not usable: {exc}."))
         except GatewayError as exc:
@@ -169,7 +171,7 @@ def _error(wire: Wire, exc: GatewayError) -> Response:
 chat_completions = turn_route(CHAT)
 
 
-async def _serve(request: Request, services: Services, tenant: Tenant, started: int, wire: Wire) -> Response:
+async def _serve(request: Request, services: Services, tenant: Tenant, stages: Stages, wire: Wire) -> Response:
     body = await read_body(request, services.settings.server.max_body_bytes)
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
     chat = wire.parse(body, services.transcripts.parser(hint))
@@ -178,10 +180,13 @@ async def _serve(request: Request, services: Services, tenant: Tenant, started: 
     chat = await _resolved(services, tenant, chat, wire)
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     event = hint_of(request.headers, chat.body) or wire.event(chat)
+    stages.lap("parse")
     turn = await prepare(services, tenant, chat, ids, event, wire)
+    stages.lap("store")
+    stages.split("store", {"ingest": turn.policy_ns[0], "assemble": turn.policy_ns[1]})
     _log_turn(services, tenant, chat, turn)
     try:  # the turn is committed: a hang-up from here on cancels only the upstream call
-        forwarding = _forward(request, services, tenant, chat, ids, turn, started, wire)
+        forwarding = _forward(request, services, tenant, chat, ids, turn, stages, wire)
         response = await unless_disconnected(request, forwarding)
     except GatewayError:
         await turn.after()
@@ -226,16 +231,19 @@ async def _forward(
     chat: WireRequest,
     ids: SessionIds,
     turn: Turn,
-    started: int,
+    stages: Stages,
     wire: Wire,
 ) -> Response:
     target = wire.target(tenant, request.headers)
     paging = _paging(services, tenant, ids, turn, wire.remembers(chat))
-    turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - started) // 1000)
+    turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - stages.started) // 1000)
     faults = stream_faults_counted(services.metrics)
     shape = wire.error_body
     if wire.litellm and uses_litellm(chat.model):
-        return await respond(await services.provider.chat(turn.body, target), turn.headers, faults)
+        completed = await services.provider.chat(turn.body, target)  # litellm serialises the body itself
+        stages.lap("upstream")
+        turn.headers[STAGES_HEADER] = stages.header()
+        return await respond(completed, turn.headers, faults)
     forwarded = wire.forwarded(request.headers)
     policy, retried = retry_policy(tenant), retries_counted(services.metrics)
 
@@ -245,7 +253,11 @@ async def _forward(
 
         return await with_retries(attempt, policy, on_retry=retried)
 
-    first = await send(jsonio.dumps(turn.body))
+    serialised = jsonio.dumps(turn.body)
+    stages.lap("serialise")
+    first = await send(serialised)
+    stages.lap("upstream")
+    turn.headers[STAGES_HEADER] = stages.header()
     if paging is None or first.status != 200 or (chat.stream and not first.is_stream):
         return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
     answer = wire.answer(chat.stream, paging.name, turn.body)
@@ -312,6 +324,7 @@ class Turn:
     counter: TiktokenCounter
     offered: bool  # the recall tool was added to `tools`
     after: Callable[[], Awaitable[None]]  # audit records, written once the answer is sent
+    policy_ns: tuple[int, int] = (0, 0)  # the policy engine's ingest and assembly time
 
 
 async def prepare(
@@ -365,7 +378,8 @@ async def prepare(
     shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
     then = recorded(services.inspector, tenant.name, ids.session, after, shot)
     _cache_hints(body, wire, chat.model, tenant.name, ids.session, plan.stable)
-    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then)
+    policy = (timing.ingest_ns, timing.assembly_ns)
+    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then, policy)
 
 
 def _prompts(wire: Wire, chat: WireRequest, built: list[Message], body: dict[str, Any]) -> tuple[list[Any], list[Any]]:

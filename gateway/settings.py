@@ -79,6 +79,7 @@ _SERVER_KEYS = (
     "log_content",
     "session_idle_seconds",
     "allow_unauthenticated",
+    "workers",
 )
 _STORE_KEYS = (
     "url",
@@ -128,6 +129,7 @@ class ServerSettings:
     log_content: bool = False
     session_idle_seconds: int = 3600  # a session unused this long has ended (a lifecycle event)
     allow_unauthenticated: bool = False  # serve without tenants on a non-loopback host (the operator's choice)
+    workers: int | None = None  # worker processes; None: one per CPU (gateway.cli)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,7 @@ class Overrides:
     budget: int | None = None  # max_prompt_tokens wherever config.yaml sets none
     store: str | None = None  # "embedded" or a Redis URL
     allow_unauthenticated: bool = False  # --allow-unauthenticated: only ever turns the config's value on
+    workers: int | None = None  # --workers
 
 
 def load_settings(path: Path | None, env: Mapping[str, str], overrides: Overrides = Overrides()) -> Settings:
@@ -517,6 +520,9 @@ def _server(value: object, overrides: Overrides) -> ServerSettings:
         session_idle_seconds=sec.get("session_idle_seconds", base.session_idle_seconds, _integer()),
         allow_unauthenticated=overrides.allow_unauthenticated
         or sec.get("allow_unauthenticated", base.allow_unauthenticated, _boolean),
+        workers=_pick(
+            _override(overrides.workers, "--workers", _integer()), sec.optional("workers", base.workers, _integer())
+        ),
     )
 
 

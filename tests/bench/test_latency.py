@@ -61,6 +61,7 @@ def test_the_gateway_reported_its_own_timings(figures: dict[str, Any]) -> None:
         assert series["overhead_header"]["count"] == 20
         assert series["policy_header"]["count"] == 20
         assert series["overhead_header"]["median_us"] >= series["policy_header"]["median_us"]
+        assert {"parse", "ingest", "assemble", "store", "serialise", "upstream"} <= set(series["stages"])
 
 
 def test_every_process_is_gone_afterwards(figures: dict[str, Any]) -> None:

@@ -27,8 +27,9 @@ from gateway.chat import parse_messages
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One tiny load run: 5 sessions (and 1 direct control session) for 3 seconds."""
-    return run_load(tmp_path_factory.mktemp("load"), LoadPlan(sessions=5, seconds=3.0))
+    """One tiny load run: 5 sessions (and 1 direct control session) for 3 seconds, two workers,
+    the fake model's first byte after half a second."""
+    return run_load(tmp_path_factory.mktemp("load"), LoadPlan(sessions=5, seconds=3.0, first_byte_s=0.5, workers=2))
 
 
 def test_every_session_streams_whole_answers_without_errors(figures: dict[str, Any]) -> None:
@@ -50,7 +51,13 @@ def test_the_report_carries_latency_memory_and_rss(figures: dict[str, Any]) -> N
     assert set(figures["added"]) == {"ttfb_p50_ms", "ttfb_p99_ms", "total_p50_ms", "total_p99_ms"}
     assert figures["redis_bytes_per_session"] > 0  # the sessions' pages landed in Redis
     assert 0 < figures["gateway_rss_mib"]["start"] <= figures["gateway_rss_mib"]["peak"]
-    assert figures["cpu_s"]["gateway"] > 0
+    assert figures["cpu_s"]["gateway"] > 0  # the workers' CPU counted with the supervisor's
+    assert figures["workers"] == 2 and figures["first_byte_s"] == 0.5
+    assert figures["direct"]["ttfb_p50_ms"] >= 500  # the fake model's first byte waited as asked
+    assert figures["requests_per_s_per_core"] > 0
+    stages = figures["gateway_stages_p50_us"]  # the gateway's server-timing, each stage's median
+    assert {"parse", "ingest", "assemble", "store", "serialise", "upstream"} <= set(stages)
+    assert all(value >= 0 for value in stages.values())
 
 
 def test_the_markdown_and_json_are_written(figures: dict[str, Any], tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from bench.fake_upstream import serve
 from gateway.cache_hints import KEY_PREFIX, MAX_BREAKPOINTS
+from gateway.stages import parse_header
 
 Json = dict[str, Any]
 CLAUDE = "anthropic/claude-3-5-sonnet-20240620"
@@ -127,6 +128,7 @@ def test_anthropic_breakpoints_end_the_stable_prefix_and_the_request(anthropic: 
     # messages after the system prompt: user, assistant (the end of the stable prefix), user (the newest turn)
     assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
     assert _marks(sent) == [(1, "text"), (2, "text")]
+    assert list(parse_header(response.headers["server-timing"])) == ["parse", "ingest", "assemble", "store", "upstream"]
 
 
 def test_the_clients_breakpoints_are_kept_and_four_is_the_most(anthropic: tuple[str, FakeMessages]) -> None:

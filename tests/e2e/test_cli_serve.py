@@ -164,12 +164,17 @@ def aof_bytes(data_dir: Path) -> int:
 
 def stored_table(data_dir: Path) -> PageTable:
     """The session's table as the stopped gateway left it, read from its own data directory."""
+    return stored_table_of(data_dir, SESSION)
+
+
+def stored_table_of(data_dir: Path, session: str) -> PageTable:
+    """A session's table as the stopped gateway left it, read from its own data directory."""
 
     async def read(url: str) -> PageTable:
         async with RedisStore.from_url(url) as store:
-            record = await store.load_table("default", session_scope(SESSION))
+            record = await store.load_table("default", session_scope(session))
             assert record is not None
-            pages = await store.get_pages("default", session_scope(SESSION), page_ids(record.data))
+            pages = await store.get_pages("default", session_scope(session), page_ids(record.data))
             return load_table(record.data, pages, record.version)
 
     with EmbeddedRedis(data_dir) as url:

@@ -22,7 +22,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Settings, str]]:
     for name in ("CLAWVM_UPSTREAM_BASE_URL", "CLAWVM_UPSTREAM_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     calls: list[tuple[Settings, str]] = []
-    monkeypatch.setattr(cli, "serve", lambda settings, level: calls.append((settings, level)))
+    monkeypatch.setattr(cli, "serve", lambda settings, level, source=None: calls.append((settings, level)))
     return calls
 
 

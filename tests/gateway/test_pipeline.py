@@ -30,6 +30,7 @@ from gateway.pipeline import (
 from gateway.services import Services, ToolTokens
 from gateway.sessions import SessionIds
 from gateway.settings import Overrides, Settings, load_settings
+from gateway.stages import parse_header
 from gateway.store.embedded import free_port
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
@@ -366,6 +367,8 @@ def test_chat_completions_forwards_with_the_upstream_key_and_our_headers(gateway
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "ok"
     assert response.headers["x-clawvm-session"] == "http-1"
     assert int(response.headers["x-clawvm-overhead-us"]) >= int(response.headers["x-clawvm-policy-us"]) >= 0
+    stages = parse_header(response.headers["server-timing"])
+    assert list(stages) == ["parse", "ingest", "assemble", "store", "serialise", "upstream"]
     sent = fake.requests[-1]
     assert sent.path == "/v1/chat/completions" and sent.body is not None
     assert sent.headers["authorization"] == "Bearer sk-upstream-secret"

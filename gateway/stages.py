@@ -1,0 +1,58 @@
+"""Where a turn's time goes: the stages of one request, sent as a `Server-Timing` header.
+
+`Stages` is started when the request arrives and `lap`ped at each stage's end; the header lists
+each stage's duration in milliseconds (parse, ingest, assemble, store, serialise, upstream), so a
+bench can print the breakdown of its median request. "store" is the planning time that is not the
+policy engine's: loading and committing the session's table, write-back, rendering the body.
+Work done after the answer is sent (audit records, metrics) cannot be in a header of that answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+HEADER = "server-timing"
+
+
+@dataclass(slots=True)
+class Stages:
+    started: int = field(default_factory=time.perf_counter_ns)
+    laps: dict[str, int] = field(default_factory=dict)  # stage name -> nanoseconds
+    _last: int = 0
+
+    def __post_init__(self) -> None:
+        self._last = self.started
+
+    def lap(self, name: str) -> int:
+        """The time since the previous lap (or the start) is `name`'s; returns it in ns."""
+        now = time.perf_counter_ns()
+        spent, self._last = now - self._last, now
+        self.laps[name] = self.laps.get(name, 0) + spent
+        return spent
+
+    def split(self, name: str, parts: dict[str, int]) -> None:
+        """Divide `name`'s lap into `parts` (ns each, measured inside it); the rest stays `name`'s."""
+        rest = self.laps.pop(name, 0)
+        for part, spent in parts.items():
+            self.laps[part] = self.laps.get(part, 0) + spent
+            rest -= spent
+        self.laps[name] = self.laps.get(name, 0) + max(rest, 0)
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={spent / 1e6:.3f}" for name, spent in self.laps.items())
+
+
+def parse_header(value: str) -> dict[str, float]:
+    """A `Server-Timing` header's durations in microseconds, by stage name (unknown parts ignored)."""
+    found: dict[str, float] = {}
+    for entry in value.split(","):
+        name, _, params = entry.strip().partition(";")
+        for param in params.split(";"):
+            key, _, number = param.strip().partition("=")
+            if key == "dur" and name:
+                try:
+                    found[name] = float(number) * 1000
+                except ValueError:
+                    continue
+    return found

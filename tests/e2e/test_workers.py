@@ -1,0 +1,103 @@
+"""`clawvm serve --workers N`: several worker processes on one port, one embedded Redis they share,
+concurrent sessions whose turns land on any worker, through real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from bench.fake_upstream import Running
+from tests.e2e.test_cli_serve import Served, alive, children, clawvm_serve, stored_table_of
+
+WORKERS = 3
+SESSIONS = 6
+TURNS = 4
+
+
+def transcript(session: int, turns: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": f"You are agent {session}. Be brief."}]
+    for turn in range(turns):
+        if turn:
+            messages.append({"role": "assistant", "content": "ok"})
+        messages.append({"role": "user", "content": f"Session {session}, question {turn}: where is order #{turn}?"})
+    return messages
+
+
+async def converse(served: Served, session: int) -> list[str]:
+    """TURNS turns of one session, each on a fresh connection (so the kernel may hand it to any worker)."""
+    faults = []
+    for turn in range(1, TURNS + 1):
+        messages = transcript(session, turn)
+        async with openai.AsyncOpenAI(base_url=served.url, api_key="sk-local", max_retries=0, timeout=30) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=messages, extra_headers={"x-clawvm-session": f"w-{session}"}
+            )
+        assert raw.parse().choices[0].message.content == "ok"
+        assert raw.headers["x-clawvm-session"] == f"w-{session}"
+        faults.append(raw.headers["x-clawvm-faults"])
+    return faults
+
+
+async def all_sessions(served: Served) -> list[list[str]]:
+    return await asyncio.gather(*(converse(served, n) for n in range(SESSIONS)))
+
+
+def test_workers_share_one_store_and_keep_every_turn(tmp_path: Path, fake_upstream: Running) -> None:
+    data_dir = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  workers: {WORKERS}\nstore:\n  data_dir: {json.dumps(str(data_dir))}\n")
+    with clawvm_serve(fake_upstream.url, tmp_path, "--config", str(config)) as served:
+        spawned = children(served.process.pid)
+        redis_servers = [pid for pid, cmdline in spawned if "redis-server" in cmdline]
+        workers = [pid for pid, cmdline in spawned if "spawn_main" in cmdline]
+        assert len(redis_servers) == 1, spawned  # started once, by the parent
+        assert len(workers) == WORKERS, spawned
+        asyncio.run(all_sessions(served))
+        sent = [request.body["messages"] for request in fake_upstream.fake.requests if request.body]
+        for session in range(SESSIONS):  # every turn forwarded whole: nothing lost or reordered
+            for turn in range(1, TURNS + 1):
+                assert transcript(session, turn) in sent
+        assert served.terminate() in (0, -signal.SIGTERM), served.output()
+        assert not alive(redis_servers[0]) and not any(alive(pid) for pid in workers)
+        assert "Traceback" not in served.output() and "ERROR" not in served.output()
+    for session in range(SESSIONS):  # each session's table holds every turn, committed in order
+        table = stored_table_of(data_dir, f"w-{session}")
+        assert table.turn == TURNS and len(table.order) == len(transcript(session, TURNS))
+
+
+def test_the_workers_flag_wins_over_the_config(tmp_path: Path, fake_upstream: Running) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  workers: 3\nstore:\n  data_dir: {json.dumps(str(tmp_path / 'data'))}\n")
+    with clawvm_serve(fake_upstream.url, tmp_path, "--config", str(config), "--workers", "2") as served:
+        spawned = children(served.process.pid)
+        assert len([pid for pid, cmdline in spawned if "spawn_main" in cmdline]) == 2, spawned
+        assert served.terminate() in (0, -signal.SIGTERM), served.output()
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path, fake_upstream: Running) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store:\n  data_dir: {json.dumps(str(tmp_path / 'data'))}\n")
+    with clawvm_serve(fake_upstream.url, tmp_path, "--config", str(config), "--workers", "2") as served:
+        spawned = children(served.process.pid)
+        workers = [pid for pid, cmdline in spawned if "spawn_main" in cmdline]
+        assert len(workers) == 2
+        served.process.kill()  # SIGKILL: no graceful stop, no chance to stop the workers itself
+        served.process.wait()
+        deadline = time.monotonic() + 10.0
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers)  # nothing left serving on the port
+        with pytest.raises(httpx.TransportError):
+            httpx.get(served.url.removesuffix("/v1") + "/health", timeout=2.0)
+        for pid, _ in spawned:  # the embedded redis-server outlives a SIGKILLed parent, as it always has
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
