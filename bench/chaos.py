@@ -170,7 +170,7 @@ async def under_load(running: Rig, plan: ChaosPlan, name: str, fault: Fault) -> 
     tasks = await run_fleet(fleet, running.gateway_url, None, plan.sessions, 0, name)
     await asyncio.sleep(plan.warm_s)
     before = await read_committed(running)
-    errors_before = sum(fleet.gateway.api.errors.values())
+    errors_before = sum(fleet.gateway.errors.values())
     detail = await fault(running)
     recovered = await until_all_progress(fleet, plan.after_s + RECOVERY_GRACE_S)
     remaining = max(0.0, plan.after_s - (recovered or 0.0))
@@ -465,7 +465,7 @@ async def bad_inputs(running: Rig, plan: ChaosPlan) -> Json:
         "health_after": health(root),
         "sessions": plan.fuzz_sessions,
         "session_requests": fleet.gateway.requests,
-        "session_errors": dict(sorted(fleet.gateway.api.errors.items())),
+        "session_errors": dict(sorted(fleet.gateway.errors.items())),
         "data": {**compare(before, after), "answered_turns_not_stored": unstored},
     }
 
