@@ -581,13 +581,7 @@ def _lifecycle_bars(s: Mapping[str, Json]) -> list[Bar]:
     return [*_clean_bar(data["injectors"]), *(_hard_fault_bar(run) for run in [data, *data.get("other_budgets", [])])]
 
 
-LIFECYCLE_HARD = (
-    "missing",
-    "missing_intent",
-    "boundary_faults",
-    "invalid",
-    *("later_intent_faults", "later_evidence_faults", "later_answer_faults"),
-)
+LIFECYCLE_HARD = ("missing", "missing_intent", "boundary_faults", "invalid", *LATER_KEYS)
 
 
 def _hard_fault_bar(run: Json) -> Bar:

@@ -374,7 +374,8 @@ async def prepare(
         headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter, wire))
     received = timing.sent + budget.tools - _reserve(services, chat, counter, wire)  # the recall tool is ours
     forwarded = int(headers["x-clawvm-prompt-tokens"])
-    sent, built = _prompts(wire, chat, plan.messages, body)
+    keeps = services.inspector is not None and timing.glimpse is not None  # else nothing is recorded
+    sent, built = _prompts(wire, chat, plan.messages, body) if keeps else ([], [])
     shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
     then = recorded(services.inspector, tenant.name, ids.session, after, shot)
     _cache_hints(body, wire, chat.model, tenant.name, ids.session, plan.stable)
