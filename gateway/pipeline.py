@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import jsonio
+from gateway.account_refs import refuse as refuse_account_objects
 from gateway.api.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.boundary import hint_of, load_start
 from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
@@ -175,6 +176,7 @@ async def _serve(request: Request, services: Services, tenant: Tenant, stages: S
     body = await read_body(request, services.settings.server.max_body_bytes)
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
     chat = wire.parse(body, services.transcripts.parser(hint))
+    refuse_account_objects(body, chat.body, wire.owns_account(tenant), tenant.name)
     if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned
     chat = await _resolved(services, tenant, chat, wire)

@@ -82,6 +82,9 @@ class MessagesWire(Stateless, ToolList):
     def forwarded(self, headers: Mapping[str, str]) -> dict[str, str]:
         return passed(headers, VERSION_HEADERS)
 
+    def owns_account(self, tenant: Tenant) -> bool:
+        return tenant.upstream.owns_anthropic_account
+
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return parse_request(raw)
 
