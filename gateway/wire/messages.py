@@ -30,6 +30,7 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest
+from gateway.api.errors import anthropic_error_body as error_body
 from gateway.http import anthropic_target
 from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
@@ -54,15 +55,6 @@ ROLES = ("user", "assistant")
 SPOKEN = (*ROLES, "system")  # a `system` message in `messages`: newer models take them mid-conversation
 TOP_SYSTEM = "clawvm.system"  # the raw of the top-level `system`
 MEDIA = frozenset({"image", "document"})  # non-text blocks the full level carries
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
 PLACEHOLDER = "[clawvm: the conversation continues; earlier turns were paged out]"
 VERSION_HEADERS = ("accept", "anthropic-version", "anthropic-beta")
 
@@ -128,12 +120,6 @@ class MessagesWire(Stateless, ToolList):
 
 
 MESSAGES = MessagesWire()
-
-
-def error_body(exc: GatewayError) -> dict[str, Any]:
-    """Anthropic's error shape: `{"type": "error", "error": {"type", "message"}}`."""
-    kind = ERROR_TYPES.get(exc.status_code, "api_error" if exc.status_code >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": exc.message}}
 
 
 def event(name: str, data: Any) -> bytes:
