@@ -317,6 +317,33 @@ def to_wire(messages: Sequence[Message]) -> tuple[Any, list[dict[str, Any]]]:
     return system, out
 
 
+def stable_end(body: Body, messages: Sequence[Message], stable: int) -> tuple[str, int] | None:
+    """Where the stable prefix (the first `stable` neutral messages) ends in the rendered `body`:
+    ("system", -1) when it is the top-level system alone, ("messages", i) when it ends with the
+    last block of message i; None when it ends inside a message the rendering reordered (a user
+    message whose tool results go first) or holds nothing."""
+    if stable <= 0:
+        return None
+    system, prefix = to_wire(messages[:stable])
+    if not prefix:
+        return ("system", -1) if system is not None else None
+    index = len(prefix) - 1
+    rendered = body.get("messages") or []
+    if index >= len(rendered) or not _same_end(prefix[index], rendered[index]):
+        return None
+    return ("messages", index)
+
+
+def _same_end(prefix: dict[str, Any], rendered: Any) -> bool:
+    """The rendered message ends where the prefix's does (nothing of the prefix follows it)."""
+    if not isinstance(rendered, dict):
+        return False
+    mine, theirs = prefix.get("content"), rendered.get("content")
+    if not isinstance(mine, list) or not isinstance(theirs, list):
+        return mine == theirs
+    return theirs[: len(mine)] == mine and len(theirs) == len(mine)
+
+
 def _system_wire(instructions: Sequence[Message]) -> Any:
     """The top-level `system`: the client's own when it is whole, else its blocks (the client's
     where they were kept, rebuilt where the assembly rebuilt them)."""
