@@ -13,11 +13,13 @@ What counts, anywhere in the body: a `file_id` (Anthropic `document`/`image`/`co
 blocks with `source.type: "file"`, Responses `input_file`/`input_image`, chat `file` parts), a list
 of `file_ids` or `vector_store_ids` (Responses tools), a `container` given by its id (Messages,
 Responses tools); at the top level, a Responses `conversation`. The walk runs only when the raw
-body could hold one of these keys (written plainly or with a JSON escape).
+body could hold one of these keys: written as a key (quoted), or with a JSON escape of an ASCII
+character anywhere (non-ASCII text escaped by `ensure_ascii` does not trigger it).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.api.errors import PermissionDenied
@@ -25,12 +27,13 @@ from gateway.api.errors import PermissionDenied
 KEYS = frozenset({"file_id", "file_ids", "vector_store_ids"})
 ID_KEYS = frozenset({"container"})  # account objects when given by id (a string)
 TOP_LEVEL = frozenset({"conversation"})
-MARKERS = (b"file_id", b"vector_store_ids", b"container", b"conversation", b"\\u")
+MARKERS = (b'"file_id"', b'"file_ids"', b'"vector_store_ids"', b'"container"', b'"conversation"')
+ESCAPED_ASCII = re.compile(rb"\\u00[2-7][0-9a-fA-F]")  # a key could hide behind escapes of its letters
 
 
 def references(raw: bytes, body: Any) -> list[str]:
     """The JSON paths (`messages.2.content.0.source.file_id`) of every account reference in `body`."""
-    if not any(marker in raw for marker in MARKERS):
+    if not any(marker in raw for marker in MARKERS) and ESCAPED_ASCII.search(raw) is None:
         return []
     found = [key for key in TOP_LEVEL if isinstance(body, dict) and body.get(key) not in (None, "")]
     _walk(body, "", found)

@@ -43,3 +43,9 @@ def test_refused_only_through_a_shared_key() -> None:
     with pytest.raises(PermissionDenied) as refused:
         refuse(raw, body, False, "acme")
     assert refused.value.status_code == 403 and refused.value.param == "input.0.file_id"
+
+
+def test_prose_and_non_ascii_escapes_skip_the_walk() -> None:
+    body = {"messages": [{"role": "user", "content": 'the "container" is caf\u00e9'}], "file_id": "x"}
+    raw = json.dumps({"messages": body["messages"]}).encode()  # ensure_ascii: caf\u00e9, \"container\"
+    assert references(raw, body) == []  # the raw bytes name no key: nothing is walked
