@@ -7,7 +7,8 @@ labelled set (bench.intent); `--verbose` lists the misses and false alarms.
 
 policy   the policy engine's time per turn over the real traces, in process (bench.policy_time);
 latency  the latency the gateway adds over calling the fake upstream directly (bench.latency);
-recall   identifiers recovered through the recall tool on the real traces (bench.recall_replay);
+recall   identifiers recovered through the recall tool on the real traces (bench.recall_replay), the
+         agent speaking each wire format in turn (chat, messages, responses; `--wire` for some);
          `--knowledge perfect` for the upper bound of a model that knows the gateway's page ids.
 
 Offline and loopback only; every process the latency bench starts is stopped before it returns.
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.latency import BUDGET, REQUESTS, WARMUP, BenchError, format_latency, run_latency
+from bench.latency import BUDGET, REQUESTS, WARMUP, WIRES, BenchError, format_latency, run_latency
 from bench.policy_time import BUDGETS, MODEL, format_policy, run_policy
 from bench.recall_replay import format_recall, run_recall
 from bench.traces import Trace, load_traces, traces_dir
@@ -48,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
         choices=("honest", "perfect"),
         default="honest",
         help="recall: how the fake model recalls, from its prompt (honest) or perfect knowledge (upper bound)",
+    )
+    top.add_argument(
+        "--wire", nargs="+", choices=WIRES, default=list(WIRES), help="recall: the wire formats the agent speaks"
     )
     return top
 
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace, traces: list[Trace]) -> dict[str, Any]:
         figures["policy"] = dataclasses.asdict(report)
     if args.what in ("recall", "all"):
         budget = args.budget or RECALL_BUDGET
-        rows = run_recall(traces, budget, args.knowledge)
+        rows = run_recall(traces, budget, args.knowledge, args.wire)
         _print(format_recall(rows, budget))
         figures["recall"] = [dataclasses.asdict(r) for r in rows]
     if args.what in ("latency", "all"):

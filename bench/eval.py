@@ -10,6 +10,9 @@ bench/results), then `DIR/report.md` and its plots (bench.report):
              honestly (from its prompt); then the gateway again with the perfect-knowledge model,
              an upper bound kept under `perfect_knowledge` for the side-by-side table;
 - lifecycle  every harness injector over every trace (bench.lifecycle_replay);
+- recall     the recall checks (bench.recall_replay) at 4,000 tokens, every request of every trace,
+             the agent speaking each wire format (chat, Anthropic Messages, Responses) and the fake
+             upstream answering in it, the fake model recalling honestly;
 - peers      the peers side by side (bench.peers.compare); the full run installs a missing peer
              first (bench.peers.install), and one that cannot be installed is reported skipped;
 - stress     the adversarial cases (bench.stress);
@@ -54,7 +57,8 @@ from gateway.tokens import Tokenizers, prepare_offline
 from policies.tokens import TokenCounter
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("synthetic", "policy", "traces", "lifecycle", "peers", "stress", "growth", "latency")
+SECTIONS = ("synthetic", "policy", "traces", "lifecycle", "recall", "peers", "stress", "growth", "latency")
+RECALL_BUDGET = 4000
 BUDGETS = (4000, 8000, 16000)  # the real traces, every request
 PEER_BUDGETS = (4000, 16000)
 LATENCY_BUDGET = 16000
@@ -224,6 +228,20 @@ def _unclean(record: BoundaryRecord) -> str:
     return "; ".join(parts)
 
 
+def recall_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
+    """The recall checks in every wire format, side by side: per format the totals, per trace the rows."""
+    from bench.latency import WIRES
+    from bench.recall_replay import run_recall, summarise
+
+    rows = run_recall(list(traces), RECALL_BUDGET, HONEST, WIRES)
+    return {
+        "budget": RECALL_BUDGET,
+        "knowledge": HONEST,
+        "wires": summarise(rows),
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+
+
 def stress_section(plan: Plan, tick: Tick) -> Json:
     from bench.stress import Sizes, run_stress
 
@@ -291,6 +309,7 @@ def runners(traces: Sequence[Trace], plan: Plan) -> dict[str, Callable[[Tick], J
         "policy": lambda tick: policy_section(traces, plan, tick),
         "traces": lambda tick: traces_section(traces, plan, tick),
         "lifecycle": lambda tick: lifecycle_section(traces, plan, tick),
+        "recall": lambda tick: recall_section(traces, plan, tick),
         "peers": lambda tick: peers_section(traces, plan, tick),
         "stress": lambda tick: stress_section(plan, tick),
         "growth": lambda tick: growth_section(plan, tick),

@@ -15,6 +15,7 @@ harness counts identifiers needed, recovered and lost, and recalls made.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,19 +140,25 @@ class RecallRow:
     lost: tuple[tuple[int, str], ...]
     recalls: int
     insufficient_turns: tuple[int, ...]
+    wire: str = "chat"
+    requests: int = 0  # upstream requests the model received, recall rounds included
+    invalid: int = 0  # of those, the ones an upstream would refuse (`bench.peers.compare.request_errors`)
 
 
-def replay(client: Any, url: str, trace: Trace, session: str, project: str | None = None) -> set[int]:
-    """Send every request of `trace` through the gateway at `url` (as `project` when given: a
-    project of its own carries no other session's state); returns the requests (by message
-    count) the gateway reported physically insufficient."""
+def replay(
+    client: Any, url: str, trace: Trace, session: str, project: str | None = None, wire: str = "chat"
+) -> set[int]:
+    """Send every request of `trace` through the gateway at `url` in `wire`'s format (as
+    `project` when given: a project of its own carries no other session's state); returns the
+    requests (by message count) the gateway reported physically insufficient. The end user is
+    the request's tag (`t#` and its message count), which the fake model reads as the turn."""
+    from bench.latency import HEADERS, PATHS, encode, request_body
+
     insufficient: set[int] = set()
-    headers = {"x-clawvm-session": session, **({"x-clawvm-project": project} if project else {})}
+    headers = {**HEADERS, "x-clawvm-session": session, **({"x-clawvm-project": project} if project else {})}
     for messages in trace.turns():
-        body: dict[str, Any] = {"model": "gpt-4o", "messages": messages, "user": f"t#{len(messages)}"}
-        if trace.tools:
-            body["tools"] = trace.tools
-        response = client.post(url + "/chat/completions", json=body, headers=headers)
+        body = request_body(messages, trace.tools or [], False, f"t#{len(messages)}", wire)
+        response = client.post(url + PATHS[wire], content=encode(body), headers=headers)
         if response.status_code != 200:
             raise RuntimeError(f"{trace.name} request {len(messages)}: {response.status_code} {response.text[:200]}")
         if "x-clawvm-insufficient" in response.headers:
@@ -159,47 +166,88 @@ def replay(client: Any, url: str, trace: Trace, session: str, project: str | Non
     return insufficient
 
 
-def run_recall(traces: list[Trace], budget: int, knowledge: str = "honest") -> list[RecallRow]:
-    """The recall replay for every trace, each through a fresh gateway on an embedded store, the
-    fake model recalling with `knowledge` ("honest" by default, "perfect" for the upper bound)."""
+def run_recall(
+    traces: list[Trace], budget: int, knowledge: str = "honest", wires: Sequence[str] = ("chat",)
+) -> list[RecallRow]:
+    """The recall replay for every trace in each wire format of `wires`: the bench's agent speaks
+    the format, the fake upstream answers in it (`bench.fake_apis`, the model's chat answer
+    translated), the fake model recalling with `knowledge` ("honest" by default, "perfect" for
+    the upper bound). Per format one embedded store; per trace a fresh gateway."""
     import tempfile
     from pathlib import Path
 
     import httpx
 
-    from bench.fake_upstream import FakeUpstream, serve
-    from gateway.api.app import create_app
-    from gateway.settings import Overrides, load_settings
+    from bench.peers.compare import request_errors
+    from bench.wire_replay import Fakes, gateway
     from gateway.store.embedded import EmbeddedRedis
 
     rows = []
-    with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as store:
-        for trace in traces:
-            model = RecallingModel(trace, knowledge)
-            with serve(FakeUpstream(model).app) as upstream:
-                settings = load_settings(None, {}, Overrides(upstream=upstream, store=store, budget=budget))
-                with serve(create_app(settings)) as url, httpx.Client(timeout=60) as client:
-                    insufficient = replay(client, url, trace, f"recall-{trace.name}")
-            t = model.tally
-            rows.append(
-                RecallRow(trace.name, t.needed, t.recovered, tuple(t.lost), t.recalls, tuple(sorted(insufficient)))
-            )
+    for wire in wires:
+        with tempfile.TemporaryDirectory() as data, EmbeddedRedis(Path(data)) as store:
+            for trace in traces:
+                model = RecallingModel(trace, knowledge)
+                fakes = Fakes.of(model)
+                with gateway(fakes, budget, store) as url, httpx.Client(timeout=60, trust_env=False) as client:
+                    insufficient = replay(client, url, trace, f"recall-{trace.name}", wire=wire)
+                prompts = fakes.prompts(wire)
+                invalid = sum(1 for prompt in prompts if request_errors(prompt))
+                t = model.tally
+                rows.append(
+                    RecallRow(
+                        trace.name,
+                        t.needed,
+                        t.recovered,
+                        tuple(t.lost),
+                        t.recalls,
+                        tuple(sorted(insufficient)),
+                        wire,
+                        len(prompts),
+                        invalid,
+                    )
+                )
     return rows
 
 
 def format_recall(rows: list[RecallRow], budget: int) -> list[str]:
     lines = [f"recall replay at budget {budget}: identifiers the next real answer needs but cannot see"]
     width = max((len(r.trace) for r in rows), default=0)
-    for r in rows:
-        on_insufficient = all(t in r.insufficient_turns for t, _ in r.lost)
-        lost = (
-            f"  lost {len(r.lost)} ({'all on' if on_insufficient else 'NOT all on'} insufficient turns)"
-            if r.lost
-            else ""
-        )
+    wires = list(dict.fromkeys(r.wire for r in rows))
+    for wire in wires:
+        lines.append(f" {wire}:")
+        for r in (r for r in rows if r.wire == wire):
+            on_insufficient = all(t in r.insufficient_turns for t, _ in r.lost)
+            lost = (
+                f"  lost {len(r.lost)} ({'all on' if on_insufficient else 'NOT all on'} insufficient turns)"
+                if r.lost
+                else ""
+            )
+            lines.append(
+                f"  {r.trace:<{width}}  needed {r.needed:3d}  recovered {r.recovered:3d}  recalls {r.recalls:3d}{lost}"
+            )
+    for wire, total in summarise(rows).items():
         lines.append(
-            f"  {r.trace:<{width}}  needed {r.needed:3d}  recovered {r.recovered:3d}  recalls {r.recalls:3d}{lost}"
+            f"  {wire}: {total['recovered']} of {total['needed']} recovered, {total['recalls']} recalls, "
+            f"{total['invalid']} invalid of {total['requests']} upstream requests"
         )
-    needed, recovered = sum(r.needed for r in rows), sum(r.recovered for r in rows)
-    lines.append(f"  all: {recovered} of {needed} recovered")
     return lines
+
+
+def summarise(rows: Sequence[RecallRow]) -> dict[str, dict[str, int]]:
+    """Per wire format, in order of appearance: identifiers needed, recovered and lost, recalls
+    made, upstream requests and invalid ones, over every trace."""
+    totals: dict[str, dict[str, int]] = {}
+    for r in rows:
+        total = totals.setdefault(
+            r.wire, {"needed": 0, "recovered": 0, "lost": 0, "recalls": 0, "requests": 0, "invalid": 0}
+        )
+        for key, value in (
+            ("needed", r.needed),
+            ("recovered", r.recovered),
+            ("lost", len(r.lost)),
+            ("recalls", r.recalls),
+            ("requests", r.requests),
+            ("invalid", r.invalid),
+        ):
+            total[key] += value
+    return totals

@@ -271,6 +271,56 @@ def _beside(honest: Json, bound: Json | None, key: str) -> str:
     return f"{honest.get(key, 0)}" + (f" / {bound.get(key, 0)}" if bound else "")
 
 
+WIRE_NAMES = {"chat": "Chat Completions", "messages": "Anthropic Messages", "responses": "OpenAI Responses"}
+
+
+def recall_section(data: Json | None) -> list[str]:
+    lines = ["## Recall checks in every wire format", ""]
+    if not data:
+        return lines + not_run("recall")
+    lines += [
+        f"Every request of every trace at {data.get('budget')} tokens, the agent speaking each format and the fake "
+        f"upstream answering in it, the {data.get('knowledge', 'honest')} model recalling what the trace's next "
+        "answer needs and its prompt does not show (`bench.recall_replay`). Lost: needed, not recovered; "
+        "invalid: upstream requests an upstream would refuse.",
+        "",
+    ]
+    insufficient = _lost_on_insufficient(data.get("rows", []))
+    rows = [
+        (
+            WIRE_NAMES.get(wire, wire),
+            t["requests"],
+            t["invalid"],
+            t["needed"],
+            t["recovered"],
+            t["lost"],
+            insufficient.get(wire, 0),
+            t["recalls"],
+        )
+        for wire, t in data.get("wires", {}).items()
+    ]
+    header = (
+        "wire format",
+        "upstream requests",
+        "invalid",
+        "needed",
+        "recovered",
+        "lost",
+        "of which on insufficient turns",
+        "recalls",
+    )
+    return lines + table(header, rows)
+
+
+def _lost_on_insufficient(rows: Sequence[Json]) -> dict[str, int]:
+    """Per wire, the identifiers lost on turns the gateway declared physically insufficient."""
+    found: dict[str, int] = {}
+    for r in rows:
+        on = sum(1 for turn, _ in r.get("lost", []) if turn in r.get("insufficient_turns", []))
+        found[r.get("wire", "chat")] = found.get(r.get("wire", "chat"), 0) + on
+    return found
+
+
 def peers_section(data: Json | None) -> list[str]:
     lines = ["## Peers side by side", ""]
     if not data:
@@ -611,6 +661,21 @@ def _clean_bar(injectors: Mapping[str, Json]) -> list[Bar]:
     ]
 
 
+def _recall_bars(s: Mapping[str, Json]) -> list[Bar]:
+    """Every wire format: 0 invalid upstream requests and no more identifiers lost than chat."""
+    wires = (s.get("recall") or {}).get("wires") or {}
+    chat = wires.get("chat")
+    if chat is None:
+        return []
+    worse = {w: t for w, t in wires.items() if t["invalid"] or t["lost"] > chat["lost"]}
+    value = ", ".join(f"{w} lost {t['lost']} invalid {t['invalid']}" for w, t in wires.items())
+    why = "; ".join(
+        f"{w}: {t['invalid']} invalid, {t['lost']} lost against chat's {chat['lost']}" for w, t in worse.items()
+    )
+    bar = Bar("recall checks in every wire format: 0 invalid, no more lost than chat", not worse, value, why)
+    return [_judged(bar, [p for w, t in wires.items() for p in _count_problems(f"{w} requests", t["requests"])])]
+
+
 def _stress_bars(s: Mapping[str, Json]) -> list[Bar]:
     st = s.get("stress")
     if not st:
@@ -791,6 +856,7 @@ BAR_CHECKS: tuple[Callable[[Mapping[str, Json]], list[Bar]], ...] = (
     _trace_bars,
     _cache_bars,
     _lifecycle_bars,
+    _recall_bars,
     _stress_bars,
     _timing_bars,
 )
@@ -839,6 +905,13 @@ def headline(sections: Mapping[str, Json], found: Sequence[Bar]) -> list[str]:
                 f"OpenAI {f['openai']}, Anthropic {f['anthropic']} (direct's prefix reuse "
                 f"{100 * direct['prefix_reuse']:.1f}%)."
             )
+    recall = (sections.get("recall") or {}).get("wires") or {}
+    if recall:
+        per = "; ".join(
+            f"{WIRE_NAMES.get(w, w)} {t['recovered']} of {t['needed']}, {t['invalid']} invalid"
+            for w, t in recall.items()
+        )
+        lines.append(f"- Recall checks (identifiers recovered, invalid requests): {per}.")
     for b in (sections.get("policy") or {}).get("budgets", [])[:1]:
         lines.append(f"- {TIMING} Policy engine median {b['total']['median_us']} µs per turn at {b['budget']:,}.")
     series = (sections.get("latency") or {}).get("series", [])[:1]
@@ -863,6 +936,7 @@ def render(sections: Mapping[str, Json], command: str) -> str:
         *synthetic_section(sections.get("synthetic")),
         *traces_section(sections.get("traces"), sections.get("policy")),
         *lifecycle_section(sections.get("lifecycle")),
+        *recall_section(sections.get("recall")),
         *peers_section(sections.get("peers")),
         *cache_section(sections, table),
         *stress_section(sections.get("stress")),

@@ -169,7 +169,7 @@ def _blocks_text(content: Any) -> str:
 
 
 def chat_of_messages(body: Json) -> Json:
-    """An Anthropic Messages request as a chat request (`messages`, `tools`)."""
+    """An Anthropic Messages request as a chat request (`messages`, `tools`, `user`)."""
     system = _blocks_text(body.get("system"))
     out: list[Json] = [{"role": "system", "content": system}] if system else []
     for message in body.get("messages") or []:
@@ -202,7 +202,18 @@ def chat_of_messages(body: Json) -> Json:
     tools = [
         _function_tool(t["name"], t.get("description", ""), t.get("input_schema")) for t in body.get("tools") or []
     ]
-    return {"model": body.get("model"), "messages": out, **({"tools": tools} if tools else {})}
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    return _chat_body(body.get("model"), out, tools, metadata.get("user_id"))
+
+
+def _chat_body(model: Any, messages: list[Json], tools: list[Json], user: Any) -> Json:
+    """A chat request; `user` is the end user the request named (Anthropic's `metadata.user_id`)."""
+    body: Json = {"model": model, "messages": messages}
+    if tools:
+        body["tools"] = tools
+    if isinstance(user, str):
+        body["user"] = user
+    return body
 
 
 def chat_of_responses(body: Json) -> Json:
@@ -229,7 +240,7 @@ def chat_of_responses(body: Json) -> Json:
             else:
                 out.append({"role": role, "content": text})
     tools = [_function_tool(t["name"], t.get("description", ""), t.get("parameters")) for t in body.get("tools") or []]
-    return {"model": body.get("model"), "messages": out, **({"tools": tools} if tools else {})}
+    return _chat_body(body.get("model"), out, tools, body.get("user"))
 
 
 def anthropic_reply(answer: Json) -> Json:

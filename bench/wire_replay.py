@@ -22,8 +22,8 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,15 +65,16 @@ Json = dict[str, Any]
 
 @dataclass(slots=True)
 class Fakes:
-    """The three fakes, each answering with the one model (through a translation)."""
+    """The three fakes, each answering with the one model (through a translation): a chat
+    responder (`TraceModel` here, `bench.recall_replay.RecallingModel` there)."""
 
-    model: TraceModel
+    model: Any
     chat: FakeUpstream
     messages: FakeAnthropic
     responses: FakeResponses
 
     @classmethod
-    def of(cls, model: TraceModel) -> Fakes:
+    def of(cls, model: Callable[[Json], Json]) -> Fakes:
         messages = FakeAnthropic(lambda body: anthropic_reply(model(chat_of_messages(body))))
         responses = FakeResponses(lambda body: responses_reply(model(chat_of_responses(body))))
         return cls(model, FakeUpstream(model), messages, responses)
@@ -132,9 +133,11 @@ def send(client: httpx.Client, base: str, fakes: Fakes, wire: str, turn: Turn) -
 
 
 @contextmanager
-def gateway(fakes: Fakes, budget: int) -> Iterator[str]:
-    """A gateway (embedded store) in front of the three fakes; yields its /v1 base."""
-    with tempfile.TemporaryDirectory(prefix="clawvm-wires-") as scratch, EmbeddedRedis(Path(scratch)) as store:
+def gateway(fakes: Fakes, budget: int, store: str | None = None) -> Iterator[str]:
+    """A gateway in front of the three fakes, on `store` (else an embedded store of its own);
+    yields its /v1 base."""
+    with tempfile.TemporaryDirectory(prefix="clawvm-wires-") as scratch, ExitStack() as stack:
+        store = store or stack.enter_context(EmbeddedRedis(Path(scratch)))
         with serve(app(fakes.chat, fakes.messages, fakes.responses)) as upstream:
             config = Path(scratch) / "config.yaml"
             config.write_text(f"upstream:\n  anthropic_base: {json.dumps(upstream.removesuffix('/v1'))}\n")

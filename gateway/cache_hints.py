@@ -95,3 +95,70 @@ def _marked_parts(message: Json, parts: Sequence[object]) -> Json | None:
             changed = [*parts[:index], {**part, "cache_control": dict(EPHEMERAL)}, *parts[index + 1 :]]
             return {**message, "content": changed}
     return None
+
+
+# -- the Messages API: breakpoints on content blocks ------------------------------------------------
+
+UNMARKABLE = frozenset({"thinking", "redacted_thinking"})  # blocks that cannot carry `cache_control`
+
+
+def anthropic_breakpoints(body: Json) -> int:
+    """The `cache_control` breakpoints already in a Messages body: tools, system blocks, message
+    blocks (and blocks nested in a tool result)."""
+    found = sum(1 for tool in body.get("tools") or [] if isinstance(tool, dict) and "cache_control" in tool)
+    system = body.get("system")
+    found += _marks(system) if isinstance(system, list) else 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        found += _marks(content) if isinstance(content, list) else 0
+    return found
+
+
+def _marks(blocks: Sequence[object]) -> int:
+    found = 0
+    for block in blocks:
+        if isinstance(block, dict):
+            found += "cache_control" in block
+            nested = block.get("content")
+            found += _marks(nested) if isinstance(nested, list) else 0
+    return found
+
+
+def add_anthropic_breakpoints(body: Json, prefix: tuple[str, int] | None) -> None:
+    """Breakpoints at the end of the stable prefix (`prefix`: ("system", -1), the top-level system,
+    or ("messages", i), the last block of message i) and at the end of the last message, as room
+    under MAX_BREAKPOINTS allows; a place that already carries one is left as it is. Marked
+    messages and blocks are copies: the client's own objects are never changed."""
+    room = MAX_BREAKPOINTS - anthropic_breakpoints(body)
+    messages = body.get("messages")
+    places = [prefix] if prefix is not None else []
+    if isinstance(messages, list) and messages:
+        places.append(("messages", len(messages) - 1))
+    for where, index in dict.fromkeys(places):
+        if room <= 0:
+            return
+        if where == "system":
+            marked = _marked_content(body.get("system"))
+            if marked is not None:
+                body["system"], room = marked, room - 1
+        elif isinstance(messages, list) and isinstance(messages[index], dict):
+            content = _marked_content(messages[index].get("content"))
+            if content is not None:
+                messages[index], room = {**messages[index], "content": content}, room - 1
+
+
+def _marked_content(content: object) -> list[Json] | None:
+    """`content` (a string or blocks) with a breakpoint on its last block that can carry one; None
+    when it already has one at its end or none can."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content, "cache_control": dict(EPHEMERAL)}] if content else None
+    if not isinstance(content, list) or not content:
+        return None
+    for index in range(len(content) - 1, -1, -1):
+        block = content[index]
+        if not isinstance(block, dict) or block.get("type") in UNMARKABLE:
+            continue
+        if "cache_control" in block:
+            return None
+        return [*content[:index], {**block, "cache_control": dict(EPHEMERAL)}, *content[index + 1 :]]
+    return None

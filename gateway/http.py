@@ -3,9 +3,10 @@ answers.
 
 Limits: `HeaderLimit` (ASGI middleware) refuses a request whose head (request target and headers)
 passes `server.max_header_bytes` with 431; `read_body` refuses a body past `server.max_body_bytes`
-with 413. Both answer in OpenAI's error shape. The header limit is enforced here rather than by
-the HTTP parser because uvicorn's httptools parser (its default when installed) has no such
-setting; `h11_max_incomplete_event_size` covers only the h11 parser.
+with 413. Both answer in the route's API's error shape (Anthropic's on /v1/messages). The header
+limit is enforced here rather than by the HTTP parser because uvicorn's httptools parser (its
+default when installed) has no such setting; `h11_max_incomplete_event_size` covers only the h11
+parser.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gateway.api.errors import (
     PayloadTooLarge,
     UpstreamTimeout,
     error_body,
-    error_response,
+    error_response_for,
     from_status,
 )
 from gateway.auth import client_key
@@ -63,7 +64,7 @@ class HeaderLimit:
                     f"The request line and headers ({size} bytes) exceed this gateway's limit of "
                     f"{self.limit} bytes (server.max_header_bytes)."
                 )
-                await error_response(HeadersTooLarge(message))(scope, receive, send)
+                await error_response_for(scope.get("path", ""), HeadersTooLarge(message))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

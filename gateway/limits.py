@@ -1,7 +1,8 @@
 """Per-tenant limit on concurrent requests (`tenants.<name>.limits.max_concurrent_requests`).
 
 One tenant may have at most its limit of requests in flight in this gateway process; the next one
-is answered 429 in OpenAI's shape (`rate_limit_error`, code `concurrency_limit_exceeded`) with a
+is answered 429 in the route's API's shape (OpenAI's, or Anthropic's on /v1/messages;
+`rate_limit_error`, code `concurrency_limit_exceeded`) with a
 `Retry-After` header, so one tenant cannot take every connection, upstream slot and store
 connection from the others. The count is per process: N replicas let a tenant have N times its
 limit in flight.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.errors import AuthenticationFailed, GatewayError, RateLimited, error_response
+from gateway.api.errors import AuthenticationFailed, GatewayError, RateLimited, error_response_for
 from gateway.settings import Tenant
 
 LIMITED_PREFIX = "/v1/"
@@ -103,7 +104,7 @@ class ConcurrencyLimit:
         except GatewayError as exc:
             if scope["path"] == CHAT_PATH:  # the requests metric counts chat requests
                 services.metrics.request(tenant.name, exc.status_code)
-            await error_response(exc, {"retry-after": str(RETRY_AFTER_S)})(scope, receive, send)
+            await error_response_for(scope["path"], exc, {"retry-after": str(RETRY_AFTER_S)})(scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)

@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import jsonio
+from gateway.account_refs import refuse as refuse_account_objects
 from gateway.api.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.boundary import hint_of, load_start
-from gateway.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
+from gateway.cache_hints import add_anthropic_breakpoints, add_breakpoints, add_cache_key, caches_explicitly
 from gateway.chains import ResponseChains
 from gateway.chat import to_wire
 from gateway.http import (
@@ -56,6 +57,7 @@ from gateway.upstream import UpstreamResponse
 from gateway.wire.base import Answer, Wire, WireRequest
 from gateway.wire.chat import CHAT
 from gateway.wire.loop import answered, streamed, whole
+from gateway.wire.messages import stable_end
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
 from policies.crossing import wants_start
@@ -175,6 +177,7 @@ async def _serve(request: Request, services: Services, tenant: Tenant, stages: S
     body = await read_body(request, services.settings.server.max_body_bytes)
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
     chat = wire.parse(body, services.transcripts.parser(hint))
+    refuse_account_objects(body, chat.body, wire.owns_account(tenant), tenant.name)
     if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned
     chat = await _resolved(services, tenant, chat, wire)
@@ -378,7 +381,7 @@ async def prepare(
     sent, built = _prompts(wire, chat, plan.messages, body) if keeps else ([], [])
     shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
     then = recorded(services.inspector, tenant.name, ids.session, after, shot)
-    _cache_hints(body, wire, chat.model, tenant.name, ids.session, plan.stable)
+    _cache_hints(body, wire, chat.model, tenant.name, ids.session, plan.stable, plan.messages)
     policy = (timing.ingest_ns, timing.assembly_ns)
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then, policy)
 
@@ -392,10 +395,13 @@ def _prompts(wire: Wire, chat: WireRequest, built: list[Message], body: dict[str
     return to_wire(chat.messages), to_wire(built)
 
 
-def _cache_hints(body: dict[str, Any], wire: Wire, model: str, tenant: str, session: str, stable: int) -> None:
+def _cache_hints(
+    body: dict[str, Any], wire: Wire, model: str, tenant: str, session: str, stable: int, built: list[Message]
+) -> None:
     """OpenAI's `prompt_cache_key` on the OpenAI routes (Chat Completions, Responses); Anthropic's
-    breakpoints through litellm. A Messages request keeps the client's own `cache_control`."""
+    breakpoints through litellm and on the Messages API (beside the client's own, four at most)."""
     if wire.name == "messages":
+        add_anthropic_breakpoints(body, stable_end(body, built, stable))
         return
     if not uses_litellm(model):
         add_cache_key(body, tenant, session)

@@ -165,6 +165,7 @@ class UpstreamSettings:
     stream_idle_timeout: float = 120.0  # a stream silent this long ends with an error event
     anthropic_base: str = DEFAULT_ANTHROPIC_BASE  # where /v1/messages turns go (no /v1: Anthropic's convention)
     anthropic_key: str | None = field(default=None, repr=False)  # sent as x-api-key
+    anthropic_tenant_key: bool = False  # `anthropic_key` is the tenant's own (not a config key)
 
     @property
     def own_key(self) -> bool:
@@ -175,6 +176,11 @@ class UpstreamSettings:
     def owns_account(self) -> bool:
         """Account-level routes (gateway.api.relay) may be relayed: the tenant's own key, or allowed."""
         return self.own_key or self.account_routes
+
+    @property
+    def owns_anthropic_account(self) -> bool:
+        """The same for the Messages API upstream: its key forwarded, the tenant's own, or allowed."""
+        return self.forward_client_key or self.anthropic_tenant_key or self.account_routes
 
     def upstream_model(self, model: str) -> str:
         """The name to send upstream for the model the agent asked for."""
@@ -603,6 +609,7 @@ def _upstream(value: object, path: str, base: UpstreamSettings, *, tenant: bool 
     tenant's section (`tenant`), an `api_key` other than the shared one is that tenant's own."""
     sec = _section(value, path, _UPSTREAM_KEYS)
     api_key = sec.optional("api_key", base.api_key, _secret)
+    anthropic_key = sec.optional("anthropic_key", base.anthropic_key, _secret)
     return UpstreamSettings(
         api_base=sec.optional("api_base", base.api_base, _http_url),
         api_key=api_key,
@@ -617,7 +624,8 @@ def _upstream(value: object, path: str, base: UpstreamSettings, *, tenant: bool 
         retry_after_max=sec.get("retry_after_max", base.retry_after_max, _NON_NEGATIVE),
         stream_idle_timeout=sec.get("stream_idle_timeout", base.stream_idle_timeout, _SECONDS),
         anthropic_base=sec.optional("anthropic_base", base.anthropic_base, _http_url),
-        anthropic_key=sec.optional("anthropic_key", base.anthropic_key, _secret),
+        anthropic_key=anthropic_key,
+        anthropic_tenant_key=tenant and anthropic_key is not None and anthropic_key != base.anthropic_key,
     )
 
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.audit_api import decisions, events, journal, metrics, session
-from gateway.api.errors import GatewayError, InvalidRequest, NotFound, error_response
+from gateway.api.errors import GatewayError, InvalidRequest, NotFound, error_response_for
 from gateway.api.messages_api import count_tokens
 from gateway.api.pages_api import page
 from gateway.api.relay import relay
@@ -164,27 +164,28 @@ def _probe(services: Services, store_ok: bool, status: str) -> dict[str, object]
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc)
+    return error_response_for(request.url.path, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"Unknown route {request.method} {request.url.path}"))
+        return error_response_for(request.url.path, NotFound(f"Unknown route {request.method} {request.url.path}"))
     error = GatewayError(exc.detail, status_code=exc.status_code)
     if 400 <= exc.status_code < 500:
         error.type = "invalid_request_error"
-    return error_response(error)
+    return error_response_for(request.url.path, error)
 
 
 async def _too_deep(request: Request, exc: Exception) -> Response:
     """A body nested within the JSON parser's limit but past the encoder's (it is re-encoded to
     be forwarded): the client's input, refused like any other bad body."""
-    return error_response(InvalidRequest(f"The request body is not usable: {exc}."))
+    return error_response_for(request.url.path, InvalidRequest(f"The request body is not usable: {exc}."))
 
 
 class Bugs:
-    """Answers an exception no handler took (a bug) with a 500 in OpenAI's shape, and keeps it
+    """Answers an exception no handler took (a bug) with a 500 in the route's API's shape
+    (Anthropic's on /v1/messages, else OpenAI's), and keeps it
     from the server.
 
     Starlette's own last handler (`ServerErrorMiddleware`) sends its answer and then raises the
@@ -216,7 +217,7 @@ class Bugs:
             self._log(scope, exc)
             if not started:
                 bug = GatewayError(f"internal gateway error ({type(exc).__name__}); this is a bug", status_code=500)
-                await error_response(bug)(scope, receive, send)
+                await error_response_for(scope.get("path", ""), bug)(scope, receive, send)
 
     def _log(self, scope: Scope, exc: Exception) -> None:
         where = f"{scope.get('method')} {scope.get('path')}"

@@ -21,6 +21,11 @@ Hierarchy:
     ├── ServiceUnavailable ........ 503 api_error
     └── ClientDisconnected ........ 499 (nginx's "client closed request": counted, never seen)
 
+Routes of Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`) answer in
+Anthropic's shape instead, `{"type": "error", "error": {"type", "message"}}` with Anthropic's type
+names (`anthropic_error_body`), whoever raised the error: a route, or a middleware before any
+route (`error_response_for` picks the shape by path: 401, 413, 429, 431, 500, ...).
+
 `from_status` picks the class for a status an upstream reported, keeping that status when no class
 owns it (an upstream 500 stays a 500, as an `UpstreamError`).
 """
@@ -28,7 +33,7 @@ owns it (an upstream 500 stays a 500, as an `UpstreamError`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from starlette.responses import JSONResponse
 
@@ -166,6 +171,37 @@ def from_status(status: int, message: str, *, code: str | None = None) -> Gatewa
     if 400 <= status < 500:
         return InvalidRequest(message, code=code, status_code=status)
     return UpstreamError(message, code=code, status_code=status if status >= 500 else None)
+
+
+ANTHROPIC_PATH = "/v1/messages"
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(exc: GatewayError) -> dict[str, Any]:
+    """Anthropic's error shape: `{"type": "error", "error": {"type", "message"}}`."""
+    kind = ANTHROPIC_TYPES.get(exc.status_code, "api_error" if exc.status_code >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def anthropic_path(path: str) -> bool:
+    """A route of Anthropic's Messages API, whose errors come in Anthropic's shape."""
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def error_response_for(path: str, exc: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """`exc` in the shape of the API `path` belongs to: Anthropic's on its routes, else OpenAI's."""
+    body = anthropic_error_body(exc) if anthropic_path(path) else error_body(exc)
+    return JSONAnswer(body, status_code=exc.status_code, headers=headers)
 
 
 def error_body(exc: GatewayError) -> ErrorBody:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsonio
+from gateway.account_refs import refuse as refuse_account_objects
 from gateway.api.errors import GatewayError
 from gateway.http import read_body, respond, retries_counted, retry_policy
 from gateway.jsonio import JSONAnswer
@@ -32,7 +33,9 @@ async def count_tokens(request: Request) -> Response:
     try:
         tenant = services.keyring.authenticate(request.headers)
         name = tenant.name
-        chat = parse_request(await read_body(request, services.settings.server.max_body_bytes), counting=True)
+        raw = await read_body(request, services.settings.server.max_body_bytes)
+        chat = parse_request(raw, counting=True)
+        refuse_account_objects(raw, chat.body, MESSAGES.owns_account(tenant), tenant.name)
         ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
         body = await dry_run(services, tenant, chat, ids, MESSAGES)
         counted = jsonio.dumps({key: body[key] for key in COUNTED if key in body})

@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.account_refs import refuse as refuse_account_objects
 from gateway.api.errors import GatewayError, InvalidRequest, error_response
 from gateway.http import read_body, respond, retries_counted, stream_faults_counted, upstream_target
 from gateway.retry import RetryPolicy, with_retries
@@ -32,6 +33,7 @@ async def compact(request: Request) -> Response:
         name = tenant.name
         raw = await read_body(request, services.settings.server.max_body_bytes)
         body = json_object(raw)
+        refuse_account_objects(raw, body, RESPONSES.owns_account(tenant), tenant.name)
         if body.get("previous_response_id") is not None and not tenant.upstream.owns_account:
             raise InvalidRequest(
                 "previous_response_id cannot be compacted through this gateway: the response it names is stored "

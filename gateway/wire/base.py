@@ -84,6 +84,11 @@ class Wire(Protocol):
         """The client's request headers passed to the upstream (never a credential)."""
         ...
 
+    def owns_account(self, tenant: Tenant) -> bool:
+        """Whether this format's upstream key is the tenant's own, or account objects are allowed
+        (`gateway.account_refs`): only then may a request name a file or other account object."""
+        ...
+
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         """The request validated; `InvalidRequest` naming the offending field otherwise."""
         ...

@@ -87,6 +87,9 @@ class ChatWire(Stateless, ToolList):
     def forwarded(self, headers: Mapping[str, str]) -> dict[str, str]:
         return passed(headers, ("accept",))
 
+    def owns_account(self, tenant: Tenant) -> bool:
+        return tenant.upstream.owns_account
+
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return chat_json.parse_request(raw, parse)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest
+from gateway.api.errors import anthropic_error_body as error_body
 from gateway.http import anthropic_target
 from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
@@ -54,15 +55,6 @@ ROLES = ("user", "assistant")
 SPOKEN = (*ROLES, "system")  # a `system` message in `messages`: newer models take them mid-conversation
 TOP_SYSTEM = "clawvm.system"  # the raw of the top-level `system`
 MEDIA = frozenset({"image", "document"})  # non-text blocks the full level carries
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
 PLACEHOLDER = "[clawvm: the conversation continues; earlier turns were paged out]"
 VERSION_HEADERS = ("accept", "anthropic-version", "anthropic-beta")
 
@@ -81,6 +73,9 @@ class MessagesWire(Stateless, ToolList):
 
     def forwarded(self, headers: Mapping[str, str]) -> dict[str, str]:
         return passed(headers, VERSION_HEADERS)
+
+    def owns_account(self, tenant: Tenant) -> bool:
+        return tenant.upstream.owns_anthropic_account
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return parse_request(raw)
@@ -125,12 +120,6 @@ class MessagesWire(Stateless, ToolList):
 
 
 MESSAGES = MessagesWire()
-
-
-def error_body(exc: GatewayError) -> dict[str, Any]:
-    """Anthropic's error shape: `{"type": "error", "error": {"type", "message"}}`."""
-    kind = ERROR_TYPES.get(exc.status_code, "api_error" if exc.status_code >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": exc.message}}
 
 
 def event(name: str, data: Any) -> bytes:
@@ -326,6 +315,33 @@ def to_wire(messages: Sequence[Message]) -> tuple[Any, list[dict[str, Any]]]:
     if out and out[0]["role"] == "assistant":
         out.insert(0, {"role": "user", "content": PLACEHOLDER})
     return system, out
+
+
+def stable_end(body: Body, messages: Sequence[Message], stable: int) -> tuple[str, int] | None:
+    """Where the stable prefix (the first `stable` neutral messages) ends in the rendered `body`:
+    ("system", -1) when it is the top-level system alone, ("messages", i) when it ends with the
+    last block of message i; None when it ends inside a message the rendering reordered (a user
+    message whose tool results go first) or holds nothing."""
+    if stable <= 0:
+        return None
+    system, prefix = to_wire(messages[:stable])
+    if not prefix:
+        return ("system", -1) if system is not None else None
+    index = len(prefix) - 1
+    rendered = body.get("messages") or []
+    if index >= len(rendered) or not _same_end(prefix[index], rendered[index]):
+        return None
+    return ("messages", index)
+
+
+def _same_end(prefix: dict[str, Any], rendered: Any) -> bool:
+    """The rendered message ends where the prefix's does (nothing of the prefix follows it)."""
+    if not isinstance(rendered, dict):
+        return False
+    mine, theirs = prefix.get("content"), rendered.get("content")
+    if not isinstance(mine, list) or not isinstance(theirs, list):
+        return mine == theirs
+    return theirs[: len(mine)] == mine and len(theirs) == len(mine)
 
 
 def _system_wire(instructions: Sequence[Message]) -> Any:

@@ -75,6 +75,9 @@ class ResponsesWire(ToolList):
     def forwarded(self, headers: Mapping[str, str]) -> dict[str, str]:
         return passed(headers, PASSED_HEADERS)
 
+    def owns_account(self, tenant: Tenant) -> bool:
+        return tenant.upstream.owns_account
+
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return parse_request(raw)
 

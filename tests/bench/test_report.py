@@ -461,3 +461,41 @@ def test_each_lifecycle_budget_gets_its_table_and_a_hard_fault_bar() -> None:
     assert not {b.name: b for b in bars(data)}["lifecycle at 4000: every injector, at most 20 faults"].met
     text = render(data, "python -m bench eval")
     assert text.count("| injector | boundaries |") == 3 and "Budget 8000:" in text and "Budget 4000:" in text
+
+
+def _recall(wire: str, lost: int, invalid: int = 0, requests: int = 10) -> Json:
+    return {"needed": 4, "recovered": 4 - lost, "lost": lost, "recalls": 2, "requests": requests, "invalid": invalid}
+
+
+def _recall_section(**wires: Json) -> Json:
+    rows = [
+        {"trace": "t", "wire": w, "lost": [[5, "A-1"]] * t["lost"], "insufficient_turns": [5]} for w, t in wires.items()
+    ]
+    return {"budget": 4000, "knowledge": "honest", "wires": wires, "rows": rows}
+
+
+RECALL_BAR = "recall checks in every wire format: 0 invalid, no more lost than chat"
+
+
+def test_the_recall_checks_show_every_wire_format_side_by_side() -> None:
+    data = sections()
+    data["recall"] = _recall_section(
+        chat=_recall("chat", 1), messages=_recall("messages", 1), responses=_recall("r", 1)
+    )
+    text = render(data, "python -m bench eval")
+    assert "## Recall checks in every wire format" in text
+    assert "| Chat Completions | 10 | 0 | 4 | 3 | 1 | 1 | 2 |" in text
+    assert "| Anthropic Messages | 10 | 0 | 4 | 3 | 1 | 1 | 2 |" in text
+    assert "| OpenAI Responses | 10 | 0 | 4 | 3 | 1 | 1 | 2 |" in text
+    assert {b.name: b for b in bars(data)}[RECALL_BAR].met
+
+
+def test_a_format_losing_more_than_chat_or_sending_invalid_requests_misses_the_recall_bar() -> None:
+    data = sections()
+    data["recall"] = _recall_section(chat=_recall("chat", 0), messages=_recall("messages", 1))
+    assert not {b.name: b for b in bars(data)}[RECALL_BAR].met
+    data["recall"] = _recall_section(chat=_recall("chat", 0), responses=_recall("responses", 0, invalid=1))
+    bar = {b.name: b for b in bars(data)}[RECALL_BAR]
+    assert not bar.met and "responses: 1 invalid" in bar.why
+    data["recall"] = _recall_section(chat=_recall("chat", 0, requests=0))
+    assert {b.name: b for b in bars(data)}[RECALL_BAR].error

@@ -161,6 +161,18 @@ def test_a_tool_loop_with_thinking_keeps_signatures_byte_for_byte(start_gateway,
         assert f'"signature":"{sign("I should read the file first.")}"'.encode() in fake.requests[-1].raw
 
 
+def unmarked(value: Any) -> Any:
+    """`value` without the gateway's `cache_control` breakpoints (a text block it made from a string
+    content back to the string)."""
+    if isinstance(value, dict):
+        return {k: unmarked(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], dict) and set(value[0]) == {"type", "text", "cache_control"}:
+            return value[0]["text"]
+        return [unmarked(v) for v in value]
+    return value
+
+
 def test_count_tokens_counts_the_prompt_the_gateway_would_forward(start_gateway) -> None:
     with running(start_gateway, FakeAnthropic(), budget=4000) as (root, fake):
         counted = client(root).messages.count_tokens(
@@ -173,7 +185,7 @@ def test_count_tokens_counts_the_prompt_the_gateway_would_forward(start_gateway)
         answer = client(root).messages.with_raw_response.create(
             model="claude-sonnet-4-5", max_tokens=64, system=SYSTEM, messages=long_session(30), tools=TOOLS
         )
-        turn = fake.requests[-1].body
+        turn = unmarked(fake.requests[-1].body)  # the turn's cache breakpoints change no token count
         assert {k: turn[k] for k in ("messages", "system", "tools")} == {
             k: sent.body[k] for k in ("messages", "system", "tools")
         }
@@ -281,3 +293,26 @@ def test_a_messages_session_is_in_the_inspector_with_its_prompt_and_diff(start_g
             assert all("content" in item for item in kept["forwarded"]) and kept["diff"]
             listed = http.get("/v1/clawvm/sessions").json()["data"]
             assert session in [row["id"] for row in listed]
+
+
+def test_breakpoints_mark_the_stable_prefix_and_the_last_message_beside_the_clients_own(start_gateway) -> None:
+    """Issue 13 on the Messages API: the forwarded body carries a breakpoint at the end of the
+    stable prefix and one on the last message, the client's own kept, four at most."""
+    system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    with running(start_gateway, FakeAnthropic(), budget=4000) as (root, fake):
+        agent = client(root)
+        for turns in (30, 31):
+            agent.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                system=system,
+                messages=long_session(turns),
+                tools=TOOLS,
+                extra_headers={"x-clawvm-session": "breakpoints"},
+            )
+        earlier, later = (r.body for r in fake.requests[-2:])
+        for body in (earlier, later):
+            marks = [(n, b) for n, m in enumerate(body["messages"]) for b in m["content"] if "cache_control" in b]
+            assert body["system"] == system  # the client's own breakpoint, kept
+            assert 1 <= len(marks) <= 3 and marks[-1][0] == len(body["messages"]) - 1  # the last message
+            assert len(marks) == 2 and marks[0][0] < marks[-1][0], marks  # and the end of the stable prefix

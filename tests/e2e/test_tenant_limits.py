@@ -158,3 +158,21 @@ def test_the_limit_is_per_tenant_and_zero_means_unlimited(start_gateway) -> None
             eventually(lambda: gw.fake.held == 6, "every request is in flight")
             gate.set()
             assert [f.result().status_code for f in many] == [200] * 6
+
+
+def test_the_limit_answers_anthropics_routes_in_anthropics_shape(limited: Gateway) -> None:
+    import anthropic
+
+    gw, fake = limited, limited.fake
+    with ThreadPoolExecutor(2) as pool, held(fake):
+        first = [pool.submit(chat, gw, ALPHA, f"a-{n}") for n in range(LIMIT)]
+        eventually(lambda: fake.held == LIMIT, "alpha's requests reach the upstream")
+        agent = anthropic.Anthropic(base_url=gw.root, api_key=ALPHA, max_retries=0)
+        hello = [{"role": "user", "content": "hi"}]
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            agent.messages.create(model="claude-x", max_tokens=8, messages=hello)
+        assert refused.value.type == "rate_limit_error" and refused.value.body["type"] == "error"
+        assert refused.value.response.headers["retry-after"] == "1"
+        with pytest.raises(anthropic.RateLimitError):
+            agent.messages.count_tokens(model="claude-x", messages=hello)
+    assert [f.result().status_code for f in first] == [200] * LIMIT

@@ -58,3 +58,37 @@ def test_never_more_than_four_and_never_twice_on_one_message() -> None:
     assert breakpoints(body) == MAX_BREAKPOINTS
     add_breakpoints(body, 4)
     assert breakpoints(body) == MAX_BREAKPOINTS
+
+
+def test_messages_breakpoints_go_at_the_prefix_end_and_the_last_message_within_four() -> None:
+    from gateway.cache_hints import add_anthropic_breakpoints, anthropic_breakpoints
+
+    own = {"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}
+    thinking = {"type": "thinking", "thinking": "t", "signature": "s"}
+    first = {"role": "user", "content": "hello"}
+    body = {
+        "system": [own],
+        "tools": [{"name": "a", "cache_control": {"type": "ephemeral"}}],
+        "messages": [first, {"role": "assistant", "content": [{"type": "text", "text": "x"}, thinking]}],
+    }
+    add_anthropic_breakpoints(body, ("messages", 0))
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}]
+    assert body["messages"][1]["content"][0]["cache_control"] == {"type": "ephemeral"}  # not on the thinking block
+    assert "cache_control" not in body["messages"][1]["content"][1]
+    assert first == {"role": "user", "content": "hello"}  # the client's object is untouched
+    assert anthropic_breakpoints(body) == 4
+    add_anthropic_breakpoints(body, ("messages", 0))
+    assert anthropic_breakpoints(body) == 4  # never more than four
+
+
+def test_messages_breakpoints_keep_the_clients_own_and_stop_at_four() -> None:
+    from gateway.cache_hints import add_anthropic_breakpoints, anthropic_breakpoints
+
+    marked = {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}
+    body = {"system": "s", "messages": [{"role": "user", "content": [dict(marked)]} for _ in range(3)]}
+    add_anthropic_breakpoints(body, ("system", -1))
+    assert body["system"] == [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]
+    assert anthropic_breakpoints(body) == 4 and all(m["content"] == [marked] for m in body["messages"])
+    full = {"system": "s", "messages": [{"role": "user", "content": [dict(marked)]} for _ in range(4)]}
+    add_anthropic_breakpoints(full, ("system", -1))
+    assert full["system"] == "s" and anthropic_breakpoints(full) == 4

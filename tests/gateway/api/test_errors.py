@@ -127,3 +127,19 @@ def test_headers_too_large_is_431_in_openai_shape() -> None:
         }
     }
     assert error_response(exc).status_code == 431 and type(from_status(431, "x")) is HeadersTooLarge
+
+
+def test_anthropic_routes_get_anthropics_shape_and_type_names() -> None:
+    import json as _json
+
+    from gateway.api.errors import anthropic_path, error_response_for
+
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        assert anthropic_path(path)
+        answer = _json.loads(error_response_for(path, RateLimited("slow down")).body)
+        assert answer == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    assert not anthropic_path("/v1/messagesx") and not anthropic_path("/v1/chat/completions")
+    assert _json.loads(error_response_for("/v1/chat/completions", RateLimited("x")).body)["error"]["code"]
+    kinds = {exc.status_code: exc for exc in (PayloadTooLarge("x"), ServiceUnavailable("x"), UpstreamTimeout("x"))}
+    shaped = {s: _json.loads(error_response_for("/v1/messages", e).body)["error"]["type"] for s, e in kinds.items()}
+    assert shaped == {413: "request_too_large", 503: "api_error", 504: "timeout_error"}
