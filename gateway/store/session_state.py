@@ -100,11 +100,12 @@ class SessionState:
         table.journal = Journal.of(record.data)
         return table
 
-    async def commit(self, table: PageTable, new_pages: Sequence[Page]) -> None:
-        """Persist what changed in the table, its new pages and their evidence bodies in one
-        atomic save. A failed save leaves the table's change tracking as it was. A stored
+    async def commit(self, table: PageTable, new_pages: Sequence[Page], writeback: Sequence[str | int] = ()) -> None:
+        """Persist what changed in the table, its new pages and their evidence bodies, and the
+        session scope's write-back batch when given (`MemoryService.joined_args`), in one atomic
+        save: one round trip. A failed save leaves the table's change tracking as it was. A stored
         table that has not changed since its last save is cached again without a round trip."""
-        if table.version > 0 and not new_pages and unchanged(table):
+        if table.version > 0 and not new_pages and not writeback and unchanged(table):
             self.keep(table)
             return
         bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
@@ -112,11 +113,15 @@ class SessionState:
         journal = table.journal if isinstance(table.journal, Journal) and table.version > 0 else None
         delta = dump_delta(table) if journal is not None else ""
         if journal is not None and journal.takes(delta):
-            table.version = await self.store.append(table.tenant, scope, delta, new_pages, bodies, table.version)
+            table.version = await self.store.append(
+                table.tenant, scope, delta, new_pages, bodies, table.version, writeback
+            )
             table.journal = Journal(journal.records + 1, journal.size + len(delta) + 1, journal.base)
         else:
             snapshot = dump_table(table)
-            table.version = await self.store.save(table.tenant, scope, snapshot, new_pages, bodies, table.version)
+            table.version = await self.store.save(
+                table.tenant, scope, snapshot, new_pages, bodies, table.version, writeback
+            )
             table.journal = Journal(0, 0, len(snapshot))
         checkpoint(table)
         self.keep(table)
