@@ -470,6 +470,7 @@ async def _plan_and_commit(
             return await _turn(services, tenant, chat, table, counter, budget, hint, wire)
         except VersionConflict:  # the table, or the session memory joined to its save, moved
             services.sessions.forget(tenant.name, ids.session)
+            services.sessions.shared = True  # another writer exists: check cached copies from now on
             services.memory.forget(tenant.name, session_scope(ids.session))
             await asyncio.sleep(commit_backoff(attempt))
         except StoreUnavailable as exc:
@@ -493,6 +494,8 @@ async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTabl
         services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
         return held
     try:
+        if not await services.sessions.current(tenant.name, ids.session):  # moved on elsewhere
+            services.memory.forget(tenant.name, session_scope(ids.session))
         return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)
     except StoreUnavailable as exc:
         log.warning("session %s planned on a fresh table: %s", ids.session, exc)

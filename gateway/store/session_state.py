@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from gateway.store.store import Store, TableRecord, body_digest, session_scope
+from gateway.store.store import Store, StoreUnavailable, TableRecord, body_digest, session_scope
 from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
@@ -59,6 +59,9 @@ class SessionState:
         self._capacity = capacity
         self._cache: OrderedDict[tuple[str, str], PageTable] = OrderedDict()
         self._locks: dict[tuple[str, str], _Lock] = {}
+        # Set once a save of this process lost to another writer (another worker or replica):
+        # from then on a cached table is version-checked before it is planned on (`current`).
+        self.shared = False
 
     @asynccontextmanager
     async def locked(self, tenant: str, session: str) -> AsyncIterator[None]:
@@ -81,6 +84,23 @@ class SessionState:
         if record is None:
             return PageTable(tenant=tenant, session=session, project=project, user=user)
         return await self._decode(tenant, session, record)
+
+    async def current(self, tenant: str, session: str) -> bool:
+        """Whether the cached table (if any) may be planned on: always while no other writer has
+        been seen; else only when its version is the stored one (one HGET), a stale copy being
+        dropped so that `load` reads the stored table and the turn is planned once, not twice.
+        An unreachable store keeps the cached copy (the outage path plans on it)."""
+        cached = self._cache.get((tenant, session))
+        if cached is None or not self.shared:
+            return True
+        try:
+            stored = await self.store.table_version(tenant, session_scope(session))
+        except StoreUnavailable:
+            return True
+        if stored == cached.version:
+            return True
+        self.forget(tenant, session)
+        return False
 
     async def read(self, tenant: str, session: str) -> PageTable | None:
         """The session's table for reading (the audit API): the cached copy, left in the cache,

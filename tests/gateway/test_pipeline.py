@@ -442,3 +442,32 @@ async def test_a_turn_on_a_cached_table_is_one_store_round_trip(
     assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 5  # every tool result committed
     fresh = await SessionState(store).load("default", ids.session, ids.project)
     assert len(fresh.order) == len(coding_session(5))
+
+
+@pytest.mark.anyio
+async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.pipeline as pipeline
+
+    plans: list[int] = []
+    planned = pipeline.step
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        plans.append(1)
+        return planned(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "step", counted)
+    workers, ids = (services(settings(), store, catalog), services(settings(), store, catalog)), session()
+    for rounds in range(1, 5):  # the first stale copies lose their saves: each worker learns it shares the store
+        await run_prepare(workers[rounds % 2], request(coding_session(rounds)), ids)
+    assert all(w.sessions.shared for w in workers)
+    for rounds in range(5, 10):
+        plans.clear()
+        body, _, _ = await run_prepare(workers[rounds % 2], request(coding_session(rounds)), ids)
+        assert len(plans) == 1  # its cached copy was stale: checked and reloaded before planning, not after
+        assert body["messages"] == coding_session(rounds)
+    stored = await SessionState(store).load("default", ids.session, ids.project)
+    assert len(stored.order) == len(coding_session(9))
+    journal = await workers[0].memory.journal.read("default", f"s:{ids.session}")
+    assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 9
