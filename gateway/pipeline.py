@@ -50,7 +50,7 @@ from gateway.stages import HEADER as STAGES_HEADER
 from gateway.stages import Stages
 from gateway.store.memory import WriteReport
 from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
-from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict
+from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict, session_scope
 from gateway.store.tables import TableFormatError
 from gateway.tokens import TiktokenCounter
 from gateway.upstream import UpstreamResponse
@@ -62,14 +62,13 @@ from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
 from policies.crossing import wants_start
 from policies.observation import Observation
-from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
 from policies.step import Decision, TurnInput, step
 from policies.tokens import TokenCounter
 from policies.transcript import Message
 from policies.turn import TurnPlan, plan_turn
-from policies.writes import Memories
+from policies.writes import Memories, WriteBatch
 
 log = logging.getLogger("clawvm.gateway")
 RECALL_TOOL = "clawvm_recall"
@@ -475,8 +474,10 @@ async def _plan_and_commit(
         try:
             table = await _load(services, tenant, ids)
             return await _turn(services, tenant, chat, table, counter, budget, hint, wire)
-        except VersionConflict:
+        except VersionConflict:  # the table, or the session memory joined to its save, moved
             services.sessions.forget(tenant.name, ids.session)
+            services.sessions.shared = True  # another writer exists: check cached copies from now on
+            services.memory.forget(tenant.name, session_scope(ids.session))
             await asyncio.sleep(commit_backoff(attempt))
         except StoreUnavailable as exc:
             services.sessions.forget(tenant.name, ids.session)
@@ -499,6 +500,8 @@ async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTabl
         services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
         return held
     try:
+        if not await services.sessions.current(tenant.name, ids.session):  # moved on elsewhere
+            services.memory.forget(tenant.name, session_scope(ids.session))
         return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)
     except StoreUnavailable as exc:
         log.warning("session %s planned on a fresh table: %s", ids.session, exc)
@@ -518,35 +521,46 @@ async def _memories(services: Services, table: PageTable) -> tuple[Memories | No
         return None, f"write-back: {exc.reason}"
 
 
-async def _write_back(services: Services, table: PageTable, decision: Decision) -> tuple[WriteReport | None, str]:
-    """Carry out the turn's write-back, or (None, why) when the store is unavailable (deferred)."""
+async def _write_back(
+    services: Services, table: PageTable, decision: Decision
+) -> tuple[WriteReport | None, WriteBatch | None, str]:
+    """Carry out the turn's write-back but for the session scope's batch, returned to commit with
+    the table (one round trip); or (None, None, why) when the store is unavailable (deferred)."""
     if decision.writes is None:
-        return None, ""
+        return None, None, ""
     try:
-        return await services.memory.execute(table, decision.writes, decision.new_pages), ""
+        report, held = await services.memory.execute_apart(table, decision.writes, decision.new_pages)
+        return report, held, ""
     except StoreUnavailable as exc:
         log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
-        return None, f"write-back: {exc.reason}"
+        return None, None, f"write-back: {exc.reason}"
 
 
 async def _commit(
     services: Services,
     table: PageTable,
-    pages: list[Page],
-    deferred: list[Page] | None,
-    observation: Observation,
+    decision: Decision,
+    written: WriteReport | None,
+    held: WriteBatch | None,
     unavailable: str,
 ) -> bool:
-    """Save the turn; True when the store was unavailable and its writes were deferred (the turn
-    is then degraded). A session with deferred work commits it first, in order, then this turn."""
+    """Save the turn, with the session scope's write-back batch `held` in the same script; True
+    when the store was unavailable and its writes were deferred (the turn is then degraded). A
+    session with deferred work commits it first, in order, then this turn."""
     outage, key = services.outage, (table.tenant, table.session)
+    pages, observation = list(decision.pages), decision.observation
+    deferred = None if written is not None else list(decision.new_pages)
     if deferred is None and not outage.holds(*key):
         try:
-            await services.sessions.commit(table, pages)
+            await services.sessions.commit(table, pages, services.memory.joined_args(held) if held else ())
+            if held is not None and written is not None:
+                services.memory.settle(table.tenant, held, written)
             return False
         except StoreUnavailable as exc:
             log.warning("session %s: commit deferred, the store is unavailable: %s", table.session, exc)
             unavailable = f"commit: {exc.reason}"
+            if held is not None:  # its batch did not commit with the table: the write-back waits too
+                deferred = list(decision.new_pages)
     records = (observation.decisions, observation.events)  # written with the deferred work, in order
     observation.decisions, observation.events = [], []
     if unavailable:
@@ -595,13 +609,12 @@ async def _turn(
         memories=memories,
     )
     decision = step(table, turn, clock=time.perf_counter_ns)
-    written, failed = await _write_back(services, table, decision)
+    written, held, failed = await _write_back(services, table, decision)
     unavailable = unavailable or failed
     observation = decision.observation
     seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
     timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
-    deferred = None if written is not None else list(decision.new_pages)
-    if await _commit(services, table, list(decision.pages), deferred, observation, unavailable):
+    if await _commit(services, table, decision, written, held, unavailable):
         timing = replace(timing, degraded=True)
     return decision.plan, timing, observation
 

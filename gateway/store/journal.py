@@ -22,14 +22,13 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from gateway.jsonio import dumps_text, loads
-from gateway.store.store import CONFLICT, CorruptData, Keys, VersionConflict, mapped_errors
+from gateway.store.store import CONFLICT, CORRUPT, CorruptData, Keys, VersionConflict, mapped_errors
 from policies.pages import PageType, Scope
 from policies.writeback import Entry, Memory, Outcome, Rejection, Update
 
 VERSION_FIELD = "v"
 JOURNAL_MAXLEN = 10_000
 APPLIED_KEEP = 1_000
-CORRUPT = "CORRUPT"
 RECORD_FIELDS = (
     "batch",
     "op",
@@ -104,11 +103,7 @@ class WritebackJournal:
         A retry of a committed batch returns its version and writes nothing; a memory that
         moved since `expected_version` raises VersionConflict."""
         keys = Keys.of(tenant, scope_id)
-        version = outcome.memory.version
-        if version not in (expected_version, expected_version + 1):
-            raise ValueError(f"outcome is v{version}, not one commit after v{expected_version}")
-        args = [batch, expected_version, version, JOURNAL_MAXLEN, APPLIED_KEEP, 2 * len(RECORD_FIELDS)]
-        args += _entry_args(outcome) + _record_args(outcome, staged, batch)
+        args = commit_args(outcome, staged, batch, expected_version)
         with mapped_errors():
             try:
                 return int(await self._commit(keys=[keys.memory, keys.writeback, keys.applied], args=args))
@@ -129,6 +124,16 @@ class WritebackJournal:
 
 
 # -- encoding ------------------------------------------------------------------------------
+
+
+def commit_args(outcome: Outcome, staged: Sequence[Update], batch: str, expected_version: int) -> list[str | int]:
+    """COMMIT_SCRIPT's arguments for one batch; also the write-back part of a session's joined
+    save (gateway.store.store.SAVE_SCRIPT reads the same layout after its own)."""
+    version = outcome.memory.version
+    if version not in (expected_version, expected_version + 1):
+        raise ValueError(f"outcome is v{version}, not one commit after v{expected_version}")
+    args: list[str | int] = [batch, expected_version, version, JOURNAL_MAXLEN, APPLIED_KEEP, 2 * len(RECORD_FIELDS)]
+    return args + _entry_args(outcome) + _record_args(outcome, staged, batch)
 
 
 def dump_entry(entry: Entry) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.sessions import per_user
-from gateway.store.journal import WritebackJournal
+from gateway.store.journal import WritebackJournal, commit_args
 from gateway.store.store import Store, VersionConflict, project_scope, session_scope
 from policies.pages import Page
 from policies.pagetable import PageTable
@@ -70,12 +70,39 @@ class MemoryService:
 
     async def execute(self, table: PageTable, plan: WritePlan, new_pages: Sequence[Page]) -> WriteReport:
         """Commit a planned write-back, batch by batch, then store the project pages it committed."""
-        report = WriteReport(staged=plan.staged)
+        report, _ = await self.execute_apart(table, plan, new_pages, joined=False)
+        return report
+
+    async def execute_apart(
+        self, table: PageTable, plan: WritePlan, new_pages: Sequence[Page], *, joined: bool = True
+    ) -> tuple[WriteReport, WriteBatch | None]:
+        """Like `execute`, but with `joined` the session scope's batch is left out and returned: it
+        commits with the table's save, in the same script (`joined_args`, then `settle`), so the
+        common turn (no project-scope update) is one round trip."""
+        report, held = WriteReport(staged=plan.staged), None
+        session = session_scope(table.session)
         for batch in plan.batches:
-            report.add(await self._commit(table, batch))
+            if joined and batch.scope_id == session:
+                held = batch
+            else:
+                report.add(await self._commit(table, batch))
         for scope_id, pages in stored_pages(plan, new_pages, report.committed):
             await self._store.put_pages(table.tenant, scope_id, pages)
-        return report
+        return report, held
+
+    @staticmethod
+    def joined_args(batch: WriteBatch) -> list[str | int]:
+        """The session batch's part of the table's save script."""
+        return commit_args(batch.outcome, batch.updates, batch.batch, batch.expected)
+
+    def settle(self, tenant: str, batch: WriteBatch, report: WriteReport) -> None:
+        """A joined batch committed with its table: its memory is the cached one now."""
+        self._keep((tenant, batch.scope_id), batch.outcome.memory)
+        report.add(batch.outcome)
+
+    def forget(self, tenant: str, scope_id: str) -> None:
+        """Drop a cached memory (a joined save found it stale)."""
+        self._cache.pop((tenant, scope_id), None)
 
     async def committed(self, table: PageTable) -> frozenset[str]:
         """The pages the session's, the project's and the user's committed memory hold."""

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from gateway.store.store import Store, TableRecord, body_digest, session_scope
+from gateway.store.store import Store, StoreUnavailable, TableRecord, body_digest, session_scope
 from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
@@ -59,6 +59,9 @@ class SessionState:
         self._capacity = capacity
         self._cache: OrderedDict[tuple[str, str], PageTable] = OrderedDict()
         self._locks: dict[tuple[str, str], _Lock] = {}
+        # Set once a save of this process lost to another writer (another worker or replica):
+        # from then on a cached table is version-checked before it is planned on (`current`).
+        self.shared = False
 
     @asynccontextmanager
     async def locked(self, tenant: str, session: str) -> AsyncIterator[None]:
@@ -82,6 +85,23 @@ class SessionState:
             return PageTable(tenant=tenant, session=session, project=project, user=user)
         return await self._decode(tenant, session, record)
 
+    async def current(self, tenant: str, session: str) -> bool:
+        """Whether the cached table (if any) may be planned on: always while no other writer has
+        been seen; else only when its version is the stored one (one HGET), a stale copy being
+        dropped so that `load` reads the stored table and the turn is planned once, not twice.
+        An unreachable store keeps the cached copy (the outage path plans on it)."""
+        cached = self._cache.get((tenant, session))
+        if cached is None or not self.shared:
+            return True
+        try:
+            stored = await self.store.table_version(tenant, session_scope(session))
+        except StoreUnavailable:
+            return True
+        if stored == cached.version:
+            return True
+        self.forget(tenant, session)
+        return False
+
     async def read(self, tenant: str, session: str) -> PageTable | None:
         """The session's table for reading (the audit API): the cached copy, left in the cache,
         else decoded from the store; None when the session has no stored table."""
@@ -100,11 +120,12 @@ class SessionState:
         table.journal = Journal.of(record.data)
         return table
 
-    async def commit(self, table: PageTable, new_pages: Sequence[Page]) -> None:
-        """Persist what changed in the table, its new pages and their evidence bodies in one
-        atomic save. A failed save leaves the table's change tracking as it was. A stored
+    async def commit(self, table: PageTable, new_pages: Sequence[Page], writeback: Sequence[str | int] = ()) -> None:
+        """Persist what changed in the table, its new pages and their evidence bodies, and the
+        session scope's write-back batch when given (`MemoryService.joined_args`), in one atomic
+        save: one round trip. A failed save leaves the table's change tracking as it was. A stored
         table that has not changed since its last save is cached again without a round trip."""
-        if table.version > 0 and not new_pages and unchanged(table):
+        if table.version > 0 and not new_pages and not writeback and unchanged(table):
             self.keep(table)
             return
         bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
@@ -112,11 +133,15 @@ class SessionState:
         journal = table.journal if isinstance(table.journal, Journal) and table.version > 0 else None
         delta = dump_delta(table) if journal is not None else ""
         if journal is not None and journal.takes(delta):
-            table.version = await self.store.append(table.tenant, scope, delta, new_pages, bodies, table.version)
+            table.version = await self.store.append(
+                table.tenant, scope, delta, new_pages, bodies, table.version, writeback
+            )
             table.journal = Journal(journal.records + 1, journal.size + len(delta) + 1, journal.base)
         else:
             snapshot = dump_table(table)
-            table.version = await self.store.save(table.tenant, scope, snapshot, new_pages, bodies, table.version)
+            table.version = await self.store.save(
+                table.tenant, scope, snapshot, new_pages, bodies, table.version, writeback
+            )
             table.journal = Journal(0, 0, len(snapshot))
         checkpoint(table)
         self.keep(table)

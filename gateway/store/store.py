@@ -64,21 +64,32 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 SESSION_PREFIX = "s:"
 PROJECT_PREFIX = "project:"
 CONFLICT = "VERSION_CONFLICT"
+MEMORY_CONFLICT = "MEMORY_CONFLICT"
+CORRUPT = "CORRUPT"
 SNAPSHOT, APPEND = "snapshot", "append"
 PROBE_KEY = "cvm:{probe}:writable"  # `ping` writes it: a store that answers PING may still refuse writes
 PROBE_TTL_MS = 10_000
-# One atomic round trip: check the version (ARGV[2], -1 = unchecked), write the pages (SET),
-# the bodies (SET NX), then either a snapshot (HSET v, data, base; DEL the journal) or one
-# journal record (RPUSH; HSET v). A retry of a save that already committed (stored = expected
-# + 1, and the same snapshot with an empty journal, or the same last record) returns the stored
-# version; an unchanged snapshot keeps its version. KEYS: table, journal, pages..., bodies...;
-# ARGV: mode, expected, record, page count, page JSON..., body text...
+# One atomic round trip per turn: check the table's version (ARGV[2], -1 = unchecked) and, with a
+# write-back batch (ARGV[5] > 0: its arguments follow the bodies'), the session memory's version;
+# write the pages (SET), the bodies (SET NX), the batch (memory entries, `v`, journal records,
+# applied id), then either a snapshot (HSET v, data, base; DEL the journal) or one journal record
+# (RPUSH; HSET v). Nothing is written unless every check passes. A retry of a save that already
+# committed (stored = expected + 1, and the same snapshot with an empty journal, or the same last
+# record) returns the stored version (its batch committed with it); a batch already applied on the
+# same base is skipped; an unchanged snapshot keeps its version.
+# KEYS: table, journal, memory, write-back stream, applied ids, pages..., bodies...;
+# ARGV: mode, expected, record, page count, write-back argument count, page JSON..., body text...,
+# write-back arguments (gateway.store.journal.commit_args).
 SAVE_SCRIPT = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 local logged = cur - tonumber(redis.call('HGET', KEYS[1], 'base') or cur)
 local expected = tonumber(ARGV[2])
 local record = ARGV[3]
 local append = ARGV[1] == 'append'
+local npages = tonumber(ARGV[4])
+local nbodies = #KEYS - 5 - npages
+local o = 5 + npages + nbodies
+local batch = tonumber(ARGV[5]) > 0
 local same
 if append then
   same = logged > 0 and redis.call('LINDEX', KEYS[2], -1) == record
@@ -90,9 +101,38 @@ if expected >= 0 and cur ~= expected then
   if cur == expected + 1 and same then return cur end
   return redis.error_reply('VERSION_CONFLICT ' .. cur)
 end
-local npages = tonumber(ARGV[4])
-for i = 1, npages do redis.call('SET', KEYS[2 + i], ARGV[4 + i]) end
-for i = 3 + npages, #KEYS do redis.call('SET', KEYS[i], ARGV[2 + i], 'NX') end
+if batch then
+  local base = tonumber(ARGV[o + 2])
+  local score = tonumber(redis.call('ZSCORE', KEYS[5], ARGV[o + 1]) or '')
+  if score and (score == base or score == base + 1) then
+    batch = false
+  else
+    local mem = tonumber(redis.call('HGET', KEYS[3], 'v') or '0')
+    if not mem then return redis.error_reply('CORRUPT ' .. KEYS[3] .. ': version is not a number') end
+    if mem ~= base then return redis.error_reply('MEMORY_CONFLICT ' .. mem) end
+  end
+end
+for i = 1, npages do redis.call('SET', KEYS[5 + i], ARGV[5 + i]) end
+for i = 6 + npages, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'NX') end
+if batch then
+  local version, width = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 6])
+  local i = o + 9
+  for _ = 1, tonumber(ARGV[o + 7]) do
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  for _ = 1, tonumber(ARGV[o + 8]) do
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    i = i + 1
+  end
+  redis.call('HSET', KEYS[3], 'v', version)
+  while i <= #ARGV do
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[o + 4], '*', unpack(ARGV, i, i + width - 1))
+    i = i + width
+  end
+  redis.call('ZADD', KEYS[5], version, ARGV[o + 1])
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(tonumber(ARGV[o + 5]) + 1))
+end
 if append then
   redis.call('RPUSH', KEYS[2], record)
   redis.call('HSET', KEYS[1], 'v', cur + 1, 'base', cur - logged)
@@ -145,6 +185,11 @@ class VersionConflict(StoreError):
         self.actual = actual
 
 
+class MemoryConflict(VersionConflict):
+    """The table was current but the session's write-back memory moved under a joined save: reload
+    both and plan again (nothing was written)."""
+
+
 class CorruptData(StoreError):
     """A stored value that cannot be decoded."""
 
@@ -179,6 +224,7 @@ class Store(Protocol):
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int | None,
+        writeback: Sequence[str | int] = (),
     ) -> int: ...
 
     async def append(
@@ -189,6 +235,7 @@ class Store(Protocol):
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int,
+        writeback: Sequence[str | int] = (),
     ) -> int: ...
 
     async def get_pages(self, tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]: ...
@@ -437,6 +484,7 @@ class RedisStore:
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int | None,
+        writeback: Sequence[str | int] = (),
     ) -> int:
         """Write pages, bodies and a snapshot of the table in one Lua script (one round trip,
         atomic), clearing the journal; returns the new version.
@@ -448,9 +496,13 @@ class RedisStore:
         before any I/O: a body whose sha256 is not its digest raises InvalidKeyError, a page that
         cannot be encoded (NaN utility) raises gateway.store.codec.CodecError, a snapshot holding a
         newline raises InvalidRecordError.
+
+        `writeback`, when given, is the session scope's write-back batch
+        (`gateway.store.journal.commit_args`), committed in the same script: both or neither. Its
+        memory having moved raises MemoryConflict.
         """
         expected = -1 if expected_version is None else expected_version
-        return await self._write(SNAPSHOT, tenant, scope_id, table_json, pages, bodies, expected)
+        return await self._write(SNAPSHOT, tenant, scope_id, table_json, pages, bodies, expected, writeback)
 
     async def append(
         self,
@@ -460,6 +512,7 @@ class RedisStore:
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int,
+        writeback: Sequence[str | int] = (),
     ) -> int:
         """Like `save`, but adds one record to the table's journal instead of replacing its
         snapshot: the write is the record's size, not the table's. Every append bumps the
@@ -467,7 +520,7 @@ class RedisStore:
         table). A retry of an append that already committed returns the stored version."""
         if isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 1:
             raise ValueError(f"an append needs the version of a stored table, got {expected_version!r}")
-        return await self._write(APPEND, tenant, scope_id, record, pages, bodies, expected_version)
+        return await self._write(APPEND, tenant, scope_id, record, pages, bodies, expected_version, writeback)
 
     async def _write(
         self,
@@ -478,22 +531,24 @@ class RedisStore:
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected: int,
+        writeback: Sequence[str | int] = (),
     ) -> int:
         keys = Keys.of(tenant, scope_id)
         writes = _Writes.build(keys, record, pages, bodies)
-        names = [keys.table, keys.journal, *(keys.page(p) for p, _ in writes.pages)]
+        names = [keys.table, keys.journal, keys.memory, keys.writeback, keys.applied]
+        names += [keys.page(p) for p, _ in writes.pages]
         names += [keys.body(d) for d, _ in writes.bodies]
-        args = [mode, expected, writes.record, len(writes.pages), *(j for _, j in writes.pages)]
+        args = [mode, expected, writes.record, len(writes.pages), len(writeback), *(j for _, j in writes.pages)]
         args += [t for _, t in writes.bodies]
+        args += writeback
         with mapped_errors():
             try:
                 return int(await self._save_script(keys=names, args=args))
             except rexc.ResponseError as exc:
-                if not str(exc).startswith(CONFLICT):
+                error = _save_error(exc, keys, expected)
+                if error is exc:
                     raise
-                actual = int(str(exc).split()[1])
-                message = f"{keys.table}: version is {actual}, expected {expected}"
-                raise VersionConflict(message, None if expected < 0 else expected, actual) from exc
+                raise error from exc
 
     async def get_pages(self, tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]:
         """The stored pages among `page_ids`, in the order asked; missing ids are left out."""
@@ -597,6 +652,20 @@ class _Writes:
             if body_digest(text) != digest:
                 raise InvalidKeyError(f"body digest {digest} does not match its text")
         return cls(record, encoded, tuple(sorted(bodies.items())))
+
+
+def _save_error(exc: rexc.ResponseError, keys: Keys, expected: int) -> Exception:
+    """The StoreError a save script's error reply stands for; anything else is raised as it came."""
+    message = str(exc)
+    if message.startswith(CONFLICT):
+        actual = int(message.split()[1])
+        text = f"{keys.table}: version is {actual}, expected {expected}"
+        return VersionConflict(text, None if expected < 0 else expected, actual)
+    if message.startswith(MEMORY_CONFLICT):
+        return MemoryConflict(f"{keys.memory}: version is {message.split()[1]}, the write-back was planned on another")
+    if message.startswith(CORRUPT):
+        return CorruptData(message[len(CORRUPT) + 1 :])
+    return exc
 
 
 def _version(raw: object, key: str) -> int:

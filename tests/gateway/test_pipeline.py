@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio.connection import AbstractConnection
 
 from bench.fake_upstream import FakeUpstream, serve
 from gateway import jsonio
@@ -405,3 +406,68 @@ def test_commit_backoff_is_full_jitter_growing_to_a_cap() -> None:
     assert bounds[0] == COMMIT_BACKOFF_S and bounds == sorted(bounds) and max(bounds) == COMMIT_BACKOFF_CAP_S
     assert all(commit_backoff(n, lambda low, high: low) == 0.0 for n in range(COMMIT_ATTEMPTS))
     assert all(0.0 <= commit_backoff(n) <= COMMIT_BACKOFF_CAP_S for n in range(COMMIT_ATTEMPTS))
+
+
+# -- store round trips per turn ---------------------------------------------------------------
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every request this process sends to Redis from now on, one entry per round trip (a
+    pipeline or a script is one), its first command's name."""
+    sent: list[bytes] = []
+    original = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes | str) else b"".join(command)
+        raw = packed.encode() if isinstance(packed, str) else packed
+        sent.append(raw.split(b"\r\n")[2] if raw.startswith(b"*") else raw)
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    return sent
+
+
+@pytest.mark.anyio
+async def test_a_turn_on_a_cached_table_is_one_store_round_trip(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, round_trips: list[bytes]
+) -> None:
+    svc, ids = services(settings(), store, catalog), session()
+    await run_prepare(svc, request(coding_session(1)), ids)  # the first turn loads what it needs
+    for rounds in (2, 3, 4, 5):  # each adds a tool call and its result (evidence: a session write-back)
+        round_trips.clear()
+        await run_prepare(svc, request(coding_session(rounds)), ids)
+        assert round_trips == [b"EVALSHA"]  # the write-back commit and the table save, one script
+    journal = await svc.memory.journal.read("default", f"s:{ids.session}")
+    assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 5  # every tool result committed
+    fresh = await SessionState(store).load("default", ids.session, ids.project)
+    assert len(fresh.order) == len(coding_session(5))
+
+
+@pytest.mark.anyio
+async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.pipeline as pipeline
+
+    plans: list[int] = []
+    planned = pipeline.step
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        plans.append(1)
+        return planned(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "step", counted)
+    workers, ids = (services(settings(), store, catalog), services(settings(), store, catalog)), session()
+    for rounds in range(1, 5):  # the first stale copies lose their saves: each worker learns it shares the store
+        await run_prepare(workers[rounds % 2], request(coding_session(rounds)), ids)
+    assert all(w.sessions.shared for w in workers)
+    for rounds in range(5, 10):
+        plans.clear()
+        body, _, _ = await run_prepare(workers[rounds % 2], request(coding_session(rounds)), ids)
+        assert len(plans) == 1  # its cached copy was stale: checked and reloaded before planning, not after
+        assert body["messages"] == coding_session(rounds)
+    stored = await SessionState(store).load("default", ids.session, ids.project)
+    assert len(stored.order) == len(coding_session(9))
+    journal = await workers[0].memory.journal.read("default", f"s:{ids.session}")
+    assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 9

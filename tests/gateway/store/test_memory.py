@@ -10,10 +10,13 @@ import pytest
 
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService, user_scope
-from gateway.store.store import RedisStore, project_scope, session_scope
+from gateway.store.session_state import SessionState
+from gateway.store.store import MemoryConflict, RedisStore, project_scope, session_scope
+from gateway.store.tables import dump_table
 from policies.pages import Page, PageType, Scope
 from policies.pagetable import PageTable
 from policies.writeback import PLAN_SLOT
+from policies.writes import plan_writes
 from tests.policies.test_pagetable import Wire, feed, tool_pair
 
 pytestmark = pytest.mark.anyio
@@ -197,3 +200,33 @@ async def test_what_a_named_user_stated_is_committed_to_their_part_of_the_projec
     assert preference in await service.committed(table)
     bob = PageTable(tenant, "s2", PROJECT, user="u-bob")
     assert (await service.journal.load(tenant, user_scope(bob))).entries == {}
+
+
+async def test_a_joined_save_commits_the_session_batch_with_the_table_or_nothing(
+    store: RedisStore, tenant: str
+) -> None:
+    service, state = MemoryService(WritebackJournal(store.client), store), SessionState(store)
+    table = new_table(tenant)
+    pages = turn(table, opening())
+    plan = plan_writes(table, pages, await service.memories(table))
+    report, held = await service.execute_apart(table, plan, pages)
+    assert held is not None and held.scope_id == session_scope("s1")
+    rival = MemoryService(WritebackJournal(store.client), store)  # another replica moves the session memory
+    other = new_table(tenant)
+    await rival.write_back(other, turn(other, [*opening(), *tool_pair("c9", "read_file", '{"path": "z.py"}', "zeta")]))
+    with pytest.raises(MemoryConflict):
+        await state.commit(table, pages, service.joined_args(held))
+    assert await store.load_table(tenant, session_scope("s1")) is None  # nothing of the table was written
+    fresh = PageTable(tenant, "s2", PROJECT)
+    pages = turn(fresh, opening())
+    plan = plan_writes(fresh, pages, await service.memories(fresh))
+    report, held = await service.execute_apart(fresh, plan, pages)
+    assert held is not None
+    args = service.joined_args(held)
+    await state.commit(fresh, pages, args)
+    service.settle(tenant, held, report)
+    assert fresh.version == 1 and report.committed
+    again = await store.save(tenant, session_scope("s2"), dump_table(fresh), pages, {}, 0, args)  # a retry
+    assert again == 1
+    stored = await service.journal.load(tenant, session_scope("s2"))
+    assert stored == held.outcome.memory and (await service.memory(tenant, session_scope("s2"))) == stored
