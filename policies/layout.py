@@ -174,9 +174,13 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
 def span_cost(entries: Sequence[int]) -> int:
     """One span stub: its header, its newest SPAN_LISTED entries one per line, and one range line
     for the older ones (recall expands a range). Bounded, however long the session grows."""
-    listed = entries[-SPAN_LISTED:]
-    older = RANGE_LINE_TOKENS + LINE_TOKENS if len(entries) > SPAN_LISTED else 0
-    return MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS + sum(listed) + LINE_TOKENS * len(listed) + older
+    return stub_cost(len(entries), sum(entries[-SPAN_LISTED:]))
+
+
+def stub_cost(count: int, listed: int) -> int:
+    """A span stub over `count` pages whose newest SPAN_LISTED entries cost `listed` tokens."""
+    older = RANGE_LINE_TOKENS + LINE_TOKENS if count > SPAN_LISTED else 0
+    return MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS + listed + LINE_TOKENS * min(count, SPAN_LISTED) + older
 
 
 def index_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
