@@ -98,22 +98,18 @@ class Ledger:
                 self.plain += self.block_cost[block] - before
             return
         at = bisect_left(self.breaks, block)
+        left = self.breaks[at - 1] if at > 0 else -1
         if folds:  # the block joins the runs beside it
-            left = self.breaks[at - 1] if at > 0 else -1
             right = self.breaks[at + 1] if at + 1 < len(self.breaks) else len(self.block_cost)
             del self.breaks[at]
             self.plain -= before
-            self.spans += (
-                self._run(left + 1, right - 1) - self._run(left + 1, block - 1) - self._run(block + 1, right - 1)
-            )
         else:  # the block splits the run it was in
-            left = self.breaks[at - 1] if at > 0 else -1
             right = self.breaks[at] if at < len(self.breaks) else len(self.block_cost)
             insort(self.breaks, block)
             self.plain += self.block_cost[block]
-            self.spans += (
-                self._run(left + 1, block - 1) + self._run(block + 1, right - 1) - self._run(left + 1, right - 1)
-            )
+        joined = self._run(left + 1, right - 1)
+        apart = self._run(left + 1, block - 1) + self._run(block + 1, right - 1)
+        self.spans += joined - apart if folds else apart - joined
 
     def _run(self, first: int, last: int) -> int:
         """The span stub of blocks first..last (nothing when empty), as `span_cost` counts it."""
