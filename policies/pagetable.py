@@ -33,6 +33,8 @@ import re
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
+from operator import attrgetter
 
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
@@ -44,6 +46,7 @@ from policies.transcript import Message, ToolCall
 CALL_ARGUMENTS_KEPT = 400
 PAGE_ID = re.compile(r"p:[0-9a-f]{12}(?:~[1-9][0-9]{0,8})?")
 EDIT_TOOLS = ("edit", "write", "replace", "create", "patch", "update", "modify", "delete", "insert")
+TEXT = attrgetter("text")
 READ_TOOLS = ("read", "bash", "shell", "grep", "glob", "search", "list", "get", "find", "fetch", "cat", "ls")
 
 
@@ -93,6 +96,7 @@ class PageTable:
     signatures: dict[str, str] | None = field(default=None, repr=False, compare=False)  # see policies.duplicates
     signed: int = field(default=0, repr=False, compare=False)  # positions `signatures` covers; not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
+    prefix: object | None = field(default=None, repr=False, compare=False)  # see policies.prefix; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
     changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
 
@@ -169,7 +173,8 @@ def known_prefix(table: PageTable, messages: Sequence[Message]) -> int:
         return 0
     limit = min(known, len(messages))
     lengths = table.lengths
-    agree = next((i for i in range(limit) if len(messages[i].text) != lengths[i]), limit)
+    sizes = list(map(len, map(TEXT, islice(messages, limit))))  # in C: no Python step per message
+    agree = limit if sizes == lengths[:limit] else next(i for i in range(limit) if sizes[i] != lengths[i])
     if agree == 0:
         return 0
     if all(message_key(messages[i]) == table.keys[i] for i in {0, agree // 2, agree - 1}):

@@ -1,6 +1,4 @@
-"""The ledger keeps `total_cost`'s exact figure through any run of level changes, and a session's
-layout built on top of the last one (`policies.layout.make_layout` with a `Prefix`) is the layout
-built from scratch."""
+"""The ledger keeps `total_cost`'s exact figure through any run of level changes."""
 
 from __future__ import annotations
 
