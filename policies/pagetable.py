@@ -66,6 +66,30 @@ class Changes:
     calls: set[str] = field(default_factory=set)  # tool calls recorded
 
 
+class Ingested:
+    """The messages a table last ingested (the table's `keys` and `lengths` were taken from them),
+    kept beside it, not stored. The gateway reuses its parse of a resent transcript
+    (gateway.transcripts), so the next request begins with these very objects: `known_prefix`
+    then recognises them by identity, in C, instead of reading every message's text. Messages
+    are not changed in place once parsed, so a copy of the table shares them."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        self.messages = list(messages)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Ingested:
+        return self
+
+    def begins(self, messages: Sequence[Message], count: int) -> bool:
+        """Whether the first `count` of `messages` are the first `count` ingested: the same
+        objects (compared by identity first, in C) or, where one is not, equal ones."""
+        if count == 0 or len(self.messages) < count:
+            return False
+        head = list(islice(messages, count))
+        return head[0] is self.messages[0] and head[-1] is self.messages[count - 1] and head == self.messages[:count]
+
+
 @dataclass(slots=True)
 class PageTable:
     tenant: str
@@ -97,6 +121,7 @@ class PageTable:
     signed: int = field(default=0, repr=False, compare=False)  # positions `signatures` covers; not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
     prefix: object | None = field(default=None, repr=False, compare=False)  # see policies.prefix; not stored
+    ingested: Ingested | None = field(default=None, repr=False, compare=False)  # the last transcript; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
     changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
 
@@ -172,9 +197,12 @@ def known_prefix(table: PageTable, messages: Sequence[Message]) -> int:
     if known == 0:
         return 0
     limit = min(known, len(messages))
-    lengths = table.lengths
-    sizes = list(map(len, map(TEXT, islice(messages, limit))))  # in C: no Python step per message
-    agree = limit if sizes == lengths[:limit] else next(i for i in range(limit) if sizes[i] != lengths[i])
+    if isinstance(table.ingested, Ingested) and table.ingested.begins(messages, limit):
+        agree = limit  # the very messages the lengths were taken from
+    else:
+        lengths = table.lengths
+        sizes = list(map(len, map(TEXT, islice(messages, limit))))  # in C: no Python step per message
+        agree = limit if sizes == lengths[:limit] else next(i for i in range(limit) if sizes[i] != lengths[i])
     if agree == 0:
         return 0
     if all(message_key(messages[i]) == table.keys[i] for i in {0, agree // 2, agree - 1}):
@@ -216,6 +244,7 @@ def ingest(
         table.keys.append(message_key(message))
         table.lengths.append(len(message.text))
         table.sent += _sent(table, page_id)
+    table.ingested = Ingested(messages)
     if dropped:
         _settle(table, dropped)
         _describe(table, dropped, counter)
