@@ -171,15 +171,15 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
     """Exact accounting (an upper bound where text is joined) of the rendered prompt's messages."""
     cost = REPLY_PRIMING
     span: list[int] = []  # entry costs of the open span run
-    for block in range(len(layout.blocks)):
-        start, stop = layout.blocks[block]
-        if collapsible(layout, block, levels):
-            span.extend(layout.entries[p] for p in layout.order[start:stop])
+    order, costs, entries, eligible = layout.order, layout.costs, layout.entries, layout.eligible
+    for block, (start, stop) in enumerate(layout.blocks):
+        members = order[start:stop]
+        if eligible[block] and all(levels[p] == Fidelity.POINTER for p in members):  # `collapsible`, inline
+            span.extend(entries[p] for p in members)
             continue
         if span:
             cost, span = cost + span_cost(span), []
-        costs = layout.costs
-        cost += sum(costs[p][levels[p]] for p in layout.order[start:stop])
+        cost += sum(costs[p][levels[p]] for p in members)
     if span:
         cost += span_cost(span)
     return cost + index_cost(layout, levels) + retained_cost(layout, uncovered_facts(layout, levels))
