@@ -42,6 +42,7 @@ LOW_WATER = 0.75  # the re-plan target when the caller names none
 EVIDENCE_SHARE = 0.25  # of the budget, at most, for paged-out evidence brought back beside the whole transcript
 OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
+STUB = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS  # a span stub's fixed cost: what one fold more or less changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,9 @@ def _upgrade(
         current = levels[page_id]
         if current + 1 != step:
             continue
+        costs = layout.costs[page_id]
+        if cost + costs[step] - max(STUB, costs[current]) > target:
+            continue  # `_delta` is at least this (a fold saves one stub at most): it would not fit
         level = LADDER[step]
         delta = _delta(ledger, block_of.get(page_id, -1), page_id, level)
         if cost + delta > target:
@@ -224,8 +228,7 @@ def _delta(ledger: Ledger, block: int, page_id: str, level: Fidelity) -> int:
     after = sum(message_cost(layout, p, level if p == page_id else levels[p]) for p in members)
     left = block > 0 and ledger.collapsible(block - 1)
     right = block + 1 < len(layout.blocks) and ledger.collapsible(block + 1)
-    stub = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS
-    return after + (stub if left and right else -stub if not (left or right) else 0)
+    return after + (STUB if left and right else -STUB if not (left or right) else 0)
 
 
 def _settle(ledger: Ledger, target: int, applied: list[tuple[str, Fidelity]]) -> int:
