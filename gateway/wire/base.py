@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest, UpstreamError
-from gateway.chains import ResponseChains
 from gateway.settings import Tenant
-from gateway.sse import event_data, iter_events
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.sse import event_data, iter_events
+from gateway.wire.chains import ResponseChains
 from policies.transcript import Message, ToolCall
 
 Body = dict[str, Any]
@@ -86,7 +86,7 @@ class Wire(Protocol):
 
     def owns_account(self, tenant: Tenant) -> bool:
         """Whether this format's upstream key is the tenant's own, or account objects are allowed
-        (`gateway.account_refs`): only then may a request name a file or other account object."""
+        (`gateway.upstream.account_refs`): only then may a request name a file or other account object."""
         ...
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:

@@ -1,6 +1,6 @@
 """The Chat Completions adapter (`POST /v1/chat/completions`).
 
-Parsing and rendering are `gateway.chat`'s; here are the recall tool in the chat shape, its
+Parsing and rendering are `gateway.wire.chat_json`'s; here are the recall tool in the chat shape, its
 calls found in `choices[0].message.tool_calls` (whole answers) or in `delta.tool_calls`
 (streams), and the continuation: the assistant's recall calls, then one `tool` message each.
 
@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import chat as chat_json
 from gateway import jsonio
 from gateway.api.errors import GatewayError, error_body
-from gateway.http import upstream_target
-from gateway.recall import DESCRIPTION, Paging, parameters
 from gateway.settings import Tenant
-from gateway.sse import DONE, encode_data, error_event
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.sse import DONE, encode_data, error_event
+from gateway.upstream.targets import upstream_target
+from gateway.wire import chat_json
 from gateway.wire.base import (
     END,
     Body,
@@ -41,6 +40,7 @@ from gateway.wire.base import (
     passed,
 )
 from gateway.wire.loop import Send, answered, streamed, whole
+from gateway.wire.recall import DESCRIPTION, Paging, parameters
 from policies.transcript import Message, ToolCall
 
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")

@@ -31,10 +31,9 @@ from typing import Any
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest
 from gateway.api.errors import anthropic_error_body as error_body
-from gateway.http import anthropic_target
-from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.targets import anthropic_target
 from gateway.wire.base import (
     Body,
     Found,
@@ -48,6 +47,7 @@ from gateway.wire.base import (
     json_object,
     passed,
 )
+from gateway.wire.recall import DESCRIPTION, parameters
 from policies.transcript import Message, ToolCall
 
 USAGE = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")

@@ -9,7 +9,7 @@ holds its items), so what is kept whole is forwarded byte for byte: `reasoning` 
 `encrypted_content`, parts, ids. Codex's `compaction` item (opaque, encrypted) is a boundary:
 the input up to the newest one is forwarded as it came, before the managed rest, and the turn is
 hinted a compaction (`event`). `previous_response_id` is resolved from the responses this
-gateway served (`gateway.chains`), never forwarded.
+gateway served (`gateway.wire.chains`), never forwarded.
 
 The recall tool is flat (`{"type": "function", "name", ...}`); its calls are `function_call`
 items, their results `function_call_output` items. In a stream, every event is relayed at once
@@ -27,11 +27,9 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest
-from gateway.chains import ResponseChains
-from gateway.http import upstream_target
-from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.targets import upstream_target
 from gateway.wire.base import (
     Body,
     Found,
@@ -44,6 +42,8 @@ from gateway.wire.base import (
     json_object,
     passed,
 )
+from gateway.wire.chains import ResponseChains
+from gateway.wire.recall import DESCRIPTION, parameters
 from policies.transcript import Message, ToolCall
 
 USAGE = ("input_tokens", "output_tokens", "total_tokens")
