@@ -37,7 +37,6 @@ from gateway.turns.sessions import SessionIds, resolve
 from gateway.turns.stages import HEADER as STAGES_HEADER
 from gateway.turns.stages import Stages
 from gateway.upstream.account_refs import refuse as refuse_account_objects
-from gateway.upstream.cache_hints import add_anthropic_breakpoints, add_breakpoints, add_cache_key, caches_explicitly
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.models import resolve_window
 from gateway.upstream.provider_params import provider_params
@@ -48,9 +47,7 @@ from gateway.upstream.tokens import TiktokenCounter
 from gateway.wire.base import Answer, Wire, WireRequest
 from gateway.wire.chains import ResponseChains
 from gateway.wire.chat import CHAT
-from gateway.wire.chat_json import to_wire
 from gateway.wire.loop import answered, streamed, whole
-from gateway.wire.messages import stable_end
 from gateway.wire.recall import Paging
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
@@ -60,7 +57,6 @@ from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
 from policies.step import Decision, TurnInput, step
 from policies.tokens import TokenCounter
-from policies.transcript import Message
 from policies.turn import TurnPlan, plan_turn
 from policies.writes import Memories, WriteBatch
 
@@ -371,35 +367,12 @@ async def prepare(
     received = timing.sent + budget.tools - _reserve(services, chat, counter, wire)  # the recall tool is ours
     forwarded = int(headers["x-clawvm-prompt-tokens"])
     keeps = services.inspector is not None and timing.glimpse is not None  # else nothing is recorded
-    sent, built = _prompts(wire, chat, plan.messages, body) if keeps else ([], [])
+    sent, built = wire.shown(chat, plan.messages, body) if keeps else ([], [])
     shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
     then = recorded(services.inspector, tenant.name, ids.session, after, shot)
-    _cache_hints(body, wire, chat.model, tenant.name, ids.session, plan.stable, plan.messages)
+    wire.cache_hints(body, chat.model, plan.messages, plan.stable, (tenant.name, ids.session), uses_litellm(chat.model))
     policy = (timing.ingest_ns, timing.assembly_ns)
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then, policy)
-
-
-def _prompts(wire: Wire, chat: WireRequest, built: list[Message], body: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """What the agent sent and what goes upstream, for the inspector: chat's JSON as it is; other
-    formats' from the neutral transcript, each message as the client sent it where it was forwarded
-    so (its `raw`: an Anthropic item stays one) and in chat's shape where the gateway built it."""
-    if wire.name == "chat":
-        return chat.body.get("messages") or [], body["messages"]
-    return to_wire(chat.messages), to_wire(built)
-
-
-def _cache_hints(
-    body: dict[str, Any], wire: Wire, model: str, tenant: str, session: str, stable: int, built: list[Message]
-) -> None:
-    """OpenAI's `prompt_cache_key` on the OpenAI routes (Chat Completions, Responses); Anthropic's
-    breakpoints through litellm and on the Messages API (beside the client's own, four at most)."""
-    if wire.name == "messages":
-        add_anthropic_breakpoints(body, stable_end(body, built, stable))
-        return
-    if not uses_litellm(model):
-        add_cache_key(body, tenant, session)
-    elif wire.name == "chat" and caches_explicitly(model):
-        add_breakpoints(body, stable)
 
 
 def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:

@@ -25,6 +25,7 @@ from policies.transcript import Message, ToolCall
 
 Body = dict[str, Any]
 Parse = Callable[[list[Any]], list[Message]]
+Owner = tuple[str, str]  # (tenant, session): whose prompt a provider cache key names
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,19 @@ class Wire(Protocol):
 
     def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
         """The upstream body: the client's, with the assembled transcript and the tenant's upstream model."""
+        ...
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """Add the provider's prompt-cache hints to an upstream body: `built` is the transcript it
+        renders, of which the first `stable` messages are the prefix the next turn keeps; `model` is
+        the one the client named; `owner` (tenant, session) keys the cache; `litellm`: the model
+        names a litellm provider (`anthropic/...`), so OpenAI's cache key does not apply."""
+        ...
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        """The messages the agent sent and those going upstream, for the session inspector."""
         ...
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:

@@ -30,6 +30,7 @@ from gateway.wire.base import (
     END,
     Body,
     Found,
+    Owner,
     Parse,
     Stateless,
     ToolList,
@@ -39,6 +40,7 @@ from gateway.wire.base import (
     json_events,
     passed,
 )
+from gateway.wire.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
 from gateway.wire.loop import Send, answered, streamed, whole
 from gateway.wire.recall import DESCRIPTION, Paging, parameters
 from policies.transcript import Message, ToolCall
@@ -98,6 +100,19 @@ class ChatWire(Stateless, ToolList):
         body["messages"] = chat_json.to_wire(messages)
         body["model"] = tenant.upstream.upstream_model(request.model)
         return body
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """OpenAI's `prompt_cache_key`; through litellm, Anthropic's breakpoints when the model caches
+        only at breakpoints."""
+        if not litellm:
+            add_cache_key(body, *owner)
+        elif caches_explicitly(model):
+            add_breakpoints(body, stable)
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        return request.body.get("messages") or [], body["messages"]
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
         return body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)

@@ -22,7 +22,7 @@ ChatRequest = WireRequest  # a chat request is a wire request (gateway.wire.base
 
 def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
     """The request, validated; `parse` turns its `messages` into the transcript (default
-    `parse_messages`; `gateway.turns.transcripts.TranscriptCache.parser` reuses an earlier parse)."""
+    `parse_messages`; `gateway.wire.chat_transcripts.TranscriptCache.parser` reuses an earlier parse)."""
     body = json_object(raw)
     model = body.get("model")
     if type(model) is not str or not model:

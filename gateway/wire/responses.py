@@ -30,9 +30,11 @@ from gateway.api.errors import GatewayError, InvalidRequest
 from gateway.settings import Tenant
 from gateway.upstream.client import UpstreamResponse, UpstreamTarget
 from gateway.upstream.targets import upstream_target
+from gateway.wire import chat_json
 from gateway.wire.base import (
     Body,
     Found,
+    Owner,
     Parse,
     ToolList,
     WholeAnswer,
@@ -42,6 +44,7 @@ from gateway.wire.base import (
     json_object,
     passed,
 )
+from gateway.wire.cache_hints import add_cache_key
 from gateway.wire.chains import ResponseChains
 from gateway.wire.recall import DESCRIPTION, parameters
 from policies.transcript import Message, ToolCall
@@ -96,6 +99,17 @@ class ResponsesWire(ToolList):
         if not tenant.upstream.owns_account:  # stored on a key tenants share, a response could be read by another
             body["store"] = False
         return body
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """OpenAI's `prompt_cache_key`."""
+        if not litellm:
+            add_cache_key(body, *owner)
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        """In chat's shape where the gateway built a message, else as the client sent it (its `raw`)."""
+        return chat_json.to_wire(request.messages), chat_json.to_wire(built)
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
         return body.get("tool_choice") != "none"

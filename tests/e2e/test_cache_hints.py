@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from bench.fake_upstream import serve
 from gateway.turns.stages import parse_header
-from gateway.upstream.cache_hints import KEY_PREFIX, MAX_BREAKPOINTS
+from gateway.wire.cache_hints import KEY_PREFIX, MAX_BREAKPOINTS
 
 Json = dict[str, Any]
 CLAUDE = "anthropic/claude-3-5-sonnet-20240620"

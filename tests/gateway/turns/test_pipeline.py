@@ -35,12 +35,12 @@ from gateway.turns.pipeline import (
 from gateway.turns.services import Services, ToolTokens
 from gateway.turns.sessions import SessionIds
 from gateway.turns.stages import parse_header
-from gateway.turns.transcripts import TranscriptCache
-from gateway.upstream.cache_hints import cache_key
 from gateway.upstream.client import LiteLLMProvider, OpenAICompatible
 from gateway.upstream.models import ModelCatalog
 from gateway.upstream.tokens import Tokenizers, count_messages
+from gateway.wire.cache_hints import cache_key
 from gateway.wire.chat_json import parse_request
+from gateway.wire.chat_transcripts import TranscriptCache
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
 from policies.turn import plan_turn

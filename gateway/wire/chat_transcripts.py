@@ -1,4 +1,4 @@
-"""Parsed transcripts kept between requests: agents resend the whole conversation every turn.
+"""Parsed chat transcripts kept between requests: agents resend the whole conversation every turn.
 
 `TranscriptCache.parse` remembers the last transcript parsed for a key (the tenant, the
 session header and the first message's text) and, when a new request's `messages` begin with exactly

@@ -1,11 +1,11 @@
-"""gateway.upstream.cache_hints: the cache key and the breakpoints, on bodies of the real shape."""
+"""gateway.wire.cache_hints: the cache key and the breakpoints, on bodies of the real shape."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from gateway.upstream.cache_hints import (
+from gateway.wire.cache_hints import (
     EPHEMERAL,
     MAX_BREAKPOINTS,
     add_breakpoints,
@@ -61,7 +61,7 @@ def test_never_more_than_four_and_never_twice_on_one_message() -> None:
 
 
 def test_messages_breakpoints_go_at_the_prefix_end_and_the_last_message_within_four() -> None:
-    from gateway.upstream.cache_hints import add_anthropic_breakpoints, anthropic_breakpoints
+    from gateway.wire.cache_hints import add_anthropic_breakpoints, anthropic_breakpoints
 
     own = {"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}
     thinking = {"type": "thinking", "thinking": "t", "signature": "s"}
@@ -82,7 +82,7 @@ def test_messages_breakpoints_go_at_the_prefix_end_and_the_last_message_within_f
 
 
 def test_messages_breakpoints_keep_the_clients_own_and_stop_at_four() -> None:
-    from gateway.upstream.cache_hints import add_anthropic_breakpoints, anthropic_breakpoints
+    from gateway.wire.cache_hints import add_anthropic_breakpoints, anthropic_breakpoints
 
     marked = {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}
     body = {"system": "s", "messages": [{"role": "user", "content": [dict(marked)]} for _ in range(3)]}

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.api.errors import InvalidRequest
-from gateway.turns.transcripts import MIN_REUSE, TranscriptCache
 from gateway.wire.chat_json import parse_messages
+from gateway.wire.chat_transcripts import MIN_REUSE, TranscriptCache
 
 
 def turn(n: int) -> list[dict[str, Any]]:
