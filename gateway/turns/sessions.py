@@ -48,13 +48,17 @@ def resolve(
 ) -> SessionIds:
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
     user = user_of(headers, body)
-    session, source = _first((headers.get("x-clawvm-session"), "header"), (metadata.get("session_id"), "metadata"))
-    if session is None:
+    named, source = _first((headers.get("x-clawvm-session"), "header"), (metadata.get("session_id"), "metadata"))
+    if named is None:
         session, source = FINGERPRINT + _digest(_user_part(user) + _opening(messages)), "fingerprint"
-    project, _ = _first((headers.get("x-clawvm-project"), "header"), (metadata.get("project_id"), "metadata"))
-    if project is None:
+    else:
+        session = client_id(named)
+    project_named, _ = _first((headers.get("x-clawvm-project"), "header"), (metadata.get("project_id"), "metadata"))
+    if project_named is None:
         project = FINGERPRINT + _digest(tenant + _user_part(user) + "\x1f" + _system_prompt(messages))
-    return SessionIds(session=safe_id(session), project=safe_id(project), source=source, user=user)
+    else:
+        project = client_id(project_named)
+    return SessionIds(session=session, project=project, source=source, user=user)
 
 
 def user_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
@@ -75,6 +79,13 @@ def per_user(project: str, user: str) -> str:
 def safe_id(value: str) -> str:
     """The id itself when it is plain and short; otherwise a digest of it."""
     return value if SAFE_ID.fullmatch(value) else "h-" + _digest(value)
+
+
+def client_id(value: str) -> str:
+    """An id the client named, as `safe_id` makes it, never taken for one the gateway derived
+    (`FINGERPRINT`): what the gateway infers about its own ids (a reset across sessions, sessions
+    that are one agent's) must not be claimed by a name."""
+    return "h-" + _digest(value) if value.startswith(FINGERPRINT) else safe_id(value)
 
 
 def _first(*candidates: tuple[Any, str]) -> tuple[str | None, str]:

@@ -107,7 +107,7 @@ def lifecycle(crossing: Crossing) -> list[tuple[str, str]]:
 
 
 async def predecessor(edge: Edge, tenant: str, now: int = T0) -> PageTable:
-    table = PageTable(tenant, f"a-{tenant}", PROJECT)
+    table = PageTable(tenant, f"fp-a-{tenant}", PROJECT)
     crossing = await edge.request(table, session_wire(), now)
     assert crossing.event is Event.START and crossing.seeded == []
     return table
@@ -141,10 +141,10 @@ async def test_a_session_used_within_idle_time_goes_on_quietly(edge: Edge, tenan
 
 async def test_a_new_session_after_a_live_one_is_a_reset_carrying_its_state(edge: Edge, tenant: str) -> None:
     before = await predecessor(edge, tenant)
-    table = PageTable(tenant, f"b-{tenant}", PROJECT)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     crossing = await edge.cross(table, restart(), T0 + 100)
     assert crossing.event is Event.RESET
-    assert crossing.boundary.harness == "session" and f"a-{tenant}" in crossing.boundary.evidence
+    assert crossing.boundary.harness == "session" and f"fp-a-{tenant}" in crossing.boundary.evidence
     assert [e for e, _ in lifecycle(crossing)] == ["reset"]
     carried = table.carried
     assert types_of(table, carried) == [
@@ -167,7 +167,7 @@ async def test_a_new_session_after_a_live_one_is_a_reset_carrying_its_state(edge
 
 async def test_carried_state_the_new_transcript_states_again_is_no_longer_carried(edge: Edge, tenant: str) -> None:
     await predecessor(edge, tenant)
-    table = PageTable(tenant, f"b-{tenant}", PROJECT)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     await edge.request(table, restart(), T0 + 100)  # its system prompt states the project rule
     assert texts_of(table, table.carried) == {
         f"rule: {RULE}",
@@ -179,7 +179,7 @@ async def test_carried_state_the_new_transcript_states_again_is_no_longer_carrie
 
 async def test_a_new_session_after_an_idle_one_starts_with_project_memory_only(edge: Edge, tenant: str) -> None:
     await predecessor(edge, tenant)
-    table = PageTable(tenant, f"b-{tenant}", PROJECT)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     crossing = await edge.cross(table, restart(), T0 + IDLE + 1)
     assert crossing.event is Event.START
     assert [e for e, _ in lifecycle(crossing)] == ["start"]
@@ -191,11 +191,11 @@ async def test_a_reset_carries_the_users_intents_a_fresh_session_only_who_the_us
     request = "Before anything else I'd like the docs brought up to date."
     identity = "My name is Pat Lee and my e-mail is pat@example.com."
     wire = [*session_wire(), {"role": "user", "content": f"{request} {identity}"}]
-    await edge.request(PageTable(tenant, f"a-{tenant}", PROJECT), wire, T0)
-    reset = PageTable(tenant, f"b-{tenant}", PROJECT)
+    await edge.request(PageTable(tenant, f"fp-a-{tenant}", PROJECT), wire, T0)
+    reset = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     assert (await edge.cross(reset, restart(), T0 + 100)).event is Event.RESET
     assert {f"user said: {request}", f"user said: {identity}"} <= texts_of(reset, reset.carried)
-    fresh = PageTable(tenant, f"c-{tenant}", PROJECT)
+    fresh = PageTable(tenant, f"fp-c-{tenant}", PROJECT)
     assert (await edge.cross(fresh, restart(), T0 + 100 + IDLE + 1)).event is Event.START
     carried = texts_of(fresh, fresh.carried)
     assert f"user said: {identity}" in carried  # who the user is outlives the session
@@ -204,7 +204,7 @@ async def test_a_reset_carries_the_users_intents_a_fresh_session_only_who_the_us
 
 async def test_the_carried_state_survives_the_commit(edge: Edge, tenant: str) -> None:
     await predecessor(edge, tenant)
-    table = PageTable(tenant, f"b-{tenant}", PROJECT)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     await edge.request(table, [session_wire()[0], {"role": "user", "content": "Again."}], T0 + 10)
     edge.sessions.forget(tenant, table.session)
     loaded = await edge.sessions.load(tenant, table.session, PROJECT)
@@ -214,7 +214,7 @@ async def test_the_carried_state_survives_the_commit(edge: Edge, tenant: str) ->
 
 async def test_a_first_request_after_a_summary_stays_a_compaction_and_carries(edge: Edge, tenant: str) -> None:
     await predecessor(edge, tenant)
-    table = PageTable(tenant, f"b-{tenant}", PROJECT)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     crossing = await edge.cross(table, continued(), T0 + 30)
     assert crossing.event is Event.COMPACTION and crossing.boundary.harness == "claude_code"
     assert PLAN in texts_of(table, table.carried)
@@ -222,18 +222,18 @@ async def test_a_first_request_after_a_summary_stays_a_compaction_and_carries(ed
 
 async def test_strangers_carry_nothing_without_a_system_prompt_or_a_named_project(edge: Edge, tenant: str) -> None:
     project = f"{FINGERPRINT}0123456789ab"
-    first = PageTable(tenant, f"a-{tenant}", project)
+    first = PageTable(tenant, f"fp-a-{tenant}", project)
     wire = [{"role": "user", "content": f"Fix the bug. {RULE} I prefer small commits."}]
     await edge.request(first, wire, T0)
-    second = PageTable(tenant, f"b-{tenant}", project)
+    second = PageTable(tenant, f"fp-b-{tenant}", project)
     crossing = await edge.request(second, [{"role": "user", "content": "What is the capital of France?"}], T0 + 5)
     assert crossing.event is Event.START and crossing.seeded == [] and second.carried == []
 
 
 async def test_a_named_project_carries_even_without_a_system_prompt(edge: Edge, tenant: str) -> None:
-    first = PageTable(tenant, f"a-{tenant}", PROJECT)
+    first = PageTable(tenant, f"fp-a-{tenant}", PROJECT)
     await edge.request(first, [{"role": "user", "content": f"Fix the bug. {RULE}"}], T0)
-    second = PageTable(tenant, f"b-{tenant}", PROJECT)
+    second = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     crossing = await edge.request(second, [{"role": "user", "content": "Start again."}], T0 + 5)
     assert crossing.event is Event.RESET
     assert texts_of(second, second.carried) == {f"rule: {RULE}", "user said: Fix the bug."}
@@ -242,7 +242,7 @@ async def test_a_named_project_carries_even_without_a_system_prompt(edge: Edge, 
 async def test_a_store_failure_at_the_start_is_a_start_without_carried_state(tenant: str) -> None:
     dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     try:
-        table = PageTable(tenant, f"a-{tenant}", PROJECT)
+        table = PageTable(tenant, f"fp-a-{tenant}", PROJECT)
         messages = parse_messages(session_wire())
         crossing = await cross(
             SessionState(dead), WritebackJournal(dead.client), table, messages, hint=None, now=T0, idle=IDLE
@@ -290,6 +290,16 @@ def test_hint_of_reads_the_header_first_then_the_metadata() -> None:
 
 
 # ---------------------------------------------------------------- users of one tenant
+
+
+async def test_a_new_named_session_of_an_unnamed_user_starts_with_project_memory_only(edge: Edge, tenant: str) -> None:
+    """A client that names its sessions under a key that names no user: a new name is a new
+    conversation (maybe another person's), so nothing of the live one's session state carries."""
+    await edge.request(PageTable(tenant, f"customer-1-{tenant}", PROJECT), session_wire(), T0)
+    table = PageTable(tenant, f"customer-2-{tenant}", PROJECT)
+    crossing = await edge.cross(table, restart(), T0 + 100)
+    assert crossing.event is Event.START
+    assert texts_of(table, table.carried) == {f"rule: {SYSTEM_RULE}", "preference: I prefer small commits."}
 
 
 async def test_a_reset_never_picks_a_live_session_of_another_user(edge: Edge, tenant: str) -> None:

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from gateway.store.session_state import SessionState
 from gateway.store.store import Keys, RedisStore, project_scope, session_scope
 from gateway.store.tables import dump_table
-from gateway.turns.sessions import SAFE_ID, SessionIds, per_user, resolve, safe_id
+from gateway.turns.sessions import SAFE_ID, SessionIds, client_id, per_user, resolve, safe_id
 from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
@@ -254,6 +254,15 @@ def test_unsafe_ids_are_hashed_into_safe_store_ids(unsafe: str) -> None:
     resolved = ids({"x-clawvm-session": unsafe, "x-clawvm-project": unsafe})
     if unsafe.strip():
         assert (resolved.session, resolved.project) == (safe_id(unsafe.strip()), safe_id(unsafe.strip()))
+
+
+@pytest.mark.parametrize("claimed", ["fp-0123456789abcdef01234567", "fp-x"])
+def test_a_client_cannot_name_an_id_the_gateway_derives(claimed: str) -> None:
+    """Ids the gateway derived from the transcript (`fp-`) decide what carries between sessions;
+    a client's name for a session or project never reads as one."""
+    resolved = ids({"x-clawvm-session": claimed, "x-clawvm-project": claimed})
+    assert resolved.session == resolved.project == client_id(claimed)
+    assert resolved.session.startswith("h-") and SAFE_ID.fullmatch(resolved.session)
 
 
 def test_distinct_unsafe_ids_stay_distinct() -> None:
