@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.pagetable import (
     IngestResult,

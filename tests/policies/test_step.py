@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.crossing import Start
 from policies.lifecycle import Event
