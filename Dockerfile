@@ -14,8 +14,8 @@ COPY pyproject.toml README.md ./
 COPY policies ./policies
 COPY gateway ./gateway
 RUN pip install . \
- && python -c "import os; from gateway.tokens import prepare_offline, Tokenizers; prepare_offline(os.environ); t = Tokenizers(); [t.for_encoding(e) for e in ('o200k_base', 'cl100k_base', 'p50k_base')]" \
- && python -c "from gateway.models import ModelCatalog; assert ModelCatalog.load().context_window('gpt-4o')" \
+ && python -c "import os; from gateway.upstream.tokens import prepare_offline, Tokenizers; prepare_offline(os.environ); t = Tokenizers(); [t.for_encoding(e) for e in ('o200k_base', 'cl100k_base', 'p50k_base')]" \
+ && python -c "from gateway.upstream.models import ModelCatalog; assert ModelCatalog.load().context_window('gpt-4o')" \
  && python -c "from gateway.store.embedded import redis_server_binary; print(redis_server_binary())" \
  && python -c "from gateway.api.ui_api import STATIC; assert all((STATIC / f).is_file() for f in ('index.html', 'app.js', 'style.css'))"
 COPY config.yaml /etc/clawvm/config.yaml

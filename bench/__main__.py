@@ -30,7 +30,7 @@ from bench.latency import BUDGET, REQUESTS, WARMUP, WIRES, BenchError, format_la
 from bench.policy_time import BUDGETS, MODEL, format_policy, run_policy
 from bench.recall_replay import format_recall, run_recall
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.tokens import Tokenizers, prepare_offline
+from gateway.upstream.tokens import Tokenizers, prepare_offline
 
 RECALL_BUDGET = 4000
 

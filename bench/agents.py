@@ -40,7 +40,7 @@ from bench.fake_responses import FakeResponses
 from bench.fake_upstream import FakeUpstream, serve
 from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
-from gateway.tokens import prepare_offline
+from gateway.upstream.tokens import prepare_offline
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = REPO / "bench" / ".agents"

@@ -53,7 +53,7 @@ from bench.traces import Trace, load_traces, traces_dir
 from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from gateway.store.embedded import EmbeddedRedis
-from gateway.tokens import Tokenizers, prepare_offline
+from gateway.upstream.tokens import Tokenizers, prepare_offline
 from policies.tokens import TokenCounter
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -38,7 +38,7 @@ from bench.policy_time import (
     growth_replay,
     synthetic_session,
 )
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.tokens import TokenCounter
 
 BUDGET = 4000

@@ -32,10 +32,10 @@ import httpx
 from bench.policy_time import Summary, summarize_ns
 from bench.traces import Trace
 from bench.wire_bodies import to_messages, to_responses
-from gateway.stages import HEADER as STAGES_HEADER
-from gateway.stages import parse_header
 from gateway.store.embedded import free_port
-from gateway.tokens import prepare_offline
+from gateway.turns.stages import HEADER as STAGES_HEADER
+from gateway.turns.stages import parse_header
+from gateway.upstream.tokens import prepare_offline
 
 MODEL = "gpt-4o"
 REQUESTS = 400

@@ -41,9 +41,9 @@ import aiohttp
 import redis
 
 from bench.latency import BenchError, Server, clawvm_command, server_env, stop, wait_healthy, write_config
-from gateway.stages import HEADER as STAGES_HEADER
-from gateway.stages import parse_header
 from gateway.store.embedded import EmbeddedRedis, free_port
+from gateway.turns.stages import HEADER as STAGES_HEADER
+from gateway.turns.stages import parse_header
 from gateway.workers import usable_cpus
 
 SESSIONS = 200
@@ -791,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bench.chaos import RUNNERS, ChaosPlan
     from bench.eval import Progress
-    from gateway.tokens import prepare_offline
+    from gateway.upstream.tokens import prepare_offline
 
     args = parser().parse_args(argv)
     prepare_offline(os.environ)

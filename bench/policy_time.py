@@ -25,8 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bench.traces import Trace
-from gateway.chat import parse_messages
-from gateway.tokens import count_tools
+from gateway.upstream.tokens import count_tools
+from gateway.wire.chat_json import parse_messages
 from policies import step as turn_step
 from policies.budget import TokenBudget, resolve_budget
 from policies.pagetable import PageTable

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.checks import message_text
 from bench.traces import Trace
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.pagetable import content_digest, make_page_id, tenant_tag
 from policies.represent import identifiers
 

@@ -14,7 +14,7 @@ import httpx
 from bench.checks import missing_rules, pairing_errors
 from bench.fake_upstream import FakeUpstream
 from bench.traces import Trace
-from gateway.tokens import Tokenizers, count_messages, count_tools
+from gateway.upstream.tokens import Tokenizers, count_messages, count_tools
 
 MODEL = "gpt-4o"
 

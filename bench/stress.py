@@ -44,7 +44,7 @@ from bench.policy_time import synthetic_session
 from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from gateway.store.embedded import EmbeddedRedis
-from gateway.tokens import Tokenizers, count_messages
+from gateway.upstream.tokens import Tokenizers, count_messages
 
 MODEL = "gpt-4o"
 SMALL_MODEL = "stress-small"

@@ -53,7 +53,7 @@ from bench.wire_bodies import (
 from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from gateway.store.embedded import EmbeddedRedis
-from gateway.tokens import Tokenizers, prepare_offline
+from gateway.upstream.tokens import Tokenizers, prepare_offline
 
 BUDGET = 4000
 LIFECYCLE_BUDGET = 16000  # as `bench eval`'s lifecycle section

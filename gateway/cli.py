@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.settings import ConfigError, Overrides, Settings, load_settings
 from gateway.store.embedded import EmbeddedRedis
-from gateway.tokens import prepare_offline
+from gateway.upstream.tokens import prepare_offline
 from gateway.workers import FACTORY, SPEC_ENV, Source, spec, usable_cpus, worker_count
 
 GRACEFUL_SHUTDOWN_S = 30

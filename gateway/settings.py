@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.store.embedded import APPENDFSYNC
-from gateway.tokens import OFFLINE_ENCODINGS
+from gateway.upstream.tokens import OFFLINE_ENCODINGS
 from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.tenant import (
     DEFAULT_TYPES,
@@ -158,7 +158,7 @@ class UpstreamSettings:
     tenant_key: bool = False  # `api_key` is the tenant's own, not the shared default (not a config key)
     timeout: float = 600.0
     model_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    retries: int = 2  # attempts after the first, only while no response began (gateway.retry)
+    retries: int = 2  # attempts after the first, only while no response began (gateway.upstream.retry)
     backoff: float = 0.5  # seconds before the first retry, doubling, with jitter
     backoff_max: float = 8.0  # longest backoff wait
     retry_after_max: float = 30.0  # longest upstream Retry-After waited for; a longer one is relayed
@@ -198,7 +198,7 @@ class TenantLimits:
     """What one tenant may use of one gateway process: the top-level `limits` section is every
     tenant's default (the open tenant's too), `tenants.<name>.limits` overrides it field by field."""
 
-    max_concurrent_requests: int = 64  # requests in flight at once (gateway.limits); 0 = no limit
+    max_concurrent_requests: int = 64  # requests in flight at once (gateway.api.limits); 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +212,7 @@ class Tenant:
 
 @dataclass(frozen=True, slots=True)
 class UISettings:
-    """What the store keeps for the session inspector (`GET /ui`, gateway.inspector): per-turn
+    """What the store keeps for the session inspector (`GET /ui`, gateway.observability.inspector): per-turn
     records and forwarded prompts per session, and sessions listed per tenant. 0 keeps none."""
 
     turns: int = 1000  # per-turn records of one session (heat map, timeline), the newest kept

@@ -75,7 +75,7 @@ def app() -> Starlette:
     """uvicorn's factory in each worker process."""
     from gateway.api.app import create_app
     from gateway.cli import configure_logging
-    from gateway.tokens import prepare_offline
+    from gateway.upstream.tokens import prepare_offline
 
     die_with_parent(int(json.loads(os.environ[SPEC_ENV])["parent"]))
     settings, log_level = worker_settings(os.environ)

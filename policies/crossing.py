@@ -6,8 +6,10 @@
   compaction, reset, ...), with its evidence;
 - at the first request of a session (`wants_start`), the newest session before it of the same
   project and the same end user (never another user's) decides what the new one starts with.
-  If that session was still live (used within the idle time) the same agent has started over:
-  a **reset**, and its rules, current plan, preferences and the user's intents carry over.
+  If that session was still live (used within the idle time) and may be the same conversation
+  (`may_continue`: the user is named, or neither session was named by the client) the same agent
+  has started over: a **reset**, and its rules, current plan, preferences and the user's intents
+  carry over.
   Otherwise the new session starts with the project's committed write-back state (the agent's
   project rules) and the user's part of it (their preferences and who they are) only: what the
   user asked for in another session is not this one's request
@@ -106,12 +108,24 @@ def _start(table: PageTable, crossing: Crossing, start: Start, now: int, idle: i
         return
     carried = list(start.project)
     before = start.previous
-    if before is not None and before.user == table.user and before.seen and now - before.seen <= idle:
+    if before is not None and may_continue(table, before) and before.seen and now - before.seen <= idle:
         carried = [*_live_state(before), *carried]
         if crossing.event is Event.START:
             evidence = f"new session after {before.session!r} (same tenant and system prompt, {now - before.seen} s)"
             crossing.boundary = Boundary(Event.RESET, 0, "session", evidence)
     crossing.seeded = seed(table, carried)
+
+
+def may_continue(table: PageTable, before: PageTable) -> bool:
+    """Whether a new session may be `before`'s conversation started over (a reset): the same end
+    user, and either that user is named or the gateway derived both session ids itself. A client
+    that names its sessions says where each conversation starts: an agent that starts over inside
+    one keeps its name (a reset the detector sees within the session), and a new name is a new
+    conversation. Under one tenant key that names no user, that conversation may be another
+    person's (a support bot's next customer), whose plan, requests and identity must not carry."""
+    if before.user != table.user:
+        return False
+    return bool(table.user) or (table.session.startswith(FINGERPRINT) and before.session.startswith(FINGERPRINT))
 
 
 def _live_state(table: PageTable) -> list[Page]:

@@ -69,7 +69,7 @@ class Changes:
 class Ingested:
     """The messages a table last ingested (the table's `keys` and `lengths` were taken from them),
     kept beside it, not stored. The gateway reuses its parse of a resent transcript
-    (gateway.transcripts), so the next request begins with these very objects: `known_prefix`
+    (gateway.wire.chat_transcripts), so the next request begins with these very objects: `known_prefix`
     then recognises them by identity, in C, instead of reading every message's text. Messages
     are not changed in place once parsed, so a copy of the table shares them."""
 

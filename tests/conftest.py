@@ -11,7 +11,7 @@ import pytest
 from bench.cluster import EmbeddedCluster
 from bench.fake_upstream import Running, running
 from gateway.store.embedded import EmbeddedRedis, free_port
-from gateway.tokens import prepare_offline
+from gateway.upstream.tokens import prepare_offline
 
 
 @pytest.fixture

@@ -74,8 +74,8 @@ from bench.peers.servers import Upstream, available, start_peer
 from bench.policy_time import percentile
 from bench.pricing import Price, openai_cost, price
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.chat import parse_messages
-from gateway.tokens import Tokenizers, compact_json, count_tools, message_tokens, prepare_offline
+from gateway.upstream.tokens import Tokenizers, compact_json, count_tools, message_tokens, prepare_offline
+from gateway.wire.chat_json import parse_messages
 from policies.classify import is_plan
 from policies.tokens import TokenCounter
 

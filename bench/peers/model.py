@@ -30,7 +30,7 @@ from typing import Any
 from bench.checks import message_text
 from bench.peers.honest import offered_tool, recall_arguments
 from bench.recall_replay import RECALL, holders
-from gateway.recall import MAX_IDS_PER_CALL, QUERY_OR
+from gateway.wire.recall import MAX_IDS_PER_CALL, QUERY_OR
 from policies.represent import identifiers
 
 Json = dict[str, Any]

@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.latency import gateway_argv, launched, server_env, write_config
 from bench.peers import install
 from gateway.store.embedded import free_port
-from gateway.tokens import prepare_offline
+from gateway.upstream.tokens import prepare_offline
 
 MODEL = "gpt-4o"
 DUMMY_KEY = "sk-bench-dummy"

@@ -22,23 +22,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.audit_api import decisions, events, journal, metrics, session
+from gateway.api.auth import KeyRing
 from gateway.api.errors import GatewayError, InvalidRequest, NotFound, error_response_for
+from gateway.api.http import HeaderLimit
+from gateway.api.limits import ConcurrencyLimit, TenantLimiter
 from gateway.api.messages_api import count_tokens
 from gateway.api.pages_api import page
 from gateway.api.relay import relay
 from gateway.api.responses_api import compact
 from gateway.api.ui_api import asset, index, prompt, sessions, timeline
 from gateway.api.ui_api import page as session_page
-from gateway.audit import AuditLog
-from gateway.auth import KeyRing
-from gateway.http import HeaderLimit
-from gateway.inspector import TurnLog
 from gateway.jsonio import NestingTooDeep
-from gateway.limits import ConcurrencyLimit, TenantLimiter
-from gateway.metrics import Metrics
-from gateway.models import ModelCatalog
-from gateway.pipeline import chat_completions, turn_route
-from gateway.services import Services, ToolTokens
+from gateway.observability.audit import AuditLog
+from gateway.observability.inspector import TurnLog
+from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.journal import WritebackJournal
@@ -46,9 +43,12 @@ from gateway.store.memory import MemoryService
 from gateway.store.outage import Drainer, OutageQueue
 from gateway.store.session_state import SessionState
 from gateway.store.store import RedisStore
-from gateway.tokens import Tokenizers, prepare_offline
-from gateway.transcripts import TranscriptCache
-from gateway.upstream import LiteLLMProvider, OpenAICompatible
+from gateway.turns.pipeline import chat_completions, turn_route
+from gateway.turns.services import Services, ToolTokens
+from gateway.upstream.client import LiteLLMProvider, OpenAICompatible
+from gateway.upstream.models import ModelCatalog
+from gateway.upstream.tokens import Tokenizers, prepare_offline
+from gateway.wire.chat_transcripts import TranscriptCache
 from gateway.wire.messages import MESSAGES
 from gateway.wire.responses import RESPONSES
 

@@ -15,7 +15,7 @@ tenant reads only its own sessions and another tenant's session is simply unknow
 Each list answers `{"object": "list", "data": [...], "has_more": bool, "next_after": id}`.
 
 The session id is the one the gateway reports in `X-ClawVM-Session` (a free-form id a client
-sent is hashed, see gateway.sessions); anything outside `SAFE_ID` is 400.
+sent is hashed, see gateway.turns.sessions); anything outside `SAFE_ID` is 400.
 
 `GET /metrics` is NOT authenticated, like `/health`: it carries counts only (per tenant name,
 no keys, ids or content). Keep it off public networks if tenant names are private.
@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.errors import InvalidRequest, NotFound, ServiceUnavailable
-from gateway.audit import START, InvalidCursor
 from gateway.jsonio import JSONAnswer
-from gateway.services import Services, store_failure
-from gateway.sessions import SAFE_ID, safe_id
+from gateway.observability.audit import START, InvalidCursor
 from gateway.store.memory import user_scope
 from gateway.store.store import InvalidKeyError, Keys, StoreError, project_scope, session_scope
 from gateway.store.tables import TableFormatError
+from gateway.turns.services import Services, store_failure
+from gateway.turns.sessions import SAFE_ID, safe_id
 from policies.faults import Tally
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable

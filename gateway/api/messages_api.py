@@ -1,7 +1,7 @@
 """`POST /v1/messages/count_tokens`: the tokens of the prompt the gateway would forward.
 
 Claude Code sizes its context from this count (and from `usage`): the request is planned like a
-turn, on a copy of the session's table (`gateway.pipeline.dry_run`: nothing is stored), and the
+turn, on a copy of the session's table (`gateway.turns.pipeline.dry_run`: nothing is stored), and the
 assembled prompt, not the agent's, is counted by the tenant's Messages API upstream.
 """
 
@@ -13,15 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsonio
-from gateway.account_refs import refuse as refuse_account_objects
 from gateway.api.errors import GatewayError
-from gateway.http import read_body, respond, retries_counted, retry_policy
+from gateway.api.http import read_body, respond, retries_counted
 from gateway.jsonio import JSONAnswer
-from gateway.pipeline import dry_run
-from gateway.retry import with_retries
-from gateway.services import UNAUTHENTICATED, Services
-from gateway.sessions import resolve
-from gateway.upstream import UpstreamResponse
+from gateway.turns.pipeline import dry_run
+from gateway.turns.services import UNAUTHENTICATED, Services
+from gateway.turns.sessions import resolve
+from gateway.upstream.account_refs import refuse as refuse_account_objects
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.retry import with_retries
+from gateway.upstream.targets import retry_policy
 from gateway.wire.messages import MESSAGES, error_body, parse_request
 
 COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")  # what count_tokens accepts

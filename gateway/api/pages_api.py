@@ -2,7 +2,7 @@
 
 Query: `level` (full, compressed, structured or pointer; default full), `session` (else the
 `X-ClawVM-Session` header) and, for project pages, `project` (else `X-ClawVM-Project`), hashed by
-`gateway.sessions.safe_id` as the chat route does, so one id names one store key. The tenant comes
+`gateway.turns.sessions.safe_id` as the chat route does, so one id names one store key. The tenant comes
 from the API key. A page id whose tenant tag (its head, see policies.pagetable) is not this
 tenant's is refused with 403 `denied` without a lookup, so the answer says nothing about whether
 such a page exists. The page is looked up in the session, then in the project if one is given; a
@@ -18,9 +18,9 @@ from starlette.responses import Response
 
 from gateway.api.errors import InvalidRequest, NotFound, PermissionDenied
 from gateway.jsonio import JSONAnswer
-from gateway.services import Services, store_failure
-from gateway.sessions import safe_id
 from gateway.store.store import StoreError, project_scope, session_scope
+from gateway.turns.services import Services, store_failure
+from gateway.turns.sessions import safe_id
 from policies.pages import LEVELS, Fidelity, Page, Provenance, Representation
 from policies.pagetable import id_tag, tenant_tag
 

@@ -1,6 +1,6 @@
 """Every other `/v1/*` endpoint (models, embeddings, files, ...): relayed to the tenant's upstream.
 
-A GET is retried like a chat completion (gateway.retry); other methods are sent once, since files,
+A GET is retried like a chat completion (gateway.upstream.retry); other methods are sent once, since files,
 batches, threads and stored responses are not idempotent.
 
 Before anything is sent:
@@ -33,11 +33,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.errors import InvalidRequest, PermissionDenied
-from gateway.http import read_body, respond, retries_counted, retry_policy, stream_faults_counted, upstream_target
-from gateway.retry import RetryPolicy, with_retries
-from gateway.services import Services
+from gateway.api.http import read_body, respond, retries_counted, stream_faults_counted
 from gateway.settings import Tenant
-from gateway.upstream import UpstreamResponse
+from gateway.turns.services import Services
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.retry import RetryPolicy, with_retries
+from gateway.upstream.targets import retry_policy, upstream_target
 
 PASSED_HEADERS = ("content-type", "accept", "openai-beta")
 ACCOUNT_HEADERS = ("openai-organization", "openai-project")  # only with the tenant's own key

@@ -13,12 +13,13 @@ from collections.abc import Awaitable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.account_refs import refuse as refuse_account_objects
 from gateway.api.errors import GatewayError, InvalidRequest, error_response
-from gateway.http import read_body, respond, retries_counted, stream_faults_counted, upstream_target
-from gateway.retry import RetryPolicy, with_retries
-from gateway.services import UNAUTHENTICATED, Services
-from gateway.upstream import UpstreamResponse
+from gateway.api.http import read_body, respond, retries_counted, stream_faults_counted
+from gateway.turns.services import UNAUTHENTICATED, Services
+from gateway.upstream.account_refs import refuse as refuse_account_objects
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.retry import RetryPolicy, with_retries
+from gateway.upstream.targets import upstream_target
 from gateway.wire.base import json_object
 from gateway.wire.responses import RESPONSES
 

@@ -32,12 +32,12 @@ from starlette.responses import Response
 from gateway.api.audit_api import _guarded, _page_row, _session_id, _table, tally_body
 from gateway.api.errors import InvalidRequest, NotFound
 from gateway.api.pages_api import LEVEL_NAMES, _fetch, _page_id, _scopes, page_body
-from gateway.inspector import TurnLog
 from gateway.jsonio import JSONAnswer
-from gateway.services import Services
+from gateway.observability.inspector import TurnLog
+from gateway.observability.timeline import after_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
 from gateway.store.memory import user_scope
 from gateway.store.store import Keys, StoreError, project_scope, session_scope
-from gateway.timeline import after_turn, event_turns, heat_map, level_history, prompt_diff, stream_ms
+from gateway.turns.services import Services
 from policies.faults import Tally
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable

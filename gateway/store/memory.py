@@ -9,7 +9,7 @@ and trusted like page tables: the commit checks its version, and a stale copy is
 the batch validated again.
 
 Project-scope state a user stated (their preferences, and any fact not from the system prompt)
-is the user's: when the session's table names an end user (gateway.sessions), it is committed
+is the user's: when the session's table names an end user (gateway.turns.sessions), it is committed
 to the user's part of the project (`user_scope`), never to the project's own memory, so it
 reaches that user's later sessions only, even in a project several users name. Facts of the
 system prompt (the agent's own rules) stay in the project's memory. Without a named user the
@@ -22,9 +22,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.sessions import per_user
 from gateway.store.journal import WritebackJournal, commit_args
 from gateway.store.store import Store, VersionConflict, project_scope, session_scope
+from gateway.turns.sessions import per_user
 from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.writeback import Memory, Outcome, Update

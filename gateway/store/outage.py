@@ -48,8 +48,8 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.api.errors import ServiceUnavailable
-from gateway.audit import AuditLog
-from gateway.metrics import Metrics
+from gateway.observability.audit import AuditLog
+from gateway.observability.metrics import Metrics
 from gateway.store.memory import MemoryService
 from gateway.store.session_state import SessionState
 from gateway.store.store import StoreError, VersionConflict, session_scope

@@ -17,14 +17,15 @@ from typing import Any, Protocol
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest, UpstreamError
-from gateway.chains import ResponseChains
 from gateway.settings import Tenant
-from gateway.sse import event_data, iter_events
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.sse import event_data, iter_events
+from gateway.wire.chains import ResponseChains
 from policies.transcript import Message, ToolCall
 
 Body = dict[str, Any]
 Parse = Callable[[list[Any]], list[Message]]
+Owner = tuple[str, str]  # (tenant, session): whose prompt a provider cache key names
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ class Wire(Protocol):
 
     def owns_account(self, tenant: Tenant) -> bool:
         """Whether this format's upstream key is the tenant's own, or account objects are allowed
-        (`gateway.account_refs`): only then may a request name a file or other account object."""
+        (`gateway.upstream.account_refs`): only then may a request name a file or other account object."""
         ...
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
@@ -95,6 +96,19 @@ class Wire(Protocol):
 
     def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
         """The upstream body: the client's, with the assembled transcript and the tenant's upstream model."""
+        ...
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """Add the provider's prompt-cache hints to an upstream body: `built` is the transcript it
+        renders, of which the first `stable` messages are the prefix the next turn keeps; `model` is
+        the one the client named; `owner` (tenant, session) keys the cache; `litellm`: the model
+        names a litellm provider (`anthropic/...`), so OpenAI's cache key does not apply."""
+        ...
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        """The messages the agent sent and those going upstream, for the session inspector."""
         ...
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:

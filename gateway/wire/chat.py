@@ -1,6 +1,6 @@
 """The Chat Completions adapter (`POST /v1/chat/completions`).
 
-Parsing and rendering are `gateway.chat`'s; here are the recall tool in the chat shape, its
+Parsing and rendering are `gateway.wire.chat_json`'s; here are the recall tool in the chat shape, its
 calls found in `choices[0].message.tool_calls` (whole answers) or in `delta.tool_calls`
 (streams), and the continuation: the assistant's recall calls, then one `tool` message each.
 
@@ -19,18 +19,18 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import chat as chat_json
 from gateway import jsonio
 from gateway.api.errors import GatewayError, error_body
-from gateway.http import upstream_target
-from gateway.recall import DESCRIPTION, Paging, parameters
 from gateway.settings import Tenant
-from gateway.sse import DONE, encode_data, error_event
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.sse import DONE, encode_data, error_event
+from gateway.upstream.targets import upstream_target
+from gateway.wire import chat_json
 from gateway.wire.base import (
     END,
     Body,
     Found,
+    Owner,
     Parse,
     Stateless,
     ToolList,
@@ -40,7 +40,9 @@ from gateway.wire.base import (
     json_events,
     passed,
 )
+from gateway.wire.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
 from gateway.wire.loop import Send, answered, streamed, whole
+from gateway.wire.recall import DESCRIPTION, Paging, parameters
 from policies.transcript import Message, ToolCall
 
 USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -98,6 +100,19 @@ class ChatWire(Stateless, ToolList):
         body["messages"] = chat_json.to_wire(messages)
         body["model"] = tenant.upstream.upstream_model(request.model)
         return body
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """OpenAI's `prompt_cache_key`; through litellm, Anthropic's breakpoints when the model caches
+        only at breakpoints."""
+        if not litellm:
+            add_cache_key(body, *owner)
+        elif caches_explicitly(model):
+            add_breakpoints(body, stable)
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        return request.body.get("messages") or [], body["messages"]
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
         return body.get("tool_choice") != "none" and body.get("n", 1) in (1, None)

@@ -2,7 +2,7 @@
 
 `answered` reads the first upstream answer through the format's `Answer`, relaying what the
 agent may see; while a round's answer holds only recall calls, they are resolved from the store
-(`gateway.recall.resolve_all`), the format appends the continuation (`Wire.continue_after`), and
+(`gateway.wire.recall.resolve_all`), the format appends the continuation (`Wire.continue_after`), and
 the upstream is called again, its answer read into the same one. After `paging.rounds` rounds
 the model is told recall is exhausted and called once more without the tool, so the agent gets
 its own answer. A round whose upstream answers an error raises `RoundFailed`.
@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, from_status
-from gateway.recall import EXHAUSTED, Paging, Recalled, framing, resolve_all
-from gateway.upstream import UpstreamResponse
+from gateway.upstream.client import UpstreamResponse
 from gateway.wire.base import Answer, Body, Found, Wire
+from gateway.wire.recall import EXHAUSTED, Paging, Recalled, framing, resolve_all
 
 Send = Callable[[bytes], Awaitable[UpstreamResponse]]
 DETAIL = 300  # characters of a failed round's 4xx body quoted in the stream's error

@@ -31,13 +31,14 @@ from typing import Any
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest
 from gateway.api.errors import anthropic_error_body as error_body
-from gateway.http import anthropic_target
-from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.targets import anthropic_target
+from gateway.wire import chat_json
 from gateway.wire.base import (
     Body,
     Found,
+    Owner,
     Parse,
     Stateless,
     ToolList,
@@ -48,6 +49,8 @@ from gateway.wire.base import (
     json_object,
     passed,
 )
+from gateway.wire.cache_hints import add_anthropic_breakpoints
+from gateway.wire.recall import DESCRIPTION, parameters
 from policies.transcript import Message, ToolCall
 
 USAGE = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -88,6 +91,16 @@ class MessagesWire(Stateless, ToolList):
             body["system"] = system
         body["model"] = tenant.upstream.upstream_model(request.model)
         return body
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """Anthropic's breakpoints, beside the client's own (four at most)."""
+        add_anthropic_breakpoints(body, stable_end(body, built, stable))
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        """In chat's shape where the gateway built a message, else as the client sent it (its `raw`)."""
+        return chat_json.to_wire(request.messages), chat_json.to_wire(built)
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
         choice = body.get("tool_choice")

@@ -9,7 +9,7 @@ holds its items), so what is kept whole is forwarded byte for byte: `reasoning` 
 `encrypted_content`, parts, ids. Codex's `compaction` item (opaque, encrypted) is a boundary:
 the input up to the newest one is forwarded as it came, before the managed rest, and the turn is
 hinted a compaction (`event`). `previous_response_id` is resolved from the responses this
-gateway served (`gateway.chains`), never forwarded.
+gateway served (`gateway.wire.chains`), never forwarded.
 
 The recall tool is flat (`{"type": "function", "name", ...}`); its calls are `function_call`
 items, their results `function_call_output` items. In a stream, every event is relayed at once
@@ -27,14 +27,14 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.api.errors import GatewayError, InvalidRequest
-from gateway.chains import ResponseChains
-from gateway.http import upstream_target
-from gateway.recall import DESCRIPTION, parameters
 from gateway.settings import Tenant
-from gateway.upstream import UpstreamResponse, UpstreamTarget
+from gateway.upstream.client import UpstreamResponse, UpstreamTarget
+from gateway.upstream.targets import upstream_target
+from gateway.wire import chat_json
 from gateway.wire.base import (
     Body,
     Found,
+    Owner,
     Parse,
     ToolList,
     WholeAnswer,
@@ -44,6 +44,9 @@ from gateway.wire.base import (
     json_object,
     passed,
 )
+from gateway.wire.cache_hints import add_cache_key
+from gateway.wire.chains import ResponseChains
+from gateway.wire.recall import DESCRIPTION, parameters
 from policies.transcript import Message, ToolCall
 
 USAGE = ("input_tokens", "output_tokens", "total_tokens")
@@ -96,6 +99,17 @@ class ResponsesWire(ToolList):
         if not tenant.upstream.owns_account:  # stored on a key tenants share, a response could be read by another
             body["store"] = False
         return body
+
+    def cache_hints(
+        self, body: Body, model: str, built: Sequence[Message], stable: int, owner: Owner, litellm: bool
+    ) -> None:
+        """OpenAI's `prompt_cache_key`."""
+        if not litellm:
+            add_cache_key(body, *owner)
+
+    def shown(self, request: WireRequest, built: Sequence[Message], body: Body) -> tuple[list[Any], list[Any]]:
+        """In chat's shape where the gateway built a message, else as the client sent it (its `raw`)."""
+        return chat_json.to_wire(request.messages), chat_json.to_wire(built)
 
     def offers_recall(self, body: Mapping[str, Any]) -> bool:
         return body.get("tool_choice") != "none"

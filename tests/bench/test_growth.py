@@ -6,7 +6,7 @@ import pytest
 
 from bench.growth import GrowthReport, HttpPoint, body_at, policy_growth, run_growth
 from bench.policy_time import GrowthPoint, synthetic_session
-from gateway.tokens import Tokenizers
+from gateway.upstream.tokens import Tokenizers
 
 
 @pytest.fixture

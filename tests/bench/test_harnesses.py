@@ -22,7 +22,7 @@ from bench.harnesses import (
     soft_trim,
 )
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.chat import content_text, parse_messages
+from gateway.wire.chat_json import content_text, parse_messages
 from policies.lifecycle import Boundary, Event, detect
 from policies.pagetable import PageTable, ingest, known_prefix
 from policies.tenant import TenantPolicy

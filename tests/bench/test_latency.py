@@ -23,9 +23,9 @@ from bench.latency import (
     write_config,
 )
 from bench.traces import Trace
-from gateway.chat import parse_messages
 from gateway.settings import load_settings
 from gateway.store.embedded import free_port
+from gateway.wire.chat_json import parse_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 

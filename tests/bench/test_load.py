@@ -22,7 +22,7 @@ from bench.load import (
     run_load,
     write_results,
 )
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 
 
 @pytest.fixture(scope="module")

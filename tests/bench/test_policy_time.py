@@ -19,8 +19,8 @@ from bench.policy_time import (
     synthetic_session,
 )
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.chat import parse_messages
-from gateway.tokens import OFFLINE_ENCODINGS, TiktokenCounter, Tokenizers, count_tools, prepare_offline
+from gateway.upstream.tokens import OFFLINE_ENCODINGS, TiktokenCounter, Tokenizers, count_tools, prepare_offline
+from gateway.wire.chat_json import parse_messages
 
 
 @pytest.fixture(scope="module")

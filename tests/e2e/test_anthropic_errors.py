@@ -7,7 +7,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-import gateway.pipeline
+import gateway.turns.pipeline
 from bench.fake_anthropic import FakeAnthropic
 from bench.fake_upstream import serve
 
@@ -54,7 +54,7 @@ def test_a_wrong_key_and_a_bug_answer_in_anthropics_shape(start_gateway, monkeyp
         async def broken(*args: object) -> None:
             raise RuntimeError("a planted bug")
 
-        monkeypatch.setattr(gateway.pipeline, "_serve", broken)
+        monkeypatch.setattr(gateway.turns.pipeline, "_serve", broken)
         with pytest.raises(anthropic.InternalServerError) as failed:
             _agent(gw.root, "sk-team").messages.create(model="m", max_tokens=8, messages=HELLO)
         assert failed.value.status_code == 500

@@ -21,8 +21,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.fake_upstream import serve
-from gateway.cache_hints import KEY_PREFIX, MAX_BREAKPOINTS
-from gateway.stages import parse_header
+from gateway.turns.stages import parse_header
+from gateway.wire.cache_hints import KEY_PREFIX, MAX_BREAKPOINTS
 
 Json = dict[str, Any]
 CLAUDE = "anthropic/claude-3-5-sonnet-20240620"

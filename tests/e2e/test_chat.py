@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from gateway.tokens import Tokenizers, count_messages, count_tools
+from gateway.upstream.tokens import Tokenizers, count_messages, count_tools
 
 TOOLS = [
     {

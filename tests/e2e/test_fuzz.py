@@ -45,7 +45,7 @@ from bench.fuzz import (
 )
 from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
-from gateway.tokens import prepare_offline
+from gateway.upstream.tokens import prepare_offline
 
 KEY = "sk-fuzz-tenant-key"
 RECALL = "clawvm_recall"

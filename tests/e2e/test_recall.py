@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from bench.fake_upstream import FakeUpstream
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.pagetable import content_digest, make_page_id, tenant_tag
 from tests.e2e.test_chat import TOOLS, client, forwarded_tokens, long_session
 

@@ -9,10 +9,10 @@ import os
 import pytest
 
 from bench.traces import load_traces, traces_dir
-from gateway.chat import parse_messages, to_wire
 from gateway.store.codec import dump_page, load_page
 from gateway.store.tables import dump_table, load_table
-from gateway.tokens import Tokenizers, prepare_offline
+from gateway.upstream.tokens import Tokenizers, prepare_offline
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.budget import resolve_budget
 from policies.pagetable import PageTable
 from policies.tenant import Budget, TenantPolicy

@@ -151,7 +151,7 @@ def test_a_bugs_message_stays_out_of_the_logs(start, caplog, monkeypatch: pytest
     def broken(raw: bytes, *_: object) -> object:
         raise ValueError(f"cannot handle {raw.decode()}")
 
-    monkeypatch.setattr("gateway.chat.parse_request", broken)
+    monkeypatch.setattr("gateway.wire.chat_json.parse_request", broken)
     caplog.set_level(logging.DEBUG)
     with start(FakeUpstream().app) as root, httpx.Client(timeout=30) as client:
         auth = {"authorization": f"Bearer {AGENT_KEY}"}

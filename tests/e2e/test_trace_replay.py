@@ -7,7 +7,7 @@ import pytest
 
 from bench.replay import replay
 from bench.traces import load_traces, traces_dir
-from gateway.tokens import Tokenizers
+from gateway.upstream.tokens import Tokenizers
 
 BUDGETS = (4000, 16000)
 CONFIG = "".join(f"  b{b}:\n    api_keys: [sk-{b}]\n    budget: {{max_prompt_tokens: {b}}}\n" for b in BUDGETS)

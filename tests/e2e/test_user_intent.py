@@ -51,7 +51,9 @@ def test_a_preference_and_intents_from_turn_2_are_in_the_prompt_at_turn_200_afte
             elif turn > 2:
                 history += step(turn)
             body = {"model": "gpt-4o", "messages": history, "tools": tools}
-            answer = client.post(gw.url + "/chat/completions", json=body, headers={"x-clawvm-session": session})
+            answer = client.post(
+                gw.url + "/chat/completions", json=body, headers={"x-clawvm-session": session, "x-clawvm-user": "pat"}
+            )
             assert answer.status_code == 200, (turn, answer.text)
             if turn in (COMPACTION_AT, RESET_AT):
                 assert answer.headers["x-clawvm-event"] == ("compaction" if turn == COMPACTION_AT else "reset")

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from gateway.chat import parse_messages, to_wire
-from gateway.tokens import Tokenizers, prepare_offline
+from gateway.upstream.tokens import Tokenizers, prepare_offline
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
 from policies.pages import Page
 from policies.pagetable import PageTable

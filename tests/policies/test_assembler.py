@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.chat import parse_messages, to_wire
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.assembler import oversize_floor
 from policies.budget import TokenBudget, resolve_budget
 from policies.layout import PLAN_WHOLE_TOKENS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.budget import resolve_budget
 from policies.duplicates import ALERT, FAULT, after_ingest, signature
 from policies.pagetable import PageTable

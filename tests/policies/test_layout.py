@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from gateway.chat import parse_messages, to_wire
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
 from policies.layout import (
     INDEX_HEADER_TOKENS,

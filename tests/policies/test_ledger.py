@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.layout import collapsible, total_cost
 from policies.ledger import Ledger
 from policies.pages import LEVELS, Fidelity

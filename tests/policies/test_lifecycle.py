@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.traces import load_traces, traces_dir
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.lifecycle import MARKERS, MAX_RESET_TAIL, Boundary, Event, detect, is_pruned, summary_marker
 from policies.pagetable import PageTable, ingest, known_prefix
 from policies.tenant import TenantPolicy

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.faults import FaultKind
 from policies.lifecycle import Event, detect

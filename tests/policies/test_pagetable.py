@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.pagetable import (
     IngestResult,

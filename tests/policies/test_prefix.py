@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.layout import Layout, make_layout
 from policies.pages import PageType
 from policies.pagetable import PageTable, ingest

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from hypothesis import HealthCheck, given, settings
 
-from gateway.chat import parse_messages, to_wire
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
 from policies.pages import Fidelity, PageType
 from policies.pagetable import PageTable

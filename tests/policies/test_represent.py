@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.tokens import tiktoken_cache_dir
+from gateway.upstream.tokens import tiktoken_cache_dir
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, PageType, Reprs
 from policies.represent import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-from gateway.chat import parse_messages
+from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.crossing import Start
 from policies.lifecycle import Event
@@ -94,17 +94,33 @@ def test_without_memory_the_write_back_is_deferred_with_the_new_pages() -> None:
 
 def test_a_start_after_a_live_session_is_a_reset_that_seeds_its_state() -> None:
     before, _ = replay(working_session(), BUDGET)
-    before.seen = NOW - 60
-    table = PageTable("t", "s2", "p")
+    before.seen, before.user = NOW - 60, "u-pat"
+    table = PageTable("t", "s2", "p", user="u-pat")
     restart = [working_session()[0], {"role": "user", "content": "Let us start over."}]
     decision = step(table, turn(parse_messages(restart), start=Start(previous=before)))
     assert decision.crossing.event is Event.RESET and decision.observation.event == "reset"
     assert f"rule: {RULE}" in {table.pages[p].reprs.full.text for p in table.carried}
     assert set(decision.crossing.seeded) <= set(decision.pages)
-    stale = PageTable("t", "s3", "p")
+    stale = PageTable("t", "s3", "p", user="u-pat")
     before.seen = NOW - 601
     assert step(stale, turn(parse_messages(restart), start=Start(previous=before))).crossing.event is Event.START
     assert stale.carried == []
+
+
+def test_a_new_named_session_of_an_unnamed_user_is_a_new_conversation_not_a_reset() -> None:
+    """Under a tenant key that names no user, a client's new session name may be another person's
+    conversation: nothing of the live predecessor's session carries; the gateway's own
+    fingerprint sessions (the client names nothing) still carry as a reset."""
+    before, _ = replay(working_session(), BUDGET)
+    before.seen = NOW - 60
+    restart = [working_session()[0], {"role": "user", "content": "Let us start over."}]
+    named = PageTable("t", "customer-2", "p")
+    decision = step(named, turn(parse_messages(restart), start=Start(previous=before)))
+    assert decision.crossing.event is Event.START and named.carried == []
+    before.session = "fp-one"
+    derived = PageTable("t", "fp-two", "p")
+    assert step(derived, turn(parse_messages(restart), start=Start(previous=before))).crossing.event is Event.RESET
+    assert f"rule: {RULE}" in {derived.pages[p].reprs.full.text for p in derived.carried}
 
 
 def test_a_start_whose_state_could_not_be_read_says_so() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.chat import parse_messages, to_wire
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
 from policies.pages import Fidelity, PageType, Pin, Scope
 from policies.pagetable import PageTable

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from gateway.chat import parse_messages, to_wire
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.transcript import ROLES, Message, ToolCall
 
 

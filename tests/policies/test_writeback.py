@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.traces import load_traces, traces_dir
-from gateway.chat import parse_messages
 from gateway.store.store import body_digest
+from gateway.wire.chat_json import parse_messages
 from policies.pages import PageType, Scope
 from policies.pagetable import IngestResult, PageTable, ingest
 from policies.tenant import TenantPolicy

@@ -232,7 +232,7 @@ def test_the_litellm_bar_against_an_unmeasured_litellm_is_not_met() -> None:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> Any:
     monkeypatch = pytest.MonkeyPatch()
-    from gateway.tokens import prepare_offline
+    from gateway.upstream.tokens import prepare_offline
 
     env: dict[str, str] = {}
     prepare_offline(env)

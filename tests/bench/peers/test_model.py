@@ -16,8 +16,8 @@ from bench.peers.model import (
     page_requests,
 )
 from bench.recall_replay import RECALL
-from gateway.chat import parse_messages
-from gateway.recall import MAX_IDS_PER_CALL
+from gateway.wire.chat_json import parse_messages
+from gateway.wire.recall import MAX_IDS_PER_CALL
 from policies.pagetable import content_digest, make_page_id, tenant_tag
 
 TRANSCRIPT = [

@@ -139,7 +139,7 @@ def test_a_bug_is_an_openai_shaped_500_and_the_connection_stays_open(
 ) -> None:
     """Starlette's last handler raises the exception again once it has answered, and uvicorn then
     closes the connection: the client's next request on it failed too."""
-    failing_once(monkeypatch, "gateway.chat.parse_request")
+    failing_once(monkeypatch, "gateway.wire.chat_json.parse_request")
     with OneConnection(gateway, {"x-clawvm-session": f"bug-{next(_ids)}"}) as connection:
         first = connection.post("/v1/chat/completions", CHAT)
         second = connection.post("/v1/chat/completions", CHAT)
@@ -159,7 +159,7 @@ def test_a_failure_after_a_whole_answer_keeps_the_connection_open(
 ) -> None:
     """The turn's bookkeeping runs after the answer is sent: its failure is logged, and the client,
     which has its whole answer, keeps its connection."""
-    calls = failing_once(monkeypatch, "gateway.pipeline.record")
+    calls = failing_once(monkeypatch, "gateway.turns.pipeline.record")
     with OneConnection(gateway, {"x-clawvm-session": f"bug-{next(_ids)}"}) as connection:
         answers = [connection.post("/v1/chat/completions", CHAT) for _ in range(3)]
     assert calls  # the failure did happen

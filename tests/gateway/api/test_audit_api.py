@@ -14,7 +14,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream, serve
 from gateway.api.app import create_app
-from gateway.audit import AuditLog
+from gateway.observability.audit import AuditLog
 from gateway.settings import Overrides, load_settings
 from gateway.store.store import Keys, RedisStore, project_scope, session_scope
 from tests.factories import order_desk_conversation

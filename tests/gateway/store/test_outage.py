@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.api.errors import ServiceUnavailable
-from gateway.audit import AuditLog
-from gateway.metrics import Metrics
+from gateway.observability.audit import AuditLog
+from gateway.observability.metrics import Metrics
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService

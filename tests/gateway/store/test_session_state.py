@@ -9,7 +9,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench.traces import load_traces, traces_dir
-from gateway.chat import parse_messages, to_wire
 from gateway.store import session_state
 from gateway.store.session_state import Journal, SessionState
 from gateway.store.store import (
@@ -22,7 +21,8 @@ from gateway.store.store import (
     session_scope,
 )
 from gateway.store.tables import dump_table
-from gateway.tokens import Tokenizers, prepare_offline
+from gateway.upstream.tokens import Tokenizers, prepare_offline
+from gateway.wire.chat_json import parse_messages, to_wire
 from policies.budget import TokenBudget, resolve_budget
 from policies.pages import PageType
 from policies.pagetable import PageTable

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.chat import parse_messages
 from gateway.store.tables import FORMAT, TableFormatError, dump_delta, dump_table, load_table, page_ids
+from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.pages import Fidelity
 from policies.pagetable import PageTable, checkpoint

@@ -1,0 +1,55 @@
+"""Lifecycle boundaries at the gateway's edge (DESIGN §5): what the pure rule
+(`policies.crossing`) needs from the store at a session's first request, and the agent's own
+word on its boundary.
+
+At the first request of a session (`policies.crossing.wants_start`) `load_start` swaps the
+project's newest-session pointer of the end user (gateway.turns.sessions: never another user's) and
+reads the session it pointed to, with the committed write-back pages of the project and of the
+user's part of it (gateway.store.memory). The turn step decides from these whether the session is a
+reset of a live predecessor or a new start, and what carries over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.store.journal import WritebackJournal
+from gateway.store.memory import user_scope
+from gateway.store.session_state import SessionState
+from gateway.store.store import StoreError, project_scope
+from policies.crossing import CARRIED_TYPES, Start
+from policies.pages import Page
+from policies.pagetable import PageTable
+from policies.writeback import opens_sessions
+
+
+async def load_start(sessions: SessionState, journal: WritebackJournal, table: PageTable) -> Start:
+    """The store's part of a session's first request (one pointer per project and user)."""
+    scope, mine = project_scope(table.project), user_scope(table)
+    try:
+        previous = await sessions.store.swap_recent(table.tenant, mine, table.session)
+        carried = await _project_pages(sessions, journal, table, scope)
+        if mine != scope:
+            carried += await _project_pages(sessions, journal, table, mine)
+        before = None
+        if previous is not None and previous != table.session:
+            before = await sessions.read(table.tenant, previous)
+    except StoreError as exc:
+        return Start(failed=type(exc).__name__)
+    return Start(project=carried, previous=before)
+
+
+async def _project_pages(sessions: SessionState, journal: WritebackJournal, table: PageTable, scope: str) -> list[Page]:
+    """The pages of a project scope's committed memory (validated write-back), oldest first."""
+    memory = await journal.load(table.tenant, scope)
+    ids = [entry.page_id for _, entry in sorted(memory.entries.items()) if opens_sessions(entry)]
+    pages = await sessions.store.get_pages(table.tenant, scope, ids)
+    return [pages[i] for i in ids if i in pages and pages[i].type in CARRIED_TYPES]
+
+
+def hint_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The agent's own word on its boundary: `X-ClawVM-Event`, else `metadata.clawvm_event`."""
+    metadata = body.get("metadata")
+    value = headers.get("x-clawvm-event") or (metadata.get("clawvm_event") if isinstance(metadata, dict) else None)
+    return value if isinstance(value, str) else None

@@ -1,0 +1,605 @@
+"""One turn through the gateway, in any wire format (DESIGN §1; gateway.wire).
+
+authenticate -> read and validate the body -> resolve the session -> load its page table ->
+plan the turn (the pure policy engine, timed) -> persist pages and evidence -> forward
+upstream -> relay the answer, streaming bytes as they come, with our headers on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from starlette.background import BackgroundTask, BackgroundTasks
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway import jsonio
+from gateway.api.errors import ContextLengthExceeded, GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.api.http import read_body, respond, retries_counted, stream_faults_counted, unless_disconnected
+from gateway.jsonio import JSONAnswer, NestingTooDeep
+from gateway.observability.inspector import Glimpse, Shot, glimpse, recorded
+from gateway.observability.observe import record, record_recalls
+from gateway.settings import Tenant
+from gateway.store.memory import WriteReport
+from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
+from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict, session_scope
+from gateway.store.tables import TableFormatError
+from gateway.turns.boundary import hint_of, load_start
+from gateway.turns.services import UNAUTHENTICATED, Services, store_failure
+from gateway.turns.sessions import SessionIds, resolve
+from gateway.turns.stages import HEADER as STAGES_HEADER
+from gateway.turns.stages import Stages
+from gateway.upstream.account_refs import refuse as refuse_account_objects
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.models import resolve_window
+from gateway.upstream.provider_params import provider_params
+from gateway.upstream.retry import with_retries
+from gateway.upstream.sse import ending_cleanly
+from gateway.upstream.targets import retry_policy
+from gateway.upstream.tokens import TiktokenCounter
+from gateway.wire.base import Answer, Wire, WireRequest
+from gateway.wire.chains import ResponseChains
+from gateway.wire.chat import CHAT
+from gateway.wire.loop import answered, streamed, whole
+from gateway.wire.recall import Paging
+from policies import duplicates
+from policies.budget import TokenBudget, resolve_budget
+from policies.crossing import wants_start
+from policies.observation import Observation
+from policies.pagetable import PageTable
+from policies.recall import recall_room as room_for_recall
+from policies.step import Decision, TurnInput, step
+from policies.tokens import TokenCounter
+from policies.turn import TurnPlan, plan_turn
+from policies.writes import Memories, WriteBatch
+
+log = logging.getLogger("clawvm.gateway")
+RECALL_TOOL = "clawvm_recall"
+COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
+COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
+COMMIT_BACKOFF_CAP_S = 0.1
+DUPLICATES_LISTED = 10
+# Model prefixes whose providers do not speak OpenAI's API: these go through litellm.
+LITELLM_PREFIXES = frozenset(
+    {
+        "anthropic",
+        "bedrock",
+        "bedrock_converse",
+        "vertex_ai",
+        "vertex_ai_beta",
+        "gemini",
+        "cohere",
+        "cohere_chat",
+        "sagemaker",
+        "azure",
+        "azure_ai",
+        "watsonx",
+        "replicate",
+        "huggingface",
+        "ollama",
+        "ollama_chat",
+        "databricks",
+        "predibase",
+        "cloudflare",
+        "ai21",
+        "nlp_cloud",
+        "aleph_alpha",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The policy engine's time on one turn: ingesting new content, then assembling."""
+
+    ingest_ns: int
+    assembly_ns: int
+    duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
+    written: WriteReport | None = None  # the turn's write-back
+    sent: int = 0  # tokens of the transcript as the agent sent it
+    degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.store.outage)
+    glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.observability.inspector)
+
+    @property
+    def policy_ns(self) -> int:
+        return self.ingest_ns + self.assembly_ns
+
+
+def uses_litellm(model: str) -> bool:
+    prefix, sep, _ = model.partition("/")
+    return bool(sep) and prefix in LITELLM_PREFIXES
+
+
+def turn_route(wire: Wire) -> Callable[[Request], Awaitable[Response]]:
+    """The route of one wire format: a turn, counted by tenant and status (errors included),
+    every error in the format's own shape."""
+
+    async def route(request: Request) -> Response:
+        stages = Stages()
+        services: Services = request.state.services
+        name = UNAUTHENTICATED
+        try:
+            tenant = services.keyring.authenticate(request.headers)
+            name = tenant.name
+            response = await _serve(request, services, tenant, stages, wire)
+        except NestingTooDeep as exc:  # within the parser's nesting limit, past the encoder's
+            response = _error(wire, InvalidRequest(f"The request body is not usable: {exc}."))
+        except GatewayError as exc:
+            response = _error(wire, exc)
+        services.metrics.request(name, response.status_code)
+        return response
+
+    return route
+
+
+async def _resolved(services: Services, tenant: Tenant, chat: WireRequest, wire: Wire) -> WireRequest:
+    """The request with the state it names resolved (a Responses chain)."""
+    try:
+        return await wire.resolve(chat, tenant.name, ResponseChains(services.sessions.store.client))
+    except StoreUnavailable as exc:
+        raise store_failure(exc, "a previous response") from exc
+
+
+async def _remember(services: Services, tenant: Tenant, chat: WireRequest, wire: Wire, answer: Answer) -> None:
+    """Keep what a later request may name (a response id); a store failure costs only that."""
+    try:
+        await wire.remember(chat, answer, tenant.name, ResponseChains(services.sessions.store.client))
+    except StoreError as exc:
+        log.warning("a response could not be kept for previous_response_id: %s", exc)
+
+
+def _error(wire: Wire, exc: GatewayError) -> Response:
+    return JSONAnswer(wire.error_body(exc), status_code=exc.status_code)
+
+
+chat_completions = turn_route(CHAT)
+
+
+async def _serve(request: Request, services: Services, tenant: Tenant, stages: Stages, wire: Wire) -> Response:
+    body = await read_body(request, services.settings.server.max_body_bytes)
+    hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
+    chat = wire.parse(body, services.transcripts.parser(hint))
+    refuse_account_objects(body, chat.body, wire.owns_account(tenant), tenant.name)
+    if wire.litellm and uses_litellm(chat.model):
+        provider_params(chat.body)  # a refused field is refused before the turn is planned
+    chat = await _resolved(services, tenant, chat, wire)
+    ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
+    event = hint_of(request.headers, chat.body) or wire.event(chat)
+    stages.lap("parse")
+    turn = await prepare(services, tenant, chat, ids, event, wire)
+    stages.lap("store")
+    stages.split("store", {"ingest": turn.policy_ns[0], "assemble": turn.policy_ns[1]})
+    _log_turn(services, tenant, chat, turn)
+    try:  # the turn is committed: a hang-up from here on cancels only the upstream call
+        forwarding = _forward(request, services, tenant, chat, ids, turn, stages, wire)
+        response = await unless_disconnected(request, forwarding)
+    except GatewayError:
+        await turn.after()
+        raise
+    _then(response, turn.after)
+    return response
+
+
+def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn) -> None:
+    """One debug line per turn: ids and counts only; the newest message's text only when
+    `server.log_content` is true (message text never reaches the logs otherwise)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    headers = turn.headers
+    log.debug(
+        "turn tenant=%s session=%s model=%s messages=%d prompt_tokens=%s budget=%s faults=%s",
+        tenant.name,
+        headers["x-clawvm-session"],
+        chat.model,
+        len(chat.messages),
+        headers["x-clawvm-prompt-tokens"],
+        headers["x-clawvm-budget"],
+        headers["x-clawvm-faults"],
+    )
+    if services.settings.server.log_content:
+        log.debug("turn session=%s newest message: %r", headers["x-clawvm-session"], chat.messages[-1].text)
+
+
+def _then(response: Response, task: Callable[[], Awaitable[None]]) -> None:
+    """Run `task` after the answer is sent (audit records: off the latency path)."""
+    tasks = BackgroundTasks()
+    if response.background is not None:
+        tasks.add_task(response.background)
+    tasks.add_task(task)
+    response.background = tasks
+
+
+async def _forward(
+    request: Request,
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    turn: Turn,
+    stages: Stages,
+    wire: Wire,
+) -> Response:
+    target = wire.target(tenant, request.headers)
+    paging = _paging(services, tenant, ids, turn, wire.remembers(chat))
+    turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - stages.started) // 1000)
+    faults = stream_faults_counted(services.metrics)
+    shape = wire.error_body
+    if wire.litellm and uses_litellm(chat.model):
+        completed = await services.provider.chat(turn.body, target)  # litellm serialises the body itself
+        stages.lap("upstream")
+        turn.headers[STAGES_HEADER] = stages.header()
+        return await respond(completed, turn.headers, faults)
+    forwarded = wire.forwarded(request.headers)
+    policy, retried = retry_policy(tenant), retries_counted(services.metrics)
+
+    async def send(body: bytes) -> UpstreamResponse:
+        def attempt() -> Awaitable[UpstreamResponse]:
+            return services.upstream.send(target, "POST", wire.path, body, forwarded, stream=chat.stream)
+
+        return await with_retries(attempt, policy, on_retry=retried)
+
+    serialised = jsonio.dumps(turn.body)
+    stages.lap("serialise")
+    first = await send(serialised)
+    stages.lap("upstream")
+    turn.headers[STAGES_HEADER] = stages.header()
+    if paging is None or first.status != 200 or (chat.stream and not first.is_stream):
+        return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
+    answer = wire.answer(chat.stream, paging.name, turn.body)
+    events = answered(first, send, turn.body, paging, wire, answer)
+
+    async def remember() -> None:
+        await _remember(services, tenant, chat, wire, answer)
+
+    if chat.stream:
+        relayed = ending_cleanly(streamed(events), faults, wire.error_event)
+        return StreamingResponse(
+            _recorded(services, relayed, paging, remember), media_type="text/event-stream", headers=turn.headers
+        )
+    failed, body = await whole(events)
+    if failed is None:
+        await remember()
+    recalls = BackgroundTask(record_recalls, services.metrics, services.audit, paging)
+    if failed is not None:
+        response = await respond(failed, turn.headers, shape=shape)
+        _then(response, recalls)
+        return response
+    return Response(body, media_type="application/json", headers=turn.headers, background=recalls)
+
+
+async def _recorded(
+    services: Services, events: AsyncIterator[bytes], paging: Paging, then: Callable[[], Awaitable[None]]
+) -> AsyncIterator[bytes]:
+    """The stream as it is, then `then` and its recalls observed."""
+    async for chunk in events:
+        yield chunk
+    await then()
+    await record_recalls(services.metrics, services.audit, paging)
+
+
+def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn, wanted: bool) -> Paging | None:
+    """The recall loop's paging when the recall tool is offered (or the answer is `wanted` whole)."""
+    if not turn.offered and not wanted:
+        return None
+    room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
+    store = services.sessions.store
+    room = max(room, 0)
+    return Paging(
+        store,
+        tenant.name,
+        ids.session,
+        ids.project,
+        turn.counter,
+        room,
+        name=RECALL_TOOL,
+        sessions=services.sessions,
+        user=ids.user,
+        memory=services.memory,
+    )
+
+
+@dataclass(slots=True)
+class Turn:
+    """A planned request, ready to forward."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    budget: TokenBudget
+    tokens: int  # accounted message tokens of the assembly
+    counter: TiktokenCounter
+    offered: bool  # the recall tool was added to `tools`
+    after: Callable[[], Awaitable[None]]  # audit records, written once the answer is sent
+    policy_ns: tuple[int, int] = (0, 0)  # the policy engine's ingest and assembly time
+
+
+async def prepare(
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    hint: str | None = None,
+    wire: Wire = CHAT,
+) -> Turn:
+    """Plan the turn and persist it; returns the upstream body and our response headers."""
+    override = services.settings.models.get(chat.model)
+    counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
+    budget = _budget(services, tenant, chat, counter, wire)
+    async with services.sessions.locked(tenant.name, ids.session):
+        plan, timing, observation = await _plan_and_commit(services, tenant, chat, ids, counter, budget, hint, wire)
+    metrics, audit = services.metrics, services.audit
+
+    async def after() -> None:
+        await record(metrics, audit, tenant.name, ids.session, timing.policy_ns, timing.written, observation)
+
+    prompt_tokens = plan.assembly.tokens + budget.tools
+    services.metrics.tokens(tenant.name, prompt_in=timing.sent + budget.tools, prompt_out=prompt_tokens)
+    headers = {
+        "x-clawvm-session": ids.session,
+        "x-clawvm-prompt-tokens": str(prompt_tokens),
+        "x-clawvm-budget": str(budget.cap),
+        "x-clawvm-budget-source": budget.source,
+        "x-clawvm-policy-us": str((timing.ingest_ns + timing.assembly_ns) // 1000),
+        "x-clawvm-assembly-us": str(timing.assembly_ns // 1000),
+    }
+    if plan.assembly.insufficient:
+        headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget)
+    if timing.duplicates:
+        headers["x-clawvm-duplicate-tools"] = _duplicates_header(timing.duplicates)
+    headers["x-clawvm-faults"] = observation.header()
+    if observation.event:
+        headers["x-clawvm-event"] = observation.event
+    if timing.degraded:
+        headers[DEGRADED_HEADER] = DEGRADED
+        services.metrics.store_unavailable(tenant.name)
+    body = wire.render(chat, plan.messages, tenant)
+    offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
+    if offered:
+        wire.offer(body, RECALL_TOOL)
+    else:  # the reserve for the recall tool's schema went unused
+        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter, wire))
+    received = timing.sent + budget.tools - _reserve(services, chat, counter, wire)  # the recall tool is ours
+    forwarded = int(headers["x-clawvm-prompt-tokens"])
+    keeps = services.inspector is not None and timing.glimpse is not None  # else nothing is recorded
+    sent, built = wire.shown(chat, plan.messages, body) if keeps else ([], [])
+    shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
+    then = recorded(services.inspector, tenant.name, ids.session, after, shot)
+    wire.cache_hints(body, chat.model, plan.messages, plan.stable, (tenant.name, ids.session), uses_litellm(chat.model))
+    policy = (timing.ingest_ns, timing.assembly_ns)
+    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then, policy)
+
+
+def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:
+    """`duplicate_tool=N, duplicate_signature=M; call_id->page_id ...`: what the agent re-ran."""
+    counts = {kind: sum(1 for d in found if d.kind == kind) for kind in (duplicates.FAULT, duplicates.ALERT)}
+    pairs = " ".join(f"{_printable(d.call_id)}->{d.earlier}" for d in found[:DUPLICATES_LISTED])
+    return ", ".join(f"{kind}={n}" for kind, n in counts.items() if n) + f"; {pairs}"
+
+
+def _printable(value: str) -> str:
+    return value if value.isascii() and value.isprintable() and len(value) <= 64 else "?"
+
+
+def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
+    if prompt_tokens > budget.hard_limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {budget.hard_limit} prompt tokens after the output reserve, "
+            f"but the pinned pages and the newest turn alone need {prompt_tokens} tokens (physical insufficiency: "
+            "nothing more can be paged out). Shorten the newest message or raise the budget.",
+            param="messages",
+        )
+    return f"minimum set {prompt_tokens} tokens exceeds budget {budget.cap}"
+
+
+def recall_room(budget: TokenBudget, offered: bool) -> int:
+    """Prompt tokens kept free for recalled text (`policies.recall.recall_room`)."""
+    return room_for_recall(budget.cap, offered)
+
+
+def _budget(services: Services, tenant: Tenant, chat: WireRequest, counter: TiktokenCounter, wire: Wire) -> TokenBudget:
+    server = services.settings.server
+    window, source = resolve_window(
+        chat.model, services.catalog, services.settings.models, server.default_context_window
+    )
+    tools = services.tool_tokens.count(counter, wire.tools(chat.body)) + _reserve(services, chat, counter, wire)
+    budget = resolve_budget(tenant.policy.budget, window, source, tools)
+    room = recall_room(budget, wire.offers_recall(chat.body))
+    return replace(budget, usable=max(budget.usable - room, 0))
+
+
+def _reserve(services: Services, chat: WireRequest, counter: TiktokenCounter, wire: Wire) -> int:
+    """Tokens of the recall tool's schema, kept free whenever the tool may be offered."""
+    if not wire.offers_recall(chat.body):
+        return 0
+    return services.tool_tokens.count(counter, [wire.recall_tool(RECALL_TOOL)])
+
+
+def commit_backoff(attempt: int, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait after the `attempt`-th lost commit (0-based): full jitter, so replicas
+    racing for one session spread out instead of colliding again in step."""
+    return draw(0.0, min(COMMIT_BACKOFF_CAP_S, COMMIT_BACKOFF_S * 2**attempt))
+
+
+async def _plan_and_commit(
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    counter: TokenCounter,
+    budget: TokenBudget,
+    hint: str | None,
+    wire: Wire,
+) -> tuple[TurnPlan, Timing, Observation]:
+    services.outage.admit()
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            table = await _load(services, tenant, ids)
+            return await _turn(services, tenant, chat, table, counter, budget, hint, wire)
+        except VersionConflict:  # the table, or the session memory joined to its save, moved
+            services.sessions.forget(tenant.name, ids.session)
+            services.sessions.shared = True  # another writer exists: check cached copies from now on
+            services.memory.forget(tenant.name, session_scope(ids.session))
+            await asyncio.sleep(commit_backoff(attempt))
+        except StoreUnavailable as exc:
+            services.sessions.forget(tenant.name, ids.session)
+            raise store_failure(exc, f"session {ids.session}") from exc
+        except (CorruptData, TableFormatError) as exc:
+            services.sessions.forget(tenant.name, ids.session)
+            raise ServiceUnavailable(
+                f"the stored state of session {ids.session!r} cannot be read ({exc}); it was left untouched "
+                "for inspection. Use a new session id (X-ClawVM-Session) to continue.",
+                code="session_state_unreadable",
+            ) from exc
+    raise ServiceUnavailable("the session is being updated concurrently; retry the request")
+
+
+async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTable:
+    """The session's table: the outage queue's while it holds deferred work, else the cached or
+    stored one; a fresh table (built from the request's own messages) when the store is unreachable."""
+    held = services.outage.table(tenant.name, ids.session)
+    if held is not None:
+        services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
+        return held
+    try:
+        if not await services.sessions.current(tenant.name, ids.session):  # moved on elsewhere
+            services.memory.forget(tenant.name, session_scope(ids.session))
+        return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)
+    except StoreUnavailable as exc:
+        log.warning("session %s planned on a fresh table: %s", ids.session, exc)
+        return PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
+
+
+async def _memories(services: Services, table: PageTable) -> tuple[Memories | None, str]:
+    """The committed memory the turn's write-back is planned on, or (None, why) when it must be
+    deferred: the store is unavailable, or the session's earlier batches wait in the outage queue
+    (batches commit in order)."""
+    if services.outage.holds(table.tenant, table.session):
+        return None, ""
+    try:
+        return await services.memory.memories(table), ""
+    except StoreUnavailable as exc:
+        log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
+        return None, f"write-back: {exc.reason}"
+
+
+async def _write_back(
+    services: Services, table: PageTable, decision: Decision
+) -> tuple[WriteReport | None, WriteBatch | None, str]:
+    """Carry out the turn's write-back but for the session scope's batch, returned to commit with
+    the table (one round trip); or (None, None, why) when the store is unavailable (deferred)."""
+    if decision.writes is None:
+        return None, None, ""
+    try:
+        report, held = await services.memory.execute_apart(table, decision.writes, decision.new_pages)
+        return report, held, ""
+    except StoreUnavailable as exc:
+        log.warning("session %s: write-back deferred, the store is unavailable: %s", table.session, exc)
+        return None, None, f"write-back: {exc.reason}"
+
+
+async def _commit(
+    services: Services,
+    table: PageTable,
+    decision: Decision,
+    written: WriteReport | None,
+    held: WriteBatch | None,
+    unavailable: str,
+) -> bool:
+    """Save the turn, with the session scope's write-back batch `held` in the same script; True
+    when the store was unavailable and its writes were deferred (the turn is then degraded). A
+    session with deferred work commits it first, in order, then this turn."""
+    outage, key = services.outage, (table.tenant, table.session)
+    pages, observation = list(decision.pages), decision.observation
+    deferred = None if written is not None else list(decision.new_pages)
+    if deferred is None and not outage.holds(*key):
+        try:
+            await services.sessions.commit(table, pages, services.memory.joined_args(held) if held else ())
+            if held is not None and written is not None:
+                services.memory.settle(table.tenant, held, written)
+            return False
+        except StoreUnavailable as exc:
+            log.warning("session %s: commit deferred, the store is unavailable: %s", table.session, exc)
+            unavailable = f"commit: {exc.reason}"
+            if held is not None:  # its batch did not commit with the table: the write-back waits too
+                deferred = list(decision.new_pages)
+    records = (observation.decisions, observation.events)  # written with the deferred work, in order
+    observation.decisions, observation.events = [], []
+    if unavailable:
+        records[1].append(store_event(unavailable, table.turn))
+    outage.defer(table, pages, deferred, records)
+    if not unavailable:  # the store answered so far this turn: commit the session's queue now
+        try:
+            await outage.flush(*key)
+            return False
+        except StoreUnavailable as exc:
+            log.warning("session %s: deferred work not committed, the store is unavailable: %s", table.session, exc)
+            unavailable = f"commit: {exc.reason}"
+            outage.note(*key, [store_event(unavailable, table.turn)])
+    log.warning("session %s turn %d served without the store (%s)", table.session, table.turn, unavailable)
+    return True
+
+
+async def _turn(
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    table: PageTable,
+    counter: TokenCounter,
+    budget: TokenBudget,
+    hint: str | None,
+    wire: Wire,
+) -> tuple[TurnPlan, Timing, Observation]:
+    """One turn on a loaded table: load what the pure step needs, run it, carry out its commands
+    (write-back, commit; the records are written after the answer)."""
+    now = int(time.time())
+    start = None
+    if wants_start(table, chat.messages):
+        start = await load_start(services.sessions, services.memory.journal, table)
+    memories, unavailable = await _memories(services, table)
+    turn = TurnInput(
+        chat.messages,
+        tenant.policy,
+        counter,
+        budget,
+        now,
+        idle=services.settings.server.session_idle_seconds,
+        hint=hint,
+        offers_recall=wire.offers_recall(chat.body),
+        recall_tool=RECALL_TOOL,
+        start=start,
+        memories=memories,
+    )
+    decision = step(table, turn, clock=time.perf_counter_ns)
+    written, held, failed = await _write_back(services, table, decision)
+    unavailable = unavailable or failed
+    observation = decision.observation
+    seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
+    timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
+    if await _commit(services, table, decision, written, held, unavailable):
+        timing = replace(timing, degraded=True)
+    return decision.plan, timing, observation
+
+
+async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:
+    """The upstream body this request would be forwarded as, planned on a copy of the session's
+    table: nothing is ingested, written back or committed (a count of tokens, not a turn)."""
+    override = services.settings.models.get(chat.model)
+    counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
+    budget = _budget(services, tenant, chat, counter, wire)
+    fresh = PageTable(tenant=tenant.name, session=ids.session, project=ids.project, user=ids.user)
+    try:
+        held = services.outage.table(tenant.name, ids.session) or await services.sessions.read(tenant.name, ids.session)
+    except (StoreUnavailable, CorruptData, TableFormatError):  # counted as a new session would be
+        held = None
+    table = copy.deepcopy(held) if held is not None else fresh
+    plan = plan_turn(table, chat.messages, tenant.policy, counter, budget, recall_tool=RECALL_TOOL)
+    body = wire.render(chat, plan.messages, tenant)
+    if wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages):
+        wire.offer(body, RECALL_TOOL)
+    return body
