@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from policies.layout import (
     SPAN_HEADER_TOKENS,
     Layout,
-    collapsible,
     message_cost,
     pinned_hard,
     plan_floor,
     restorable,
     total_cost,
 )
+from policies.ledger import Ledger
 from policies.pages import Fidelity, Page, PageType, Pin
 from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
@@ -42,6 +42,7 @@ LOW_WATER = 0.75  # the re-plan target when the caller names none
 EVIDENCE_SHARE = 0.25  # of the budget, at most, for paged-out evidence brought back beside the whole transcript
 OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
+STUB = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS  # a span stub's fixed cost: what one fold more or less changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,23 +108,25 @@ def replan(
             return Assembly(whole, whole_cost, whole_cost, False, True, ())
         target = int(min(budget * low_water, whole_cost + budget * EVIDENCE_SHARE))
         held = frozenset(layout.index) - restorable(layout)
-        cost = _upgrade(layout, whole, target, weights, turn, born, whole_cost, held)
+        cost = _upgrade(Ledger(layout, whole), target, weights, turn, born, held)
         return Assembly(whole, cost, whole_cost, False, True, _decisions(layout, floors, whole))
     levels = dict(floors)
-    minimum = total_cost(layout, levels)
+    ledger = Ledger(layout, levels)
+    minimum = ledger.cost
     paged: frozenset[str] = frozenset()
     if minimum > budget:  # a tool result of the newest turn too big to send whole: page it too
         floors = _relaxed(layout, floors)
         paged = frozenset(p for p in layout.order[layout.newest :] if floors[p] < Fidelity.FULL)
         levels = dict(floors)
-        minimum = total_cost(layout, levels)
+        ledger = Ledger(layout, levels, ledger.shape)
+        minimum = ledger.cost
     if minimum > budget:
         if whole_cost < minimum:  # stubs can cost more than tiny messages sent whole
             levels, minimum = whole, whole_cost
         insufficient = minimum > budget
         return Assembly(levels, minimum, minimum, insufficient, True, _decisions(layout, floors, levels))
     target = low_mark(budget, minimum, low_water)
-    cost = _upgrade(layout, levels, target, weights, turn, born, minimum, paged | frozenset(layout.index))
+    cost = _upgrade(ledger, target, weights, turn, born, paged | frozenset(layout.index))
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
 
 
@@ -166,18 +169,16 @@ def score(layout: Layout, page_id: str, weights: Weights, turn: int, born: Mappi
 
 
 def _upgrade(
-    layout: Layout,
-    levels: dict[str, Fidelity],
+    ledger: Ledger,
     target: int,
     weights: Weights,
     turn: int,
     born: Mapping[str, int],
-    cost: int,
     paged: frozenset[str] = frozenset(),
 ) -> int:
-    """Phase 2. Pages in `paged` (oversized newest-turn results, the evidence index when the
-    transcript itself does not fit whole) keep their level."""
-    block_of = _block_index(layout)
+    """Phase 2, on the ledger's levels. Pages in `paged` (oversized newest-turn results, the
+    evidence index when the transcript itself does not fit whole) keep their level."""
+    layout, levels, block_of = ledger.layout, ledger.levels, ledger.shape.block_of
     scores = {
         p: score(layout, p, weights, turn, born)
         for p, level in levels.items()
@@ -186,21 +187,25 @@ def _upgrade(
     heap = [_step(layout, p, levels[p], value) for p, value in scores.items()]
     heapq.heapify(heap)
     applied: list[tuple[str, Fidelity]] = []
+    cost = ledger.cost  # the running estimate the upgrades are chosen by
     while heap:
         _, page_id, step = heapq.heappop(heap)
         current = levels[page_id]
         if current + 1 != step:
             continue
+        costs = layout.costs[page_id]
+        if cost + costs[step] - max(STUB, costs[current]) > target:
+            continue  # `_delta` is at least this (a fold saves one stub at most): it would not fit
         level = LADDER[step]
-        delta = _delta(layout, levels, block_of.get(page_id, -1), page_id, level)
+        delta = _delta(ledger, block_of.get(page_id, -1), page_id, level)
         if cost + delta > target:
             continue
         applied.append((page_id, current))
-        levels[page_id] = level
+        ledger.set(page_id, level)
         cost += delta
         if step < Fidelity.FULL:
             heapq.heappush(heap, _step(layout, page_id, level, scores[page_id]))
-    return _settle(layout, levels, target, applied)
+    return _settle(ledger, target, applied)
 
 
 def _step(layout: Layout, page_id: str, level: int, value: float) -> tuple[float, str, int]:
@@ -210,57 +215,50 @@ def _step(layout: Layout, page_id: str, level: int, value: float) -> tuple[float
     return (-(value / gain) if gain > 0 else float("-inf"), page_id, level + 1)
 
 
-def _delta(layout: Layout, levels: dict[str, Fidelity], block: int, page_id: str, level: Fidelity) -> int:
+def _delta(ledger: Ledger, block: int, page_id: str, level: Fidelity) -> int:
     """Token change of one upgrade. Taking a block out of a span run splits the run (one more
     stub) or ends it (one stub less). The block's span entries are not credited (a long span
     does not list its older pages, so leaving it may save nothing), nor are facts it newly
     covers: an over-estimate, which the exact accounting at the end corrects. Block -1: a page of
     the evidence index, whose line stays when its text is shown."""
-    if block < 0 or not collapsible(layout, block, levels):
+    layout, levels = ledger.layout, ledger.levels
+    if block < 0 or not ledger.collapsible(block):
         return message_cost(layout, page_id, level) - message_cost(layout, page_id, levels[page_id])
-    start, stop = layout.blocks[block]
-    members = layout.order[start:stop]
+    members = ledger.shape.members[block]
     after = sum(message_cost(layout, p, level if p == page_id else levels[p]) for p in members)
-    left = block > 0 and collapsible(layout, block - 1, levels)
-    right = block + 1 < len(layout.blocks) and collapsible(layout, block + 1, levels)
-    stub = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS
-    return after + (stub if left and right else -stub if not (left or right) else 0)
+    left = block > 0 and ledger.collapsible(block - 1)
+    right = block + 1 < len(layout.blocks) and ledger.collapsible(block + 1)
+    return after + (STUB if left and right else -STUB if not (left or right) else 0)
 
 
-def _settle(layout: Layout, levels: dict[str, Fidelity], target: int, applied: list[tuple[str, Fidelity]]) -> int:
+def _settle(ledger: Ledger, target: int, applied: list[tuple[str, Fidelity]]) -> int:
     """Keep the longest run of the upgrades, in the order they were applied, whose exact
-    accounting fits the target, found by bisection: a few exact accountings, not one per
-    upgrade undone (each is linear in the session). Keeping none fits: the floors do."""
-    cost = total_cost(layout, levels)
-    if cost <= target:
-        return cost
+    accounting fits the target, found by bisection over the ledger (undoing and redoing upgrades
+    costs what they change, not the session). Keeping none fits: the floors do."""
+    if ledger.cost <= target:
+        return ledger.cost
     kept, over = 0, len(applied)  # keeping `kept` upgrades fits; keeping `over` does not
+    held = len(applied)  # upgrades the ledger holds
     while over - kept > 1:
         middle = (kept + over) // 2
-        if total_cost(layout, _first(levels, applied, middle)) <= target:
+        held = _hold(ledger, applied, held, middle)
+        if ledger.cost <= target:
             kept = middle
         else:
             over = middle
-    for page_id, level in reversed(applied[kept:]):
-        levels[page_id] = level
+    _hold(ledger, applied, held, kept)
     del applied[kept:]
-    return total_cost(layout, levels)
+    return ledger.cost
 
 
-def _first(levels: Mapping[str, Fidelity], applied: list[tuple[str, Fidelity]], count: int) -> dict[str, Fidelity]:
-    """`levels` with only the first `count` of the applied upgrades."""
-    trial = dict(levels)
-    for page_id, level in reversed(applied[count:]):
-        trial[page_id] = level
-    return trial
-
-
-def _block_index(layout: Layout) -> dict[str, int]:
-    index: dict[str, int] = {}
-    for block, (start, stop) in enumerate(layout.blocks):
-        for page_id in layout.order[start:stop]:
-            index[page_id] = block
-    return index
+def _hold(ledger: Ledger, applied: list[tuple[str, Fidelity]], held: int, count: int) -> int:
+    """Bring the ledger from holding the first `held` upgrades to holding the first `count`
+    (each upgrade is one step up from the level it records)."""
+    for page_id, level in reversed(applied[count:held]):
+        ledger.set(page_id, level)
+    for page_id, level in applied[held:count]:
+        ledger.set(page_id, LADDER[level + 1])
+    return count
 
 
 def _decisions(layout: Layout, floors: Mapping[str, Fidelity], levels: Mapping[str, Fidelity]) -> tuple[Decision, ...]:

@@ -26,9 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin
 from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, framed
+
+if TYPE_CHECKING:
+    from policies.prefix import Prefix
 
 SPAN_HEADER_TOKENS = 48  # upper bound of the span stub's fixed text (checked by tests)
 SPAN_LISTED = 32  # a span stub lists its newest pages one by one, at most this many
@@ -74,22 +78,32 @@ def make_layout(
     index: tuple[str, ...] = (),
     referenced: frozenset[str] = frozenset(),
     continues: bool = False,
+    known: Prefix | None = None,
 ) -> Layout:
     """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs.
     `index`: the paged-out evidence (its pages' `entries` are their index lines); `referenced`:
     those of them the current plan or the last turns name (policies.pagetable); `continues`: the
-    transcript goes on from a summary of what was dropped (a compaction, not a fresh start)."""
-    blocks = group_blocks(order, pages)
+    transcript goes on from a summary of what was dropped (a compaction, not a fresh start).
+    `known`: the layout of the transcript so far (policies.prefix), brought up to `order` and
+    used instead of a pass over the whole transcript; the same layout either way."""
     newest = newest_turn(order, pages)
-    costs = {p: _costs(pages[p], p in names) for p in order}
+    if known is not None:
+        known.extend(order, pages, names)
+        blocks, costs = tuple(known.blocks), dict(known.costs)
+    else:
+        blocks = group_blocks(order, pages)
+        costs = {p: level_costs(pages[p], p in names) for p in order}
     costs.update((p, _index_costs(pages[p], entries[p])) for p in index)
     anchor = leading_instructions(order, pages)
     layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, (), restored)
     layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index), continues=continues)
+    if known is not None:
+        return replace(layout, eligible=known.eligible(newest, current_plan))
     return replace(layout, eligible=tuple(_eligible(layout, start, stop) for start, stop in blocks))
 
 
-def _costs(page: Page, named: bool) -> tuple[int, ...]:
+def level_costs(page: Page, named: bool) -> tuple[int, ...]:
+    """A message page's whole-message tokens per level, indexed by Fidelity."""
     return (0, *(framed(page.tokens(level), named=named) for level in LEVELS))
 
 
@@ -157,15 +171,15 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
     """Exact accounting (an upper bound where text is joined) of the rendered prompt's messages."""
     cost = REPLY_PRIMING
     span: list[int] = []  # entry costs of the open span run
-    for block in range(len(layout.blocks)):
-        start, stop = layout.blocks[block]
-        if collapsible(layout, block, levels):
-            span.extend(layout.entries[p] for p in layout.order[start:stop])
+    order, costs, entries, eligible = layout.order, layout.costs, layout.entries, layout.eligible
+    for block, (start, stop) in enumerate(layout.blocks):
+        members = order[start:stop]
+        if eligible[block] and all(levels[p] == Fidelity.POINTER for p in members):  # `collapsible`, inline
+            span.extend(entries[p] for p in members)
             continue
         if span:
             cost, span = cost + span_cost(span), []
-        costs = layout.costs
-        cost += sum(costs[p][levels[p]] for p in layout.order[start:stop])
+        cost += sum(costs[p][levels[p]] for p in members)
     if span:
         cost += span_cost(span)
     return cost + index_cost(layout, levels) + retained_cost(layout, uncovered_facts(layout, levels))
@@ -174,9 +188,13 @@ def total_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
 def span_cost(entries: Sequence[int]) -> int:
     """One span stub: its header, its newest SPAN_LISTED entries one per line, and one range line
     for the older ones (recall expands a range). Bounded, however long the session grows."""
-    listed = entries[-SPAN_LISTED:]
-    older = RANGE_LINE_TOKENS + LINE_TOKENS if len(entries) > SPAN_LISTED else 0
-    return MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS + sum(listed) + LINE_TOKENS * len(listed) + older
+    return stub_cost(len(entries), sum(entries[-SPAN_LISTED:]))
+
+
+def stub_cost(count: int, listed: int) -> int:
+    """A span stub over `count` pages whose newest SPAN_LISTED entries cost `listed` tokens."""
+    older = RANGE_LINE_TOKENS + LINE_TOKENS if count > SPAN_LISTED else 0
+    return MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS + listed + LINE_TOKENS * min(count, SPAN_LISTED) + older
 
 
 def index_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
@@ -230,12 +248,24 @@ def newest_turn(order: Sequence[str], pages: Mapping[str, Page]) -> int:
 
 def group_blocks(order: Sequence[str], pages: Mapping[str, Page]) -> tuple[tuple[int, int], ...]:
     blocks: list[tuple[int, int]] = []
-    open_calls: frozenset[str] = frozenset()
-    for position, page_id in enumerate(order):
-        page = pages[page_id]
+    extend_blocks(blocks, frozenset(), order, pages, 0)
+    return tuple(blocks)
+
+
+def extend_blocks(
+    blocks: list[tuple[int, int]],
+    open_calls: frozenset[str],
+    order: Sequence[str],
+    pages: Mapping[str, Page],
+    start: int,
+) -> frozenset[str]:
+    """Group positions `start` on into `blocks` (those before `start`, with `open_calls` the
+    calls of the last block still unanswered); returns the calls left open after them."""
+    for position in range(start, len(order)):
+        page = pages[order[position]]
         if page.provenance.role == "tool" and page.provenance.tool_call_id in open_calls and blocks:
             blocks[-1] = (blocks[-1][0], position + 1)
             continue
         blocks.append((position, position + 1))
         open_calls = frozenset(c.id for c in page.reprs.full.tool_calls)
-    return tuple(blocks)
+    return open_calls

@@ -33,6 +33,8 @@ import re
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
+from operator import attrgetter
 
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
@@ -44,6 +46,7 @@ from policies.transcript import Message, ToolCall
 CALL_ARGUMENTS_KEPT = 400
 PAGE_ID = re.compile(r"p:[0-9a-f]{12}(?:~[1-9][0-9]{0,8})?")
 EDIT_TOOLS = ("edit", "write", "replace", "create", "patch", "update", "modify", "delete", "insert")
+TEXT = attrgetter("text")
 READ_TOOLS = ("read", "bash", "shell", "grep", "glob", "search", "list", "get", "find", "fetch", "cat", "ls")
 
 
@@ -61,6 +64,30 @@ class Changes:
     pages: set[str] = field(default_factory=set)  # pages added, with their per-page fields
     levels: set[str] = field(default_factory=set)  # pages whose level was set, changed or dropped
     calls: set[str] = field(default_factory=set)  # tool calls recorded
+
+
+class Ingested:
+    """The messages a table last ingested (the table's `keys` and `lengths` were taken from them),
+    kept beside it, not stored. The gateway reuses its parse of a resent transcript
+    (gateway.wire.chat_transcripts), so the next request begins with these very objects: `known_prefix`
+    then recognises them by identity, in C, instead of reading every message's text. Messages
+    are not changed in place once parsed, so a copy of the table shares them."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        self.messages = list(messages)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Ingested:
+        return self
+
+    def begins(self, messages: Sequence[Message], count: int) -> bool:
+        """Whether the first `count` of `messages` are the first `count` ingested: the same
+        objects (compared by identity first, in C) or, where one is not, equal ones."""
+        if count == 0 or len(self.messages) < count:
+            return False
+        head = list(islice(messages, count))
+        return head[0] is self.messages[0] and head[-1] is self.messages[count - 1] and head == self.messages[:count]
 
 
 @dataclass(slots=True)
@@ -93,6 +120,8 @@ class PageTable:
     signatures: dict[str, str] | None = field(default=None, repr=False, compare=False)  # see policies.duplicates
     signed: int = field(default=0, repr=False, compare=False)  # positions `signatures` covers; not stored
     view: object | None = None  # the last rendering, for the append fast path; not stored
+    prefix: object | None = field(default=None, repr=False, compare=False)  # see policies.prefix; not stored
+    ingested: Ingested | None = field(default=None, repr=False, compare=False)  # the last transcript; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
     changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
 
@@ -168,8 +197,12 @@ def known_prefix(table: PageTable, messages: Sequence[Message]) -> int:
     if known == 0:
         return 0
     limit = min(known, len(messages))
-    lengths = table.lengths
-    agree = next((i for i in range(limit) if len(messages[i].text) != lengths[i]), limit)
+    if isinstance(table.ingested, Ingested) and table.ingested.begins(messages, limit):
+        agree = limit  # the very messages the lengths were taken from
+    else:
+        lengths = table.lengths
+        sizes = list(map(len, map(TEXT, islice(messages, limit))))  # in C: no Python step per message
+        agree = limit if sizes == lengths[:limit] else next(i for i in range(limit) if sizes[i] != lengths[i])
     if agree == 0:
         return 0
     if all(message_key(messages[i]) == table.keys[i] for i in {0, agree // 2, agree - 1}):
@@ -211,6 +244,7 @@ def ingest(
         table.keys.append(message_key(message))
         table.lengths.append(len(message.text))
         table.sent += _sent(table, page_id)
+    table.ingested = Ingested(messages)
     if dropped:
         _settle(table, dropped)
         _describe(table, dropped, counter)

@@ -17,6 +17,7 @@ from policies.layout import Layout, leading_instructions, make_layout, newest_tu
 from policies.lifecycle import summary_marker
 from policies.pages import Fidelity, PageType
 from policies.pagetable import IngestResult, PageTable, ingest, named_in, paged_out, replace_levels, set_level
+from policies.prefix import Prefix
 from policies.render import View, render, stated
 from policies.tenant import TenantPolicy
 from policies.tokens import TokenCounter, framed
@@ -134,21 +135,25 @@ def _kept(table: PageTable) -> Assembly:
 
 
 def build_layout(table: PageTable) -> Layout:
+    """The table's layout, built on the part of it the last re-plan laid out (`table.prefix`)."""
     order = tuple(table.order)
-    pages = table.pages
-    plans = [p for p in order if pages[p].type is PageType.PLAN]
+    known = table.prefix if isinstance(table.prefix, Prefix) else Prefix()
+    known.extend(order, table.pages, table.names)
+    table.prefix = known
+    plans = [plan] if (plan := known.current_plan()) is not None else []
     index = tuple(paged_out(table))
     return make_layout(
         order,
-        pages,
+        table.pages,
         table.names,
         {p: table.entries[p][1] for p in (*order, *index)},
         _live_facts(table, order),
         plans[-1] if plans else None,
         frozenset(table.restored),
         index,
-        named_in(table, index, _recent_text(table, plans[-1:])) if index else frozenset(),
+        named_in(table, index, _recent_text(table, plans)) if index else frozenset(),
         bool(index) and _continues(table),
+        known,
     )
 
 

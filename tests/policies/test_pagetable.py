@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.wire.chat_json import parse_messages
 from policies.pages import Fidelity, PageType, Pin, Scope
@@ -20,6 +21,7 @@ from policies.pagetable import (
     effective_pin,
     id_tag,
     ingest,
+    known_prefix,
     message_key,
     named_in,
     paged_out,
@@ -532,3 +534,25 @@ def test_a_harness_summary_yields_no_rules_preferences_or_intents() -> None:
     assert not [p for p in table.pages.values() if p.type in facts]
     ingest(table, [summary, plain], TenantPolicy(), COUNTER)
     assert [p.type for p in table.pages.values() if p.type in facts] == [PageType.CONSTRAINT]
+
+
+@PROPERTY
+@given(transcripts(max_rounds=6), st.integers(0, 99), st.sampled_from(("same", "copies", "pruned", "cut")))
+def test_the_known_prefix_is_the_same_whether_the_last_messages_are_held_or_not(
+    wire: list[Wire], pick: int, change: str
+) -> None:
+    """`PageTable.ingested` only saves reading the texts: the answer is the one the lengths give."""
+    table = PageTable("t", "s", "p")
+    first = parse_messages(wire)
+    ingest(table, first, TenantPolicy(), COUNTER)
+    sent = list(first)  # the same objects, as the gateway's parse cache hands them back
+    if change == "copies":
+        sent = [replace(m) for m in first]
+    elif change == "pruned" and sent:
+        at = pick % len(sent)
+        sent[at] = replace(sent[at], text=sent[at].text + " [pruned]")
+    elif change == "cut":
+        sent = sent[: pick % (len(sent) + 1)]
+    held = known_prefix(table, sent)
+    table.ingested = None
+    assert held == known_prefix(table, sent)

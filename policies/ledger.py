@@ -1,0 +1,129 @@
+"""Exact accounting kept up to date while the selector changes levels one page at a time.
+
+`policies.layout.total_cost` accounts a whole assembly from scratch: a pass over every block,
+linear in the session. The selector's second phase changes one page at a time and needs the
+exact figure after a run of changes (`policies.assembler._settle`); recounting it each time made
+a re-plan cost a dozen passes over the session. A `Ledger` counts once, then keeps the same
+figure as each change comes, at the cost of the change:
+
+- a block that is not folded costs the sum of its members' message costs (kept per block);
+- a run of neighbouring collapsible blocks costs one span stub, whose cost depends only on how
+  many pages the run holds and on the span entries of its newest SPAN_LISTED ones (prefix sums
+  of the entries by position give both in O(1)); the runs are the gaps between the blocks that
+  are not collapsible (`breaks`, kept sorted);
+- the evidence index and the retained-state message are recounted by `policies.layout` itself
+  when one of their pages changes (each is as long as the index, or the facts, not the session).
+
+`Ledger.cost == total_cost(layout, levels)` after every change (tests/policies/test_ledger.py).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from itertools import accumulate
+
+from policies.layout import SPAN_LISTED, Layout, index_cost, retained_cost, stub_cost
+from policies.pages import Fidelity
+from policies.tokens import REPLY_PRIMING
+
+
+class Shape:
+    """What every ledger of one layout shares: each page's block, the blocks' members, the span
+    entries' prefix sums by position, the facts each page states. Built once per layout."""
+
+    __slots__ = ("block_of", "members", "entry_sums", "facts_of", "indexed")
+
+    def __init__(self, layout: Layout) -> None:
+        order, blocks = layout.order, layout.blocks
+        self.members = tuple(order[start:stop] for start, stop in blocks)
+        self.block_of = {p: b for b, ids in enumerate(self.members) for p in ids}
+        self.entry_sums = (0, *accumulate(layout.entries[p] for p in order))
+        facts_of: dict[str, list[tuple[int, frozenset[Fidelity]]]] = {}
+        for number, (_, parents) in enumerate(layout.facts):
+            for parent, holds in parents:
+                facts_of.setdefault(parent, []).append((number, holds))
+        self.facts_of = facts_of
+        self.indexed = frozenset(layout.index)
+
+
+class Ledger:
+    """The exact cost of `levels` (the caller's dict, changed only through `set`)."""
+
+    __slots__ = ("layout", "shape", "levels", "block_cost", "raised", "breaks", "plain", "spans", "held", "extra")
+
+    def __init__(self, layout: Layout, levels: dict[str, Fidelity], shape: Shape | None = None) -> None:
+        self.layout, self.levels = layout, levels
+        self.shape = shape = shape or Shape(layout)
+        costs, eligible = layout.costs, layout.eligible
+        self.block_cost = [sum(costs[p][levels[p]] for p in ids) for ids in shape.members]
+        self.raised = [sum(levels[p] != Fidelity.POINTER for p in ids) for ids in shape.members]
+        self.breaks = [b for b in range(len(shape.members)) if not (eligible[b] and self.raised[b] == 0)]
+        self.plain = sum(self.block_cost[b] for b in self.breaks)
+        edges = [-1, *self.breaks, len(shape.members)]
+        self.spans = sum(self._run(left + 1, right - 1) for left, right in zip(edges, edges[1:], strict=False))
+        self.held = [
+            sum(levels.get(parent, Fidelity.NONE) in holds for parent, holds in parents) for _, parents in layout.facts
+        ]
+        self.extra = index_cost(layout, levels) + self._retained()
+
+    @property
+    def cost(self) -> int:
+        return REPLY_PRIMING + self.plain + self.spans + self.extra
+
+    def collapsible(self, block: int) -> bool:
+        """`policies.layout.collapsible` for the current levels, in O(1)."""
+        return self.layout.eligible[block] and self.raised[block] == 0
+
+    def set(self, page_id: str, level: Fidelity) -> None:
+        """Change one page's level; the cost follows."""
+        old = self.levels[page_id]
+        if old == level:
+            return
+        block = self.shape.block_of.get(page_id, -1)
+        folded = block >= 0 and self.collapsible(block)
+        self.levels[page_id] = level
+        if block >= 0:
+            self._message(block, page_id, old, level, folded)
+        if page_id in self.shape.indexed or self.shape.facts_of.get(page_id):
+            self._extras(page_id, old, level)
+
+    def _message(self, block: int, page_id: str, old: Fidelity, level: Fidelity, folded: bool) -> None:
+        cost = self.layout.costs[page_id]
+        before = self.block_cost[block]
+        self.block_cost[block] = before + cost[level] - cost[old]
+        self.raised[block] += (level != Fidelity.POINTER) - (old != Fidelity.POINTER)
+        folds = self.collapsible(block)
+        if folds == folded:
+            if not folds:
+                self.plain += self.block_cost[block] - before
+            return
+        at = bisect_left(self.breaks, block)
+        left = self.breaks[at - 1] if at > 0 else -1
+        if folds:  # the block joins the runs beside it
+            right = self.breaks[at + 1] if at + 1 < len(self.breaks) else len(self.block_cost)
+            del self.breaks[at]
+            self.plain -= before
+        else:  # the block splits the run it was in
+            right = self.breaks[at] if at < len(self.breaks) else len(self.block_cost)
+            insort(self.breaks, block)
+            self.plain += self.block_cost[block]
+        joined = self._run(left + 1, right - 1)
+        apart = self._run(left + 1, block - 1) + self._run(block + 1, right - 1)
+        self.spans += joined - apart if folds else apart - joined
+
+    def _run(self, first: int, last: int) -> int:
+        """The span stub of blocks first..last (nothing when empty), as `span_cost` counts it."""
+        if first > last:
+            return 0
+        blocks, sums = self.layout.blocks, self.shape.entry_sums
+        start, stop = blocks[first][0], blocks[last][1]
+        return stub_cost(stop - start, sums[stop] - sums[max(start, stop - SPAN_LISTED)])
+
+    def _extras(self, page_id: str, old: Fidelity, level: Fidelity) -> None:
+        for number, holds in self.shape.facts_of.get(page_id, ()):
+            self.held[number] += (level in holds) - (old in holds)
+        self.extra = index_cost(self.layout, self.levels) + self._retained()
+
+    def _retained(self) -> int:
+        facts = self.layout.facts
+        return retained_cost(self.layout, [facts[n][0] for n, count in enumerate(self.held) if count == 0])
