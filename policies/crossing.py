@@ -17,7 +17,7 @@
   they are one agent's: no project named by the client and no system prompt.
 
 What a start needs from the store (the predecessor's table, the project's committed pages) is
-loaded by the gateway (`gateway.boundary.load_start`) and handed in as a `Start`. Carried state
+loaded by the gateway (`gateway.turns.boundary.load_start`) and handed in as a `Start`. Carried state
 goes into the table's `carried` list (policies.pagetable), which the assembly keeps in the
 retained-state block until the transcript states it again.
 """
@@ -33,7 +33,7 @@ from policies.pages import Page, PageType
 from policies.pagetable import PageTable, known_prefix
 from policies.transcript import Message
 
-FINGERPRINT = "fp-"  # the head of an id the gateway derived from the transcript (gateway.sessions)
+FINGERPRINT = "fp-"  # the head of an id the gateway derived from the transcript (gateway.turns.sessions)
 CARRIED_TYPES = frozenset(
     {PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT, PageType.PLAN, PageType.BOOTSTRAP}
 )

@@ -3,7 +3,7 @@
 Given the facts of a planned turn (the boundary the agent made, what was dropped and what was
 committed, the assembly, repeated tool calls) it says what they amount to, with
 `policies.faults` and `policies.observer`, and updates the session's tally. A recall's outcome
-is observed after the response, by `recall_events`. `gateway.observe` writes the results to
+is observed after the response, by `recall_events`. `gateway.observability.observe` writes the results to
 the audit streams and the metrics.
 """
 

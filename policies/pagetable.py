@@ -95,7 +95,7 @@ class PageTable:
     tenant: str
     session: str
     project: str
-    user: str = ""  # the end user who opened the session (a digest, gateway.sessions); "" when unnamed
+    user: str = ""  # the end user who opened the session (a digest, gateway.turns.sessions); "" when unnamed
     pages: dict[str, Page] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """The recall tool's pure rules (DESIGN §4): how much of the prompt stays free for recalled text,
 how a round's room is shared among its calls, and which lines of a page answer a query.
 
-`gateway.recall` resolves calls against the store with these; nothing here does I/O.
+`gateway.wire.recall` resolves calls against the store with these; nothing here does I/O.
 """
 
 from __future__ import annotations
