@@ -85,13 +85,16 @@ class SessionState:
             return PageTable(tenant=tenant, session=session, project=project, user=user)
         return await self._decode(tenant, session, record)
 
-    async def current(self, tenant: str, session: str) -> bool:
+    async def current(self, tenant: str, session: str, checked: bool = False) -> bool:
         """Whether the cached table (if any) may be planned on: always while no other writer has
-        been seen; else only when its version is the stored one (one HGET), a stale copy being
-        dropped so that `load` reads the stored table and the turn is planned once, not twice.
-        An unreachable store keeps the cached copy (the outage path plans on it)."""
+        been seen and the caller does not ask for the table to be `checked`; else only when its
+        version is the stored one (one HGET), a stale copy being dropped so that `load` reads the
+        stored table and the turn is planned once, not twice. A turn whose save runs beside its
+        upstream call asks for the check (gateway.store.saving): its prompt is forwarded before
+        the save's own version check could tell it the copy was stale. An unreachable store keeps
+        the cached copy (the outage path plans on it)."""
         cached = self._cache.get((tenant, session))
-        if cached is None or not self.shared:
+        if cached is None or not (self.shared or checked):
             return True
         try:
             stored = await self.store.table_version(tenant, session_scope(session))
