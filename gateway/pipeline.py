@@ -216,8 +216,8 @@ async def _served(
     except StaleTurn:
         raise
     except GatewayError:
-        await _quietly(turn.saved)  # an error answer acknowledges nothing, but the save ends first
-        await turn.after()
+        if await _quietly(turn.saved):  # an error answer acknowledges nothing, but the save ends first
+            await turn.after()  # the records of a saved turn
         raise
     _then(response, turn.after)
     return response
@@ -233,12 +233,14 @@ class StaleTurn(ServiceUnavailable):
         super().__init__("the session is being updated concurrently; retry the request")
 
 
-async def _quietly(saved: Callable[[], Awaitable[None]]) -> None:
-    """Wait for a turn's save on an error path: its failure is logged (PendingSave), not raised."""
+async def _quietly(saved: Callable[[], Awaitable[None]]) -> bool:
+    """Wait for a turn's save on an error path: whether it committed (a failure is logged by
+    PendingSave, not raised)."""
     try:
         await saved()
     except GatewayError:
-        pass
+        return False
+    return True
 
 
 def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn) -> None:
