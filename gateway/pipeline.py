@@ -54,6 +54,7 @@ from gateway.stages import Stages
 from gateway.store.memory import WriteReport
 from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
 from gateway.store.saving import PendingSave
+from gateway.store.session_state import writes
 from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict, session_scope
 from gateway.store.tables import TableFormatError
 from gateway.tokens import TiktokenCounter
@@ -597,8 +598,9 @@ async def _plan_and_commit(
     services.outage.admit()
     for attempt in range(COMMIT_ATTEMPTS):
         try:
-            table = await _load(services, tenant, ids, checked=beside)
-            plan, timing, observation, save = await _turn(services, tenant, chat, table, counter, budget, hint, wire)
+            table = await _load(services, tenant, ids, verified=beside)
+            turn = await _turn(services, tenant, chat, table, counter, budget, hint, wire, beside)
+            plan, timing, observation, save = turn
             if beside:
                 return plan, timing, observation, save
             return plan, replace(timing, degraded=await save()), observation, None
@@ -634,16 +636,17 @@ def _unsaved(services: Services, tenant: Tenant, ids: SessionIds, exc: StoreErro
     )
 
 
-async def _load(services: Services, tenant: Tenant, ids: SessionIds, checked: bool = False) -> PageTable:
-    """The session's table: the outage queue's while it holds deferred work, else the cached (its
-    version `checked` against the stored one when asked, `SessionState.current`) or stored one; a
-    fresh table (built from the request's own messages) when the store is unreachable."""
+async def _load(services: Services, tenant: Tenant, ids: SessionIds, verified: bool = False) -> PageTable:
+    """The session's table: the outage queue's while it holds deferred work, else the cached
+    (checked first once another writer was seen, unless the turn is `verified` while it is planned:
+    `_turn`) or stored one; a fresh table (built from the request's own messages) when the store
+    is unreachable."""
     held = services.outage.table(tenant.name, ids.session)
     if held is not None:
         services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
         return held
     try:
-        if not await services.sessions.current(tenant.name, ids.session, checked):  # moved on elsewhere
+        if not verified and not await services.sessions.current(tenant.name, ids.session):  # moved on elsewhere
             services.memory.forget(tenant.name, session_scope(ids.session))
         return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)
     except StoreUnavailable as exc:
@@ -730,11 +733,51 @@ async def _turn(
     budget: TokenBudget,
     hint: str | None,
     wire: Wire,
+    verify: bool = False,
 ) -> tuple[TurnPlan, Timing, Observation, Save]:
     """One turn on a loaded table: load what the pure step needs, run it, carry out its commands
     (write-back; the commit is returned to run, True when degraded; the records are written after
-    the answer)."""
+    the answer). With `verify` (the save will run beside the upstream call, too late to tell that
+    the table was stale), the table's stored version is read while the step runs, and a turn that
+    writes on a table another writer moved past raises VersionConflict before anything is written
+    (a turn that writes nothing is forwarded as it would be without the check: no save of it
+    could have told)."""
     now = int(time.time())
+    moved = _moved(services, table) if verify else None
+    if moved is not None:
+        await asyncio.sleep(0)  # the read goes out before the CPU-bound step
+    return await _stepped(services, tenant, chat, table, counter, budget, hint, wire, now, moved)
+
+
+def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:
+    """Whether another writer saved the session past `table` (one HGET), read in the background;
+    None for a table the outage queue holds (its stored version lags by design). It is never
+    cancelled: a redis command cancelled mid-reply costs its connection."""
+    if services.outage.holds(table.tenant, table.session):
+        return None
+    read = asyncio.ensure_future(services.sessions.moved(table))
+    read.add_done_callback(_unheard)  # a turn that writes nothing does not wait for it: never cancelled
+    return read
+
+
+def _unheard(read: asyncio.Future[bool]) -> None:
+    """A version read no turn waited for: its failure is logged, never left unretrieved."""
+    if not read.cancelled() and read.exception() is not None:
+        log.warning("a table version read failed: %r", read.exception())
+
+
+async def _stepped(
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    table: PageTable,
+    counter: TokenCounter,
+    budget: TokenBudget,
+    hint: str | None,
+    wire: Wire,
+    now: int,
+    moved: asyncio.Task[bool] | None,
+) -> tuple[TurnPlan, Timing, Observation, Save]:
     start = None
     if wants_start(table, chat.messages):
         start = await load_start(services.sessions, services.memory.journal, table)
@@ -753,6 +796,8 @@ async def _turn(
         memories=memories,
     )
     decision = step(table, turn, clock=time.perf_counter_ns)
+    if moved is not None and writes(table, decision.pages, decision.writes is not None) and await moved:
+        raise VersionConflict(f"session {table.session}: the table was saved past v{table.version} elsewhere")
     written, held, failed = await _write_back(services, table, decision)
     unavailable = unavailable or failed
     observation = decision.observation

@@ -85,16 +85,13 @@ class SessionState:
             return PageTable(tenant=tenant, session=session, project=project, user=user)
         return await self._decode(tenant, session, record)
 
-    async def current(self, tenant: str, session: str, checked: bool = False) -> bool:
+    async def current(self, tenant: str, session: str) -> bool:
         """Whether the cached table (if any) may be planned on: always while no other writer has
-        been seen and the caller does not ask for the table to be `checked`; else only when its
-        version is the stored one (one HGET), a stale copy being dropped so that `load` reads the
-        stored table and the turn is planned once, not twice. A turn whose save runs beside its
-        upstream call asks for the check (gateway.store.saving): its prompt is forwarded before
-        the save's own version check could tell it the copy was stale. An unreachable store keeps
-        the cached copy (the outage path plans on it)."""
+        been seen; else only when its version is the stored one (one HGET), a stale copy being
+        dropped so that `load` reads the stored table and the turn is planned once, not twice.
+        An unreachable store keeps the cached copy (the outage path plans on it)."""
         cached = self._cache.get((tenant, session))
-        if cached is None or not (self.shared or checked):
+        if cached is None or not self.shared:
             return True
         try:
             stored = await self.store.table_version(tenant, session_scope(session))
@@ -104,6 +101,17 @@ class SessionState:
             return True
         self.forget(tenant, session)
         return False
+
+    async def moved(self, table: PageTable) -> bool:
+        """Whether another writer has saved the session past `table` (one HGET): a turn whose save
+        runs beside its upstream call (gateway.store.saving) asks before it forwards, since that
+        save's own version check would tell it too late. An unreachable store answers False (the
+        outage path plans on the copy it has)."""
+        try:
+            stored = await self.store.table_version(table.tenant, session_scope(table.session))
+        except StoreUnavailable:
+            return False
+        return stored != table.version
 
     async def read(self, tenant: str, session: str) -> PageTable | None:
         """The session's table for reading (the audit API): the cached copy, left in the cache,
@@ -128,7 +136,7 @@ class SessionState:
         session scope's write-back batch when given (`MemoryService.joined_args`), in one atomic
         save: one round trip. A failed save leaves the table's change tracking as it was. A stored
         table that has not changed since its last save is cached again without a round trip."""
-        if table.version > 0 and not new_pages and not writeback and unchanged(table):
+        if not writes(table, new_pages, bool(writeback)):
             self.keep(table)
             return
         bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
@@ -157,3 +165,9 @@ class SessionState:
 
     def forget(self, tenant: str, session: str) -> None:
         self._cache.pop((tenant, session), None)
+
+
+def writes(table: PageTable, new_pages: Sequence[Page], writeback: bool) -> bool:
+    """Whether committing the turn writes anything: a table not stored yet or changed since its
+    last save, new pages, or a write-back batch (else `commit` only caches the table again)."""
+    return table.version == 0 or bool(new_pages) or writeback or not unchanged(table)
