@@ -746,38 +746,6 @@ async def _turn(
     moved = _moved(services, table) if verify else None
     if moved is not None:
         await asyncio.sleep(0)  # the read goes out before the CPU-bound step
-    return await _stepped(services, tenant, chat, table, counter, budget, hint, wire, now, moved)
-
-
-def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:
-    """Whether another writer saved the session past `table` (one HGET), read in the background;
-    None for a table the outage queue holds (its stored version lags by design). It is never
-    cancelled: a redis command cancelled mid-reply costs its connection."""
-    if services.outage.holds(table.tenant, table.session):
-        return None
-    read = asyncio.ensure_future(services.sessions.moved(table))
-    read.add_done_callback(_unheard)  # a turn that writes nothing does not wait for it: never cancelled
-    return read
-
-
-def _unheard(read: asyncio.Future[bool]) -> None:
-    """A version read no turn waited for: its failure is logged, never left unretrieved."""
-    if not read.cancelled() and read.exception() is not None:
-        log.warning("a table version read failed: %r", read.exception())
-
-
-async def _stepped(
-    services: Services,
-    tenant: Tenant,
-    chat: WireRequest,
-    table: PageTable,
-    counter: TokenCounter,
-    budget: TokenBudget,
-    hint: str | None,
-    wire: Wire,
-    now: int,
-    moved: asyncio.Task[bool] | None,
-) -> tuple[TurnPlan, Timing, Observation, Save]:
     start = None
     if wants_start(table, chat.messages):
         start = await load_start(services.sessions, services.memory.journal, table)
@@ -804,6 +772,23 @@ async def _stepped(
     seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
     timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
     return decision.plan, timing, observation, partial(_commit, services, table, decision, written, held, unavailable)
+
+
+def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:
+    """Whether another writer saved the session past `table` (one HGET), read in the background;
+    None for a table the outage queue holds (its stored version lags by design). It is never
+    cancelled: a redis command cancelled mid-reply costs its connection."""
+    if services.outage.holds(table.tenant, table.session):
+        return None
+    read = asyncio.ensure_future(services.sessions.moved(table))
+    read.add_done_callback(_unheard)  # a turn that writes nothing does not wait for it: never cancelled
+    return read
+
+
+def _unheard(read: asyncio.Future[bool]) -> None:
+    """A version read no turn waited for: its failure is logged, never left unretrieved."""
+    if not read.cancelled() and read.exception() is not None:
+        log.warning("a table version read failed: %r", read.exception())
 
 
 async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:
