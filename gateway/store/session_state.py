@@ -102,6 +102,17 @@ class SessionState:
         self.forget(tenant, session)
         return False
 
+    async def moved(self, table: PageTable) -> bool:
+        """Whether another writer has saved the session past `table` (one HGET): a turn whose save
+        runs beside its upstream call (gateway.store.saving) asks before it forwards, since that
+        save's own version check would tell it too late. An unreachable store answers False (the
+        outage path plans on the copy it has)."""
+        try:
+            stored = await self.store.table_version(table.tenant, session_scope(table.session))
+        except StoreUnavailable:
+            return False
+        return stored != table.version
+
     async def read(self, tenant: str, session: str) -> PageTable | None:
         """The session's table for reading (the audit API): the cached copy, left in the cache,
         else decoded from the store; None when the session has no stored table."""
@@ -125,7 +136,7 @@ class SessionState:
         session scope's write-back batch when given (`MemoryService.joined_args`), in one atomic
         save: one round trip. A failed save leaves the table's change tracking as it was. A stored
         table that has not changed since its last save is cached again without a round trip."""
-        if table.version > 0 and not new_pages and not writeback and unchanged(table):
+        if not writes(table, new_pages, bool(writeback)):
             self.keep(table)
             return
         bodies = {body_digest(p.reprs.full.text): p.reprs.full.text for p in new_pages if p.type is PageType.EVIDENCE}
@@ -154,3 +165,9 @@ class SessionState:
 
     def forget(self, tenant: str, session: str) -> None:
         self._cache.pop((tenant, session), None)
+
+
+def writes(table: PageTable, new_pages: Sequence[Page], writeback: bool) -> bool:
+    """Whether committing the turn writes anything: a table not stored yet or changed since its
+    last save, new pages, or a write-back batch (else `commit` only caches the table again)."""
+    return table.version == 0 or bool(new_pages) or writeback or not unchanged(table)

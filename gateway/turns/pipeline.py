@@ -1,8 +1,9 @@
 """One turn through the gateway, in any wire format (DESIGN §1; gateway.wire).
 
 authenticate -> read and validate the body -> resolve the session -> load its page table ->
-plan the turn (the pure policy engine, timed) -> persist pages and evidence -> forward
-upstream -> relay the answer, streaming bytes as they come, with our headers on top.
+plan the turn (the pure policy engine, timed) -> persist pages and evidence, beside the upstream
+call (gateway.store.saving) -> forward upstream -> once the save ended, relay the answer, streaming
+bytes as they come, with our headers on top (README "What a crash can lose").
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
@@ -29,6 +32,8 @@ from gateway.observability.observe import record, record_recalls
 from gateway.settings import Tenant
 from gateway.store.memory import WriteReport
 from gateway.store.outage import DEGRADED, DEGRADED_HEADER, store_event
+from gateway.store.saving import PendingSave
+from gateway.store.session_state import writes
 from gateway.store.store import CorruptData, StoreError, StoreUnavailable, VersionConflict, session_scope
 from gateway.store.tables import TableFormatError
 from gateway.turns.boundary import hint_of, load_start
@@ -61,6 +66,7 @@ from policies.turn import TurnPlan, plan_turn
 from policies.writes import Memories, WriteBatch
 
 log = logging.getLogger("clawvm.gateway")
+Save = Callable[[], Awaitable[bool]]  # a turn's commit: True when the store was unavailable (deferred)
 RECALL_TOOL = "clawvm_recall"
 COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
@@ -173,18 +179,59 @@ async def _serve(request: Request, services: Services, tenant: Tenant, stages: S
     ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
     event = hint_of(request.headers, chat.body) or wire.event(chat)
     stages.lap("parse")
-    turn = await prepare(services, tenant, chat, ids, event, wire)
+    try:
+        return await _served(request, services, tenant, chat, ids, event, stages, wire, overlap=True)
+    except StaleTurn:  # the overlapped save lost to another writer: plan again, saved before forwarding
+        return await _served(request, services, tenant, chat, ids, event, stages, wire, overlap=False)
+
+
+async def _served(
+    request: Request,
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    event: str | None,
+    stages: Stages,
+    wire: Wire,
+    *,
+    overlap: bool,
+) -> Response:
+    turn = await prepare(services, tenant, chat, ids, event, wire, overlap=overlap)
     stages.lap("store")
     stages.split("store", {"ingest": turn.policy_ns[0], "assemble": turn.policy_ns[1]})
     _log_turn(services, tenant, chat, turn)
-    try:  # the turn is committed: a hang-up from here on cancels only the upstream call
+    try:  # the turn is planned and being saved: a hang-up from here on cancels only the upstream call
         forwarding = _forward(request, services, tenant, chat, ids, turn, stages, wire)
         response = await unless_disconnected(request, forwarding)
+    except StaleTurn:
+        raise
     except GatewayError:
-        await turn.after()
+        if await _quietly(turn.saved):  # an error answer acknowledges nothing, but the save ends first
+            await turn.after()  # the records of a saved turn
         raise
     _then(response, turn.after)
     return response
+
+
+class StaleTurn(ServiceUnavailable):
+    """A save that ran beside the upstream call lost to another writer of the session (a request
+    of the same session planned at the same time elsewhere: the table was checked current before
+    planning): the forwarded prompt was planned on a stale table, so its answer is dropped and the
+    turn planned again, saved before it is forwarded."""
+
+    def __init__(self) -> None:
+        super().__init__("the session is being updated concurrently; retry the request")
+
+
+async def _quietly(saved: Callable[[], Awaitable[None]]) -> bool:
+    """Wait for a turn's save on an error path: whether it committed (a failure is logged by
+    PendingSave, not raised)."""
+    try:
+        await saved()
+    except GatewayError:
+        return False
+    return True
 
 
 def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn) -> None:
@@ -234,6 +281,8 @@ async def _forward(
     if wire.litellm and uses_litellm(chat.model):
         completed = await services.provider.chat(turn.body, target)  # litellm serialises the body itself
         stages.lap("upstream")
+        await turn.saved()
+        stages.lap("persist")
         turn.headers[STAGES_HEADER] = stages.header()
         return await respond(completed, turn.headers, faults)
     forwarded = wire.forwarded(request.headers)
@@ -249,6 +298,8 @@ async def _forward(
     stages.lap("serialise")
     first = await send(serialised)
     stages.lap("upstream")
+    await _saved(turn, first)
+    stages.lap("persist")
     turn.headers[STAGES_HEADER] = stages.header()
     if paging is None or first.status != 200 or (chat.stream and not first.is_stream):
         return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
@@ -272,6 +323,16 @@ async def _forward(
         _then(response, recalls)
         return response
     return Response(body, media_type="application/json", headers=turn.headers, background=recalls)
+
+
+async def _saved(turn: Turn, answer: UpstreamResponse) -> None:
+    """Wait for the turn's save before any byte of `answer` is relayed (no client is answered on a
+    turn a crash could still lose); an answer that will not be relayed is closed."""
+    try:
+        await turn.saved()
+    except BaseException:
+        await answer.aclose()
+        raise
 
 
 async def _recorded(
@@ -317,6 +378,11 @@ class Turn:
     offered: bool  # the recall tool was added to `tools`
     after: Callable[[], Awaitable[None]]  # audit records, written once the answer is sent
     policy_ns: tuple[int, int] = (0, 0)  # the policy engine's ingest and assembly time
+    saved: Callable[[], Awaitable[None]] = field(default=lambda: _ready())  # the turn's save ended
+
+
+async def _ready() -> None:
+    """The save of a turn saved before it was forwarded."""
 
 
 async def prepare(
@@ -326,13 +392,73 @@ async def prepare(
     ids: SessionIds,
     hint: str | None = None,
     wire: Wire = CHAT,
+    *,
+    overlap: bool = False,
 ) -> Turn:
-    """Plan the turn and persist it; returns the upstream body and our response headers."""
+    """Plan the turn and persist it; returns the upstream body and our response headers. With
+    `overlap`, the turn is planned on a table known current (a cached copy's version is checked,
+    one HGET) and its save left running (holding the session's lock, gateway.store.saving):
+    `Turn.saved` waits for it, the caller forwards meanwhile and waits before it answers.
+    Otherwise the turn is saved before this returns."""
     override = services.settings.models.get(chat.model)
     counter = services.tokenizers.for_model(chat.model, override.encoding if override else None)
     budget = _budget(services, tenant, chat, counter, wire)
-    async with services.sessions.locked(tenant.name, ids.session):
-        plan, timing, observation = await _plan_and_commit(services, tenant, chat, ids, counter, budget, hint, wire)
+    async with AsyncExitStack() as failing:
+        held = AsyncExitStack()
+        failing.push_async_exit(held)  # the session's lock: released here on a failure, else once saved
+        await held.enter_async_context(services.sessions.locked(tenant.name, ids.session))
+        plan, timing, observation, save = await _plan_and_commit(
+            services, tenant, chat, ids, counter, budget, hint, wire, overlap
+        )
+        pending = PendingSave.start(save, held.pop_all()) if save else PendingSave.done(timing.degraded)
+    try:
+        turn = _planned(services, tenant, chat, ids, wire, (counter, budget), (plan, timing, observation))
+    except GatewayError:
+        await _quietly(_settler(services, tenant, ids, pending, {}))
+        raise
+    turn.saved = _settler(services, tenant, ids, pending, turn.headers)
+    if save is None:
+        await turn.saved()
+    return turn
+
+
+def _settler(
+    services: Services, tenant: Tenant, ids: SessionIds, pending: PendingSave[bool], headers: dict[str, str]
+) -> Callable[[], Awaitable[None]]:
+    """`Turn.saved`: waits for the save once (a later call returns at once, or raises again); a
+    save the store could not take (the turn's writes queued, gateway.store.outage) marks the
+    answer's `headers` degraded."""
+    failed: list[GatewayError | None] = []
+
+    async def saved() -> None:
+        if failed:
+            if failed[0] is not None:
+                raise failed[0]
+            return
+        try:
+            degraded = await pending.result()
+        except (StoreError, TableFormatError) as exc:
+            failed.append(_unsaved(services, tenant, ids, exc))
+            raise failed[0] from exc
+        failed.append(None)
+        if degraded:
+            headers[DEGRADED_HEADER] = DEGRADED
+            services.metrics.store_unavailable(tenant.name)
+
+    return saved
+
+
+def _planned(
+    services: Services,
+    tenant: Tenant,
+    chat: WireRequest,
+    ids: SessionIds,
+    wire: Wire,
+    sizing: tuple[TiktokenCounter, TokenBudget],
+    planned: tuple[TurnPlan, Timing, Observation],
+) -> Turn:
+    """The planned turn's upstream body, headers and records."""
+    (counter, budget), (plan, timing, observation) = sizing, planned
     metrics, audit = services.metrics, services.audit
 
     async def after() -> None:
@@ -355,9 +481,6 @@ async def prepare(
     headers["x-clawvm-faults"] = observation.header()
     if observation.event:
         headers["x-clawvm-event"] = observation.event
-    if timing.degraded:
-        headers[DEGRADED_HEADER] = DEGRADED
-        services.metrics.store_unavailable(tenant.name)
     body = wire.render(chat, plan.messages, tenant)
     offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
     if offered:
@@ -435,39 +558,62 @@ async def _plan_and_commit(
     budget: TokenBudget,
     hint: str | None,
     wire: Wire,
-) -> tuple[TurnPlan, Timing, Observation]:
+    beside: bool = False,
+) -> tuple[TurnPlan, Timing, Observation, Save | None]:
+    """The planned turn and, with `beside`, its save unrun (the caller runs it beside the upstream
+    call); otherwise the save ran here, a lost race planning the turn again on fresh state."""
     services.outage.admit()
     for attempt in range(COMMIT_ATTEMPTS):
         try:
-            table = await _load(services, tenant, ids)
-            return await _turn(services, tenant, chat, table, counter, budget, hint, wire)
+            table = await _load(services, tenant, ids, verified=beside)
+            turn = await _turn(services, tenant, chat, table, counter, budget, hint, wire, beside)
+            plan, timing, observation, save = turn
+            if beside:
+                return plan, timing, observation, save
+            return plan, replace(timing, degraded=await save()), observation, None
         except VersionConflict:  # the table, or the session memory joined to its save, moved
-            services.sessions.forget(tenant.name, ids.session)
-            services.sessions.shared = True  # another writer exists: check cached copies from now on
-            services.memory.forget(tenant.name, session_scope(ids.session))
+            _lost_race(services, tenant, ids)
             await asyncio.sleep(commit_backoff(attempt))
-        except StoreUnavailable as exc:
-            services.sessions.forget(tenant.name, ids.session)
-            raise store_failure(exc, f"session {ids.session}") from exc
-        except (CorruptData, TableFormatError) as exc:
-            services.sessions.forget(tenant.name, ids.session)
-            raise ServiceUnavailable(
-                f"the stored state of session {ids.session!r} cannot be read ({exc}); it was left untouched "
-                "for inspection. Use a new session id (X-ClawVM-Session) to continue.",
-                code="session_state_unreadable",
-            ) from exc
+        except (StoreUnavailable, CorruptData, TableFormatError) as exc:
+            raise _unsaved(services, tenant, ids, exc) from exc
     raise ServiceUnavailable("the session is being updated concurrently; retry the request")
 
 
-async def _load(services: Services, tenant: Tenant, ids: SessionIds) -> PageTable:
-    """The session's table: the outage queue's while it holds deferred work, else the cached or
-    stored one; a fresh table (built from the request's own messages) when the store is unreachable."""
+def _lost_race(services: Services, tenant: Tenant, ids: SessionIds) -> None:
+    """Another writer moved the session: drop its cached table and memory, and check cached copies
+    from now on (`SessionState.shared`)."""
+    services.sessions.forget(tenant.name, ids.session)
+    services.sessions.shared = True
+    services.memory.forget(tenant.name, session_scope(ids.session))
+
+
+def _unsaved(services: Services, tenant: Tenant, ids: SessionIds, exc: StoreError | TableFormatError) -> GatewayError:
+    """The answer to a turn the store failed: a lost race (of a save run beside the upstream call)
+    is a StaleTurn, to plan again; an unavailable store or unreadable state, a 503."""
+    if isinstance(exc, VersionConflict):
+        _lost_race(services, tenant, ids)
+        return StaleTurn()
+    services.sessions.forget(tenant.name, ids.session)
+    if isinstance(exc, StoreUnavailable):
+        return store_failure(exc, f"session {ids.session}")
+    return ServiceUnavailable(
+        f"the stored state of session {ids.session!r} cannot be read ({exc}); it was left untouched "
+        "for inspection. Use a new session id (X-ClawVM-Session) to continue.",
+        code="session_state_unreadable",
+    )
+
+
+async def _load(services: Services, tenant: Tenant, ids: SessionIds, verified: bool = False) -> PageTable:
+    """The session's table: the outage queue's while it holds deferred work, else the cached
+    (checked first once another writer was seen, unless the turn is `verified` while it is planned:
+    `_turn`) or stored one; a fresh table (built from the request's own messages) when the store
+    is unreachable."""
     held = services.outage.table(tenant.name, ids.session)
     if held is not None:
         services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
         return held
     try:
-        if not await services.sessions.current(tenant.name, ids.session):  # moved on elsewhere
+        if not verified and not await services.sessions.current(tenant.name, ids.session):  # moved on elsewhere
             services.memory.forget(tenant.name, session_scope(ids.session))
         return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)
     except StoreUnavailable as exc:
@@ -554,10 +700,19 @@ async def _turn(
     budget: TokenBudget,
     hint: str | None,
     wire: Wire,
-) -> tuple[TurnPlan, Timing, Observation]:
+    verify: bool = False,
+) -> tuple[TurnPlan, Timing, Observation, Save]:
     """One turn on a loaded table: load what the pure step needs, run it, carry out its commands
-    (write-back, commit; the records are written after the answer)."""
+    (write-back; the commit is returned to run, True when degraded; the records are written after
+    the answer). With `verify` (the save will run beside the upstream call, too late to tell that
+    the table was stale), the table's stored version is read while the step runs, and a turn that
+    writes on a table another writer moved past raises VersionConflict before anything is written
+    (a turn that writes nothing is forwarded as it would be without the check: no save of it
+    could have told)."""
     now = int(time.time())
+    moved = _moved(services, table) if verify else None
+    if moved is not None:
+        await asyncio.sleep(0)  # the read goes out before the CPU-bound step
     start = None
     if wants_start(table, chat.messages):
         start = await load_start(services.sessions, services.memory.journal, table)
@@ -576,14 +731,31 @@ async def _turn(
         memories=memories,
     )
     decision = step(table, turn, clock=time.perf_counter_ns)
+    if moved is not None and writes(table, decision.pages, decision.writes is not None) and await moved:
+        raise VersionConflict(f"session {table.session}: the table was saved past v{table.version} elsewhere")
     written, held, failed = await _write_back(services, table, decision)
     unavailable = unavailable or failed
     observation = decision.observation
     seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
     timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
-    if await _commit(services, table, decision, written, held, unavailable):
-        timing = replace(timing, degraded=True)
-    return decision.plan, timing, observation
+    return decision.plan, timing, observation, partial(_commit, services, table, decision, written, held, unavailable)
+
+
+def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:
+    """Whether another writer saved the session past `table` (one HGET), read in the background;
+    None for a table the outage queue holds (its stored version lags by design). It is never
+    cancelled: a redis command cancelled mid-reply costs its connection."""
+    if services.outage.holds(table.tenant, table.session):
+        return None
+    read = asyncio.ensure_future(services.sessions.moved(table))
+    read.add_done_callback(_unheard)  # a turn that writes nothing does not wait for it: never cancelled
+    return read
+
+
+def _unheard(read: asyncio.Future[bool]) -> None:
+    """A version read no turn waited for: its failure is logged, never left unretrieved."""
+    if not read.cancelled() and read.exception() is not None:
+        log.warning("a table version read failed: %r", read.exception())
 
 
 async def dry_run(services: Services, tenant: Tenant, chat: WireRequest, ids: SessionIds, wire: Wire) -> dict[str, Any]:

@@ -121,6 +121,19 @@ async def test_a_stale_cached_table_loses_its_save_and_is_reloaded(
         await theirs.store.aclose()
 
 
+async def test_a_table_another_writer_saved_past_has_moved(store: RedisStore, redis_url: str, tenant: str) -> None:
+    mine, theirs = SessionState(store), SessionState(RedisStore.from_url(redis_url))
+    try:
+        assert not await mine.moved(await mine.load(tenant, "s", "proj"))  # no table stored, none loaded
+        table = await turn(mine, tenant, "s", conversation(1))
+        assert not await mine.moved(table)
+        await turn(theirs, tenant, "s", conversation(3))  # another replica moves the table on
+        assert await mine.current(tenant, "s")  # no other writer seen yet: the cached copy is trusted
+        assert await mine.moved(table)  # but asked, the store says it is stale
+    finally:
+        await theirs.store.aclose()
+
+
 async def test_a_lost_race_surfaces_as_version_conflict(store: RedisStore, tenant: str) -> None:
     await turn(SessionState(store), tenant, "s", conversation(1))
     one, two = SessionState(store), SessionState(store)
