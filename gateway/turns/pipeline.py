@@ -475,7 +475,7 @@ def _planned(
         "x-clawvm-assembly-us": str(timing.assembly_ns // 1000),
     }
     if plan.assembly.insufficient:
-        headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget)
+        headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget, wire.transcript_field)
     if timing.duplicates:
         headers["x-clawvm-duplicate-tools"] = _duplicates_header(timing.duplicates)
     headers["x-clawvm-faults"] = observation.header()
@@ -509,13 +509,13 @@ def _printable(value: str) -> str:
     return value if value.isascii() and value.isprintable() and len(value) <= 64 else "?"
 
 
-def _insufficient(prompt_tokens: int, budget: TokenBudget) -> str:
+def _insufficient(prompt_tokens: int, budget: TokenBudget, field: str) -> str:
     if prompt_tokens > budget.hard_limit:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {budget.hard_limit} prompt tokens after the output reserve, "
             f"but the pinned pages and the newest turn alone need {prompt_tokens} tokens (physical insufficiency: "
             "nothing more can be paged out). Shorten the newest message or raise the budget.",
-            param="messages",
+            param=field,
         )
     return f"minimum set {prompt_tokens} tokens exceeds budget {budget.cap}"
 

@@ -74,6 +74,7 @@ class Wire(Protocol):
     """One wire format."""
 
     name: str  # "chat" | "messages" | "responses"
+    transcript_field: str  # the request field that holds the transcript ("messages", "input"), for errors
     path: str  # the upstream path of a turn, relative to the upstream's base
     litellm: bool  # models named with a provider prefix (`anthropic/...`) go through litellm
 

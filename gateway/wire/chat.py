@@ -80,6 +80,7 @@ def neutral(call: dict[str, Any]) -> ToolCall:
 
 class ChatWire(Stateless, ToolList):
     name = "chat"
+    transcript_field = "messages"
     path = "/chat/completions"
     litellm = True
 

@@ -68,6 +68,7 @@ def tool_schema(name: str) -> dict[str, Any]:
 
 class MessagesWire(Stateless, ToolList):
     name = "messages"
+    transcript_field = "messages"
     path = "/v1/messages"
     litellm = False
 

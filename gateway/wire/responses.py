@@ -69,6 +69,7 @@ def tool_schema(name: str) -> dict[str, Any]:
 
 class ResponsesWire(ToolList):
     name = "responses"
+    transcript_field = "input"
     path = "/responses"
     litellm = False
 

@@ -41,6 +41,7 @@ from gateway.upstream.tokens import Tokenizers, count_messages
 from gateway.wire.cache_hints import cache_key
 from gateway.wire.chat_json import parse_request
 from gateway.wire.chat_transcripts import TranscriptCache
+from gateway.wire.responses import RESPONSES
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
 from policies.turn import plan_turn
@@ -246,6 +247,19 @@ async def test_a_newest_turn_over_the_model_window_is_context_length_exceeded(
     error = caught.value
     assert (error.status_code, error.code, error.param) == (400, "context_length_exceeded", "messages")
     assert "904" in error.message  # 5000 less the 4096-token output reserve
+
+
+@pytest.mark.anyio
+async def test_context_length_exceeded_names_the_formats_transcript_field(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog
+) -> None:
+    """A Responses request holds its transcript in `input`, not `messages`: the error says so."""
+    svc = services(settings("models:\n  tiny-model:\n    context_window: 5000\n"), store, catalog)
+    raw = json.dumps({"model": "tiny-model", "input": [{"role": "user", "content": "word " * 2000}]}).encode()
+    tenant = svc.settings.tenants[0]
+    with pytest.raises(ContextLengthExceeded) as caught:
+        await prepare(svc, tenant, RESPONSES.parse(raw), session(), wire=RESPONSES)
+    assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "input")
 
 
 class RacingStore(RedisStore):
