@@ -16,8 +16,10 @@ Project, the scope that outlives a session (write-back memory: preferences, proj
 the reset carry-over): `X-ClawVM-Project`, else `metadata.project_id` (an explicit project is
 shared deliberately by every request that names it), else a fingerprint of the tenant, the
 user and the system prompt: without a named user, every request of the tenant with that system
-prompt shares the project (one tenant key without user ids is one user). Free-form ids are
-hashed so nothing a client sends can shape a store key.
+prompt shares the project (one tenant key without user ids is one user), though a reset carries
+between its sessions only when the gateway derived both session ids (`policies.crossing.may_continue`).
+Free-form ids are hashed so nothing a client sends can shape a store key, and a client's id never
+takes the gateway's own `fp-` head (`client_id`).
 """
 
 from __future__ import annotations
