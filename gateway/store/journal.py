@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from gateway.jsonio import dumps_text, loads
-from gateway.store.store import CONFLICT, CORRUPT, CorruptData, Keys, VersionConflict, mapped_errors
+from gateway.store.store import APPLY_BATCH, CONFLICT, CORRUPT, CorruptData, Keys, VersionConflict, mapped_errors
 from policies.pages import PageType, Scope
 from policies.writeback import Entry, Memory, Outcome, Rejection, Update
 
@@ -44,32 +44,18 @@ RECORD_FIELDS = (
 )
 # KEYS: memory, stream, applied. ARGV: batch, expected, new version, maxlen, keep, record width,
 # entries to set, slots to delete, then (slot, JSON) pairs, slots, and the records, flattened.
-COMMIT_SCRIPT = """
+COMMIT_SCRIPT = (
+    APPLY_BATCH
+    + """
 local expected = tonumber(ARGV[2])
 local score = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[1]) or '')
 if score and (score == expected or score == expected + 1) then return score end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if not cur then return redis.error_reply('CORRUPT ' .. KEYS[1] .. ': version is not a number') end
 if cur ~= expected then return redis.error_reply('VERSION_CONFLICT ' .. cur) end
-local version, width = tonumber(ARGV[3]), tonumber(ARGV[6])
-local i = 9
-for _ = 1, tonumber(ARGV[7]) do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-for _ = 1, tonumber(ARGV[8]) do
-  redis.call('HDEL', KEYS[1], ARGV[i])
-  i = i + 1
-end
-redis.call('HSET', KEYS[1], 'v', version)
-while i <= #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, i, i + width - 1))
-  i = i + width
-end
-redis.call('ZADD', KEYS[3], version, ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
-return version
+return apply_batch(KEYS[1], KEYS[2], KEYS[3], 0)
 """
+)
 
 
 class WritebackJournal:

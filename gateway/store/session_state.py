@@ -91,13 +91,7 @@ class SessionState:
         dropped so that `load` reads the stored table and the turn is planned once, not twice.
         An unreachable store keeps the cached copy (the outage path plans on it)."""
         cached = self._cache.get((tenant, session))
-        if cached is None or not self.shared:
-            return True
-        try:
-            stored = await self.store.table_version(tenant, session_scope(session))
-        except StoreUnavailable:
-            return True
-        if stored == cached.version:
+        if cached is None or not self.shared or not await self.moved(cached):
             return True
         self.forget(tenant, session)
         return False

@@ -69,6 +69,31 @@ CORRUPT = "CORRUPT"
 SNAPSHOT, APPEND = "snapshot", "append"
 PROBE_KEY = "cvm:{probe}:writable"  # `ping` writes it: a store that answers PING may still refuse writes
 PROBE_TTL_MS = 10_000
+# A write-back batch's writes, its arguments from ARGV[o + 1] on in COMMIT_SCRIPT's layout
+# (gateway.store.journal.commit_args): memory entries set and deleted, `v`, the journal records,
+# the applied id. Shared by the journal's COMMIT_SCRIPT (o = 0) and SAVE_SCRIPT (after its own).
+APPLY_BATCH = """
+local function apply_batch(memory, stream, applied, o)
+  local version, width = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 6])
+  local i = o + 9
+  for _ = 1, tonumber(ARGV[o + 7]) do
+    redis.call('HSET', memory, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  for _ = 1, tonumber(ARGV[o + 8]) do
+    redis.call('HDEL', memory, ARGV[i])
+    i = i + 1
+  end
+  redis.call('HSET', memory, 'v', version)
+  while i <= #ARGV do
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[o + 4], '*', unpack(ARGV, i, i + width - 1))
+    i = i + width
+  end
+  redis.call('ZADD', applied, version, ARGV[o + 1])
+  redis.call('ZREMRANGEBYRANK', applied, 0, -(tonumber(ARGV[o + 5]) + 1))
+  return version
+end
+"""
 # One atomic round trip per turn: check the table's version (ARGV[2], -1 = unchecked) and, with a
 # write-back batch (ARGV[5] > 0: its arguments follow the bodies'), the session memory's version;
 # write the pages (SET), the bodies (SET NX), the batch (memory entries, `v`, journal records,
@@ -80,7 +105,9 @@ PROBE_TTL_MS = 10_000
 # KEYS: table, journal, memory, write-back stream, applied ids, pages..., bodies...;
 # ARGV: mode, expected, record, page count, write-back argument count, page JSON..., body text...,
 # write-back arguments (gateway.store.journal.commit_args).
-SAVE_SCRIPT = """
+SAVE_SCRIPT = (
+    APPLY_BATCH
+    + """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 local logged = cur - tonumber(redis.call('HGET', KEYS[1], 'base') or cur)
 local expected = tonumber(ARGV[2])
@@ -114,25 +141,7 @@ if batch then
 end
 for i = 1, npages do redis.call('SET', KEYS[5 + i], ARGV[5 + i]) end
 for i = 6 + npages, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'NX') end
-if batch then
-  local version, width = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 6])
-  local i = o + 9
-  for _ = 1, tonumber(ARGV[o + 7]) do
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
-  for _ = 1, tonumber(ARGV[o + 8]) do
-    redis.call('HDEL', KEYS[3], ARGV[i])
-    i = i + 1
-  end
-  redis.call('HSET', KEYS[3], 'v', version)
-  while i <= #ARGV do
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[o + 4], '*', unpack(ARGV, i, i + width - 1))
-    i = i + width
-  end
-  redis.call('ZADD', KEYS[5], version, ARGV[o + 1])
-  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(tonumber(ARGV[o + 5]) + 1))
-end
+if batch then apply_batch(KEYS[3], KEYS[4], KEYS[5], o) end
 if append then
   redis.call('RPUSH', KEYS[2], record)
   redis.call('HSET', KEYS[1], 'v', cur + 1, 'base', cur - logged)
@@ -143,6 +152,7 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', record, 'base', cur + 1)
 return cur + 1
 """
+)
 # `redis+cluster://host:port[,host:port...]` (and `rediss+cluster://`) names a Redis Cluster by
 # some of its nodes; the client discovers the rest and follows MOVED/ASK itself.
 CLUSTER_SCHEMES: Mapping[str, str] = MappingProxyType({"redis+cluster": "redis", "rediss+cluster": "rediss"})

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -366,6 +366,10 @@ def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn, wan
     )
 
 
+async def _ready() -> None:
+    """The save of a turn saved before it was forwarded."""
+
+
 @dataclass(slots=True)
 class Turn:
     """A planned request, ready to forward."""
@@ -378,11 +382,7 @@ class Turn:
     offered: bool  # the recall tool was added to `tools`
     after: Callable[[], Awaitable[None]]  # audit records, written once the answer is sent
     policy_ns: tuple[int, int] = (0, 0)  # the policy engine's ingest and assembly time
-    saved: Callable[[], Awaitable[None]] = field(default=lambda: _ready())  # the turn's save ended
-
-
-async def _ready() -> None:
-    """The save of a turn saved before it was forwarded."""
+    saved: Callable[[], Awaitable[None]] = _ready  # the turn's save ended
 
 
 async def prepare(
