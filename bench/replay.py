@@ -14,7 +14,8 @@ import httpx
 from bench.checks import missing_rules, pairing_errors
 from bench.fake_upstream import FakeUpstream
 from bench.traces import Trace
-from gateway.upstream.tokens import Tokenizers, count_messages, count_tools
+from gateway.upstream.tokens import Tokenizers, count_tools
+from gateway.wire.chat_tokens import count_messages
 
 MODEL = "gpt-4o"
 

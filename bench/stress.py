@@ -44,7 +44,8 @@ from bench.policy_time import synthetic_session
 from gateway.api.app import create_app
 from gateway.settings import Overrides, load_settings
 from gateway.store.embedded import EmbeddedRedis
-from gateway.upstream.tokens import Tokenizers, count_messages
+from gateway.upstream.tokens import Tokenizers
+from gateway.wire.chat_tokens import count_messages
 
 MODEL = "gpt-4o"
 SMALL_MODEL = "stress-small"

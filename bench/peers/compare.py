@@ -74,8 +74,9 @@ from bench.peers.servers import Upstream, available, start_peer
 from bench.policy_time import percentile
 from bench.pricing import Price, openai_cost, price
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.upstream.tokens import Tokenizers, compact_json, count_tools, message_tokens, prepare_offline
+from gateway.upstream.tokens import Tokenizers, compact_json, count_tools, prepare_offline
 from gateway.wire.chat_json import parse_messages
+from gateway.wire.chat_tokens import message_tokens
 from policies.classify import is_plan
 from policies.tokens import TokenCounter
 

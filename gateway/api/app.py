@@ -45,9 +45,10 @@ from gateway.store.session_state import SessionState
 from gateway.store.store import RedisStore
 from gateway.turns.pipeline import chat_completions, turn_route
 from gateway.turns.services import Services, ToolTokens
-from gateway.upstream.client import LiteLLMProvider, OpenAICompatible
+from gateway.upstream.client import OpenAICompatible
 from gateway.upstream.models import ModelCatalog
 from gateway.upstream.tokens import Tokenizers, prepare_offline
+from gateway.wire.chat_litellm import LiteLLMProvider
 from gateway.wire.chat_transcripts import TranscriptCache
 from gateway.wire.messages import MESSAGES
 from gateway.wire.responses import RESPONSES

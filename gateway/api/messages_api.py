@@ -19,13 +19,11 @@ from gateway.jsonio import JSONAnswer
 from gateway.turns.pipeline import dry_run
 from gateway.turns.services import UNAUTHENTICATED, Services
 from gateway.turns.sessions import resolve
-from gateway.upstream.account_refs import refuse as refuse_account_objects
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.retry import with_retries
 from gateway.upstream.targets import retry_policy
-from gateway.wire.messages import MESSAGES, error_body, parse_request
-
-COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")  # what count_tokens accepts
+from gateway.wire.account_refs import refuse as refuse_account_objects
+from gateway.wire.messages import MESSAGES, counted_body, error_body, parse_request
 
 
 async def count_tokens(request: Request) -> Response:
@@ -37,9 +35,9 @@ async def count_tokens(request: Request) -> Response:
         raw = await read_body(request, services.settings.server.max_body_bytes)
         chat = parse_request(raw, counting=True)
         refuse_account_objects(raw, chat.body, MESSAGES.owns_account(tenant), tenant.name)
-        ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
+        ids = resolve(request.headers, MESSAGES.names(chat), chat.messages, tenant.name)
         body = await dry_run(services, tenant, chat, ids, MESSAGES)
-        counted = jsonio.dumps({key: body[key] for key in COUNTED if key in body})
+        counted = jsonio.dumps(counted_body(body))
         target = MESSAGES.target(tenant, request.headers)
         forwarded = MESSAGES.forwarded(request.headers)
 

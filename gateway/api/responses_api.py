@@ -13,15 +13,15 @@ from collections.abc import Awaitable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.errors import GatewayError, InvalidRequest, error_response
+from gateway.api.errors import GatewayError, error_response
 from gateway.api.http import read_body, respond, retries_counted, stream_faults_counted
 from gateway.turns.services import UNAUTHENTICATED, Services
-from gateway.upstream.account_refs import refuse as refuse_account_objects
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.retry import RetryPolicy, with_retries
 from gateway.upstream.targets import upstream_target
+from gateway.wire.account_refs import refuse as refuse_account_objects
 from gateway.wire.base import json_object
-from gateway.wire.responses import RESPONSES
+from gateway.wire.responses import RESPONSES, refuse_stored_compaction
 
 COMPACT_PATH = "/responses/compact"
 
@@ -35,12 +35,7 @@ async def compact(request: Request) -> Response:
         raw = await read_body(request, services.settings.server.max_body_bytes)
         body = json_object(raw)
         refuse_account_objects(raw, body, RESPONSES.owns_account(tenant), tenant.name)
-        if body.get("previous_response_id") is not None and not tenant.upstream.owns_account:
-            raise InvalidRequest(
-                "previous_response_id cannot be compacted through this gateway: the response it names is stored "
-                "upstream, under a key other tenants share. Send the items to compact in `input`.",
-                param="previous_response_id",
-            )
+        refuse_stored_compaction(body, RESPONSES.owns_account(tenant))
         target = upstream_target(tenant, request.headers)
         forwarded = RESPONSES.forwarded(request.headers)
 

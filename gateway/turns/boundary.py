@@ -12,12 +12,12 @@ reset of a live predecessor or a new start, and what carries over.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import user_scope
 from gateway.store.session_state import SessionState
 from gateway.store.store import StoreError, project_scope
+from gateway.wire.base import Names
 from policies.crossing import CARRIED_TYPES, Start
 from policies.pages import Page
 from policies.pagetable import PageTable
@@ -48,8 +48,7 @@ async def _project_pages(sessions: SessionState, journal: WritebackJournal, tabl
     return [pages[i] for i in ids if i in pages and pages[i].type in CARRIED_TYPES]
 
 
-def hint_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
-    """The agent's own word on its boundary: `X-ClawVM-Event`, else `metadata.clawvm_event`."""
-    metadata = body.get("metadata")
-    value = headers.get("x-clawvm-event") or (metadata.get("clawvm_event") if isinstance(metadata, dict) else None)
-    return value if isinstance(value, str) else None
+def hint_of(headers: Mapping[str, str], names: Names) -> str | None:
+    """The agent's own word on its boundary: `X-ClawVM-Event`, else the body's (`Names.event`:
+    `metadata.clawvm_event`, or the format's own sign such as a Codex compaction item)."""
+    return headers.get("x-clawvm-event") or names.event

@@ -41,17 +41,17 @@ from gateway.turns.services import UNAUTHENTICATED, Services, store_failure
 from gateway.turns.sessions import SessionIds, resolve
 from gateway.turns.stages import HEADER as STAGES_HEADER
 from gateway.turns.stages import Stages
-from gateway.upstream.account_refs import refuse as refuse_account_objects
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.models import resolve_window
-from gateway.upstream.provider_params import provider_params
 from gateway.upstream.retry import with_retries
 from gateway.upstream.sse import ending_cleanly
 from gateway.upstream.targets import retry_policy
 from gateway.upstream.tokens import TiktokenCounter
+from gateway.wire.account_refs import refuse as refuse_account_objects
 from gateway.wire.base import Answer, Wire, WireRequest
 from gateway.wire.chains import ResponseChains
 from gateway.wire.chat import CHAT
+from gateway.wire.chat_litellm_params import provider_params
 from gateway.wire.loop import answered, streamed, whole
 from gateway.wire.recall import Paging
 from policies import duplicates
@@ -176,8 +176,9 @@ async def _serve(request: Request, services: Services, tenant: Tenant, stages: S
     if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned
     chat = await _resolved(services, tenant, chat, wire)
-    ids = resolve(request.headers, chat.body, chat.messages, tenant.name)
-    event = hint_of(request.headers, chat.body) or wire.event(chat)
+    names = wire.names(chat)
+    ids = resolve(request.headers, names, chat.messages, tenant.name)
+    event = hint_of(request.headers, names)
     stages.lap("parse")
     try:
         return await _served(request, services, tenant, chat, ids, event, stages, wire, overlap=True)

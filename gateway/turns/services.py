@@ -21,9 +21,10 @@ from gateway.store.memory import MemoryService
 from gateway.store.outage import OutageQueue
 from gateway.store.session_state import SessionState
 from gateway.store.store import StoreError, StoreUnavailable
-from gateway.upstream.client import LiteLLMProvider, OpenAICompatible
+from gateway.upstream.client import OpenAICompatible
 from gateway.upstream.models import ModelCatalog
 from gateway.upstream.tokens import TiktokenCounter, Tokenizers, count_tools
+from gateway.wire.chat_litellm import LiteLLMProvider
 from gateway.wire.chat_transcripts import TranscriptCache
 
 log = logging.getLogger("clawvm.gateway")

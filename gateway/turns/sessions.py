@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.wire.base import Names
 from policies.crossing import FINGERPRINT  # the head of an id the gateway derived from the transcript
 from policies.transcript import Message
 
@@ -41,21 +42,20 @@ PER_USER = "pu-"  # the head of a project's per-user id (see `per_user`)
 class SessionIds:
     session: str
     project: str
-    source: str  # "header" | "metadata" | "fingerprint"
+    source: str  # "header" | "body" | "fingerprint"
     user: str = ""  # a digest of the end user's id ("u-..."); "" when the request names none
 
 
-def resolve(
-    headers: Mapping[str, str], body: Mapping[str, Any], messages: Sequence[Message], tenant: str
-) -> SessionIds:
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    user = user_of(headers, body)
-    named, source = _first((headers.get("x-clawvm-session"), "header"), (metadata.get("session_id"), "metadata"))
+def resolve(headers: Mapping[str, str], names: Names, messages: Sequence[Message], tenant: str) -> SessionIds:
+    """The request's ids: from its headers, else what its body names (`names`, read by its wire
+    format), else fingerprints of the transcript."""
+    user = user_of(headers, names)
+    named, source = _first((headers.get("x-clawvm-session"), "header"), (names.session, "body"))
     if named is None:
         session, source = FINGERPRINT + _digest(_user_part(user) + _opening(messages)), "fingerprint"
     else:
         session = client_id(named)
-    project_named, _ = _first((headers.get("x-clawvm-project"), "header"), (metadata.get("project_id"), "metadata"))
+    project_named, _ = _first((headers.get("x-clawvm-project"), "header"), (names.project, "body"))
     if project_named is None:
         project = FINGERPRINT + _digest(tenant + _user_part(user) + "\x1f" + _system_prompt(messages))
     else:
@@ -63,12 +63,10 @@ def resolve(
     return SessionIds(session=session, project=project, source=source, user=user)
 
 
-def user_of(headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
-    """The end user the request names, as a digest: `X-ClawVM-User`, `metadata.user_id`, `user`."""
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    user, _ = _first(
-        (headers.get("x-clawvm-user"), "header"), (metadata.get("user_id"), "metadata"), (body.get("user"), "user")
-    )
+def user_of(headers: Mapping[str, str], names: Names) -> str:
+    """The end user the request names, as a digest: `X-ClawVM-User`, else the body's (`Names.user`:
+    `metadata.user_id`, else the format's own user field)."""
+    user, _ = _first((headers.get("x-clawvm-user"), "header"), (names.user, "body"))
     return "" if user is None else "u-" + _digest(user)
 
 

@@ -1,4 +1,5 @@
-"""Calls to the model provider: the upstream clients (`client`: the aiohttp passthrough and
-litellm), where a tenant's request goes and with which key (`targets`), retries, SSE framing,
-what of a client's body may reach the provider (`provider_params`, `account_refs`), and what the
-gateway knows offline about a model (its context window, `models`; its tokenizer, `tokens`)."""
+"""Calls to the model provider: the upstream client (`client`: the aiohttp passthrough, relayed and
+forwarded headers, secrets redacted), where a tenant's request goes and with which key (`targets`),
+retries, SSE framing, and what the gateway knows offline about a model (its context window,
+`models`; its tokenizer, `tokens`). Nothing here knows a wire format's fields: the chat adapter's
+litellm route and what of a body may reach a provider live in `gateway.wire`."""

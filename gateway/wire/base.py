@@ -53,6 +53,22 @@ class Found:
 NOTHING = Found()
 
 
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What a request's body says about whose turn it is, in its format's own fields (read by the
+    format's `Wire.names`): the session, project and end user the client named, and the agent's
+    own word on a lifecycle boundary. Each is a non-empty string or None; the request's headers
+    (`X-ClawVM-*`) take precedence over all of them (`gateway.turns.sessions`, `.boundary`)."""
+
+    session: str | None = None
+    project: str | None = None
+    user: str | None = None
+    event: str | None = None
+
+
+NAMELESS = Names()
+
+
 class Answer(Protocol):
     """One request's answer, read round by round (see the module docstring)."""
 
@@ -88,7 +104,7 @@ class Wire(Protocol):
 
     def owns_account(self, tenant: Tenant) -> bool:
         """Whether this format's upstream key is the tenant's own, or account objects are allowed
-        (`gateway.upstream.account_refs`): only then may a request name a file or other account object."""
+        (`gateway.wire.account_refs`): only then may a request name a file or other account object."""
         ...
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
@@ -148,8 +164,8 @@ class Wire(Protocol):
         """The event that ends a stream that failed after it began."""
         ...
 
-    def event(self, request: WireRequest) -> str | None:
-        """The format's own word on a lifecycle boundary (a Codex compaction item), or None."""
+    def names(self, request: WireRequest) -> Names:
+        """The session, project, user and boundary event its body names (`Names`)."""
         ...
 
     async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
@@ -277,11 +293,30 @@ class ToolList:
             body["tool_choice"] = self.auto()
 
 
+def metadata_names(body: Mapping[str, Any], user_field: str | None = None, event: str | None = None) -> Names:
+    """The names in a body's `metadata` object (`session_id`, `project_id`, `user_id`,
+    `clawvm_event`), the user else from the top-level `user_field`, the event else `event` (the
+    format's own sign of a boundary)."""
+    given = body.get("metadata")
+    metadata: Mapping[str, Any] = given if isinstance(given, dict) else {}
+    user = _text(metadata.get("user_id"))
+    if user is None and user_field is not None:
+        user = _text(body.get(user_field))
+    return Names(
+        session=_text(metadata.get("session_id")),
+        project=_text(metadata.get("project_id")),
+        user=user,
+        event=_text(metadata.get("clawvm_event")) or event,
+    )
+
+
+def _text(value: Any) -> str | None:
+    """A name as given: a string with something in it, stripped; else None."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 class Stateless:
     """The state hooks of a format whose requests carry their whole conversation: nothing to do."""
-
-    def event(self, request: WireRequest) -> str | None:
-        return None
 
     async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
         return request

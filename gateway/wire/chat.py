@@ -30,6 +30,7 @@ from gateway.wire.base import (
     END,
     Body,
     Found,
+    Names,
     Owner,
     Parse,
     Stateless,
@@ -38,6 +39,7 @@ from gateway.wire.base import (
     WireRequest,
     add_usage,
     json_events,
+    metadata_names,
     passed,
 )
 from gateway.wire.cache_hints import add_breakpoints, add_cache_key, caches_explicitly
@@ -95,6 +97,10 @@ class ChatWire(Stateless, ToolList):
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return chat_json.parse_request(raw, parse)
+
+    def names(self, request: WireRequest) -> Names:
+        """`metadata`'s names; the user else OpenAI's `user` field."""
+        return metadata_names(request.body, "user")
 
     def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
         body = dict(request.body)

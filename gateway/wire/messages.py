@@ -38,6 +38,7 @@ from gateway.wire import chat_json
 from gateway.wire.base import (
     Body,
     Found,
+    Names,
     Owner,
     Parse,
     Stateless,
@@ -47,6 +48,7 @@ from gateway.wire.base import (
     add_usage,
     json_events,
     json_object,
+    metadata_names,
     passed,
 )
 from gateway.wire.cache_hints import add_anthropic_breakpoints
@@ -60,6 +62,7 @@ TOP_SYSTEM = "clawvm.system"  # the raw of the top-level `system`
 MEDIA = frozenset({"image", "document"})  # non-text blocks the full level carries
 PLACEHOLDER = "[clawvm: the conversation continues; earlier turns were paged out]"
 VERSION_HEADERS = ("accept", "anthropic-version", "anthropic-beta")
+COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")  # what count_tokens accepts
 
 
 def tool_schema(name: str) -> dict[str, Any]:
@@ -83,6 +86,10 @@ class MessagesWire(Stateless, ToolList):
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
         return parse_request(raw)
+
+    def names(self, request: WireRequest) -> Names:
+        """`metadata`'s names (Anthropic's own is `user_id`; the API has no top-level user field)."""
+        return metadata_names(request.body)
 
     def render(self, request: WireRequest, messages: Sequence[Message], tenant: Tenant) -> Body:
         body = dict(request.body)
@@ -142,6 +149,11 @@ def event(name: str, data: Any) -> bytes:
 
 def _named(value: Any, name: str) -> bool:
     return isinstance(value, dict) and value.get("name") == name
+
+
+def counted_body(body: Mapping[str, Any]) -> Body:
+    """The part of a forwarded body that `/v1/messages/count_tokens` accepts."""
+    return {key: body[key] for key in COUNTED if key in body}
 
 
 # -- parsing ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from gateway.wire import chat_json
 from gateway.wire.base import (
     Body,
     Found,
+    Names,
     Owner,
     Parse,
     ToolList,
@@ -42,6 +43,7 @@ from gateway.wire.base import (
     add_usage,
     json_events,
     json_object,
+    metadata_names,
     passed,
 )
 from gateway.wire.cache_hints import add_cache_key
@@ -133,9 +135,10 @@ class ResponsesWire(ToolList):
         data = {"type": "error", "code": exc.code or exc.type, "message": exc.message, "param": exc.param}
         return event("error", data)
 
-    def event(self, request: WireRequest) -> str | None:
-        """A Codex compaction item in the input: a rewrite of the history is a compaction, not a reset."""
-        return COMPACTION if compacted(request.body) else None
+    def names(self, request: WireRequest) -> Names:
+        """`metadata`'s names, the user else the `user` field; the event else a Codex compaction item
+        in the input: a rewrite of the history is a compaction, not a reset."""
+        return metadata_names(request.body, "user", COMPACTION if compacted(request.body) else None)
 
     async def resolve(self, request: WireRequest, tenant: str, chains: ResponseChains) -> WireRequest:
         previous = request.body.get("previous_response_id")
@@ -173,6 +176,17 @@ class ResponsesWire(ToolList):
 
 
 RESPONSES = ResponsesWire()
+
+
+def refuse_stored_compaction(body: Mapping[str, Any], owns_account: bool) -> None:
+    """A `/v1/responses/compact` body naming a stored response, through a key other tenants share:
+    `InvalidRequest` (the response is the account's, not the tenant's)."""
+    if body.get("previous_response_id") is not None and not owns_account:
+        raise InvalidRequest(
+            "previous_response_id cannot be compacted through this gateway: the response it names is stored "
+            "upstream, under a key other tenants share. Send the items to compact in `input`.",
+            param="previous_response_id",
+        )
 
 
 def event(name: str, data: Any) -> bytes:

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from gateway.upstream.tokens import Tokenizers, count_messages, count_tools
+from gateway.upstream.tokens import Tokenizers, count_tools
+from gateway.wire.chat_tokens import count_messages
 
 TOOLS = [
     {

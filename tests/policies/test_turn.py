@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from bench.harnesses import INJECTORS
 from bench.traces import load_traces, traces_dir
-from gateway.upstream.tokens import count_messages, count_tools
+from gateway.upstream.tokens import count_tools
 from gateway.wire.chat_json import parse_messages, to_wire
+from gateway.wire.chat_tokens import count_messages
 from policies.budget import TokenBudget, resolve_budget
 from policies.classify import extract_facts
 from policies.layout import INDEX_LISTED

@@ -15,6 +15,7 @@ from gateway.store.session_state import SessionState
 from gateway.store.store import RedisStore
 from gateway.turns.boundary import hint_of, load_start
 from gateway.turns.sessions import FINGERPRINT
+from gateway.wire.base import NAMELESS, Names
 from gateway.wire.chat_json import parse_messages
 from policies import crossing as pure
 from policies.crossing import Crossing, seed, wants_start
@@ -280,13 +281,11 @@ def test_seed_carries_a_page_the_table_already_holds_without_storing_it_again() 
     assert seed(table, [rule]) == [] and table.carried == ["p:rule"]
 
 
-def test_hint_of_reads_the_header_first_then_the_metadata() -> None:
-    body = {"metadata": {"clawvm_event": "compaction"}}
-    assert hint_of({"x-clawvm-event": "reset"}, body) == "reset"
-    assert hint_of({}, body) == "compaction"
-    assert hint_of({}, {"messages": []}) is None
-    assert hint_of({}, {"metadata": "compaction"}) is None
-    assert hint_of({}, {"metadata": {"clawvm_event": 3}}) is None
+def test_hint_of_reads_the_header_first_then_what_the_body_names() -> None:
+    named = Names(event="compaction")
+    assert hint_of({"x-clawvm-event": "reset"}, named) == "reset"
+    assert hint_of({}, named) == "compaction"
+    assert hint_of({}, NAMELESS) is None
 
 
 # ---------------------------------------------------------------- users of one tenant

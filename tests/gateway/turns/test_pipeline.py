@@ -35,11 +35,13 @@ from gateway.turns.pipeline import (
 from gateway.turns.services import Services, ToolTokens
 from gateway.turns.sessions import SessionIds
 from gateway.turns.stages import parse_header
-from gateway.upstream.client import LiteLLMProvider, OpenAICompatible
+from gateway.upstream.client import OpenAICompatible
 from gateway.upstream.models import ModelCatalog
-from gateway.upstream.tokens import Tokenizers, count_messages
+from gateway.upstream.tokens import Tokenizers
 from gateway.wire.cache_hints import cache_key
 from gateway.wire.chat_json import parse_request
+from gateway.wire.chat_litellm import LiteLLMProvider
+from gateway.wire.chat_tokens import count_messages
 from gateway.wire.chat_transcripts import TranscriptCache
 from gateway.wire.responses import RESPONSES
 from policies.budget import TokenBudget

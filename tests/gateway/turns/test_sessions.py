@@ -14,6 +14,7 @@ from gateway.store.session_state import SessionState
 from gateway.store.store import Keys, RedisStore, project_scope, session_scope
 from gateway.store.tables import dump_table
 from gateway.turns.sessions import SAFE_ID, SessionIds, client_id, per_user, resolve, safe_id
+from gateway.wire.base import NAMELESS, metadata_names
 from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.tenant import TenantPolicy
@@ -38,7 +39,7 @@ def ids(
     messages: list[Message] | None = None,
     tenant: str = "acme",
 ) -> SessionIds:
-    return resolve(headers or {}, body or {}, messages or transcript("hello"), tenant)
+    return resolve(headers or {}, metadata_names(body or {}, "user"), messages or transcript("hello"), tenant)
 
 
 # -- the session ----------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def test_precedence_header_then_metadata_then_fingerprint() -> None:
     headers = {"x-clawvm-session": "from-header"}
     body: dict[str, Any] = {"metadata": {"session_id": "from-metadata"}}
     assert (ids(headers, body).session, ids(headers, body).source) == ("from-header", "header")
-    assert (ids({}, body).session, ids({}, body).source) == ("from-metadata", "metadata")
+    assert (ids({}, body).session, ids({}, body).source) == ("from-metadata", "body")
     fingerprinted = ids({}, {})
     assert fingerprinted.source == "fingerprint" and fingerprinted.session.startswith("fp-")
 
@@ -296,7 +297,7 @@ async def test_the_same_session_id_under_two_tenants_never_collides(store: Redis
     conversations = {tenants[0]: transcript("Order #1?"), tenants[1]: transcript("Invoice #9?", "Sent.", "Again?")}
     state = SessionState(store)
     for tenant, messages in conversations.items():
-        resolved = resolve(headers, {}, messages, tenant)
+        resolved = resolve(headers, NAMELESS, messages, tenant)
         assert resolved.session == "shared-session"
         await commit_turn(state, tenant, messages, resolved)
 
@@ -316,9 +317,9 @@ async def test_a_hashed_id_cannot_reach_another_tenants_keys(store: RedisStore) 
     victim, attacker = f"victim{run}", f"attacker{run}"
     state = SessionState(store)
     messages = transcript("secret")
-    await commit_turn(state, victim, messages, resolve({"x-clawvm-session": "s1"}, {}, messages, victim))
+    await commit_turn(state, victim, messages, resolve({"x-clawvm-session": "s1"}, NAMELESS, messages, victim))
     forged = "{" + victim + ":s:s1}"
-    resolved = resolve({"x-clawvm-session": forged}, {}, messages, attacker)
+    resolved = resolve({"x-clawvm-session": forged}, NAMELESS, messages, attacker)
     assert resolved.session.startswith("h-")
     table = await SessionState(store).load(attacker, resolved.session, resolved.project)
     assert table.order == [] and table.version == 0
@@ -337,7 +338,7 @@ def test_whatever_a_client_sends_the_ids_are_plain_store_ids(session: str, proje
     the safe grammar, without braces, so it can never open or close another Redis hash tag."""
     headers = Headers(raw=[(b"x-clawvm-session", session.encode("utf-8", "surrogatepass"))]) if session else {}
     body = {"metadata": {"project_id": project}, "user": user}
-    resolved = resolve(headers, body, transcript("hello"), "acme")
+    resolved = resolve(headers, metadata_names(body, "user"), transcript("hello"), "acme")
     for value in (resolved.session, resolved.project, safe_id(session or "x"), safe_id(project or "x")):
         assert SAFE_ID.fullmatch(value) and "{" not in value and "}" not in value
     keys = (Keys.of("acme", session_scope(resolved.session)), Keys.of("acme", project_scope(resolved.project)))

@@ -15,18 +15,15 @@ from gateway.upstream.tokens import (
     TokenizerError,
     Tokenizers,
     cache_file_name,
-    count_messages,
     count_tools,
     encoding_for_model,
     prepare_offline,
     tiktoken_cache_dir,
 )
+from gateway.wire.chat_tokens import count_messages
 from policies.tokens import (
-    IMAGE_TOKENS,
     MESSAGE_OVERHEAD,
-    NAME_OVERHEAD,
     REPLY_PRIMING,
-    TOOL_CALL_OVERHEAD,
     CharCounter,
 )
 
@@ -92,7 +89,8 @@ OFFLINE_SCRIPT = textwrap.dedent(
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
 
-    from gateway.upstream.tokens import Tokenizers, count_messages, prepare_offline
+    from gateway.upstream.tokens import Tokenizers, prepare_offline
+    from gateway.wire.chat_tokens import count_messages
     prepare_offline(os.environ)
     tokenizers = Tokenizers.from_env(os.environ)
     names = []
@@ -185,56 +183,6 @@ def test_count_one_user_message(tokenizers: Tokenizers) -> None:
     counter = tokenizers.for_model("gpt-4o")
     messages = [{"role": "user", "content": "hello world, how are you?"}]
     assert count_messages(counter, messages) == MESSAGE_OVERHEAD + 7 + REPLY_PRIMING
-
-
-def test_count_messages_framing() -> None:
-    counter = CharCounter()
-    messages = [
-        {"role": "system", "content": "x" * 40},
-        {
-            "role": "user",
-            "name": "ann",
-            "content": [
-                {"type": "text", "text": "abcd"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                {"type": "text", "text": "efgh"},
-                {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
-            ],
-        },
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": '{"path":"a.py"}'}},
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "y" * 9},
-    ]
-    expected = (
-        (MESSAGE_OVERHEAD + 10)
-        + (MESSAGE_OVERHEAD + NAME_OVERHEAD + 2 + 2 * IMAGE_TOKENS)
-        + (MESSAGE_OVERHEAD + TOOL_CALL_OVERHEAD + 1 + 4)
-        + (MESSAGE_OVERHEAD + 3)
-        + REPLY_PRIMING
-    )
-    assert count_messages(counter, messages) == expected
-
-
-def test_count_messages_tolerates_odd_shapes() -> None:
-    counter = CharCounter()
-    messages = [
-        {"role": "assistant", "content": 5, "tool_calls": "nope"},
-        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}, "junk"]},
-        {"role": "user", "content": [{"type": "input_audio"}, "raw"]},
-    ]
-    arguments = len('{"a":1}')
-    audio = IMAGE_TOKENS  # every non-text part is charged like an image
-    expected = MESSAGE_OVERHEAD * 3 + TOOL_CALL_OVERHEAD + 1 + (arguments + 3) // 4 + REPLY_PRIMING + audio
-    assert count_messages(counter, messages) == expected
-
-
-def test_empty_transcript_costs_the_priming() -> None:
-    assert count_messages(CharCounter(), []) == REPLY_PRIMING
 
 
 def test_count_tools() -> None:

@@ -52,7 +52,7 @@ def test_the_input_up_to_the_newest_compaction_is_a_prefix_forwarded_as_it_came(
     items = [{"role": "user", "content": "old"}, sealed, {"role": "user", "content": "new"}]
     parsed = parse_request(request(items))
     assert [m.text for m in parsed.messages] == ["new"]
-    assert compacted(parsed.body) == items[:2] and RESPONSES.event(parsed) == COMPACTION
+    assert compacted(parsed.body) == items[:2] and RESPONSES.names(parsed).event == COMPACTION
 
 
 @pytest.mark.parametrize(

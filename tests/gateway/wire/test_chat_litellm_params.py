@@ -6,7 +6,7 @@ import pytest
 from openai.types.chat import completion_create_params
 
 from gateway.api.errors import InvalidRequest
-from gateway.upstream.provider_params import OPENAI_PARAMS, REFUSED, provider_params
+from gateway.wire.chat_litellm_params import OPENAI_PARAMS, REFUSED, provider_params
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

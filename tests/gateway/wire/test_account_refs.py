@@ -1,4 +1,4 @@
-"""gateway.upstream.account_refs: which keys name an object of the upstream account."""
+"""gateway.wire.account_refs: which keys name an object of the upstream account."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gateway.api.errors import PermissionDenied
-from gateway.upstream.account_refs import references, refuse
+from gateway.wire.account_refs import references, refuse
 
 
 def _found(body: dict) -> list[str]:
