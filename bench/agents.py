@@ -247,8 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Claude Code and Codex through the gateway (installs them from npm).")
     parser.add_argument("--root", type=Path, default=ROOT, help="where the CLIs are installed (git-ignored)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--install-only", action="store_true", help="install the CLIs, run nothing (scripts/install)")
     args = parser.parse_args(argv)
     try:
+        if args.install_only:
+            install(args.root)
+            return 0
         runs = run(args.root)
     except AgentsError as exc:
         print(f"cannot run the agents: {exc}", file=sys.stderr)
