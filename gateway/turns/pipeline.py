@@ -305,19 +305,17 @@ async def _forward(
     if paging is None or first.status != 200 or (chat.stream and not first.is_stream):
         return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
     answer = wire.answer(chat.stream, paging.name, turn.body)
-    events = answered(first, send, turn.body, paging, wire, answer)
 
     async def remember() -> None:
         await _remember(services, tenant, chat, wire, answer)
 
+    events = answered(first, send, turn.body, paging, wire, answer, kept=remember)
     if chat.stream:
         relayed = ending_cleanly(streamed(events), faults, wire.error_event)
         return StreamingResponse(
-            _recorded(services, relayed, paging, remember), media_type="text/event-stream", headers=turn.headers
+            _recorded(services, relayed, paging), media_type="text/event-stream", headers=turn.headers
         )
     failed, body = await whole(events)
-    if failed is None:
-        await remember()
     recalls = BackgroundTask(record_recalls, services.metrics, services.audit, paging)
     if failed is not None:
         response = await respond(failed, turn.headers, shape=shape)
@@ -336,13 +334,10 @@ async def _saved(turn: Turn, answer: UpstreamResponse) -> None:
         raise
 
 
-async def _recorded(
-    services: Services, events: AsyncIterator[bytes], paging: Paging, then: Callable[[], Awaitable[None]]
-) -> AsyncIterator[bytes]:
-    """The stream as it is, then `then` and its recalls observed."""
+async def _recorded(services: Services, events: AsyncIterator[bytes], paging: Paging) -> AsyncIterator[bytes]:
+    """The stream as it is, then its recalls observed."""
     async for chunk in events:
         yield chunk
-    await then()
     await record_recalls(services.metrics, services.audit, paging)
 
 

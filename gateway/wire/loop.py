@@ -31,9 +31,18 @@ class RoundFailed(Exception):
 
 
 async def answered(
-    first: UpstreamResponse, send: Send, body: Body, paging: Paging, wire: Wire, answer: Answer
+    first: UpstreamResponse,
+    send: Send,
+    body: Body,
+    paging: Paging,
+    wire: Wire,
+    answer: Answer,
+    kept: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The whole answer: rounds relayed as they come, then the answer's closing."""
+    """The whole answer: rounds relayed as they come, then the answer's closing. `kept` (what a
+    later request may name, such as a response id for `previous_response_id`) is awaited once the
+    answer is complete and before its closing is relayed: a client that names the answer as soon as
+    it has read its end finds it kept."""
     room = paging.room
     upstream = first
     try:
@@ -48,7 +57,10 @@ async def answered(
             upstream = await send(jsonio.dumps(body))
             if upstream.status != 200:
                 raise RoundFailed(upstream)
-        for out in answer.closing():
+        closing = answer.closing()
+        if kept is not None:
+            await kept()
+        for out in closing:
             yield out
     finally:
         await upstream.aclose()
