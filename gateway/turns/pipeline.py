@@ -170,6 +170,7 @@ chat_completions = turn_route(CHAT)
 
 async def _serve(request: Request, services: Services, tenant: Tenant, stages: Stages, wire: Wire) -> Response:
     body = await read_body(request, services.settings.server.max_body_bytes)
+    stages.lap("receive")
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
     chat = wire.parse(body, services.transcripts.parser(hint))
     refuse_account_objects(body, chat.body, wire.owns_account(tenant), tenant.name)

@@ -1,8 +1,9 @@
 """Where a turn's time goes: the stages of one request, sent as a `Server-Timing` header.
 
 `Stages` is started when the request arrives and `lap`ped at each stage's end; the header lists
-each stage's duration in milliseconds (parse, ingest, assemble, store, serialise, upstream,
-persist), so a bench can print the breakdown of its median request. "store" is the planning time
+each stage's duration in milliseconds (receive, parse, ingest, assemble, store, serialise,
+upstream, persist), so a bench can print the breakdown of its median request. "receive" is the
+wait for the request's body once its headers came (the client's upload, and reading it in). "store" is the planning time
 that is not the policy engine's: loading (and, once another writer of the store was seen,
 committing) the session's table, write-back, rendering the body. "persist" is the wait, once the
 upstream answered, for the turn's save that ran beside the upstream call (gateway.store.saving).

@@ -128,7 +128,7 @@ def test_anthropic_breakpoints_end_the_stable_prefix_and_the_request(anthropic: 
     # messages after the system prompt: user, assistant (the end of the stable prefix), user (the newest turn)
     assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
     assert _marks(sent) == [(1, "text"), (2, "text")]
-    stages = ["parse", "ingest", "assemble", "store", "upstream", "persist"]
+    stages = ["receive", "parse", "ingest", "assemble", "store", "upstream", "persist"]
     assert list(parse_header(response.headers["server-timing"])) == stages
 
 

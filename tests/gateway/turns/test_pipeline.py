@@ -385,7 +385,7 @@ def test_chat_completions_forwards_with_the_upstream_key_and_our_headers(gateway
     assert response.headers["x-clawvm-session"] == "http-1"
     assert int(response.headers["x-clawvm-overhead-us"]) >= int(response.headers["x-clawvm-policy-us"]) >= 0
     stages = parse_header(response.headers["server-timing"])
-    assert list(stages) == ["parse", "ingest", "assemble", "store", "serialise", "upstream", "persist"]
+    assert list(stages) == ["receive", "parse", "ingest", "assemble", "store", "serialise", "upstream", "persist"]
     sent = fake.requests[-1]
     assert sent.path == "/v1/chat/completions" and sent.body is not None
     assert sent.headers["authorization"] == "Bearer sk-upstream-secret"
