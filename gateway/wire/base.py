@@ -11,7 +11,7 @@ over every round and no recall call in it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +24,18 @@ from gateway.wire.chains import ResponseChains
 from policies.transcript import Message, ToolCall
 
 Body = dict[str, Any]
-Parse = Callable[[list[Any]], list[Message]]
+
+
+class Parse(Protocol):
+    """How a format that resends its conversation reads a request: its body (`loads`, a JSON
+    object or `InvalidRequest`), then its messages (called with the raw list) into the transcript
+    (`gateway.wire.chat_transcripts.Reader` reuses earlier requests' work)."""
+
+    def loads(self, raw: bytes) -> dict[str, Any]: ...
+
+    def __call__(self, raw_messages: list[Any]) -> list[Message]: ...
+
+
 Owner = tuple[str, str]  # (tenant, session): whose prompt a provider cache key names
 
 

@@ -21,9 +21,10 @@ ChatRequest = WireRequest  # a chat request is a wire request (gateway.wire.base
 
 
 def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
-    """The request, validated; `parse` turns its `messages` into the transcript (default
-    `parse_messages`; `gateway.wire.chat_transcripts.TranscriptCache.parser` reuses an earlier parse)."""
-    body = json_object(raw)
+    """The request, validated; `parse` reads its body and turns its `messages` into the transcript
+    (default: `json_object` and `parse_messages`; `gateway.wire.chat_transcripts.TranscriptCache.parser`
+    reuses earlier requests' work)."""
+    body = json_object(raw) if parse is None else parse.loads(raw)
     model = body.get("model")
     if type(model) is not str or not model:
         raise _absent("model", _MODEL, model, "you must provide a model parameter")
@@ -33,7 +34,7 @@ def parse_request(raw: bytes, parse: Parse | None = None) -> ChatRequest:
             "messages", _MESSAGES, raw_messages, "'messages' is a required property and must be a non-empty array."
         )
     check(body, BODY)  # every other field the gateway reads or forwards
-    messages = (parse or parse_messages)(raw_messages)
+    messages = parse_messages(raw_messages) if parse is None else parse(raw_messages)
     return ChatRequest(body=body, model=model, messages=messages, stream=body.get("stream") is True)
 
 

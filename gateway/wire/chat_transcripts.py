@@ -1,6 +1,9 @@
-"""Parsed chat transcripts kept between requests: agents resend the whole conversation every turn.
+"""Parsed chat requests kept between requests: agents resend the whole conversation every turn.
 
-`TranscriptCache.parse` remembers the last transcript parsed for a key (the tenant, the
+`TranscriptCache.loads` keeps the newest bodies of each hint (tenant and session header) as they
+came and parsed, and reads a body that is one of them with messages appended by its new bytes
+only (`gateway.wire.appended`); the elements of its `messages` before those are then the very
+objects of the earlier body. `TranscriptCache.parse` remembers the last transcript parsed for a key (the tenant, the
 session header and the first message's text) and, when a new request's `messages` begin with exactly
 that list (compared by value, in C: `list.__eq__`), parses only the messages after it. The
 earlier list was a whole valid request, so no tool call is waiting at its end and the rest
@@ -10,15 +13,19 @@ parses on its own: a hit returns exactly what `parse_messages` would, only soone
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.wire.appended import Known, extended
+from gateway.wire.base import json_object
 from gateway.wire.chat_json import parse_messages
 from policies.transcript import Message
 
 CAPACITY = 256  # transcripts kept (each holds the request's message dicts)
 MIN_REUSE = 8  # shorter transcripts are parsed whole: nothing worth keeping
+MIN_BODY_BYTES = 16 * 1024  # shorter bodies are parsed whole: a few microseconds
+BODIES_PER_HINT = 4  # sessions sharing a hint (no session header) each keep their newest body
+BODY_BYTES = 256 * 1024 * 1024  # raw bodies kept in all, the least recently used dropped first
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +34,58 @@ class _Parsed:
     messages: list[Message]
 
 
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """One request's reader (`gateway.wire.base.Parse`): its body, then its messages, through the cache."""
+
+    cache: TranscriptCache
+    hint: str
+
+    def loads(self, raw: bytes) -> dict[str, Any]:
+        return self.cache.loads(self.hint, raw)
+
+    def __call__(self, raw_messages: list[Any]) -> list[Message]:
+        return self.cache.parse(self.hint, raw_messages)
+
+
 class TranscriptCache:
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, body_bytes: int = BODY_BYTES) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[tuple[str, str], _Parsed] = OrderedDict()
+        self._body_bytes = body_bytes
+        self._bodies: OrderedDict[str, list[Known]] = OrderedDict()
+        self._kept = 0  # bytes of the raw bodies in `_bodies`
 
-    def parser(self, hint: str) -> Callable[[list[Any]], list[Message]]:
-        """`parse` for one request, `hint` naming where it comes from (tenant and session header)."""
-        return lambda raw_messages: self.parse(hint, raw_messages)
+    def parser(self, hint: str) -> Reader:
+        """The reader for one request, `hint` naming where it comes from (tenant and session header)."""
+        return Reader(self, hint)
+
+    def loads(self, hint: str, raw: bytes) -> dict[str, Any]:
+        """The body `raw` parses to (`InvalidRequest` when it is not a JSON object): read by its new
+        bytes when it extends one of `hint`'s newest bodies, else parsed whole."""
+        recent = self._bodies.pop(hint, [])
+        self._kept -= sum(len(known.raw) for known in recent)
+        body, now = self._read(recent, raw)
+        if now is not None:
+            recent.insert(0, now)
+            del recent[BODIES_PER_HINT:]
+        if recent:
+            self._bodies[hint] = recent
+            self._kept += sum(len(known.raw) for known in recent)
+        while self._kept > self._body_bytes or len(self._bodies) > self._capacity:
+            _, dropped = self._bodies.popitem(last=False)
+            self._kept -= sum(len(known.raw) for known in dropped)
+        return body
+
+    @staticmethod
+    def _read(recent: list[Known], raw: bytes) -> tuple[dict[str, Any], Known | None]:
+        for index, known in enumerate(recent):
+            found = extended(known, raw)
+            if found is not None:
+                del recent[index]
+                return found
+        body = json_object(raw)
+        return body, Known(raw, body) if len(raw) >= MIN_BODY_BYTES else None
 
     def parse(self, hint: str, raw_messages: list[Any]) -> list[Message]:
         first = raw_messages[0] if raw_messages else None

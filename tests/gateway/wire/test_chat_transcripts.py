@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -90,3 +91,42 @@ def test_deeply_nested_values_are_a_miss_not_an_error() -> None:
     cache = TranscriptCache()
     cache.parse("t", nested())
     assert cache.parse("t", nested()) == expected
+
+
+def encoded(raw_messages: list[dict[str, Any]], pad: int = 20_000) -> bytes:
+    """A chat body big enough to be kept (`MIN_BODY_BYTES`)."""
+    return json.dumps({"model": "m", "messages": raw_messages, "user": "u", "pad": "x" * pad}).encode()
+
+
+def test_a_body_that_extends_a_kept_one_is_read_by_its_new_bytes() -> None:
+    cache = TranscriptCache()
+    reader = cache.parser("t")
+    first = reader.loads(encoded(transcript(10)))
+    later = reader.loads(encoded(transcript(12)))
+    assert later == json.loads(encoded(transcript(12)))
+    assert all(a is b for a, b in zip(first["messages"], later["messages"], strict=False))  # not parsed again
+    assert reader(later["messages"]) == parse_messages(later["messages"])
+
+
+def test_a_body_of_another_session_under_one_hint_is_parsed_whole_and_kept_beside() -> None:
+    cache = TranscriptCache()
+    reader = cache.parser("t")
+    other = transcript(10)
+    other[1]["content"] = "Another conversation."
+    first, second = reader.loads(encoded(transcript(10))), reader.loads(encoded(other))
+    assert reader.loads(encoded(transcript(11)))["messages"][2] is first["messages"][2]
+    assert reader.loads(encoded([*other, *turn(99)]))["messages"][2] is second["messages"][2]
+
+
+def test_kept_bodies_are_bounded_by_their_bytes() -> None:
+    cache = TranscriptCache(body_bytes=50_000)
+    first = {hint: cache.parser(hint).loads(encoded(transcript(10))) for hint in ("a", "b", "c")}
+    assert sum(len(k.raw) for ks in cache._bodies.values() for k in ks) <= 50_000
+    later = {hint: cache.parser(hint).loads(encoded(transcript(11))) for hint in ("c", "a")}
+    assert later["c"]["messages"][2] is first["c"]["messages"][2]  # kept: read by its new bytes
+    assert later["a"]["messages"][2] is not first["a"]["messages"][2]  # the oldest, dropped: parsed whole
+
+
+def test_a_body_that_is_not_an_object_is_refused_as_before() -> None:
+    with pytest.raises(InvalidRequest):
+        TranscriptCache().parser("t").loads(b"[1, 2]")
