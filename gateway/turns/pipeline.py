@@ -172,8 +172,12 @@ async def _serve(request: Request, services: Services, tenant: Tenant, stages: S
     body = await read_body(request, services.settings.server.max_body_bytes)
     stages.lap("receive")
     hint = f"{tenant.name}\x1f{request.headers.get('x-clawvm-session', '')}"
-    chat = wire.parse(body, services.transcripts.parser(hint))
-    refuse_account_objects(body, chat.body, wire.owns_account(tenant), tenant.name)
+    reader = services.transcripts.parser(hint)
+    chat = wire.parse(body, reader)
+    if not wire.owns_account(tenant):
+        unchecked = reader.unchecked(body, chat.body)  # a body extending a checked one: its new part
+        refuse_account_objects(unchecked.raw, unchecked.body, False, tenant.name, unchecked.start)
+        reader.checked()
     if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned
     chat = await _resolved(services, tenant, chat, wire)

@@ -32,10 +32,17 @@ QUOTED_KEY = re.compile(rb'"(?:file_ids?|vector_store_ids|container|conversation
 ESCAPED_ASCII = re.compile(rb"\\u00[2-7][0-9a-fA-F]")  # a key could hide behind escapes of its letters
 
 
-def references(raw: bytes, body: Any) -> list[str]:
-    """The JSON paths (`messages.2.content.0.source.file_id`) of every account reference in `body`."""
+def references(raw: bytes, body: Any, start: int | None = None) -> list[str]:
+    """The JSON paths (`messages.2.content.0.source.file_id`) of every account reference in `body`;
+    with `start`, `body` is a list of messages appended to a body that had none, the first at index
+    `start` (and `raw` their bytes)."""
     if QUOTED_KEY.search(raw) is None and ESCAPED_ASCII.search(raw) is None:
         return []
+    if start is not None:
+        found: list[str] = []
+        for index, message in enumerate(body):
+            _walk(message, f"messages.{start + index}", found)
+        return found
     found = [key for key in TOP_LEVEL if isinstance(body, dict) and body.get(key) not in (None, "")]
     _walk(body, "", found)
     return found
@@ -54,11 +61,12 @@ def _walk(value: Any, path: str, found: list[str]) -> None:
             _walk(item, f"{path}.{index}", found)
 
 
-def refuse(raw: bytes, body: Any, owns_account: bool, tenant: str) -> None:
-    """`PermissionDenied` when `body` names an account object and the key is shared."""
+def refuse(raw: bytes, body: Any, owns_account: bool, tenant: str, start: int | None = None) -> None:
+    """`PermissionDenied` when `body` names an account object and the key is shared (`start`:
+    `body` is only the messages appended from that index, as for `references`)."""
     if owns_account:
         return
-    found = references(raw, body)
+    found = references(raw, body, start)
     if found:
         raise PermissionDenied(
             f"{found[0]}: this request names an object of the upstream account (a file, vector store, container "

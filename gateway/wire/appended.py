@@ -40,12 +40,14 @@ PROBE = b'{"":[]'  # the start of an object whose first member stands for `messa
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """A body as it came (`raw`), parsed (`body`), and the offset past its last message (`end`:
-    None until found)."""
+    """A body as it came (`raw`), parsed (`body`), the offset past its last message (`end`: None
+    until found), and whether it passed the account-object check (`clean`:
+    `gateway.wire.account_refs`), so that a body extending it needs the check on its new part only."""
 
     raw: bytes
     body: dict[str, Any]
     end: int | None = None
+    clean: bool = False
 
 
 def extended(known: Known, raw: bytes) -> tuple[dict[str, Any], Known] | None:
@@ -57,7 +59,7 @@ def extended(known: Known, raw: bytes) -> tuple[dict[str, Any], Known] | None:
     if raw == known.raw:  # the same conversation sent again
         same = dict(known.body)
         same["messages"] = list(messages)
-        return same, Known(raw, same, known.end)
+        return same, Known(raw, same, known.end, known.clean)
     ends: Iterable[int] = (known.end,) if known.end is not None else _candidates(known.raw)
     for end in ends:
         added = _added(known.raw, raw, end)

@@ -13,7 +13,7 @@ parses on its own: a hit returns exactly what `parse_messages` would, only soone
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.wire.appended import Known, extended
@@ -34,18 +34,49 @@ class _Parsed:
     messages: list[Message]
 
 
-@dataclass(frozen=True, slots=True)
 class Reader:
-    """One request's reader (`gateway.wire.base.Parse`): its body, then its messages, through the cache."""
+    """One request's reader (`gateway.wire.base.Parse`): its body, then its messages, through the
+    cache; then what of the body the account-object check has yet to see (`unchecked`), and that
+    it passed (`checked`)."""
 
-    cache: TranscriptCache
-    hint: str
+    __slots__ = ("cache", "hint", "_before", "_now")
+
+    def __init__(self, cache: TranscriptCache, hint: str) -> None:
+        self.cache, self.hint = cache, hint
+        self._before: Known | None = None  # the kept body this one extends
+        self._now: Known | None = None  # this body, as kept
 
     def loads(self, raw: bytes) -> dict[str, Any]:
-        return self.cache.loads(self.hint, raw)
+        body, self._before, self._now = self.cache.read(self.hint, raw)
+        return body
 
     def __call__(self, raw_messages: list[Any]) -> list[Message]:
         return self.cache.parse(self.hint, raw_messages)
+
+    def unchecked(self, raw: bytes, body: Any) -> Unchecked:
+        """What the account-object check must read of this request: only its appended messages
+        (their bytes, the values, the index of the first) when it extends a body that passed it."""
+        before, now = self._before, self._now
+        if before is None or now is None or now.end is None or not before.clean or now.raw is not raw:
+            return Unchecked(raw, body, None)
+        start = len(before.body["messages"])
+        inserted_at = now.end - (len(raw) - len(before.raw))  # where the previous body's last message ended
+        return Unchecked(raw[inserted_at : now.end], now.body["messages"][start:], start)
+
+    def checked(self) -> None:
+        """This body passed the account-object check: a body extending it needs it on its new part only."""
+        if self._now is not None:
+            self.cache.clean(self.hint, self._now)
+
+
+@dataclass(frozen=True, slots=True)
+class Unchecked:
+    """What the account-object check reads: `raw` and `body`, or with `start` the appended
+    messages only (`body` their values, `start` the index of the first)."""
+
+    raw: bytes
+    body: Any
+    start: int | None
 
 
 class TranscriptCache:
@@ -63,9 +94,13 @@ class TranscriptCache:
     def loads(self, hint: str, raw: bytes) -> dict[str, Any]:
         """The body `raw` parses to (`InvalidRequest` when it is not a JSON object): read by its new
         bytes when it extends one of `hint`'s newest bodies, else parsed whole."""
+        return self.read(hint, raw)[0]
+
+    def read(self, hint: str, raw: bytes) -> tuple[dict[str, Any], Known | None, Known | None]:
+        """`loads`, with the kept body it extended (None when parsed whole) and itself as kept."""
         recent = self._bodies.pop(hint, [])
         self._kept -= sum(len(known.raw) for known in recent)
-        body, now = self._read(recent, raw)
+        body, before, now = self._read(recent, raw)
         if now is not None:
             recent.insert(0, now)
             del recent[BODIES_PER_HINT:]
@@ -75,17 +110,24 @@ class TranscriptCache:
         while self._kept > self._body_bytes or len(self._bodies) > self._capacity:
             _, dropped = self._bodies.popitem(last=False)
             self._kept -= sum(len(known.raw) for known in dropped)
-        return body
+        return body, before, now
+
+    def clean(self, hint: str, known: Known) -> None:
+        """Mark a kept body as having passed the account-object check."""
+        recent = self._bodies.get(hint, [])
+        for index, kept in enumerate(recent):
+            if kept is known:
+                recent[index] = replace(kept, clean=True)
 
     @staticmethod
-    def _read(recent: list[Known], raw: bytes) -> tuple[dict[str, Any], Known | None]:
+    def _read(recent: list[Known], raw: bytes) -> tuple[dict[str, Any], Known | None, Known | None]:
         for index, known in enumerate(recent):
             found = extended(known, raw)
             if found is not None:
                 del recent[index]
-                return found
+                return found[0], known, found[1]
         body = json_object(raw)
-        return body, Known(raw, body) if len(raw) >= MIN_BODY_BYTES else None
+        return body, None, Known(raw, body) if len(raw) >= MIN_BODY_BYTES else None
 
     def parse(self, hint: str, raw_messages: list[Any]) -> list[Message]:
         first = raw_messages[0] if raw_messages else None

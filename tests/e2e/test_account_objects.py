@@ -68,3 +68,29 @@ def test_responses_and_chat_file_references_through_the_shared_key_are_refused(s
             )
         assert refused.value.code == "account_object_refused"
         assert gw.fake.requests == []
+
+
+def _long_chat(turns: int) -> list[dict]:
+    """A conversation long enough for the gateway to keep its body (and read the next one's new part)."""
+    messages: list[dict] = [{"role": "system", "content": "You are terse. " * 200}]
+    for n in range(turns):
+        messages += [{"role": "user", "content": f"question {n} " * 100}, {"role": "assistant", "content": f"a{n}"}]
+    return messages
+
+
+def test_a_file_reference_appended_to_a_checked_conversation_is_refused(start_gateway) -> None:
+    """The check reads only what a request appends to a conversation that passed it, never less."""
+    chat_part = {"type": "file", "file": {"file_id": "file-abc123"}}
+    with start_gateway(config_yaml=TENANTS) as gw:
+        acme = openai.OpenAI(base_url=gw.url, api_key="sk-acme", max_retries=0)
+        messages = _long_chat(20)
+        headers = {"x-clawvm-session": "appended-refs"}
+        acme.chat.completions.create(model="gpt-4o", messages=messages, extra_headers=headers)
+        sneaked = [*messages, {"role": "user", "content": [chat_part, {"type": "text", "text": "and this?"}]}]
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            acme.chat.completions.create(model="gpt-4o", messages=sneaked, extra_headers=headers)
+        assert f"messages.{len(messages)}.content.0.file.file_id" in refused.value.message
+        later = [*sneaked, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go on"}]
+        with pytest.raises(openai.PermissionDeniedError):  # extends the refused body: checked whole again
+            acme.chat.completions.create(model="gpt-4o", messages=later, extra_headers=headers)
+        assert len(gw.fake.requests) == 1

@@ -130,3 +130,20 @@ def test_kept_bodies_are_bounded_by_their_bytes() -> None:
 def test_a_body_that_is_not_an_object_is_refused_as_before() -> None:
     with pytest.raises(InvalidRequest):
         TranscriptCache().parser("t").loads(b"[1, 2]")
+
+
+def test_only_what_extends_a_checked_body_is_left_to_check() -> None:
+    cache = TranscriptCache()
+    first, later = encoded(transcript(10)), encoded(transcript(12))
+    unchecked = cache.parser("t")
+    unchecked.loads(first)  # not marked checked: the next body is checked whole
+    reader = cache.parser("t")
+    body = reader.loads(later)
+    assert reader.unchecked(later, body).start is None and reader.unchecked(later, body).raw is later
+    reader.checked()
+    grown = encoded(transcript(13))
+    reader = cache.parser("t")
+    body = reader.loads(grown)
+    part = reader.unchecked(grown, body)
+    assert part.start == len(transcript(12)) and part.body == turn(12)
+    assert json.loads(b"[" + part.raw.removeprefix(b",") + b"]") == turn(12)
