@@ -32,22 +32,27 @@ from typing import Any
 
 import orjson
 
+from policies.transcript import Message
+
 WHITESPACE = b" \t\r\n"
 COMMA = ord(",")
 CANDIDATES = 100_000  # `]` characters tried from the end of a body whose messages' end is not known yet
 PROBE = b'{"":[]'  # the start of an object whose first member stands for `messages`
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Known:
     """A body as it came (`raw`), parsed (`body`), the offset past its last message (`end`: None
-    until found), and whether it passed the account-object check (`clean`:
-    `gateway.wire.account_refs`), so that a body extending it needs the check on its new part only."""
+    until found); once the request is read, whether it passed the account-object check (`clean`:
+    `gateway.wire.account_refs`), so that a body extending it needs the check on its new part only,
+    and its `messages` as the neutral transcript (`transcript`), so that one extending it parses only
+    its new messages."""
 
     raw: bytes
     body: dict[str, Any]
     end: int | None = None
     clean: bool = False
+    transcript: list[Message] | None = None
 
 
 def extended(known: Known, raw: bytes) -> tuple[dict[str, Any], Known] | None:
@@ -59,7 +64,7 @@ def extended(known: Known, raw: bytes) -> tuple[dict[str, Any], Known] | None:
     if raw == known.raw:  # the same conversation sent again
         same = dict(known.body)
         same["messages"] = list(messages)
-        return same, Known(raw, same, known.end, known.clean)
+        return same, Known(raw, same, known.end, known.clean, known.transcript)
     ends: Iterable[int] = (known.end,) if known.end is not None else _candidates(known.raw)
     for end in ends:
         added = _added(known.raw, raw, end)

@@ -11,7 +11,7 @@ over every round and no recall call in it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,8 @@ from policies.transcript import Message, ToolCall
 
 Body = dict[str, Any]
 
+ParseFrom = Callable[[Sequence[Any], int], list[Message]]  # raw messages, the index of the first -> transcript
+
 
 class Parse(Protocol):
     """How a format that resends its conversation reads a request: its body (`loads`, a JSON
@@ -34,6 +36,12 @@ class Parse(Protocol):
     def loads(self, raw: bytes) -> dict[str, Any]: ...
 
     def __call__(self, raw_messages: list[Any]) -> list[Message]: ...
+
+    def transcript(
+        self, raw_messages: list[Any], parse: Callable[[Sequence[Any], int], list[Message]]
+    ) -> list[Message]:
+        """`raw_messages` as the transcript, `parse(raw, start)` reading those from index `start` on."""
+        ...
 
 
 Owner = tuple[str, str]  # (tenant, session): whose prompt a provider cache key names

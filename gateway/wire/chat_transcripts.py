@@ -13,11 +13,12 @@ parses on its own: a hit returns exactly what `parse_messages` would, only soone
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.wire.appended import Known, extended
-from gateway.wire.base import json_object
+from gateway.wire.base import ParseFrom, json_object
 from gateway.wire.chat_json import parse_messages
 from policies.transcript import Message
 
@@ -51,7 +52,26 @@ class Reader:
         return body
 
     def __call__(self, raw_messages: list[Any]) -> list[Message]:
-        return self.cache.parse(self.hint, raw_messages)
+        """A chat body's `messages` as the transcript (`transcript`, else the cache's `parse`)."""
+        return self.transcript(raw_messages, parse_messages, lambda raw: self.cache.parse(self.hint, raw))
+
+    def transcript(
+        self, raw_messages: list[Any], parse: ParseFrom, whole: Callable[[list[Any]], list[Message]] | None = None
+    ) -> list[Message]:
+        """`raw_messages` (this body's messages) as the transcript, `parse(raw, start)` reading raw
+        messages whose first is at index `start`: only the appended ones when this body extends a
+        kept one whose transcript is known (for a format whose parse of a whole request ends with
+        nothing pending, so that the rest parses on its own); else all of them (by `whole` if given)."""
+        before, now = self._before, self._now
+        if now is not None and now.body.get("messages") is raw_messages and before is not None:
+            if before.transcript is not None:
+                start = len(before.body["messages"])
+                now.transcript = [*before.transcript, *parse(raw_messages[start:], start)]
+                return now.transcript
+        messages = whole(raw_messages) if whole is not None else parse(raw_messages, 0)
+        if now is not None and now.body.get("messages") is raw_messages:
+            now.transcript = messages
+        return messages
 
     def unchecked(self, raw: bytes, body: Any) -> Unchecked:
         """What the account-object check must read of this request: only its appended messages
@@ -114,10 +134,7 @@ class TranscriptCache:
 
     def clean(self, hint: str, known: Known) -> None:
         """Mark a kept body as having passed the account-object check."""
-        recent = self._bodies.get(hint, [])
-        for index, kept in enumerate(recent):
-            if kept is known:
-                recent[index] = replace(kept, clean=True)
+        known.clean = True
 
     @staticmethod
     def _read(recent: list[Known], raw: bytes) -> tuple[dict[str, Any], Known | None, Known | None]:

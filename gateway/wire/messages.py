@@ -85,7 +85,7 @@ class MessagesWire(Stateless, ToolList):
         return tenant.upstream.owns_anthropic_account
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
-        return parse_request(raw)
+        return parse_request(raw, parse=parse)
 
     def names(self, request: WireRequest) -> Names:
         """`metadata`'s names (Anthropic's own is `user_id`; the API has no top-level user field)."""
@@ -159,9 +159,11 @@ def counted_body(body: Mapping[str, Any]) -> Body:
 # -- parsing ---------------------------------------------------------------------------------------
 
 
-def parse_request(raw: bytes, *, counting: bool = False) -> WireRequest:
-    """The request validated (`counting`: a count_tokens request, which has no `max_tokens`)."""
-    body = json_object(raw)
+def parse_request(raw: bytes, *, counting: bool = False, parse: Parse | None = None) -> WireRequest:
+    """The request validated (`counting`: a count_tokens request, which has no `max_tokens`);
+    `parse` reads the body and its messages reusing earlier requests' work
+    (`gateway.wire.chat_transcripts.Reader`)."""
+    body = json_object(raw) if parse is None else parse.loads(raw)
     model = body.get("model")
     if type(model) is not str or not model:
         raise InvalidRequest("model: Field required (a non-empty string)", param="model")
@@ -177,7 +179,8 @@ def parse_request(raw: bytes, *, counting: bool = False) -> WireRequest:
     for index, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or (tool.get("type") in (None, "custom") and not _text(tool.get("name"))):
             raise InvalidRequest(f"tools.{index}: a tool must be an object with a name", param=f"tools.{index}")
-    messages = [*_system(body.get("system")), *parse_messages(raw_messages)]
+    turns = parse_messages(raw_messages) if parse is None else parse.transcript(raw_messages, parse_messages)
+    messages = [*_system(body.get("system")), *turns]
     return WireRequest(body=body, model=model, messages=messages, stream=body.get("stream") is True)
 
 
@@ -199,10 +202,12 @@ def _system(system: Any) -> list[Message]:
     return [Message("system", block["text"], raw={"type": TOP_SYSTEM, "block": block}) for block in system]
 
 
-def parse_messages(raw_messages: Sequence[Any]) -> list[Message]:
+def parse_messages(raw_messages: Sequence[Any], start: int = 0) -> list[Message]:
+    """The transcript of `raw_messages`, the first at index `start` of the request's. A whole
+    request leaves no `tool_use` unanswered, so what follows it parses on its own."""
     messages: list[Message] = []
     pending: dict[str, int] = {}
-    for index, item in enumerate(raw_messages):
+    for index, item in enumerate(raw_messages, start):
         where = f"messages.{index}"
         if not isinstance(item, dict) or item.get("role") not in SPOKEN:
             raise InvalidRequest(f"{where}.role: expected 'user', 'assistant' or 'system'", param=f"{where}.role")
