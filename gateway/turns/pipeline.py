@@ -176,7 +176,7 @@ async def _serve(request: Request, services: Services, tenant: Tenant, stages: S
     chat = wire.parse(body, reader)
     if not wire.owns_account(tenant):
         unchecked = reader.unchecked(body, chat.body)  # a body extending a checked one: its new part
-        refuse_account_objects(unchecked.raw, unchecked.body, False, tenant.name, unchecked.start)
+        refuse_account_objects(unchecked.raw, unchecked.body, False, tenant.name, unchecked.start, unchecked.field)
         reader.checked()
     if wire.litellm and uses_litellm(chat.model):
         provider_params(chat.body)  # a refused field is refused before the turn is planned

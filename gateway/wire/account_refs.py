@@ -32,16 +32,16 @@ QUOTED_KEY = re.compile(rb'"(?:file_ids?|vector_store_ids|container|conversation
 ESCAPED_ASCII = re.compile(rb"\\u00[2-7][0-9a-fA-F]")  # a key could hide behind escapes of its letters
 
 
-def references(raw: bytes, body: Any, start: int | None = None) -> list[str]:
+def references(raw: bytes, body: Any, start: int | None = None, field: str = "messages") -> list[str]:
     """The JSON paths (`messages.2.content.0.source.file_id`) of every account reference in `body`;
-    with `start`, `body` is a list of messages appended to a body that had none, the first at index
-    `start` (and `raw` their bytes)."""
+    with `start`, `body` is a list of messages appended to the `field` array of a body that had
+    none, the first at index `start` (and `raw` their bytes)."""
     if QUOTED_KEY.search(raw) is None and ESCAPED_ASCII.search(raw) is None:
         return []
     if start is not None:
         found: list[str] = []
         for index, message in enumerate(body):
-            _walk(message, f"messages.{start + index}", found)
+            _walk(message, f"{field}.{start + index}", found)
         return found
     found = [key for key in TOP_LEVEL if isinstance(body, dict) and body.get(key) not in (None, "")]
     _walk(body, "", found)
@@ -61,12 +61,14 @@ def _walk(value: Any, path: str, found: list[str]) -> None:
             _walk(item, f"{path}.{index}", found)
 
 
-def refuse(raw: bytes, body: Any, owns_account: bool, tenant: str, start: int | None = None) -> None:
+def refuse(
+    raw: bytes, body: Any, owns_account: bool, tenant: str, start: int | None = None, field: str = "messages"
+) -> None:
     """`PermissionDenied` when `body` names an account object and the key is shared (`start`:
-    `body` is only the messages appended from that index, as for `references`)."""
+    `body` is only the messages appended from that index to `field`, as for `references`)."""
     if owns_account:
         return
-    found = references(raw, body, start)
+    found = references(raw, body, start, field)
     if found:
         raise PermissionDenied(
             f"{found[0]}: this request names an object of the upstream account (a file, vector store, container "

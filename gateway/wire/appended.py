@@ -1,5 +1,8 @@
 """A request body that is the session's previous body with messages appended, read by its new bytes.
 
+The conversation is the body's `messages` array (Chat Completions, Anthropic Messages) or its
+`input` array (Responses): `Known.field`; `messages` below stands for either.
+
 Agents resend the whole conversation every turn, so turn n's body is turn n-1's with a few
 messages added at the end of its `messages` array and every other byte the same. Parsing it whole
 costs time in proportion to the session's length (about 1.2 ms per MB with orjson, and the
@@ -50,6 +53,7 @@ class Known:
 
     raw: bytes
     body: dict[str, Any]
+    field: str = "messages"  # the member that holds the conversation (`input` for Responses)
     end: int | None = None
     clean: bool = False
     transcript: list[Message] | None = None
@@ -58,13 +62,14 @@ class Known:
 def extended(known: Known, raw: bytes) -> tuple[dict[str, Any], Known] | None:
     """The body `raw` parses to and what is known of it, when it is `known`'s with messages
     appended (or the same bytes again); None otherwise (parse it whole)."""
-    messages = known.body.get("messages")
+    field = known.field
+    messages = known.body.get(field)
     if not isinstance(messages, list) or not messages or len(raw) < len(known.raw):
         return None
     if raw == known.raw:  # the same conversation sent again
         same = dict(known.body)
-        same["messages"] = list(messages)
-        return same, Known(raw, same, known.end, known.clean, known.transcript)
+        same[field] = list(messages)
+        return same, Known(raw, same, field, known.end, known.clean, known.transcript)
     ends: Iterable[int] = (known.end,) if known.end is not None else _candidates(known.raw)
     for end in ends:
         added = _added(known.raw, raw, end)
@@ -74,8 +79,8 @@ def extended(known: Known, raw: bytes) -> tuple[dict[str, Any], Known] | None:
         if items is None:
             return None
         body = dict(known.body)
-        body["messages"] = [*messages, *items]
-        return body, Known(raw, body, len(raw) - (len(known.raw) - end))
+        body[field] = [*messages, *items]
+        return body, Known(raw, body, field, len(raw) - (len(known.raw) - end))
     return None
 
 
@@ -112,9 +117,9 @@ def _closes_messages(known: Known, end: int) -> bool:
     except orjson.JSONDecodeError:
         return False
     keys = list(known.body)
-    after = keys[keys.index("messages") + 1 :]
+    after = keys[keys.index(known.field) + 1 :]
     members = list(rest.items())[1:] if isinstance(rest, dict) else None
-    return members == [(key, known.body[key]) for key in after] and "messages" not in rest
+    return members == [(key, known.body[key]) for key in after] and known.field not in rest
 
 
 def _elements(added: bytes) -> list[Any] | None:

@@ -25,7 +25,9 @@ from policies.transcript import Message, ToolCall
 
 Body = dict[str, Any]
 
-ParseFrom = Callable[[Sequence[Any], int], list[Message]]  # raw messages, the index of the first -> transcript
+# (a body's raw messages, `start`) -> the transcript of those from index `start` on (all of them when
+# `start` is 0), or None when they do not parse apart from the ones before (then all are parsed).
+ParseFrom = Callable[[Sequence[Any], int], list[Message] | None]
 
 
 class Parse(Protocol):
@@ -310,6 +312,12 @@ class ToolList:
                 body.pop(key, None)
         if self.tool_name(body.get("tool_choice")) == name:
             body["tool_choice"] = self.auto()
+
+
+def messages_from(parse: Callable[[Sequence[Any], int], list[Message]]) -> ParseFrom:
+    """A `ParseFrom` of a format whose whole request leaves nothing pending at its end (every tool
+    call answered), so that the messages after it parse on their own: `parse(raw, first index)`."""
+    return lambda raw, start: parse(raw[start:], start)
 
 
 def metadata_names(body: Mapping[str, Any], user_field: str | None = None, event: str | None = None) -> Names:

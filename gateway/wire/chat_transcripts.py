@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.wire.appended import Known, extended
-from gateway.wire.base import ParseFrom, json_object
+from gateway.wire.base import ParseFrom, json_object, messages_from
 from gateway.wire.chat_json import parse_messages
 from policies.transcript import Message
 
@@ -47,29 +47,30 @@ class Reader:
         self._before: Known | None = None  # the kept body this one extends
         self._now: Known | None = None  # this body, as kept
 
-    def loads(self, raw: bytes) -> dict[str, Any]:
-        body, self._before, self._now = self.cache.read(self.hint, raw)
+    def loads(self, raw: bytes, field: str = "messages") -> dict[str, Any]:
+        """The body; `field` names the member that holds the conversation."""
+        body, self._before, self._now = self.cache.read(self.hint, raw, field)
         return body
 
     def __call__(self, raw_messages: list[Any]) -> list[Message]:
         """A chat body's `messages` as the transcript (`transcript`, else the cache's `parse`)."""
-        return self.transcript(raw_messages, parse_messages, lambda raw: self.cache.parse(self.hint, raw))
+        return self.transcript(raw_messages, CHAT_FROM, lambda raw: self.cache.parse(self.hint, raw))
 
     def transcript(
         self, raw_messages: list[Any], parse: ParseFrom, whole: Callable[[list[Any]], list[Message]] | None = None
     ) -> list[Message]:
-        """`raw_messages` (this body's messages) as the transcript, `parse(raw, start)` reading raw
-        messages whose first is at index `start`: only the appended ones when this body extends a
-        kept one whose transcript is known (for a format whose parse of a whole request ends with
-        nothing pending, so that the rest parses on its own); else all of them (by `whole` if given)."""
+        """`raw_messages` (this body's conversation) as the transcript: when this body extends a kept
+        one whose transcript is known, that one's and `parse` of the appended messages; else all of
+        them (by `whole`, or `parse` from 0)."""
         before, now = self._before, self._now
-        if now is not None and now.body.get("messages") is raw_messages and before is not None:
+        if now is not None and now.body.get(now.field) is raw_messages and before is not None:
             if before.transcript is not None:
-                start = len(before.body["messages"])
-                now.transcript = [*before.transcript, *parse(raw_messages[start:], start)]
-                return now.transcript
-        messages = whole(raw_messages) if whole is not None else parse(raw_messages, 0)
-        if now is not None and now.body.get("messages") is raw_messages:
+                tail = parse(raw_messages, len(before.body[before.field]))
+                if tail is not None:
+                    now.transcript = [*before.transcript, *tail]
+                    return now.transcript
+        messages = whole(raw_messages) if whole is not None else _all(parse, raw_messages)
+        if now is not None and now.body.get(now.field) is raw_messages:
             now.transcript = messages
         return messages
 
@@ -79,9 +80,9 @@ class Reader:
         before, now = self._before, self._now
         if before is None or now is None or now.end is None or not before.clean or now.raw is not raw:
             return Unchecked(raw, body, None)
-        start = len(before.body["messages"])
+        start = len(before.body[before.field])
         inserted_at = now.end - (len(raw) - len(before.raw))  # where the previous body's last message ended
-        return Unchecked(raw[inserted_at : now.end], now.body["messages"][start:], start)
+        return Unchecked(raw[inserted_at : now.end], now.body[now.field][start:], start, now.field)
 
     def checked(self) -> None:
         """This body passed the account-object check: a body extending it needs it on its new part only."""
@@ -97,6 +98,17 @@ class Unchecked:
     raw: bytes
     body: Any
     start: int | None
+    field: str = "messages"
+
+
+def _all(parse: ParseFrom, raw_messages: list[Any]) -> list[Message]:
+    messages = parse(raw_messages, 0)
+    if messages is None:  # a ParseFrom reads from index 0 always
+        raise ValueError("a ParseFrom returned None for a whole transcript")
+    return messages
+
+
+CHAT_FROM = messages_from(parse_messages)
 
 
 class TranscriptCache:
@@ -116,11 +128,12 @@ class TranscriptCache:
         bytes when it extends one of `hint`'s newest bodies, else parsed whole."""
         return self.read(hint, raw)[0]
 
-    def read(self, hint: str, raw: bytes) -> tuple[dict[str, Any], Known | None, Known | None]:
-        """`loads`, with the kept body it extended (None when parsed whole) and itself as kept."""
+    def read(self, hint: str, raw: bytes, field: str = "messages") -> tuple[dict[str, Any], Known | None, Known | None]:
+        """`loads`, with the kept body it extended (None when parsed whole) and itself as kept;
+        `field` names the member that holds the conversation."""
         recent = self._bodies.pop(hint, [])
         self._kept -= sum(len(known.raw) for known in recent)
-        body, before, now = self._read(recent, raw)
+        body, before, now = self._read(recent, raw, field)
         if now is not None:
             recent.insert(0, now)
             del recent[BODIES_PER_HINT:]
@@ -137,14 +150,14 @@ class TranscriptCache:
         known.clean = True
 
     @staticmethod
-    def _read(recent: list[Known], raw: bytes) -> tuple[dict[str, Any], Known | None, Known | None]:
+    def _read(recent: list[Known], raw: bytes, field: str) -> tuple[dict[str, Any], Known | None, Known | None]:
         for index, known in enumerate(recent):
-            found = extended(known, raw)
+            found = extended(known, raw) if known.field == field else None
             if found is not None:
                 del recent[index]
                 return found[0], known, found[1]
         body = json_object(raw)
-        return body, None, Known(raw, body) if len(raw) >= MIN_BODY_BYTES else None
+        return body, None, Known(raw, body, field) if len(raw) >= MIN_BODY_BYTES else None
 
     def parse(self, hint: str, raw_messages: list[Any]) -> list[Message]:
         first = raw_messages[0] if raw_messages else None

@@ -48,6 +48,7 @@ from gateway.wire.base import (
     add_usage,
     json_events,
     json_object,
+    messages_from,
     metadata_names,
     passed,
 )
@@ -179,12 +180,13 @@ def parse_request(raw: bytes, *, counting: bool = False, parse: Parse | None = N
     for index, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or (tool.get("type") in (None, "custom") and not _text(tool.get("name"))):
             raise InvalidRequest(f"tools.{index}: a tool must be an object with a name", param=f"tools.{index}")
-    turns = parse_messages(raw_messages) if parse is None else parse.transcript(raw_messages, parse_messages)
+    turns = parse_messages(raw_messages) if parse is None else parse.transcript(raw_messages, MESSAGES_FROM)
     messages = [*_system(body.get("system")), *turns]
     return WireRequest(body=body, model=model, messages=messages, stream=body.get("stream") is True)
 
 
 _KINDS = {bool: "a boolean", list: "an array", dict: "an object"}
+MESSAGES_FROM = messages_from(lambda raw, start: parse_messages(raw, start))
 
 
 def _system(system: Any) -> list[Message]:

@@ -85,7 +85,7 @@ class ResponsesWire(ToolList):
         return tenant.upstream.owns_account
 
     def parse(self, raw: bytes, parse: Parse | None = None) -> WireRequest:
-        return parse_request(raw)
+        return parse_request(raw, parse)
 
     def schema(self, name: str) -> dict[str, Any]:
         return tool_schema(name)
@@ -206,8 +206,10 @@ def replayable(item: Any) -> bool:
 # -- parsing ---------------------------------------------------------------------------------------
 
 
-def parse_request(raw: bytes) -> WireRequest:
-    body = json_object(raw)
+def parse_request(raw: bytes, parse: Parse | None = None) -> WireRequest:
+    """The request validated; `parse` reads the body and its input reusing earlier requests' work
+    (`gateway.wire.chat_transcripts.Reader`)."""
+    body = json_object(raw) if parse is None else parse.loads(raw, "input")
     model = body.get("model")
     if type(model) is not str or not model:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
@@ -231,17 +233,41 @@ def parse_request(raw: bytes) -> WireRequest:
             )
     if previous is not None:  # resolved later (`ResponsesWire.resolve`): its input alone is not the transcript
         return WireRequest(body=body, model=model, messages=[], stream=body.get("stream") is True)
-    return parsed(body)
+    return parsed(body, parse)
 
 
-def parsed(body: Body) -> WireRequest:
+def parsed(body: Body, parse: Parse | None = None) -> WireRequest:
     """The request of a body whose input is the whole conversation."""
-    items = _items(body.get("input"))
-    for index, item in enumerate(items):
-        _check(item, index)
-    start = _newest_compaction(items) + 1
-    messages = [*_instructions(body.get("instructions")), *parse_items(items[start:], start)]
+    given = body.get("input")
+    if parse is not None and isinstance(given, list):
+        turns = parse.transcript(given, _input_from)
+    else:
+        turns = _input_from(_items(given), 0) or []
+    messages = [*_instructions(body.get("instructions")), *turns]
     return WireRequest(body=body, model=body["model"], messages=messages, stream=body.get("stream") is True)
+
+
+def _input_from(items: Sequence[Any], start: int) -> list[Message] | None:
+    """The transcript of the items from `start` on (all of them, after the newest compaction, from
+    0), checked; None when they do not parse apart from the ones before: a compaction among them
+    (the prefix forwarded as it came moves), or the earlier input ending with the model's own
+    items (the new ones may join its run)."""
+    added = items[start:]
+    for index, item in enumerate(added, start):
+        _check(item, index)
+    if start == 0:
+        first = _newest_compaction(items) + 1
+        return parse_items(items[first:], first)
+    if _newest_compaction(added) >= 0 or not _closes_run(items[start - 1]):
+        return None
+    return parse_items(added, start)
+
+
+def _closes_run(item: Any) -> bool:
+    """An item after which the model's next items start a message of their own: a tool output,
+    or a message of a speaker other than the model."""
+    kind = _kind(item)
+    return kind in OUTPUTS or (kind == "message" and isinstance(item, dict) and item.get("role") in SPEAKERS)
 
 
 def _items(given: Any) -> list[Any]:
