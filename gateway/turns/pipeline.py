@@ -70,6 +70,7 @@ from policies.writes import Memories, WriteBatch
 log = logging.getLogger("clawvm.gateway")
 Save = Callable[[], Awaitable[bool]]  # a turn's commit: True when the store was unavailable (deferred)
 RECALL_TOOL = "clawvm_recall"
+FORWARD_FIRST_YIELDS = 3  # loop turns the save waits before its CPU-bound part (`_finished_turn`)
 COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
 COMMIT_BACKOFF_CAP_S = 0.1
@@ -780,7 +781,12 @@ async def _finished_turn(
     services: Services, table: PageTable, turn: TurnInput, sent: Forwarded, outcome: Outcome, unavailable: str
 ) -> bool:
     """The turn's save: the step's second half (`policies.step.complete`: pure, while the upstream
-    generates), the write-back, then the commit (`_commit`); fills in `outcome`."""
+    generates), the write-back, then the commit (`_commit`); fills in `outcome`. Its first steps
+    yield to the loop: the forwarding task (and aiohttp's task that writes the request body, on
+    Python < 3.12 a task of its own, scheduled after this one) puts the request on the wire before
+    this CPU-bound part runs."""
+    for _ in range(FORWARD_FIRST_YIELDS):
+        await asyncio.sleep(0)
     decision = complete(table, turn, sent)
     written, held, failed = await _write_back(services, table, decision)
     observation = decision.observation
