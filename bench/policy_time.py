@@ -18,7 +18,7 @@ counter):
 
 One full replay runs first and is discarded (warm-up).
 
-"Cost growth" times the whole turn (`forward` and `complete`, as the gateway runs them today)
+"Cost growth" times the whole turn (`forward` and `complete`: all the policy work a turn costs)
 at turns 10, 100 and 1000 of a synthetic agent loop (a fixed system prompt,
 then assistant tool call + ~300-token tool result per turn): the session is replayed up to each
 of those turns, and the turn is timed 5 times, each on a copy of the page table as the replay left
@@ -248,7 +248,7 @@ def repeated_turn(
     for _ in range(max(repeats, 1)):
         attempt = copy.deepcopy(table)
         timed = bound.turn(attempt, messages)
-        samples.append(timed.total_ns + timed.deferred_ns)  # the whole turn, as the gateway runs it today
+        samples.append(timed.total_ns + timed.deferred_ns)  # the whole turn: all the policy work it costs
     return samples, attempt
 
 
