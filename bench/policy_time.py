@@ -1,14 +1,25 @@
-"""Policy-engine time per turn, in process: the real traces replayed through `policies.step.step`,
-the pure turn step the gateway runs on every request.
+"""Policy-engine time per turn, in process: the real traces replayed through the pure turn step
+the gateway runs on every request, in its two halves (`policies.step`): `forward`, what the
+forwarded prompt needs, and `complete`, the rest, which may run once the request is on its way.
 
 Each trace is replayed request by request (`Trace.turns()`) into one `PageTable`, at each budget,
 with the write-back planned on empty committed memory (no store). The chat wire adapter builds
-the `Message` list outside the timed region; the whole step is timed (`time.perf_counter_ns`),
-with the real tiktoken counter, and within it ingest (classifying, representing and counting the
-new messages) and assembly (layout, knapsack and render: the selector, the figure the paper
-quotes) apart. One full replay runs first and is discarded (warm-up).
+the `Message` list outside the timed region. Timed (`time.perf_counter_ns`, the real tiktoken
+counter):
 
-"Cost growth" times turns 10, 100 and 1000 of a synthetic agent loop (a fixed system prompt,
+- "before forwarding" (`total`): the whole `policies.step.forward` call: finishing any page an
+  earlier turn left, the boundary check, ingest of the new messages at their full level
+  (classified, counted, facts named), the repeated-call check and the assembly; within it
+  `ingest` and `assembly` (layout, knapsack and render: the selector, the figure the paper
+  quotes; on a re-plan it first finishes the new pages' other levels) apart;
+- "after forwarding" (`deferred`): the whole `policies.step.complete` call: the new pages'
+  other levels, span entries, fact pages and coverage, the write-back plan and the observation;
+- "whole turn" (`whole`): the two together, per turn (what `policies.step.step` costs).
+
+One full replay runs first and is discarded (warm-up).
+
+"Cost growth" times the whole turn (`forward` and `complete`: all the policy work a turn costs)
+at turns 10, 100 and 1000 of a synthetic agent loop (a fixed system prompt,
 then assistant tool call + ~300-token tool result per turn): the session is replayed up to each
 of those turns, and the turn is timed 5 times, each on a copy of the page table as the replay left
 it (the median is reported).
@@ -66,18 +77,21 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class TurnTime:
-    total_ns: int
+    total_ns: int  # before forwarding: `forward`
     ingest_ns: int | None
     assembly_ns: int | None
+    deferred_ns: int = 0  # after forwarding: `complete`
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetReport:
     budget: int
-    total: Summary
+    total: Summary  # before forwarding (`policies.step.forward`)
     ingest: Summary | None  # None while TurnPlan has no ingest_ns
     assembly: Summary | None  # None while TurnPlan has no assembly_ns
-    per_trace_median_us: dict[str, float]
+    per_trace_median_us: dict[str, float]  # before forwarding
+    deferred: Summary | None = None  # after forwarding (`policies.step.complete`)
+    whole: Summary | None = None  # both, per turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +140,11 @@ class Engine:
     def turn(self, table: PageTable, messages: Sequence[Message]) -> TurnTime:
         turn = TurnInput(messages, self.policy, self.counter, self.budget, NOW, memories=_memories(table))
         started = time.perf_counter_ns()
-        decision = turn_step.step(table, turn, clock=time.perf_counter_ns)
+        sent = turn_step.forward(table, turn, clock=time.perf_counter_ns)
+        forwarded = time.perf_counter_ns()
+        turn_step.complete(table, turn, sent)
         done = time.perf_counter_ns()
-        return TurnTime(done - started, decision.ingest_ns, decision.assembly_ns)
+        return TurnTime(forwarded - started, sent.ingest_ns, sent.assembly_ns, done - forwarded)
 
 
 def _memories(table: PageTable) -> Memories:
@@ -162,6 +178,8 @@ def budget_report(traces: Sequence[Trace], budget: int, counter: TokenCounter) -
         ingest=_part([t.ingest_ns for t in turns]),
         assembly=_part([t.assembly_ns for t in turns]),
         per_trace_median_us={name: _median_us(times) for name, times in per_trace.items() if times},
+        deferred=summarize_ns([t.deferred_ns for t in turns]),
+        whole=summarize_ns([t.total_ns + t.deferred_ns for t in turns]),
     )
 
 
@@ -229,7 +247,8 @@ def repeated_turn(
     samples, attempt = [], table
     for _ in range(max(repeats, 1)):
         attempt = copy.deepcopy(table)
-        samples.append(bound.turn(attempt, messages).total_ns)
+        timed = bound.turn(attempt, messages)
+        samples.append(timed.total_ns + timed.deferred_ns)  # the whole turn: all the policy work it costs
     return samples, attempt
 
 
@@ -267,21 +286,27 @@ def run_policy(
 
 def format_policy(report: PolicyReport) -> list[str]:
     lines = [f"policy time per turn (policies.step, in process; {report.model}, {report.encoding})"]
+    lines.append("  before forwarding = policies.step.forward; after forwarding = policies.step.complete")
     for budget in report.budgets:
         lines += _format_budget(budget)
-    lines.append(f"cost growth: synthetic agent loop at budget {report.growth_budget} (median of repeats)")
+    lines.append(
+        f"cost growth: synthetic agent loop at budget {report.growth_budget} (whole turn: forward + complete; "
+        "median of repeats)"
+    )
     for point in report.growth:
         lines.append(f"  turn {point.turn:>5} ({point.messages:>5} messages): {point.median_us:>10.1f} µs")
     return lines
 
 
 def _format_budget(report: BudgetReport) -> list[str]:
-    lines = [f"budget {report.budget}:", "  " + _row("total", report.total)]
-    parts = (("ingest", report.ingest), ("assembly", report.assembly))
+    lines = [f"budget {report.budget}:", "  " + _row("before forwarding", report.total)]
+    parts = (("  ingest", report.ingest), ("  assembly", report.assembly))
     lines += ["  " + _row(name, part) for name, part in parts if part]
+    after = (("after forwarding", report.deferred), ("whole turn", report.whole))
+    lines += ["  " + _row(name, part) for name, part in after if part]
     if report.ingest is None:
         lines.append("  (no ingest/assembly split: TurnPlan has no ingest_ns/assembly_ns)")
-    lines.append("  per-trace median µs:")
+    lines.append("  per-trace median µs before forwarding:")
     width = max((len(name) for name in report.per_trace_median_us), default=0)
     lines += [f"    {name:<{width}}  {us:>10.1f}" for name, us in report.per_trace_median_us.items()]
     return lines
@@ -289,6 +314,6 @@ def _format_budget(report: BudgetReport) -> list[str]:
 
 def _row(name: str, summary: Summary) -> str:
     return (
-        f"{name:<9} turns {summary.count:>5}  median {summary.median_us:>9.1f} µs  "
+        f"{name:<17} turns {summary.count:>5}  median {summary.median_us:>9.1f} µs  "
         f"p95 {summary.p95_us:>9.1f} µs  max {summary.max_us:>9.1f} µs"
     )

@@ -38,7 +38,7 @@ from operator import attrgetter
 
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
-from policies.represent import identifiers, index_entry, represent, represent_fact, span_entry
+from policies.represent import full_level, identifiers, index_entry, represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
 from policies.tokens import IMAGE_TOKENS, TokenCounter, framed
 from policies.transcript import Message, ToolCall
@@ -90,6 +90,38 @@ class Ingested:
         return head[0] is self.messages[0] and head[-1] is self.messages[count - 1] and head == self.messages[:count]
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A message page admitted at its full level only (`ingest` with `defer`): what the rest
+    of its admission (`finish`) needs, as its own turn had it."""
+
+    page_id: str
+    message: Message
+    call: ToolCall | None
+    full: tuple[Representation, int]  # the full level and its text's tokens (`full_level`)
+    facts: tuple[tuple[PageType, str, str], ...]  # (type, text, fact page id) of each fact it states
+    policy: TenantPolicy
+    counter: TokenCounter
+    recall_tool: str
+    turn: int  # the table's turn when it was admitted (its fact pages are born then)
+
+
+class Pending:
+    """The deferred part of a table's last ingests, kept beside it, not stored: the pages still
+    to finish, and the pages finished since the last `take` (the turn's new pages, in order)."""
+
+    __slots__ = ("waiting", "finished")
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred] = []
+        self.finished: list[Page] = []
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Pending:
+        copy = Pending()
+        copy.waiting, copy.finished = list(self.waiting), list(self.finished)
+        return copy
+
+
 @dataclass(slots=True)
 class PageTable:
     tenant: str
@@ -123,6 +155,7 @@ class PageTable:
     prefix: object | None = field(default=None, repr=False, compare=False)  # see policies.prefix; not stored
     ingested: Ingested | None = field(default=None, repr=False, compare=False)  # the last transcript; not stored
     journal: object | None = field(default=None, repr=False, compare=False)  # the store's bookkeeping; opaque here
+    pending: Pending = field(default_factory=Pending, repr=False, compare=False)  # see `finish`; not stored
     changes: Changes = field(init=False, repr=False, compare=False)  # since the last checkpoint; not stored
 
     def __post_init__(self) -> None:
@@ -222,11 +255,20 @@ def ingest(
     recall_tool: str = "clawvm_recall",
     pruned: Collection[int] = (),
     kept: int | None = None,
+    defer: bool = False,
 ) -> IngestResult:
     """Bring `messages` into the table. `pruned` names positions where the agent replaced a
     known tool result by a placeholder or a cut (policies.lifecycle): the original evidence
     page stays at that position, restored. `kept` is `known_prefix(table, messages)` when the
-    caller has it already (the lifecycle detector needs it first)."""
+    caller has it already (the lifecycle detector needs it first).
+
+    With `defer`, each new message page is admitted at its full level only (its other levels
+    stand in as the full one), with its facts named but not yet made pages: what sending the
+    page whole needs. `finish` does the rest, as an ingest without `defer` would have, and
+    must run before anything reads a lower level, a fact page, a span entry or a fact's
+    coverage; the result's `new_pages` are then the admitted pages as they stood (`Pending`
+    holds the finished ones). Anything an earlier ingest left pending is finished first."""
+    finish(table)  # what an earlier ingest left: a later turn never sees a page unfinished
     kept = known_prefix(table, messages) if kept is None else kept
     kind = "append" if kept == len(table.order) else "rewrite"
     dropped = _truncate(table, kept) if kind == "rewrite" else []
@@ -238,7 +280,9 @@ def ingest(
         if page_id is None:
             page_id = _unique_id(make_page_id(tag, content_digest(message)), table.in_order)
             if page_id not in table.entries:  # not yet a message of this table (maybe a carried page)
-                created.extend(_admit(table, message, index, page_id, policy, counter, recall_tool))
+                deferred = _admit(table, message, index, page_id, policy, counter, recall_tool)
+                table.pending.waiting.append(deferred)
+                created.append(table.pages[page_id])
         table.order.append(page_id)
         table.in_order.add(page_id)
         table.keys.append(message_key(message))
@@ -250,6 +294,9 @@ def ingest(
         _describe(table, dropped, counter)
     elif table.carried:
         _restated(table, kept)
+    if not defer:
+        finish(table)
+        created = take(table)
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
 
 
@@ -392,32 +439,59 @@ def _admit(
     policy: TenantPolicy,
     counter: TokenCounter,
     recall_tool: str,
-) -> list[Page]:
+) -> Deferred:
+    """A new message's page at its full level, its tool calls and the ids of the facts it states;
+    the rest waits for `finish`."""
     for call in message.tool_calls:
         table.calls[call.id] = (call.name, call.arguments[:CALL_ARGUMENTS_KEPT])
         table.changes.calls.add(call.id)
     answered = table.calls.get(message.tool_call_id) if message.tool_call_id else None
     call = ToolCall(message.tool_call_id or "", answered[0], answered[1]) if answered else None
-    page = _message_page(message, index, page_id, call, policy, counter, recall_tool)
-    table.pages[page_id] = page
+    full = full_level(message, counter)
+    table.pages[page_id] = _message_page(message, index, page_id, call, policy, full)
     table.born[page_id] = table.turn
     if message.name:
         table.names[page_id] = message.name
+    facts = () if _is_summary(message) else extract_facts(message, policy.rules)
+    stated = tuple((fact.type, fact.text, _fact_id(table.tenant, fact.type, fact.text)) for fact in facts)
+    table.facts[page_id] = tuple(dict.fromkeys(fact_id for _, _, fact_id in stated))
+    return Deferred(page_id, message, call, full, stated, policy, counter, recall_tool, table.turn)
+
+
+def finish(table: PageTable) -> None:
+    """Finish the pages `ingest` admitted with `defer`, in the order they were admitted: their
+    other levels, span entries, fact pages and the levels of each that state its facts."""
+    pending = table.pending
+    while pending.waiting:
+        pending.finished.extend(_finished(table, pending.waiting.pop(0)))
+
+
+def take(table: PageTable) -> list[Page]:
+    """The pages finished since the last call (the new pages of the turns since), in order."""
+    finished, table.pending.finished = table.pending.finished, []
+    return finished
+
+
+def _finished(table: PageTable, deferred: Deferred) -> list[Page]:
+    page_id, message, call, counter = deferred.page_id, deferred.message, deferred.call, deferred.counter
+    sent = table.pages[page_id]
+    reprs = represent(
+        message, sent.type, page_id, counter, recall_tool=deferred.recall_tool, call=call, counted=deferred.full
+    )
+    page = replace(sent, reprs=_with_images(reprs, message))
+    table.pages[page_id] = page
     entry = span_entry(page_id, message, call=call)
     table.entries[page_id] = (entry, counter.count(entry))
     created = [page]
-    fact_ids: list[str] = []
-    for fact in () if _is_summary(message) else extract_facts(message, policy.rules):
-        fact_id = _fact_id(table.tenant, fact.type, fact.text)
-        fact_ids.append(fact_id)
-        table.covering[f"{page_id}|{fact_id}"] = _covering_levels(page, fact.text)
+    for fact_type, fact_text, fact_id in deferred.facts:
+        table.covering[f"{page_id}|{fact_id}"] = _covering_levels(page, fact_text)
         if fact_id in table.pages:
             continue
-        fact_page = _fact_page(fact.type, fact.text, fact_id, page, policy, counter, recall_tool)
+        policy, recall_tool = deferred.policy, deferred.recall_tool
+        fact_page = _fact_page(fact_type, fact_text, fact_id, page, policy, counter, recall_tool)
         table.pages[fact_id] = fact_page
-        table.born[fact_id] = table.turn
+        table.born[fact_id] = deferred.turn
         created.append(fact_page)
-    table.facts[page_id] = tuple(dict.fromkeys(fact_ids))
     table.changes.pages.update(p.id for p in created)
     return created
 
@@ -438,9 +512,10 @@ def _message_page(
     page_id: str,
     call: ToolCall | None,
     policy: TenantPolicy,
-    counter: TokenCounter,
-    recall_tool: str,
+    full: tuple[Representation, int],
 ) -> Page:
+    """A message's page at its full level; its other levels stand in as the full one until
+    `finish` makes them."""
     page_type = carrier_type(message, call)
     rule = policy.type_policy(page_type)
     provenance = Provenance(
@@ -457,9 +532,7 @@ def _message_page(
         provenance=provenance,
         pin=rule.pin,
         floor=rule.floor,
-        reprs=_with_images(
-            represent(message, page_type, page_id, counter, recall_tool=recall_tool, call=call), message
-        ),
+        reprs=_with_images(Reprs(full[0], full[0], full[0], full[0]), message),
         base_utility=rule.base_utility,
         recompute_cost=recompute_cost(page_type, provenance.tool_name),
     )

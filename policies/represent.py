@@ -107,12 +107,12 @@ def represent(
     *,
     recall_tool: str = "clawvm_recall",
     call: ToolCall | None = None,
+    counted: tuple[Representation, int] | None = None,
 ) -> Reprs:
     """The four levels of a message page. `call` is the tool call a tool result answers (its
-    name and arguments name the evidence); without it the message's `name` is used."""
-    text_tokens = counter.count(message.text)
-    calls_tokens = tool_calls_tokens(counter, message.tool_calls)
-    full = Representation(message.text, text_tokens + calls_tokens, message.tool_calls)
+    name and arguments name the evidence); without it the message's `name` is used. `counted`:
+    the message's `full_level`, when the caller has it already (not counted again)."""
+    full, text_tokens = counted or full_level(message, counter)
     compressed_text, structured_text = "", ""
     if message.text.strip():
         excerpt = text_tokens >= COMPRESS_FROM and page_type is not PageType.BOOTSTRAP
@@ -129,6 +129,14 @@ def represent(
     if reprs.pointer.text == full.text or page_id in reprs.pointer.text or not message.text.strip():
         return reprs  # a blank text (tool calls only) has nothing to lose: its calls are its content
     return _anchored(reprs, page_id, counter)
+
+
+def full_level(message: Message, counter: TokenCounter) -> tuple[Representation, int]:
+    """A message's full level, and the tokens of its text alone: all a page needs to be sent
+    whole (the other levels follow from them, `represent`)."""
+    text_tokens = counter.count(message.text)
+    calls_tokens = tool_calls_tokens(counter, message.tool_calls)
+    return Representation(message.text, text_tokens + calls_tokens, message.tool_calls), text_tokens
 
 
 def represent_fact(

@@ -26,8 +26,8 @@ from policies.crossing import Crossing, Start, cross
 from policies.duplicates import Duplicate
 from policies.observation import BOUNDARIES, QUIET, Observation, TurnFacts, observe
 from policies.observer import state_of
-from policies.pages import Page
-from policies.pagetable import IngestResult, PageTable
+from policies.pages import Fidelity, Page
+from policies.pagetable import IngestResult, PageTable, finish, take
 from policies.recall import recall_room
 from policies.tenant import TenantPolicy
 from policies.tokens import TokenCounter
@@ -79,9 +79,39 @@ class Decision:
         return self.ingest_ns + self.assembly_ns
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The first half of a turn (`forward`): the transcript to send, and what `complete` needs."""
+
+    plan: TurnPlan  # its `ingest.new_pages` stand at their full level only; `complete` gives them whole
+    crossing: Crossing
+    dirty: list[str]  # state pages a boundary left (read before ingest)
+    before: dict[str, Fidelity]  # the levels before assembly
+    repeated: tuple[Duplicate, ...]
+    ingest_ns: int = 0
+    assembly_ns: int = 0
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.plan.messages
+
+
 def step(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = None) -> Decision:
-    """One turn on `table` (updated in place, as the gateway then persists it)."""
+    """One turn on `table` (updated in place, as the gateway then persists it): `forward`, then
+    `complete`, the same decision either way."""
+    return complete(table, turn, forward(table, turn, clock))
+
+
+def forward(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = None) -> Forwarded:
+    """What the forwarded transcript needs, and no more: the boundary, the new messages admitted
+    at their full level (classified, counted, their facts named), the repeated tool calls, and
+    the assembly. A re-plan finishes the new pages first (policies.turn.assemble_turn); the fast
+    path (an append that fits) sends them whole and leaves the rest to `complete`, which must run
+    before the table is persisted (any later ingest also finishes what is left first).
+    `ingest_ns` times the ingest and the repeated-call check, `assembly_ns` the assembly (with,
+    on a re-plan, the new pages' other levels)."""
     tick = clock or _no_clock
+    finish(table)  # a turn whose `complete` did not run: its pages are finished before anything reads them
     crossing = cross(table, turn.messages, hint=turn.hint, now=turn.now, idle=turn.idle, start=turn.start)
     boundary = crossing.boundary  # its `kept` is the known prefix: ingest need not scan for it again
     dirty = state_of(table, range(boundary.kept, len(table.order))) if crossing.event in BOUNDARIES else []
@@ -94,18 +124,29 @@ def step(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = No
         recall_tool=turn.recall_tool,
         pruned=boundary.pruned,
         kept=boundary.kept,
+        defer=True,
     )
     repeated = tuple(duplicates.after_ingest(table, result))
     ingested = tick()
-    writes = plan_writes(table, result.new_pages, turn.memories) if turn.memories is not None else None
     before = table.levels
     assembling = tick()
     plan = _assemble(table, turn, result)
     assembled = tick()
+    return Forwarded(plan, crossing, dirty, before, repeated, ingested - started, assembled - assembling)
+
+
+def complete(table: PageTable, turn: TurnInput, sent: Forwarded) -> Decision:
+    """The rest of the turn `forward` planned, run once the transcript is on its way: the new
+    pages finished (their other levels, span entries, fact pages and coverage), the write-back
+    planned, the turn observed. Pure, like `forward`; the decision is the one `step` gives."""
+    finish(table)
+    plan = replace(sent.plan, ingest=replace(sent.plan.ingest, new_pages=tuple(take(table))))
+    crossing, dirty = sent.crossing, sent.dirty
+    writes = plan_writes(table, plan.ingest.new_pages, turn.memories) if turn.memories is not None else None
     committed: frozenset[str] = frozenset()
     if crossing.event in BOUNDARIES:  # without the store, dropped state is taken as held (deferred, not lost)
         committed = writes.held(turn.memories) if writes is not None and turn.memories else frozenset(dirty)
-    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, before, dirty, committed, repeated)
+    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, sent.before, dirty, committed, sent.repeated)
     observation = observe(table, facts)
     observation.events[:0] = crossing.events
     observation.event = "" if crossing.event in QUIET else crossing.event.value
@@ -115,13 +156,13 @@ def step(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = No
         plan,
         crossing,
         observation,
-        repeated,
+        sent.repeated,
         writes,
-        tuple(result.new_pages),
+        plan.ingest.new_pages,
         pages,
         table.sent,
-        ingested - started,
-        assembled - assembling,
+        sent.ingest_ns,
+        sent.assembly_ns,
     )
 
 

@@ -16,7 +16,16 @@ from policies.budget import TokenBudget
 from policies.layout import Layout, leading_instructions, make_layout, newest_turn
 from policies.lifecycle import summary_marker
 from policies.pages import Fidelity, PageType
-from policies.pagetable import IngestResult, PageTable, ingest, named_in, paged_out, replace_levels, set_level
+from policies.pagetable import (
+    IngestResult,
+    PageTable,
+    finish,
+    ingest,
+    named_in,
+    paged_out,
+    replace_levels,
+    set_level,
+)
 from policies.prefix import Prefix
 from policies.render import View, render, stated
 from policies.tenant import TenantPolicy
@@ -58,10 +67,12 @@ def ingest_turn(
     recall_tool: str = "clawvm_recall",
     pruned: Collection[int] = (),
     kept: int | None = None,
+    defer: bool = False,
 ) -> IngestResult:
+    """Ingest the transcript (`defer`: its new pages at their full level only, policies.pagetable)."""
     if len(messages) != len(table.order):
         table.turn += 1  # time moves with the transcript: an identical resend (a retry) does not age pages
-    return ingest(table, messages, policy, counter, recall_tool=recall_tool, pruned=pruned, kept=kept)
+    return ingest(table, messages, policy, counter, recall_tool=recall_tool, pruned=pruned, kept=kept, defer=defer)
 
 
 def assemble_turn(
@@ -73,12 +84,16 @@ def assemble_turn(
     *,
     recall_tool: str = "clawvm_recall",
 ) -> TurnPlan:
+    """The transcript to forward. The fast path (an append that fits after the kept rendering)
+    reads the new pages' full level only; a re-plan reads every level of every page, so any page
+    an ingest with `defer` left unfinished is finished first (policies.pagetable.finish)."""
     key = plan_key(policy, budget)
     fast = _append(table, messages, result, key, budget.usable)
     if fast is not None:
         resent = result.kind == "append" and result.kept == len(messages)
         stable = table.view.stable() if isinstance(table.view, View) else 0
         return TurnPlan(messages=fast, assembly=_kept(table), ingest=result, changed=not resent, stable=stable)
+    finish(table)
     layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
     low_water = policy.cache.target

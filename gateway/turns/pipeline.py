@@ -1,9 +1,11 @@
 """One turn through the gateway, in any wire format (DESIGN §1; gateway.wire).
 
 authenticate -> read and validate the body -> resolve the session -> load its page table ->
-plan the turn (the pure policy engine, timed) -> persist pages and evidence, beside the upstream
-call (gateway.store.saving) -> forward upstream -> once the save ended, relay the answer, streaming
-bytes as they come, with our headers on top (README "What a crash can lose").
+plan the turn (`policies.step.forward`: what the forwarded prompt needs, timed) -> forward
+upstream; beside the upstream call (gateway.store.saving): the rest of the turn
+(`policies.step.complete`), its write-back, then the save of pages and evidence -> once the save
+ended, relay the answer, streaming bytes as they come, with our headers on top (README "What a
+crash can lose"). A turn saved before it is forwarded runs all of it first.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -60,7 +62,7 @@ from policies.crossing import wants_start
 from policies.observation import Observation
 from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
-from policies.step import Decision, TurnInput, step
+from policies.step import Decision, Forwarded, TurnInput, complete, forward
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, plan_turn
 from policies.writes import Memories, WriteBatch
@@ -68,6 +70,7 @@ from policies.writes import Memories, WriteBatch
 log = logging.getLogger("clawvm.gateway")
 Save = Callable[[], Awaitable[bool]]  # a turn's commit: True when the store was unavailable (deferred)
 RECALL_TOOL = "clawvm_recall"
+FORWARD_FIRST_YIELDS = 3  # loop turns the save waits before its CPU-bound part (`_finished_turn`)
 COMMIT_ATTEMPTS = 10  # a conflict means another replica committed this session meanwhile (tests/e2e/test_cluster.py)
 COMMIT_BACKOFF_S = 0.005  # before attempt n+1, a random wait in [0, min(cap, base * 2**n)) ("full jitter")
 COMMIT_BACKOFF_CAP_S = 0.1
@@ -108,10 +111,8 @@ class Timing:
     ingest_ns: int
     assembly_ns: int
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
-    written: WriteReport | None = None  # the turn's write-back
     sent: int = 0  # tokens of the transcript as the agent sent it
     degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.store.outage)
-    glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.observability.inspector)
 
     @property
     def policy_ns(self) -> int:
@@ -254,7 +255,7 @@ def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn)
         len(chat.messages),
         headers["x-clawvm-prompt-tokens"],
         headers["x-clawvm-budget"],
-        headers["x-clawvm-faults"],
+        headers.get("x-clawvm-faults", "(after the save)"),
     )
     if services.settings.server.log_content:
         log.debug("turn session=%s newest message: %r", headers["x-clawvm-session"], chat.messages[-1].text)
@@ -372,6 +373,18 @@ async def _ready() -> None:
 
 
 @dataclass(slots=True)
+class Outcome:
+    """What the second half of a turn tells (`policies.step.complete`, then the write-back), once
+    it ran: in the save, beside the upstream call, or before forwarding when the turn is saved
+    first. Read by the answer's headers and the records, which wait for the save."""
+
+    observation: Observation = field(default_factory=Observation)
+    written: WriteReport | None = None  # the turn's write-back
+    glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.observability.inspector)
+    done: bool = False
+
+
+@dataclass(slots=True)
 class Turn:
     """A planned request, ready to forward."""
 
@@ -408,27 +421,32 @@ async def prepare(
         held = AsyncExitStack()
         failing.push_async_exit(held)  # the session's lock: released here on a failure, else once saved
         await held.enter_async_context(services.sessions.locked(tenant.name, ids.session))
-        plan, timing, observation, save = await _plan_and_commit(
+        plan, timing, outcome, save = await _plan_and_commit(
             services, tenant, chat, ids, counter, budget, hint, wire, overlap
         )
         pending = PendingSave.start(save, held.pop_all()) if save else PendingSave.done(timing.degraded)
     try:
-        turn = _planned(services, tenant, chat, ids, wire, (counter, budget), (plan, timing, observation))
+        turn = _planned(services, tenant, chat, ids, wire, (counter, budget), (plan, timing, outcome))
     except GatewayError:
-        await _quietly(_settler(services, tenant, ids, pending, {}))
+        await _quietly(_settler(services, tenant, ids, pending, {}, outcome))
         raise
-    turn.saved = _settler(services, tenant, ids, pending, turn.headers)
+    turn.saved = _settler(services, tenant, ids, pending, turn.headers, outcome)
     if save is None:
         await turn.saved()
     return turn
 
 
 def _settler(
-    services: Services, tenant: Tenant, ids: SessionIds, pending: PendingSave[bool], headers: dict[str, str]
+    services: Services,
+    tenant: Tenant,
+    ids: SessionIds,
+    pending: PendingSave[bool],
+    headers: dict[str, str],
+    outcome: Outcome,
 ) -> Callable[[], Awaitable[None]]:
-    """`Turn.saved`: waits for the save once (a later call returns at once, or raises again); a
-    save the store could not take (the turn's writes queued, gateway.store.outage) marks the
-    answer's `headers` degraded."""
+    """`Turn.saved`: waits for the save once (a later call returns at once, or raises again); then
+    the answer's `headers` say the turn's faults and event (`outcome`), and a save the store could
+    not take (the turn's writes queued, gateway.store.outage) marks them degraded."""
     failed: list[GatewayError | None] = []
 
     async def saved() -> None:
@@ -442,6 +460,7 @@ def _settler(
             failed.append(_unsaved(services, tenant, ids, exc))
             raise failed[0] from exc
         failed.append(None)
+        _observed(headers, outcome)
         if degraded:
             headers[DEGRADED_HEADER] = DEGRADED
             services.metrics.store_unavailable(tenant.name)
@@ -456,14 +475,15 @@ def _planned(
     ids: SessionIds,
     wire: Wire,
     sizing: tuple[TiktokenCounter, TokenBudget],
-    planned: tuple[TurnPlan, Timing, Observation],
+    planned: tuple[TurnPlan, Timing, Outcome],
 ) -> Turn:
-    """The planned turn's upstream body, headers and records."""
-    (counter, budget), (plan, timing, observation) = sizing, planned
-    metrics, audit = services.metrics, services.audit
+    """The planned turn's upstream body, headers and records (those that tell the turn's
+    `outcome` are written once it is known: the save ended)."""
+    (counter, budget), (plan, timing, outcome) = sizing, planned
+    metrics, audit, inspector = services.metrics, services.audit, services.inspector
 
     async def after() -> None:
-        await record(metrics, audit, tenant.name, ids.session, timing.policy_ns, timing.written, observation)
+        await record(metrics, audit, tenant.name, ids.session, timing.policy_ns, outcome.written, outcome.observation)
 
     prompt_tokens = plan.assembly.tokens + budget.tools
     services.metrics.tokens(tenant.name, prompt_in=timing.sent + budget.tools, prompt_out=prompt_tokens)
@@ -479,9 +499,7 @@ def _planned(
         headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget, wire.transcript_field)
     if timing.duplicates:
         headers["x-clawvm-duplicate-tools"] = _duplicates_header(timing.duplicates)
-    headers["x-clawvm-faults"] = observation.header()
-    if observation.event:
-        headers["x-clawvm-event"] = observation.event
+    _observed(headers, outcome)
     body = wire.render(chat, plan.messages, tenant)
     offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
     if offered:
@@ -490,13 +508,25 @@ def _planned(
         headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter, wire))
     received = timing.sent + budget.tools - _reserve(services, chat, counter, wire)  # the recall tool is ours
     forwarded = int(headers["x-clawvm-prompt-tokens"])
-    keeps = services.inspector is not None and timing.glimpse is not None  # else nothing is recorded
+    keeps = inspector is not None  # else nothing is recorded
     sent, built = wire.shown(chat, plan.messages, body) if keeps else ([], [])
-    shot = Shot(timing.glimpse, sent, built, received, forwarded, budget.cap, timing.written)
-    then = recorded(services.inspector, tenant.name, ids.session, after, shot)
+
+    async def then() -> None:
+        shot = Shot(outcome.glimpse, sent, built, received, forwarded, budget.cap, outcome.written)
+        await recorded(inspector, tenant.name, ids.session, after, shot)()
+
     wire.cache_hints(body, chat.model, plan.messages, plan.stable, (tenant.name, ids.session), uses_litellm(chat.model))
     policy = (timing.ingest_ns, timing.assembly_ns)
     return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then, policy)
+
+
+def _observed(headers: dict[str, str], outcome: Outcome) -> None:
+    """The headers that tell the turn's faults and lifecycle event, once `outcome` is known."""
+    if not outcome.done:
+        return
+    headers["x-clawvm-faults"] = outcome.observation.header()
+    if outcome.observation.event:
+        headers["x-clawvm-event"] = outcome.observation.event
 
 
 def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:
@@ -560,18 +590,19 @@ async def _plan_and_commit(
     hint: str | None,
     wire: Wire,
     beside: bool = False,
-) -> tuple[TurnPlan, Timing, Observation, Save | None]:
+) -> tuple[TurnPlan, Timing, Outcome, Save | None]:
     """The planned turn and, with `beside`, its save unrun (the caller runs it beside the upstream
-    call); otherwise the save ran here, a lost race planning the turn again on fresh state."""
+    call: the rest of the turn, its write-back and its commit); otherwise the save ran here, a
+    lost race planning the turn again on fresh state."""
     services.outage.admit()
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             table = await _load(services, tenant, ids, verified=beside)
             turn = await _turn(services, tenant, chat, table, counter, budget, hint, wire, beside)
-            plan, timing, observation, save = turn
+            plan, timing, outcome, save = turn
             if beside:
-                return plan, timing, observation, save
-            return plan, replace(timing, degraded=await save()), observation, None
+                return plan, timing, outcome, save
+            return plan, replace(timing, degraded=await save()), outcome, None
         except VersionConflict:  # the table, or the session memory joined to its save, moved
             _lost_race(services, tenant, ids)
             await asyncio.sleep(commit_backoff(attempt))
@@ -702,14 +733,15 @@ async def _turn(
     hint: str | None,
     wire: Wire,
     verify: bool = False,
-) -> tuple[TurnPlan, Timing, Observation, Save]:
-    """One turn on a loaded table: load what the pure step needs, run it, carry out its commands
-    (write-back; the commit is returned to run, True when degraded; the records are written after
-    the answer). With `verify` (the save will run beside the upstream call, too late to tell that
-    the table was stale), the table's stored version is read while the step runs, and a turn that
-    writes on a table another writer moved past raises VersionConflict before anything is written
-    (a turn that writes nothing is forwarded as it would be without the check: no save of it
-    could have told)."""
+) -> tuple[TurnPlan, Timing, Outcome, Save]:
+    """One turn on a loaded table: load what the pure step needs and run its first half
+    (`policies.step.forward`, the transcript to forward); the rest is returned to run as the
+    save (`_finished_turn`: the step's second half, the write-back, the commit; True when
+    degraded; the records are written after the answer). With `verify` (the save will run beside
+    the upstream call, too late to tell that the table was stale), the table's stored version is
+    read while the step runs, and a turn that writes on a table another writer moved past raises
+    VersionConflict before anything is written (a turn that writes nothing is forwarded as it
+    would be without the check: no save of it could have told)."""
     now = int(time.time())
     moved = _moved(services, table) if verify else None
     if moved is not None:
@@ -731,15 +763,37 @@ async def _turn(
         start=start,
         memories=memories,
     )
-    decision = step(table, turn, clock=time.perf_counter_ns)
-    if moved is not None and writes(table, decision.pages, decision.writes is not None) and await moved:
+    sent = forward(table, turn, clock=time.perf_counter_ns)
+    if moved is not None and _writes(table, sent, turn) and await moved:
         raise VersionConflict(f"session {table.session}: the table was saved past v{table.version} elsewhere")
+    timing = Timing(sent.ingest_ns, sent.assembly_ns, sent.repeated, table.sent)
+    outcome = Outcome()
+    return sent.plan, timing, outcome, partial(_finished_turn, services, table, turn, sent, outcome, unavailable)
+
+
+def _writes(table: PageTable, sent: Forwarded, turn: TurnInput) -> bool:
+    """Whether the turn `forward` planned writes anything once complete (`writes`): new pages, a
+    write-back, or a change to the table (`complete` marks it used now)."""
+    new = (*sent.plan.ingest.new_pages, *table.pending.finished, *sent.crossing.seeded)
+    return writes(table, new, turn.memories is not None) or table.seen != turn.now
+
+
+async def _finished_turn(
+    services: Services, table: PageTable, turn: TurnInput, sent: Forwarded, outcome: Outcome, unavailable: str
+) -> bool:
+    """The turn's save: the step's second half (`policies.step.complete`: pure, while the upstream
+    generates), the write-back, then the commit (`_commit`); fills in `outcome`. Its first steps
+    yield to the loop: the forwarding task (and aiohttp's task that writes the request body, on
+    Python < 3.12 a task of its own, scheduled after this one) puts the request on the wire before
+    this CPU-bound part runs."""
+    for _ in range(FORWARD_FIRST_YIELDS):
+        await asyncio.sleep(0)
+    decision = complete(table, turn, sent)
     written, held, failed = await _write_back(services, table, decision)
-    unavailable = unavailable or failed
     observation = decision.observation
-    seen = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
-    timing = Timing(decision.ingest_ns, decision.assembly_ns, decision.duplicates, written, decision.sent, glimpse=seen)
-    return decision.plan, timing, observation, partial(_commit, services, table, decision, written, held, unavailable)
+    outcome.observation, outcome.written, outcome.done = observation, written, True
+    outcome.glimpse = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
+    return await _commit(services, table, decision, written, held, unavailable or failed)
 
 
 def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:

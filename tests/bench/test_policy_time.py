@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.policy_time import (
+    NOW,
     BudgetReport,
     PolicyReport,
     Summary,
@@ -21,6 +22,9 @@ from bench.policy_time import (
 from bench.traces import Trace, load_traces, traces_dir
 from gateway.upstream.tokens import OFFLINE_ENCODINGS, TiktokenCounter, Tokenizers, count_tools, prepare_offline
 from gateway.wire.chat_json import parse_messages
+from policies.pagetable import PageTable
+from policies.step import TurnInput, complete, forward
+from policies.turn import plan_turn
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +135,25 @@ def test_synthetic_session_is_a_valid_deterministic_agent_loop(counter: Tiktoken
     assert 250 <= counter.count(result) <= 350
     assert list(request_sizes(3)) == [2, 4, 6]
     assert len(synthetic_session(3)) == 6
+
+
+def test_forward_assembles_what_the_eager_ingest_does_on_every_real_request(counter: TiktokenCounter) -> None:
+    """The deferred ingest changes no byte: every request of the real traces at 4k, 8k and 16k
+    is assembled by `forward` as `plan_turn` (every page whole at ingest) assembles it, and once
+    `complete` ran the table holds what the eager ingest made."""
+    directory = traces_dir()
+    traces = load_traces(directory) if directory.is_dir() else []
+    if not traces:
+        pytest.skip("shared/traces/real not found (set CLAWVM_TRACES)")
+    for budget in (4000, 8000, 16000):
+        for trace in traces:
+            bound = engine(counter, budget, trace.tools)
+            halves, eager = (PageTable(tenant="bench", session=trace.name, project=trace.name) for _ in range(2))
+            for raw in trace.turns():
+                messages = parse_messages(raw)
+                turn = TurnInput(messages, bound.policy, counter, bound.budget, NOW)
+                sent = forward(halves, turn)
+                plan = plan_turn(eager, messages, bound.policy, counter, bound.budget)
+                assert sent.messages == plan.messages, (trace.name, budget, len(messages))
+                complete(halves, turn, sent)
+            assert (halves.pages, halves.entries, halves.covering) == (eager.pages, eager.entries, eager.covering)

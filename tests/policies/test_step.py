@@ -13,7 +13,7 @@ from policies.crossing import Start
 from policies.lifecycle import Event
 from policies.pages import PageType, Scope
 from policies.pagetable import PageTable
-from policies.step import Decision, TurnInput, step
+from policies.step import Decision, TurnInput, complete, forward, step
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.transcript import Message
@@ -129,3 +129,61 @@ def test_a_start_whose_state_could_not_be_read_says_so() -> None:
     assert ("start", "carried state unavailable: StoreUnavailable") in {
         (e["event"], e["evidence"]) for e in decision.observation.events
     }
+
+
+def _whole(table: PageTable) -> tuple[object, ...]:
+    """The table's stored state, order aside (a deferred page's facts join `pages` later)."""
+    fields = (table.pages, table.entries, table.covering, table.born, table.facts, table.levels, table.calls)
+    return (*(sorted(f.items()) for f in fields), table.order, table.carried, table.restored, table.cost, table.sent)
+
+
+def test_forward_then_complete_is_the_step_and_the_eager_ingest() -> None:
+    wire = working_session()
+    for budget in (BUDGET, TIGHT):
+        table, decisions = replay(wire, budget, memories=memories())
+        eager, halves = PageTable("t", "s", "p"), PageTable("t", "s", "p")
+        for n, decision in zip(requests(wire), decisions, strict=True):
+            messages = parse_messages(wire[:n])
+            plan = plan_turn(eager, messages, TenantPolicy(), CharCounter(), budget)
+            sent = forward(halves, turn(messages, budget, memories=memories()))
+            assert sent.messages == plan.messages == decision.messages
+            done = complete(halves, turn(messages, budget, memories=memories()), sent)
+            assert done.pages == decision.pages and done.writes == decision.writes
+            assert done.observation == decision.observation
+            assert not halves.pending.waiting and not halves.pending.finished
+        assert _whole(halves) == _whole(table) == _whole(eager)
+
+
+def test_the_fast_path_leaves_the_new_pages_to_complete() -> None:
+    wire = working_session()
+    n = requests(wire)
+    table, _ = replay(wire[: n[-2]], BUDGET)
+    messages = parse_messages(wire[: n[-1]])
+    sent = forward(table, turn(messages))
+    assert not sent.plan.assembly.decisions  # the append fits: no re-plan
+    waiting = [d.page_id for d in table.pending.waiting]
+    assert waiting == [p.id for p in sent.plan.ingest.new_pages] and waiting
+    assert all(p not in table.entries for p in waiting)
+    decision = complete(table, turn(messages), sent)
+    assert not table.pending.waiting and all(p in table.entries for p in waiting)
+    assert [p.id for p in decision.plan.ingest.new_pages][: len(waiting)] == waiting[:1]
+
+
+def test_a_turn_whose_completion_did_not_run_is_finished_by_the_next() -> None:
+    """No later turn sees a page unfinished: the next forward finishes it first, and its pages
+    are written back with that turn (none is lost); the assembly is the same either way."""
+    wire = working_session()
+    for budget in (BUDGET, TIGHT):
+        table, decisions = replay(wire, budget, memories=memories())
+        skipped, created = PageTable("t", "s", "p"), []
+        for index, n in enumerate(requests(wire)):
+            messages = parse_messages(wire[:n])
+            sent = forward(skipped, turn(messages, budget, memories=memories()))
+            assert sent.messages == decisions[index].messages
+            if index % 2 == 0:  # every other turn fails after forwarding: `complete` never runs
+                continue
+            created += complete(skipped, turn(messages, budget, memories=memories()), sent).plan.ingest.new_pages
+        if skipped.pending.waiting:  # the last turn's completion did not run either
+            created += complete(skipped, turn(messages, budget, memories=memories()), sent).plan.ingest.new_pages
+        assert _whole(skipped) == _whole(table)
+        assert sorted(p.id for p in created) == sorted(p.id for d in decisions for p in d.plan.ingest.new_pages)

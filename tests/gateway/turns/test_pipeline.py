@@ -467,13 +467,13 @@ async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
     import gateway.turns.pipeline as pipeline
 
     plans: list[int] = []
-    planned = pipeline.step
+    planned = pipeline.forward
 
     def counted(*args: Any, **kw: Any) -> Any:
         plans.append(1)
         return planned(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "step", counted)
+    monkeypatch.setattr(pipeline, "forward", counted)
     workers, ids = (services(settings(), store, catalog), services(settings(), store, catalog)), session()
     for rounds in range(1, 5):  # the first stale copies lose their saves: each worker learns it shares the store
         await run_prepare(workers[rounds % 2], request(coding_session(rounds)), ids)
@@ -487,3 +487,34 @@ async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
     assert len(stored.order) == len(coding_session(9))
     journal = await workers[0].memory.journal.read("default", f"s:{ids.session}")
     assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 9
+
+
+@pytest.mark.anyio
+async def test_the_rest_of_the_turn_runs_in_the_save_beside_the_upstream_call(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the save beside the upstream call, the turn is forwarded after `policies.step.forward`
+    alone: `complete` (the new pages' other levels, the write-back plan, the observation) runs in
+    the save, and the headers that tell its faults wait for it, as the answer does."""
+    import gateway.turns.pipeline as pipeline
+
+    order: list[str] = []
+    completed = pipeline.complete
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        order.append("complete")
+        return completed(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "complete", counted)
+    svc, ids = services(settings(), store, catalog), session()
+    _, _, headers = await run_prepare(svc, request(coding_session(1)), ids)  # saved before it is forwarded
+    assert order == ["complete"] and "x-clawvm-faults" in headers
+    turn = await prepare(svc, svc.settings.tenants[0], parse_request(request(coding_session(2))), ids, overlap=True)
+    order.append("forwarded")
+    assert "x-clawvm-faults" not in turn.headers
+    await turn.saved()
+    assert order == ["complete", "forwarded", "complete"]
+    assert "x-clawvm-faults" in turn.headers
+    stored = await SessionState(store).load("default", ids.session, ids.project)
+    assert len(stored.order) == len(coding_session(2))
+    assert all(p in stored.entries for p in stored.order)  # every page whole: its span entry made
