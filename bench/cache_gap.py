@@ -10,7 +10,8 @@ request's prefix broke against the session's previous upstream request:
 
 - `tools block`: the tools differ (the recall tool offered or withdrawn), which breaks everything
   after them; when the messages would have shared less anyway, the rest goes to their cause;
-- `low-water step`: the prompt shrank although the agent only added (a re-plan paged out);
+- `low-water step`: the prompt is smaller than the previous one with the agent's new tokens
+  appended (a re-plan paged out);
 - `span stub`, `evidence index`, `retained state`: a gateway-written message is the first that
   differs, in a request that did not shrink;
 - `degraded page`: a page the gateway sent below full is the first that differs;
@@ -101,7 +102,7 @@ class Gap:
 
     budget: int
     causes: dict[str, Cause] = field(default_factory=lambda: {c: Cause() for c in CAUSES})
-    shrinks: int = 0  # requests whose prompt shrank (low-water steps), whatever broke first
+    shrinks: int = 0  # requests smaller than an append would make them (low-water steps), whatever broke first
     examples: list[str] = field(default_factory=list)
 
     def add(self, cause: str, lost: int, cost: float, where: str) -> None:
@@ -210,7 +211,7 @@ def _split(
     """One request's loss: what the tools broke first, the rest to the messages' first difference."""
     first, last, now = prompts
     tokens, new, prefix, lost, cost = sizes
-    shrank = tokens < prompt_tokens(counter, first)
+    shrank = tokens - new < prompt_tokens(counter, first)
     gap.shrinks += shrank
     tools_lost = 0
     if (last.get("tools") or []) != (now.get("tools") or []):
@@ -260,7 +261,7 @@ def format_gap(results: Sequence[tuple[Json, Json, Gap]]) -> list[str]:
             f"prefix reuse {100 * mine['prefix_reuse']:.1f}%, "
             f"OpenAI {f['openai']:.3f}, Anthropic {f['anthropic']:.3f}, floor {f['floor']:.3f} "
             f"(gap {f['openai'] - f['floor']:.3f}); {faults}, invalid {mine['invalid']}, "
-            f"over budget {mine['over_budget']}; requests that shrank: {gap.shrinks}",
+            f"over budget {mine['over_budget']}; low-water steps: {gap.shrinks}",
             f"  {'cause':<16}{'requests':>9}{'tokens lost':>13}{'of direct':>11}",
         ]
         for name, cause in gap.causes.items():
