@@ -8,6 +8,9 @@ follow-ups at what they cost; so the gap between our cost and the floor is, requ
 the first call's cost minus that price. This module measures that gap and says where each
 request's prefix broke against the session's previous upstream request:
 
+- `recall follow-up`: the previous agent request's first call shares more with this one than
+  its last recall follow-up does (the follow-up changed what comes before the newest turn, or
+  withdrew the recall tool on the last round);
 - `tools block`: the tools differ (the recall tool offered or withdrawn), which breaks everything
   after them; when the messages would have shared less anyway, the rest goes to their cause;
 - `low-water step`: the prompt is smaller than the previous one with the agent's new tokens
@@ -75,6 +78,7 @@ MARKERS = (  # a gateway-written message's head -> its cause
     (SPAN_HEADER.split("{", 1)[0], "span stub"),
 )
 CAUSES = (
+    "recall follow-up",
     "tools block",
     "low-water step",
     "span stub",
@@ -102,6 +106,8 @@ class Gap:
 
     budget: int
     causes: dict[str, Cause] = field(default_factory=lambda: {c: Cause() for c in CAUSES})
+    follow_ups: int = 0  # recall follow-up calls: priced in our cost and the floor alike
+    follow_up_cost: float = 0.0
     shrinks: int = 0  # requests smaller than an append would make them (low-water steps), whatever broke first
     examples: list[str] = field(default_factory=list)
 
@@ -196,6 +202,9 @@ def attribute(counter: TokenCounter, budget: int, seen: Sequence[tuple[Turn, Exc
                 gap.add("rounding", 0, cost, where)
             else:
                 _split(counter, gap, turn, (first, last, now), (tokens, new, prefix, lost, cost), where)
+        for before, call in zip(exchange.prompts, exchange.prompts[1:], strict=False):
+            gap.follow_ups += 1
+            gap.follow_up_cost += openai_cost(reused_tokens(counter, before, call), prompt_tokens(counter, call))
         first, last = now, exchange.prompts[-1]
     return gap
 
@@ -208,22 +217,28 @@ def _split(
     sizes: tuple[int, int, int, int, float],
     where: str,
 ) -> None:
-    """One request's loss: what the tools broke first, the rest to the messages' first difference."""
-    first, last, now = prompts
+    """One request's loss: what the previous request's recall follow-up broke first (measured
+    against that request's first call), then the tools, the rest to the messages' first difference."""
+    first, base, now = prompts
     tokens, new, prefix, lost, cost = sizes
     shrank = tokens - new < prompt_tokens(counter, first)
     gap.shrinks += shrank
-    tools_lost = 0
-    if (last.get("tools") or []) != (now.get("tools") or []):
-        whole = count_tools(counter, now.get("tools")) + messages_shared(counter, last, now)
-        tools_lost = min(max(whole - prefix, 0), lost)
-    sent = {compact_json(m) for m in turn.messages}
-    rest = lost - tools_lost
     share = cost / lost
-    if tools_lost:
-        gap.add("tools block", tools_lost, share * tools_lost, where)
+    if first is not base:
+        follow = min(max(reused_tokens(counter, first, now) - prefix, 0), lost)
+        if follow:
+            gap.add("recall follow-up", follow, share * follow, where)
+            base, prefix, lost = first, prefix + follow, lost - follow
+    tools_lost = 0
+    if (base.get("tools") or []) != (now.get("tools") or []):
+        whole = count_tools(counter, now.get("tools")) + messages_shared(counter, base, now)
+        tools_lost = min(max(whole - prefix, 0), lost)
+        if tools_lost:
+            gap.add("tools block", tools_lost, share * tools_lost, where)
+    rest = lost - tools_lost
     if rest:
-        gap.add(cause_of(last, now, sent, shrank), rest, share * rest, where)
+        sent = {compact_json(m) for m in turn.messages}
+        gap.add(cause_of(base, now, sent, shrank), rest, share * rest, where)
 
 
 def run_gap(traces: Sequence[Trace], budgets: Sequence[int], turns: int = EVERY) -> list[tuple[Json, Json, Gap]]:
@@ -261,7 +276,8 @@ def format_gap(results: Sequence[tuple[Json, Json, Gap]]) -> list[str]:
             f"prefix reuse {100 * mine['prefix_reuse']:.1f}%, "
             f"OpenAI {f['openai']:.3f}, Anthropic {f['anthropic']:.3f}, floor {f['floor']:.3f} "
             f"(gap {f['openai'] - f['floor']:.3f}); {faults}, invalid {mine['invalid']}, "
-            f"over budget {mine['over_budget']}; low-water steps: {gap.shrinks}",
+            f"over budget {mine['over_budget']}; low-water steps: {gap.shrinks}; recall follow-ups: "
+            f"{gap.follow_ups}, {gap.follow_up_cost / direct['openai_cost']:.3f} of direct (in the floor too)",
             f"  {'cause':<16}{'requests':>9}{'tokens lost':>13}{'of direct':>11}",
         ]
         for name, cause in gap.causes.items():

@@ -104,3 +104,21 @@ def test_the_breakdown_sums_to_the_gap() -> None:
     text = "\n".join(format_gap([(mine, direct, gap)]))
     assert "floor 0.333 (gap 0.300)" in text
     assert "sum" in text and "0.300" in text.split("sum", 1)[1]
+
+
+def test_a_follow_up_that_withdrew_the_recall_tool_is_its_own_cause(counter: TokenCounter) -> None:
+    system = {"role": "system", "content": "rules"}
+    first = [system, *(message("user" if n % 2 else "assistant", n) for n in range(1, 7))]
+    second = [*first, message("user", 7)]
+    offered = [*TOOLS, RECALL]
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "r1", "type": "function"}]}
+    follow_up = body([*first, call, {"role": "tool", "tool_call_id": "r1", "content": "page"}], TOOLS)  # withdrawn
+    turns = [turn(counter, 0, first, None), turn(counter, 1, second, first)]
+    seen = [
+        (turns[0], Exchange(200, 0, (body(first, offered), follow_up), {})),
+        (turns[1], Exchange(200, 0, (body(second, offered),), {})),
+    ]
+    gap = attribute(counter, 4000, seen)
+    assert gap.follow_ups == 1 and gap.follow_up_cost > 0
+    assert gap.causes["recall follow-up"].requests == 1
+    assert gap.causes["tools block"].requests == 0
