@@ -35,9 +35,10 @@ from policies.layout import (
 )
 from policies.ledger import Ledger
 from policies.pages import Fidelity, Page, PageType, Pin
-from policies.tenant import LOW_WATER, Weights
+from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
 
+LOW_WATER = 0.75  # the re-plan target when the caller names none (the synthetic sweep); tenants name theirs
 EVIDENCE_SHARE = 0.25  # of the budget, at most, for paged-out evidence brought back beside the whole transcript
 OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
