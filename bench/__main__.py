@@ -2,6 +2,8 @@
 `python -m bench eval [--quick]`: run every evaluation and write bench/results/report.md (bench.eval).
 `python -m bench load [--quick]`: the load and chaos suite, writes bench/results/load.md (bench.load).
 `python -m bench ui [--turns 1000]`: the session inspector's load time on a long session (bench.ui).
+`python -m bench cache-gap [--budgets 4000 16000]`: where the prompt-cache-priced cost goes above the
+floor, request by request, by cause (bench.cache_gap).
 `python -m bench intent [--verbose]`: the user-intent classifier's precision and recall on its
 labelled set (bench.intent); `--verbose` lists the misses and false alarms.
 
@@ -70,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.ui import main as run_ui_bench
 
         return run_ui_bench(given[1:])
+    if given[:1] == ["cache-gap"]:
+        from bench.cache_gap import main as run_cache_gap
+
+        return run_cache_gap(given[1:])
     if given[:1] == ["intent"]:
         from bench.intent import main as run_intent
 

@@ -38,7 +38,7 @@ from policies.pages import Fidelity, Page, PageType, Pin
 from policies.tenant import Weights
 from policies.tokens import MESSAGE_OVERHEAD
 
-LOW_WATER = 0.75  # the re-plan target when the caller names none
+LOW_WATER = 0.75  # the re-plan target when the caller names none (the synthetic sweep); tenants name theirs
 EVIDENCE_SHARE = 0.25  # of the budget, at most, for paged-out evidence brought back beside the whole transcript
 OVERSIZE_TOKENS = 1024  # a newest-turn tool result larger than this may be paged when it does not fit
 LADDER = tuple(Fidelity)
@@ -132,11 +132,13 @@ def replan(
 
 def low_mark(budget: int, minimum: int, low_water: float) -> int:
     """Where a re-plan lands: `low_water` of the budget (1.0 fills it); when the minimum set is
-    already above that, the budget. (Landing between the minimum and the budget instead re-plans
-    less often at small budgets, but shows less: on the 12 real traces at 4,000 tokens it saved
-    3% of the prompt-cache-priced cost for 2 more faults, so the budget it is.)"""
+    already above that, the minimum set itself. (Filling the budget there instead left no room
+    to append into: at 4,000 tokens, where the pinned pages and a large newest turn often pass the
+    mark, nearly every turn re-planned and rewrote the prompt after its first stub. On the 12
+    real traces landing at the minimum costs less with a prompt cache and had no more faults:
+    `python -m bench cache-gap`.)"""
     mark = int(budget * low_water)
-    return mark if minimum <= mark else budget
+    return mark if minimum <= mark else minimum
 
 
 def _relaxed(layout: Layout, floors: dict[str, Fidelity]) -> dict[str, Fidelity]:

@@ -77,7 +77,7 @@ class CacheMode(StrEnum):
     TIGHT = "tight"  # fill the budget every turn (providers without prompt caching)
 
 
-LOW_WATER = 0.75  # stable: an overflowing turn re-plans down to this share of the budget
+LOW_WATER = 0.5  # stable: an overflowing turn re-plans down to this share of the budget
 
 
 @dataclass(frozen=True, slots=True)

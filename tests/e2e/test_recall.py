@@ -96,7 +96,7 @@ def test_recalled_text_is_cut_to_the_budget_with_a_reason(start_gateway) -> None
     def responder(body: dict) -> dict:
         if body["messages"][-1]["role"] == "tool":
             return {"content": body["messages"][-1]["content"]}
-        return {"tool_calls": [recall_call([tool_id_of(body, 3)])]}
+        return {"tool_calls": [recall_call([tool_id_of(body, n) for n in range(3, 7)])]}  # more than the room
 
     with start_gateway(budget=4000, fake=FakeUpstream(responder)) as gw:
         answer = client(gw).chat.completions.create(model="gpt-4o", messages=long_session(30))

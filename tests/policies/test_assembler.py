@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.wire.chat_json import parse_messages, to_wire
-from policies.assembler import oversize_floor
+from policies.assembler import low_mark, oversize_floor
 from policies.budget import TokenBudget, resolve_budget
 from policies.layout import PLAN_WHOLE_TOKENS
 from policies.pages import Fidelity, PageType
@@ -331,3 +331,28 @@ def test_a_lower_mark_steps_more_rarely_and_tight_fills_the_budget() -> None:
     tight = _steps(CachePolicy(CacheMode.TIGHT))
     assert sum(r for r, _ in tight) > replans[0.9]
     assert all(tokens > 6000 * 0.85 for _, tokens in tight[-8:])  # every turn near the budget
+
+
+def test_a_step_whose_minimum_is_above_the_mark_lands_at_the_minimum() -> None:
+    assert low_mark(6000, 1000, 0.5) == 3000  # the mark, when the minimum set is under it
+    assert low_mark(6000, 4000, 0.5) == 4000  # else the minimum set itself, not the budget
+    assert low_mark(6000, 4000, 1.0) == 6000  # tight fills the budget
+
+
+def test_a_large_newest_turn_does_not_make_every_following_turn_replan() -> None:
+    """Each large turn's minimum set (it, whole) is above the mark: the step lands there, so the
+    small turns after it append instead of re-planning one by one (as filling the budget did)."""
+    table, budget = PageTable("t", "s", "p"), exact_budget(6000)
+    policy = TenantPolicy(cache=CachePolicy(CacheMode.STABLE, 0.5))
+    wire: list[Wire] = [{"role": "system", "content": "You are a careful agent. Always run the tests."}]
+    steps = []
+    for number in range(24):
+        size = 13000 if number % 4 == 0 else 3000  # about 3,250 tokens, then three turns of 750
+        wire += [{"role": "user", "content": bulk_text(number, size)}]
+        assembly = plan_turn(table, parse_messages(wire), policy, COUNTER, budget).assembly
+        assert not assembly.insufficient and assembly.tokens <= budget.usable
+        steps.append(assembly.replanned)
+        wire += [{"role": "assistant", "content": f"Done with step {number}."}]
+    small = [replanned for number, replanned in enumerate(steps) if number % 4 and number > 4]
+    assert not any(small)
+    assert sum(steps[4:]) >= 4  # each large turn steps
