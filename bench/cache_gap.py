@@ -65,7 +65,8 @@ from bench.peers.model import HONEST, TraceModel
 from bench.peers.servers import Upstream, start_peer
 from bench.pricing import openai_cost
 from bench.traces import Trace, load_traces, traces_dir
-from gateway.upstream.tokens import compact_json, count_tools, message_tokens
+from gateway.upstream.tokens import compact_json, count_tools
+from gateway.wire.chat_tokens import message_tokens
 from policies.render import INDEX_HEADER, RETAINED_HEADER, SPAN_HEADER
 from policies.tokens import TokenCounter
 
