@@ -26,7 +26,7 @@ CAPACITY = 256  # transcripts kept (each holds the request's message dicts)
 MIN_REUSE = 8  # shorter transcripts are parsed whole: nothing worth keeping
 MIN_BODY_BYTES = 16 * 1024  # shorter bodies are parsed whole: a few microseconds
 BODIES_PER_HINT = 4  # sessions sharing a hint (no session header) each keep their newest body
-BODY_BYTES = 256 * 1024 * 1024  # raw bodies kept in all, the least recently used dropped first
+BODY_BYTES = 128 * 1024 * 1024  # raw bodies kept in all (per worker), the least recently used dropped first
 
 
 @dataclass(frozen=True, slots=True)
