@@ -738,17 +738,12 @@ async def _turn(
     (`policies.step.forward`, the transcript to forward); the rest is returned to run as the
     save (`_finished_turn`: the step's second half, the write-back, the commit; True when
     degraded; the records are written after the answer). With `verify` (the save will run beside
-    the upstream call, too late to tell that the table was stale) and once this worker has seen
-    another writer of the store (`SessionState.shared`), the table's stored version is read while
-    the step runs, and a turn that writes on a table another writer moved past raises
+    the upstream call, too late to tell that the table was stale), the table's stored version is
+    read while the step runs, and a turn that writes on a table another writer moved past raises
     VersionConflict before anything is written (a turn that writes nothing is forwarded as it
-    would be without the check: no save of it could have told). Before any other writer was seen
-    the cached table is trusted, as `SessionState.current` trusts it: a stale one loses its save,
-    the turn is planned again (StaleTurn, one upstream call wasted, once per worker) and the
-    worker checks from then on; the common case, one worker per session, saves the read's round
-    trip on every turn's critical path."""
+    would be without the check: no save of it could have told)."""
     now = int(time.time())
-    moved = _moved(services, table) if verify and services.sessions.shared else None
+    moved = _moved(services, table) if verify else None
     if moved is not None:
         await asyncio.sleep(0)  # the read goes out before the CPU-bound step
     start = None
