@@ -502,11 +502,12 @@ def _planned(
     _observed(headers, outcome)
     body = wire.render(chat, plan.messages, tenant)
     offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
+    reserve = _reserve(services, chat, counter, wire)
     if offered:
         wire.offer(body, RECALL_TOOL)
     else:  # the reserve for the recall tool's schema went unused
-        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - _reserve(services, chat, counter, wire))
-    received = timing.sent + budget.tools - _reserve(services, chat, counter, wire)  # the recall tool is ours
+        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - reserve)
+    received = timing.sent + budget.tools - reserve  # the recall tool is ours
     forwarded = int(headers["x-clawvm-prompt-tokens"])
     keeps = inspector is not None  # else nothing is recorded
     sent, built = wire.shown(chat, plan.messages, body) if keeps else ([], [])

@@ -1,6 +1,6 @@
 """Parsed chat requests kept between requests: agents resend the whole conversation every turn.
 
-`TranscriptCache.loads` keeps the newest bodies of each hint (tenant and session header) as they
+`TranscriptCache.read` keeps the newest bodies of each hint (tenant and session header) as they
 came and parsed, and reads a body that is one of them with messages appended by its new bytes
 only (`gateway.wire.appended`); the elements of its `messages` before those are then the very
 objects of the earlier body. `TranscriptCache.parse` remembers the last transcript parsed for a key (the tenant, the
@@ -62,17 +62,21 @@ class Reader:
         """`raw_messages` (this body's conversation) as the transcript: when this body extends a kept
         one whose transcript is known, that one's and `parse` of the appended messages; else all of
         them (by `whole`, or `parse` from 0)."""
-        before, now = self._before, self._now
-        if now is not None and now.body.get(now.field) is raw_messages and before is not None:
-            if before.transcript is not None:
-                tail = parse(raw_messages, len(before.body[before.field]))
-                if tail is not None:
-                    now.transcript = [*before.transcript, *tail]
-                    return now.transcript
-        messages = whole(raw_messages) if whole is not None else _all(parse, raw_messages)
-        if now is not None and now.body.get(now.field) is raw_messages:
-            now.transcript = messages
-        return messages
+        now = self._now
+        if now is None or now.body.get(now.field) is not raw_messages:
+            return _whole(raw_messages, parse, whole)
+        messages = self._appended(raw_messages, parse)
+        now.transcript = messages if messages is not None else _whole(raw_messages, parse, whole)
+        return now.transcript
+
+    def _appended(self, raw_messages: list[Any], parse: ParseFrom) -> list[Message] | None:
+        """The transcript of the kept body this one extends and `parse` of the appended messages;
+        None when that transcript is not known or the appended messages do not parse apart."""
+        before = self._before
+        if before is None or before.transcript is None:
+            return None
+        tail = parse(raw_messages, len(before.body[before.field]))
+        return None if tail is None else [*before.transcript, *tail]
 
     def unchecked(self, raw: bytes, body: Any) -> Unchecked:
         """What the account-object check must read of this request: only its appended messages
@@ -87,7 +91,7 @@ class Reader:
     def checked(self) -> None:
         """This body passed the account-object check: a body extending it needs it on its new part only."""
         if self._now is not None:
-            self.cache.clean(self.hint, self._now)
+            self._now.clean = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,12 @@ class Unchecked:
     field: str = "messages"
 
 
-def _all(parse: ParseFrom, raw_messages: list[Any]) -> list[Message]:
+def _whole(
+    raw_messages: list[Any], parse: ParseFrom, whole: Callable[[list[Any]], list[Message]] | None
+) -> list[Message]:
+    """All of `raw_messages` as the transcript: by `whole` when given, else `parse` from index 0."""
+    if whole is not None:
+        return whole(raw_messages)
     messages = parse(raw_messages, 0)
     if messages is None:  # a ParseFrom reads from index 0 always
         raise ValueError("a ParseFrom returned None for a whole transcript")
@@ -123,14 +132,11 @@ class TranscriptCache:
         """The reader for one request, `hint` naming where it comes from (tenant and session header)."""
         return Reader(self, hint)
 
-    def loads(self, hint: str, raw: bytes) -> dict[str, Any]:
-        """The body `raw` parses to (`InvalidRequest` when it is not a JSON object): read by its new
-        bytes when it extends one of `hint`'s newest bodies, else parsed whole."""
-        return self.read(hint, raw)[0]
-
     def read(self, hint: str, raw: bytes, field: str = "messages") -> tuple[dict[str, Any], Known | None, Known | None]:
-        """`loads`, with the kept body it extended (None when parsed whole) and itself as kept;
-        `field` names the member that holds the conversation."""
+        """The body `raw` parses to (`InvalidRequest` when it is not a JSON object), read by its new
+        bytes when it extends one of `hint`'s newest bodies, else parsed whole; with the kept body
+        it extended (None when parsed whole) and itself as kept. `field` names the member that
+        holds the conversation."""
         recent = self._bodies.pop(hint, [])
         self._kept -= sum(len(known.raw) for known in recent)
         body, before, now = self._read(recent, raw, field)
@@ -144,10 +150,6 @@ class TranscriptCache:
             _, dropped = self._bodies.popitem(last=False)
             self._kept -= sum(len(known.raw) for known in dropped)
         return body, before, now
-
-    def clean(self, hint: str, known: Known) -> None:
-        """Mark a kept body as having passed the account-object check."""
-        known.clean = True
 
     @staticmethod
     def _read(recent: list[Known], raw: bytes, field: str) -> tuple[dict[str, Any], Known | None, Known | None]:

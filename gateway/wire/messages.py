@@ -186,7 +186,6 @@ def parse_request(raw: bytes, *, counting: bool = False, parse: Parse | None = N
 
 
 _KINDS = {bool: "a boolean", list: "an array", dict: "an object"}
-MESSAGES_FROM = messages_from(lambda raw, start: parse_messages(raw, start))
 
 
 def _system(system: Any) -> list[Message]:
@@ -255,6 +254,9 @@ def parse_messages(raw_messages: Sequence[Any], start: int = 0) -> list[Message]
             param=f"messages.{index}.content",
         )
     return messages
+
+
+MESSAGES_FROM = messages_from(parse_messages)
 
 
 _REQUIRED: dict[str, tuple[tuple[str, type], ...]] = {
