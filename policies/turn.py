@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from policies.assembler import Assembly, assemble
+from policies.assembler import Assembly, assemble, low_mark
 from policies.budget import TokenBudget
 from policies.layout import Layout, leading_instructions, make_layout, newest_turn
 from policies.lifecycle import summary_marker
@@ -29,7 +29,7 @@ from policies.pagetable import (
 from policies.prefix import Prefix
 from policies.render import View, render, stated
 from policies.tenant import TenantPolicy
-from policies.tokens import TokenCounter, framed
+from policies.tokens import REPLY_PRIMING, TokenCounter, framed
 from policies.transcript import Message
 
 REFERENCE_MESSAGES = 6  # the last messages whose text may bring paged-out evidence back (`_recent_text`)
@@ -88,7 +88,8 @@ def assemble_turn(
     reads the new pages' full level only; a re-plan reads every level of every page, so any page
     an ingest with `defer` left unfinished is finished first (policies.pagetable.finish)."""
     key = plan_key(policy, budget)
-    fast = _append(table, messages, result, key, budget.usable)
+    mark = low_mark(budget.usable, 0, policy.cache.target)
+    fast = _first(table, messages, result, key, mark) or _append(table, messages, result, key, budget.usable)
     if fast is not None:
         resent = result.kind == "append" and result.kept == len(messages)
         stable = table.view.stable() if isinstance(table.view, View) else 0
@@ -141,6 +142,23 @@ def _append(
     view.prefix.extend(view.tail.pop(i, i) for i in range(view.newest, newest))
     view.newest = newest
     return view.messages(messages)
+
+
+def _first(
+    table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, mark: int
+) -> list[Message] | None:
+    """A table never planned that holds only this turn's pages has rendered nothing yet: its first
+    turn is an append to an empty rendering. When it fits under `mark` (where a re-plan lands,
+    policies.assembler.low_mark) it takes the fast path, the new pages' other levels left for
+    `complete`, instead of a re-plan that would keep every page full anyway."""
+    fresh = table.view is None and table.cost < 0 and not table.plan_key and not table.carried
+    if not fresh or table.restored or result.kind != "append" or result.kept != 0:
+        return None
+    table.view, table.plan_key, table.cost = View([], 0, None), key, REPLY_PRIMING
+    fast = _append(table, messages, result, key, mark)
+    if fast is None:
+        table.view, table.plan_key, table.cost = None, "", -1
+    return fast
 
 
 def _kept(table: PageTable) -> Assembly:

@@ -258,8 +258,27 @@ def test_appending_under_a_generous_budget_does_not_replan() -> None:
         wire += [{"role": "user", "content": f"Step {number}: {bulk_text(number, 500)}"}]
         replanned.append(plan(wire, budget, table).assembly.replanned)
         wire += [{"role": "assistant", "content": f"Done with step {number}."}]
-    assert replanned[0]
-    assert not any(replanned[1:])
+    assert not any(replanned)  # the first turn too: it appends to an empty rendering
+
+
+def test_a_first_turn_over_the_low_water_mark_replans() -> None:
+    wire = [{"role": "system", "content": "Run the tests."}, {"role": "user", "content": bulk_text(1, 3000)}]
+    budget = exact_budget(1_000)  # about 770 tokens: under the budget, over its low-water mark
+    assert plan(wire, budget, PageTable("t", "s", "p")).assembly.replanned  # lands at the mark, not the budget
+
+
+def test_a_first_turn_under_the_mark_is_sent_as_a_re_plan_would_send_it() -> None:
+    wire = [{"role": "system", "content": "Always run the tests."}, {"role": "user", "content": bulk_text(2, 400)}]
+    budget = exact_budget(100_000)
+    first = PageTable("t", "s", "p")
+    fast = plan(wire, budget, first)
+    assert not fast.assembly.replanned
+    replanned = PageTable("t", "s", "p")
+    replanned.plan_key = "planned before"  # not fresh: its first turn re-plans
+    again = plan(wire, budget, replanned)
+    assert again.assembly.replanned
+    assert [m.text for m in fast.messages] == [m.text for m in again.messages]
+    assert fast.assembly.tokens == again.assembly.tokens
 
 
 def test_a_changed_budget_replans() -> None:
