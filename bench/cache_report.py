@@ -52,6 +52,7 @@ def figures(row: Json, direct: Json) -> dict[str, float | None]:
         "openai": ratio(row["openai_cost"], direct["openai_cost"]),
         "anthropic": ratio(row["anthropic_cost"], direct["anthropic_cost"]),
         "floor": ratio(row.get("openai_floor", 0.0), direct["openai_cost"]),
+        "ceiling": row.get("reuse_ceiling"),
     }
 
 
@@ -74,7 +75,9 @@ def cache_section(
         "Each ratio is against sending everything (direct) over the same requests of the same replay. The floor "
         "is the OpenAI-priced cost of the same prompts had each read from the cache all but the tokens the agent "
         "added since its previous request (which no cache holds yet): what prompts of that size cost when the "
-        "agent's new tokens are forwarded whole (a peer that shrinks them can go below it).",
+        "agent's new tokens are forwarded whole (a peer that shrinks them can go below it). The reuse ceiling is "
+        "the prefix reuse of the same prompts had each shared with its predecessor all but those new tokens: no "
+        "assembly that forwards them whole in prompts of that size reuses more.",
         "",
     ]
     rows = []
@@ -92,11 +95,13 @@ def cache_section(
                     _shown(f["openai"]),
                     _shown(f["anthropic"]),
                     _shown(f["floor"]),
+                    _shown(f["ceiling"], "{:.1%}"),
                 )
             )
     rows.sort(key=lambda r: (r[0], r[1] != replays[0][0], r[2] != "direct", r[2] != OURS, r[2]))
     header = ("budget", "replay", "peer", "faults", "tokens vs direct", "prefix reuse", "OpenAI-priced cost vs direct")
-    lines += table((*header, "Anthropic-priced cost vs direct", "OpenAI-priced floor vs direct"), rows)
+    priced = ("Anthropic-priced cost vs direct", "OpenAI-priced floor vs direct", "prefix reuse ceiling")
+    lines += table((*header, *priced), rows)
     return lines + [f"![cumulative cost over one session]({PLOT})", ""]
 
 
@@ -119,7 +124,8 @@ def cache_targets(sections: Mapping[str, Json]) -> list[Target]:
         reuse, openai, anthropic = TARGETS[row["budget"]]
         f = figures(row, direct)
         value = (
-            f"reuse {100 * row['prefix_reuse']:.1f}%, OpenAI {_shown(f['openai'])}, Anthropic {_shown(f['anthropic'])}"
+            f"reuse {100 * row['prefix_reuse']:.1f}% (ceiling {_shown(f['ceiling'], '{:.1%}')}), "
+            f"OpenAI {_shown(f['openai'])} (floor {_shown(f['floor'])}), Anthropic {_shown(f['anthropic'])}"
         )
         met = (
             f["openai"] is not None

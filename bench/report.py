@@ -847,7 +847,10 @@ def _growth_ratio(name: str, first: Json, last: Json, key: str) -> tuple[float, 
 
 
 def _cache_bars(s: Mapping[str, Json]) -> list[Bar]:
-    why = "the prompt's prefix changes too often, or the prompt is too large, for the cache to pay"
+    why = (
+        "the ceiling and the floor (in parentheses) bound what prompts of these sizes can reach while the agent's "
+        "new tokens are forwarded whole; what is above them is in `python -m bench cache-gap`"
+    )
     return [_judged(Bar(t.name, t.met, t.value, why), [t.error] if t.error else []) for t in cache_targets(s)]
 
 

@@ -232,6 +232,7 @@ class Tally:
     openai_cost: float = 0.0  # their input cost priced by bench.pricing, in uncached-token units
     anthropic_cost: float = 0.0
     openai_floor: float = 0.0  # the OpenAI-priced cost had every request read all but the agent's new tokens
+    reuse_ceiling: int = 0  # of `reusable`: all but the agent's new tokens (the most any prefix could share)
     sessions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # per trace, per request
     added_ns: list[int] = field(default_factory=list)
     single_added_ns: list[int] = field(default_factory=list)
@@ -269,6 +270,7 @@ class PeerFigures:
     openai_cost: float  # input cost priced with prompt caching (bench.pricing), uncached-token units
     anthropic_cost: float
     openai_floor: float  # the same requests, each reading all but the agent's new tokens from the cache
+    reuse_ceiling: float  # the prefix reuse of the same requests had each shared all but the agent's new tokens
     added_median_us: float
     added_p99_us: float
     like_for_like_median_us: float  # requests answered in one model call
@@ -341,6 +343,7 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
         openai_cost=round(tally.openai_cost, 1),
         anthropic_cost=round(tally.anthropic_cost, 1),
         openai_floor=round(tally.openai_floor, 1),
+        reuse_ceiling=round(tally.reuse_ceiling / tally.reusable, 4) if tally.reusable else 0.0,
         added_median_us=_median_us(tally.added_ns),
         added_p99_us=_p99_us(tally.added_ns),
         like_for_like_median_us=_median_us(tally.single_added_ns),
@@ -395,8 +398,11 @@ class Judge:
         if tokens > self.budget:
             tally.over_budget += 1
             tally.declared_insufficient += 1 if "x-clawvm-insufficient" in exchange.headers else 0
-        costs = [self._price(tally, prompt) for prompt in exchange.prompts]
         new = min(turn.fresh, tokens)  # the first call cannot reuse what the agent just added
+        if tally.previous is not None:  # counted in `reusable` (below): at most all but the new tokens shared
+            tally.reuse_ceiling += tokens - new
+        costs = [self._price(tally, prompt) for prompt in exchange.prompts]
+        tally.reuse_ceiling += sum(prompt_tokens(self.counter, p) for p in exchange.prompts[1:])
         tally.openai_floor += openai_cost(tokens - new, tokens) + sum(c.openai for c in costs[1:])
         spent = (round(sum(c.openai for c in costs), 1), round(sum(c.anthropic for c in costs), 1))
         tally.sessions.setdefault(turn.trace, []).append(spent)

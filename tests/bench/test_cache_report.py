@@ -31,6 +31,7 @@ def _row(peer: str, budget: int, forwarded: int, reuse: float, openai: float, an
         "openai_cost": openai,
         "anthropic_cost": anthropic,
         "openai_floor": openai / 2,
+        "reuse_ceiling": 0.975,
         "session_costs": {"long": [[openai / 3, anthropic / 3]] * 3, "short": [[1.0, 1.0]]},
     }
 
@@ -57,8 +58,8 @@ def sections() -> dict[str, Json]:
 def test_one_table_holds_every_replay_each_against_its_own_direct() -> None:
     lines = cache_section(sections(), table)
     text = "\n".join(lines)
-    assert "| 4,000 | 2 traces, every request | clawvm | 0 | 0.30 | 96.0% | 0.25 | 0.25 | 0.12 |" in text
-    assert "| 4,000 | 1 traces, first 40 requests | litellm | 0 | 0.80 | 50.0% | 1.50 | 1.50 | 0.75 |" in text
+    assert "| 4,000 | 2 traces, every request | clawvm | 0 | 0.30 | 96.0% | 0.25 | 0.25 | 0.12 | 97.5% |" in text
+    assert "| 4,000 | 1 traces, first 40 requests | litellm | 0 | 0.80 | 50.0% | 1.50 | 1.50 | 0.75 | 97.5% |" in text
     assert sum(1 for line in lines if line.startswith(("| 4,000", "| 16,000"))) == 6
     assert f"]({PLOT})" in text
 
@@ -67,6 +68,7 @@ def test_the_targets_are_judged_per_budget() -> None:
     judged = {t.name.split(":")[0]: t for t in cache_targets(sections())}
     assert judged["prompt cache at 4000"].met
     assert not judged["prompt cache at 16000"].met
+    assert "(ceiling 97.5%)" in judged["prompt cache at 16000"].value
     names = [b.name for b in bars(sections())]
     assert sum(name.startswith("prompt cache at") for name in names) == 2
 

@@ -181,6 +181,8 @@ def test_every_upstream_request_is_priced_against_the_one_before_it(counter: Tok
     assert 0 < turns[-1].fresh < turns[-1].everything and turns[0].fresh == turns[0].everything
     assert len(tally.sessions["synthetic"]) == 2
     assert (tally.reused, tally.reusable) == (sum(prefixes), sum(sizes[1:]))
+    assert tally.reuse_ceiling == sizes[1] + sizes[2] - turns[-1].fresh  # the follow-up whole, then all but new
+    assert tally.reused <= tally.reuse_ceiling <= tally.reusable
 
 
 def test_a_failed_request_is_an_error_and_nothing_else(counter: TokenCounter) -> None:
