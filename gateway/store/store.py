@@ -96,7 +96,9 @@ end
 """
 # Every save that moves a table's version announces it on SAVED_CHANNEL: "<table key> <version>"
 # (gateway.store.saves). PUBLISH names no key, so the script still runs on one cluster slot; a
-# cluster carries the message to every node.
+# cluster carries the message to every node. It is best effort (`redis.pcall`): a Redis user not
+# allowed the channel (an ACL user's default in Redis 7) still saves, and its workers, whose
+# subscription is refused too, read the version before forwarding instead.
 SAVED_CHANNEL = "cvm:saved"
 # One atomic round trip per turn: check the table's version (ARGV[2], -1 = unchecked) and, with a
 # write-back batch (ARGV[5] > 0: its arguments follow the bodies'), the session memory's version;
@@ -150,13 +152,13 @@ if batch then apply_batch(KEYS[3], KEYS[4], KEYS[5], o) end
 if append then
   redis.call('RPUSH', KEYS[2], record)
   redis.call('HSET', KEYS[1], 'v', cur + 1, 'base', cur - logged)
-  redis.call('PUBLISH', SAVED, KEYS[1] .. ' ' .. (cur + 1))
+  redis.pcall('PUBLISH', SAVED, KEYS[1] .. ' ' .. (cur + 1))
   return cur + 1
 end
 if same then return cur end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', record, 'base', cur + 1)
-redis.call('PUBLISH', SAVED, KEYS[1] .. ' ' .. (cur + 1))
+redis.pcall('PUBLISH', SAVED, KEYS[1] .. ' ' .. (cur + 1))
 return cur + 1
 """
 )

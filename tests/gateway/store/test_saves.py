@@ -142,3 +142,27 @@ async def test_the_feed_works_on_a_cluster(redis_cluster_url: str, tenant: str) 
         await until(lambda: mine.sessions.trusted(table), "its own save is heard on the cluster")
         await turn(other.sessions, tenant, "s", messages[:6])
         await until(lambda: not mine.sessions.trusted(table), "the other node's save is heard")
+
+
+async def test_a_redis_user_without_the_channel_still_saves_and_trusts_nothing(redis_url: str, tenant: str) -> None:
+    """Redis 7 gives a new ACL user no channel by default: its saves must not fail on the
+    announcement, and its feed, refused, vouches for nothing (the version is read instead)."""
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    user, password = f"u{tenant}", "pw-" + tenant
+    await admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", "~*", "+@all", "resetchannels")
+    host_port = redis_url.removeprefix("redis://").split("/")[0]
+    try:
+        mine = Worker(f"redis://{user}:{password}@{host_port}/0")
+        mine.feed.start()
+        try:
+            with anyio.move_on_after(0.5):  # the refused subscription never comes up
+                await until(lambda: mine.feed.live, "")
+            assert not mine.feed.live
+            table = await turn(mine.sessions, tenant, "s", conversation(2))
+            assert table.version == 1  # saved, announcement refused
+            assert not mine.sessions.trusted(table)
+        finally:
+            await mine.__aexit__()
+    finally:
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
