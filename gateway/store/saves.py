@@ -68,6 +68,11 @@ class SavesFeed:
         self.epoch = 0  # bumped on every confirmed (re)subscription
         self.live = False  # subscribed now: every save from `epoch` on is heard
 
+    @property
+    def running(self) -> bool:
+        """Whether the task still keeps (or tries to keep) the subscription up."""
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="clawvm-saves-feed")
@@ -85,6 +90,9 @@ class SavesFeed:
             try:
                 await self._listen()
             except StoreError as exc:
+                if isinstance(exc.__cause__, rexc.NoPermissionError):  # not transient: ask no more
+                    log.warning("saves feed refused (%s): cached tables are checked against the store", exc)
+                    return
                 log.info("saves feed lost (%s); cached tables are checked against the store meanwhile", exc)
             except Exception:  # a bug must not end the task: the cache would stay unchecked-for-ever
                 log.exception("the saves feed failed")
