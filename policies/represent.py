@@ -28,7 +28,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from policies.classify import extract_facts, sentences
 from policies.pages import PageType, Representation, Reprs
@@ -58,15 +58,19 @@ CALL_PASSES = ((3, 8, CALL_ARGS_LIMIT // 2), (1, 3, SCALAR_LIMIT))
 MAX_JSON_DEPTH = 8
 
 _ERROR = re.compile(r"\b(?:error|errors|exception|traceback|failed|failure|fatal|panic)\b", re.IGNORECASE)
+_ERROR_STEMS = ("error", "exception", "traceback", "fail", "fatal", "panic")  # in every `_ERROR` match
 _ERROR_STATUS = re.compile(
     r"^[^\w\n]{0,8}(?:error|exception|fatal|traceback)\b|Traceback \(most recent call last\)"
     r"|(?:exit|return)\s+(?:code|status)\s*:?\s*[1-9]|non-zero exit",
     re.IGNORECASE | re.MULTILINE,
 )
 # Identifier candidates: runs of non-separators holding a digit, slash, dot, hash or dollar;
-# each starts only where a run starts, so the scan is linear. `_KIND` then types one token.
+# each starts only where a run starts, so the scan is linear (and runs to its first mark without
+# backtracking). `_KIND` then types one token.
 _SEP = r"\s\"'<>()\[\]{};|`*"
-_CANDIDATE = re.compile(rf"(?<![^{_SEP}])[^{_SEP}]*?[\d/.#$][^{_SEP}]*+")
+_MARK = r"\d/.#$"
+_CANDIDATE = re.compile(rf"(?<![^{_SEP}])[^{_SEP}{_MARK}]*+[{_MARK}][^{_SEP}]*+")
+_PARTS = re.compile(r"[:,=]")
 _KIND = re.compile(
     r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
     r"|(?P<path>(?:~|\.{1,2})?/[\w.@+-]+(?:/[\w.@+-]+)+|(?=[\w.-]*[A-Za-z])[\w.-]+(?:/[\w.-]+)+"
@@ -185,8 +189,7 @@ def identifiers(text: str, limit: int = MAX_IDENTIFIERS) -> list[str]:
 # ---------------------------------------------------------------- one reading of the text
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):
     offset: int
     kind: str
     text: str
@@ -237,29 +240,40 @@ def _pieces(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
 
 
 def _scan(text: str) -> tuple[_Found, ...]:
+    """Every identifier candidate, typed; a token the text repeats is typed once."""
     found: list[_Found] = []
+    kinds: dict[str, tuple[tuple[str, str], ...]] = {}
     for match in _CANDIDATE.finditer(text):
-        found.extend(_typed(match.start(), match.group().rstrip(_TRIM).lstrip("@")))
+        token = match.group().rstrip(_TRIM).lstrip("@")
+        typed = kinds.get(token)
+        if typed is None:
+            typed = kinds[token] = tuple(_typed(token))
+        offset = match.start()
+        found.extend(_Found(offset, kind, value) for kind, value in typed)
     return tuple(found)
 
 
-def _typed(offset: int, token: str) -> Iterator[_Found]:
+def _typed(token: str) -> Iterator[tuple[str, str]]:
+    """(kind, text) of what one candidate token names: itself, or its parts between `:,=`."""
     if token.startswith(("http://", "https://")):
-        yield _Found(offset, "url", token[:80])
+        yield "url", token[:80]
         return
     if len(token) > MAX_TOKEN:
         return
     match = _KIND.fullmatch(token)
     if match and match.lastgroup:
-        yield _Found(offset, match.lastgroup, token)
+        yield match.lastgroup, token
     elif ":" in token or "," in token or "=" in token:
-        for part in re.split(r"[:,=]", token):
+        for part in _PARTS.split(token):
             found = _KIND.fullmatch(part.strip(_TRIM))
             if found and found.lastgroup:
-                yield _Found(offset, found.lastgroup, found.group())
+                yield found.lastgroup, found.group()
 
 
 def _error_lines(text: str, spans: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    lowered = text.lower() if text.isascii() else ""  # ASCII case-folds one to one
+    if lowered and not any(stem in lowered for stem in _ERROR_STEMS):
+        return ()  # no error word: the search would find none
     starts = [start for start, _ in spans]
     lines = (bisect.bisect_right(starts, m.start()) - 1 for m in _ERROR.finditer(text))
     return tuple(dict.fromkeys(lines))
