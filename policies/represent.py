@@ -59,6 +59,8 @@ MAX_JSON_DEPTH = 8
 
 _ERROR = re.compile(r"\b(?:error|errors|exception|traceback|failed|failure|fatal|panic)\b", re.IGNORECASE)
 _ERROR_STEMS = ("error", "exception", "traceback", "fail", "fatal", "panic")  # in every `_ERROR` match
+_STATUS_STEMS = ("error", "exception", "fatal", "traceback", "exit", "return")  # in every `_ERROR_STATUS` match
+STATUS_HEAD = 4000  # characters searched for an error at the top
 _ERROR_STATUS = re.compile(
     r"^[^\w\n]{0,8}(?:error|exception|fatal|traceback)\b|Traceback \(most recent call last\)"
     r"|(?:exit|return)\s+(?:code|status)\s*:?\s*[1-9]|non-zero exit",
@@ -225,8 +227,12 @@ def _spans(text: str) -> tuple[tuple[int, int], ...]:
     spans: list[tuple[int, int]] = []
     start = 0
     for line in text.split("\n"):
-        spans.extend(_pieces(text, start, start + len(line)))
-        start += len(line) + 1
+        end = start + len(line)
+        if end - start > 2 * LINE_CAP:
+            spans.extend(_pieces(text, start, end))
+        else:
+            spans.append((start, end))
+        start = end + 1
     return tuple(spans)
 
 
@@ -271,12 +277,20 @@ def _typed(token: str) -> Iterator[tuple[str, str]]:
 
 
 def _error_lines(text: str, spans: Sequence[tuple[int, int]]) -> tuple[int, ...]:
-    lowered = text.lower() if text.isascii() else ""  # ASCII case-folds one to one
-    if lowered and not any(stem in lowered for stem in _ERROR_STEMS):
-        return ()  # no error word: the search would find none
+    if not _may_match(text, _ERROR_STEMS):
+        return ()
     starts = [start for start, _ in spans]
     lines = (bisect.bisect_right(starts, m.start()) - 1 for m in _ERROR.finditer(text))
     return tuple(dict.fromkeys(lines))
+
+
+def _may_match(text: str, stems: tuple[str, ...]) -> bool:
+    """False when a case-insensitive search for words built on `stems` cannot match: an ASCII
+    text (which case-folds one to one) that holds none of them. Cheaper than the search."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return any(stem in lowered for stem in stems)
 
 
 def _identifiers(found: Sequence[_Found], limit: int) -> list[str]:
@@ -565,9 +579,13 @@ def _status(view: _View) -> str:
     if view.value is not None:
         return "ok"
     tail = len(view.spans) - TAIL_LINES
-    if _ERROR_STATUS.search(view.text, 0, 4000) or any(i >= tail for i in view.error_lines):
+    if any(i >= tail for i in view.error_lines) or _error_at_top(view.text[:STATUS_HEAD]):
         return "error"
     return "ok"
+
+
+def _error_at_top(head: str) -> bool:
+    return _may_match(head, _STATUS_STEMS) and _ERROR_STATUS.search(head) is not None
 
 
 def _shape(value: Any) -> str:
@@ -821,9 +839,11 @@ def _first_fitting(
     candidates: Sequence[str], calls: tuple[ToolCall, ...], counter: TokenCounter, ceiling: int
 ) -> Representation:
     """The first candidate within `POINTER_TOKENS` whose total stays under `ceiling`, else the
-    last one (which the monotone rule then replaces with the level above)."""
+    last one (which the monotone rule then replaces with the level above). A candidate is never
+    blank, so it counts at least one token: when the calls alone reach `ceiling` (a page of tool
+    calls and no text), none but the last is counted."""
     call_tokens = tool_calls_tokens(counter, calls)
-    for text in candidates[:-1]:
+    for text in candidates[:-1] if call_tokens < ceiling else ():
         tokens = counter.count(text)
         if tokens <= POINTER_TOKENS and tokens + call_tokens <= ceiling:
             return Representation(text, tokens + call_tokens, calls)

@@ -19,6 +19,8 @@ IMAGE_TOKENS = 85  # OpenAI's flat charge for a low-detail image: counted for ev
 
 
 class TokenCounter(Protocol):
+    """Counts a text's tokens; a text that is not empty counts at least one."""
+
     def count(self, text: str) -> int: ...
 
 
