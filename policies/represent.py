@@ -249,12 +249,10 @@ def _scan(text: str) -> tuple[_Found, ...]:
     """Every identifier candidate, typed; a token the text repeats is typed once."""
     found: list[_Found] = []
     kinds: dict[str, tuple[tuple[str, str], ...]] = {}
-    for match in _CANDIDATE.finditer(text):
-        token = match.group().rstrip(_TRIM).lstrip("@")
+    for token, offset in [(m[0], m.start()) for m in _CANDIDATE.finditer(text)]:
         typed = kinds.get(token)
         if typed is None:
-            typed = kinds[token] = tuple(_typed(token))
-        offset = match.start()
+            typed = kinds[token] = tuple(_typed(token.rstrip(_TRIM).lstrip("@")))
         found.extend(_Found(offset, kind, value) for kind, value in typed)
     return tuple(found)
 
