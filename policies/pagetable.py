@@ -40,7 +40,7 @@ from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
 from policies.represent import full_level, identifiers, index_entry, represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
-from policies.tokens import IMAGE_TOKENS, TokenCounter, framed
+from policies.tokens import IMAGE_TOKENS, TokenCounter, count_once, framed
 from policies.transcript import Message, ToolCall
 
 CALL_ARGUMENTS_KEPT = 400
@@ -269,6 +269,7 @@ def ingest(
     coverage; the result's `new_pages` are then the admitted pages as they stood (`Pending`
     holds the finished ones). Anything an earlier ingest left pending is finished first."""
     finish(table)  # what an earlier ingest left: a later turn never sees a page unfinished
+    counter = count_once(counter)  # this ingest's pages count each distinct text once, levels and all
     kept = known_prefix(table, messages) if kept is None else kept
     kind = "append" if kept == len(table.order) else "rewrite"
     dropped = _truncate(table, kept) if kind == "rewrite" else []
@@ -483,8 +484,9 @@ def _finished(table: PageTable, deferred: Deferred) -> list[Page]:
     entry = span_entry(page_id, message, call=call)
     table.entries[page_id] = (entry, counter.count(entry))
     created = [page]
+    spoken = _spoken(page) if deferred.facts else ()
     for fact_type, fact_text, fact_id in deferred.facts:
-        table.covering[f"{page_id}|{fact_id}"] = _covering_levels(page, fact_text)
+        table.covering[f"{page_id}|{fact_id}"] = _covering_levels(spoken, fact_text)
         if fact_id in table.pages:
             continue
         policy, recall_tool = deferred.policy, deferred.recall_tool
@@ -575,15 +577,27 @@ def _fact_id(tenant: str, page_type: PageType, text: str) -> str:
     return make_page_id(tenant_tag(tenant), digest)
 
 
-def _covering_levels(parent: Page, fact_text: str) -> frozenset[Fidelity]:
-    """The parent's levels whose text states the fact. Pointer never counts: a pointer-level
-    page may be folded into a span stub, which shows its id and nothing else."""
+def _spoken(parent: Page) -> tuple[tuple[Fidelity, str], ...]:
+    """The parent's levels that may state a fact, each with its text's whitespace collapsed
+    (what `_covering_levels` searches): read once per page, whatever its number of facts; a
+    text two levels share is collapsed once. Pointer never counts: a pointer-level page may be
+    folded into a span stub, which shows its id and nothing else."""
+    collapsed: dict[str, str] = {}
+    spoken = []
+    for level in LEVELS:
+        if level is Fidelity.POINTER:
+            continue
+        text = parent.reprs.at(level).text
+        if text not in collapsed:
+            collapsed[text] = " ".join(text.split())
+        spoken.append((level, collapsed[text]))
+    return tuple(spoken)
+
+
+def _covering_levels(spoken: Sequence[tuple[Fidelity, str]], fact_text: str) -> frozenset[Fidelity]:
+    """The levels whose text states the fact (`spoken`: the parent's levels, `_spoken`)."""
     needle = " ".join(fact_text.split()).rstrip("…").strip()
-    return frozenset(
-        level
-        for level in LEVELS
-        if level is not Fidelity.POINTER and needle and needle in " ".join(parent.reprs.at(level).text.split())
-    )
+    return frozenset(level for level, text in spoken if needle and needle in text)
 
 
 def _with_images(reprs: Reprs, message: Message) -> Reprs:

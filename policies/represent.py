@@ -28,7 +28,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from policies.classify import extract_facts, sentences
 from policies.pages import PageType, Representation, Reprs
@@ -58,15 +58,21 @@ CALL_PASSES = ((3, 8, CALL_ARGS_LIMIT // 2), (1, 3, SCALAR_LIMIT))
 MAX_JSON_DEPTH = 8
 
 _ERROR = re.compile(r"\b(?:error|errors|exception|traceback|failed|failure|fatal|panic)\b", re.IGNORECASE)
+_ERROR_STEMS = ("error", "exception", "traceback", "fail", "fatal", "panic")  # in every `_ERROR` match
+_STATUS_STEMS = ("error", "exception", "fatal", "traceback", "exit", "return")  # in every `_ERROR_STATUS` match
+STATUS_HEAD = 4000  # characters searched for an error at the top
 _ERROR_STATUS = re.compile(
     r"^[^\w\n]{0,8}(?:error|exception|fatal|traceback)\b|Traceback \(most recent call last\)"
     r"|(?:exit|return)\s+(?:code|status)\s*:?\s*[1-9]|non-zero exit",
     re.IGNORECASE | re.MULTILINE,
 )
 # Identifier candidates: runs of non-separators holding a digit, slash, dot, hash or dollar;
-# each starts only where a run starts, so the scan is linear. `_KIND` then types one token.
+# each starts only where a run starts, so the scan is linear (and runs to its first mark without
+# backtracking). `_KIND` then types one token.
 _SEP = r"\s\"'<>()\[\]{};|`*"
-_CANDIDATE = re.compile(rf"(?<![^{_SEP}])[^{_SEP}]*?[\d/.#$][^{_SEP}]*+")
+_MARK = r"\d/.#$"
+_CANDIDATE = re.compile(rf"(?<![^{_SEP}])[^{_SEP}{_MARK}]*+[{_MARK}][^{_SEP}]*+")
+_PARTS = re.compile(r"[:,=]")
 _KIND = re.compile(
     r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
     r"|(?P<path>(?:~|\.{1,2})?/[\w.@+-]+(?:/[\w.@+-]+)+|(?=[\w.-]*[A-Za-z])[\w.-]+(?:/[\w.-]+)+"
@@ -185,8 +191,7 @@ def identifiers(text: str, limit: int = MAX_IDENTIFIERS) -> list[str]:
 # ---------------------------------------------------------------- one reading of the text
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):
     offset: int
     kind: str
     text: str
@@ -222,8 +227,12 @@ def _spans(text: str) -> tuple[tuple[int, int], ...]:
     spans: list[tuple[int, int]] = []
     start = 0
     for line in text.split("\n"):
-        spans.extend(_pieces(text, start, start + len(line)))
-        start += len(line) + 1
+        end = start + len(line)
+        if end - start > 2 * LINE_CAP:
+            spans.extend(_pieces(text, start, end))
+        else:
+            spans.append((start, end))
+        start = end + 1
     return tuple(spans)
 
 
@@ -237,32 +246,49 @@ def _pieces(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
 
 
 def _scan(text: str) -> tuple[_Found, ...]:
+    """Every identifier candidate, typed; a token the text repeats is typed once."""
     found: list[_Found] = []
-    for match in _CANDIDATE.finditer(text):
-        found.extend(_typed(match.start(), match.group().rstrip(_TRIM).lstrip("@")))
+    kinds: dict[str, tuple[tuple[str, str], ...]] = {}
+    for token, offset in [(m[0], m.start()) for m in _CANDIDATE.finditer(text)]:
+        typed = kinds.get(token)
+        if typed is None:
+            typed = kinds[token] = tuple(_typed(token.rstrip(_TRIM).lstrip("@")))
+        found.extend(_Found(offset, kind, value) for kind, value in typed)
     return tuple(found)
 
 
-def _typed(offset: int, token: str) -> Iterator[_Found]:
+def _typed(token: str) -> Iterator[tuple[str, str]]:
+    """(kind, text) of what one candidate token names: itself, or its parts between `:,=`."""
     if token.startswith(("http://", "https://")):
-        yield _Found(offset, "url", token[:80])
+        yield "url", token[:80]
         return
     if len(token) > MAX_TOKEN:
         return
     match = _KIND.fullmatch(token)
     if match and match.lastgroup:
-        yield _Found(offset, match.lastgroup, token)
+        yield match.lastgroup, token
     elif ":" in token or "," in token or "=" in token:
-        for part in re.split(r"[:,=]", token):
+        for part in _PARTS.split(token):
             found = _KIND.fullmatch(part.strip(_TRIM))
             if found and found.lastgroup:
-                yield _Found(offset, found.lastgroup, found.group())
+                yield found.lastgroup, found.group()
 
 
 def _error_lines(text: str, spans: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    if not _may_match(text, _ERROR_STEMS):
+        return ()
     starts = [start for start, _ in spans]
     lines = (bisect.bisect_right(starts, m.start()) - 1 for m in _ERROR.finditer(text))
     return tuple(dict.fromkeys(lines))
+
+
+def _may_match(text: str, stems: tuple[str, ...]) -> bool:
+    """False when a case-insensitive search for words built on `stems` cannot match: an ASCII
+    text (which case-folds one to one) that holds none of them. Cheaper than the search."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return any(stem in lowered for stem in stems)
 
 
 def _identifiers(found: Sequence[_Found], limit: int) -> list[str]:
@@ -551,9 +577,13 @@ def _status(view: _View) -> str:
     if view.value is not None:
         return "ok"
     tail = len(view.spans) - TAIL_LINES
-    if _ERROR_STATUS.search(view.text, 0, 4000) or any(i >= tail for i in view.error_lines):
+    if any(i >= tail for i in view.error_lines) or _error_at_top(view.text[:STATUS_HEAD]):
         return "error"
     return "ok"
+
+
+def _error_at_top(head: str) -> bool:
+    return _may_match(head, _STATUS_STEMS) and _ERROR_STATUS.search(head) is not None
 
 
 def _shape(value: Any) -> str:
@@ -807,9 +837,11 @@ def _first_fitting(
     candidates: Sequence[str], calls: tuple[ToolCall, ...], counter: TokenCounter, ceiling: int
 ) -> Representation:
     """The first candidate within `POINTER_TOKENS` whose total stays under `ceiling`, else the
-    last one (which the monotone rule then replaces with the level above)."""
+    last one (which the monotone rule then replaces with the level above). A candidate is never
+    blank, so it counts at least one token: when the calls alone reach `ceiling` (a page of tool
+    calls and no text), none but the last is counted."""
     call_tokens = tool_calls_tokens(counter, calls)
-    for text in candidates[:-1]:
+    for text in candidates[:-1] if call_tokens < ceiling else ():
         tokens = counter.count(text)
         if tokens <= POINTER_TOKENS and tokens + call_tokens <= ceiling:
             return Representation(text, tokens + call_tokens, calls)

@@ -19,6 +19,8 @@ IMAGE_TOKENS = 85  # OpenAI's flat charge for a low-detail image: counted for ev
 
 
 class TokenCounter(Protocol):
+    """Counts a text's tokens; a text that is not empty counts at least one."""
+
     def count(self, text: str) -> int: ...
 
 
@@ -29,6 +31,30 @@ def tool_calls_tokens(counter: TokenCounter, calls: tuple[ToolCall, ...]) -> int
 def framed(text_tokens: int, *, named: bool = False) -> int:
     """Tokens of one whole message whose text (and tool calls) count `text_tokens`."""
     return MESSAGE_OVERHEAD + text_tokens + (NAME_OVERHEAD if named else 0)
+
+
+class CountOnce:
+    """A `TokenCounter` that counts each distinct text once, then answers from its memo: one
+    turn's pages count the same tool names, arguments and pointer lines at several levels.
+    Made per ingest (policies.pagetable) and dropped with it, so the memo stays one turn's size;
+    the counts are the wrapped counter's, so nothing it decides changes."""
+
+    __slots__ = ("counter", "counts")
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+        self.counts: dict[str, int] = {}
+
+    def count(self, text: str) -> int:
+        tokens = self.counts.get(text)
+        if tokens is None:
+            tokens = self.counts[text] = self.counter.count(text)
+        return tokens
+
+
+def count_once(counter: TokenCounter) -> TokenCounter:
+    """`counter` with a fresh memo (an existing memo is kept)."""
+    return counter if isinstance(counter, CountOnce) else CountOnce(counter)
 
 
 class CharCounter:

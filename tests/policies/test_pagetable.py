@@ -556,3 +556,19 @@ def test_the_known_prefix_is_the_same_whether_the_last_messages_are_held_or_not(
     held = known_prefix(table, sent)
     table.ingested = None
     assert held == known_prefix(table, sent)
+
+
+def test_a_fact_is_covered_by_the_levels_that_state_it_whatever_their_spacing() -> None:
+    """Each fact a message states is covered by the levels whose text holds it (whitespace
+    collapsed), never by the pointer; a message stating several facts has each one checked."""
+    text = (
+        "Never   edit files under\nvendor/ directly.\nAlways run the tests before you commit.\n" + "Log line.\n" * 300
+    )
+    table = PageTable("tenant", "session", "project")
+    ingest(table, [Message(role="user", text=text)], TenantPolicy(), COUNTER)
+    (page_id,) = table.order
+    facts = {table.pages[f].reprs.full.text: table.covering[f"{page_id}|{f}"] for f in table.facts[page_id]}
+    assert facts == {
+        "rule: Never edit files under vendor/ directly.": {Fidelity.FULL, Fidelity.COMPRESSED, Fidelity.STRUCTURED},
+        "rule: Always run the tests before you commit.": {Fidelity.FULL, Fidelity.COMPRESSED},
+    }

@@ -24,6 +24,7 @@ from policies.represent import (
 )
 from policies.tokens import CharCounter, TokenCounter, tool_calls_tokens
 from policies.transcript import Message, ToolCall
+from tests.policies.strategies import RecordingCounter
 
 COUNTER = CharCounter()
 PID = "p:3f9a2c1b0d"
@@ -489,6 +490,16 @@ def test_pointer_drops_detail_to_fit() -> None:
     reprs = represent(tool(log_lines(100, {})), PageType.EVIDENCE, PID, COUNTER, call=call)
     assert reprs.pointer.tokens <= POINTER_TOKENS
     assert reprs.pointer.text.startswith(f"[{PID} evidence")
+
+
+def test_a_page_of_tool_calls_alone_counts_only_its_last_pointer_candidate() -> None:
+    """No pointer line fits under a level that is the calls alone (every line counts a token):
+    the richer candidates are not counted, and the pointer is the calls' own level."""
+    calls = (ToolCall("call_1", "bash", json.dumps({"command": "ls -la"})),)
+    recorder = RecordingCounter(COUNTER)
+    reprs = represent(Message(role="assistant", text="", tool_calls=calls), PageType.CONVERSATION, PID, recorder)
+    assert [text for text in recorder.take() if text.startswith("[")] == [f"[{PID}]"]
+    assert reprs.pointer == reprs.structured == reprs.full
 
 
 def test_span_entry() -> None:
