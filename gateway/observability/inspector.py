@@ -68,7 +68,7 @@ CODES: Mapping[Fidelity, str] = {
     Fidelity.POINTER: "P",
     Fidelity.NONE: "-",
 }
-WRITE_ATTEMPTS = 4  # a trimmed base, then the missing messages, and twice more if a sweep raced it
+WRITE_ATTEMPTS = 3  # the missing messages asked, sent, and once more if a sweep raced them
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
@@ -197,12 +197,13 @@ class TurnLog:
                 await pipe.execute()
 
     async def _prompt(self, keys: InspectorKeys, shot: Shot, digested: Digested) -> tuple[str, str]:
-        """Writes the request's prompt entry (`WRITE_SCRIPT`): the messages the entry this worker
-        last wrote for the session did not name, else those the store lacks. Returns the sizes of
+        """Writes the request's prompt entry (`WRITE_SCRIPT`) with the messages the entry this worker
+        last wrote for the session did not name; without that entry (or trimmed since), with those
+        the store lacks, asked first. Returns the sizes of
         the messages last forwarded (as read before) and the entry's id."""
         received, forwarded = digested.keys()
-        send = {k: raw for k, raw in digested.encoded.items() if k not in digested.named}
-        base = digested.base
+        base = digested.base  # none: ask the store first which messages it lacks (another worker may have written them)
+        send = {k: raw for k, raw in digested.encoded.items() if k not in digested.named} if base else {}
         for _ in range(WRITE_ATTEMPTS):
             pairs = [part for key, raw in send.items() for part in (key, stored(raw))]
             args = [self.settings.prompts, base, received, forwarded, SWEEP_FACTOR, SWEEP_SLACK, *pairs]
@@ -212,7 +213,6 @@ class TurnLog:
             if int(status) == 1:
                 Digests.wrote(digested, str(rest[0]))
                 return str(previous), str(rest[0])
-            base = ""  # the base entry is trimmed: the script lists what the store lacks
             send.update(digested.unsent({str(k) for k in rest}, shot.received, shot.forwarded))
         raise StoreError("prompt not written: its messages were swept while it was written, each attempt")
 

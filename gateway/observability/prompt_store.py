@@ -16,8 +16,9 @@ A digest is the message's JSON bytes' SHA-256, its first 12 bytes in base64url (
 `WRITE_SCRIPT` adds one entry atomically: the messages the writer sends, then the entry (its stream
 capped at exactly `ui.prompts`). The writer sends only the messages the entry it names as its
 `base` did not hold: while an entry is kept, every message it names is in the hash (the sweep keeps
-them), so the script needs only that the base is still kept. A writer that knows no base (another
-worker wrote the session's last entry) asks the script which messages are missing and sends those.
+them), so the script needs only that the base is still kept. Without a base (this worker did not
+write the session's previous entry), or when it is trimmed, the script checks each digest not sent
+and, when some are missing, writes nothing and lists them; the writer sends those.
 
 The sweep deletes the messages no kept entry names, once the hash has grown past twice its size at
 the last sweep (plus `SWEEP_SLACK`): it reads every kept entry, so it runs seldom, and its cost per
@@ -57,14 +58,12 @@ KEPT_BYTES = 64 * 1024 * 1024  # encoded bytes of the messages `Digests` keeps, 
 # ARGV[1] the stream's cap, ARGV[2] the base entry's id ('' = none: check every digest), ARGV[3]
 # and ARGV[4] the received and forwarded digests, ARGV[5], ARGV[6] the sweep's threshold factor and
 # slack, then (digest, message) pairs to write.
-# Returns {1, sizes, id} when written; {0, sizes, digest...} when the base is gone (no digest
-# listed) or those digests are missing and not sent; nothing is written then.
+# Without a base, or when it is trimmed, each digest not sent is checked. Returns {1, sizes, id}
+# when written; {0, sizes, digest...} when those digests are missing and not sent (nothing written).
 WRITE_SCRIPT = """
 local sizes = redis.call('GET', KEYS[3]) or ''
 local base = ARGV[2]
-if base ~= '' then
-  if #redis.call('XRANGE', KEYS[1], base, base) == 0 then return {0, sizes} end
-else
+if base == '' or #redis.call('XRANGE', KEYS[1], base, base) == 0 then
   local given, asked, out = {}, {}, {0, sizes}
   for i = 7, #ARGV, 2 do given[ARGV[i]] = true end
   for _, list in ipairs({ARGV[3], ARGV[4]}) do
