@@ -45,10 +45,11 @@ from gateway.observability.prompt_store import (
     WRITE_SCRIPT,
     Digested,
     Digests,
+    chunks_in,
     digest_of,
-    entry_digests,
+    entry_tokens,
+    expanded,
     message_of,
-    stored,
 )
 from gateway.settings import UISettings
 from gateway.store.memory import WriteReport
@@ -171,7 +172,7 @@ class TurnLog:
     async def _record(self, tenant: str, session: str, shot: Shot, g: Glimpse) -> None:
         keys = InspectorKeys.of(tenant, session)
         digested = self._digests.digest((tenant, session), shot.received, shot.forwarded)
-        sizes = [(d.hex, d.size) for d in digested.forwarded]
+        sizes = [(d.hex, d.size) for d in digested.forwarded.digests]
         index = sessions_key(tenant)
         with mapped_errors():
             if self.settings.prompts:
@@ -203,17 +204,16 @@ class TurnLog:
         the messages last forwarded (as read before) and the entry's id."""
         received, forwarded = digested.keys()
         base = digested.base  # none: ask the store first which messages it lacks (another worker may have written them)
-        send = {k: raw for k, raw in digested.encoded.items() if k not in digested.named} if base else {}
+        send = digested.fresh() if base else {}
+        names = [keys.prompts, keys.messages, keys.forwarded]
         for _ in range(WRITE_ATTEMPTS):
-            pairs = [part for key, raw in send.items() for part in (key, stored(raw))]
+            pairs = [part for pair in send.items() for part in pair]
             args = [self.settings.prompts, base, received, forwarded, SWEEP_FACTOR, SWEEP_SLACK, *pairs]
-            status, previous, *rest = await self._write_prompt(
-                keys=[keys.prompts, keys.messages, keys.forwarded], args=args
-            )
+            status, previous, *rest = await self._write_prompt(keys=names, args=args)
             if int(status) == 1:
                 Digests.wrote(digested, str(rest[0]))
                 return str(previous), str(rest[0])
-            send.update(digested.unsent({str(k) for k in rest}, shot.received, shot.forwarded))
+            send.update(digested.unsent({str(k) for k in rest}))
         raise StoreError("prompt not written: its messages were swept while it was written, each attempt")
 
     # -- reading -----------------------------------------------------------------------------
@@ -251,19 +251,30 @@ class TurnLog:
             if not entries:
                 return None
             fields = entries[0][1]
-            listed = entry_digests(fields)
+            listed = entry_tokens(fields)
             if listed is None:  # written whole, by an earlier version
                 return unpack(fields.get(FIELD, ""))
-            unique = list(dict.fromkeys([*listed[0], *listed[1]]))
+            chunks = chunks_in(listed)
+            values = await self._client.hmget(keys.messages, chunks) if chunks else []
+            known = {key: value for key, value in zip(chunks, values, strict=True) if value is not None}
+            received, forwarded = expanded(listed[0], known), expanded(listed[1], known)
+            if received is None or forwarded is None:
+                return self._lost(session, prompt_id)
+            unique = list(dict.fromkeys([*received, *forwarded]))
             values = await self._client.hmget(keys.messages, unique) if unique else []
         messages = {}
         for key, value in zip(unique, values, strict=True):
             ok, message = message_of(value)
-            if not ok:  # not expected: the sweep keeps every message a kept entry names
-                log.warning("inspector prompt %s of session %s names a message not kept", prompt_id, session)
-                return None
+            if not ok:
+                return self._lost(session, prompt_id)
             messages[key] = message
-        return {"received": [messages[k] for k in listed[0]], "forwarded": [messages[k] for k in listed[1]]}
+        return {"received": [messages[k] for k in received], "forwarded": [messages[k] for k in forwarded]}
+
+    @staticmethod
+    def _lost(session: str, prompt_id: str) -> None:
+        """A kept entry naming a message not kept: not expected (the sweep keeps what kept entries
+        name); reads as trimmed."""
+        log.warning("inspector prompt %s of session %s names a message not kept", prompt_id, session)
 
 
 @dataclass(frozen=True, slots=True)

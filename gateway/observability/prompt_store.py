@@ -38,7 +38,7 @@ import hashlib
 import operator
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,31 +47,39 @@ from gateway import jsonio
 DIGEST_BYTES = 12
 SIZE_DIGEST_CHARS = 12  # the hex digest the prefix comparison keeps (`inspector.message_sizes`)
 MESSAGE_JSON, MESSAGE_PACKED = "j", "z"
-PACK_FROM_BYTES = 1024  # smaller messages are kept as JSON text: zlib + base64 would not shrink them
-SWEEP_SLACK = 64
+PACK_FROM_BYTES = 256  # smaller messages are kept as JSON text: zlib + base64 would not shrink them
+CHUNK = 64  # digests per chunk of a list
+CHUNK_MARK = "*"  # a chunk's field begins with it (a message's digest never does)
+SWEEP_FACTOR, SWEEP_SLACK = 2, 64
 SWEPT = "~"  # the hash's field holding its size after the last sweep (never a digest)
 RECEIVED, FORWARDED = "in", "out"
 SESSIONS = 256  # sessions whose previous request `Digests` keeps (per worker)
 KEPT_BYTES = 64 * 1024 * 1024  # encoded bytes of the messages `Digests` keeps, in all
 
 # KEYS[1] the prompts stream, KEYS[2] the messages hash, KEYS[3] the last forwarded sizes (read).
-# ARGV[1] the stream's cap, ARGV[2] the base entry's id ('' = none: check every digest), ARGV[3]
-# and ARGV[4] the received and forwarded digests, ARGV[5], ARGV[6] the sweep's threshold factor and
-# slack, then (digest, message) pairs to write.
-# Without a base, or when it is trimmed, each digest not sent is checked. Returns {1, sizes, id}
-# when written; {0, sizes, digest...} when those digests are missing and not sent (nothing written).
+# ARGV[1] the stream's cap, ARGV[2] the base entry's id ('' = none), ARGV[3] and ARGV[4] the
+# received and forwarded lists (chunks and digests), ARGV[5], ARGV[6] the sweep's threshold factor
+# and slack, then (field, value) pairs to write: messages and chunks.
+# Without a base, or when it is trimmed, each field named and not sent (and each member of a chunk
+# sent) is checked. Returns {1, sizes, id} when written; {0, sizes, field...} when those fields are
+# missing and not sent (nothing written then).
 WRITE_SCRIPT = """
 local sizes = redis.call('GET', KEYS[3]) or ''
 local base = ARGV[2]
 if base == '' or #redis.call('XRANGE', KEYS[1], base, base) == 0 then
   local given, asked, out = {}, {}, {0, sizes}
-  for i = 7, #ARGV, 2 do given[ARGV[i]] = true end
+  for i = 7, #ARGV, 2 do given[ARGV[i]] = ARGV[i + 1] end
+  local function need(d)
+    if given[d] or asked[d] then return end
+    asked[d] = true
+    if redis.call('HEXISTS', KEYS[2], d) == 0 then table.insert(out, d) end
+  end
   for _, list in ipairs({ARGV[3], ARGV[4]}) do
-    for d in string.gmatch(list, '%S+') do
-      if not given[d] and not asked[d] then
-        asked[d] = true
-        if redis.call('HEXISTS', KEYS[2], d) == 0 then table.insert(out, d) end
-      end
+    for d in string.gmatch(list, '%S+') do need(d) end
+  end
+  for d, value in pairs(given) do
+    if string.sub(d, 1, 1) == '*' then
+      for m in string.gmatch(value, '%S+') do need(m) end
     end
   end
   if #out > 2 then return out end
@@ -82,11 +90,21 @@ local size = redis.call('HLEN', KEYS[2])
 local swept = tonumber(redis.call('HGET', KEYS[2], '~') or '0')
 if size > tonumber(ARGV[5]) * swept + tonumber(ARGV[6]) then
   local live = {['~'] = true}
+  local function keep(d)
+    if live[d] then return end
+    live[d] = true
+    if string.sub(d, 1, 1) == '*' then
+      local members = redis.call('HGET', KEYS[2], d)
+      if members then
+        for m in string.gmatch(members, '%S+') do live[m] = true end
+      end
+    end
+  end
   for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
     local fields = entry[2]
     for j = 1, #fields, 2 do
       if fields[j] == 'in' or fields[j] == 'out' then
-        for d in string.gmatch(fields[j + 1], '%S+') do live[d] = true end
+        for d in string.gmatch(fields[j + 1], '%S+') do keep(d) end
       end
     end
   end
@@ -99,7 +117,6 @@ if size > tonumber(ARGV[5]) * swept + tonumber(ARGV[6]) then
 end
 return {1, sizes, id}
 """
-SWEEP_FACTOR = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,46 +129,81 @@ class Digest:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One list of a request (received or forwarded): its message objects (kept so that their ids
+    stay theirs), their digests, and the keys of its full chunks."""
+
+    objects: list[Any]
+    digests: list[Digest]
+    chunks: list[str]
+
+    def tokens(self) -> str:
+        """The list as an entry holds it: its chunks' keys, then the digests after them."""
+        tail = self.digests[len(self.chunks) * CHUNK :]
+        return " ".join([*self.chunks, *(d.key for d in tail)])
+
+    def chunk_values(self) -> Iterator[tuple[str, str]]:
+        for j, key in enumerate(self.chunks):
+            yield key, " ".join(d.key for d in self.digests[j * CHUNK : (j + 1) * CHUNK])
+
+
+_NONE = Listed([], [], [])
+
+
 @dataclass(slots=True)
 class _Previous:
-    """A session's request as this worker recorded it: its message objects (kept so that their ids
-    stay theirs) and digests, and the id of the entry written for it ('' until written)."""
+    """A session's request as this worker recorded it, the encoded bytes of its messages and the
+    id of the entry written for it ('' until written)."""
 
-    received: list[Any]
-    received_digests: list[Digest]
-    forwarded: list[Any]
-    forwarded_digests: list[Digest]
-    bytes: int
+    received: Listed
+    forwarded: Listed
+    received_bytes: int
+    bytes: int  # with the forwarded messages' (the gateway's forwarded list is bounded by the budget)
     entry: str = ""
 
-    def keys(self) -> frozenset[str]:
-        return frozenset(d.key for d in self.received_digests).union(d.key for d in self.forwarded_digests)
+    def named(self) -> frozenset[str]:
+        """Fields its entry names, those a later request may meet again: its chunks, the received
+        digests after them, and every forwarded digest (the few messages the gateway builds anew)."""
+        tail = self.received.digests[len(self.received.chunks) * CHUNK :]
+        return frozenset([*self.received.chunks, *self.forwarded.chunks, *(d.key for d in tail)]).union(
+            d.key for d in self.forwarded.digests
+        )
 
 
 @dataclass(slots=True)
 class Digested:
-    """A request's messages' digests; the messages encoded for the first time here (by key); the
-    entry of the session's previous request this worker wrote (`base`, '' when none) and the
-    digests it names (`named`)."""
+    """A request's lists; the messages encoded (by key) and the chunks made (key -> value) for the
+    first time here; the entry of the session's previous request this worker wrote (`base`, ''
+    when none) and fields it names (`named`: those need not be sent again)."""
 
-    received: list[Digest]
-    forwarded: list[Digest]
+    received: Listed
+    forwarded: Listed
     encoded: dict[str, bytes]
+    chunked: dict[str, str]
     base: str
     named: frozenset[str]
     recorded: _Previous
 
     def keys(self) -> tuple[str, str]:
-        """The entry's two fields: the received and forwarded digests, in order."""
-        return " ".join(d.key for d in self.received), " ".join(d.key for d in self.forwarded)
+        """The entry's two fields: the received and forwarded lists."""
+        return self.received.tokens(), self.forwarded.tokens()
 
-    def unsent(self, missing: set[str], received: Sequence[Any], forwarded: Sequence[Any]) -> dict[str, bytes]:
-        """The encoded messages among `received` and `forwarded` whose digests are in `missing`."""
-        out: dict[str, bytes] = {}
-        for messages, digests in ((received, self.received), (forwarded, self.forwarded)):
-            for message, digest in zip(messages, digests, strict=True):
+    def fresh(self) -> dict[str, str]:
+        """What the store may lack: the fields made here and not named by the base, as stored."""
+        out = {key: stored(raw) for key, raw in self.encoded.items() if key not in self.named}
+        out.update((key, value) for key, value in self.chunked.items() if key not in self.named)
+        return out
+
+    def unsent(self, missing: set[str]) -> dict[str, str]:
+        """The fields in `missing` (messages and chunks of this request), as stored."""
+        out: dict[str, str] = {}
+        for listed in (self.received, self.forwarded):
+            for message, digest in zip(listed.objects, listed.digests, strict=True):
                 if digest.key in missing and digest.key not in out:
-                    out[digest.key] = self.encoded.get(digest.key) or jsonio.dumps(message)
+                    out[digest.key] = stored(self.encoded.get(digest.key) or jsonio.dumps(message))
+            if any(key in missing for key in listed.chunks):
+                out.update((key, value) for key, value in listed.chunk_values() if key in missing)
         return out
 
 
@@ -167,19 +219,26 @@ class Digests:
     def digest(self, owner: tuple[str, str], received: Sequence[Any], forwarded: Sequence[Any]) -> Digested:
         """The digests of `received` and `forwarded`, reusing those of the objects the session's
         previous request held; remembered for the next one."""
-        before = self._previous.pop(owner, None) or _Previous([], [], [], [], 0)
+        before = self._previous.pop(owner, None) or _Previous(_NONE, _NONE, 0, 0)
         self._bytes -= before.bytes
         encoded: dict[str, bytes] = {}
-        head_in, head_out = _head(received, before.received), _head(forwarded, before.forwarded)
-        got_in = _digests(received, head_in, before.received_digests, {}, encoded)
+        chunked: dict[str, str] = {}
+        head_in, head_out = _head(received, before.received.objects), _head(forwarded, before.forwarded.objects)
+        got_in = _digests(received, head_in, before.received.digests, {}, encoded)
         known = dict(zip(map(id, received[head_in:]), got_in[head_in:], strict=True))
-        known.update(zip(map(id, before.forwarded[head_out:]), before.forwarded_digests[head_out:], strict=True))
-        got_out = _digests(forwarded, head_out, before.forwarded_digests, known, encoded)
-        size = sum(d.size for d in got_in) + sum(d.size for d in got_out)
-        now = _Previous(list(received), got_in, list(forwarded), got_out, size)
+        earlier = before.forwarded
+        known.update(zip(map(id, earlier.objects[head_out:]), earlier.digests[head_out:], strict=True))
+        got_out = _digests(forwarded, head_out, before.forwarded.digests, known, encoded)
+        listed_in = Listed(list(received), got_in, _chunks(got_in, head_in, before.received.chunks, chunked))
+        listed_out = Listed(list(forwarded), got_out, _chunks(got_out, head_out, before.forwarded.chunks, chunked))
+        if head_in == len(before.received.objects):  # appended to: only the new ones counted
+            received_bytes = before.received_bytes + sum(d.size for d in got_in[head_in:])
+        else:
+            received_bytes = sum(d.size for d in got_in)
+        now = _Previous(listed_in, listed_out, received_bytes, received_bytes + sum(d.size for d in got_out))
         self._remember(owner, now)
-        named = before.keys() if before.entry else frozenset()
-        return Digested(got_in, got_out, encoded, before.entry, named, now)
+        named = before.named() if before.entry else frozenset()
+        return Digested(listed_in, listed_out, encoded, chunked, before.entry, named, now)
 
     @staticmethod
     def wrote(digested: Digested, entry: str) -> None:
@@ -217,6 +276,23 @@ def _digests(
     return out
 
 
+def _chunks(digests: Sequence[Digest], head: int, before: Sequence[str], chunked: dict[str, str]) -> list[str]:
+    """The keys of the full chunks of `digests`: the previous request's while within its first
+    `head` (the same objects), the others made (and added to `chunked`)."""
+    kept = min(head // CHUNK, len(before))
+    out = list(before[:kept])
+    for j in range(kept, len(digests) // CHUNK):
+        value = " ".join(d.key for d in digests[j * CHUNK : (j + 1) * CHUNK])
+        key = CHUNK_MARK + _key(value.encode("ascii"))
+        chunked[key] = value
+        out.append(key)
+    return out
+
+
+def _key(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:DIGEST_BYTES]).decode("ascii")
+
+
 def digest_of(message: Any, encoded: dict[str, bytes] | None = None) -> Digest:
     """`message`'s digest, its JSON bytes added to `encoded` by its key."""
     raw = jsonio.dumps(message)
@@ -228,9 +304,11 @@ def digest_of(message: Any, encoded: dict[str, bytes] | None = None) -> Digest:
 
 
 def stored(raw: bytes) -> str:
-    """A message's JSON bytes as the hash keeps them."""
+    """A message's JSON bytes as the hash keeps them: packed when that is shorter."""
     if len(raw) >= PACK_FROM_BYTES:
-        return MESSAGE_PACKED + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+        packed = base64.b64encode(zlib.compress(raw, 1))
+        if len(packed) < len(raw):
+            return MESSAGE_PACKED + packed.decode("ascii")
     return MESSAGE_JSON + raw.decode("utf-8")
 
 
@@ -248,8 +326,28 @@ def message_of(value: str | None) -> tuple[bool, Any]:
     return False, None
 
 
-def entry_digests(fields: Mapping[str, str]) -> tuple[list[str], list[str]] | None:
-    """An entry's received and forwarded digests; None for an entry of the earlier format."""
+def entry_tokens(fields: Mapping[str, str]) -> tuple[list[str], list[str]] | None:
+    """An entry's received and forwarded lists (chunks' keys and digests); None for an entry of
+    the earlier format."""
     if RECEIVED not in fields or FORWARDED not in fields:
         return None
     return fields[RECEIVED].split(), fields[FORWARDED].split()
+
+
+def chunks_in(lists: Sequence[Sequence[str]]) -> list[str]:
+    """The chunks `lists` name, each once."""
+    return list(dict.fromkeys(token for tokens in lists for token in tokens if token.startswith(CHUNK_MARK)))
+
+
+def expanded(tokens: Sequence[str], chunks: Mapping[str, str]) -> list[str] | None:
+    """`tokens` with each chunk replaced by its digests (`chunks`: key -> value); None when one
+    is not known."""
+    out: list[str] = []
+    for token in tokens:
+        if not token.startswith(CHUNK_MARK):
+            out.append(token)
+        elif token in chunks:
+            out.extend(chunks[token].split())
+        else:
+            return None
+    return out

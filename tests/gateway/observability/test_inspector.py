@@ -25,7 +25,7 @@ from gateway.observability.inspector import (
     reused_prefix,
     sessions_key,
 )
-from gateway.observability.prompt_store import SWEEP_SLACK, digest_of
+from gateway.observability.prompt_store import CHUNK, CHUNK_MARK, SWEEP_SLACK, digest_of, stored
 from gateway.settings import UISettings
 from gateway.store.embedded import free_port
 from gateway.store.memory import WriteReport
@@ -261,10 +261,13 @@ async def test_each_message_is_written_once_and_every_prompt_reads_back_as_sent(
         received, forwarded = turn_of(agent, turn)
         await log.record(tenant, session, shot_of(turn, received, forwarded))
         sent.append((received, forwarded))
-        if turn > 1:  # the new question and answer, and the stub that changed; nothing else
-            new = [received[-2], received[-1], forwarded[1]]
-            assert written(recording.calls[-1]) == {digest_of(m).key: stored_text(m) for m in new}
-            assert len(recording.calls[-1][2]) + len(recording.calls[-1][3]) <= 17 * (len(received) + len(forwarded))
+        if turn > 1:  # the new question and answer, the stub that changed, a chunk now and then; nothing else
+            call, new = recording.calls[-1], [received[-2], received[-1], forwarded[1]]
+            messages = {k: v for k, v in written(call).items() if not k.startswith(CHUNK_MARK)}
+            assert messages == {digest_of(m).key: stored(jsonio.dumps(m)) for m in new}
+            assert len(written(call)) - len(messages) == (len(received) // CHUNK > (len(received) - 2) // CHUNK)
+            listed = len(received) // CHUNK + len(received) % CHUNK + len(forwarded)
+            assert len(call[2]) + len(call[3]) <= 18 * listed  # a digest, or a chunk (one mark more), and a space
     assert len(recording.calls) == 1 + 200  # one call a turn, and a question first on the first (no base yet)
     records = await log.turns(tenant, session)
     for record, (received, forwarded) in zip(records[-5:], sent[-5:], strict=True):
@@ -276,16 +279,12 @@ def shot_of(turn: int, received: list[dict], forwarded: list[dict]) -> Shot:
     return Shot(seen(turn), received, forwarded, 100 * turn, 50, 4000)
 
 
-def stored_text(message: Any) -> str:
-    return "j" + jsonio.dumps_text(message)
-
-
 async def test_workers_sharing_a_session_write_what_the_store_lacks(client: aioredis.Redis) -> None:
     """A session's turns on any worker: one that did not write the last entry, or whose last entry
     is trimmed, asks the store which messages it lacks."""
     recording, tenant, session = Recording(client), fresh("t"), fresh()
     workers = [TurnLog(recording, UISettings(prompts=2)) for _ in range(2)]  # type: ignore[arg-type]
-    agent: list[dict] = [{"role": "system", "content": "You are terse."}]
+    agent: list[dict] = [{"role": "system", "content": "You are terse."}, *chat(CHUNK * 2)]  # chunks too
     order = [0, 1, 1, 0, 0, 1, 1, 1, 1, 0]  # the last: worker 0's base (turn 5) trimmed long ago
     last_seen: dict[int, int] = {}  # worker -> the transcript's length at its last turn
     for turn, worker in enumerate(order, start=1):
@@ -296,11 +295,12 @@ async def test_workers_sharing_a_session_write_what_the_store_lacks(client: aior
         prompt = await workers[1 - worker].prompt(tenant, session, record["prompt"])
         assert prompt == {"received": received, "forwarded": forwarded}
         calls, new = recording.calls[before:], {digest_of(m).key for m in (received[-2], received[-1], forwarded[1])}
+        sent = [{k for k in written(call) if not k.startswith(CHUNK_MARK)} for call in calls]
         if worker not in last_seen and turn > 1:  # no base: asked first, then sent only what was missing
-            assert len(calls) == 2 and written(calls[0]) == {} and set(written(calls[1])) == new
+            assert len(calls) == 2 and written(calls[0]) == {} and sent[1] == new
         elif turn > 1:  # one call: what this worker had not seen (a trimmed base: the store checks the rest)
             unseen = {digest_of(m).key for m in received[last_seen[worker] :]} | {digest_of(forwarded[1]).key}
-            assert len(calls) == 1 and set(written(calls[0])) == (new if order[turn - 2] == worker else unseen)
+            assert len(calls) == 1 and sent[0] == (new if order[turn - 2] == worker else unseen)
         last_seen[worker] = len(received)
 
 
@@ -336,4 +336,12 @@ async def test_a_prompt_of_the_earlier_format_reads_and_a_lost_message_reads_as_
     [record] = await log.turns(tenant, session)
     assert await log.prompt(tenant, session, record["prompt"]) == {"received": chat(1), "forwarded": chat(2)}
     await client.hdel(keys.messages, digest_of(chat(2)[1]).key)
+    assert await log.prompt(tenant, session, record["prompt"]) is None
+    session = fresh()
+    await log.record(tenant, session, shot_of(1, chat(CHUNK), chat(2)))
+    [record] = await log.turns(tenant, session)
+    assert await log.prompt(tenant, session, record["prompt"]) == {"received": chat(CHUNK), "forwarded": chat(2)}
+    messages = InspectorKeys.of(tenant, session).messages
+    [chunk] = [k for k in await client.hkeys(messages) if k.startswith(CHUNK_MARK)]
+    await client.hdel(messages, chunk)
     assert await log.prompt(tenant, session, record["prompt"]) is None

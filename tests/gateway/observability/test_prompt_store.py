@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from gateway import jsonio
 from gateway.observability.prompt_store import (
+    CHUNK,
     PACK_FROM_BYTES,
     Digests,
     digest_of,
-    entry_digests,
+    entry_tokens,
+    expanded,
     message_of,
     stored,
 )
@@ -25,15 +27,15 @@ def test_only_the_message_objects_not_seen_in_the_previous_request_are_encoded()
     second = digests.digest(owner, grown, forwarded)
     fresh = [grown[-1], stub, *received[40:45]]  # new, built, or not forwarded before: encoded here
     assert list(second.encoded) == [digest_of(m).key for m in fresh]
-    assert second.received == [digest_of(m) for m in grown]
-    assert second.forwarded == [digest_of(m) for m in forwarded]
+    assert second.received.digests == [digest_of(m) for m in grown]
+    assert second.forwarded.digests == [digest_of(m) for m in forwarded]
 
 
 def test_an_equal_message_in_another_object_is_encoded_again_with_the_same_digest() -> None:
     digests, owner = Digests(), ("t", "s")
     digests.digest(owner, [{"role": "user", "content": "hi"}], [])
     again = digests.digest(owner, [{"role": "user", "content": "hi"}], [])
-    assert len(again.encoded) == 1 and again.received == [digest_of({"role": "user", "content": "hi"})]
+    assert len(again.encoded) == 1 and again.received.digests == [digest_of({"role": "user", "content": "hi"})]
 
 
 def test_a_written_entry_is_the_next_requests_base_with_the_digests_it_names() -> None:
@@ -70,6 +72,20 @@ def test_messages_are_stored_as_text_or_packed_and_read_back() -> None:
         assert message_of(bad) == (False, None)
 
 
-def test_entries_list_their_digests_and_the_earlier_format_is_told_apart() -> None:
-    assert entry_digests({"in": "a b", "out": ""}) == (["a", "b"], [])
-    assert entry_digests({"r": "eJy..."}) is None
+def test_entries_list_their_chunks_and_digests_and_the_earlier_format_is_told_apart() -> None:
+    assert entry_tokens({"in": "*c a b", "out": ""}) == (["*c", "a", "b"], [])
+    assert entry_tokens({"r": "eJy..."}) is None
+    assert expanded(["*c", "a"], {"*c": "x y"}) == ["x", "y", "a"] and expanded(["*d"], {}) is None
+
+
+def test_a_long_list_is_chunked_and_its_unchanged_chunks_are_not_made_again() -> None:
+    digests, owner = Digests(), ("t", "s")
+    received = [{"role": "user", "content": f"message {i}"} for i in range(CHUNK * 2 + 5)]
+    first = digests.digest(owner, received, received[:3])
+    assert len(first.received.chunks) == 2 and len(first.chunked) == 2
+    assert first.keys()[0].split() == [*first.received.chunks, *(d.key for d in first.received.digests[-5:])]
+    Digests.wrote(first, "1-0")
+    grown = [*received, *({"role": "user", "content": f"more {i}"} for i in range(CHUNK))]
+    second = digests.digest(owner, grown, grown[:3])
+    assert second.received.chunks[:2] == first.received.chunks and len(second.chunked) == 1
+    assert set(second.fresh()) == {*second.chunked, *(digest_of(m).key for m in grown[-CHUNK:])}
