@@ -3,28 +3,34 @@
 Agents resend the whole conversation every turn, so writing every request's messages in full costs
 the session's length per turn. Instead:
 
-    cvm:{<tenant>:s:<session>}:prompts  stream: per kept request, `in` and `out`: the digests of the
-                                        messages the agent sent and of those forwarded, in order
-                                        (space-separated; an entry of the earlier format holds `r`,
-                                        the whole prompt packed, and still reads)
+    cvm:{<tenant>:s:<session>}:prompts  stream: per kept request, `in` and `out`: the messages the
+                                        agent sent and those forwarded, in order, by digest, each
+                                        full run of `CHUNK` digests from the list's start named
+                                        by its chunk's key (space-separated; an entry of the
+                                        earlier format holds `r`, the whole prompt packed, and
+                                        still reads)
     cvm:{<tenant>:s:<session>}:msgs     hash: digest -> message (`MESSAGE_JSON` + JSON, or
-                                        `MESSAGE_PACKED` + zlib + base64 JSON), `~`: its size at the
-                                        last sweep
+                                        `MESSAGE_PACKED` + zlib + base64 JSON); `*<key>` -> a
+                                        chunk's digests; `~`: its size at the last sweep
 
-A digest is the message's JSON bytes' SHA-256, its first 12 bytes in base64url (96 bits).
+A digest is the SHA-256 of the message's JSON bytes (a chunk's: of its digests, space-separated),
+its first 12 bytes in base64url (96 bits). Agents append to the conversation, so a list's chunks
+stay the same from turn to turn: an entry grows by one key per `CHUNK` messages, and a chunk is
+written once, when it fills.
 
-`WRITE_SCRIPT` adds one entry atomically: the messages the writer sends, then the entry (its stream
-capped at exactly `ui.prompts`). The writer sends only the messages the entry it names as its
-`base` did not hold: while an entry is kept, every message it names is in the hash (the sweep keeps
-them), so the script needs only that the base is still kept. Without a base (this worker did not
-write the session's previous entry), or when it is trimmed, the script checks each digest not sent
-and, when some are missing, writes nothing and lists them; the writer sends those.
+`WRITE_SCRIPT` adds one entry atomically: the fields the writer sends, then the entry (its stream
+capped at exactly `ui.prompts`). The writer sends only the fields the entry it names as its `base`
+did not name: while an entry is kept, every field it names is in the hash (the sweep keeps them,
+and a chunk's members with it), so the script needs only that the base is still kept. Without a
+base (this worker did not write the session's previous entry), or when it is trimmed, the script
+checks each field not sent (and each member of a chunk sent) and, when some are missing, writes
+nothing and lists them; the writer sends those.
 
-The sweep deletes the messages no kept entry names, once the hash has grown past twice its size at
-the last sweep (plus `SWEEP_SLACK`): it reads every kept entry, so it runs seldom, and its cost per
-message written stays constant. The hash holds at most about twice the messages the kept entries
-name (plus the slack and one request's new ones); it lives as long as the session's other
-inspector keys.
+The sweep deletes the fields no kept entry names, once the hash has grown past `SWEEP_FACTOR`
+times its size at the last sweep plus `SWEEP_SLACK`: it reads every kept entry, so it runs seldom,
+and its cost per field written stays constant. The hash holds at most about twice the fields the
+kept entries name (plus the slack and one request's new ones). It has no expiry, as the session's
+other inspector keys (`:turns`, `:prompts`, `:sum`) have none.
 
 `Digests` keeps, per session and per worker, the previous request's message objects and digests:
 a message object sent again (the appended-body reader, `gateway.wire.appended`, keeps the earlier
