@@ -22,9 +22,10 @@ written once, when it fills.
 capped at exactly `ui.prompts`). The writer sends only the fields the entry it names as its `base`
 did not name: while an entry is kept, every field it names is in the hash (the sweep keeps them,
 and a chunk's members with it), so the script needs only that the base is still kept. Without a
-base (this worker did not write the session's previous entry), or when it is trimmed, the script
-checks each field not sent (and each member of a chunk sent) and, when some are missing, writes
-nothing and lists them; the writer sends those.
+base (this worker did not write the session's previous entry), when it is trimmed, or when the
+hash is gone as a whole (evicted under `maxmemory`: the one way a field goes but by the sweep), the
+script checks each field not sent (and each member of a chunk sent) and, when some are missing,
+writes nothing and lists them; the writer sends those.
 
 The sweep deletes the fields no kept entry names, once the hash has grown past `SWEEP_FACTOR`
 times its size at the last sweep plus `SWEEP_SLACK`: it reads every kept entry, so it runs seldom,
@@ -66,13 +67,14 @@ KEPT_BYTES = 64 * 1024 * 1024  # encoded bytes of the messages `Digests` keeps, 
 # ARGV[1] the stream's cap, ARGV[2] the base entry's id ('' = none), ARGV[3] and ARGV[4] the
 # received and forwarded lists (chunks and digests), ARGV[5], ARGV[6] the sweep's threshold factor
 # and slack, then (field, value) pairs to write: messages and chunks.
-# Without a base, or when it is trimmed, each field named and not sent (and each member of a chunk
-# sent) is checked. Returns {1, sizes, id} when written; {0, sizes, field...} when those fields are
-# missing and not sent (nothing written then).
+# Without a base, when it is trimmed, or when the hash is gone (evicted), each field named and
+# not sent (and each member of a chunk sent) is checked. Returns {1, sizes, id} when written;
+# {0, sizes, field...} when those fields are missing and not sent (nothing written then).
 WRITE_SCRIPT = """
 local sizes = redis.call('GET', KEYS[3]) or ''
 local base = ARGV[2]
-if base == '' or #redis.call('XRANGE', KEYS[1], base, base) == 0 then
+local lost = redis.call('EXISTS', KEYS[2]) == 0
+if base == '' or lost or #redis.call('XRANGE', KEYS[1], base, base) == 0 then
   local given, asked, out = {}, {}, {0, sizes}
   for i = 7, #ARGV, 2 do given[ARGV[i]] = ARGV[i + 1] end
   local function need(d)

@@ -304,6 +304,17 @@ async def test_workers_sharing_a_session_write_what_the_store_lacks(client: aior
         last_seen[worker] = len(received)
 
 
+async def test_a_messages_hash_lost_as_a_whole_is_written_again_on_the_next_turn(client: aioredis.Redis) -> None:
+    log, tenant, session = TurnLog(client, UISettings()), fresh("t"), fresh()
+    agent: list[dict] = [{"role": "system", "content": "You are terse."}]
+    await log.record(tenant, session, shot_of(1, *turn_of(agent, 1)))
+    await client.delete(InspectorKeys.of(tenant, session).messages)  # as an eviction would
+    received, forwarded = turn_of(agent, 2)
+    await log.record(tenant, session, shot_of(2, received, forwarded))
+    record = (await log.turns(tenant, session))[-1]
+    assert await log.prompt(tenant, session, record["prompt"]) == {"received": received, "forwarded": forwarded}
+
+
 async def test_messages_no_kept_prompt_names_are_swept(client: aioredis.Redis) -> None:
     tenant, session = fresh("t"), fresh()
     log = TurnLog(client, UISettings(prompts=2))
