@@ -12,7 +12,8 @@ Keys (the session's hash tag, so one pipeline writes them on a Redis Cluster too
     cvm:{<tenant>:s:<session>}:turns    stream: one record per request, capped near `ui.turns`
     cvm:{<tenant>:s:<session>}:prompts  stream: the digests of the forwarded messages and of those
                                         the agent sent, of the newest `ui.prompts` requests
-    cvm:{<tenant>:s:<session>}:msgs     hash: those messages, each once (gateway.observability.prompt_store)
+    cvm:{<tenant>:s:<session>}:msgs     hash: those messages, each once, and chunks of those digests
+                                        (gateway.observability.prompt_store)
     cvm:{<tenant>:s:<session>}:fwd      string: digest and size of each message last forwarded
     cvm:{<tenant>:s:<session>}:sum      hash: the session's totals (turns, tokens, faults, events)
     cvm:{<tenant>:ui}:sessions          sorted set: the tenant's sessions by last activity, the
@@ -46,7 +47,6 @@ from gateway.observability.prompt_store import (
     Digested,
     Digests,
     chunks_in,
-    digest_of,
     entry_tokens,
     expanded,
     message_of,
@@ -172,11 +172,11 @@ class TurnLog:
     async def _record(self, tenant: str, session: str, shot: Shot, g: Glimpse) -> None:
         keys = InspectorKeys.of(tenant, session)
         digested = self._digests.digest((tenant, session), shot.received, shot.forwarded)
-        sizes = [(d.hex, d.size) for d in digested.forwarded.digests]
+        sizes = [(d.hex, d.size) for d in digested.forwarded.digests]  # what the next turn compares its prefix with
         index = sessions_key(tenant)
         with mapped_errors():
             if self.settings.prompts:
-                previous, prompt_id = await self._prompt(keys, shot, digested)
+                previous, prompt_id = await self._prompt(keys, digested)
             else:
                 previous, prompt_id = await self._client.get(keys.forwarded), ""
             prefix = reused_prefix(parse_sizes(previous), sizes, shot.tokens_forwarded)
@@ -197,13 +197,12 @@ class TurnLog:
                     pipe.zremrangebyrank(index, 0, -(self.settings.sessions + 1))
                 await pipe.execute()
 
-    async def _prompt(self, keys: InspectorKeys, shot: Shot, digested: Digested) -> tuple[str, str]:
-        """Writes the request's prompt entry (`WRITE_SCRIPT`) with the messages the entry this worker
-        last wrote for the session did not name; without that entry (or trimmed since), with those
-        the store lacks, asked first. Returns the sizes of
-        the messages last forwarded (as read before) and the entry's id."""
+    async def _prompt(self, keys: InspectorKeys, digested: Digested) -> tuple[str, str]:
+        """Writes the request's prompt entry (`WRITE_SCRIPT`) with what the entry this worker last
+        wrote for the session did not name; without that entry, with what the store says it lacks.
+        Returns the sizes of the messages last forwarded (read before) and the entry's id."""
         received, forwarded = digested.keys()
-        base = digested.base  # none: ask the store first which messages it lacks (another worker may have written them)
+        base = digested.base  # none: ask first (another worker may have written the messages)
         send = digested.fresh() if base else {}
         names = [keys.prompts, keys.messages, keys.forwarded]
         for _ in range(WRITE_ATTEMPTS):
@@ -327,11 +326,6 @@ def writeback_summary(written: WriteReport | None) -> dict[str, Any]:
         for u in written.committed
     ]
     return {"staged": written.staged, "committed": committed, "rejected": dict(written.rejected)}
-
-
-def message_sizes(messages: Sequence[Any]) -> list[tuple[str, int]]:
-    """Each message's digest and encoded size: what the next turn compares its prefix with."""
-    return [(d.hex, d.size) for d in (digest_of(m) for m in messages)]
 
 
 def parse_sizes(stored: str | None) -> list[tuple[str, int]]:

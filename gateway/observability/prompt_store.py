@@ -52,7 +52,7 @@ from typing import Any
 from gateway import jsonio
 
 DIGEST_BYTES = 12
-SIZE_DIGEST_CHARS = 12  # the hex digest the prefix comparison keeps (`inspector.message_sizes`)
+SIZE_DIGEST_CHARS = 12  # the hex digest the prefix comparison keeps (the inspector's `:fwd`)
 MESSAGE_JSON, MESSAGE_PACKED = "j", "z"
 PACK_FROM_BYTES = 256  # smaller messages are kept as JSON text: zlib + base64 would not shrink them
 CHUNK = 64  # digests per chunk of a list

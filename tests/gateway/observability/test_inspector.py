@@ -20,7 +20,6 @@ from gateway.observability.inspector import (
     Shot,
     TurnLog,
     glimpse,
-    message_sizes,
     recorded,
     reused_prefix,
     sessions_key,
@@ -96,7 +95,7 @@ async def test_the_prefix_reused_is_measured_against_the_previous_request(client
     first, appended, rewritten = await log.turns(tenant, session)
     assert first["prefix"]["messages"] == 0
     assert appended["prefix"]["messages"] == 3 and 0 < appended["prefix"]["tokens"] < appended["forwarded"]
-    assert appended["prefix"]["bytes"] == sum(n for _, n in message_sizes(chat(3)))
+    assert appended["prefix"]["bytes"] == sum(digest_of(m).size for m in chat(3))
     assert rewritten["prefix"] == {"messages": 0, "bytes": 0, "of_bytes": rewritten["prefix"]["of_bytes"], "tokens": 0}
 
 
