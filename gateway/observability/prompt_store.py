@@ -291,21 +291,22 @@ def _chunks(digests: Sequence[Digest], head: int, before: Sequence[str], chunked
     out = list(before[:kept])
     for j in range(kept, len(digests) // CHUNK):
         value = " ".join(d.key for d in digests[j * CHUNK : (j + 1) * CHUNK])
-        key = CHUNK_MARK + _key(value.encode("ascii"))
+        key = CHUNK_MARK + _key(hashlib.sha256(value.encode("ascii")).digest())
         chunked[key] = value
         out.append(key)
     return out
 
 
-def _key(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:DIGEST_BYTES]).decode("ascii")
+def _key(digest: bytes) -> str:
+    """A field's name: the first `DIGEST_BYTES` of a SHA-256 digest, in base64url."""
+    return base64.urlsafe_b64encode(digest[:DIGEST_BYTES]).decode("ascii")
 
 
 def digest_of(message: Any, encoded: dict[str, bytes] | None = None) -> Digest:
     """`message`'s digest, its JSON bytes added to `encoded` by its key."""
     raw = jsonio.dumps(message)
     digest = hashlib.sha256(raw).digest()
-    key = base64.urlsafe_b64encode(digest[:DIGEST_BYTES]).decode("ascii")
+    key = _key(digest)
     if encoded is not None:
         encoded[key] = raw
     return Digest(key, digest.hex()[:SIZE_DIGEST_CHARS], len(raw))
