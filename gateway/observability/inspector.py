@@ -10,8 +10,10 @@ rest once the answer is sent, off the request's path.
 Keys (the session's hash tag, so one pipeline writes them on a Redis Cluster too):
 
     cvm:{<tenant>:s:<session>}:turns    stream: one record per request, capped near `ui.turns`
-    cvm:{<tenant>:s:<session>}:prompts  stream: the forwarded messages and those the agent sent, of
-                                        the newest `ui.prompts` requests (zlib + base64 JSON)
+    cvm:{<tenant>:s:<session>}:prompts  stream: the digests of the forwarded messages and of those
+                                        the agent sent, of the newest `ui.prompts` requests
+    cvm:{<tenant>:s:<session>}:msgs     hash: those messages, each once, and chunks of those digests
+                                        (gateway.observability.prompt_store)
     cvm:{<tenant>:s:<session>}:fwd      string: digest and size of each message last forwarded
     cvm:{<tenant>:s:<session>}:sum      hash: the session's totals (turns, tokens, faults, events)
     cvm:{<tenant>:ui}:sessions          sorted set: the tenant's sessions by last activity, the
@@ -26,7 +28,6 @@ the first keyframe it finds, whatever the stream's cap cut before it.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import re
 import time
@@ -39,6 +40,17 @@ import redis.asyncio as aioredis
 
 from gateway import jsonio
 from gateway.observability.audit import decode
+from gateway.observability.prompt_store import (
+    SWEEP_FACTOR,
+    SWEEP_SLACK,
+    WRITE_SCRIPT,
+    Digested,
+    Digests,
+    chunks_in,
+    entry_tokens,
+    expanded,
+    message_of,
+)
 from gateway.settings import UISettings
 from gateway.store.memory import WriteReport
 from gateway.store.store import InvalidKeyError, Keys, StoreError, mapped_errors, session_scope
@@ -57,7 +69,7 @@ CODES: Mapping[Fidelity, str] = {
     Fidelity.POINTER: "P",
     Fidelity.NONE: "-",
 }
-DIGEST_CHARS = 12
+WRITE_ATTEMPTS = 3  # the missing messages asked, sent, and once more if a sweep raced them
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
@@ -142,6 +154,8 @@ class TurnLog:
     def __init__(self, client: aioredis.Redis, settings: UISettings) -> None:
         self._client = client
         self.settings = settings
+        self._digests = Digests()
+        self._write_prompt = client.register_script(WRITE_SCRIPT)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -157,17 +171,16 @@ class TurnLog:
 
     async def _record(self, tenant: str, session: str, shot: Shot, g: Glimpse) -> None:
         keys = InspectorKeys.of(tenant, session)
-        sizes = message_sizes(shot.forwarded)
+        digested = self._digests.digest((tenant, session), shot.received, shot.forwarded)
+        sizes = [(d.hex, d.size) for d in digested.forwarded.digests]  # what the next turn compares its prefix with
         index = sessions_key(tenant)
         with mapped_errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(keys.forwarded)
-                if self.settings.prompts:
-                    prompt = pack({"received": list(shot.received), "forwarded": list(shot.forwarded)})
-                    pipe.xadd(keys.prompts, {FIELD: prompt}, maxlen=self.settings.prompts, approximate=False)
-                previous, *added = await pipe.execute()
+            if self.settings.prompts:
+                previous, prompt_id = await self._prompt(keys, digested)
+            else:
+                previous, prompt_id = await self._client.get(keys.forwarded), ""
             prefix = reused_prefix(parse_sizes(previous), sizes, shot.tokens_forwarded)
-            body = turn_record(g, shot, prefix, str(added[0]) if added else "")
+            body = turn_record(g, shot, prefix, prompt_id)
             lifecycle = sum(1 for e in g.events if e.get("kind") == "lifecycle")
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xadd(keys.turns, {FIELD: jsonio.dumps_text(body)}, maxlen=self.settings.turns, approximate=True)
@@ -183,6 +196,24 @@ class TurnLog:
                     pipe.zadd(index, {session: g.at_ms})
                     pipe.zremrangebyrank(index, 0, -(self.settings.sessions + 1))
                 await pipe.execute()
+
+    async def _prompt(self, keys: InspectorKeys, digested: Digested) -> tuple[str, str]:
+        """Writes the request's prompt entry (`WRITE_SCRIPT`) with what the entry this worker last
+        wrote for the session did not name; without that entry, with what the store says it lacks.
+        Returns the sizes of the messages last forwarded (read before) and the entry's id."""
+        received, forwarded = digested.keys()
+        base = digested.base  # none: ask first (another worker may have written the messages)
+        send = digested.fresh() if base else {}
+        names = [keys.prompts, keys.messages, keys.forwarded]
+        for _ in range(WRITE_ATTEMPTS):
+            pairs = [part for pair in send.items() for part in pair]
+            args = [self.settings.prompts, base, received, forwarded, SWEEP_FACTOR, SWEEP_SLACK, *pairs]
+            status, previous, *rest = await self._write_prompt(keys=names, args=args)
+            if int(status) == 1:
+                Digests.wrote(digested, str(rest[0]))
+                return str(previous), str(rest[0])
+            send.update(digested.unsent({str(k) for k in rest}))
+        raise StoreError("prompt not written: its messages were swept while it was written, each attempt")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -213,11 +244,36 @@ class TurnLog:
         """One kept prompt: `received` and `forwarded` messages; None when trimmed or unknown."""
         if _STREAM_ID.fullmatch(prompt_id) is None:
             return None
+        keys = InspectorKeys.of(tenant, session)
         with mapped_errors():
-            entries = await self._client.xrange(InspectorKeys.of(tenant, session).prompts, min=prompt_id, max=prompt_id)
-        if not entries:
-            return None
-        return unpack(entries[0][1].get(FIELD, ""))
+            entries = await self._client.xrange(keys.prompts, min=prompt_id, max=prompt_id)
+            if not entries:
+                return None
+            fields = entries[0][1]
+            listed = entry_tokens(fields)
+            if listed is None:  # written whole, by an earlier version
+                return unpack(fields.get(FIELD, ""))
+            chunks = chunks_in(listed)
+            values = await self._client.hmget(keys.messages, chunks) if chunks else []
+            known = {key: value for key, value in zip(chunks, values, strict=True) if value is not None}
+            received, forwarded = expanded(listed[0], known), expanded(listed[1], known)
+            if received is None or forwarded is None:
+                return self._lost(session, prompt_id)
+            unique = list(dict.fromkeys([*received, *forwarded]))
+            values = await self._client.hmget(keys.messages, unique) if unique else []
+        messages = {}
+        for key, value in zip(unique, values, strict=True):
+            ok, message = message_of(value)
+            if not ok:
+                return self._lost(session, prompt_id)
+            messages[key] = message
+        return {"received": [messages[k] for k in received], "forwarded": [messages[k] for k in forwarded]}
+
+    @staticmethod
+    def _lost(session: str, prompt_id: str) -> None:
+        """A kept entry naming a message not kept: not expected (the sweep keeps what kept entries
+        name); reads as trimmed."""
+        log.warning("inspector prompt %s of session %s names a message not kept", prompt_id, session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,11 +282,12 @@ class InspectorKeys:
     prompts: str
     forwarded: str
     summary: str
+    messages: str
 
     @classmethod
     def of(cls, tenant: str, session: str) -> InspectorKeys:
         tag = Keys.of(tenant, session_scope(session)).tag
-        return cls(f"cvm:{{{tag}}}:turns", f"cvm:{{{tag}}}:prompts", f"cvm:{{{tag}}}:fwd", f"cvm:{{{tag}}}:sum")
+        return cls(*(f"cvm:{{{tag}}}:{name}" for name in ("turns", "prompts", "fwd", "sum", "msgs")))
 
 
 def sessions_key(tenant: str) -> str:
@@ -269,15 +326,6 @@ def writeback_summary(written: WriteReport | None) -> dict[str, Any]:
         for u in written.committed
     ]
     return {"staged": written.staged, "committed": committed, "rejected": dict(written.rejected)}
-
-
-def message_sizes(messages: Sequence[Any]) -> list[tuple[str, int]]:
-    """Each message's digest and encoded size: what the next turn compares its prefix with."""
-    out = []
-    for message in messages:
-        raw = jsonio.dumps(message)
-        out.append((hashlib.sha256(raw).hexdigest()[:DIGEST_CHARS], len(raw)))
-    return out
 
 
 def parse_sizes(stored: str | None) -> list[tuple[str, int]]:
@@ -333,11 +381,8 @@ def _int(value: object) -> int:
         return 0
 
 
-def pack(value: Any) -> str:
-    return base64.b64encode(zlib.compress(jsonio.dumps(value), 1)).decode("ascii")
-
-
 def unpack(text: str) -> dict[str, Any] | None:
+    """A prompt entry of the earlier format (the whole prompt, zlib + base64 JSON)."""
     try:
         value = jsonio.loads(zlib.decompress(base64.b64decode(text)))
     except (ValueError, zlib.error):

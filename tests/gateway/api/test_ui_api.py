@@ -3,16 +3,21 @@ tenants, the shared real Redis, the fake upstream; sessions made by real chat tu
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis
 
 from bench.fake_upstream import FakeUpstream, serve
+from gateway import jsonio
 from gateway.api.app import create_app
+from gateway.observability.inspector import InspectorKeys
 from gateway.settings import Overrides, load_settings
 from policies.pagetable import tenant_tag
 from tests.factories import order_desk_conversation
@@ -145,6 +150,26 @@ def test_a_kept_prompt_comes_with_its_diff_and_older_ones_are_gone(served: Serve
     assert sum(op["forwarded"][1] - op["forwarded"][0] for op in newest["diff"]) == len(newest["forwarded"])
     gone = get(served, f"/v1/clawvm/sessions/{session}/prompts/{turns[0]['prompt']}")  # ui.prompts: 2
     assert gone.status_code == 404 and "ui.prompts" in gone.json()["error"]["message"]
+
+
+def test_a_prompt_kept_by_the_earlier_version_reads_the_same_and_a_lost_one_is_404(
+    served: Served, redis_url: str
+) -> None:
+    session = new_session(served, turns=2)
+    newest_id = timeline(served, session, 2)["turns"][-1]["prompt"]
+    newest = get(served, f"/v1/clawvm/sessions/{session}/prompts/{newest_id}").json()
+    keys = InspectorKeys.of("uiacme", session)
+    whole = {"received": newest["received"], "forwarded": newest["forwarded"]}
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        packed = base64.b64encode(zlib.compress(jsonio.dumps(whole), 1)).decode("ascii")
+        earlier = client.xadd(keys.prompts, {"r": packed})  # as the earlier version wrote a prompt
+        old = get(served, f"/v1/clawvm/sessions/{session}/prompts/{earlier}").json()
+        assert [old[k] for k in ("received", "forwarded", "diff")] == [
+            newest[k] for k in ("received", "forwarded", "diff")
+        ]
+        client.delete(keys.messages)  # lost (not expected): reads as not kept, never a 500
+    lost = get(served, f"/v1/clawvm/sessions/{session}/prompts/{newest_id}")
+    assert lost.status_code == 404 and lost.json()["error"]["code"] == "no_match"
 
 
 def test_a_pages_view_holds_its_four_representations_and_decisions(served: Served) -> None:
