@@ -88,8 +88,9 @@ def assemble_turn(
     reads the new pages' full level only; a re-plan reads every level of every page, so any page
     an ingest with `defer` left unfinished is finished first (policies.pagetable.finish)."""
     key = plan_key(policy, budget)
-    mark = low_mark(budget.usable, 0, policy.cache.target)
-    fast = _first(table, messages, result, key, mark) or _append(table, messages, result, key, budget.usable)
+    fast = _first(table, messages, result, key, budget.usable, policy.cache.target) or _append(
+        table, messages, result, key, budget.usable
+    )
     if fast is not None:
         resent = result.kind == "append" and result.kept == len(messages)
         stable = table.view.stable() if isinstance(table.view, View) else 0
@@ -145,17 +146,17 @@ def _append(
 
 
 def _first(
-    table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, mark: int
+    table: PageTable, messages: Sequence[Message], result: IngestResult, key: str, budget: int, low_water: float
 ) -> list[Message] | None:
     """A table never planned that holds only this turn's pages has rendered nothing yet: its first
-    turn is an append to an empty rendering. When it fits under `mark` (where a re-plan lands,
-    policies.assembler.low_mark) it takes the fast path, the new pages' other levels left for
-    `complete`, instead of a re-plan that would keep every page full anyway."""
+    turn is an append to an empty rendering. When it fits under the low-water mark (where a
+    re-plan lands, policies.assembler.low_mark) it takes the fast path, the new pages' other
+    levels left for `complete`, instead of a re-plan that would keep every page full anyway."""
     fresh = table.view is None and table.cost < 0 and not table.plan_key and not table.carried
     if not fresh or table.restored or result.kind != "append" or result.kept != 0:
         return None
     table.view, table.plan_key, table.cost = View([], 0, None), key, REPLY_PRIMING
-    fast = _append(table, messages, result, key, mark)
+    fast = _append(table, messages, result, key, low_mark(budget, 0, low_water))
     if fast is None:
         table.view, table.plan_key, table.cost = None, "", -1
     return fast

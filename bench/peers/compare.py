@@ -401,8 +401,9 @@ class Judge:
         new = min(turn.fresh, tokens)  # the first call cannot reuse what the agent just added
         if tally.previous is not None:  # counted in `reusable` (below): at most all but the new tokens shared
             tally.reuse_ceiling += tokens - new
+        before = tally.upstream_tokens
         costs = [self._price(tally, prompt) for prompt in exchange.prompts]
-        tally.reuse_ceiling += sum(prompt_tokens(self.counter, p) for p in exchange.prompts[1:])
+        tally.reuse_ceiling += tally.upstream_tokens - before - tokens  # the recall follow-ups, whole
         tally.openai_floor += openai_cost(tokens - new, tokens) + sum(c.openai for c in costs[1:])
         spent = (round(sum(c.openai for c in costs), 1), round(sum(c.anthropic for c in costs), 1))
         tally.sessions.setdefault(turn.trace, []).append(spent)

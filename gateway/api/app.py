@@ -41,7 +41,6 @@ from gateway.store.embedded import EmbeddedRedis
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
 from gateway.store.outage import Drainer, OutageQueue
-from gateway.store.saves import SavesFeed
 from gateway.store.session_state import SessionState
 from gateway.store.store import RedisStore
 from gateway.turns.pipeline import chat_completions, turn_route
@@ -118,10 +117,6 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
     for encoding in WARM_ENCODINGS:  # ~0.3 s each: pay it at start-up, not on the first request
         tokenizers.for_encoding(encoding)
     sessions, metrics, audit = SessionState(store), Metrics(), AuditLog(store.client)
-    feed = SavesFeed(store.client, sessions.heard)
-    sessions.feed = feed
-    feed.start()
-    stack.push_async_callback(feed.stop)
     memory = MemoryService(WritebackJournal(store.client), store)
     outage = OutageQueue(
         sessions, memory, audit, metrics, settings.store.outage_queue, settings.store.outage_queue_bytes

@@ -153,7 +153,7 @@ class Listed:
 
     def chunk_values(self) -> Iterator[tuple[str, str]]:
         for j, key in enumerate(self.chunks):
-            yield key, " ".join(d.key for d in self.digests[j * CHUNK : (j + 1) * CHUNK])
+            yield key, _chunk_value(self.digests, j)
 
 
 _NONE = Listed([], [], [])
@@ -290,11 +290,16 @@ def _chunks(digests: Sequence[Digest], head: int, before: Sequence[str], chunked
     kept = min(head // CHUNK, len(before))
     out = list(before[:kept])
     for j in range(kept, len(digests) // CHUNK):
-        value = " ".join(d.key for d in digests[j * CHUNK : (j + 1) * CHUNK])
+        value = _chunk_value(digests, j)
         key = CHUNK_MARK + _key(hashlib.sha256(value.encode("ascii")).digest())
         chunked[key] = value
         out.append(key)
     return out
+
+
+def _chunk_value(digests: Sequence[Digest], j: int) -> str:
+    """Chunk `j` of a list as the hash keeps it: its digests' keys, space-separated."""
+    return " ".join(d.key for d in digests[j * CHUNK : (j + 1) * CHUNK])
 
 
 def _key(digest: bytes) -> str:

@@ -2,12 +2,9 @@
 
 Requests for one session are serialised by a per-session lock in this process; across
 processes the store's optimistic version check decides (a lost race re-plans on fresh state).
-The save is optimistic (it carries the version the table was loaded at), so a replica that
-planned on a table another replica has moved past loses the save, drops its copy and plans again
-on the stored state. A turn whose save runs beside its upstream call would learn that too late
-(its stale prompt already forwarded), so a cached table is planned on without a round trip only
-while the saves feed vouches for it (`trusted`, gateway.store.saves); otherwise its version is
-read first (`moved`, one HGET).
+The in-process cache is trusted without a round trip: the save is optimistic (it carries the
+version the table was loaded at), so a replica that planned on a table another replica has
+moved past loses the save, drops its copy and plans again on the stored state.
 
 A commit writes what the turn changed: one delta appended to the table's journal (see
 gateway.store.tables), not the whole table. Every COMPACT_EVERY records, or when the journal would
@@ -22,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from gateway.store.store import Store, StoreUnavailable, TableRecord, body_digest, session_scope
 from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
@@ -57,13 +53,6 @@ class _Lock:
     users: int = 0
 
 
-class Feed(Protocol):
-    """What the cache reads of the saves feed (gateway.store.saves.SavesFeed)."""
-
-    epoch: int
-    live: bool
-
-
 class SessionState:
     def __init__(self, store: Store, capacity: int = CACHE_CAPACITY) -> None:
         self.store = store
@@ -73,9 +62,6 @@ class SessionState:
         # Set once a save of this process lost to another writer (another worker or replica):
         # from then on a cached table is version-checked before it is planned on (`current`).
         self.shared = False
-        self.feed: Feed | None = None  # the saves this worker hears of (gateway.store.saves)
-        self._epochs: dict[tuple[str, str], int] = {}  # the feed's epoch when each table came from the store
-        self._newest: OrderedDict[tuple[str, str], int] = OrderedDict()  # the newest save heard of, per session
 
     @asynccontextmanager
     async def locked(self, tenant: str, session: str) -> AsyncIterator[None]:
@@ -94,8 +80,6 @@ class SessionState:
         cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
         if cached is not None:
             return cached  # trusted: a stale copy loses the optimistic save and is reloaded
-        feed = self.feed
-        self._epochs[(tenant, session)] = feed.epoch if feed is not None and feed.live else -1
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
             return PageTable(tenant=tenant, session=session, project=project, user=user)
@@ -107,7 +91,7 @@ class SessionState:
         dropped so that `load` reads the stored table and the turn is planned once, not twice.
         An unreachable store keeps the cached copy (the outage path plans on it)."""
         cached = self._cache.get((tenant, session))
-        if cached is None or not self.shared or self.trusted(cached) or not await self.moved(cached):
+        if cached is None or not self.shared or not await self.moved(cached):
             return True
         self.forget(tenant, session)
         return False
@@ -175,26 +159,6 @@ class SessionState:
 
     def forget(self, tenant: str, session: str) -> None:
         self._cache.pop((tenant, session), None)
-        self._epochs.pop((tenant, session), None)
-
-    def heard(self, tenant: str, session: str, version: int) -> None:
-        """A save of the session's table, announced by whichever writer made it (this one too)."""
-        key = (tenant, session)
-        if version > self._newest.get(key, 0):
-            self._newest[key] = version
-        self._newest.move_to_end(key)
-        if len(self._newest) > 2 * self._capacity:
-            self._newest.popitem(last=False)
-
-    def trusted(self, table: PageTable) -> bool:
-        """Whether `table` is known current without asking the store: the saves feed has been up
-        since the table came from the store, and has announced no save past its version. (A
-        session whose newest announcement fell out of the bounded record is judged on what is
-        left: a save missed that way is caught by the save's own version check.)"""
-        feed, key = self.feed, (table.tenant, table.session)
-        if feed is None or not feed.live or self._epochs.get(key, -1) != feed.epoch:
-            return False
-        return table.version >= self._newest.get(key, 0)
 
 
 def writes(table: PageTable, new_pages: Sequence[Page], writeback: bool) -> bool:

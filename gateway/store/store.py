@@ -94,12 +94,6 @@ local function apply_batch(memory, stream, applied, o)
   return version
 end
 """
-# Every save that moves a table's version announces it on SAVED_CHANNEL: "<table key> <version>"
-# (gateway.store.saves). PUBLISH names no key, so the script still runs on one cluster slot; a
-# cluster carries the message to every node. It is best effort (`redis.pcall`): a Redis user not
-# allowed the channel (an ACL user's default in Redis 7) still saves, and its workers, whose
-# subscription is refused too, read the version before forwarding instead.
-SAVED_CHANNEL = "cvm:saved"
 # One atomic round trip per turn: check the table's version (ARGV[2], -1 = unchecked) and, with a
 # write-back batch (ARGV[5] > 0: its arguments follow the bodies'), the session memory's version;
 # write the pages (SET), the bodies (SET NX), the batch (memory entries, `v`, journal records,
@@ -107,13 +101,12 @@ SAVED_CHANNEL = "cvm:saved"
 # (RPUSH; HSET v). Nothing is written unless every check passes. A retry of a save that already
 # committed (stored = expected + 1, and the same snapshot with an empty journal, or the same last
 # record) returns the stored version (its batch committed with it); a batch already applied on the
-# same base is skipped; an unchanged snapshot keeps its version. A new version is announced.
+# same base is skipped; an unchanged snapshot keeps its version.
 # KEYS: table, journal, memory, write-back stream, applied ids, pages..., bodies...;
 # ARGV: mode, expected, record, page count, write-back argument count, page JSON..., body text...,
 # write-back arguments (gateway.store.journal.commit_args).
 SAVE_SCRIPT = (
     APPLY_BATCH
-    + f"local SAVED = '{SAVED_CHANNEL}'\n"
     + """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 local logged = cur - tonumber(redis.call('HGET', KEYS[1], 'base') or cur)
@@ -152,13 +145,11 @@ if batch then apply_batch(KEYS[3], KEYS[4], KEYS[5], o) end
 if append then
   redis.call('RPUSH', KEYS[2], record)
   redis.call('HSET', KEYS[1], 'v', cur + 1, 'base', cur - logged)
-  redis.pcall('PUBLISH', SAVED, KEYS[1] .. ' ' .. (cur + 1))
   return cur + 1
 end
 if same then return cur end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', cur + 1, 'data', record, 'base', cur + 1)
-redis.pcall('PUBLISH', SAVED, KEYS[1] .. ' ' .. (cur + 1))
 return cur + 1
 """
 )

@@ -740,12 +740,11 @@ async def _turn(
     save (`_finished_turn`: the step's second half, the write-back, the commit; True when
     degraded; the records are written after the answer). With `verify` (the save will run beside
     the upstream call, too late to tell that the table was stale), the table's stored version is
-    read while the step runs unless the saves feed vouches for the table (SessionState.trusted),
-    and a turn that writes on a table another writer moved past raises
+    read while the step runs, and a turn that writes on a table another writer moved past raises
     VersionConflict before anything is written (a turn that writes nothing is forwarded as it
     would be without the check: no save of it could have told)."""
     now = int(time.time())
-    moved = _moved(services, table) if verify and not services.sessions.trusted(table) else None
+    moved = _moved(services, table) if verify else None
     if moved is not None:
         await asyncio.sleep(0)  # the read goes out before the CPU-bound step
     start = None

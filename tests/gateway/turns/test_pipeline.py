@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from redis.asyncio.connection import AbstractConnection
@@ -23,7 +22,6 @@ from gateway.store.embedded import free_port
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
 from gateway.store.outage import OutageQueue
-from gateway.store.saves import SavesFeed
 from gateway.store.session_state import SessionState
 from gateway.store.store import RedisStore
 from gateway.turns.pipeline import (
@@ -47,7 +45,6 @@ from gateway.wire.chat_tokens import count_messages
 from gateway.wire.chat_transcripts import TranscriptCache
 from gateway.wire.responses import RESPONSES
 from policies.budget import TokenBudget
-from policies.pagetable import PageTable
 from policies.tenant import TenantPolicy
 from policies.turn import plan_turn
 
@@ -521,42 +518,3 @@ async def test_the_rest_of_the_turn_runs_in_the_save_beside_the_upstream_call(
     stored = await SessionState(store).load("default", ids.session, ids.project)
     assert len(stored.order) == len(coding_session(2))
     assert all(p in stored.entries for p in stored.order)  # every page whole: its span entry made
-
-
-@pytest.mark.anyio
-async def test_a_turn_saved_beside_the_upstream_call_asks_the_store_only_when_the_feed_cannot_vouch(
-    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, round_trips: list[bytes]
-) -> None:
-    """A cached table the saves feed vouches for is planned on with no round trip before the
-    save (one script for the turn); without a live feed its version is read first (one HGET)."""
-    svc, ids = services(settings(), store, catalog), session()
-    tenant = svc.settings.tenants[0]
-    feed = SavesFeed(store.client, svc.sessions.heard)
-    svc.sessions.feed = feed
-    feed.start()
-    try:
-        with anyio.fail_after(10):
-            while not feed.live:
-                await anyio.sleep(0.005)
-        for rounds in (1, 2, 3):
-            round_trips.clear()
-            turn = await prepare(svc, tenant, parse_request(request(coding_session(rounds))), ids, overlap=True)
-            await turn.saved()
-            with anyio.fail_after(10):  # its own save's announcement: the table is current
-                while not svc.sessions.trusted(await _peek(svc, ids)):
-                    await anyio.sleep(0.005)
-            if rounds > 1:
-                assert round_trips == [b"EVALSHA"]
-    finally:
-        await feed.stop()
-    round_trips.clear()
-    turn = await prepare(svc, tenant, parse_request(request(coding_session(4))), ids, overlap=True)
-    await turn.saved()
-    commands = [c for c in round_trips if c not in (b"HELLO", b"CLIENT")]  # a new connection's set-up aside
-    assert commands == [b"HGET", b"EVALSHA"]  # no feed: the version is checked before forwarding
-
-
-async def _peek(svc: Services, ids: SessionIds) -> PageTable:
-    table = await svc.sessions.read("default", ids.session)
-    assert table is not None
-    return table
