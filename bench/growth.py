@@ -1,9 +1,10 @@
 """Cost growth: the policy engine's time and the gateway's added latency at turns 10, 100 and 1,000
 of one session. Per-turn cost should follow the new content, not the session length.
 
-- policy time: in process, with `bench.policy_time`'s replay of its synthetic agent loop: each
-  turn within `window` of a mark timed on copies of the table as the replay left it (median of
-  the repeats), then the median over those turns (a re-planning turn is one of them, not all);
+- policy time: in process, with `bench.policy_time`'s replays of its synthetic agent loop: each
+  turn within `window` of a mark timed once per replay on the table as that replay left it
+  (median of the replays), then the median over those turns (a re-planning turn is one of them,
+  not all);
 - added latency: the same agent loop sent turn by turn to a real gateway subprocess (embedded
   store) and, around each marked turn, the same bytes straight to the fake upstream
   (`bench.latency.start_servers`). For the turns within `window` of a mark: the median wall time

@@ -100,6 +100,7 @@ _STEP_CUE = re.compile(
     rf"|\b(?:I|we)(?:{_APOS}ll|\s+will)\b(?!\s+need)",
     re.IGNORECASE,
 )
+_NUMBER_MARK = re.compile(r"\d[.)]")  # what every `_NUMBERED` line holds
 MIN_PLAN_STEPS = 3
 
 
@@ -138,10 +139,25 @@ def is_plan_text(text: str) -> bool:
     numbered list of at least three steps introduced as steps ("I will:", "next steps:")."""
     if not text:
         return False
-    return bool(_PLAN_MARKER.search(text) or _CHECKLIST.search(text)) or _has_step_list(text)
+    return _has_marker(text) or _has_checklist(text) or _has_step_list(text)
+
+
+def _has_marker(text: str) -> bool:
+    """A plan header: every one names a plan or a ledger, so a text naming neither is not read
+    by the regex (which tries its alternatives at every position: milliseconds on a long answer)."""
+    lowered = text.lower()  # the words' letters have no other case-insensitive forms in `re`
+    return ("plan" in lowered or "ledger" in lowered) and _PLAN_MARKER.search(text) is not None
+
+
+def _has_checklist(text: str) -> bool:
+    """A checklist line: every one holds a box ("[ ]", "[x]", "[X]", "☐", "☒")."""
+    boxed = "[ ]" in text or "[x]" in text or "[X]" in text or "☐" in text or "☒" in text
+    return boxed and _CHECKLIST.search(text) is not None
 
 
 def _has_step_list(text: str) -> bool:
+    if _NUMBER_MARK.search(text) is None:  # no line can be a numbered step
+        return False
     recent: list[str] = []
     count = 0
     for line in text.splitlines():

@@ -59,8 +59,11 @@ def find(new_pages: Sequence[Page], known: Mapping[str, str], levels: Mapping[st
     return out
 
 
-def after_ingest(table: PageTable, result: IngestResult) -> list[Duplicate]:
-    """Duplicates issued in this turn's new messages, judged against the previous prompt.
+def after_ingest(
+    table: PageTable, result: IngestResult, levels: Mapping[str, Fidelity] | None = None
+) -> list[Duplicate]:
+    """Duplicates issued in this turn's new messages, judged against the previous prompt (its
+    `levels`; the table's, when the turn is not yet assembled).
 
     The signature index of the earlier evidence lives on the table and grows with each turn's
     new evidence, so an appending turn costs its new messages, not the session; a rewrite (or a
@@ -69,7 +72,7 @@ def after_ingest(table: PageTable, result: IngestResult) -> list[Duplicate]:
     if index is None or table.signed != result.kept:
         index = evidence_signatures(table.pages, table.order[: result.kept])
     calling = [p for p in result.new_pages if p.reprs.full.tool_calls]
-    found = find(calling, index, table.levels) if calling else []
+    found = find(calling, index, table.levels if levels is None else levels) if calling else []
     index.update(evidence_signatures(table.pages, table.order[result.kept :]))
     table.signatures, table.signed = index, len(table.order)
     return found

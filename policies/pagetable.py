@@ -38,9 +38,9 @@ from operator import attrgetter
 
 from policies.classify import carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
-from policies.represent import full_level, identifiers, index_entry, represent, represent_fact, span_entry
+from policies.represent import bound_level, full_level, identifiers, index_entry, represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
-from policies.tokens import IMAGE_TOKENS, TokenCounter, count_once, framed
+from policies.tokens import IMAGE_TOKENS, TokenCounter, at_most_bytes, count_once, framed
 from policies.transcript import Message, ToolCall
 
 CALL_ARGUMENTS_KEPT = 400
@@ -93,13 +93,15 @@ class Ingested:
 @dataclass(frozen=True, slots=True)
 class Deferred:
     """A message page admitted at its full level only (`ingest` with `defer`): what the rest
-    of its admission (`finish`) needs, as its own turn had it."""
+    of its admission (`finish`) needs, as its own turn had it. Under a counter `at_most_bytes`
+    its tokens stand at their bound until counted (`count_pending`), and its facts are named
+    when first needed (`name_pending`)."""
 
     page_id: str
     message: Message
     call: ToolCall | None
-    full: tuple[Representation, int]  # the full level and its text's tokens (`full_level`)
-    facts: tuple[tuple[PageType, str, str], ...]  # (type, text, fact page id) of each fact it states
+    full: tuple[Representation, int] | None  # the full level and its text's tokens (`full_level`); None: bounded
+    facts: tuple[tuple[PageType, str, str], ...] | None  # (type, text, fact page id) of each fact; None: not named
     policy: TenantPolicy
     counter: TokenCounter
     recall_tool: str
@@ -108,17 +110,19 @@ class Deferred:
 
 class Pending:
     """The deferred part of a table's last ingests, kept beside it, not stored: the pages still
-    to finish, and the pages finished since the last `take` (the turn's new pages, in order)."""
+    to finish, the pages finished since the last `take` (the turn's new pages, in order), and
+    the bounded pages whose bound the table's `cost` holds (`charge`: counting corrects it)."""
 
-    __slots__ = ("waiting", "finished")
+    __slots__ = ("waiting", "finished", "charged")
 
     def __init__(self) -> None:
         self.waiting: list[Deferred] = []
         self.finished: list[Page] = []
+        self.charged: set[str] = set()
 
     def __deepcopy__(self, memo: dict[int, object]) -> Pending:
         copy = Pending()
-        copy.waiting, copy.finished = list(self.waiting), list(self.finished)
+        copy.waiting, copy.finished, copy.charged = list(self.waiting), list(self.finished), set(self.charged)
         return copy
 
 
@@ -212,7 +216,8 @@ def message_key(message: Message) -> str:
 
 
 def content_digest(message: Message) -> str:
-    calls = json.dumps([[c.id, c.name, c.arguments] for c in message.tool_calls], ensure_ascii=False)
+    listed = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    calls = json.dumps(listed, ensure_ascii=False) if listed else "[]"  # what json.dumps gives an empty list
     parts = (message.role, message.text, message.tool_call_id or "", message.name or "", calls)
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -269,6 +274,7 @@ def ingest(
     coverage; the result's `new_pages` are then the admitted pages as they stood (`Pending`
     holds the finished ones). Anything an earlier ingest left pending is finished first."""
     finish(table)  # what an earlier ingest left: a later turn never sees a page unfinished
+    bounded = defer and at_most_bytes(counter)  # its pages' tokens bounded, counted when needed
     counter = count_once(counter)  # this ingest's pages count each distinct text once, levels and all
     kept = known_prefix(table, messages) if kept is None else kept
     kind = "append" if kept == len(table.order) else "rewrite"
@@ -281,7 +287,7 @@ def ingest(
         if page_id is None:
             page_id = _unique_id(make_page_id(tag, content_digest(message)), table.in_order)
             if page_id not in table.entries:  # not yet a message of this table (maybe a carried page)
-                deferred = _admit(table, message, index, page_id, policy, counter, recall_tool)
+                deferred = _admit(table, message, index, page_id, (policy, counter, recall_tool), bounded)
                 table.pending.waiting.append(deferred)
                 created.append(table.pages[page_id])
         table.order.append(page_id)
@@ -290,6 +296,8 @@ def ingest(
         table.lengths.append(len(message.text))
         table.sent += _sent(table, page_id)
     table.ingested = Ingested(messages)
+    if dropped or table.carried:  # what follows reads the new messages' facts
+        name_pending(table)
     if dropped:
         _settle(table, dropped)
         _describe(table, dropped, counter)
@@ -437,26 +445,70 @@ def _admit(
     message: Message,
     index: int,
     page_id: str,
-    policy: TenantPolicy,
-    counter: TokenCounter,
-    recall_tool: str,
+    rules: tuple[TenantPolicy, TokenCounter, str],
+    bounded: bool,
 ) -> Deferred:
-    """A new message's page at its full level, its tool calls and the ids of the facts it states;
-    the rest waits for `finish`."""
+    """A new message's page at its full level (its tokens at their bound when `bounded`) and
+    its tool calls; the rest waits for `finish` (`rules`: the policy, counter and recall tool)."""
+    policy, counter, recall_tool = rules
     for call in message.tool_calls:
         table.calls[call.id] = (call.name, call.arguments[:CALL_ARGUMENTS_KEPT])
         table.changes.calls.add(call.id)
     answered = table.calls.get(message.tool_call_id) if message.tool_call_id else None
     call = ToolCall(message.tool_call_id or "", answered[0], answered[1]) if answered else None
-    full = full_level(message, counter)
+    full = bound_level(message) if bounded else full_level(message, counter)
     table.pages[page_id] = _message_page(message, index, page_id, call, policy, full)
     table.born[page_id] = table.turn
     if message.name:
         table.names[page_id] = message.name
-    facts = () if _is_summary(message) else extract_facts(message, policy.rules)
+    return Deferred(page_id, message, call, None if bounded else full, None, policy, counter, recall_tool, table.turn)
+
+
+def count_pending(table: PageTable) -> bool:
+    """Count the waiting pages admitted at their bound exactly: each page's tokens, the table's
+    `sent`, and its `cost` where a bound was charged to it, corrected. Whether any was."""
+    waiting = table.pending.waiting
+    bounded = [i for i, deferred in enumerate(waiting) if deferred.full is None]
+    for i in bounded:
+        waiting[i] = _counted(table, waiting[i])
+    return bool(bounded)
+
+
+def _counted(table: PageTable, deferred: Deferred) -> Deferred:
+    page_id, message = deferred.page_id, deferred.message
+    full = full_level(message, deferred.counter)
+    page = table.pages[page_id]
+    counted = replace(page, reprs=_with_images(Reprs(full[0], full[0], full[0], full[0]), message))
+    table.pages[page_id] = counted
+    change = counted.reprs.full.tokens - page.reprs.full.tokens  # the framing is the same
+    table.sent += change
+    if page_id in table.pending.charged:
+        table.pending.charged.discard(page_id)
+        table.cost += change
+    return replace(deferred, full=full)
+
+
+def charge(table: PageTable, page_ids: Collection[str]) -> None:
+    """`page_ids` were sent, and their tokens added to the table's `cost`, at what they stand at
+    now: a bounded one's count will correct the cost (`count_pending`)."""
+    bounded = {d.page_id for d in table.pending.waiting if d.full is None}
+    table.pending.charged.update(p for p in page_ids if p in bounded)
+
+
+def name_pending(table: PageTable) -> None:
+    """Name the facts the waiting pages state (`table.facts`), where not yet named."""
+    waiting = table.pending.waiting
+    for i, deferred in enumerate(waiting):
+        if deferred.facts is None:
+            waiting[i] = _named(table, deferred)
+
+
+def _named(table: PageTable, deferred: Deferred) -> Deferred:
+    message = deferred.message
+    facts = () if _is_summary(message) else extract_facts(message, deferred.policy.rules)
     stated = tuple((fact.type, fact.text, _fact_id(table.tenant, fact.type, fact.text)) for fact in facts)
-    table.facts[page_id] = tuple(dict.fromkeys(fact_id for _, _, fact_id in stated))
-    return Deferred(page_id, message, call, full, stated, policy, counter, recall_tool, table.turn)
+    table.facts[deferred.page_id] = tuple(dict.fromkeys(fact_id for _, _, fact_id in stated))
+    return replace(deferred, facts=stated)
 
 
 def finish(table: PageTable) -> None:
@@ -474,6 +526,10 @@ def take(table: PageTable) -> list[Page]:
 
 
 def _finished(table: PageTable, deferred: Deferred) -> list[Page]:
+    if deferred.full is None:
+        deferred = _counted(table, deferred)
+    if deferred.facts is None:
+        deferred = _named(table, deferred)
     page_id, message, call, counter = deferred.page_id, deferred.message, deferred.call, deferred.counter
     sent = table.pages[page_id]
     reprs = represent(

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from policies.classify import extract_facts, sentences
 from policies.pages import PageType, Representation, Reprs
-from policies.tokens import TokenCounter, tool_calls_tokens
+from policies.tokens import TOOL_CALL_OVERHEAD, TokenCounter, tool_calls_tokens, utf8_bytes
 from policies.transcript import Message, ToolCall
 
 FACT_LABELS = {PageType.PREFERENCE: "preference", PageType.INTENT: "user said"}  # else "rule"
@@ -143,6 +143,14 @@ def full_level(message: Message, counter: TokenCounter) -> tuple[Representation,
     text_tokens = counter.count(message.text)
     calls_tokens = tool_calls_tokens(counter, message.tool_calls)
     return Representation(message.text, text_tokens + calls_tokens, message.tool_calls), text_tokens
+
+
+def bound_level(message: Message) -> tuple[Representation, int]:
+    """`full_level` with the tokens bounded above by the UTF-8 bytes, for a counter
+    `at_most_bytes`: what an append may be judged by before it is counted (policies.pagetable)."""
+    text_bound = utf8_bytes(message.text)
+    calls = sum(TOOL_CALL_OVERHEAD + utf8_bytes(c.name) + utf8_bytes(c.arguments) for c in message.tool_calls)
+    return Representation(message.text, text_bound + calls, message.tool_calls), text_bound
 
 
 def represent_fact(

@@ -87,7 +87,6 @@ class Forwarded:
     crossing: Crossing
     dirty: list[str]  # state pages a boundary left (read before ingest)
     before: dict[str, Fidelity]  # the levels before assembly
-    repeated: tuple[Duplicate, ...]
     ingest_ns: int = 0
     assembly_ns: int = 0
 
@@ -104,12 +103,13 @@ def step(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = No
 
 def forward(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = None) -> Forwarded:
     """What the forwarded transcript needs, and no more: the boundary, the new messages admitted
-    at their full level (classified, counted, their facts named), the repeated tool calls, and
-    the assembly. A re-plan finishes the new pages first (policies.turn.assemble_turn); the fast
-    path (an append that fits) sends them whole and leaves the rest to `complete`, which must run
-    before the table is persisted (any later ingest also finishes what is left first).
-    `ingest_ns` times the ingest and the repeated-call check, `assembly_ns` the assembly (with,
-    on a re-plan, the new pages' other levels)."""
+    at their full level (classified; under a counter `at_most_bytes`, their tokens bounded by
+    their bytes and counted only when the bound does not fit), and the assembly. A re-plan
+    finishes the new pages first (policies.turn.assemble_turn); the fast path (an append that
+    fits) sends them whole and leaves the rest to `complete` (the count, the facts, the other
+    levels, the repeated tool calls), which must run before the table is persisted (any later
+    ingest also finishes what is left first). `ingest_ns` times the ingest, `assembly_ns` the
+    assembly (with, on a re-plan, the new pages' other levels)."""
     tick = clock or _no_clock
     finish(table)  # a turn whose `complete` did not run: its pages are finished before anything reads them
     crossing = cross(table, turn.messages, hint=turn.hint, now=turn.now, idle=turn.idle, start=turn.start)
@@ -126,27 +126,30 @@ def forward(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None =
         kept=boundary.kept,
         defer=True,
     )
-    repeated = tuple(duplicates.after_ingest(table, result))
     ingested = tick()
     before = table.levels
     assembling = tick()
     plan = _assemble(table, turn, result)
     assembled = tick()
-    return Forwarded(plan, crossing, dirty, before, repeated, ingested - started, assembled - assembling)
+    return Forwarded(plan, crossing, dirty, before, ingested - started, assembled - assembling)
 
 
 def complete(table: PageTable, turn: TurnInput, sent: Forwarded) -> Decision:
     """The rest of the turn `forward` planned, run once the transcript is on its way: the new
-    pages finished (their other levels, span entries, fact pages and coverage), the write-back
-    planned, the turn observed. Pure, like `forward`; the decision is the one `step` gives."""
+    pages finished (counted, their facts named, their other levels, span entries, fact pages
+    and coverage), the repeated tool calls found (judged by the levels of the prompt before),
+    the write-back planned, the turn observed. Pure, like `forward`; the decision is the one
+    `step` gives, its assembly's tokens exact."""
     finish(table)
-    plan = replace(sent.plan, ingest=replace(sent.plan.ingest, new_pages=tuple(take(table))))
+    repeated = tuple(duplicates.after_ingest(table, sent.plan.ingest, sent.before))
+    assembly = replace(sent.plan.assembly, tokens=table.cost) if sent.plan.appended else sent.plan.assembly
+    plan = replace(sent.plan, assembly=assembly, ingest=replace(sent.plan.ingest, new_pages=tuple(take(table))))
     crossing, dirty = sent.crossing, sent.dirty
     writes = plan_writes(table, plan.ingest.new_pages, turn.memories) if turn.memories is not None else None
     committed: frozenset[str] = frozenset()
     if crossing.event in BOUNDARIES:  # without the store, dropped state is taken as held (deferred, not lost)
         committed = writes.held(turn.memories) if writes is not None and turn.memories else frozenset(dirty)
-    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, sent.before, dirty, committed, sent.repeated)
+    facts = TurnFacts(crossing.event, plan.messages, plan.assembly, sent.before, dirty, committed, repeated)
     observation = observe(table, facts)
     observation.events[:0] = crossing.events
     observation.event = "" if crossing.event in QUIET else crossing.event.value
@@ -156,7 +159,7 @@ def complete(table: PageTable, turn: TurnInput, sent: Forwarded) -> Decision:
         plan,
         crossing,
         observation,
-        sent.repeated,
+        repeated,
         writes,
         plan.ingest.new_pages,
         pages,

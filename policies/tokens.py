@@ -19,9 +19,24 @@ IMAGE_TOKENS = 85  # OpenAI's flat charge for a low-detail image: counted for ev
 
 
 class TokenCounter(Protocol):
-    """Counts a text's tokens; a text that is not empty counts at least one."""
+    """Counts a text's tokens; a text that is not empty counts at least one. A counter whose
+    tokens are each at least one UTF-8 byte of the text (a BPE over bytes, as tiktoken's) says
+    so with a true `at_most_bytes` attribute: a text's bytes then bound its count (`utf8_bytes`),
+    which lets an append that fits by that bound be sent before it is counted."""
 
     def count(self, text: str) -> int: ...
+
+
+def at_most_bytes(counter: TokenCounter) -> bool:
+    """Whether `counter` never counts a text above its UTF-8 bytes (see `TokenCounter`)."""
+    inner = counter.counter if isinstance(counter, CountOnce) else counter
+    return getattr(inner, "at_most_bytes", False) is True
+
+
+def utf8_bytes(text: str) -> int:
+    """The UTF-8 length of `text` (a lone surrogate as three bytes): at least its tokens under a
+    counter `at_most_bytes`."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def tool_calls_tokens(counter: TokenCounter, calls: tuple[ToolCall, ...]) -> int:
@@ -59,6 +74,8 @@ def count_once(counter: TokenCounter) -> TokenCounter:
 
 class CharCounter:
     """A deterministic stand-in: one token per four characters, rounded up."""
+
+    at_most_bytes = True  # a character is at least one byte
 
     def count(self, text: str) -> int:
         return (len(text) + 3) // 4

@@ -19,8 +19,11 @@ from policies.pages import Fidelity, PageType
 from policies.pagetable import (
     IngestResult,
     PageTable,
+    charge,
+    count_pending,
     finish,
     ingest,
+    name_pending,
     named_in,
     paged_out,
     replace_levels,
@@ -43,6 +46,7 @@ class TurnPlan:
     ingest: IngestResult
     changed: bool = True  # False when the table is exactly as before (a resent transcript)
     stable: int = 0  # leading messages the next append forwards unchanged (a cache breakpoint goes there)
+    appended: bool = False  # the fast path: `assembly.tokens` may hold new pages at their bound (policies.step)
 
 
 def plan_turn(
@@ -94,7 +98,7 @@ def assemble_turn(
     if fast is not None:
         resent = result.kind == "append" and result.kept == len(messages)
         stable = table.view.stable() if isinstance(table.view, View) else 0
-        return TurnPlan(messages=fast, assembly=_kept(table), ingest=result, changed=not resent, stable=stable)
+        return TurnPlan(fast, _kept(table), result, changed=not resent, stable=stable, appended=True)
     finish(table)
     layout = build_layout(table)
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
@@ -127,22 +131,28 @@ def _append(
     newest = newest_turn(order, pages)
     if newest < view.newest or result.kept < view.newest:
         return None
-    if view.retained_ids and any(
-        f in view.retained_ids for i in range(result.kept, len(order)) for f in table.facts.get(order[i], ())
-    ):
-        return None  # a restated rule leaves the retained block: the exact accounting changes
-    added = sum(
-        framed(pages[order[i]].tokens(Fidelity.FULL), named=order[i] in table.names)
-        for i in range(result.kept, len(order))
-    )
+    if view.retained_ids:
+        name_pending(table)
+        if any(f in view.retained_ids for i in range(result.kept, len(order)) for f in table.facts.get(order[i], ())):
+            return None  # a restated rule leaves the retained block: the exact accounting changes
+    added = _added(table, result.kept)
+    if table.cost + added > budget and count_pending(table):  # over by the bound: count, then judge
+        added = _added(table, result.kept)
     if table.cost + added > budget:
         return None
     for position in range(result.kept, len(order)):
         set_level(table, order[position], Fidelity.FULL)
     table.cost += added
+    charge(table, order[result.kept :])
     view.prefix.extend(view.tail.pop(i, i) for i in range(view.newest, newest))
     view.newest = newest
     return view.messages(messages)
+
+
+def _added(table: PageTable, kept: int) -> int:
+    """Tokens of the messages after the first `kept`, sent whole (a bounded page at its bound)."""
+    order, pages, names = table.order, table.pages, table.names
+    return sum(framed(pages[order[i]].tokens(Fidelity.FULL), named=order[i] in names) for i in range(kept, len(order)))
 
 
 def _first(

@@ -110,8 +110,6 @@ class Timing:
 
     ingest_ns: int
     assembly_ns: int
-    duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls found at ingest
-    sent: int = 0  # tokens of the transcript as the agent sent it
     degraded: bool = False  # the store was unavailable: the turn's writes were deferred (gateway.store.outage)
 
     @property
@@ -253,7 +251,7 @@ def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn)
         headers["x-clawvm-session"],
         chat.model,
         len(chat.messages),
-        headers["x-clawvm-prompt-tokens"],
+        headers.get("x-clawvm-prompt-tokens", "(after the save)"),
         headers["x-clawvm-budget"],
         headers.get("x-clawvm-faults", "(after the save)"),
     )
@@ -281,7 +279,6 @@ async def _forward(
     wire: Wire,
 ) -> Response:
     target = wire.target(tenant, request.headers)
-    paging = _paging(services, tenant, ids, turn, wire.remembers(chat))
     turn.headers["x-clawvm-overhead-us"] = str((time.perf_counter_ns() - stages.started) // 1000)
     faults = stream_faults_counted(services.metrics)
     shape = wire.error_body
@@ -308,6 +305,7 @@ async def _forward(
     await _saved(turn, first)
     stages.lap("persist")
     turn.headers[STAGES_HEADER] = stages.header()
+    paging = _paging(services, tenant, ids, turn, wire.remembers(chat))  # the room the counted prompt leaves
     if paging is None or first.status != 200 or (chat.stream and not first.is_stream):
         return await respond(first, turn.headers, faults, shape=shape, event=wire.error_event)
     answer = wire.answer(chat.stream, paging.name, turn.body)
@@ -351,7 +349,7 @@ def _paging(services: Services, tenant: Tenant, ids: SessionIds, turn: Turn, wan
     """The recall loop's paging when the recall tool is offered (or the answer is `wanted` whole)."""
     if not turn.offered and not wanted:
         return None
-    room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.tokens
+    room = turn.budget.usable + recall_room(turn.budget, turn.offered) - turn.outcome.tokens
     store = services.sessions.store
     room = max(room, 0)
     return Paging(
@@ -372,6 +370,10 @@ async def _ready() -> None:
     """The save of a turn saved before it was forwarded."""
 
 
+def _unobserved() -> None:
+    """A turn whose outcome no answer tells."""
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the second half of a turn tells (`policies.step.complete`, then the write-back), once
@@ -382,6 +384,30 @@ class Outcome:
     written: WriteReport | None = None  # the turn's write-back
     glimpse: Glimpse | None = None  # what the session inspector records of the turn (gateway.observability.inspector)
     done: bool = False
+    tokens: int = 0  # the forwarded transcript's tokens, counted (the assembly's, exact once complete)
+    sent: int = 0  # tokens of the transcript as the agent sent it
+    duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls the turn's new messages issue
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """What the token headers need besides the turn's `Outcome`: the budget, the recall tool's
+    reserve, whether the tool was offered, and the transcript field's name (for the
+    insufficient-budget header)."""
+
+    budget: TokenBudget
+    reserve: int
+    offered: bool
+    transcript_field: str
+    insufficient: bool  # the pinned set alone did not fit
+
+    def prompt(self, outcome: Outcome) -> int:
+        """The forwarded prompt's tokens: the messages and the tools (the recall tool's only when offered)."""
+        return outcome.tokens + self.budget.tools - (0 if self.offered else self.reserve)
+
+    def received(self, outcome: Outcome) -> int:
+        """The prompt's tokens as the agent sent it (the recall tool is ours)."""
+        return outcome.sent + self.budget.tools - self.reserve
 
 
 @dataclass(slots=True)
@@ -391,12 +417,13 @@ class Turn:
     body: dict[str, Any]
     headers: dict[str, str]
     budget: TokenBudget
-    tokens: int  # accounted message tokens of the assembly
     counter: TiktokenCounter
     offered: bool  # the recall tool was added to `tools`
     after: Callable[[], Awaitable[None]]  # audit records, written once the answer is sent
     policy_ns: tuple[int, int] = (0, 0)  # the policy engine's ingest and assembly time
     saved: Callable[[], Awaitable[None]] = _ready  # the turn's save ended
+    outcome: Outcome = field(default_factory=Outcome)  # what the save learned: read once `saved` returned
+    observed: Callable[[], None] = _unobserved  # writes `outcome` into `headers` once it is known
 
 
 async def prepare(
@@ -428,9 +455,9 @@ async def prepare(
     try:
         turn = _planned(services, tenant, chat, ids, wire, (counter, budget), (plan, timing, outcome))
     except GatewayError:
-        await _quietly(_settler(services, tenant, ids, pending, {}, outcome))
+        await _quietly(_settler(services, tenant, ids, pending, {}, _unobserved))
         raise
-    turn.saved = _settler(services, tenant, ids, pending, turn.headers, outcome)
+    turn.saved = _settler(services, tenant, ids, pending, turn.headers, turn.observed)
     if save is None:
         await turn.saved()
     return turn
@@ -442,11 +469,12 @@ def _settler(
     ids: SessionIds,
     pending: PendingSave[bool],
     headers: dict[str, str],
-    outcome: Outcome,
+    observed: Callable[[], None],
 ) -> Callable[[], Awaitable[None]]:
     """`Turn.saved`: waits for the save once (a later call returns at once, or raises again); then
-    the answer's `headers` say the turn's faults and event (`outcome`), and a save the store could
-    not take (the turn's writes queued, gateway.store.outage) marks them degraded."""
+    the answer's `headers` say what the save learned (`observed`: the turn's faults, event and
+    tokens), and a save the store could not take (the turn's writes queued,
+    gateway.store.outage) marks them degraded."""
     failed: list[GatewayError | None] = []
 
     async def saved() -> None:
@@ -460,7 +488,7 @@ def _settler(
             failed.append(_unsaved(services, tenant, ids, exc))
             raise failed[0] from exc
         failed.append(None)
-        _observed(headers, outcome)
+        observed()
         if degraded:
             headers[DEGRADED_HEADER] = DEGRADED
             services.metrics.store_unavailable(tenant.name)
@@ -478,56 +506,73 @@ def _planned(
     planned: tuple[TurnPlan, Timing, Outcome],
 ) -> Turn:
     """The planned turn's upstream body, headers and records (those that tell the turn's
-    `outcome` are written once it is known: the save ended)."""
+    `outcome`, its faults, repeated calls and counted tokens, are written once it is known: the
+    save ended)."""
     (counter, budget), (plan, timing, outcome) = sizing, planned
     metrics, audit, inspector = services.metrics, services.audit, services.inspector
 
     async def after() -> None:
         await record(metrics, audit, tenant.name, ids.session, timing.policy_ns, outcome.written, outcome.observation)
 
-    prompt_tokens = plan.assembly.tokens + budget.tools
-    services.metrics.tokens(tenant.name, prompt_in=timing.sent + budget.tools, prompt_out=prompt_tokens)
     headers = {
         "x-clawvm-session": ids.session,
-        "x-clawvm-prompt-tokens": str(prompt_tokens),
         "x-clawvm-budget": str(budget.cap),
         "x-clawvm-budget-source": budget.source,
         "x-clawvm-policy-us": str((timing.ingest_ns + timing.assembly_ns) // 1000),
         "x-clawvm-assembly-us": str(timing.assembly_ns // 1000),
     }
-    if plan.assembly.insufficient:
-        headers["x-clawvm-insufficient"] = _insufficient(prompt_tokens, budget, wire.transcript_field)
-    if timing.duplicates:
-        headers["x-clawvm-duplicate-tools"] = _duplicates_header(timing.duplicates)
-    _observed(headers, outcome)
     body = wire.render(chat, plan.messages, tenant)
     offered = wire.offers_recall(chat.body) and any(not m.raw for m in plan.messages)  # built = degraded or a stub
-    reserve = _reserve(services, chat, counter, wire)
     if offered:
         wire.offer(body, RECALL_TOOL)
-    else:  # the reserve for the recall tool's schema went unused
-        headers["x-clawvm-prompt-tokens"] = str(prompt_tokens - reserve)
-    received = timing.sent + budget.tools - reserve  # the recall tool is ours
-    forwarded = int(headers["x-clawvm-prompt-tokens"])
+    counts = Sizing(
+        budget, _reserve(services, chat, counter, wire), offered, wire.transcript_field, plan.assembly.insufficient
+    )
+    observed = _observer(services, tenant, headers, outcome, counts)
+    observed()
     keeps = inspector is not None  # else nothing is recorded
     sent, built = wire.shown(chat, plan.messages, body) if keeps else ([], [])
 
     async def then() -> None:
-        shot = Shot(outcome.glimpse, sent, built, received, forwarded, budget.cap, outcome.written)
+        shot = Shot(
+            outcome.glimpse, sent, built, counts.received(outcome), counts.prompt(outcome), budget.cap, outcome.written
+        )
         await recorded(inspector, tenant.name, ids.session, after, shot)()
 
     wire.cache_hints(body, chat.model, plan.messages, plan.stable, (tenant.name, ids.session), uses_litellm(chat.model))
     policy = (timing.ingest_ns, timing.assembly_ns)
-    return Turn(body, headers, budget, plan.assembly.tokens, counter, offered, then, policy)
+    return Turn(body, headers, budget, counter, offered, then, policy, outcome=outcome, observed=observed)
 
 
-def _observed(headers: dict[str, str], outcome: Outcome) -> None:
-    """The headers that tell the turn's faults and lifecycle event, once `outcome` is known."""
-    if not outcome.done:
-        return
+def _observer(
+    services: Services, tenant: Tenant, headers: dict[str, str], outcome: Outcome, counts: Sizing
+) -> Callable[[], None]:
+    """Writes what the turn's `outcome` tells into the answer's `headers`, and its token counts
+    into the metrics, once it is known (a call before then does nothing; later calls, nothing more)."""
+    told: list[bool] = []
+
+    def observed() -> None:
+        if not outcome.done or told:
+            return
+        told.append(True)
+        _observed(headers, outcome, counts)
+        prompt = outcome.tokens + counts.budget.tools
+        services.metrics.tokens(tenant.name, prompt_in=outcome.sent + counts.budget.tools, prompt_out=prompt)
+
+    return observed
+
+
+def _observed(headers: dict[str, str], outcome: Outcome, counts: Sizing) -> None:
+    """The headers that tell the turn's faults, lifecycle event, repeated tool calls and tokens."""
     headers["x-clawvm-faults"] = outcome.observation.header()
     if outcome.observation.event:
         headers["x-clawvm-event"] = outcome.observation.event
+    headers["x-clawvm-prompt-tokens"] = str(counts.prompt(outcome))
+    if counts.insufficient:
+        prompt = outcome.tokens + counts.budget.tools
+        headers["x-clawvm-insufficient"] = _insufficient(prompt, counts.budget, counts.transcript_field)
+    if outcome.duplicates:
+        headers["x-clawvm-duplicate-tools"] = _duplicates_header(outcome.duplicates)
 
 
 def _duplicates_header(found: tuple[duplicates.Duplicate, ...]) -> str:
@@ -767,7 +812,7 @@ async def _turn(
     sent = forward(table, turn, clock=time.perf_counter_ns)
     if moved is not None and _writes(table, sent, turn) and await moved:
         raise VersionConflict(f"session {table.session}: the table was saved past v{table.version} elsewhere")
-    timing = Timing(sent.ingest_ns, sent.assembly_ns, sent.repeated, table.sent)
+    timing = Timing(sent.ingest_ns, sent.assembly_ns)
     outcome = Outcome()
     return sent.plan, timing, outcome, partial(_finished_turn, services, table, turn, sent, outcome, unavailable)
 
@@ -793,6 +838,7 @@ async def _finished_turn(
     written, held, failed = await _write_back(services, table, decision)
     observation = decision.observation
     outcome.observation, outcome.written, outcome.done = observation, written, True
+    outcome.tokens, outcome.sent, outcome.duplicates = decision.plan.assembly.tokens, decision.sent, decision.duplicates
     outcome.glimpse = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
     return await _commit(services, table, decision, written, held, unavailable or failed)
 

@@ -71,8 +71,12 @@ class TiktokenCounter:
     """`policies.tokens.TokenCounter` over one tiktoken encoding.
 
     `encode_ordinary` treats special-token text such as "<|endoftext|>" as plain text,
-    so counting never raises on what an agent happens to paste.
+    so counting never raises on what an agent happens to paste. Every token stands for at least
+    one byte of the text's UTF-8 (a lone surrogate is counted as U+FFFD, three bytes, as
+    `policies.tokens.utf8_bytes` counts it): `at_most_bytes`.
     """
+
+    at_most_bytes = True
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encoding = encoding

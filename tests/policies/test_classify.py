@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policies import classify
 from policies.classify import (
     MAX_FACT_CHARS,
     MAX_INTENT_CHARS,
@@ -463,3 +464,50 @@ def test_a_plan_tools_echo_of_its_checklist_is_the_plan_other_tool_output_is_evi
     assert carrier_type(echo, ToolCall("t1", "bash", "{}")) is PageType.EVIDENCE
     assert carrier_type(Message(role="tool", text="all tests passed", tool_call_id="t1"), todo) is PageType.EVIDENCE
     assert carrier_type(echo) is PageType.EVIDENCE
+
+
+_PIECES = st.sampled_from(
+    [
+        "plan",
+        "PLAN",
+        "Plan:",
+        "## Updated Plan",
+        "ledger",
+        "Updated LEDGER:",
+        "here is the plan to follow",
+        "[ ]",
+        "[x]",
+        "- [X] ",
+        "☐ ",
+        "☒",
+        "1. ",
+        "2) ",
+        "**3.** ",
+        "step 4. ",
+        "I will:",
+        "next steps:",
+        "\n",
+        "  ",
+        "\t",
+        "word",
+        "ſtep",
+        "K",
+        "İ",
+        "é",
+        ":",
+        "**",
+        "#",
+        "-",
+        "text",
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=40).map("".join))
+def test_the_plan_prefilters_answer_as_the_patterns_alone(text: str) -> None:
+    """The cheap checks before each pattern only skip texts the pattern cannot match."""
+    assert classify._has_marker(text) is (classify._PLAN_MARKER.search(text) is not None)
+    assert classify._has_checklist(text) is (classify._CHECKLIST.search(text) is not None)
+    lines = [line for line in text.splitlines() if classify._NUMBERED.match(line)]
+    if lines:
+        assert classify._NUMBER_MARK.search(text) is not None

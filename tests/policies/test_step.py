@@ -169,6 +169,39 @@ def test_the_fast_path_leaves_the_new_pages_to_complete() -> None:
     assert [p.id for p in decision.plan.ingest.new_pages][: len(waiting)] == waiting[:1]
 
 
+def test_an_append_that_fits_by_its_bytes_is_sent_before_it_is_counted() -> None:
+    """Under a counter `at_most_bytes` the fast path judges the new messages by their bytes and
+    `complete` counts them: the table's cost and sent tokens, and the decision's, are exact."""
+    wire = working_session()
+    n = requests(wire)
+    table, _ = replay(wire[: n[-2]], BUDGET)
+    counted, _ = replay(wire[: n[-1]], BUDGET)
+    messages = parse_messages(wire[: n[-1]])
+    sent = forward(table, turn(messages))
+    assert sent.plan.appended and [d for d in table.pending.waiting if d.full is None]
+    assert table.cost > counted.cost and table.sent > counted.sent  # at the bound
+    decision = complete(table, turn(messages), sent)
+    assert table.cost == counted.cost == decision.plan.assembly.tokens
+    assert table.sent == counted.sent == decision.sent
+    assert not table.pending.charged
+
+
+def test_an_append_over_by_its_bound_is_counted_before_it_is_judged() -> None:
+    """A budget the new messages fit exactly but not by their bytes: counted in `forward`, and
+    still an append (no re-plan), as a counter that gives no bound would have it."""
+    wire = working_session()
+    n = requests(wire)
+    counted, _ = replay(wire[: n[-1]], BUDGET)
+    exact = TokenBudget(cap=counted.cost, usable=counted.cost, hard_limit=100_000, source="config")
+    table, _ = replay(wire[: n[-2]], exact)
+    messages = parse_messages(wire[: n[-1]])
+    sent = forward(table, turn(messages, exact))
+    assert sent.plan.appended and table.pending.waiting
+    assert all(d.full is not None for d in table.pending.waiting)  # counted before forwarding
+    assert table.cost == counted.cost
+    assert complete(table, turn(messages, exact), sent).plan.assembly.tokens == counted.cost
+
+
 def test_a_turn_whose_completion_did_not_run_is_finished_by_the_next() -> None:
     """No later turn sees a page unfinished: the next forward finishes it first, and its pages
     are written back with that turn (none is lost); the assembly is the same either way."""

@@ -25,6 +25,7 @@ from policies.tokens import (
     MESSAGE_OVERHEAD,
     REPLY_PRIMING,
     CharCounter,
+    utf8_bytes,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -177,6 +178,26 @@ def test_counter_is_deterministic(tokenizers: Tokenizers) -> None:
     text = "déjà vu — 日本語のテキスト\n" * 50
     counter = tokenizers.for_model("gpt-4o")
     assert counter.count(text) == counter.count(text) == TiktokenCounter.count(counter, text)
+
+
+def test_a_text_never_counts_more_tokens_than_its_utf8_bytes(tokenizers: Tokenizers) -> None:
+    """The bound the append fast path judges by before counting (policies.tokens.at_most_bytes)."""
+    texts = [
+        "",
+        "hello world, how are you?",
+        "déjà vu — 日本語のテキスト 한국어 العربية",
+        "emoji 🎉👩‍👩‍👧‍👦 and flags 🇫🇷🇯🇵",
+        "lone \udc80 surrogate \ud800",
+        "before <|endoftext|> after <|fim_prefix|>",
+        "\x00\x01\x7f\u200b" * 40,
+        "".join(chr(c) for c in range(0x20, 0x3000, 7)),
+        " " * 300 + "\n" * 300,
+    ]
+    for name in sorted(OFFLINE_ENCODINGS):
+        counter = tokenizers.for_encoding(name)
+        assert counter.at_most_bytes is True
+        for text in texts:
+            assert counter.count(text) <= utf8_bytes(text)
 
 
 def test_count_one_user_message(tokenizers: Tokenizers) -> None:
