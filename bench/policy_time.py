@@ -3,8 +3,9 @@ the gateway runs on every request, in its two halves (`policies.step`): `forward
 forwarded prompt needs, and `complete`, the rest, which may run once the request is on its way.
 
 Each trace is replayed request by request (`Trace.turns()`) into one `PageTable`, at each budget,
-with the write-back planned on empty committed memory (no store). The chat wire adapter builds
-the `Message` list outside the timed region. Timed (`time.perf_counter_ns`, the real tiktoken
+with the write-back planned on empty committed memory (no store). The gateway's chat reader
+builds the `Message` list outside the timed region, reusing the objects of the messages an
+earlier request held, as the gateway does. Timed (`time.perf_counter_ns`, the real tiktoken
 counter):
 
 - "before forwarding" (`total`): the whole `policies.step.forward` call: finishing any page an
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from bench.traces import Trace
 from gateway.upstream.tokens import count_tools
 from gateway.wire.chat_json import parse_messages
+from gateway.wire.chat_transcripts import TranscriptCache
 from policies import step as turn_step
 from policies.budget import TokenBudget, resolve_budget
 from policies.pagetable import PageTable
@@ -159,11 +161,14 @@ def engine(counter: TokenCounter, budget: int, tools: Sequence[object] = ()) -> 
 
 
 def replay_trace(trace: Trace, budget: int, counter: TokenCounter) -> list[TurnTime]:
+    """Each request's messages as the gateway's chat reader gives them (`TranscriptCache`: the
+    messages an earlier request held are its very objects), then the turn, timed."""
     table = PageTable(tenant="bench", session=trace.name, project=trace.name)
     bound = engine(counter, budget, trace.tools)
+    transcripts = TranscriptCache()
     times = []
     for raw in trace.turns():
-        messages = parse_messages(raw)
+        messages = transcripts.parse(trace.name, raw)
         times.append(bound.turn(table, messages))
     return times
 
