@@ -82,7 +82,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
         "port": settings.server.port,
         "log_level": log_level,
         "access_log": False,
-        "http": ReadAhead,  # a request body read as one stream (gateway.api.protocol)
+        "http": ReadAhead,  # a request body read ahead, handed to the app whole (gateway.api.protocol)
         "h11_max_incomplete_event_size": settings.server.max_header_bytes,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
