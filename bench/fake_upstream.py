@@ -405,9 +405,10 @@ def _embedding(number: int, text: str, as_base64: bool) -> Json:
 
 
 @contextmanager
-def serve(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run `app` under uvicorn in a thread; yield "http://HOST:PORT/v1" once it accepts connections."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+def serve(app: Any, host: str = "127.0.0.1", port: int = 0, http: Any = "auto") -> Iterator[str]:
+    """Run `app` under uvicorn in a thread (`http`: its HTTP protocol, a name or a class); yield
+    "http://HOST:PORT/v1" once it accepts connections."""
+    config = uvicorn.Config(app, host=host, port=port, http=http, log_level="warning", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{host}:{port}", daemon=True)
     thread.start()

@@ -74,6 +74,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.protocol import ReadAhead
 
     configure_logging(settings, log_level)
     options: dict[str, Any] = {
@@ -81,6 +82,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
         "port": settings.server.port,
         "log_level": log_level,
         "access_log": False,
+        "http": ReadAhead,  # a request body read ahead, handed to the app whole (gateway.api.protocol)
         "h11_max_incomplete_event_size": settings.server.max_header_bytes,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }

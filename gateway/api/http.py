@@ -74,7 +74,8 @@ def head_bytes(scope: Scope) -> int:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes `limit` bytes."""
+    """The whole body, refused with 413 as soon as it passes `limit` bytes. A body that came in one
+    message (`gateway.api.protocol.ReadAhead`) is that message's bytes, not a copy of them."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(_too_large(int(declared), limit))
@@ -85,7 +86,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(_too_large(size, limit))
-            chunks.append(chunk)
+            if chunk:  # the stream ends with an empty chunk: a join of one part is that part
+                chunks.append(chunk)
     except ClientDisconnect as exc:
         raise InvalidRequest("the client disconnected before sending the whole body") from exc
     return b"".join(chunks)

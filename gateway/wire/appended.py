@@ -100,9 +100,10 @@ def _candidates(raw: bytes) -> Iterator[int]:
 
 
 def _added(before: bytes, raw: bytes, end: int) -> bytes | None:
-    """The bytes `raw` inserts at `end` of `before` after a comma, when everything else is the same."""
+    """The bytes `raw` inserts at `end` of `before` after a comma, when everything else is the same
+    (`before`'s head compared in place: a slice of it would copy the session's body)."""
     tail = len(before) - end
-    if raw[end] != COMMA or not raw.endswith(before[end:]) or not raw.startswith(before[:end]):
+    if raw[end] != COMMA or not raw.endswith(before[end:]) or not raw.startswith(memoryview(before)[:end]):
         return None
     added = raw[end + 1 : len(raw) - tail]
     return added if added.strip(WHITESPACE) else None

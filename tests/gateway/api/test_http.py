@@ -67,6 +67,11 @@ async def test_the_whole_body_is_read_in_chunks() -> None:
     assert await read_body(client.request({"content-length": "9"}), limit=100) == b'{"a": "b"}'
 
 
+async def test_a_body_in_one_message_is_that_message_not_a_copy() -> None:
+    body = b"x" * 100_000
+    assert await read_body(Client([body]).request({"content-length": "100000"}), limit=200_000) is body
+
+
 async def test_a_body_exactly_at_the_limit_is_accepted() -> None:
     client = Client([b"x" * 60, b"y" * 40])
     assert await read_body(client.request({"content-length": "100"}), limit=100) == b"x" * 60 + b"y" * 40
