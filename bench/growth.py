@@ -7,9 +7,9 @@ of one session. Per-turn cost should follow the new content, not the session len
   not all);
 - added latency: the same agent loop sent turn by turn to a real gateway subprocess (embedded
   store) and, around each marked turn, the same bytes straight to the fake upstream
-  (`bench.latency.start_servers`). For the turns within `window` of a mark: the median wall time
-  of each path, their difference, and the gateway's own x-clawvm-policy-us and
-  x-clawvm-overhead-us headers.
+  (`bench.latency.start_servers`), each of those timed requests after the same pause (`walk`).
+  For the turns within `window` of a mark: the median wall time of each path, their
+  difference, and the gateway's own x-clawvm-policy-us and x-clawvm-overhead-us headers.
 
 Every figure here is a timing: it changes from run to run. The counts (turns, messages, bytes,
 failures) do not.
@@ -43,7 +43,8 @@ from gateway.wire.chat_json import parse_messages
 from policies.tokens import TokenCounter
 
 BUDGET = 4000
-WINDOW = 2
+WINDOW = 5  # turns each side of a mark: 11 samples per mark
+PAUSE_S = 0.05  # idle time before each timed request (see `walk`)
 SESSION = "growth"
 
 
@@ -131,15 +132,25 @@ def walk(
     client: httpx.Client, endpoints: Endpoints, marks: Sequence[int], window: int
 ) -> tuple[dict[int, Samples], int]:
     """Every turn through the gateway; turns near a mark also straight to the fake, same bytes.
-    Returns the samples per mark and the failures on the other turns."""
+    Returns the samples per mark and the failures on the other turns.
+
+    Each timed request (a turn near a mark, either way) is sent after a pause of `PAUSE_S`, its
+    body encoded before it, so that every mark's request meets a server idle for as long, as an
+    agent's requests do (they come seconds apart: the model generates, tools run). Sent back to
+    back, a turn-1,000 request met a gateway left idle for the tens of milliseconds in which the
+    fake parsed the 1.2 MB direct request and the client encoded the next body, and a turn-10
+    request one busy a moment before: at turn 1,000 every part of the turn ran about twice as
+    slow, fixed work included."""
     wire = synthetic_session(max(marks) + window)
     near = {mark: range(mark - window, mark + window + 1) for mark in marks}
     found = {mark: Samples([], [], [], []) for mark in marks}
     failures = 0
     for turn in range(1, max(marks) + window + 1):
         body = body_at(wire, turn)
-        elapsed, response = timed(client, endpoints.gateway + PATHS["chat"], body)
         mark = next((m for m, turns in near.items() if turn in turns), None)
+        if mark is not None:
+            time.sleep(PAUSE_S)
+        elapsed, response = timed(client, endpoints.gateway + PATHS["chat"], body)
         if mark is not None:
             _sample(found[mark], client, endpoints.direct + PATHS["chat"], body, elapsed, response)
         else:
@@ -150,6 +161,7 @@ def walk(
 def _sample(
     samples: Samples, client: httpx.Client, direct: str, body: bytes, elapsed: int, answer: httpx.Response
 ) -> None:
+    time.sleep(PAUSE_S)
     direct_ns, straight = timed(client, direct, body)
     samples.direct_ns.append(direct_ns)
     samples.gateway_ns.append(elapsed)
