@@ -354,6 +354,12 @@ def _deletions(word: str) -> set[str]:
     return {word[:i] + word[i + 1 :] for i in range(len(word))}
 
 
+def warm() -> None:
+    """Build the typo table now: its first use builds it (about 20 ms), so the gateway calls this
+    at start-up and no request pays for it."""
+    _mistyped_verbs(IMPERATIVE_VERBS)
+
+
 @cache
 def _mistyped_verbs(verbs: frozenset[str]) -> frozenset[str]:
     """Every word one edit from a verb of TYPO_VERB_LENGTH letters or more: a letter missing, extra,

@@ -52,6 +52,7 @@ from gateway.wire.chat_litellm import LiteLLMProvider
 from gateway.wire.chat_transcripts import TranscriptCache
 from gateway.wire.messages import MESSAGES
 from gateway.wire.responses import RESPONSES
+from policies import intent
 
 log = logging.getLogger("clawvm.gateway")
 WARM_ENCODINGS = ("o200k_base", "cl100k_base")
@@ -116,6 +117,7 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
     tokenizers = Tokenizers.from_env(os.environ)
     for encoding in WARM_ENCODINGS:  # ~0.3 s each: pay it at start-up, not on the first request
         tokenizers.for_encoding(encoding)
+    intent.warm()  # the classifier's typo table (~20 ms): at start-up, not on a user's first order
     sessions, metrics, audit = SessionState(store), Metrics(), AuditLog(store.client)
     memory = MemoryService(WritebackJournal(store.client), store)
     outage = OutageQueue(

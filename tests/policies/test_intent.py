@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.intent import LABELS, load_labels, score
+from policies import intent
 from policies.classify import LONG_MESSAGE_INTENTS, MAX_INTENT_CHARS, MAX_TYPED_CHARS, extract_facts
 from policies.intent import identity_key, intent_kind
 from policies.pages import PageType
@@ -251,3 +252,11 @@ def test_a_user_message_too_long_to_be_typed_yields_rules_but_no_intents() -> No
     assert len(template) > MAX_TYPED_CHARS
     assert [t for t, _ in user_facts(template)] == [PageType.CONSTRAINT]
     assert (N, "Cancel #W4836353 and #W7342738.") in user_facts(template[:MAX_TYPED_CHARS])
+
+
+def test_warm_builds_the_typo_table_the_classifier_reads() -> None:
+    intent._mistyped_verbs.cache_clear()
+    intent.warm()
+    assert intent._mistyped_verbs.cache_info().currsize == 1
+    table = intent._mistyped_verbs(intent.IMPERATIVE_VERBS)
+    assert intent._mistyped_verbs.cache_info().hits == 1 and table  # the classifier's call is answered from it

@@ -189,3 +189,15 @@ def test_an_embedded_store_in_a_relative_data_dir(tmp_path: Path, monkeypatch: p
     with serve(create_app(settings)) as url:
         assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
     assert (tmp_path / "relative-data" / "appendonly.aof").is_file()
+
+
+def test_the_classifier_tables_are_built_at_start_up(redis_url: str, fake: FakeUpstream) -> None:
+    """The typo table of `policies.intent` is built before the first request, not by it."""
+    from policies import intent
+
+    intent._mistyped_verbs.cache_clear()
+    with serve(fake.app) as upstream_url:
+        settings = load_settings(None, {}, Overrides(upstream=upstream_url, store=redis_url))
+        with serve(create_app(settings)) as url:
+            assert intent._mistyped_verbs.cache_info().currsize == 1
+            assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
