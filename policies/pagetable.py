@@ -110,19 +110,17 @@ class Deferred:
 
 class Pending:
     """The deferred part of a table's last ingests, kept beside it, not stored: the pages still
-    to finish, the pages finished since the last `take` (the turn's new pages, in order), and
-    the bounded pages whose bound the table's `cost` holds (`charge`: counting corrects it)."""
+    to finish, and the pages finished since the last `take` (the turn's new pages, in order)."""
 
-    __slots__ = ("waiting", "finished", "charged")
+    __slots__ = ("waiting", "finished")
 
     def __init__(self) -> None:
         self.waiting: list[Deferred] = []
         self.finished: list[Page] = []
-        self.charged: set[str] = set()
 
     def __deepcopy__(self, memo: dict[int, object]) -> Pending:
         copy = Pending()
-        copy.waiting, copy.finished, copy.charged = list(self.waiting), list(self.finished), set(self.charged)
+        copy.waiting, copy.finished = list(self.waiting), list(self.finished)
         return copy
 
 
@@ -466,7 +464,7 @@ def _admit(
 
 def count_pending(table: PageTable) -> bool:
     """Count the waiting pages admitted at their bound exactly: each page's tokens, the table's
-    `sent`, and its `cost` where a bound was charged to it, corrected. Whether any was."""
+    `sent`, and its `cost` where the bound was added to it, corrected. Whether any was."""
     waiting = table.pending.waiting
     bounded = [i for i, deferred in enumerate(waiting) if deferred.full is None]
     for i in bounded:
@@ -478,21 +476,13 @@ def _counted(table: PageTable, deferred: Deferred) -> Deferred:
     page_id, message = deferred.page_id, deferred.message
     full = full_level(message, deferred.counter)
     page = table.pages[page_id]
-    counted = replace(page, reprs=_with_images(Reprs(full[0], full[0], full[0], full[0]), message))
+    counted = replace(page, reprs=_whole(full, message))
     table.pages[page_id] = counted
     change = counted.reprs.full.tokens - page.reprs.full.tokens  # the framing is the same
     table.sent += change
-    if page_id in table.pending.charged:
-        table.pending.charged.discard(page_id)
-        table.cost += change
+    if page_id in table.levels:  # only the fast path gives a page a level before it is finished,
+        table.cost += change  # and it added the page to the cost at its bound
     return replace(deferred, full=full)
-
-
-def charge(table: PageTable, page_ids: Collection[str]) -> None:
-    """`page_ids` were sent, and their tokens added to the table's `cost`, at what they stand at
-    now: a bounded one's count will correct the cost (`count_pending`)."""
-    bounded = {d.page_id for d in table.pending.waiting if d.full is None}
-    table.pending.charged.update(p for p in page_ids if p in bounded)
 
 
 def name_pending(table: PageTable) -> None:
@@ -590,7 +580,7 @@ def _message_page(
         provenance=provenance,
         pin=rule.pin,
         floor=rule.floor,
-        reprs=_with_images(Reprs(full[0], full[0], full[0], full[0]), message),
+        reprs=_whole(full, message),
         base_utility=rule.base_utility,
         recompute_cost=recompute_cost(page_type, provenance.tool_name),
     )
@@ -654,6 +644,11 @@ def _covering_levels(spoken: Sequence[tuple[Fidelity, str]], fact_text: str) -> 
     """The levels whose text states the fact (`spoken`: the parent's levels, `_spoken`)."""
     needle = " ".join(fact_text.split()).rstrip("…").strip()
     return frozenset(level for level, text in spoken if needle and needle in text)
+
+
+def _whole(full: tuple[Representation, int], message: Message) -> Reprs:
+    """A page sent whole: its full level stands in for the others until `finish` makes them."""
+    return _with_images(Reprs(full[0], full[0], full[0], full[0]), message)
 
 
 def _with_images(reprs: Reprs, message: Message) -> Reprs:

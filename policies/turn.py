@@ -19,7 +19,6 @@ from policies.pages import Fidelity, PageType
 from policies.pagetable import (
     IngestResult,
     PageTable,
-    charge,
     count_pending,
     finish,
     ingest,
@@ -143,7 +142,6 @@ def _append(
     for position in range(result.kept, len(order)):
         set_level(table, order[position], Fidelity.FULL)
     table.cost += added
-    charge(table, order[result.kept :])
     view.prefix.extend(view.tail.pop(i, i) for i in range(view.newest, newest))
     view.newest = newest
     return view.messages(messages)

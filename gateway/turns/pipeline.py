@@ -401,9 +401,14 @@ class Sizing:
     transcript_field: str
     insufficient: bool  # the pinned set alone did not fit
 
+    def accounted(self, outcome: Outcome) -> int:
+        """The prompt's tokens as the budget accounts them: the messages and every tool's schema
+        (the recall tool's reserve included)."""
+        return outcome.tokens + self.budget.tools
+
     def prompt(self, outcome: Outcome) -> int:
         """The forwarded prompt's tokens: the messages and the tools (the recall tool's only when offered)."""
-        return outcome.tokens + self.budget.tools - (0 if self.offered else self.reserve)
+        return self.accounted(outcome) - (0 if self.offered else self.reserve)
 
     def received(self, outcome: Outcome) -> int:
         """The prompt's tokens as the agent sent it (the recall tool is ours)."""
@@ -556,8 +561,8 @@ def _observer(
             return
         told.append(True)
         _observed(headers, outcome, counts)
-        prompt = outcome.tokens + counts.budget.tools
-        services.metrics.tokens(tenant.name, prompt_in=outcome.sent + counts.budget.tools, prompt_out=prompt)
+        prompt_in = outcome.sent + counts.budget.tools
+        services.metrics.tokens(tenant.name, prompt_in=prompt_in, prompt_out=counts.accounted(outcome))
 
     return observed
 
@@ -569,8 +574,8 @@ def _observed(headers: dict[str, str], outcome: Outcome, counts: Sizing) -> None
         headers["x-clawvm-event"] = outcome.observation.event
     headers["x-clawvm-prompt-tokens"] = str(counts.prompt(outcome))
     if counts.insufficient:
-        prompt = outcome.tokens + counts.budget.tools
-        headers["x-clawvm-insufficient"] = _insufficient(prompt, counts.budget, counts.transcript_field)
+        accounted, budget = counts.accounted(outcome), counts.budget
+        headers["x-clawvm-insufficient"] = _insufficient(accounted, budget, counts.transcript_field)
     if outcome.duplicates:
         headers["x-clawvm-duplicate-tools"] = _duplicates_header(outcome.duplicates)
 

@@ -183,7 +183,7 @@ def test_an_append_that_fits_by_its_bytes_is_sent_before_it_is_counted() -> None
     decision = complete(table, turn(messages), sent)
     assert table.cost == counted.cost == decision.plan.assembly.tokens
     assert table.sent == counted.sent == decision.sent
-    assert not table.pending.charged
+    assert not table.pending.waiting  # nothing left at its bound
 
 
 def test_an_append_over_by_its_bound_is_counted_before_it_is_judged() -> None:
