@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 
 from bench.traces import Trace
 from gateway.upstream.tokens import count_tools
+from gateway.wire.chat import CHAT
 from gateway.wire.chat_json import parse_messages
 from gateway.wire.chat_transcripts import TranscriptCache
 from policies import step as turn_step
 from policies.budget import TokenBudget, resolve_budget
 from policies.pagetable import PageTable
-from policies.step import TurnInput
+from policies.recall import without_recall_room
+from policies.step import RECALL_TOOL, TurnInput
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import TokenCounter
 from policies.transcript import Message
@@ -137,15 +139,23 @@ class Engine:
     counter: TokenCounter
     budget: TokenBudget
     policy: TenantPolicy = field(default_factory=TenantPolicy)
+    offers_recall: bool = True
 
     def turn(self, table: PageTable, messages: Sequence[Message]) -> TurnTime:
-        turn = TurnInput(messages, self.policy, self.counter, self.budget, NOW, memories=_memories(table))
+        turn = self.input(table, messages)
         started = time.perf_counter_ns()
         sent = turn_step.forward(table, turn, clock=time.perf_counter_ns)
         forwarded = time.perf_counter_ns()
         turn_step.complete(table, turn, sent)
         done = time.perf_counter_ns()
         return TurnTime(forwarded - started, sent.ingest_ns, sent.assembly_ns, done - forwarded)
+
+    def input(self, table: PageTable, messages: Sequence[Message]) -> TurnInput:
+        """The turn as the gateway builds it for a chat request (committed memory empty)."""
+        memories = _memories(table)
+        return TurnInput(
+            messages, self.policy, self.counter, self.budget, NOW, offers_recall=self.offers_recall, memories=memories
+        )
 
 
 def _memories(table: PageTable) -> Memories:
@@ -154,10 +164,15 @@ def _memories(table: PageTable) -> Memories:
     return Memories((f"s:{table.session}", empty), (f"p:{table.project}", empty), (f"p:{table.project}", empty))
 
 
-def engine(counter: TokenCounter, budget: int, tools: Sequence[object] = ()) -> Engine:
-    """The budget the gateway would resolve: the tool schemas count against the cap."""
+def engine(counter: TokenCounter, budget: int, tools: Sequence[object] = (), offers_recall: bool = True) -> Engine:
+    """The turn budget the gateway resolves for a chat request (gateway.turns.pipeline): the
+    tool schemas count against the cap, and when the recall tool may be offered (a chat request
+    that does not switch tools off) so does its schema, and its room is kept free."""
     tools_tokens = count_tools(counter, tools)
-    return Engine(counter, resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", tools_tokens))
+    if offers_recall:
+        tools_tokens += count_tools(counter, [CHAT.recall_tool(RECALL_TOOL)])
+    resolved = resolve_budget(Budget(max_prompt_tokens=budget), WINDOW, "bench", tools_tokens)
+    return Engine(counter, without_recall_room(resolved, offers_recall), offers_recall=offers_recall)
 
 
 def replay_trace(trace: Trace, budget: int, counter: TokenCounter) -> list[TurnTime]:

@@ -7,8 +7,9 @@ how a round's room is shared among its calls, and which lines of a page answer a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from policies.budget import TokenBudget
 from policies.tokens import TokenCounter, framed, tool_calls_tokens
 from policies.transcript import ToolCall
 
@@ -34,6 +35,12 @@ class Recalled:
 def recall_room(cap: int, offered: bool) -> int:
     """Prompt tokens kept free for recalled text: a sixth of the budget's cap, at most RECALL_ROOM."""
     return min(RECALL_ROOM, cap // 6) if offered else 0
+
+
+def without_recall_room(budget: TokenBudget, offered: bool) -> TokenBudget:
+    """The budget a turn assembles under: the recall room taken out of `usable` when the tool
+    may be offered (the gateway's, and the policy bench's, turn budget)."""
+    return replace(budget, usable=max(budget.usable - recall_room(budget.cap, offered), 0))
 
 
 def shares(sizes: Sequence[int], room: int, most: int) -> list[int]:

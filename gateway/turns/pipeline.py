@@ -62,6 +62,7 @@ from policies.crossing import wants_start
 from policies.observation import Observation
 from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
+from policies.recall import without_recall_room
 from policies.step import Decision, Forwarded, TurnInput, complete, forward
 from policies.tokens import TokenCounter
 from policies.turn import TurnPlan, plan_turn
@@ -614,8 +615,7 @@ def _budget(services: Services, tenant: Tenant, chat: WireRequest, counter: Tikt
     )
     tools = services.tool_tokens.count(counter, wire.tools(chat.body)) + _reserve(services, chat, counter, wire)
     budget = resolve_budget(tenant.policy.budget, window, source, tools)
-    room = recall_room(budget, wire.offers_recall(chat.body))
-    return replace(budget, usable=max(budget.usable - room, 0))
+    return without_recall_room(budget, wire.offers_recall(chat.body))
 
 
 def _reserve(services: Services, chat: WireRequest, counter: TiktokenCounter, wire: Wire) -> int:

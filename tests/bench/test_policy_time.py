@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,7 +21,13 @@ from bench.policy_time import (
     synthetic_session,
 )
 from bench.traces import Trace, load_traces, traces_dir
+from gateway.settings import Overrides, load_settings
+from gateway.turns.pipeline import _budget
+from gateway.turns.services import ToolTokens
+from gateway.upstream.models import ModelCatalog
 from gateway.upstream.tokens import OFFLINE_ENCODINGS, TiktokenCounter, Tokenizers, count_tools, prepare_offline
+from gateway.wire.base import WireRequest
+from gateway.wire.chat import CHAT
 from gateway.wire.chat_json import parse_messages
 from policies.pagetable import PageTable
 from policies.step import TurnInput, complete, forward
@@ -109,6 +116,25 @@ def test_the_tool_schemas_count_against_the_budget_as_in_the_gateway(
     bare, with_tools = engine(counter, 4000), engine(counter, 4000, small_trace.tools)
     assert bare.budget.cap == with_tools.budget.cap == 4000
     assert bare.budget.usable - with_tools.budget.usable == count_tools(counter, small_trace.tools)
+
+
+@pytest.mark.parametrize("budget", [4000, 16000])
+@pytest.mark.parametrize("tool_choice", ["auto", "none"])
+def test_the_turn_budget_is_the_one_the_gateway_resolves_for_a_chat_request(
+    small_trace: Trace, counter: TiktokenCounter, budget: int, tool_choice: str
+) -> None:
+    """The bench times turns under the budget the gateway assembles them under: with the recall
+    tool's schema and its room taken out whenever the tool may be offered."""
+    settings = load_settings(None, {}, Overrides(upstream="http://127.0.0.1:9/v1", budget=budget))
+    services = SimpleNamespace(settings=settings, catalog=ModelCatalog.load(), tool_tokens=ToolTokens())
+    body = {"model": "gpt-4o", "messages": [], "tools": list(small_trace.tools), "tool_choice": tool_choice}
+    chat = WireRequest(body, "gpt-4o", [], False)
+    gateway = _budget(services, settings.tenant("default"), chat, counter, CHAT)  # type: ignore[arg-type]
+    offered = tool_choice != "none"
+    bench = engine(counter, budget, small_trace.tools, offers_recall=offered)
+    assert (bench.budget.cap, bench.budget.usable, bench.budget.tools) == (gateway.cap, gateway.usable, gateway.tools)
+    assert bench.offers_recall is offered
+    assert bench.input(PageTable(tenant="t", session="s", project="p"), []).offers_recall is offered
 
 
 def test_percentile_is_nearest_rank() -> None:

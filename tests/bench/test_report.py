@@ -412,6 +412,16 @@ def test_measured_bars_carry_no_error() -> None:
     assert not [b for b in bars(sections()) if b.error]
 
 
+def test_the_policy_table_sets_the_gateway_header_beside_the_in_process_time() -> None:
+    data = sections()
+    data["traces"]["rows"][1]["policy_header_median_us"] = 130.0
+    text = render(data, "cmd")
+    assert "| budget | turns | median ⏱ µs | p95 ⏱ µs | max ⏱ µs | gateway header median ⏱ µs |" in text
+    assert "| 4,000 | 9 | 40.00 | 90.00 | 120 | 130 |" in text
+    data["traces"]["rows"][1]["budget"] = 16000  # no replay at the policy table's budget: shown as missing
+    assert "| 4,000 | 9 | 40.00 | 90.00 | 120 | — |" in render(data, "cmd")
+
+
 def test_the_traces_table_sets_the_honest_model_beside_the_perfect_knowledge_bound() -> None:
     data = sections()
     honest = {**_peer("clawvm", 7, 1000, 300.0), "evidence_faults": 5, "intent_faults": 2, "recalled": 3}
