@@ -41,6 +41,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from policies.intent import intent_kind, is_quoted, unquoted
@@ -60,6 +61,7 @@ FACT_ROLES = frozenset({"system", "developer", "user"})
 INTENT_ROLES = frozenset({"user"})
 FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT})
 PLAN_TOOLS = frozenset({"todowrite", "updatetodos", "updateplan", "writetodos"})
+MEMO_NAME_CHARS = 128  # tool names remembered by name (a bounded cache) up to this length: clients send them
 
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
@@ -131,7 +133,17 @@ def is_plan(message: Message) -> bool:
 
 def is_plan_call(call: ToolCall) -> bool:
     """todo_write, TodoWrite, update_plan, write_todos, "Update Todos" (any case or separator)."""
-    return re.sub(r"[^a-z]", "", call.name.lower()) in PLAN_TOOLS
+    return _known_plan_tool(call.name) if len(call.name) <= MEMO_NAME_CHARS else _is_plan_tool(call.name)
+
+
+@lru_cache(maxsize=1024)
+def _known_plan_tool(name: str) -> bool:
+    """`_is_plan_tool`, remembered by the tool's name (an agent has a few tools)."""
+    return _is_plan_tool(name)
+
+
+def _is_plan_tool(name: str) -> bool:
+    return re.sub(r"[^a-z]", "", name.lower()) in PLAN_TOOLS
 
 
 def is_plan_text(text: str) -> bool:

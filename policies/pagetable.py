@@ -33,10 +33,11 @@ import re
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from itertools import islice
 from operator import attrgetter
 
-from policies.classify import carrier_type, extract_facts
+from policies.classify import MEMO_NAME_CHARS, carrier_type, extract_facts
 from policies.pages import LEVELS, Fidelity, Page, PageType, Pin, Provenance, Representation, Reprs, Scope
 from policies.represent import bound_level, full_level, identifiers, index_entry, represent, represent_fact, span_entry
 from policies.tenant import TenantPolicy
@@ -206,11 +207,16 @@ class IngestResult:
 
 
 def message_key(message: Message) -> str:
-    """A cheap positional fingerprint: role, size and a checksum of both ends of the text."""
+    """A cheap positional fingerprint: role, size and a checksum of both ends of the text.
+    Remembered on the message (`Message.key`): the gateway's reader hands the next request the
+    very objects of the known prefix, whose keys the probes of `known_prefix` read again."""
+    if message.key:
+        return message.key
     text = message.text
     ends = (text[:64] + "\x00" + text[-64:]).encode("utf-8", "surrogatepass")
     calls = "".join(c.id for c in message.tool_calls)
-    return f"{message.role}:{len(text)}:{zlib.crc32(ends):08x}:{message.tool_call_id or ''}:{calls}"
+    message.key = f"{message.role}:{len(text)}:{zlib.crc32(ends):08x}:{message.tool_call_id or ''}:{calls}"
+    return message.key
 
 
 def content_digest(message: Message) -> str:
@@ -307,6 +313,7 @@ def ingest(
     return IngestResult(kind=kind, kept=kept, new_pages=tuple(created))
 
 
+@lru_cache(maxsize=1024)
 def tenant_tag(tenant: str) -> str:
     """Three hex digits naming a tenant: the head of every page id of that tenant."""
     return hashlib.sha256(f"tenant\x1f{tenant}".encode("utf-8", "surrogatepass")).hexdigest()[:3]
@@ -664,7 +671,18 @@ def recompute_cost(page_type: PageType, tool_name: str | None) -> float:
     """What it costs the agent to get a page back by redoing its work (the paper's 6/8/12)."""
     if page_type is not PageType.EVIDENCE:
         return 1.0 if page_type is PageType.CONVERSATION else 0.0
-    name = (tool_name or "").lower()
+    name = tool_name or ""
+    return _known_tool_cost(name) if len(name) <= MEMO_NAME_CHARS else _tool_cost(name)
+
+
+@lru_cache(maxsize=1024)
+def _known_tool_cost(tool_name: str) -> float:
+    """`_tool_cost`, remembered by the tool's name (an agent has a few tools)."""
+    return _tool_cost(tool_name)
+
+
+def _tool_cost(tool_name: str) -> float:
+    name = tool_name.lower()
     if any(word in name for word in EDIT_TOOLS):
         return 12.0
     if any(word in name for word in READ_TOOLS):

@@ -4,9 +4,10 @@ A `Message` is one turn of a chat transcript with the fields the policy core rea
 `raw` keeps the message exactly as the client sent it, so that a message kept at full
 fidelity is forwarded byte for byte (content parts, images, vendor fields and all).
 
-Both classes are values: nothing mutates them after construction. They are not frozen only
-because a frozen dataclass costs four times as much to build, and the adapter builds one per
-message of every request.
+Both classes are values: nothing mutates them after construction (but for `Message.key`, a memo of
+`policies.pagetable.message_key` of the fields it reads, set on first use). They are not frozen
+only because a frozen dataclass costs four times as much to build, and the adapter builds one
+per message of every request.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Message:
     name: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     images: int = 0  # non-text content parts (images, audio, files) the full level carries
+    key: str = field(default="", init=False, compare=False, repr=False)  # see the module doc
 
     @property
     def is_instruction(self) -> bool:

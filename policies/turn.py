@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from policies.assembler import Assembly, assemble, low_mark
 from policies.budget import TokenBudget
@@ -30,7 +31,7 @@ from policies.pagetable import (
 )
 from policies.prefix import Prefix
 from policies.render import View, render, stated
-from policies.tenant import TenantPolicy
+from policies.tenant import CachePolicy, TenantPolicy, Weights
 from policies.tokens import REPLY_PRIMING, TokenCounter, framed
 from policies.transcript import Message
 
@@ -114,9 +115,15 @@ def assemble_turn(
 
 def plan_key(policy: TenantPolicy, budget: TokenBudget) -> str:
     """What the kept decisions depend on: a change re-plans from scratch."""
-    w, cache = policy.weights, policy.cache
+    return f"{budget.usable}|{_policy_key(policy.name, policy.weights, policy.cache)}"
+
+
+@lru_cache(maxsize=256)
+def _policy_key(name: str, w: Weights, cache: CachePolicy) -> str:
+    """The policy's part of `plan_key`, written once per policy (formatting its floats is most
+    of what the fast path's key costs)."""
     weights = f"{w.pin_hard},{w.pin_soft},{w.recency},{w.recency_decay},{w.recompute}"
-    return f"{budget.usable}|{policy.name}|{weights}|{cache.mode}:{cache.low_water}"
+    return f"{name}|{weights}|{cache.mode}:{cache.low_water}"
 
 
 def _append(

@@ -486,12 +486,16 @@ CHECKS: tuple[Callable[[Update, Memory, Context], Rejection | None], ...] = (
 def apply(memory: Memory, updates: Sequence[Update], context: Context) -> Outcome:
     """Validate each update against the memory as the earlier ones left it; merge the accepted."""
     entries = dict(memory.entries)
-    superseded = _superseded(updates, memory, context)
+    merges = _merges(updates, memory, context)
+    superseded = _superseded(updates, merges)
     committed: list[Update] = []
     rejected: list[Rejection] = []
 
     for index, update in enumerate(updates):
-        rejection = validate(update, Memory(entries, memory.version), context)
+        if index in merges:
+            rejection = merges[index]
+        else:
+            rejection = validate(update, Memory(entries, memory.version), context)
         if rejection is not None:
             rejected.append(rejection)
             continue
@@ -504,18 +508,22 @@ def apply(memory: Memory, updates: Sequence[Update], context: Context) -> Outcom
     return Outcome(Memory(entries, memory.version + 1), tuple(committed), tuple(rejected))
 
 
-def _superseded(updates: Sequence[Update], memory: Memory, context: Context) -> frozenset[int]:
-    """MERGEs that a later accepted MERGE of the same slot in the batch overrides (MERGE
-    validation does not depend on the memory, so it can be decided up front)."""
+def _merges(updates: Sequence[Update], memory: Memory, context: Context) -> dict[int, Rejection | None]:
+    """Each MERGE's validation, by index: it does not depend on the memory (a MERGE never fails
+    the non-destructive check, and no other check reads the memory), so it is decided once, up
+    front, on the memory as it was."""
+    return {i: validate(u, memory, context) for i, u in enumerate(updates) if u.op is Op.MERGE}
+
+
+def _superseded(updates: Sequence[Update], merges: Mapping[int, Rejection | None]) -> frozenset[int]:
+    """MERGEs that a later accepted MERGE of the same slot in the batch overrides."""
     later: set[str] = set()
     found: set[int] = set()
-    for index in range(len(updates) - 1, -1, -1):
+    for index in sorted(merges, reverse=True):
         update = updates[index]
-        if update.op is not Op.MERGE:
-            continue
         if update.slot in later:
             found.add(index)
-        elif validate(update, memory, context) is None:
+        elif merges[index] is None:
             later.add(update.slot)
     return frozenset(found)
 

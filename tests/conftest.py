@@ -11,7 +11,7 @@ import pytest
 from bench.cluster import EmbeddedCluster
 from bench.fake_upstream import Running, running
 from gateway.store.embedded import EmbeddedRedis, free_port
-from gateway.upstream.tokens import prepare_offline
+from gateway.upstream.tokens import TiktokenCounter, Tokenizers, prepare_offline
 
 
 @pytest.fixture
@@ -26,6 +26,16 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     prepare_offline(env)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="session")
+def gpt4o_counter() -> Iterator[TiktokenCounter]:
+    """The real tiktoken counter of gpt-4o, read from the bundled files (offline)."""
+    env: dict[str, str] = {}
+    prepare_offline(env)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", env["TIKTOKEN_CACHE_DIR"])
+        yield Tokenizers().for_model("gpt-4o")  # loaded while the variable is set
 
 
 @pytest.fixture(scope="session")

@@ -622,7 +622,7 @@ def _reserve(services: Services, chat: WireRequest, counter: TiktokenCounter, wi
     """Tokens of the recall tool's schema, kept free whenever the tool may be offered."""
     if not wire.offers_recall(chat.body):
         return 0
-    return services.tool_tokens.count(counter, [wire.recall_tool(RECALL_TOOL)])
+    return services.tool_tokens.recall(counter, wire, RECALL_TOOL)
 
 
 def commit_backoff(attempt: int, draw: Callable[[float, float], float] = random.uniform) -> float:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +24,7 @@ from gateway.settings import Overrides, load_settings
 from gateway.turns.pipeline import _budget
 from gateway.turns.services import ToolTokens
 from gateway.upstream.models import ModelCatalog
-from gateway.upstream.tokens import OFFLINE_ENCODINGS, TiktokenCounter, Tokenizers, count_tools, prepare_offline
+from gateway.upstream.tokens import OFFLINE_ENCODINGS, TiktokenCounter, count_tools
 from gateway.wire.base import WireRequest
 from gateway.wire.chat import CHAT
 from gateway.wire.chat_json import parse_messages
@@ -35,12 +34,8 @@ from policies.turn import plan_turn
 
 
 @pytest.fixture(scope="module")
-def counter() -> Iterator[TiktokenCounter]:
-    env: dict[str, str] = {}
-    prepare_offline(env)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TIKTOKEN_CACHE_DIR", env["TIKTOKEN_CACHE_DIR"])
-        yield Tokenizers().for_model("gpt-4o")  # loaded while the variable is set
+def counter(gpt4o_counter: TiktokenCounter) -> TiktokenCounter:
+    return gpt4o_counter
 
 
 @pytest.fixture(scope="module")

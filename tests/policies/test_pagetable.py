@@ -70,6 +70,18 @@ def test_message_key_ignores_raw_and_sees_role_size_ends_and_ids() -> None:
     assert message_key(Message("tool", "x", tool_call_id="c1")) != message_key(Message("tool", "x", tool_call_id="c2"))
 
 
+def test_message_key_is_remembered_on_the_message_and_never_carried_to_another() -> None:
+    message = Message(role="user", text="hello world")
+    assert message.key == ""
+    key = message_key(message)
+    assert message.key == key == message_key(message)
+    assert message == Message(role="user", text="hello world")  # the memo is not part of the value
+    edited = replace(message, text="jello world")  # same length, other ends
+    assert edited.key == ""
+    assert message_key(edited) != key
+    assert "key" not in repr(message)
+
+
 def test_content_digest_sees_every_field_but_raw() -> None:
     base = Message(role="user", text="a" * 300)
     middle = Message(role="user", text="a" * 150 + "b" + "a" * 149)
