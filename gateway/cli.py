@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.settings import ConfigError, Overrides, Settings, load_settings
+from gateway.store.board import BOARD_NAME
+from gateway.store.board import create as create_board
 from gateway.store.embedded import EmbeddedRedis
 from gateway.upstream.tokens import prepare_offline
 from gateway.workers import FACTORY, SPEC_ENV, Source, spec, usable_cpus, worker_count
@@ -91,11 +93,12 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
         uvicorn.run(create_app(settings), **options)
         return
     with ExitStack() as stack:
-        store_url = None
-        if settings.store.embedded:
+        store_url, board = None, None
+        if settings.store.embedded:  # the workers are its only writers: they share a versions board
             redis = EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync)
             store_url = stack.enter_context(redis)
-        os.environ[SPEC_ENV] = spec(source or Source(), store_url, log_level, os.getpid())
+            board = create_board(settings.store.data_dir / BOARD_NAME)
+        os.environ[SPEC_ENV] = spec(source or Source(), store_url, log_level, os.getpid(), board)
         uvicorn.run(FACTORY, factory=True, workers=workers, **options)
 
 

@@ -56,12 +56,14 @@ def usable_cpus() -> int | None:
     return os.cpu_count()
 
 
-def spec(source: Source, store_url: str | None, log_level: str, parent: int) -> str:
+def spec(source: Source, store_url: str | None, log_level: str, parent: int, board: Path | None = None) -> str:
     """The worker spec: the config path, the flags (the store replaced by the parent's embedded
-    Redis when there is one), the log level and the parent's pid."""
+    Redis when there is one), the log level, the parent's pid and the versions board the parent
+    made beside its embedded Redis (gateway.store.board)."""
     overrides = source.overrides if store_url is None else replace(source.overrides, store=store_url)
     config = None if source.config is None else str(source.config.resolve())
-    return json.dumps({"config": config, "overrides": asdict(overrides), "log_level": log_level, "parent": parent})
+    found = {"config": config, "overrides": asdict(overrides), "log_level": log_level, "parent": parent}
+    return json.dumps(found | {"board": None if board is None else str(board.resolve())})
 
 
 def worker_settings(env: Mapping[str, str]) -> tuple[Settings, str]:
@@ -69,6 +71,12 @@ def worker_settings(env: Mapping[str, str]) -> tuple[Settings, str]:
     found = json.loads(env[SPEC_ENV])
     config = None if found["config"] is None else Path(found["config"])
     return load_settings(config, env, Overrides(**found["overrides"])), str(found["log_level"])
+
+
+def worker_board(env: Mapping[str, str]) -> Path | None:
+    """The versions board the parent made for its workers, None without an embedded store."""
+    board = json.loads(env[SPEC_ENV]).get("board")
+    return None if board is None else Path(board)
 
 
 def app() -> Starlette:
@@ -81,7 +89,7 @@ def app() -> Starlette:
     settings, log_level = worker_settings(os.environ)
     configure_logging(settings, log_level)
     prepare_offline(os.environ)
-    return create_app(settings)
+    return create_app(settings, board=worker_board(os.environ))
 
 
 def die_with_parent(parent: int) -> None:

@@ -11,6 +11,7 @@ import os
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ from gateway.observability.audit import AuditLog
 from gateway.observability.inspector import TurnLog
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
+from gateway.store.board import VersionBoard
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
@@ -62,11 +64,14 @@ class State(TypedDict):
     services: Services
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, board: Path | None = None) -> Starlette:
+    """The gateway's application; `board` is the versions board the supervisor of `clawvm serve
+    --workers N` made for its workers (gateway.store.board), one per embedded store."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            yield {"services": await _services(settings, stack)}
+            yield {"services": await _services(settings, stack, board)}
 
     return Starlette(
         routes=[
@@ -105,10 +110,14 @@ def create_app(settings: Settings) -> Starlette:
     )
 
 
-async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
+async def _services(settings: Settings, stack: AsyncExitStack, board_path: Path | None = None) -> Services:
     url = settings.store.url
-    if settings.store.embedded:
+    board = None if board_path is None else VersionBoard.open(board_path)  # the supervisor's embedded store
+    if settings.store.embedded:  # this process is its only writer
         url = stack.enter_context(EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync))
+        board = VersionBoard.private()
+    if board is not None:
+        stack.callback(board.close)
     store = RedisStore.from_url(url)
     stack.push_async_callback(store.aclose)
     upstream = OpenAICompatible()
@@ -118,7 +127,7 @@ async def _services(settings: Settings, stack: AsyncExitStack) -> Services:
     for encoding in WARM_ENCODINGS:  # ~0.3 s each: pay it at start-up, not on the first request
         tokenizers.for_encoding(encoding)
     intent.warm()  # the classifier's typo table (~20 ms): at start-up, not on a user's first order
-    sessions, metrics, audit = SessionState(store), Metrics(), AuditLog(store.client)
+    sessions, metrics, audit = SessionState(store, board=board), Metrics(), AuditLog(store.client)
     memory = MemoryService(WritebackJournal(store.client), store)
     outage = OutageQueue(
         sessions, memory, audit, metrics, settings.store.outage_queue, settings.store.outage_queue_bytes

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from gateway.store.board import VersionBoard
 from gateway.store.store import Store, StoreUnavailable, TableRecord, body_digest, session_scope
 from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
 from policies.pages import Page, PageType
@@ -54,9 +55,10 @@ class _Lock:
 
 
 class SessionState:
-    def __init__(self, store: Store, capacity: int = CACHE_CAPACITY) -> None:
+    def __init__(self, store: Store, capacity: int = CACHE_CAPACITY, board: VersionBoard | None = None) -> None:
         self.store = store
         self._capacity = capacity
+        self._board = board  # the versions every save of this gateway's processes left (embedded store)
         self._cache: OrderedDict[tuple[str, str], PageTable] = OrderedDict()
         self._locks: dict[tuple[str, str], _Lock] = {}
         # Set once a save of this process lost to another writer (another worker or replica):
@@ -78,7 +80,7 @@ class SessionState:
 
     async def load(self, tenant: str, session: str, project: str, user: str = "") -> PageTable:
         cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
-        if cached is not None:
+        if cached is not None and not self._contradicted(cached):
             return cached  # trusted: a stale copy loses the optimistic save and is reloaded
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
@@ -100,12 +102,23 @@ class SessionState:
         """Whether another writer has saved the session past `table` (one HGET): a turn whose save
         runs beside its upstream call (gateway.store.saving) asks before it forwards, since that
         save's own version check would tell it too late. An unreachable store answers False (the
-        outage path plans on the copy it has)."""
+        outage path plans on the copy it has). The versions board, when this gateway keeps one,
+        answers instead of the store when it confirms the table's version."""
+        if self._board is not None and self._board.get(table.tenant, table.session) == table.version:
+            return False
         try:
             stored = await self.store.table_version(table.tenant, session_scope(table.session))
         except StoreUnavailable:
             return False
         return stored != table.version
+
+    def _contradicted(self, table: PageTable) -> bool:
+        """Whether the versions board holds the session at another version than `table`'s: another
+        worker saved it since (or the store lost writes); either way the stored table is read
+        instead of planning on this copy and planning again once its save is refused."""
+        if self._board is None:
+            return False
+        return self._board.get(table.tenant, table.session) not in (None, table.version)
 
     async def read(self, tenant: str, session: str) -> PageTable | None:
         """The session's table for reading (the audit API): the cached copy, left in the cache,
@@ -148,6 +161,8 @@ class SessionState:
                 table.tenant, scope, snapshot, new_pages, bodies, table.version, writeback
             )
             table.journal = Journal(0, 0, len(snapshot))
+        if self._board is not None:  # before the turn's answer is relayed (gateway.store.saving)
+            self._board.put(table.tenant, table.session, table.version)
         checkpoint(table)
         self.keep(table)
 

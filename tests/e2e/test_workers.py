@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis
 
 from bench.fake_upstream import Running
 from tests.e2e.test_cli_serve import Served, alive, children, clawvm_serve, stored_table_of
@@ -51,6 +56,44 @@ async def all_sessions(served: Served) -> list[list[str]]:
     return await asyncio.gather(*(converse(served, n) for n in range(SESSIONS)))
 
 
+def redis_port(cmdline: str) -> int:
+    """The port in a redis-server's process title ("redis-server 127.0.0.1:PORT")."""
+    found = re.search(r"127\.0\.0\.1:(\d+)", cmdline)
+    assert found is not None, cmdline
+    return int(found.group(1))
+
+
+@contextmanager
+def version_reads(port: int) -> Iterator[list[str]]:
+    """The table version reads (HGET of a table key) clients, not scripts, send to the Redis on
+    `port` while inside, seen with MONITOR: an ECHO before and after marks the window."""
+    seen: list[str] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        with redis.Redis(port=port).monitor() as monitor:
+            while True:
+                command = monitor.next_command()
+                text = str(command["command"])
+                if text.startswith("ECHO clawvm-test-start"):
+                    ready.set()
+                elif text.startswith("ECHO clawvm-test-end"):
+                    done.set()
+                    return
+                elif command["client_type"] != "lua" and text.startswith("HGET ") and ":table " in text:
+                    seen.append(text)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with redis.Redis(port=port) as marker:
+        while not ready.is_set():  # MONITOR is on once it reports the marker
+            marker.echo("clawvm-test-start")
+            ready.wait(0.1)
+        yield seen
+        marker.echo("clawvm-test-end")
+        assert done.wait(10)
+
+
 def test_workers_share_one_store_and_keep_every_turn(tmp_path: Path, fake_upstream: Running) -> None:
     data_dir = tmp_path / "data"
     config = tmp_path / "config.yaml"
@@ -61,7 +104,11 @@ def test_workers_share_one_store_and_keep_every_turn(tmp_path: Path, fake_upstre
         workers = [pid for pid, cmdline in spawned if "spawn_main" in cmdline]
         assert len(redis_servers) == 1, spawned  # started once, by the parent
         assert len(workers) == WORKERS, spawned
-        asyncio.run(all_sessions(served))
+        port = redis_port(next(cmdline for _, cmdline in spawned if "redis-server" in cmdline))
+        with version_reads(port) as reads:
+            asyncio.run(all_sessions(served))
+        # the workers share a versions board: only a session's first turn asks the store its version
+        assert len(reads) <= SESSIONS, reads
         sent = [request.body["messages"] for request in fake_upstream.fake.requests if request.body]
         for session in range(SESSIONS):  # every turn forwarded whole: nothing lost or reordered
             for turn in range(1, TURNS + 1):
@@ -72,6 +119,21 @@ def test_workers_share_one_store_and_keep_every_turn(tmp_path: Path, fake_upstre
     for session in range(SESSIONS):  # each session's table holds every turn, committed in order
         table = stored_table_of(data_dir, f"w-{session}")
         assert table.turn == TURNS and len(table.order) == len(transcript(session, TURNS))
+
+
+def test_one_process_on_the_embedded_store_asks_it_no_version_of_a_table_it_saved(
+    tmp_path: Path, fake_upstream: Running
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store:\n  data_dir: {json.dumps(str(tmp_path / 'data'))}\n")
+    with clawvm_serve(fake_upstream.url, tmp_path, "--config", str(config), "--workers", "1") as served:
+        spawned = children(served.process.pid)
+        assert not [pid for pid, cmdline in spawned if "spawn_main" in cmdline], spawned
+        port = redis_port(next(cmdline for _, cmdline in spawned if "redis-server" in cmdline))
+        with version_reads(port) as reads:
+            asyncio.run(all_sessions(served))
+        assert len(reads) <= SESSIONS, reads  # each session's first turn only
+        assert served.terminate() in (0, -signal.SIGTERM), served.output()
 
 
 def test_the_workers_flag_wins_over_the_config(tmp_path: Path, fake_upstream: Running) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import ConfigError, Overrides, load_settings
-from gateway.workers import SPEC_ENV, Source, spec, usable_cpus, worker_count, worker_settings
+from gateway.workers import SPEC_ENV, Source, spec, usable_cpus, worker_board, worker_count, worker_settings
 
 
 def test_workers_default_to_one_per_cpu_and_the_flag_wins(tmp_path: Path) -> None:
@@ -39,6 +39,12 @@ def test_a_worker_loads_the_parents_settings_with_the_shared_store(tmp_path: Pat
     assert settings.server == parent.server and settings.upstream == parent.upstream
     assert json.loads(encoded)["parent"] == 4242
     assert json.loads(spec(Source(), None, "info", 1))["overrides"]["store"] is None
+
+
+def test_a_worker_finds_the_versions_board_of_its_parents_embedded_store(tmp_path: Path) -> None:
+    board = tmp_path / "data" / "versions.board"
+    assert worker_board({SPEC_ENV: spec(Source(), "redis://127.0.0.1:7001/0", "info", 1, board)}) == board
+    assert worker_board({SPEC_ENV: spec(Source(), "redis://127.0.0.1:7001/0", "info", 1)}) is None  # a store of its own
 
 
 def test_usable_cpus_counts_what_this_process_may_run_on() -> None:

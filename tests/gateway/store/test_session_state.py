@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from bench.traces import load_traces, traces_dir
 from gateway.store import session_state
+from gateway.store.board import VersionBoard
 from gateway.store.session_state import Journal, SessionState
 from gateway.store.store import (
     CorruptData,
@@ -405,3 +406,60 @@ async def test_read_decodes_from_the_store_and_knows_unknown_sessions(store: Red
     read = await other.read(tenant, "s")
     assert read is not None and dump_table(read) == dump_table(committed) and read.version == committed.version
     assert await other.read(tenant, "never") is None
+
+
+async def _hgets(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+
+async def test_a_version_the_board_confirms_is_not_asked_of_the_store(
+    store: RedisStore, redis_url: str, tenant: str
+) -> None:
+    """Two workers of one gateway share a versions board: a cached table the board confirms is
+    current without a round trip; one another worker saved past is found moved (the board
+    disagrees, so the store is asked)."""
+    board = VersionBoard.private()
+    mine, theirs = SessionState(store, board=board), SessionState(RedisStore.from_url(redis_url), board=board)
+    try:
+        table = await turn(mine, tenant, "s", conversation(1))
+        assert board.get(tenant, "s") == table.version == 1
+        before = await _hgets(store.client)
+        assert not await mine.moved(table)
+        assert await _hgets(store.client) == before  # no round trip
+        await turn(theirs, tenant, "s", conversation(3))  # another worker moves the table on
+        assert board.get(tenant, "s") == 2
+        before = await _hgets(store.client)
+        assert await mine.moved(table)
+        assert await _hgets(store.client) == before + 1  # asked, since the board disagrees
+        loaded = await mine.load(tenant, "s", "proj")  # the stale copy is not planned on: read again
+        assert loaded is not table and loaded.version == 2
+        assert not await mine.moved(loaded) and await _hgets(store.client) == before + 1
+    finally:
+        await theirs.store.aclose()
+        board.close()
+
+
+async def test_a_board_the_store_contradicts_costs_one_replan_never_the_session(store: RedisStore, tenant: str) -> None:
+    """The store lost the session's writes (a restart without them, say) while the board still
+    holds their version: the table the board confirms loses its save once, and the session goes
+    on from the stored state, recorded on the board again."""
+    board = VersionBoard.private()
+    mine = SessionState(store, board=board)
+    try:
+        table = await turn(mine, tenant, "s", conversation(1))
+        keys = Keys.of(tenant, session_scope("s"))
+        await store.client.delete(keys.table, keys.journal)  # the writes the store lost
+        cached = await mine.load(tenant, "s", "proj")
+        assert not await mine.moved(cached)  # the board confirms it: planned on
+        result = plan(cached, conversation(2))
+        with pytest.raises(VersionConflict):  # the optimistic save still guards the store
+            await mine.commit(cached, result.ingest.new_pages)
+        mine.forget(tenant, "s")
+        fresh = await mine.load(tenant, "s", "proj")
+        assert fresh.version == 0 and not await mine.moved(fresh)  # the store, not the board, says so
+        await mine.commit(fresh, plan(fresh, conversation(2)).ingest.new_pages)
+        assert fresh.version == board.get(tenant, "s") == 1
+        assert table.version == 1
+    finally:
+        board.close()
