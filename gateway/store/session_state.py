@@ -58,7 +58,7 @@ class SessionState:
     def __init__(self, store: Store, capacity: int = CACHE_CAPACITY, board: VersionBoard | None = None) -> None:
         self.store = store
         self._capacity = capacity
-        self._board = board  # the versions every save of this gateway's processes left (embedded store)
+        self._board = board  # the versions this gateway's processes last saved or read (embedded store)
         self._cache: OrderedDict[tuple[str, str], PageTable] = OrderedDict()
         self._locks: dict[tuple[str, str], _Lock] = {}
         # Set once a save of this process lost to another writer (another worker or replica):
@@ -84,8 +84,12 @@ class SessionState:
             return cached  # trusted: a stale copy loses the optimistic save and is reloaded
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
-            return PageTable(tenant=tenant, session=session, project=project, user=user)
-        return await self._decode(tenant, session, record)
+            table = PageTable(tenant=tenant, session=session, project=project, user=user)
+        else:
+            table = await self._decode(tenant, session, record)
+        if self._board is not None:  # the stored version, just read: no need to ask it again
+            self._board.put(tenant, session, table.version)
+        return table
 
     async def current(self, tenant: str, session: str) -> bool:
         """Whether the cached table (if any) may be planned on: always while no other writer has
@@ -104,13 +108,18 @@ class SessionState:
         save's own version check would tell it too late. An unreachable store answers False (the
         outage path plans on the copy it has). The versions board, when this gateway keeps one,
         answers instead of the store when it confirms the table's version."""
-        if self._board is not None and self._board.get(table.tenant, table.session) == table.version:
+        if self.confirmed(table):
             return False
         try:
             stored = await self.store.table_version(table.tenant, session_scope(table.session))
         except StoreUnavailable:
             return False
         return stored != table.version
+
+    def confirmed(self, table: PageTable) -> bool:
+        """Whether the versions board holds the session at `table`'s version: no store round trip
+        is needed to know that it is current."""
+        return self._board is not None and self._board.get(table.tenant, table.session) == table.version
 
     def _contradicted(self, table: PageTable) -> bool:
         """Whether the versions board holds the session at another version than `table`'s: another

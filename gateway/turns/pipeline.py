@@ -850,9 +850,10 @@ async def _finished_turn(
 
 def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:
     """Whether another writer saved the session past `table` (one HGET), read in the background;
-    None for a table the outage queue holds (its stored version lags by design). It is never
-    cancelled: a redis command cancelled mid-reply costs its connection."""
-    if services.outage.holds(table.tenant, table.session):
+    None for a table the outage queue holds (its stored version lags by design) or one the
+    versions board confirms (nothing to read). It is never cancelled: a redis command cancelled
+    mid-reply costs its connection."""
+    if services.outage.holds(table.tenant, table.session) or services.sessions.confirmed(table):
         return None
     read = asyncio.ensure_future(services.sessions.moved(table))
     read.add_done_callback(_unheard)  # a turn that writes nothing does not wait for it: never cancelled
