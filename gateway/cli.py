@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.settings import ConfigError, Overrides, Settings, load_settings
-from gateway.store.board import BOARD_NAME
-from gateway.store.board import create as create_board
+from gateway.store.board import BOARD_NAME, made
 from gateway.store.embedded import EmbeddedRedis
 from gateway.upstream.tokens import prepare_offline
 from gateway.workers import FACTORY, SPEC_ENV, Source, spec, usable_cpus, worker_count
@@ -97,7 +96,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
         if settings.store.embedded:  # the workers are its only writers: they share a versions board
             redis = EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync)
             store_url = stack.enter_context(redis)
-            board = create_board(settings.store.data_dir / BOARD_NAME)
+            board = made(settings.store.data_dir / BOARD_NAME)
         os.environ[SPEC_ENV] = spec(source or Source(), store_url, log_level, os.getpid(), board)
         uvicorn.run(FACTORY, factory=True, workers=workers, **options)
 

@@ -38,7 +38,7 @@ from gateway.observability.audit import AuditLog
 from gateway.observability.inspector import TurnLog
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
-from gateway.store.board import VersionBoard
+from gateway.store.board import VersionBoard, opened
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
@@ -112,7 +112,7 @@ def create_app(settings: Settings, board: Path | None = None) -> Starlette:
 
 async def _services(settings: Settings, stack: AsyncExitStack, board_path: Path | None = None) -> Services:
     url = settings.store.url
-    board = None if board_path is None else VersionBoard.open(board_path)  # the supervisor's embedded store
+    board = None if board_path is None else opened(board_path)  # the supervisor's embedded store
     if settings.store.embedded:  # this process is its only writer
         url = stack.enter_context(EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync))
         board = VersionBoard.private()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import struct
@@ -35,6 +36,7 @@ BOARD_BYTES = SLOTS * SLOT_BYTES  # 2 MiB
 BOARD_NAME = "versions.board"
 _SEQUENCE = struct.Struct("<Q")
 _ENTRY = struct.Struct("<QQ")  # fingerprint, version; after the sequence
+log = logging.getLogger("clawvm.gateway")
 
 
 class BoardError(RuntimeError):
@@ -133,3 +135,23 @@ def create(path: Path, slots: int = SLOTS) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def made(path: Path) -> Path | None:
+    """`create`, or None (with a warning) where the data directory cannot hold a board: the
+    workers then read each cached table's version from the store, as without one."""
+    try:
+        return create(path)
+    except BoardError as exc:
+        log.warning("%s; workers will read table versions from the store", exc)
+        return None
+
+
+def opened(path: Path) -> VersionBoard | None:
+    """`VersionBoard.open`, or None (with a warning) when the board cannot be mapped: this worker
+    then reads each cached table's version from the store, as without one."""
+    try:
+        return VersionBoard.open(path)
+    except BoardError as exc:
+        log.warning("%s; this worker will read table versions from the store", exc)
+        return None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import board as board_module
-from gateway.store.board import SLOT_BYTES, BoardError, VersionBoard, create, fingerprint
+from gateway.store.board import SLOT_BYTES, BoardError, VersionBoard, create, fingerprint, made, opened
 
 WRITES = 20_000
 
@@ -122,3 +122,15 @@ def test_the_board_is_a_whole_number_of_slots() -> None:
     assert board_module.BOARD_BYTES == board_module.SLOTS * SLOT_BYTES
     with pytest.raises(BoardError, match="whole number"):
         VersionBoard(mmap.mmap(-1, SLOT_BYTES + 8))
+
+
+def test_a_data_directory_that_cannot_hold_a_board_serves_without_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="clawvm.gateway"):
+        assert made(tmp_path / "no-such-dir" / "versions.board") is None
+        assert opened(tmp_path / "missing.board") is None
+    assert "read table versions from the store" in caplog.text
+    board = opened(made(tmp_path / "versions.board") or tmp_path)
+    assert board is not None
+    board.close()
