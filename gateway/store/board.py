@@ -130,6 +130,7 @@ def create(path: Path, slots: int = SLOTS) -> Path:
     except OSError as exc:
         raise BoardError(f"cannot create the versions board {path}: {exc.strerror}") from exc
     try:
+        os.fchmod(fd, 0o600)  # an earlier run's file keeps its mode otherwise
         os.ftruncate(fd, 0)
         os.ftruncate(fd, slots * SLOT_BYTES)  # zeros: every slot empty
     finally:

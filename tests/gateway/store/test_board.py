@@ -62,7 +62,9 @@ def test_a_fresh_board_forgets_an_earlier_run(tmp_path: Path) -> None:
     board = VersionBoard.open(path)
     board.put("acme", "s", 5)
     board.close()
+    path.chmod(0o644)
     create(path)  # the next `clawvm serve` on the same data directory
+    assert path.stat().st_mode & 0o777 == 0o600  # this process's users only
     board = VersionBoard.open(path)
     try:
         assert board.get("acme", "s") is None
