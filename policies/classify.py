@@ -62,6 +62,9 @@ INTENT_ROLES = frozenset({"user"})
 FACT_TYPES = frozenset({PageType.CONSTRAINT, PageType.PREFERENCE, PageType.INTENT})
 PLAN_TOOLS = frozenset({"todowrite", "updatetodos", "updateplan", "writetodos"})
 MEMO_NAME_CHARS = 128  # tool names remembered by name (a bounded cache) up to this length: clients send them
+MEMO_FACTS_CHARS = 2048  # texts this long or longer have their facts remembered (`extract_facts`) ...
+MEMO_FACTS_MAX_CHARS = 65_536  # ... up to this length: at most MEMO_FACTS of them, 64 KiB each
+MEMO_FACTS = 256
 
 
 def _led(first: str, pattern: str, flags: re.RegexFlag) -> re.Pattern[str]:
@@ -202,17 +205,32 @@ def extract_facts(
     """Rule, preference and intent sentences of a system, developer or user message, in source
     order. Intents come from user messages only, whole (see the module doc).
 
-    `max_chars=None` keeps long sentences whole (the bootstrap's structured view uses that)."""
+    `max_chars=None` keeps long sentences whole (the bootstrap's structured view uses that).
+    A text of MEMO_FACTS_CHARS or more characters (a system prompt every session of an agent
+    repeats) is read once per process: its facts are remembered (a bounded cache)."""
     if message.role not in FACT_ROLES or not message.text:
         return ()
-    compiled = _compile(rules, message.role)
-    person = message.role in INTENT_ROLES
-    typed = person and len(message.text) <= MAX_TYPED_CHARS
+    if MEMO_FACTS_CHARS <= len(message.text) <= MEMO_FACTS_MAX_CHARS:
+        return _remembered_facts(message.role, message.text, rules, max_chars)
+    return _facts(message.role, message.text, rules, max_chars)
+
+
+@lru_cache(maxsize=MEMO_FACTS)
+def _remembered_facts(
+    role: str, text: str, rules: tuple[ClassifierRule, ...], max_chars: int | None
+) -> tuple[Fact, ...]:
+    return _facts(role, text, rules, max_chars)
+
+
+def _facts(role: str, text: str, rules: tuple[ClassifierRule, ...], max_chars: int | None) -> tuple[Fact, ...]:
+    compiled = _compile(rules, role)
+    person = role in INTENT_ROLES
+    typed = person and len(text) <= MAX_TYPED_CHARS
     long_intents = 0 if typed or not person else LONG_MESSAGE_INTENTS
     facts: dict[Fact, None] = {}
-    for sentence in sentences(message.text):
+    for sentence in sentences(text):
         spoken = long_intents > 0 and _SPEAKER.match(sentence) is not None
-        page_type = _sentence_type(sentence, message.role, compiled, typed=typed or spoken)
+        page_type = _sentence_type(sentence, role, compiled, typed=typed or spoken)
         if page_type is PageType.INTENT:
             if len(sentence) <= MAX_INTENT_CHARS:  # kept whole, or not at all
                 facts[Fact(page_type, sentence)] = None

@@ -536,3 +536,28 @@ def test_the_led_cue_patterns_match_exactly_where_the_plain_ones_do(text: str) -
         head = led.pattern.index("(?:")
         plain = re.compile(led.pattern[head + 3 : -1], led.flags)
         assert [m.span() for m in led.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+def test_a_long_instruction_text_is_read_once_and_gives_the_same_facts() -> None:
+    """A system prompt every session of an agent repeats: its facts are remembered by text (and
+    the tenant's rules), so the next session's copy is not read again, with the same result."""
+    rule = "Never refund a ticket without the booking code."
+    prompt = " ".join([rule, *(f"Step {n} looks up the flight status for the customer." for n in range(60))])
+    assert len(prompt) >= classify.MEMO_FACTS_CHARS
+    classify._remembered_facts.cache_clear()
+    first = extract_facts(Message(role="system", text=prompt))
+    again = extract_facts(Message(role="system", text="".join(prompt)))  # an equal text, another object
+    assert again == first == classify._facts("system", prompt, (), classify.MAX_FACT_CHARS)
+    assert Fact(PageType.CONSTRAINT, rule) in first
+    assert classify._remembered_facts.cache_info().hits == 1
+    custom = (ClassifierRule(pattern=r"flight status", type=PageType.PREFERENCE),)
+    tenant_rules = extract_facts(Message(role="system", text=prompt), custom)  # other rules: read again
+    assert tenant_rules != first and classify._remembered_facts.cache_info().hits == 1
+    assert extract_facts(Message(role="user", text=prompt)) == classify._facts("user", prompt, (), 400)
+
+
+def test_a_text_beyond_the_memo_bound_is_read_every_time() -> None:
+    huge = "You must always answer in French. " * (classify.MEMO_FACTS_MAX_CHARS // 30)
+    classify._remembered_facts.cache_clear()
+    assert extract_facts(Message(role="system", text=huge))
+    assert classify._remembered_facts.cache_info().currsize == 0
