@@ -80,7 +80,7 @@ class SessionState:
 
     async def load(self, tenant: str, session: str, project: str, user: str = "") -> PageTable:
         cached = self._cache.pop((tenant, session), None)  # the caller owns it until commit
-        if cached is not None and not self._contradicted(cached):
+        if cached is not None:
             return cached  # trusted: a stale copy loses the optimistic save and is reloaded
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
@@ -102,6 +102,19 @@ class SessionState:
         self.forget(tenant, session)
         return False
 
+    def stale(self, tenant: str, session: str) -> bool:
+        """Whether the versions board holds the session at another version than the cached
+        table's: another worker saved it since (or the store lost writes). The copy is dropped, so
+        that `load` reads the stored table instead of planning on this one and planning again once
+        its save is refused; the caller drops what it cached with it (the session's memory)."""
+        cached = self._cache.get((tenant, session))
+        if cached is None or self._board is None:
+            return False
+        if self._board.get(tenant, session) in (None, cached.version):
+            return False
+        self.forget(tenant, session)
+        return True
+
     async def moved(self, table: PageTable) -> bool:
         """Whether another writer has saved the session past `table` (one HGET): a turn whose save
         runs beside its upstream call (gateway.store.saving) asks before it forwards, since that
@@ -120,14 +133,6 @@ class SessionState:
         """Whether the versions board holds the session at `table`'s version: no store round trip
         is needed to know that it is current."""
         return self._board is not None and self._board.get(table.tenant, table.session) == table.version
-
-    def _contradicted(self, table: PageTable) -> bool:
-        """Whether the versions board holds the session at another version than `table`'s: another
-        worker saved it since (or the store lost writes); either way the stored table is read
-        instead of planning on this copy and planning again once its save is refused."""
-        if self._board is None:
-            return False
-        return self._board.get(table.tenant, table.session) not in (None, table.version)
 
     async def read(self, tenant: str, session: str) -> PageTable | None:
         """The session's table for reading (the audit API): the cached copy, left in the cache,

@@ -21,11 +21,15 @@ import pytest
 import redis
 
 from bench.fake_upstream import Running
+from bench.traces import load_traces, traces_dir
 from tests.e2e.test_cli_serve import Served, alive, children, clawvm_serve, stored_table_of
 
 WORKERS = 3
 SESSIONS = 6
 TURNS = 4
+PAGED_TRACE = "taubench-retail-020"  # tool calls; paged at PAGED_BUDGET on most turns
+PAGED_BUDGET = 4000
+TRACES = {t.name: t for t in load_traces(traces_dir())} if traces_dir().is_dir() else {}
 
 
 def transcript(session: int, turns: int) -> list[dict[str, Any]]:
@@ -133,6 +137,55 @@ def test_one_process_on_the_embedded_store_asks_it_no_version_of_a_table_it_save
             asyncio.run(all_sessions(served))
         assert reads == []  # the process's own versions board answers
         assert served.terminate() in (0, -signal.SIGTERM), served.output()
+
+
+def forwarded(served: Served, fake_upstream: Running, session: str, *, spread: bool) -> list[str]:
+    """Every request of PAGED_TRACE as one session, turn by turn; per turn, the JSON of what the
+    model received (its `prompt_cache_key`, which names the session, left out). `spread`: each
+    request on a fresh connection (any worker); else all on one kept-alive connection (one worker)."""
+    trace, seen = TRACES[PAGED_TRACE], []
+    ids = {"x-clawvm-session": session, "x-clawvm-project": f"proj-{session}"}  # no state carried over
+    with httpx.Client(timeout=60) as kept:
+        for messages in trace.turns():
+            before = len(fake_upstream.fake.requests)
+            body = {"model": "gpt-4o", "messages": messages, "tools": trace.tools}
+            if spread:
+                with httpx.Client(timeout=60) as fresh:
+                    response = fresh.post(served.url + "/chat/completions", json=body, headers=ids)
+            else:
+                response = kept.post(served.url + "/chat/completions", json=body, headers=ids)
+            assert response.status_code == 200, response.text
+            bodies = [dict(r.body) for r in fake_upstream.fake.requests[before:]]
+            for sent in bodies:
+                sent.pop("prompt_cache_key", None)
+            seen.append(json.dumps(bodies, sort_keys=True))
+    return seen
+
+
+@pytest.mark.skipif(not TRACES, reason="shared/traces/real not found (set CLAWVM_TRACES)")
+def test_a_session_spread_over_workers_forwards_what_one_worker_does(tmp_path: Path, fake_upstream: Running) -> None:
+    """The versions board decides which cached copy a worker plans on: a session whose turns land
+    on any worker is forwarded byte for byte what one worker forwards, with no version read."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  workers: {WORKERS}\nstore:\n  data_dir: {json.dumps(str(tmp_path / 'data'))}\n")
+    args = ("--config", str(config), "--budget", str(PAGED_BUDGET))
+    with clawvm_serve(fake_upstream.url, tmp_path, *args) as served:
+        port = redis_port(next(cmdline for _, cmdline in children(served.process.pid) if "redis-server" in cmdline))
+        one = forwarded(served, fake_upstream, "one", spread=False)
+        with version_reads(port) as reads:
+            spread = forwarded(served, fake_upstream, "spread", spread=True)
+        assert reads == []
+        assert served.terminate() in (0, -signal.SIGTERM), served.output()
+    assert len(one) == len(spread) == len(list(TRACES[PAGED_TRACE].turns()))
+    for turn, (x, y) in enumerate(zip(one, spread, strict=True)):
+        assert x == y, f"turn {turn}: a session spread over workers forwarded something else than one worker"
+    paged = [
+        t
+        for t, (sent, m) in enumerate(zip(spread, TRACES[PAGED_TRACE].turns(), strict=True))
+        if len(json.loads(sent)[0]["messages"]) < len(m)
+    ]
+    assert len(paged) > len(one) // 2, "the budget should force paging on most turns"
+    assert "lost to another writer" not in served.output()  # planned once per turn
 
 
 def test_the_workers_flag_wins_over_the_config(tmp_path: Path, fake_upstream: Running) -> None:

@@ -432,7 +432,9 @@ async def test_a_version_the_board_confirms_is_not_asked_of_the_store(
         before = await _hgets(store.client)
         assert await mine.moved(table)
         assert await _hgets(store.client) == before + 1  # asked, since the board disagrees
-        loaded = await mine.load(tenant, "s", "proj")  # the stale copy is not planned on: read again
+        assert mine.stale(tenant, "s")  # the board says so: the copy is dropped before planning
+        assert not mine.stale(tenant, "s")  # (once)
+        loaded = await mine.load(tenant, "s", "proj")  # the stored table is read instead
         assert loaded is not table and loaded.version == 2
         assert not await mine.moved(loaded) and await _hgets(store.client) == before + 1
     finally:
