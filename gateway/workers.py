@@ -62,8 +62,10 @@ def spec(source: Source, store_url: str | None, log_level: str, parent: int, boa
     made beside its embedded Redis (gateway.store.board)."""
     overrides = source.overrides if store_url is None else replace(source.overrides, store=store_url)
     config = None if source.config is None else str(source.config.resolve())
-    found = {"config": config, "overrides": asdict(overrides), "log_level": log_level, "parent": parent}
-    return json.dumps(found | {"board": None if board is None else str(board.resolve())})
+    shared = None if board is None else str(board.resolve())
+    return json.dumps(
+        {"config": config, "overrides": asdict(overrides), "log_level": log_level, "parent": parent, "board": shared}
+    )
 
 
 def worker_settings(env: Mapping[str, str]) -> tuple[Settings, str]:

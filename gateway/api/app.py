@@ -111,11 +111,12 @@ def create_app(settings: Settings, board: Path | None = None) -> Starlette:
 
 
 async def _services(settings: Settings, stack: AsyncExitStack, board_path: Path | None = None) -> Services:
-    url = settings.store.url
-    board = None if board_path is None else opened(board_path)  # the supervisor's embedded store
+    url, board = settings.store.url, None
     if settings.store.embedded:  # this process is its only writer
         url = stack.enter_context(EmbeddedRedis(settings.store.data_dir, appendfsync=settings.store.appendfsync))
         board = VersionBoard.private()
+    elif board_path is not None:  # a worker on its supervisor's embedded store
+        board = opened(board_path)
     if board is not None:
         stack.callback(board.close)
     store = RedisStore.from_url(url)
