@@ -102,6 +102,10 @@ class SessionState:
         self.forget(tenant, session)
         return False
 
+    def holds(self, tenant: str, session: str) -> bool:
+        """Whether a copy of the session's table is cached (else `load` reads the stored one)."""
+        return (tenant, session) in self._cache
+
     def stale(self, tenant: str, session: str) -> bool:
         """Whether the versions board holds the session at another version than the cached
         table's: another worker saved it since (or the store lost writes). The copy is dropped, so

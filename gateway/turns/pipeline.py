@@ -690,15 +690,19 @@ async def _load(services: Services, tenant: Tenant, ids: SessionIds, verified: b
     """The session's table: the outage queue's while it holds deferred work, else the cached
     (dropped with the session's memory when the versions board says another worker saved past
     it; checked first once another writer was seen, unless the turn is `verified` while it is
-    planned: `_turn`) or stored one; a fresh table (built from the request's own messages) when
-    the store is unreachable."""
+    planned: `_turn`) or stored one, read with the session's memory (a copy of the memory that
+    outlived the cached table, which another session's turns evicted, may be older than the
+    stored table); a fresh table (built from the request's own messages) when the store is
+    unreachable."""
     held = services.outage.table(tenant.name, ids.session)
     if held is not None:
         services.sessions.forget(tenant.name, ids.session)  # the caller owns it until commit
         return held
     try:
-        if services.sessions.stale(tenant.name, ids.session) or (  # moved on elsewhere
-            not verified and not await services.sessions.current(tenant.name, ids.session)
+        if (
+            not services.sessions.holds(tenant.name, ids.session)  # read now: memory kept since may be older
+            or services.sessions.stale(tenant.name, ids.session)  # moved on elsewhere
+            or (not verified and not await services.sessions.current(tenant.name, ids.session))
         ):
             services.memory.forget(tenant.name, session_scope(ids.session))
         return await services.sessions.load(tenant.name, ids.session, ids.project, ids.user)

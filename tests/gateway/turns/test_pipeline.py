@@ -18,6 +18,7 @@ from gateway.api.errors import ContextLengthExceeded, ServiceUnavailable
 from gateway.observability.audit import AuditLog
 from gateway.observability.metrics import Metrics
 from gateway.settings import Overrides, Settings, load_settings
+from gateway.store.board import VersionBoard
 from gateway.store.embedded import free_port
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
@@ -84,8 +85,10 @@ def settings(tmp_path: Path) -> SettingsFactory:
     return build
 
 
-def services(settings: Settings, store: RedisStore, catalog: ModelCatalog) -> Services:
-    sessions, audit = SessionState(store), AuditLog(store.client)
+def services(
+    settings: Settings, store: RedisStore, catalog: ModelCatalog, sessions: SessionState | None = None
+) -> Services:
+    sessions, audit = sessions or SessionState(store), AuditLog(store.client)
     memory = MemoryService(WritebackJournal(store.client), store)
     return Services(
         settings=settings,
@@ -487,6 +490,45 @@ async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
     assert len(stored.order) == len(coding_session(9))
     journal = await workers[0].memory.journal.read("default", f"s:{ids.session}")
     assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 9
+
+
+@pytest.mark.anyio
+async def test_a_table_evicted_from_the_cache_is_planned_with_fresh_memory(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose table cache dropped a session (another session took its room) while it still
+    holds that session's memory reads both again: another worker may have saved the session since,
+    so a turn planned on the stored table with the old memory would lose its save and be planned
+    (and forwarded) twice."""
+    import gateway.turns.pipeline as pipeline
+
+    plans: list[int] = []
+    planned = pipeline.forward
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        plans.append(1)
+        return planned(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "forward", counted)
+    board = VersionBoard.private()
+    try:
+        mine = services(settings(), store, catalog, SessionState(store, capacity=1, board=board))
+        theirs = services(settings(), store, catalog, SessionState(store, board=board))
+        ids, other = session(), session()
+        tenant = mine.settings.tenants[0]
+        await run_prepare(mine, request(coding_session(1)), ids)
+        await run_prepare(mine, request(coding_session(1)), other)  # takes the only cached table's room
+        await run_prepare(theirs, request(coding_session(2)), ids)  # a write-back: the session memory moves
+        plans.clear()
+        turn = await prepare(mine, tenant, parse_request(request(coding_session(3))), ids, overlap=True)
+        await turn.saved()  # the save beside the upstream call commits: the answer is relayed once
+        assert len(plans) == 1
+    finally:
+        board.close()
+    stored = await SessionState(store).load("default", ids.session, ids.project)
+    assert len(stored.order) == len(coding_session(3))
+    journal = await mine.memory.journal.read("default", f"s:{ids.session}")
+    assert len({r["slot"] for r in journal if r["type"] == "evidence"}) == 3
 
 
 @pytest.mark.anyio
