@@ -28,9 +28,10 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
-from policies.classify import extract_facts, sentences
+from policies.classify import MEMO_FACTS, MEMO_FACTS_CHARS, MEMO_FACTS_MAX_CHARS, extract_facts, sentences
 from policies.pages import PageType, Representation, Reprs
 from policies.tokens import TOOL_CALL_OVERHEAD, TokenCounter, tool_calls_tokens, utf8_bytes
 from policies.transcript import Message, ToolCall
@@ -639,13 +640,26 @@ def _words(text: str, limit: int) -> str:
 
 def _bootstrap(message: Message) -> str:
     """The opening sentence (who the agent is), then every heading and every rule sentence,
-    section by section, uncut: the structured view of a system prompt keeps all its rules."""
-    first = _first_sentence(message.text)
+    section by section, uncut: the structured view of a system prompt keeps all its rules. A
+    prompt as long as those whose facts are remembered (`extract_facts`) is read once per
+    process as well: every session of an agent opens with it."""
+    if MEMO_FACTS_CHARS <= len(message.text) <= MEMO_FACTS_MAX_CHARS:
+        return _remembered_bootstrap(message.role, message.text)
+    return _bootstrap_text(message.role, message.text)
+
+
+@lru_cache(maxsize=MEMO_FACTS)
+def _remembered_bootstrap(role: str, text: str) -> str:
+    return _bootstrap_text(role, text)
+
+
+def _bootstrap_text(role: str, text: str) -> str:
+    first = _first_sentence(text)
     lines = [first]
-    for heading, body in _sections(message.text):
+    for heading, body in _sections(text):
         if heading:
             lines.append(heading)
-        probe = Message(role=message.role, text=body)
+        probe = Message(role=role, text=body)
         lines.extend(f"- {fact.text}" for fact in extract_facts(probe, max_chars=None) if fact.text != first)
     return "\n".join(lines)
 

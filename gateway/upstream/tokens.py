@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 from collections.abc import Mapping, MutableMapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,8 @@ OFFLINE_ENCODINGS = frozenset(ENCODING_FILES)
 DEFAULT_ENCODING = "o200k_base"  # for models tiktoken does not know
 FALLBACK_ENCODING = "cl100k_base"  # for encodings whose files are not bundled (r50k_base, gpt2)
 TOOL_OVERHEAD = 8
+MEMO_COUNT_CHARS = 2048  # texts up to this long have their counts remembered (`TiktokenCounter`) ...
+MEMO_COUNTS = 16_384  # ... the most recently counted this many of them, per encoding (at most 32 MiB)
 
 
 class TokenizerError(RuntimeError):
@@ -74,18 +77,28 @@ class TiktokenCounter:
     so counting never raises on what an agent happens to paste. Every token stands for at least
     one byte of the text's UTF-8 (a lone surrogate is counted as U+FFFD, three bytes, as
     `policies.tokens.utf8_bytes` counts it): `at_most_bytes`.
+
+    A text of up to MEMO_COUNT_CHARS characters is counted once while it is among the
+    MEMO_COUNTS most recently counted: the sentences of a system prompt's rules, tool names, the
+    pointer lines of pages, counted again by every session of an agent and every turn of one.
     """
 
     at_most_bytes = True
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encoding = encoding
+        self._remembered = lru_cache(maxsize=MEMO_COUNTS)(self._counted)
 
     @property
     def name(self) -> str:
         return self._encoding.name
 
     def count(self, text: str) -> int:
+        if len(text) <= MEMO_COUNT_CHARS:
+            return self._remembered(text)
+        return self._counted(text)
+
+    def _counted(self, text: str) -> int:
         return len(self._encoding.encode_ordinary(text))
 
 

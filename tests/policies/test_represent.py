@@ -428,6 +428,25 @@ def test_bootstrap_structured_keeps_every_rule_and_heading() -> None:
     assert reprs.compressed.text == reprs.structured.text
 
 
+def test_a_long_system_prompt_is_read_once_for_its_structured_view() -> None:
+    """Every session of an agent opens with its system prompt: a prompt as long as those whose
+    facts are remembered has its structured view read once per process, with the same text."""
+    import policies.represent as represent_module
+    from policies.classify import MEMO_FACTS_CHARS
+
+    prompt = AIRLINE_POLICY + "\n" + "Each agent must verify the user id before any change. " * 40
+    assert len(prompt) >= MEMO_FACTS_CHARS
+    represent_module._remembered_bootstrap.cache_clear()
+    first = represent(Message(role="system", text=prompt), PageType.BOOTSTRAP, PID, COUNTER)
+    again = represent(Message(role="system", text="".join(prompt)), PageType.BOOTSTRAP, PID, COUNTER)
+    assert again == first
+    assert represent_module._remembered_bootstrap.cache_info().hits == 1
+    assert first.structured.text == represent_module._bootstrap_text("system", prompt)
+    short = Message(role="system", text="You are a helpful agent. Never share the booking code.")
+    represent(short, PageType.BOOTSTRAP, PID, COUNTER)  # a short prompt is read each time
+    assert represent_module._remembered_bootstrap.cache_info().currsize == 1
+
+
 def test_conversation_structured_is_role_and_first_sentence() -> None:
     text = "Yes, please go ahead with all the downgrades. " + "Also tell me the total refund amount. " * 20
     reprs = represent(Message(role="user", text=text), PageType.CONVERSATION, PID, COUNTER)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.upstream.tokens import (
+    MEMO_COUNT_CHARS,
     OFFLINE_ENCODINGS,
     TiktokenCounter,
     TokenizerError,
@@ -178,6 +179,34 @@ def test_counter_is_deterministic(tokenizers: Tokenizers) -> None:
     text = "déjà vu — 日本語のテキスト\n" * 50
     counter = tokenizers.for_model("gpt-4o")
     assert counter.count(text) == counter.count(text) == TiktokenCounter.count(counter, text)
+
+
+class CountingEncoding:
+    """A tiktoken encoding that counts its calls."""
+
+    def __init__(self, encoding: object) -> None:
+        self.encoding, self.calls = encoding, 0
+        self.name = "counted"
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.calls += 1
+        return self.encoding.encode_ordinary(text)  # type: ignore[attr-defined]
+
+
+def test_a_short_text_is_counted_once_and_counts_the_same(tokenizers: Tokenizers) -> None:
+    """A rule sentence or a pointer line that every session counts again is encoded once; a text
+    longer than MEMO_COUNT_CHARS (a tool result) is encoded every time, never kept."""
+    plain = tokenizers.for_model("gpt-4o")
+    encoding = CountingEncoding(plain._encoding)
+    counter = TiktokenCounter(encoding)  # type: ignore[arg-type]
+    short = "Never refund a ticket without the booking code."
+    assert counter.count(short) == counter.count("".join(short)) == plain._counted(short)
+    assert encoding.calls == 1
+    long = "x = 1\n" * (MEMO_COUNT_CHARS // 6 + 1)
+    assert len(long) > MEMO_COUNT_CHARS
+    assert counter.count(long) == counter.count(long) == plain._counted(long)
+    assert encoding.calls == 3
+    assert counter.count("") == 0
 
 
 def test_a_text_never_counts_more_tokens_than_its_utf8_bytes(tokenizers: Tokenizers) -> None:
