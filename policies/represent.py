@@ -86,6 +86,7 @@ _KIND = re.compile(
     r"|(?P<number>\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?|\$\d+(?:\.\d+)?|\d{4}-\d{2}-\d{2}|\d+(?:\.\d+)+|\d{3,})"
 )
 _TRIM = ".,:;!?"
+_ODD_CASE = ("\u0130", "\u0131")  # İ, ı: taken for "i" by re.IGNORECASE, yet str.lower() gives no lone "i"
 _NUMBERED = re.compile(r"^\s{0,3}(?:\*\*)?(?:step\s+)?\d{1,3}[.)](?:\*\*)?\s+(?P<text>\S.*)$", re.IGNORECASE)
 _SUB_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s")
 _CHECK = re.compile(r"^\s*(?:[-*+]\s+\[(?P<mark>[ xX])\]|(?P<glyph>[☐☒]))\s+(?P<text>\S.*)$")
@@ -292,9 +293,11 @@ def _error_lines(text: str, spans: Sequence[tuple[int, int]]) -> tuple[int, ...]
 
 
 def _may_match(text: str, stems: tuple[str, ...]) -> bool:
-    """False when a case-insensitive search for words built on `stems` cannot match: an ASCII
-    text (which case-folds one to one) that holds none of them. Cheaper than the search."""
-    if not text.isascii():
+    """False when a case-insensitive search for words built on `stems` (ASCII) cannot match: a
+    text whose lower case holds none of them. Cheaper than the search (a long tool result with a
+    curly quote used to be searched in full). Every character such a search takes for an ASCII
+    letter lowers to that letter, but for İ and ı (`_ODD_CASE`): a text holding one is searched."""
+    if not text.isascii() and any(odd in text for odd in _ODD_CASE):
         return True
     lowered = text.lower()
     return any(stem in lowered for stem in stems)

@@ -38,8 +38,8 @@ OFFLINE_ENCODINGS = frozenset(ENCODING_FILES)
 DEFAULT_ENCODING = "o200k_base"  # for models tiktoken does not know
 FALLBACK_ENCODING = "cl100k_base"  # for encodings whose files are not bundled (r50k_base, gpt2)
 TOOL_OVERHEAD = 8
-MEMO_COUNT_CHARS = 2048  # texts up to this long have their counts remembered (`TiktokenCounter`) ...
-MEMO_COUNTS = 16_384  # ... the most recently counted this many of them, per encoding (at most 32 MiB)
+MEMO_COUNT_CHARS = 512  # texts up to this long have their counts remembered (`TiktokenCounter`) ...
+MEMO_COUNTS = 16_384  # ... the most recently counted this many of them, per encoding (8M characters at most)
 
 
 class TokenizerError(RuntimeError):

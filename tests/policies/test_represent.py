@@ -3,7 +3,9 @@ identifiers, plan fields, bootstrap rules, tool-call pairing, pointers, determin
 
 from __future__ import annotations
 
+import bisect
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -301,6 +303,36 @@ def test_error_object_marks_status_error() -> None:
     text = json.dumps({"error": "reservation not found", "trace": trace})
     reprs = represent(tool(text), PageType.EVIDENCE, PID, COUNTER)
     assert "status: error" in reprs.structured.text
+
+
+def test_the_error_prefilter_knows_every_character_a_search_takes_for_a_stem_letter() -> None:
+    """`_may_match` skips the case-insensitive error search on a text whose lower case holds no
+    stem: exact only if every character the search takes for a stem's letter lowers to it, or is
+    one `_ODD_CASE` names (then the text is searched)."""
+    import policies.represent as r
+
+    everything = "".join(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000)
+    for letter in sorted(set("".join(r._ERROR_STEMS + r._STATUS_STEMS))):
+        for taken in re.finditer(letter, everything, re.IGNORECASE):
+            assert taken[0].lower() == letter or taken[0] in r._ODD_CASE, hex(ord(taken[0]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Résumé: the “build” passed\n" * 50,  # not ASCII, no error word: not searched, no line
+        "Résumé: the “build” FAILED\nnext line\n",
+        "Résumé ok\nTraceback: FAİLED here\n",  # İ is taken for i by the search
+        "plain ascii\nan Error occurred\n",
+    ],
+)
+def test_error_lines_are_what_the_search_finds(text: str) -> None:
+    import policies.represent as r
+
+    spans = r._spans(text)
+    starts = [start for start, _ in spans]
+    expected = tuple(dict.fromkeys(bisect.bisect_right(starts, m.start()) - 1 for m in r._ERROR.finditer(text)))
+    assert r._error_lines(text, spans) == expected
 
 
 def test_identifiers_kinds_and_order() -> None:
