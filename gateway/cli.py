@@ -89,7 +89,7 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
     }
     workers = worker_count(settings, usable_cpus())
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, serving=True), **options)
         return
     with ExitStack() as stack:
         store_url, board = None, None

@@ -91,7 +91,7 @@ def app() -> Starlette:
     settings, log_level = worker_settings(os.environ)
     configure_logging(settings, log_level)
     prepare_offline(os.environ)
-    return create_app(settings, board=worker_board(os.environ))
+    return create_app(settings, board=worker_board(os.environ), serving=True)
 
 
 def die_with_parent(parent: int) -> None:

@@ -33,6 +33,7 @@ from gateway.api.relay import relay
 from gateway.api.responses_api import compact
 from gateway.api.ui_api import asset, index, prompt, sessions, timeline
 from gateway.api.ui_api import page as session_page
+from gateway.heap import settle
 from gateway.jsonio import NestingTooDeep
 from gateway.observability.audit import AuditLog
 from gateway.observability.inspector import TurnLog
@@ -64,14 +65,19 @@ class State(TypedDict):
     services: Services
 
 
-def create_app(settings: Settings, board: Path | None = None) -> Starlette:
+def create_app(settings: Settings, board: Path | None = None, *, serving: bool = False) -> Starlette:
     """The gateway's application; `board` is the versions board the supervisor of `clawvm serve
-    --workers N` made for its workers (gateway.store.board), one per embedded store."""
+    --workers N` made for its workers (gateway.store.board), one per embedded store. `serving`:
+    the process is `clawvm serve`'s, whose garbage collector is settled once it has started
+    (gateway.heap)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            yield {"services": await _services(settings, stack, board)}
+            services = await _services(settings, stack, board)
+            if serving:
+                settle()
+            yield {"services": services}
 
     return Starlette(
         routes=[
