@@ -210,9 +210,15 @@ def extract_facts(
     repeats) is read once per process: its facts are remembered (a bounded cache)."""
     if message.role not in FACT_ROLES or not message.text:
         return ()
-    if MEMO_FACTS_CHARS <= len(message.text) <= MEMO_FACTS_MAX_CHARS:
+    if remembered_length(message.text):
         return _remembered_facts(message.role, message.text, rules, max_chars)
     return _facts(message.role, message.text, rules, max_chars)
+
+
+def remembered_length(text: str) -> bool:
+    """Whether `text` is as long as the instruction texts whose readings a process remembers
+    (MEMO_FACTS_CHARS to MEMO_FACTS_MAX_CHARS): a system prompt every session of an agent repeats."""
+    return MEMO_FACTS_CHARS <= len(text) <= MEMO_FACTS_MAX_CHARS
 
 
 @lru_cache(maxsize=MEMO_FACTS)

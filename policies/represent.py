@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from policies.classify import MEMO_FACTS, MEMO_FACTS_CHARS, MEMO_FACTS_MAX_CHARS, extract_facts, sentences
+from policies.classify import MEMO_FACTS, extract_facts, remembered_length, sentences
 from policies.pages import PageType, Representation, Reprs
 from policies.tokens import TOOL_CALL_OVERHEAD, TokenCounter, tool_calls_tokens, utf8_bytes
 from policies.transcript import Message, ToolCall
@@ -646,7 +646,7 @@ def _bootstrap(message: Message) -> str:
     section by section, uncut: the structured view of a system prompt keeps all its rules. A
     prompt as long as those whose facts are remembered (`extract_facts`) is read once per
     process as well: every session of an agent opens with it."""
-    if MEMO_FACTS_CHARS <= len(message.text) <= MEMO_FACTS_MAX_CHARS:
+    if remembered_length(message.text):
         return _remembered_bootstrap(message.role, message.text)
     return _bootstrap_text(message.role, message.text)
 

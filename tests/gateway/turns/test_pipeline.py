@@ -463,20 +463,26 @@ async def test_a_turn_on_a_cached_table_is_one_store_round_trip(
     assert len(fresh.order) == len(coding_session(5))
 
 
-@pytest.mark.anyio
-async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
-    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def plans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per turn planned (`policies.step.forward` called) from now on."""
     import gateway.turns.pipeline as pipeline
 
-    plans: list[int] = []
-    planned = pipeline.forward
+    planned: list[int] = []
+    forward = pipeline.forward
 
     def counted(*args: Any, **kw: Any) -> Any:
-        plans.append(1)
-        return planned(*args, **kw)
+        planned.append(1)
+        return forward(*args, **kw)
 
     monkeypatch.setattr(pipeline, "forward", counted)
+    return planned
+
+
+@pytest.mark.anyio
+async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, plans: list[int]
+) -> None:
     workers, ids = (services(settings(), store, catalog), services(settings(), store, catalog)), session()
     for rounds in range(1, 5):  # the first stale copies lose their saves: each worker learns it shares the store
         await run_prepare(workers[rounds % 2], request(coding_session(rounds)), ids)
@@ -494,22 +500,12 @@ async def test_a_session_alternating_between_workers_is_planned_once_per_turn(
 
 @pytest.mark.anyio
 async def test_a_table_evicted_from_the_cache_is_planned_with_fresh_memory(
-    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, monkeypatch: pytest.MonkeyPatch
+    settings: SettingsFactory, store: RedisStore, catalog: ModelCatalog, plans: list[int]
 ) -> None:
     """A worker whose table cache dropped a session (another session took its room) while it still
     holds that session's memory reads both again: another worker may have saved the session since,
     so a turn planned on the stored table with the old memory would lose its save and be planned
     (and forwarded) twice."""
-    import gateway.turns.pipeline as pipeline
-
-    plans: list[int] = []
-    planned = pipeline.forward
-
-    def counted(*args: Any, **kw: Any) -> Any:
-        plans.append(1)
-        return planned(*args, **kw)
-
-    monkeypatch.setattr(pipeline, "forward", counted)
     board = VersionBoard.private()
     try:
         mine = services(settings(), store, catalog, SessionState(store, capacity=1, board=board))
