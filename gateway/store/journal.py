@@ -22,28 +22,26 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from gateway.jsonio import dumps_text, loads
-from gateway.store.store import APPLY_BATCH, CONFLICT, CORRUPT, CorruptData, Keys, VersionConflict, mapped_errors
+from gateway.store.store import (
+    APPLY_BATCH,
+    CONFLICT,
+    CORRUPT,
+    RECORD_FIELDS,
+    CorruptData,
+    Keys,
+    ScriptArg,
+    VersionConflict,
+    mapped_errors,
+)
 from policies.pages import PageType, Scope
 from policies.writeback import Entry, Memory, Outcome, Rejection, Update
 
 VERSION_FIELD = "v"
 JOURNAL_MAXLEN = 10_000
 APPLIED_KEEP = 1_000
-RECORD_FIELDS = (
-    "batch",
-    "op",
-    "slot",
-    "type",
-    "scope",
-    "status",
-    "reason",
-    "detail",
-    "source_role",
-    "source_ref",
-    "version",
-)
-# KEYS: memory, stream, applied. ARGV: batch, expected, new version, maxlen, keep, record width,
-# entries to set, slots to delete, then (slot, JSON) pairs, slots, and the records, flattened.
+# KEYS: memory, stream, applied. ARGV: batch, expected, new version, maxlen, keep, fields per
+# record, entries to set, slots to delete, then (slot, JSON) pairs, slots, and the records, one
+# argument each (`pack_record`).
 COMMIT_SCRIPT = (
     APPLY_BATCH
     + """
@@ -112,13 +110,13 @@ class WritebackJournal:
 # -- encoding ------------------------------------------------------------------------------
 
 
-def commit_args(outcome: Outcome, staged: Sequence[Update], batch: str, expected_version: int) -> list[str | int]:
+def commit_args(outcome: Outcome, staged: Sequence[Update], batch: str, expected_version: int) -> list[ScriptArg]:
     """COMMIT_SCRIPT's arguments for one batch; also the write-back part of a session's joined
     save (gateway.store.store.SAVE_SCRIPT reads the same layout after its own)."""
     version = outcome.memory.version
     if version not in (expected_version, expected_version + 1):
         raise ValueError(f"outcome is v{version}, not one commit after v{expected_version}")
-    args: list[str | int] = [batch, expected_version, version, JOURNAL_MAXLEN, APPLIED_KEEP, 2 * len(RECORD_FIELDS)]
+    args: list[ScriptArg] = [batch, expected_version, version, JOURNAL_MAXLEN, APPLIED_KEEP, len(RECORD_FIELDS)]
     return args + _entry_args(outcome) + _record_args(outcome, staged, batch)
 
 
@@ -177,18 +175,27 @@ def _entry_args(outcome: Outcome) -> list[str | int]:
     return [len(kept), len(gone), *pairs, *gone]
 
 
-def _record_args(outcome: Outcome, staged: Sequence[Update], batch: str) -> list[str | int]:
-    """Every staged update as one journal record (field, value, ...), in staging order."""
+def _record_args(outcome: Outcome, staged: Sequence[Update], batch: str) -> list[bytes]:
+    """Every staged update as one journal record (`pack_record`), in staging order."""
     rejected = {r.update: r for r in outcome.rejected}
     committed = set(outcome.committed)
-    args: list[str | int] = []
+    args: list[bytes] = []
     for update in staged:
         rejection = rejected.get(update)
         if rejection is None and update not in committed:
             raise ValueError(f"staged update for slot {update.slot!r} is not in the outcome")
-        values = _record_values(update, rejection, batch, outcome.memory.version)
-        args += [part for pair in zip(RECORD_FIELDS, values, strict=True) for part in pair]
+        args.append(pack_record(_record_values(update, rejection, batch, outcome.memory.version)))
     return args
+
+
+def pack_record(values: Sequence[str | int]) -> bytes:
+    """One journal record's values (RECORD_FIELDS' order) as one script argument: each value's
+    UTF-8 (lone surrogates kept, as the store's client encodes text) after its length in bytes
+    and a colon; the scripts read it apart (gateway.store.store.APPLY_BATCH)."""
+    if len(values) != len(RECORD_FIELDS):
+        raise ValueError(f"a journal record has {len(RECORD_FIELDS)} values, not {len(values)}")
+    encoded = [str(value).encode("utf-8", "surrogatepass") for value in values]
+    return b"".join([b"%d:%s" % (len(value), value) for value in encoded])
 
 
 def _record_values(update: Update, rejection: Rejection | None, batch: str, version: int) -> tuple[str | int, ...]:

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.store.journal import WritebackJournal, commit_args
-from gateway.store.store import Store, VersionConflict, project_scope, session_scope
+from gateway.store.store import ScriptArg, Store, VersionConflict, project_scope, session_scope
+from gateway.store.together import together
 from gateway.turns.sessions import per_user
 from policies.pages import Page
 from policies.pagetable import PageTable
@@ -63,10 +64,24 @@ class MemoryService:
         return await self.execute(table, plan_writes(table, new_pages, await self.memories(table)), new_pages)
 
     async def memories(self, table: PageTable) -> Memories:
-        """The committed memory of the session's, the project's and the user's scopes."""
+        """The committed memory of the session's, the project's and the user's scopes; those not
+        cached are read together (`together`)."""
         ids = (session_scope(table.session), project_scope(table.project), user_scope(table))
-        loaded = {scope_id: await self.memory(table.tenant, scope_id) for scope_id in dict.fromkeys(ids)}
+        wanted = list(dict.fromkeys(ids))
+        cached = {scope_id: self._cache.get((table.tenant, scope_id)) for scope_id in wanted}
+        missing = [scope_id for scope_id, memory in cached.items() if memory is None]
+        read = await together(*(self.fresh(table.tenant, scope_id) for scope_id in missing))
+        loaded = {**cached, **dict(zip(missing, read, strict=True))}
         return Memories(*((scope_id, loaded[scope_id]) for scope_id in ids))
+
+    async def fresh(self, tenant: str, scope_id: str) -> Memory:
+        """A scope's committed memory read from the store now, and cached unless the cache
+        holds a later version (a commit of this process that ended while it was read)."""
+        memory = await self.journal.load(tenant, scope_id)
+        cached = self._cache.get((tenant, scope_id))
+        if cached is None or cached.version <= memory.version:
+            self._keep((tenant, scope_id), memory)
+        return memory
 
     async def execute(self, table: PageTable, plan: WritePlan, new_pages: Sequence[Page]) -> WriteReport:
         """Commit a planned write-back, batch by batch, then store the project pages it committed."""
@@ -91,7 +106,7 @@ class MemoryService:
         return report, held
 
     @staticmethod
-    def joined_args(batch: WriteBatch) -> list[str | int]:
+    def joined_args(batch: WriteBatch) -> list[ScriptArg]:
         """The session batch's part of the table's save script."""
         return commit_args(batch.outcome, batch.updates, batch.batch, batch.expected)
 
@@ -112,12 +127,8 @@ class MemoryService:
         return frozenset(held)
 
     async def memory(self, tenant: str, scope_id: str) -> Memory:
-        key = (tenant, scope_id)
-        found = self._cache.get(key)
-        if found is None:
-            found = await self.journal.load(tenant, scope_id)
-            self._keep(key, found)
-        return found
+        found = self._cache.get((tenant, scope_id))
+        return found if found is not None else await self.fresh(tenant, scope_id)
 
     async def _commit(self, table: PageTable, batch: WriteBatch) -> Outcome:
         """Commit a batch planned on the cached memory; a stale cache is reloaded once and the

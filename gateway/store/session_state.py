@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from gateway.store.board import VersionBoard
-from gateway.store.store import Store, StoreUnavailable, TableRecord, body_digest, session_scope
+from gateway.store.store import ScriptArg, Store, StoreUnavailable, TableRecord, body_digest, session_scope
 from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
@@ -156,7 +156,7 @@ class SessionState:
         table.journal = Journal.of(record.data)
         return table
 
-    async def commit(self, table: PageTable, new_pages: Sequence[Page], writeback: Sequence[str | int] = ()) -> None:
+    async def commit(self, table: PageTable, new_pages: Sequence[Page], writeback: Sequence[ScriptArg] = ()) -> None:
         """Persist what changed in the table, its new pages and their evidence bodies, and the
         session scope's write-back batch when given (`MemoryService.joined_args`), in one atomic
         save: one round trip. A failed save leaves the table's change tracking as it was. A stored

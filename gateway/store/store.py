@@ -69,10 +69,43 @@ CORRUPT = "CORRUPT"
 SNAPSHOT, APPEND = "snapshot", "append"
 PROBE_KEY = "cvm:{probe}:writable"  # `ping` writes it: a store that answers PING may still refuse writes
 PROBE_TTL_MS = 10_000
+# The fields of one write-back journal record (a stream entry), in order. A record travels to the
+# scripts as one argument (gateway.store.journal.pack_record): each value's bytes after their
+# length and a colon. (Its fields as arguments of their own, names included, were most of a
+# first turn's arguments, and redis-py encodes each argument in Python.)
+RECORD_FIELDS = (
+    "batch",
+    "op",
+    "slot",
+    "type",
+    "scope",
+    "status",
+    "reason",
+    "detail",
+    "source_role",
+    "source_ref",
+    "version",
+)
+ScriptArg = str | int | bytes  # a script argument as redis-py takes it
+_LUA_RECORD_FIELDS = "{" + ", ".join(f"'{name}'" for name in RECORD_FIELDS) + "}"
 # A write-back batch's writes, its arguments from ARGV[o + 1] on in COMMIT_SCRIPT's layout
 # (gateway.store.journal.commit_args): memory entries set and deleted, `v`, the journal records,
 # the applied id. Shared by the journal's COMMIT_SCRIPT (o = 0) and SAVE_SCRIPT (after its own).
-APPLY_BATCH = """
+APPLY_BATCH = (
+    """
+local RECORD_FIELDS = """
+    + _LUA_RECORD_FIELDS
+    + """
+local function record_fields(packed, width)
+  local fields, at = {}, 1
+  for k = 1, width do
+    local colon = string.find(packed, ':', at, true)
+    local size = tonumber(string.sub(packed, at, colon - 1))
+    fields[2 * k - 1], fields[2 * k] = RECORD_FIELDS[k], string.sub(packed, colon + 1, colon + size)
+    at = colon + size + 1
+  end
+  return fields
+end
 local function apply_batch(memory, stream, applied, o)
   local version, width = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 6])
   local i = o + 9
@@ -86,14 +119,15 @@ local function apply_batch(memory, stream, applied, o)
   end
   redis.call('HSET', memory, 'v', version)
   while i <= #ARGV do
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[o + 4], '*', unpack(ARGV, i, i + width - 1))
-    i = i + width
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[o + 4], '*', unpack(record_fields(ARGV[i], width)))
+    i = i + 1
   end
   redis.call('ZADD', applied, version, ARGV[o + 1])
   redis.call('ZREMRANGEBYRANK', applied, 0, -(tonumber(ARGV[o + 5]) + 1))
   return version
 end
 """
+)
 # One atomic round trip per turn: check the table's version (ARGV[2], -1 = unchecked) and, with a
 # write-back batch (ARGV[5] > 0: its arguments follow the bodies'), the session memory's version;
 # write the pages (SET), the bodies (SET NX), the batch (memory entries, `v`, journal records,
@@ -234,7 +268,7 @@ class Store(Protocol):
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int | None,
-        writeback: Sequence[str | int] = (),
+        writeback: Sequence[ScriptArg] = (),
     ) -> int: ...
 
     async def append(
@@ -245,7 +279,7 @@ class Store(Protocol):
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int,
-        writeback: Sequence[str | int] = (),
+        writeback: Sequence[ScriptArg] = (),
     ) -> int: ...
 
     async def get_pages(self, tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]: ...
@@ -494,7 +528,7 @@ class RedisStore:
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int | None,
-        writeback: Sequence[str | int] = (),
+        writeback: Sequence[ScriptArg] = (),
     ) -> int:
         """Write pages, bodies and a snapshot of the table in one Lua script (one round trip,
         atomic), clearing the journal; returns the new version.
@@ -522,7 +556,7 @@ class RedisStore:
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected_version: int,
-        writeback: Sequence[str | int] = (),
+        writeback: Sequence[ScriptArg] = (),
     ) -> int:
         """Like `save`, but adds one record to the table's journal instead of replacing its
         snapshot: the write is the record's size, not the table's. Every append bumps the
@@ -541,7 +575,7 @@ class RedisStore:
         pages: Sequence[Page],
         bodies: Mapping[str, str],
         expected: int,
-        writeback: Sequence[str | int] = (),
+        writeback: Sequence[ScriptArg] = (),
     ) -> int:
         keys = Keys.of(tenant, scope_id)
         writes = _Writes.build(keys, record, pages, bodies)

@@ -806,7 +806,7 @@ async def _turn(
         await asyncio.sleep(0)  # the read goes out before the CPU-bound step
     start = None
     if wants_start(table, chat.messages):
-        start = await load_start(services.sessions, services.memory.journal, table)
+        start = await load_start(services.sessions, services.memory, table)
     memories, unavailable = await _memories(services, table)
     turn = TurnInput(
         chat.messages,

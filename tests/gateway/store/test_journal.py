@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.store.embedded import EmbeddedRedis, free_port
-from gateway.store.journal import APPLIED_KEEP, WritebackJournal, dump_entry
+from gateway.store.journal import APPLIED_KEEP, WritebackJournal, dump_entry, pack_record
 from gateway.store.store import (
     CorruptData,
     Keys,
@@ -208,6 +208,28 @@ async def test_rejected_updates_are_journaled_with_reasons(journal: WritebackJou
     assert first["scope"] == "session" and first["source_role"] == "tool" and first["source_ref"] == "call_0"
     assert first["detail"] == "committed evidence slot is immutable" and first["version"] == 2
     assert all(r["id"] > first["id"] for r in records[1:])
+
+
+async def test_record_values_round_trip_whatever_they_hold(journal: WritebackJournal, tenant: str) -> None:
+    """A record travels as one argument, each value after its length: colons, digits, empty
+    values, non-ASCII text and lone surrogates come back as they went."""
+    odd = "12:3:\u00e9\u4e2d:\ud83d:"
+    update = Update(odd, "p:000002000001", PageType.EVIDENCE, "body", Op.APPEND, "v", Scope.SESSION, "", odd)
+    _, bid, version = await commit(journal, tenant, [update, evidence(2, 2)])
+    records = await journal.read(tenant, S1)
+    assert [(r["slot"], r["source_role"], r["source_ref"], r["status"]) for r in records] == [
+        (odd, "", odd, "rejected"),
+        ("p:000002000002", "tool", "call_2", "committed"),
+    ]
+    assert records[0]["detail"] and records[0]["batch"] == bid and records[0]["version"] == version == 1
+
+
+def test_a_record_has_every_field() -> None:
+    assert pack_record(["b", "append", "", "evidence", "session", "committed", "", "", "tool", "r", 7]) == (
+        b"1:b6:append0:8:evidence7:session9:committed0:0:4:tool1:r1:7"
+    )
+    with pytest.raises(ValueError, match="11 values"):
+        pack_record(["b", "append"])
 
 
 async def test_a_batch_of_rejections_is_still_journaled(journal: WritebackJournal, tenant: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService, user_scope
 from gateway.store.session_state import SessionState
-from gateway.store.store import MemoryConflict, RedisStore, project_scope, session_scope
+from gateway.store.store import Keys, MemoryConflict, RedisStore, project_scope, session_scope
 from gateway.store.tables import dump_table
 from policies.pages import Page, PageType, Scope
 from policies.pagetable import PageTable
@@ -230,3 +230,34 @@ async def test_a_joined_save_commits_the_session_batch_with_the_table_or_nothing
     assert again == 1
     stored = await service.journal.load(tenant, session_scope("s2"))
     assert stored == held.outcome.memory and (await service.memory(tenant, session_scope("s2"))) == stored
+
+
+async def test_memories_reads_the_scopes_it_has_not_cached_and_keeps_them(
+    service: MemoryService, store: RedisStore, tenant: str
+) -> None:
+    writer = MemoryService(WritebackJournal(store.client), store)  # another replica commits
+    table = new_table(tenant)
+    await writer.write_back(table, turn(table, opening()))
+    mine = new_table(tenant, "s2")
+    mine.user = "ada"
+    memories = await service.memories(mine)
+    assert memories.project[1] == await service.journal.load(tenant, project_scope(PROJECT))
+    assert memories.session[1].version == memories.user[1].version == 0 and memories.project[1].version == 1
+    await store.client.delete(Keys.of(tenant, project_scope(PROJECT)).memory)  # behind its back
+    again = await service.memories(mine)
+    assert again.project[1] == memories.project[1]  # cached: not read again
+
+
+async def test_a_fresh_read_is_cached_unless_the_cache_holds_a_later_version(
+    service: MemoryService, store: RedisStore, tenant: str
+) -> None:
+    table = new_table(tenant)
+    await service.write_back(table, turn(table, opening()))  # caches the project's memory at v1
+    project = project_scope(PROJECT)
+    committed = await service.memory(tenant, project)
+    assert committed.version == 1
+    await store.client.delete(Keys.of(tenant, project).memory)  # as if read before that commit
+    older = await service.fresh(tenant, project)
+    assert older.version == 0 and await service.memory(tenant, project) == committed
+    service.forget(tenant, project)
+    assert await service.fresh(tenant, project) == older and await service.memory(tenant, project) == older

@@ -12,7 +12,7 @@ from gateway.store.embedded import free_port
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
 from gateway.store.session_state import SessionState
-from gateway.store.store import RedisStore
+from gateway.store.store import Keys, RedisStore, project_scope
 from gateway.turns.boundary import hint_of, load_start
 from gateway.turns.sessions import FINGERPRINT
 from gateway.wire.base import NAMELESS, Names
@@ -38,7 +38,7 @@ SYSTEM_RULE = "You must always run the linter."
 
 async def cross(
     sessions: SessionState,
-    journal: WritebackJournal,
+    memory: MemoryService,
     table: PageTable,
     messages: Sequence[Message],
     *,
@@ -47,7 +47,7 @@ async def cross(
     idle: int,
 ) -> Crossing:
     """The boundary as the pipeline crosses it: what a start needs loaded, then the pure rule."""
-    start = await load_start(sessions, journal, table) if wants_start(table, messages) else None
+    start = await load_start(sessions, memory, table) if wants_start(table, messages) else None
     return pure.cross(table, messages, hint=hint, now=now, idle=idle, start=start)
 
 
@@ -62,7 +62,7 @@ class Edge:
     async def request(self, table: PageTable, wire: Sequence[Wire], now: int, hint: str | None = None) -> Crossing:
         """Cross, ingest, write back and commit one request, as the pipeline does."""
         messages = parse_messages(wire)
-        crossing = await cross(self.sessions, self.journal, table, messages, hint=hint, now=now, idle=IDLE)
+        crossing = await cross(self.sessions, self.memory, table, messages, hint=hint, now=now, idle=IDLE)
         table.turn += 1
         result = ingest(table, messages, TenantPolicy(), CharCounter())
         await self.memory.write_back(table, result.new_pages)
@@ -72,7 +72,7 @@ class Edge:
 
     async def cross(self, table: PageTable, wire: Sequence[Wire], now: int) -> Crossing:
         """Only the crossing: the table as the boundary left it, before the ingest."""
-        return await cross(self.sessions, self.journal, table, parse_messages(wire), hint=None, now=now, idle=IDLE)
+        return await cross(self.sessions, self.memory, table, parse_messages(wire), hint=None, now=now, idle=IDLE)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ async def test_a_session_unused_for_longer_than_idle_has_ended(edge: Edge, tenan
     table = await predecessor(edge, tenant)
     wire = [*session_wire(), {"role": "user", "content": "Go on."}]
     crossing = await cross(
-        edge.sessions, edge.journal, table, parse_messages(wire), hint=None, now=T0 + IDLE + 5, idle=IDLE
+        edge.sessions, edge.memory, table, parse_messages(wire), hint=None, now=T0 + IDLE + 5, idle=IDLE
     )
     assert crossing.event is Event.APPEND
     assert lifecycle(crossing) == [("session_end", f"idle for {IDLE + 5} s (limit {IDLE} s)")]
@@ -131,9 +131,7 @@ async def test_a_session_unused_for_longer_than_idle_has_ended(edge: Edge, tenan
 async def test_a_session_used_within_idle_time_goes_on_quietly(edge: Edge, tenant: str) -> None:
     table = await predecessor(edge, tenant)
     wire = [*session_wire(), {"role": "user", "content": "Go on."}]
-    crossing = await cross(
-        edge.sessions, edge.journal, table, parse_messages(wire), hint=None, now=T0 + IDLE, idle=IDLE
-    )
+    crossing = await cross(edge.sessions, edge.memory, table, parse_messages(wire), hint=None, now=T0 + IDLE, idle=IDLE)
     assert crossing.event is Event.APPEND and crossing.events == [] and crossing.seeded == []
 
 
@@ -246,7 +244,13 @@ async def test_a_store_failure_at_the_start_is_a_start_without_carried_state(ten
         table = PageTable(tenant, f"fp-a-{tenant}", PROJECT)
         messages = parse_messages(session_wire())
         crossing = await cross(
-            SessionState(dead), WritebackJournal(dead.client), table, messages, hint=None, now=T0, idle=IDLE
+            SessionState(dead),
+            MemoryService(WritebackJournal(dead.client), dead),
+            table,
+            messages,
+            hint=None,
+            now=T0,
+            idle=IDLE,
         )
     finally:
         await dead.aclose()
@@ -313,3 +317,18 @@ async def test_a_reset_never_picks_a_live_session_of_another_user(edge: Edge, te
     again = PageTable(tenant, f"c-{tenant}", PROJECT, user="u-alice")
     assert (await edge.cross(again, restart(), T0 + 200)).event is Event.RESET  # Alice's own
     assert "preference: I prefer small commits." in texts_of(again, again.carried)
+
+
+async def test_the_start_reads_the_project_memory_the_write_back_then_plans_on(
+    edge: Edge, store: RedisStore, tenant: str
+) -> None:
+    await predecessor(edge, tenant)  # commits the system prompt's rule to the project's memory
+    rival = MemoryService(WritebackJournal(store.client), store)  # another process: nothing cached
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
+    start = await load_start(edge.sessions, rival, table)
+    project = project_scope(PROJECT)
+    committed = await rival.journal.load(tenant, project)
+    assert committed.version == 1 and start.project and start.previous is not None
+    await store.client.delete(Keys.of(tenant, project).memory)  # a second read would find nothing
+    memories = await rival.memories(table)
+    assert memories.project == (project, committed)
