@@ -108,7 +108,7 @@ def _start(table: PageTable, crossing: Crossing, start: Start, now: int, idle: i
         return
     carried = list(start.project)
     before = start.previous
-    if before is not None and may_continue(table, before) and before.seen and now - before.seen <= idle:
+    if before is not None and may_carry(table, Predecessor.of(before), now, idle):
         carried = [*_live_state(before), *carried]
         if crossing.event is Event.START:
             evidence = f"new session after {before.session!r} (same tenant and system prompt, {now - before.seen} s)"
@@ -116,7 +116,27 @@ def _start(table: PageTable, crossing: Crossing, start: Start, now: int, idle: i
     crossing.seeded = seed(table, carried)
 
 
-def may_continue(table: PageTable, before: PageTable) -> bool:
+@dataclass(frozen=True, slots=True)
+class Predecessor:
+    """What decides whether an earlier session may carry into a new one: whose it is, its id, and
+    when it was last used (0: never). The store reads these without the session's pages."""
+
+    session: str
+    user: str
+    seen: int
+
+    @classmethod
+    def of(cls, table: PageTable) -> Predecessor:
+        return cls(table.session, table.user, table.seen)
+
+
+def may_carry(table: PageTable, before: Predecessor, now: int, idle: int) -> bool:
+    """Whether `before` carries its live state into the new session `table`: it may be the same
+    conversation started over (`may_continue`), and it is live (used within `idle` seconds)."""
+    return may_continue(table, before) and bool(before.seen) and now - before.seen <= idle
+
+
+def may_continue(table: PageTable, before: PageTable | Predecessor) -> bool:
     """Whether a new session may be `before`'s conversation started over (a reset): the same end
     user, and either that user is named or the gateway derived both session ids itself. A client
     that names its sessions says where each conversation starts: an agent that starts over inside

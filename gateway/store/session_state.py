@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from gateway.store.board import VersionBoard
 from gateway.store.store import ScriptArg, Store, StoreUnavailable, TableRecord, body_digest, session_scope
-from gateway.store.tables import dump_delta, dump_table, load_table, page_ids
+from gateway.store.tables import dump_delta, dump_table, load_table, page_ids, predecessor
+from policies.crossing import Predecessor
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
 
@@ -146,6 +147,18 @@ class SessionState:
             return cached
         record = await self.store.load_table(tenant, session_scope(session))
         if record is None:
+            return None
+        return await self._decode(tenant, session, record)
+
+    async def read_if(self, tenant: str, session: str, wanted: Callable[[Predecessor], bool]) -> PageTable | None:
+        """The session's table for reading, as `read`, when `wanted` takes it by its session, user
+        and last use, read from the stored table record without its pages (a long session that
+        cannot carry into a new one costs that record, not its pages); else None."""
+        cached = self._cache.get((tenant, session))
+        if cached is not None:
+            return cached if wanted(Predecessor.of(cached)) else None
+        record = await self.store.load_table(tenant, session_scope(session))
+        if record is None or not wanted(predecessor(record.data)):
             return None
         return await self._decode(tenant, session, record)
 

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway import jsonio
+from policies.crossing import Predecessor
 from policies.pages import Fidelity, Page
 from policies.pagetable import PageTable
 
@@ -95,6 +96,17 @@ def page_ids(data: str) -> list[str]:
             raise TableFormatError("stored table has no list of page ids")
         ids.extend(pages)
     return sorted(set(ids))
+
+
+def predecessor(data: str) -> Predecessor:
+    """A stored table's session, user and last use (`policies.crossing.Predecessor`), without
+    reading its pages: the last use is the newest delta's, else the snapshot's."""
+    raw, deltas = _journal(data)
+    try:
+        seen = deltas[-1].get("seen", HEAD_DEFAULTS["seen"]) if deltas else raw["seen"]
+        return Predecessor(str(raw["session"]), str(raw.get("user", "")), int(seen))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
 
 
 def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:

@@ -12,24 +12,33 @@ reset of a live predecessor or a new start, and what carries over.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.store.memory import MemoryService, user_scope
 from gateway.store.session_state import SessionState
 from gateway.store.store import StoreError, project_scope
 from gateway.store.together import together
 from gateway.wire.base import Names
-from policies.crossing import CARRIED_TYPES, Start
+from policies.crossing import CARRIED_TYPES, Predecessor, Start
 from policies.pages import Page
 from policies.pagetable import PageTable
 from policies.writeback import Memory, opens_sessions
 
 
-async def load_start(sessions: SessionState, memory: MemoryService, table: PageTable) -> Start:
+def _any(before: Predecessor) -> bool:
+    """Every previous session is read whole (the pure rule then decides what it carries)."""
+    return True
+
+
+async def load_start(
+    sessions: SessionState, memory: MemoryService, table: PageTable, carries: Callable[[Predecessor], bool] = _any
+) -> Start:
     """The store's part of a session's first request (one pointer per project and user): the
     swap of the project's newest session and the committed memory of the project and of the
-    user's part of it, read together, then the pages they carry and the previous session. The
-    memory read is fresh, and the turn's write-back is then planned on it (`MemoryService.fresh`)."""
+    user's part of it, read together, then the pages they carry and the previous session, whole
+    only when it `carries` (`policies.crossing.may_carry`: read by its stored table record alone
+    otherwise). The memory read is fresh, and the turn's write-back is then planned on it
+    (`MemoryService.fresh`)."""
     scope, mine = project_scope(table.project), user_scope(table)
     scopes = list(dict.fromkeys((scope, mine)))
     try:
@@ -41,7 +50,7 @@ async def load_start(sessions: SessionState, memory: MemoryService, table: PageT
         carried = [page for pages in held for page in pages]
         before = None
         if previous is not None and previous != table.session:
-            before = await sessions.read(table.tenant, previous)
+            before = await sessions.read_if(table.tenant, previous, carries)
     except StoreError as exc:
         return Start(failed=type(exc).__name__)
     return Start(project=carried, previous=before)

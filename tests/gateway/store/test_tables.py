@@ -7,9 +7,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.store.tables import FORMAT, TableFormatError, dump_delta, dump_table, load_table, page_ids
+from gateway.store.tables import (
+    FORMAT,
+    TableFormatError,
+    dump_delta,
+    dump_table,
+    load_table,
+    page_ids,
+    predecessor,
+)
 from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
+from policies.crossing import Predecessor
 from policies.pages import Fidelity
 from policies.pagetable import PageTable, checkpoint
 from policies.tenant import TenantPolicy
@@ -319,3 +328,16 @@ def test_a_table_stored_before_the_boundary_fields_loads_with_empty_ones() -> No
         del old[name]
     loaded = load_table(json.dumps(old), dict(table.pages), version=1)
     assert (loaded.carried, loaded.restored, loaded.tally, loaded.seen) == ([], [], {}, 0)
+
+
+def test_a_stored_table_names_its_predecessor_fields_without_its_pages() -> None:
+    table = planned_table()
+    table.user, table.seen = "ada", 1_700_000_000
+    snapshot = dump_table(table)
+    assert predecessor(snapshot) == Predecessor("s-1", "ada", 1_700_000_000)
+    table.seen = 1_700_000_300
+    delta = next_turn(table, follow_up())
+    assert predecessor(snapshot + "\n" + delta) == Predecessor("s-1", "ada", 1_700_000_300)
+    assert predecessor(snapshot + "\n" + delta) == Predecessor.of(load_table(snapshot + "\n" + delta, table.pages, 2))
+    with pytest.raises(TableFormatError):
+        predecessor(json.dumps({"v": FORMAT}))

@@ -12,13 +12,13 @@ from gateway.store.embedded import free_port
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
 from gateway.store.session_state import SessionState
-from gateway.store.store import Keys, RedisStore, project_scope
+from gateway.store.store import Keys, RedisStore, project_scope, session_scope
 from gateway.turns.boundary import hint_of, load_start
 from gateway.turns.sessions import FINGERPRINT
 from gateway.wire.base import NAMELESS, Names
 from gateway.wire.chat_json import parse_messages
 from policies import crossing as pure
-from policies.crossing import Crossing, seed, wants_start
+from policies.crossing import Crossing, Predecessor, may_carry, seed, wants_start
 from policies.lifecycle import Event
 from policies.pages import PageType, Scope
 from policies.pagetable import PageTable, ingest
@@ -332,3 +332,30 @@ async def test_the_start_reads_the_project_memory_the_write_back_then_plans_on(
     await store.client.delete(Keys.of(tenant, project).memory)  # a second read would find nothing
     memories = await rival.memories(table)
     assert memories.project == (project, committed)
+
+
+async def test_a_predecessor_that_cannot_carry_is_not_read_whole(edge: Edge, store: RedisStore, tenant: str) -> None:
+    before = await predecessor(edge, tenant)
+    edge.sessions.forget(tenant, before.session)  # another process: only the store holds it
+    pages = Keys.of(tenant, session_scope(before.session))
+    await store.client.delete(*(pages.page(p) for p in before.order))  # a whole read would fail now
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
+    later = T0 + IDLE + 1  # no longer live: nothing of it carries
+
+    def carries(candidate: Predecessor) -> bool:
+        return may_carry(table, candidate, later, IDLE)
+
+    start = await load_start(edge.sessions, edge.memory, table, carries)
+    assert start.failed == "" and start.previous is None and start.project
+    crossing = pure.cross(table, parse_messages(restart()), hint=None, now=later, idle=IDLE, start=start)
+    assert crossing.event is Event.START
+
+
+async def test_a_live_predecessor_is_read_whole_for_its_state(edge: Edge, tenant: str) -> None:
+    before = await predecessor(edge, tenant)
+    edge.sessions.forget(tenant, before.session)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
+    start = await load_start(edge.sessions, edge.memory, table, lambda p: may_carry(table, p, T0 + 5, IDLE))
+    assert start.previous is not None and start.previous.order == before.order
+    crossing = pure.cross(table, parse_messages(restart()), hint=None, now=T0 + 5, idle=IDLE, start=start)
+    assert crossing.event is Event.RESET
