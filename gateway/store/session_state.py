@@ -139,26 +139,19 @@ class SessionState:
         is needed to know that it is current."""
         return self._board is not None and self._board.get(table.tenant, table.session) == table.version
 
-    async def read(self, tenant: str, session: str) -> PageTable | None:
-        """The session's table for reading (the audit API): the cached copy, left in the cache,
-        else decoded from the store; None when the session has no stored table."""
+    async def read(
+        self, tenant: str, session: str, wanted: Callable[[Predecessor], bool] | None = None
+    ) -> PageTable | None:
+        """The session's table for reading (the audit API, a new session's predecessor): the
+        cached copy, left in the cache, else decoded from the store; None when the session has no
+        stored table. With `wanted`, also None unless `wanted` takes it by its session, user and
+        last use, read from the stored table record without its pages (a long session that cannot
+        carry into a new one costs that record, not its pages)."""
         cached = self._cache.get((tenant, session))
         if cached is not None:
-            return cached
+            return cached if wanted is None or wanted(Predecessor.of(cached)) else None
         record = await self.store.load_table(tenant, session_scope(session))
-        if record is None:
-            return None
-        return await self._decode(tenant, session, record)
-
-    async def read_if(self, tenant: str, session: str, wanted: Callable[[Predecessor], bool]) -> PageTable | None:
-        """The session's table for reading, as `read`, when `wanted` takes it by its session, user
-        and last use, read from the stored table record without its pages (a long session that
-        cannot carry into a new one costs that record, not its pages); else None."""
-        cached = self._cache.get((tenant, session))
-        if cached is not None:
-            return cached if wanted(Predecessor.of(cached)) else None
-        record = await self.store.load_table(tenant, session_scope(session))
-        if record is None or not wanted(predecessor(record.data)):
+        if record is None or (wanted is not None and not wanted(predecessor(record.data))):
             return None
         return await self._decode(tenant, session, record)
 

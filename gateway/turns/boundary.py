@@ -25,13 +25,8 @@ from policies.pagetable import PageTable
 from policies.writeback import Memory, opens_sessions
 
 
-def _any(before: Predecessor) -> bool:
-    """Every previous session is read whole (the pure rule then decides what it carries)."""
-    return True
-
-
 async def load_start(
-    sessions: SessionState, memory: MemoryService, table: PageTable, carries: Callable[[Predecessor], bool] = _any
+    sessions: SessionState, memory: MemoryService, table: PageTable, carries: Callable[[Predecessor], bool]
 ) -> Start:
     """The store's part of a session's first request (one pointer per project and user): the
     swap of the project's newest session and the committed memory of the project and of the
@@ -50,7 +45,7 @@ async def load_start(
         carried = [page for pages in held for page in pages]
         before = None
         if previous is not None and previous != table.session:
-            before = await sessions.read_if(table.tenant, previous, carries)
+            before = await sessions.read(table.tenant, previous, carries)
     except StoreError as exc:
         return Start(failed=type(exc).__name__)
     return Start(project=carried, previous=before)
@@ -59,8 +54,6 @@ async def load_start(
 async def _project_pages(sessions: SessionState, table: PageTable, scope: str, memory: Memory) -> list[Page]:
     """The pages of a project scope's committed memory (validated write-back), oldest first."""
     ids = [entry.page_id for _, entry in sorted(memory.entries.items()) if opens_sessions(entry)]
-    if not ids:
-        return []
     pages = await sessions.store.get_pages(table.tenant, scope, ids)
     return [pages[i] for i in ids if i in pages and pages[i].type in CARRIED_TYPES]
 

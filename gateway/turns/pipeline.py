@@ -58,7 +58,7 @@ from gateway.wire.loop import answered, streamed, whole
 from gateway.wire.recall import Paging
 from policies import duplicates
 from policies.budget import TokenBudget, resolve_budget
-from policies.crossing import Predecessor, may_carry, wants_start
+from policies.crossing import may_carry, wants_start
 from policies.observation import Observation
 from policies.pagetable import PageTable
 from policies.recall import recall_room as room_for_recall
@@ -807,7 +807,9 @@ async def _turn(
     start = None
     if wants_start(table, chat.messages):
         idle = services.settings.server.session_idle_seconds
-        start = await load_start(services.sessions, services.memory, table, partial(_carries, table, now, idle))
+        start = await load_start(
+            services.sessions, services.memory, table, partial(may_carry, table, now=now, idle=idle)
+        )
     memories, unavailable = await _memories(services, table)
     turn = TurnInput(
         chat.messages,
@@ -828,12 +830,6 @@ async def _turn(
     timing = Timing(sent.ingest_ns, sent.assembly_ns)
     outcome = Outcome()
     return sent.plan, timing, outcome, partial(_finished_turn, services, table, turn, sent, outcome, unavailable)
-
-
-def _carries(table: PageTable, now: int, idle: int, before: Predecessor) -> bool:
-    """Whether the session's predecessor carries into it (`policies.crossing.may_carry`): only
-    then is its table read whole."""
-    return may_carry(table, before, now, idle)
 
 
 def _writes(table: PageTable, sent: Forwarded, turn: TurnInput) -> bool:

@@ -5,6 +5,7 @@ carried between strangers, the agent's hint, and a store failure at the start.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import pytest
 
@@ -18,7 +19,7 @@ from gateway.turns.sessions import FINGERPRINT
 from gateway.wire.base import NAMELESS, Names
 from gateway.wire.chat_json import parse_messages
 from policies import crossing as pure
-from policies.crossing import Crossing, Predecessor, may_carry, seed, wants_start
+from policies.crossing import Crossing, may_carry, seed, wants_start
 from policies.lifecycle import Event
 from policies.pages import PageType, Scope
 from policies.pagetable import PageTable, ingest
@@ -47,7 +48,8 @@ async def cross(
     idle: int,
 ) -> Crossing:
     """The boundary as the pipeline crosses it: what a start needs loaded, then the pure rule."""
-    start = await load_start(sessions, memory, table) if wants_start(table, messages) else None
+    carries = partial(may_carry, table, now=now, idle=idle)
+    start = await load_start(sessions, memory, table, carries) if wants_start(table, messages) else None
     return pure.cross(table, messages, hint=hint, now=now, idle=idle, start=start)
 
 
@@ -325,7 +327,7 @@ async def test_the_start_reads_the_project_memory_the_write_back_then_plans_on(
     await predecessor(edge, tenant)  # commits the system prompt's rule to the project's memory
     rival = MemoryService(WritebackJournal(store.client), store)  # another process: nothing cached
     table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
-    start = await load_start(edge.sessions, rival, table)
+    start = await load_start(edge.sessions, rival, table, partial(may_carry, table, now=T0 + 5, idle=IDLE))
     project = project_scope(PROJECT)
     committed = await rival.journal.load(tenant, project)
     assert committed.version == 1 and start.project and start.previous is not None
@@ -342,10 +344,7 @@ async def test_a_predecessor_that_cannot_carry_is_not_read_whole(edge: Edge, sto
     table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     later = T0 + IDLE + 1  # no longer live: nothing of it carries
 
-    def carries(candidate: Predecessor) -> bool:
-        return may_carry(table, candidate, later, IDLE)
-
-    start = await load_start(edge.sessions, edge.memory, table, carries)
+    start = await load_start(edge.sessions, edge.memory, table, partial(may_carry, table, now=later, idle=IDLE))
     assert start.failed == "" and start.previous is None and start.project
     crossing = pure.cross(table, parse_messages(restart()), hint=None, now=later, idle=IDLE, start=start)
     assert crossing.event is Event.START
@@ -355,7 +354,7 @@ async def test_a_live_predecessor_is_read_whole_for_its_state(edge: Edge, tenant
     before = await predecessor(edge, tenant)
     edge.sessions.forget(tenant, before.session)
     table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
-    start = await load_start(edge.sessions, edge.memory, table, lambda p: may_carry(table, p, T0 + 5, IDLE))
+    start = await load_start(edge.sessions, edge.memory, table, partial(may_carry, table, now=T0 + 5, idle=IDLE))
     assert start.previous is not None and start.previous.order == before.order
     crossing = pure.cross(table, parse_messages(restart()), hint=None, now=T0 + 5, idle=IDLE, start=start)
     assert crossing.event is Event.RESET
