@@ -12,7 +12,7 @@ counter):
   earlier turn left, the boundary check, ingest of the new messages at their full level
   (classified, counted, facts named), the repeated-call check and the assembly; within it
   `ingest` and `assembly` (layout, knapsack and render: the selector, the figure the paper
-  quotes; on a re-plan it first finishes the new pages' other levels) apart;
+  quotes; on a re-plan it first finishes the new pages before the newest turn) apart;
 - "after forwarding" (`deferred`): the whole `policies.step.complete` call: the new pages'
   other levels, span entries, fact pages and coverage, the write-back plan and the observation;
 - "whole turn" (`whole`): the two together, per turn (what `policies.step.step` costs).

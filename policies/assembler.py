@@ -45,6 +45,11 @@ LADDER = tuple(Fidelity)
 STUB = MESSAGE_OVERHEAD + SPAN_HEADER_TOKENS  # a span stub's fixed cost: what one fold more or less changes
 
 
+class LevelsNeeded(Exception):
+    """A re-plan would page a newest-turn tool result too large to send whole, and that page was
+    laid out before its lower levels were made (`Layout.unfinished`): make them, then plan again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     page_id: str
@@ -146,15 +151,18 @@ def _relaxed(layout: Layout, floors: dict[str, Fidelity]) -> dict[str, Fidelity]
     whole: the agent's own words stay whole, a tool's large output may not."""
     relaxed = dict(floors)
     for page_id in layout.order[layout.newest :]:
-        relaxed[page_id] = min(relaxed[page_id], oversize_floor(layout.pages[page_id]))
+        relaxed[page_id] = min(relaxed[page_id], oversize_floor(layout.pages[page_id], layout.unfinished))
     return relaxed
 
 
-def oversize_floor(page: Page) -> Fidelity:
+def oversize_floor(page: Page, unfinished: frozenset[str] = frozenset()) -> Fidelity:
     """A newest-turn tool result over OVERSIZE_TOKENS may go down to the highest level below full
-    that names the page (so the model can recall the rest); anything else stays whole."""
+    that names the page (so the model can recall the rest); anything else stays whole. Such a
+    result among the `unfinished` pages has no lower level yet: `LevelsNeeded`."""
     if page.provenance.role != "tool" or page.tokens(Fidelity.FULL) <= OVERSIZE_TOKENS:
         return Fidelity.FULL
+    if page.id in unfinished:
+        raise LevelsNeeded(page.id)
     for level in (Fidelity.STRUCTURED, Fidelity.POINTER):
         if page.id in page.reprs.at(level).text:
             return level

@@ -65,6 +65,7 @@ class Layout:
     anchor: int = 0  # position the evidence index is shown before: after the leading instructions
     referenced: frozenset[str] = frozenset()  # index pages the current plan or the last turns name
     continues: bool = False  # the transcript opens with a summary: it goes on with the dropped work
+    unfinished: frozenset[str] = frozenset()  # newest-turn pages whose lower levels are not made yet (sent whole)
 
 
 def make_layout(
@@ -79,16 +80,20 @@ def make_layout(
     referenced: frozenset[str] = frozenset(),
     continues: bool = False,
     known: Prefix | None = None,
+    unfinished: frozenset[str] = frozenset(),
 ) -> Layout:
     """Lay out a transcript once per planning pass: blocks, the newest turn, per-level costs.
     `index`: the paged-out evidence (its pages' `entries` are their index lines); `referenced`:
     those of them the current plan or the last turns name (policies.pagetable); `continues`: the
     transcript goes on from a summary of what was dropped (a compaction, not a fresh start).
-    `known`: the layout of the transcript so far (policies.prefix), brought up to `order` and
-    used instead of a pass over the whole transcript; the same layout either way."""
+    `unfinished`: newest-turn pages laid out before their lower levels exist; every level of
+    theirs is priced as the full one, which is the level they are sent at (their span entries
+    are never read: a block of the newest turn does not fold). `known`: the layout of the
+    transcript so far (policies.prefix), brought up to `order` and used instead of a pass over
+    the whole transcript; the same layout either way."""
     newest = newest_turn(order, pages)
     if known is not None:
-        known.extend(order, pages, names)
+        known.extend(order, pages, names, unfinished)
         blocks, costs = tuple(known.blocks), dict(known.costs)
     else:
         blocks = group_blocks(order, pages)
@@ -96,7 +101,8 @@ def make_layout(
     costs.update((p, _index_costs(pages[p], entries[p])) for p in index)
     anchor = leading_instructions(order, pages)
     layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, (), restored)
-    layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index), continues=continues)
+    layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index))
+    layout = replace(layout, continues=continues, unfinished=unfinished)
     if known is not None:
         return replace(layout, eligible=known.eligible(newest, current_plan))
     return replace(layout, eligible=tuple(_eligible(layout, start, stop) for start, stop in blocks))

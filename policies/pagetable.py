@@ -516,6 +516,42 @@ def finish(table: PageTable) -> None:
         pending.finished.extend(_finished(table, pending.waiting.pop(0)))
 
 
+def finish_for_plan(table: PageTable, newest: int) -> frozenset[str]:
+    """What a re-plan reads, made: every waiting page counted and its facts named, and finished
+    but for the newest turn's (from position `newest`), which the plan sends whole: their lower
+    levels, span entries and fact pages wait for `finish`, after the request is on its way. Such a
+    page waits only at the end of the waiting list (the pages finish in the order they were
+    admitted) and only when its full level states every fact it names, so none of its facts
+    needs a page or a line of the retained-state block while it is sent whole; its coverage at
+    full is recorded now, `finish` records the rest. Returns the pages left waiting."""
+    count_pending(table)
+    name_pending(table)
+    waiting, late = table.pending.waiting, frozenset(table.order[newest:])
+    cut, covered = len(waiting), []
+    while cut and waiting[cut - 1].page_id in late:
+        held = _held_whole(waiting[cut - 1])
+        if held is None:
+            break
+        covered.append(held)
+        cut -= 1
+    left = waiting[cut:]
+    del waiting[cut:]
+    finish(table)
+    waiting.extend(left)
+    for held in covered:
+        table.covering.update(held)
+    return frozenset(deferred.page_id for deferred in left)
+
+
+def _held_whole(deferred: Deferred) -> dict[str, frozenset[Fidelity]] | None:
+    """The coverage of a waiting page's facts by its full level, or None when it misses one."""
+    if not deferred.facts:
+        return {}
+    spoken = ((Fidelity.FULL, " ".join(deferred.message.text.split())),)
+    held = {f"{deferred.page_id}|{fact_id}": _covering_levels(spoken, text) for _, text, fact_id in deferred.facts}
+    return held if all(held.values()) else None
+
+
 def take(table: PageTable) -> list[Page]:
     """The pages finished since the last call (the new pages of the turns since), in order."""
     finished, table.pending.finished = table.pending.finished, []

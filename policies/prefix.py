@@ -12,6 +12,10 @@ What it keeps depends only on the page ids at those positions, and a page id nam
 good in a table (its content, its name), so the result is the from-scratch layout's, exactly
 (tests/policies/test_prefix.py). It is the table's derived state, not stored: a table loaded
 from the store starts without one.
+
+A re-plan may lay out the newest turn's pages before their lower levels exist (they are sent
+whole: `policies.pagetable.finish_for_plan`); their costs are then provisional, every level
+priced as the full one, and the next `extend` prices them again once they are finished.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from policies.pages import Page, PageType, Pin
 
 
 class Prefix:
-    __slots__ = ("order", "blocks", "calls", "costs", "foldable", "plans")
+    __slots__ = ("order", "blocks", "calls", "costs", "foldable", "plans", "provisional")
 
     def __init__(self) -> None:
         self.order: tuple[str, ...] = ()
@@ -33,9 +37,21 @@ class Prefix:
         self.costs: dict[str, tuple[int, ...]] = {}  # message costs per level of the pages in `order`
         self.foldable: list[bool] = []  # per block: holds no page pinned hard nor the system prompt
         self.plans: dict[str, int] = {}  # plan page -> its position, in transcript order
+        self.provisional: frozenset[str] = frozenset()  # pages priced before their lower levels existed
 
-    def extend(self, order: tuple[str, ...], pages: Mapping[str, Page], names: Mapping[str, str]) -> None:
-        """Bring the prefix to `order`: lay out its new positions, or all of it after a rewrite."""
+    def extend(
+        self,
+        order: tuple[str, ...],
+        pages: Mapping[str, Page],
+        names: Mapping[str, str],
+        unfinished: frozenset[str] = frozenset(),
+    ) -> None:
+        """Bring the prefix to `order`: lay out its new positions, or all of it after a rewrite.
+        `unfinished`: pages whose lower levels are not made yet, priced again once they are."""
+        for page_id in self.provisional - unfinished:
+            if page_id in self.costs:
+                self.costs[page_id] = level_costs(pages[page_id], page_id in names)
+        self.provisional = unfinished
         known = len(self.order)
         if len(order) < known or order[:known] != self.order:  # compared in C
             self.order, self.blocks, self.calls, self.costs, self.foldable, self.plans = (), [], frozenset(), {}, [], {}

@@ -104,12 +104,13 @@ def step(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = No
 def forward(table: PageTable, turn: TurnInput, clock: Callable[[], int] | None = None) -> Forwarded:
     """What the forwarded transcript needs, and no more: the boundary, the new messages admitted
     at their full level (classified; under a counter `at_most_bytes`, their tokens bounded by
-    their bytes and counted only when the bound does not fit), and the assembly. A re-plan
-    finishes the new pages first (policies.turn.assemble_turn); the fast path (an append that
-    fits) sends them whole and leaves the rest to `complete` (the count, the facts, the other
-    levels, the repeated tool calls), which must run before the table is persisted (any later
-    ingest also finishes what is left first). `ingest_ns` times the ingest, `assembly_ns` the
-    assembly (with, on a re-plan, the new pages' other levels)."""
+    their bytes and counted only when the bound does not fit), and the assembly. The fast path
+    (an append that fits) sends the new pages whole and leaves the rest to `complete` (the
+    count, the facts, the other levels, the repeated tool calls); a re-plan counts them and
+    finishes those before the newest turn, whose pages it sends whole and leaves to `complete`
+    too (policies.pagetable.finish_for_plan). `complete` must run before the table is persisted
+    (any later ingest also finishes what is left first). `ingest_ns` times the ingest,
+    `assembly_ns` the assembly (with, on a re-plan, what it finishes first)."""
     tick = clock or _no_clock
     finish(table)  # a turn whose `complete` did not run: its pages are finished before anything reads them
     crossing = cross(table, turn.messages, hint=turn.hint, now=turn.now, idle=turn.idle, start=turn.start)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
-from policies.assembler import Assembly, assemble, low_mark
+from policies.assembler import Assembly, LevelsNeeded, assemble, low_mark
 from policies.budget import TokenBudget
 from policies.layout import Layout, leading_instructions, make_layout, newest_turn
 from policies.lifecycle import summary_marker
@@ -22,6 +22,7 @@ from policies.pagetable import (
     PageTable,
     count_pending,
     finish,
+    finish_for_plan,
     ingest,
     name_pending,
     named_in,
@@ -37,6 +38,7 @@ from policies.transcript import Message
 
 REFERENCE_MESSAGES = 6  # the last messages whose text may bring paged-out evidence back (`_recent_text`)
 SUMMARY_WITHIN = 2  # messages after the instructions where a compaction's summary sits (`_continues`)
+NO_ENTRY = ("", 0)  # the span entry of a page not finished yet (`_entry`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +91,10 @@ def assemble_turn(
     recall_tool: str = "clawvm_recall",
 ) -> TurnPlan:
     """The transcript to forward. The fast path (an append that fits after the kept rendering)
-    reads the new pages' full level only; a re-plan reads every level of every page, so any page
-    an ingest with `defer` left unfinished is finished first (policies.pagetable.finish)."""
+    reads the new pages' full level only; a re-plan reads every level of every page before the
+    newest turn, so the pages an ingest with `defer` left there are finished first, and the
+    newest turn's wait for `finish` unless one must be paged (policies.pagetable.finish_for_plan,
+    policies.assembler.LevelsNeeded)."""
     key = plan_key(policy, budget)
     fast = _first(table, messages, result, key, budget.usable, policy.cache.target) or _append(
         table, messages, result, key, budget.usable
@@ -99,15 +103,20 @@ def assemble_turn(
         resent = result.kind == "append" and result.kept == len(messages)
         stable = table.view.stable() if isinstance(table.view, View) else 0
         return TurnPlan(fast, _kept(table), result, changed=not resent, stable=stable, appended=True)
-    finish(table)
-    layout = build_layout(table)
+    layout = build_layout(table, finish_for_plan(table, newest_turn(table.order, table.pages)))
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
     low_water = policy.cache.target
-    assembly = assemble(layout, budget.usable, policy.weights, table.turn, table.born, previous, low_water)
+    plan = partial(assemble, budget=budget.usable, weights=policy.weights, turn=table.turn, born=table.born)
+    try:
+        assembly = plan(layout, previous=previous, low_water=low_water)
+    except LevelsNeeded:  # a newest-turn result too large to send whole is paged: it needs its levels
+        finish(table)
+        layout = build_layout(table)
+        assembly = plan(layout, previous=previous, low_water=low_water)
     replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
-    entries = {p: table.entries[p][0] for p in (*layout.order, *layout.index)}
+    entries = {p: _entry(table, layout.unfinished, p)[0] for p in (*layout.order, *layout.index)}
     view = render(layout, assembly.levels, entries, recall_tool)
     table.view = view
     return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result, stable=view.stable())
@@ -183,11 +192,12 @@ def _kept(table: PageTable) -> Assembly:
     )
 
 
-def build_layout(table: PageTable) -> Layout:
-    """The table's layout, built on the part of it the last re-plan laid out (`table.prefix`)."""
+def build_layout(table: PageTable, unfinished: frozenset[str] = frozenset()) -> Layout:
+    """The table's layout, built on the part of it the last re-plan laid out (`table.prefix`).
+    `unfinished`: the newest turn's pages still waiting for `finish` (`finish_for_plan`)."""
     order = tuple(table.order)
     known = table.prefix if isinstance(table.prefix, Prefix) else Prefix()
-    known.extend(order, table.pages, table.names)
+    known.extend(order, table.pages, table.names, unfinished)
     table.prefix = known
     plans = [plan] if (plan := known.current_plan()) is not None else []
     index = tuple(paged_out(table))
@@ -195,7 +205,7 @@ def build_layout(table: PageTable) -> Layout:
         order,
         table.pages,
         table.names,
-        {p: table.entries[p][1] for p in (*order, *index)},
+        {p: _entry(table, unfinished, p)[1] for p in (*order, *index)},
         _live_facts(table, order),
         plans[-1] if plans else None,
         frozenset(table.restored),
@@ -203,7 +213,14 @@ def build_layout(table: PageTable) -> Layout:
         named_in(table, index, _recent_text(table, plans)) if index else frozenset(),
         bool(index) and _continues(table),
         known,
+        unfinished,
     )
+
+
+def _entry(table: PageTable, waiting: Collection[str], page_id: str) -> tuple[str, int]:
+    """A page's span entry and its tokens; none yet for a page still `waiting` to be finished,
+    whose entry is never shown (a block of the newest turn does not fold)."""
+    return NO_ENTRY if page_id in waiting else table.entries[page_id]
 
 
 def _continues(table: PageTable) -> bool:

@@ -19,6 +19,8 @@ from policies.pagetable import (
     checkpoint,
     content_digest,
     effective_pin,
+    finish,
+    finish_for_plan,
     id_tag,
     ingest,
     known_prefix,
@@ -409,6 +411,43 @@ def working_session() -> list[Wire]:
         *tool_pair("c1", "read_file", '{"path": "parser.py"}', "def parse(x):\n    return x\n" * 40),
         {"role": "assistant", "content": "The parser returns its input unchanged."},
     ]
+
+
+def _deferred_request() -> PageTable:
+    """A system prompt and a user message stating a rule and a preference, ingested with
+    `defer`: both pages wait for `finish`; the user message is the newest turn (position 1)."""
+    wire = working_session()[:2]
+    table = PageTable("t", "s", "p")
+    ingest(table, parse_messages(wire), TenantPolicy(), CharCounter(), defer=True)
+    return table
+
+
+def test_a_plan_leaves_the_newest_turn_waiting_with_its_facts_covered_whole() -> None:
+    table = _deferred_request()
+    system, user = table.order
+    assert finish_for_plan(table, 1) == {user}
+    assert [d.page_id for d in table.pending.waiting] == [user] and user not in table.entries
+    assert system in table.entries  # before the newest turn: finished
+    assert table.facts[user]
+    assert all(table.covering[f"{user}|{fact}"] == {Fidelity.FULL} for fact in table.facts[user])
+    finish(table)  # then every level that states each fact
+    assert all(Fidelity.FULL in table.covering[f"{user}|{fact}"] for fact in table.facts[user])
+    assert user in table.entries
+
+
+def test_a_newest_page_whose_full_level_misses_a_fact_is_finished_for_the_plan() -> None:
+    """Its fact would need its page (the retained-state block shows it): nothing waits."""
+    table = _deferred_request()
+    waiting = table.pending.waiting
+    waiting[-1] = replace(waiting[-1], facts=((PageType.CONSTRAINT, "Always sign commits.", "p:8e3000000001"),))
+    assert finish_for_plan(table, 1) == frozenset()
+    assert not waiting and "p:8e3000000001" in table.pages
+
+
+def test_only_the_newest_turn_waits_for_the_plan() -> None:
+    table = _deferred_request()
+    assert finish_for_plan(table, 2) == frozenset()  # no newest-turn page among them
+    assert not table.pending.waiting and all(p in table.entries for p in table.order)
 
 
 def after_compaction() -> list[Wire]:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from gateway.wire.chat_json import parse_messages
 from policies.layout import Layout, make_layout
 from policies.pages import PageType
-from policies.pagetable import PageTable, ingest
+from policies.pagetable import PageTable, finish, finish_for_plan, ingest
 from policies.prefix import Prefix
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
@@ -64,3 +64,26 @@ def test_an_append_lays_out_only_the_new_positions() -> None:
         assert isinstance(table.prefix, Prefix)
         kept = {p: c for p, c in table.prefix.costs.items() if p in before}
         assert all(kept[p] is before[p] for p in before)  # priced once, when first laid out
+
+
+def test_pages_laid_out_before_they_are_finished_are_priced_again_once_they_are() -> None:
+    """A re-plan lays out the newest turn before its lower levels exist (policies.pagetable
+    `finish_for_plan`): priced at full then, at every level once made."""
+    result = "\n".join(f"line {n}: value = compute({n}) # a long result the lower levels cut" for n in range(60))
+    call = {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a.py"}'}}
+    wire: list[Wire] = [
+        {"role": "system", "content": "You are an agent."},
+        {"role": "user", "content": "Go."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": result},
+    ]
+    table = PageTable("t", "s", "p")
+    ingest(table, parse_messages(wire), TenantPolicy(), COUNTER, defer=True)
+    unfinished = finish_for_plan(table, 2)
+    tool = table.order[-1]
+    assert tool in unfinished
+    early = build_layout(table, unfinished)
+    assert early.unfinished == unfinished and len(set(early.costs[tool][1:])) == 1  # every level at full
+    finish(table)
+    later = build_layout(table)
+    assert later == from_scratch(later) and len(set(later.costs[tool][1:])) > 1

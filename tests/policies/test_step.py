@@ -8,10 +8,12 @@ import copy
 from collections.abc import Sequence
 
 from gateway.wire.chat_json import parse_messages
+from policies.assembler import OVERSIZE_TOKENS
 from policies.budget import TokenBudget
 from policies.crossing import Start
+from policies.layout import newest_turn
 from policies.lifecycle import Event
-from policies.pages import PageType, Scope
+from policies.pages import Fidelity, PageType, Scope
 from policies.pagetable import PageTable
 from policies.step import Decision, TurnInput, complete, forward, step
 from policies.tenant import TenantPolicy
@@ -20,7 +22,7 @@ from policies.transcript import Message
 from policies.turn import plan_turn
 from policies.writeback import Memory
 from policies.writes import Memories
-from tests.policies.test_pagetable import RULE, Wire, working_session
+from tests.policies.test_pagetable import RULE, Wire, tool_pair, working_session
 
 NOW = 1_700_000_000
 BUDGET = TokenBudget(cap=100_000, usable=100_000, hard_limit=100_000, source="config")
@@ -167,6 +169,53 @@ def test_the_fast_path_leaves_the_new_pages_to_complete() -> None:
     decision = complete(table, turn(messages), sent)
     assert not table.pending.waiting and all(p in table.entries for p in waiting)
     assert [p.id for p in decision.plan.ingest.new_pages][: len(waiting)] == waiting[:1]
+
+
+def _two_reads(second: str) -> list[Wire]:
+    """The working session, then a second read whose result is `second`, and an answer."""
+    read = tool_pair("c2", "read_file", '{"path": "lexer.py"}', second)
+    return [*working_session(), *read, {"role": "assistant", "content": "Done."}]
+
+
+def test_a_re_plan_leaves_the_newest_turn_to_complete() -> None:
+    """A re-plan sends the newest turn whole, so its pages' other levels, span entries and fact
+    pages wait for `complete`, as on the fast path; the prompt is the eager ingest's, and so is
+    every later turn's (their costs are priced again once made: policies.prefix)."""
+    wire = _two_reads("def lex(x):\n    return x\n" * 30)
+    eager, table, deferred = PageTable("t", "s", "p"), PageTable("t", "s", "p"), 0
+    for n in requests(wire):
+        messages = parse_messages(wire[:n])
+        sent = forward(table, turn(messages, TIGHT))
+        assert sent.messages == plan_turn(eager, messages, TenantPolicy(), CharCounter(), TIGHT).messages
+        waiting = {d.page_id for d in table.pending.waiting}
+        if not sent.plan.appended and waiting:
+            deferred += 1
+            assert waiting == set(table.order[newest_turn(table.order, table.pages) :])
+            assert all(table.levels[p] is Fidelity.FULL and p not in table.entries for p in waiting)
+        complete(table, turn(messages, TIGHT), sent)
+        assert not table.pending.waiting
+    assert deferred >= 2
+    assert _whole(table) == _whole(eager)
+
+
+def test_a_re_plan_that_pages_a_large_newest_result_makes_its_levels_first() -> None:
+    """A newest-turn tool result too large for the budget is paged, which needs its lower
+    levels: the re-plan makes them before planning, and pages it as the eager ingest does."""
+    wire = _two_reads("def lex(x):\n    return x  # the lexer, unchanged since the first commit\n" * 80)[:-1]
+    budget = TokenBudget(cap=900, usable=900, hard_limit=100_000, source="config")
+    eager, table = PageTable("t", "s", "p"), PageTable("t", "s", "p")
+    for n in requests(wire)[:-1]:
+        messages = parse_messages(wire[:n])
+        plan_turn(eager, messages, TenantPolicy(), CharCounter(), budget)
+        complete(table, turn(messages, budget), forward(table, turn(messages, budget)))
+    messages = parse_messages(wire)  # the request that ends with the large result
+    assert messages[-1].role == "tool" and CharCounter().count(messages[-1].text) > OVERSIZE_TOKENS
+    sent = forward(table, turn(messages, budget))
+    plan = plan_turn(eager, messages, TenantPolicy(), CharCounter(), budget)
+    paged = table.order[-1]
+    assert not sent.plan.appended and table.levels[paged] < Fidelity.FULL
+    assert paged in table.entries and not table.pending.waiting  # made before the plan read them
+    assert sent.messages == plan.messages
 
 
 def test_an_append_that_fits_by_its_bytes_is_sent_before_it_is_counted() -> None:
