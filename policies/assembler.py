@@ -159,7 +159,7 @@ def oversize_floor(page: Page, unfinished: frozenset[str] = frozenset()) -> Fide
     """A newest-turn tool result over OVERSIZE_TOKENS may go down to the highest level below full
     that names the page (so the model can recall the rest); anything else stays whole. Such a
     result among the `unfinished` pages has no lower level yet: `LevelsNeeded`."""
-    if page.provenance.role != "tool" or page.tokens(Fidelity.FULL) <= OVERSIZE_TOKENS:
+    if not may_page(page):
         return Fidelity.FULL
     if page.id in unfinished:
         raise LevelsNeeded(page.id)
@@ -167,6 +167,11 @@ def oversize_floor(page: Page, unfinished: frozenset[str] = frozenset()) -> Fide
         if page.id in page.reprs.at(level).text:
             return level
     return Fidelity.FULL
+
+
+def may_page(page: Page) -> bool:
+    """A tool result over OVERSIZE_TOKENS: of the newest turn, it may be paged (`oversize_floor`)."""
+    return page.provenance.role == "tool" and page.tokens(Fidelity.FULL) > OVERSIZE_TOKENS
 
 
 def score(layout: Layout, page_id: str, weights: Weights, turn: int, born: Mapping[str, int]) -> float:

@@ -516,17 +516,17 @@ def finish(table: PageTable) -> None:
         pending.finished.extend(_finished(table, pending.waiting.pop(0)))
 
 
-def finish_for_plan(table: PageTable, newest: int) -> frozenset[str]:
+def finish_for_plan(table: PageTable, whole: Collection[str]) -> frozenset[str]:
     """What a re-plan reads, made: every waiting page counted and its facts named, and finished
-    but for the newest turn's (from position `newest`), which the plan sends whole: their lower
-    levels, span entries and fact pages wait for `finish`, after the request is on its way. Such a
-    page waits only at the end of the waiting list (the pages finish in the order they were
-    admitted) and only when its full level states every fact it names, so none of its facts
-    needs a page or a line of the retained-state block while it is sent whole; its coverage at
-    full is recorded now, `finish` records the rest. Returns the pages left waiting."""
+    but for those the plan sends `whole` (of the newest turn: policies.turn): their lower levels,
+    span entries and fact pages wait for `finish`, after the request is on its way. Such a page
+    waits only at the end of the waiting list (the pages finish in the order they were admitted)
+    and only when its full level states every fact it names, so none of its facts needs a page or
+    a line of the retained-state block while it is sent whole; its coverage at full is recorded
+    now, `finish` records the rest. Returns the pages left waiting."""
     count_pending(table)
     name_pending(table)
-    waiting, late = table.pending.waiting, frozenset(table.order[newest:])
+    waiting, late = table.pending.waiting, whole
     cut, covered = len(waiting), []
     while cut and waiting[cut - 1].page_id in late:
         held = _held_whole(waiting[cut - 1])

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
-from policies.assembler import Assembly, LevelsNeeded, assemble, low_mark
+from policies.assembler import Assembly, LevelsNeeded, assemble, low_mark, may_page
 from policies.budget import TokenBudget
 from policies.layout import Layout, leading_instructions, make_layout, newest_turn
 from policies.lifecycle import summary_marker
@@ -103,7 +103,7 @@ def assemble_turn(
         resent = result.kind == "append" and result.kept == len(messages)
         stable = table.view.stable() if isinstance(table.view, View) else 0
         return TurnPlan(fast, _kept(table), result, changed=not resent, stable=stable, appended=True)
-    layout = build_layout(table, finish_for_plan(table, newest_turn(table.order, table.pages)))
+    layout = build_layout(table, finish_for_plan(table, sent_whole(table, budget.usable)))
     previous = table.levels if table.plan_key == key and result.kind == "append" else None
     low_water = policy.cache.target
     plan = partial(assemble, budget=budget.usable, weights=policy.weights, turn=table.turn, born=table.born)
@@ -120,6 +120,18 @@ def assemble_turn(
     view = render(layout, assembly.levels, entries, recall_tool)
     table.view = view
     return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result, stable=view.stable())
+
+
+def sent_whole(table: PageTable, budget: int) -> frozenset[str]:
+    """The newest turn's pages a re-plan is sure to send whole: all of them while the turn fits
+    the budget whole; else all but the large tool results, which the plan may page
+    (policies.assembler.oversize_floor) and so needs their lower levels for. (The turn may be
+    over with the rest of the minimum set only: the plan then asks for them, `LevelsNeeded`.)"""
+    count_pending(table)  # the turn's tokens exact
+    order, pages, names = table.order, table.pages, table.names
+    late = order[newest_turn(order, pages) :]
+    whole = REPLY_PRIMING + sum(framed(pages[p].tokens(Fidelity.FULL), named=p in names) for p in late)
+    return frozenset(p for p in late if whole <= budget or not may_page(pages[p]))
 
 
 def plan_key(policy: TenantPolicy, budget: TokenBudget) -> str:

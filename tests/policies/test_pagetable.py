@@ -425,7 +425,7 @@ def _deferred_request() -> PageTable:
 def test_a_plan_leaves_the_newest_turn_waiting_with_its_facts_covered_whole() -> None:
     table = _deferred_request()
     system, user = table.order
-    assert finish_for_plan(table, 1) == {user}
+    assert finish_for_plan(table, {user}) == {user}
     assert [d.page_id for d in table.pending.waiting] == [user] and user not in table.entries
     assert system in table.entries  # before the newest turn: finished
     assert table.facts[user]
@@ -440,13 +440,13 @@ def test_a_newest_page_whose_full_level_misses_a_fact_is_finished_for_the_plan()
     table = _deferred_request()
     waiting = table.pending.waiting
     waiting[-1] = replace(waiting[-1], facts=((PageType.CONSTRAINT, "Always sign commits.", "p:8e3000000001"),))
-    assert finish_for_plan(table, 1) == frozenset()
+    assert finish_for_plan(table, {table.order[1]}) == frozenset()
     assert not waiting and "p:8e3000000001" in table.pages
 
 
-def test_only_the_newest_turn_waits_for_the_plan() -> None:
+def test_only_the_pages_sent_whole_wait_and_only_at_the_end_of_the_list() -> None:
     table = _deferred_request()
-    assert finish_for_plan(table, 2) == frozenset()  # no newest-turn page among them
+    assert finish_for_plan(table, {table.order[0]}) == frozenset()  # the user's page before it is not
     assert not table.pending.waiting and all(p in table.entries for p in table.order)
 
 

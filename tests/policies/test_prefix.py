@@ -79,7 +79,7 @@ def test_pages_laid_out_before_they_are_finished_are_priced_again_once_they_are(
     ]
     table = PageTable("t", "s", "p")
     ingest(table, parse_messages(wire), TenantPolicy(), COUNTER, defer=True)
-    unfinished = finish_for_plan(table, 2)
+    unfinished = finish_for_plan(table, set(table.order[2:]))
     tool = table.order[-1]
     assert tool in unfinished
     early = build_layout(table, unfinished)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+import pytest
+
 from gateway.wire.chat_json import parse_messages
 from policies.assembler import OVERSIZE_TOKENS
 from policies.budget import TokenBudget
@@ -14,12 +16,12 @@ from policies.crossing import Start
 from policies.layout import newest_turn
 from policies.lifecycle import Event
 from policies.pages import Fidelity, PageType, Scope
-from policies.pagetable import PageTable
+from policies.pagetable import PageTable, ingest
 from policies.step import Decision, TurnInput, complete, forward, step
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.transcript import Message
-from policies.turn import plan_turn
+from policies.turn import plan_turn, sent_whole
 from policies.writeback import Memory
 from policies.writes import Memories
 from tests.policies.test_pagetable import RULE, Wire, tool_pair, working_session
@@ -198,11 +200,13 @@ def test_a_re_plan_leaves_the_newest_turn_to_complete() -> None:
     assert _whole(table) == _whole(eager)
 
 
-def test_a_re_plan_that_pages_a_large_newest_result_makes_its_levels_first() -> None:
+@pytest.mark.parametrize("cap", [900, 1600])
+def test_a_re_plan_that_pages_a_large_newest_result_makes_its_levels_first(cap: int) -> None:
     """A newest-turn tool result too large for the budget is paged, which needs its lower
-    levels: the re-plan makes them before planning, and pages it as the eager ingest does."""
+    levels: made before planning when the turn alone is over the budget (900), else when the plan
+    finds the minimum set over it (1600: `LevelsNeeded`); paged as the eager ingest pages it."""
     wire = _two_reads("def lex(x):\n    return x  # the lexer, unchanged since the first commit\n" * 80)[:-1]
-    budget = TokenBudget(cap=900, usable=900, hard_limit=100_000, source="config")
+    budget = TokenBudget(cap=cap, usable=cap, hard_limit=100_000, source="config")
     eager, table = PageTable("t", "s", "p"), PageTable("t", "s", "p")
     for n in requests(wire)[:-1]:
         messages = parse_messages(wire[:n])
@@ -216,6 +220,15 @@ def test_a_re_plan_that_pages_a_large_newest_result_makes_its_levels_first() -> 
     assert not sent.plan.appended and table.levels[paged] < Fidelity.FULL
     assert paged in table.entries and not table.pending.waiting  # made before the plan read them
     assert sent.messages == plan.messages
+
+
+def test_a_newest_turn_over_the_budget_is_sent_whole_but_for_its_large_results() -> None:
+    wire = _two_reads("def lex(x):\n    return x  # the lexer, unchanged since the first commit\n" * 80)[:-1]
+    table = PageTable("t", "s", "p")
+    ingest(table, parse_messages(wire), TenantPolicy(), CharCounter())
+    call, result = table.order[-2:]
+    assert sent_whole(table, 900) == {call}  # the turn is over: its large result may be paged
+    assert sent_whole(table, 1600) == {call, result}  # it fits whole: the plan sends it whole
 
 
 def test_an_append_that_fits_by_its_bytes_is_sent_before_it_is_counted() -> None:
