@@ -101,8 +101,14 @@ def make_layout(
     costs.update((p, _index_costs(pages[p], entries[p])) for p in index)
     anchor = leading_instructions(order, pages)
     layout = Layout(order, blocks, newest, pages, names, entries, facts, current_plan, costs, (), restored)
-    layout = replace(layout, index=index, anchor=anchor, referenced=referenced & frozenset(index))
-    layout = replace(layout, continues=continues, unfinished=unfinished)
+    layout = replace(
+        layout,
+        index=index,
+        anchor=anchor,
+        referenced=referenced & frozenset(index),
+        continues=continues,
+        unfinished=unfinished,
+    )
     if known is not None:
         return replace(layout, eligible=known.eligible(newest, current_plan))
     return replace(layout, eligible=tuple(_eligible(layout, start, stop) for start, stop in blocks))

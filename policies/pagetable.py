@@ -526,9 +526,9 @@ def finish_for_plan(table: PageTable, whole: Collection[str]) -> frozenset[str]:
     now, `finish` records the rest. Returns the pages left waiting."""
     count_pending(table)
     name_pending(table)
-    waiting, late = table.pending.waiting, whole
+    waiting = table.pending.waiting
     cut, covered = len(waiting), []
-    while cut and waiting[cut - 1].page_id in late:
+    while cut and waiting[cut - 1].page_id in whole:
         held = _held_whole(waiting[cut - 1])
         if held is None:
             break
@@ -547,7 +547,7 @@ def _held_whole(deferred: Deferred) -> dict[str, frozenset[Fidelity]] | None:
     """The coverage of a waiting page's facts by its full level, or None when it misses one."""
     if not deferred.facts:
         return {}
-    spoken = ((Fidelity.FULL, " ".join(deferred.message.text.split())),)
+    spoken = ((Fidelity.FULL, _collapsed(deferred.message.text)),)
     held = {f"{deferred.page_id}|{fact_id}": _covering_levels(spoken, text) for _, text, fact_id in deferred.facts}
     return held if all(held.values()) else None
 
@@ -678,15 +678,20 @@ def _spoken(parent: Page) -> tuple[tuple[Fidelity, str], ...]:
             continue
         text = parent.reprs.at(level).text
         if text not in collapsed:
-            collapsed[text] = " ".join(text.split())
+            collapsed[text] = _collapsed(text)
         spoken.append((level, collapsed[text]))
     return tuple(spoken)
 
 
 def _covering_levels(spoken: Sequence[tuple[Fidelity, str]], fact_text: str) -> frozenset[Fidelity]:
     """The levels whose text states the fact (`spoken`: the parent's levels, `_spoken`)."""
-    needle = " ".join(fact_text.split()).rstrip("…").strip()
+    needle = _collapsed(fact_text).rstrip("…").strip()
     return frozenset(level for level, text in spoken if needle and needle in text)
+
+
+def _collapsed(text: str) -> str:
+    """`text` with each run of whitespace one space: what a fact's coverage is searched in."""
+    return " ".join(text.split())
 
 
 def _whole(full: tuple[Representation, int], message: Message) -> Reprs:
