@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from bench.traces import Trace
 from bench.wire_bodies import to_messages, to_responses
 from gateway.store.embedded import free_port
 from gateway.turns.stages import HEADER as STAGES_HEADER
-from gateway.turns.stages import parse_header
+from gateway.turns.stages import logged_stages, parse_header
 from gateway.upstream.tokens import prepare_offline
 
 MODEL = "gpt-4o"
@@ -248,8 +249,35 @@ def write_config(directory: Path, anthropic_base: str | None = None) -> Path:
     if anthropic_base is not None:  # the Messages API's upstream
         text += f"upstream:\n  anthropic_base: {json.dumps(anthropic_base)}\n"
     text += "limits: {max_concurrent_requests: 0}\n"  # the load bench's sessions are all one (open) tenant
+    text += "server: {log_timings: true}\n"  # each turn's stages, after-response work included (logged_after_us)
     config.write_text(text, encoding="utf-8")
     return config
+
+
+def logged_timings(log: Path) -> list[dict[str, float]]:
+    """The stages (µs by name) of each turn a gateway started with `write_config` logged
+    (`server.log_timings`), every worker's, in the order logged; [] when there is no log. Beside
+    the answer's `server-timing` stages they hold the save's parts, "complete" and "commit" (run
+    beside "upstream"), and "after": the work once the answer was sent (audit records, metrics,
+    the inspector's record, recall observations)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [stages for stages in map(logged_stages, lines) if stages is not None]
+
+
+def stage_medians_us(
+    stages: Sequence[Mapping[str, float]], logged: Sequence[Mapping[str, float]] = ()
+) -> dict[str, float]:
+    """Each `server-timing` stage's median over `stages` (one request's each), µs: the stages of
+    different requests, they need not add up to one request's time; then the median of each part
+    only the timings log has (`logged`: `logged_timings`), over the turns that logged it."""
+    names = dict.fromkeys(name for one in stages for name in one)
+    medians = {name: round(statistics.median(one.get(name, 0.0) for one in stages), 1) for name in names}
+    for name in dict.fromkeys(name for one in logged for name in one if name not in names):
+        medians[name] = round(statistics.median(one[name] for one in logged if name in one), 1)
+    return medians
 
 
 # ---------------------------------------------------------------- bodies

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +39,17 @@ from typing import Any, TypeVar
 import aiohttp
 import redis
 
-from bench.latency import BenchError, Server, clawvm_command, server_env, stop, wait_healthy, write_config
+from bench.latency import (
+    BenchError,
+    Server,
+    clawvm_command,
+    logged_timings,
+    server_env,
+    stage_medians_us,
+    stop,
+    wait_healthy,
+    write_config,
+)
 from gateway.store.embedded import EmbeddedRedis, free_port
 from gateway.turns.stages import HEADER as STAGES_HEADER
 from gateway.turns.stages import parse_header
@@ -580,13 +589,6 @@ def latency_ms(stats: PathStats) -> Json:
     }
 
 
-def stage_medians_us(stats: PathStats) -> Json:
-    """Each `server-timing` stage's median over the path's whole streams, µs (the stages of
-    different requests: they need not add up to one request's time)."""
-    names = dict.fromkeys(name for stages in stats.stages for name in stages)
-    return {name: round(statistics.median(s.get(name, 0.0) for s in stats.stages), 1) for name in names}
-
-
 def added_ms(gateway: Json, direct: Json) -> Json:
     return {key: round(gateway[key] - direct[key], 1) for key in gateway}
 
@@ -658,7 +660,7 @@ async def load_run(rig_: Rig, plan: LoadPlan, tick: Tick) -> Json:
         "gateway": gateway,
         "direct": direct,
         "added": added_ms(latency_ms(fleet.gateway), latency_ms(fleet.direct)),
-        "gateway_stages_p50_us": stage_medians_us(fleet.gateway),
+        "gateway_stages_p50_us": stage_medians_us(fleet.gateway.stages, logged_timings(rig_.gateway.log)),
         "gateway_rss_mib": {
             "start": round(rss[0] / MIB, 1),
             "peak": round(max(rss) / MIB, 1),
@@ -726,7 +728,8 @@ def format_load(figures: Json) -> list[str]:
         f"direct {d['total_p50_ms']} / {d['total_p99_ms']} ms |",
         f"| added latency, first byte p50 / p99 ⏱ | {a['ttfb_p50_ms']} / {a['ttfb_p99_ms']} ms |",
         f"| added latency, whole stream p50 / p99 ⏱ | {a['total_p50_ms']} / {a['total_p99_ms']} ms |",
-        f"| gateway stages before the first byte, each one's median ⏱ | {_stages(figures)} |",
+        f"| gateway stages, each one's median (complete, commit: the save, beside upstream; after: once answered) ⏱ "
+        f"| {_stages(figures)} |",
         f"| gateway RSS start / peak / end | {rss['start']} / {rss['peak']} / {rss['end']} MiB |",
         f"| Redis used_memory before / after | {mem['before']} / {mem['after']} MiB |",
         f"| Redis memory per session | {figures['redis_bytes_per_session'] / 1024:.1f} KiB |",

@@ -349,8 +349,24 @@ def peers_section(data: Json | None) -> list[str]:
     ]
     lines += [f"- {peer}: skipped, {why}" for peer, why in data.get("skipped", {}).items()]
     for budget in data.get("budgets", []):
-        lines += [f"Budget {budget}:", ""] + _peer_table(data, budget)
+        lines += [f"Budget {budget}:", ""] + _peer_table(data, budget) + _stages_line(data, budget)
     return lines
+
+
+def _stages_line(data: Json, budget: int) -> list[str]:
+    """Where the gateway's requests spent their time at `budget`: each stage's median."""
+    ours = next((r for r in data.get("rows", []) if r["budget"] == budget and r["peer"] == "clawvm"), None)
+    stages = (ours or {}).get("stages_median_us") or {}
+    if not stages:
+        return []
+    parts = ", ".join(f"{name} {spent:,.0f}" for name, spent in stages.items())
+    return [
+        f"Where clawvm's time goes {TIMING} (each `server-timing` stage's median over these requests, µs; "
+        "upstream is the fake's answer and the save running beside it, persist the wait for the save "
+        "after the answer; from the gateway's timings log: the save's two parts, complete and commit, and after, "
+        f"the work once the answer was sent): {parts}.",
+        "",
+    ]
 
 
 def _peer_table(data: Json, budget: int) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.settings import ConfigError, Overrides, Settings, load_settings
 from gateway.store.board import BOARD_NAME, made
 from gateway.store.embedded import EmbeddedRedis
+from gateway.turns.stages import TIMINGS_LOGGER
 from gateway.upstream.tokens import prepare_offline
 from gateway.workers import FACTORY, SPEC_ENV, Source, spec, usable_cpus, worker_count
 
@@ -104,6 +105,8 @@ def serve(settings: Settings, log_level: str, source: Source | None = None) -> N
 def configure_logging(settings: Settings, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_content_loggers(settings.server.log_content)
+    if settings.server.log_timings:  # a turn's timings line is asked for whatever the log level
+        logging.getLogger(TIMINGS_LOGGER).setLevel(logging.INFO)
 
 
 def quiet_content_loggers(log_content: bool) -> None:

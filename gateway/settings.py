@@ -77,6 +77,7 @@ _SERVER_KEYS = (
     "max_header_bytes",
     "default_context_window",
     "log_content",
+    "log_timings",
     "session_idle_seconds",
     "allow_unauthenticated",
     "workers",
@@ -127,6 +128,7 @@ class ServerSettings:
     max_header_bytes: int = 65_536
     default_context_window: int = 128_000
     log_content: bool = False
+    log_timings: bool = False  # one `clawvm.timings` line per turn: its stages and after-response work
     session_idle_seconds: int = 3600  # a session unused this long has ended (a lifecycle event)
     allow_unauthenticated: bool = False  # serve without tenants on a non-loopback host (the operator's choice)
     workers: int | None = None  # worker processes; None: one per CPU (gateway.cli)
@@ -523,6 +525,7 @@ def _server(value: object, overrides: Overrides) -> ServerSettings:
         max_header_bytes=sec.get("max_header_bytes", base.max_header_bytes, _integer()),
         default_context_window=sec.get("default_context_window", base.default_context_window, _integer()),
         log_content=sec.get("log_content", base.log_content, _boolean),
+        log_timings=sec.get("log_timings", base.log_timings, _boolean),
         session_idle_seconds=sec.get("session_idle_seconds", base.session_idle_seconds, _integer()),
         allow_unauthenticated=overrides.allow_unauthenticated
         or sec.get("allow_unauthenticated", base.allow_unauthenticated, _boolean),

@@ -56,7 +56,7 @@ import httpx
 from bench.checks import message_text, pairing_errors
 from bench.fake_upstream import FakeUpstream, serve
 from bench.intent_check import Label, intents, load_labels, missing_intents
-from bench.latency import HEADERS, REQUEST_TIMEOUT_S, encode, request_body
+from bench.latency import HEADERS, REQUEST_TIMEOUT_S, encode, logged_timings, request_body, stage_medians_us
 from bench.lifecycle_replay import missing_state
 from bench.peers import install
 from bench.peers.model import (
@@ -74,6 +74,8 @@ from bench.peers.servers import Upstream, available, start_peer
 from bench.policy_time import percentile
 from bench.pricing import Price, openai_cost, price
 from bench.traces import Trace, load_traces, traces_dir
+from gateway.turns.stages import HEADER as STAGES_HEADER
+from gateway.turns.stages import parse_header
 from gateway.upstream.tokens import Tokenizers, compact_json, count_tools, prepare_offline
 from gateway.wire.chat_json import parse_messages
 from gateway.wire.chat_tokens import message_tokens
@@ -117,6 +119,7 @@ class Exchange:
     prompts: tuple[Json, ...]  # the request bodies the model received, recall round trips included
     headers: dict[str, str]  # the peer's x-clawvm-* answer headers
     answer: Json | None = None  # the assistant message the agent got (choices[0].message)
+    stages: dict[str, float] = field(default_factory=dict)  # the gateway's server-timing, µs by stage
 
 
 def request_errors(body: Json) -> list[str]:
@@ -238,6 +241,7 @@ class Tally:
     single_added_ns: list[int] = field(default_factory=list)
     overhead_us: list[int] = field(default_factory=list)
     policy_us: list[int] = field(default_factory=list)
+    stages: list[dict[str, float]] = field(default_factory=list)  # the gateway's server-timing, per request
     examples: list[str] = field(default_factory=list)
     previous: Json | None = None  # the last upstream request of the current trace
 
@@ -278,6 +282,7 @@ class PeerFigures:
     overhead_header_median_us: float | None  # x-clawvm-overhead-us (the gateway only)
     policy_header_median_us: float | None  # x-clawvm-policy-us
     examples: tuple[str, ...]
+    stages_median_us: dict[str, float] = field(default_factory=dict)  # each stage's median (the gateway only)
     session_costs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # per trace, per agent request: its (OpenAI, Anthropic)-priced cost, recall follow-ups included
 
@@ -319,7 +324,8 @@ def _header_median(values: Sequence[int]) -> float | None:
     return round(float(statistics.median(values)), 1) if values else None
 
 
-def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
+def figures(peer: str, budget: int, tally: Tally, logged: Sequence[dict[str, float]] = ()) -> PeerFigures:
+    """The peer's figures; `logged`: the gateway's timings log, a turn's stages per line."""
     return PeerFigures(
         peer=peer,
         budget=budget,
@@ -351,6 +357,7 @@ def figures(peer: str, budget: int, tally: Tally) -> PeerFigures:
         overhead_header_median_us=_header_median(tally.overhead_us),
         policy_header_median_us=_header_median(tally.policy_us),
         examples=tuple(tally.examples),
+        stages_median_us=stage_medians_us(tally.stages, logged),
         session_costs={name: list(costs) for name, costs in tally.sessions.items()},
     )
 
@@ -383,6 +390,8 @@ class Judge:
         for name, values in (("x-clawvm-overhead-us", tally.overhead_us), ("x-clawvm-policy-us", tally.policy_us)):
             if exchange.headers.get(name, "").isdigit():
                 values.append(int(exchange.headers[name]))
+        if exchange.stages:
+            tally.stages.append(exchange.stages)
 
     def _validity(self, tally: Tally, turn: Turn, exchange: Exchange) -> None:
         problems = [e for prompt in exchange.prompts for e in request_errors(prompt)]
@@ -499,7 +508,8 @@ class Harness:
         prompts = tuple(r.body for r in self.fake.requests if r.path.endswith("/chat/completions") and r.body)
         self.fake.requests.clear()
         headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-clawvm-")}
-        return Exchange(response.status_code, elapsed, prompts, headers, answer_of(response))
+        stages = parse_header(response.headers.get(STAGES_HEADER, ""))
+        return Exchange(response.status_code, elapsed, prompts, headers, answer_of(response), stages)
 
 
 def answer_of(response: httpx.Response) -> Json | None:
@@ -563,7 +573,8 @@ def run_compare(
                 directory = Path(tmp) / str(budget)
                 bases = {p: start_peer(p, stack, directory, Upstream(api_base), budget, root) for p in running}
                 tallies = run_budget(harness, bases, prepared, Judge(counter, budget, labels), warmup)
-            rows += [figures(name, budget, tallies[name]) for name in running]
+            logged = logged_timings(directory / OURS / "clawvm.log")  # once its gateway stopped: every turn's
+            rows += [figures(name, budget, tallies[name], logged if name == OURS else ()) for name in running]
     names_run = tuple(t.name for t in traces)
     return CompareResult(names_run, turns, tuple(budgets), running, tuple(rows), skipped, knowledge)
 
@@ -636,6 +647,9 @@ def _budget_lines(result: CompareResult, budget: int) -> list[str]:
     lines += _ratio_lines(result, budget)
     lines += _bar_lines(result, budget)
     for row in rows:
+        if row.stages_median_us:
+            stages = ", ".join(f"{name} {spent:,.0f}" for name, spent in row.stages_median_us.items())
+            lines.append(f"  {row.peer} stage medians, µs (complete, commit: the save; after: once answered): {stages}")
         lines += [f"    {row.peer}: {example}" for example in row.examples]
     return lines
 

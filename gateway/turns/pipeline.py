@@ -42,7 +42,7 @@ from gateway.turns.boundary import hint_of, load_start
 from gateway.turns.services import UNAUTHENTICATED, Services, store_failure
 from gateway.turns.sessions import SessionIds, resolve
 from gateway.turns.stages import HEADER as STAGES_HEADER
-from gateway.turns.stages import Stages
+from gateway.turns.stages import Stages, timed_after
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.models import resolve_window
 from gateway.upstream.retry import with_retries
@@ -216,7 +216,12 @@ async def _served(
         if await _quietly(turn.saved):  # an error answer acknowledges nothing, but the save ends first
             await turn.after()  # the records of a saved turn
         raise
-    _then(response, turn.after)
+    if services.settings.server.log_timings:  # the save's parts ran beside "upstream": in the log, not the header
+        for part, spent in turn.outcome.spent.items():
+            stages.add(part, spent)
+        _then(response, turn.after, stages)
+    else:
+        _then(response, turn.after)
     return response
 
 
@@ -260,13 +265,15 @@ def _log_turn(services: Services, tenant: Tenant, chat: WireRequest, turn: Turn)
         log.debug("turn session=%s newest message: %r", headers["x-clawvm-session"], chat.messages[-1].text)
 
 
-def _then(response: Response, task: Callable[[], Awaitable[None]]) -> None:
-    """Run `task` after the answer is sent (audit records: off the latency path)."""
+def _then(response: Response, task: Callable[[], Awaitable[None]], timed: Stages | None = None) -> None:
+    """Run `task` after the answer is sent (audit records: off the latency path). With `timed`
+    (`server.log_timings`), all the work after the answer, the response's own included, is timed
+    as the turn's "after" stage and its stages logged."""
     tasks = BackgroundTasks()
     if response.background is not None:
         tasks.add_task(response.background)
     tasks.add_task(task)
-    response.background = tasks
+    response.background = tasks if timed is None else BackgroundTask(timed_after(tasks, timed))
 
 
 async def _forward(
@@ -388,6 +395,7 @@ class Outcome:
     tokens: int = 0  # the forwarded transcript's tokens, counted (the assembly's, exact once complete)
     sent: int = 0  # tokens of the transcript as the agent sent it
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls the turn's new messages issue
+    spent: dict[str, int] = field(default_factory=dict)  # ns of the save's parts: "complete", then "commit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -849,13 +857,19 @@ async def _finished_turn(
     this CPU-bound part runs."""
     for _ in range(FORWARD_FIRST_YIELDS):
         await asyncio.sleep(0)
+    started = time.perf_counter_ns()
     decision = complete(table, turn, sent)
+    outcome.spent["complete"] = time.perf_counter_ns() - started
     written, held, failed = await _write_back(services, table, decision)
     observation = decision.observation
     outcome.observation, outcome.written, outcome.done = observation, written, True
     outcome.tokens, outcome.sent, outcome.duplicates = decision.plan.assembly.tokens, decision.sent, decision.duplicates
     outcome.glimpse = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
-    return await _commit(services, table, decision, written, held, unavailable or failed)
+    started = time.perf_counter_ns()
+    try:
+        return await _commit(services, table, decision, written, held, unavailable or failed)
+    finally:
+        outcome.spent["commit"] = time.perf_counter_ns() - started
 
 
 def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:

@@ -7,15 +7,25 @@ wait for the request's body once its headers came (the client's upload, and read
 that is not the policy engine's: loading (and, once another writer of the store was seen,
 committing) the session's table, write-back, rendering the body. "persist" is the wait, once the
 upstream answered, for the turn's save that ran beside the upstream call (gateway.store.saving).
-Work done after the answer is sent (audit records, metrics) cannot be in a header of that answer.
+Work done after the answer is sent (audit records, metrics, the inspector's record) cannot be in a
+header of that answer: with `server.log_timings` it is timed as "after" and each turn's stages are
+logged as one line on the `clawvm.timings` logger (`TIMINGS_LOGGER`), in the header's own format,
+so a bench (or an operator) can read every worker's turns from the log. The line also holds the
+save's two parts, "complete" (`policies.step.complete`) and "commit" (the write-back and the save
+script), which ran beside "upstream" and "persist": they overlap those, so the line's stages do not
+add up to the request's time.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 HEADER = "server-timing"
+TIMINGS_LOGGER = "clawvm.timings"
+AFTER = "after"  # the stage of the work done once the answer was sent
 
 
 @dataclass(slots=True)
@@ -42,8 +52,31 @@ class Stages:
             rest -= spent
         self.laps[name] = self.laps.get(name, 0) + max(rest, 0)
 
+    def add(self, name: str, spent: int) -> None:
+        """`spent` ns more for `name`, timed apart from the laps (work after the answer was sent)."""
+        self.laps[name] = self.laps.get(name, 0) + spent
+
     def header(self) -> str:
         return ", ".join(f"{name};dur={spent / 1e6:.3f}" for name, spent in self.laps.items())
+
+
+def timed_after(work: Callable[[], Awaitable[None]], stages: Stages) -> Callable[[], Awaitable[None]]:
+    """`work` (what runs once the answer was sent) timed as the AFTER stage; once it ends, the
+    turn's stages are logged as one `clawvm.timings` line (`server.log_timings`)."""
+
+    async def run() -> None:
+        started = time.perf_counter_ns()
+        await work()
+        stages.add(AFTER, time.perf_counter_ns() - started)
+        logging.getLogger(TIMINGS_LOGGER).info("%s", stages.header())
+
+    return run
+
+
+def logged_stages(line: str) -> dict[str, float] | None:
+    """The stages (µs by name) of one `clawvm.timings` log line, None for any other line."""
+    _, marker, value = line.partition(f" {TIMINGS_LOGGER}: ")
+    return parse_header(value) if marker else None
 
 
 def parse_header(value: str) -> dict[str, float]:

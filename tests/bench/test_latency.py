@@ -16,7 +16,9 @@ from bench.latency import (
     group_alive,
     growing_bodies,
     latency_trace,
+    logged_timings,
     prefix,
+    stage_medians_us,
     static_bodies,
     stop,
     wait_healthy,
@@ -119,6 +121,33 @@ def test_gateway_config_points_the_store_at_the_scratch_directory(tmp_path: Path
         "--log-level", "warning", "--budget", "16000",
     ]  # fmt: skip
     assert "--budget" not in gateway_argv(config, 4100, "http://127.0.0.1:4200/v1", None)
+
+
+def test_the_gateway_config_logs_each_turns_timings(tmp_path: Path) -> None:
+    assert load_settings(write_config(tmp_path), {}).server.log_timings
+
+
+def test_logged_timings_reads_every_workers_timings_lines(tmp_path: Path) -> None:
+    log = tmp_path / "clawvm.log"
+    log.write_text(
+        "2026-12-07 21:00:00,001 INFO clawvm.timings: parse;dur=0.200, upstream;dur=2.000, after;dur=1.000\n"
+        "2026-12-07 21:00:00,002 WARNING clawvm.gateway: a turn's save failed\n"
+        "2026-12-07 21:00:00,003 INFO clawvm.timings: parse;dur=0.400, commit;dur=0.900, after;dur=3.000\n"
+    )
+    logged = logged_timings(log)
+    assert logged == [
+        {"parse": 200.0, "upstream": 2000.0, "after": 1000.0},
+        {"parse": 400.0, "commit": 900.0, "after": 3000.0},
+    ]
+    assert logged_timings(tmp_path / "missing.log") == []
+
+
+def test_stage_medians_take_the_headers_then_what_only_the_log_has() -> None:
+    header = [{"parse": 100.0, "upstream": 1000.0}, {"parse": 300.0, "upstream": 3000.0}, {"parse": 200.0}]
+    logged = [{"parse": 9.0, "after": 5.0}, {"after": 1.0, "commit": 7.0}, {"after": 3.0}]
+    medians = stage_medians_us(header, logged)
+    assert medians == {"parse": 200.0, "upstream": 1000.0, "after": 3.0, "commit": 7.0}  # a missing stage: 0
+    assert stage_medians_us([], []) == {}
 
 
 def test_stop_clears_the_whole_process_group(tmp_path: Path) -> None:

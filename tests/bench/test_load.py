@@ -57,6 +57,7 @@ def test_the_report_carries_latency_memory_and_rss(figures: dict[str, Any]) -> N
     assert figures["requests_per_s_per_core"] > 0
     stages = figures["gateway_stages_p50_us"]  # the gateway's server-timing, each stage's median
     assert {"parse", "ingest", "assemble", "store", "serialise", "upstream"} <= set(stages)
+    assert {"complete", "commit", "after"} <= set(stages)  # from the gateway's timings log
     assert all(value >= 0 for value in stages.values())
 
 

@@ -278,6 +278,17 @@ def test_render_has_every_section_and_marks_timings() -> None:
     assert render(sections(), "cmd") == render(sections(), "cmd")
 
 
+def test_the_peers_section_says_where_the_gateways_time_goes_and_keeps_it_out_of_the_digest() -> None:
+    data = sections()
+    stages = {"parse": 250.4, "upstream": 2_950.0, "persist": 300.0, "complete": 1_000.0, "after": 1_400.0}
+    data["peers"]["rows"][1]["stages_median_us"] = stages
+    text = render(data, "cmd")
+    assert "Where clawvm's time goes ⏱" in text
+    assert ": parse 250, upstream 2,950, persist 300, complete 1,000, after 1,400." in text
+    assert stable_digest(data) == stable_digest(sections())  # timings: not part of the digest
+    assert "Where clawvm's time goes" not in render(sections(), "cmd")  # a run without them: no line
+
+
 def test_missing_sections_are_reported_not_run() -> None:
     text = render({}, "cmd")
     assert "*Not run: no `stress` section.*" in text and "0 of 0 bars met." in text

@@ -3,12 +3,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gateway import cli
-from gateway.settings import Settings
+from gateway.settings import ServerSettings, Settings, load_settings
+from gateway.turns.stages import TIMINGS_LOGGER
 
 OFFLINE_VARIABLES = ("TIKTOKEN_CACHE_DIR", "LITELLM_LOCAL_MODEL_COST_MAP", "HF_HUB_OFFLINE")
 
@@ -183,6 +185,18 @@ def test_without_log_content_the_loggers_that_quote_bodies_stay_at_info(monkeypa
     assert all(not logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in cli.CONTENT_LOGGERS)
     assert any(isinstance(f, cli.ExceptionsWithoutMessages) for f in uvicorn.filters)
     assert any(isinstance(f, cli.ExceptionsWithoutMessages) for f in handler.filters)
+
+
+def test_log_timings_opens_the_timings_logger_whatever_the_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    timings = logging.getLogger(TIMINGS_LOGGER)
+    monkeypatch.setattr(timings, "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # basicConfig then adds none
+    monkeypatch.setattr(cli, "quiet_content_loggers", lambda log_content: None)  # tested above; levels left alone
+    cli.configure_logging(load_settings(None, {}), "warning")
+    assert not timings.isEnabledFor(logging.INFO)
+    cli.configure_logging(replace(load_settings(None, {}), server=ServerSettings(log_timings=True)), "warning")
+    assert timings.isEnabledFor(logging.INFO) and not logging.getLogger("clawvm.gateway").isEnabledFor(logging.INFO)
 
 
 def test_an_exception_is_logged_by_type_and_frames_without_its_message() -> None:

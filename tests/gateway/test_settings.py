@@ -65,7 +65,7 @@ def test_no_file_gives_open_defaults() -> None:
     assert settings.server.port == 4000 and settings.server.host == "127.0.0.1"
     assert settings.server.default_context_window == 128000
     assert settings.server.max_body_bytes == 67108864 and settings.server.max_header_bytes == 65536
-    assert not settings.server.log_content
+    assert not settings.server.log_content and not settings.server.log_timings
     assert settings.upstream.api_base == "https://api.openai.com/v1"
     assert settings.upstream.api_key is None
     assert settings.upstream.timeout == 600.0
@@ -357,6 +357,10 @@ VALIDATION_CASES = [
     (
         "server: {log_content: 'yes'}\n",
         "server.log_content: expected true or false, got 'yes'",
+    ),
+    (
+        "server: {log_timings: 1}\n",
+        "server.log_timings: expected true or false, got 1",
     ),
     (
         "server: {host: null}\n",

@@ -275,6 +275,10 @@ def test_direct_and_passthrough_forward_everything_the_gateway_keeps_to_budget(c
     assert ours.over_budget == ours.declared_insufficient
     assert ours.rule_faults == 0
     assert ours.overhead_header_median_us is not None
+    stages = ours.stages_median_us  # the answers' server-timing, then the gateway's timings log
+    assert list(stages)[:8] == ["receive", "parse", "ingest", "assemble", "store", "serialise", "upstream", "persist"]
+    assert list(stages)[8:] == ["complete", "commit", "after"] and stages["after"] > 0
+    assert direct.stages_median_us == passthrough.stages_median_us == {}
 
 
 def test_the_report_and_its_json(compared: Any) -> None:
@@ -283,6 +287,7 @@ def test_the_report_and_its_json(compared: Any) -> None:
     assert "budget 1500:" in text and "litellm: skipped" in text
     assert "clawvm against each" in text and "vs passthrough" in text
     assert "bar: clawvm adds" in text
+    assert "clawvm stage medians, µs (complete, commit: the save; after: once answered): receive " in text
     data = json.loads(json.dumps(compared.to_json()))
     assert data["bars"]["1500"] == bars(compared, 1500)
     assert "litellm_bar_us" not in data["bars"]["1500"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from gateway.turns.pipeline import (
 )
 from gateway.turns.services import Services, ToolTokens
 from gateway.turns.sessions import SessionIds
-from gateway.turns.stages import parse_header
+from gateway.turns.stages import TIMINGS_LOGGER, parse_header
 from gateway.upstream.client import OpenAICompatible
 from gateway.upstream.models import ModelCatalog
 from gateway.upstream.tokens import Tokenizers
@@ -411,6 +412,47 @@ def test_chat_completions_streams_sse(gateway: tuple[str, FakeUpstream]) -> None
     pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content") or "" for line in lines[:-1]]
     assert "".join(pieces) == "one two three"
     assert fake.requests[-1].headers["accept"] == "text/event-stream"
+
+
+def _timed_turn(redis_url: str, config: Path, stream: bool) -> dict[str, float]:
+    """One turn through a gateway started on `config` (stopped before this returns: uvicorn waits
+    for the work after the answer); the answer's `server-timing` stages."""
+    fake = FakeUpstream()
+    headers = {"authorization": "Bearer sk-client", "accept": "text/event-stream" if stream else "application/json"}
+    with serve(fake.app) as upstream_url:
+        settings = load_settings(config, {}, Overrides(upstream=upstream_url, store=redis_url))
+        with serve(create_app(settings)) as url:
+            content = request(coding_session(2), stream=stream)
+            with httpx.stream("POST", url + "/chat/completions", content=content, headers=headers) as response:
+                assert response.status_code == 200
+                response.read()
+                return parse_header(response.headers["server-timing"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_log_timings_logs_a_turns_stages_its_save_and_the_work_after_its_answer(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger=TIMINGS_LOGGER)
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  log_timings: true\n")
+    header = _timed_turn(redis_url, config, stream)
+    lines = [r.getMessage() for r in caplog.records if r.name == TIMINGS_LOGGER]
+    assert len(lines) == 1
+    logged = parse_header(lines[0])
+    assert list(logged) == [*header, "complete", "commit", "after"]
+    assert all(logged[name] == header[name] for name in header)  # the header's stages, as sent
+    assert logged["complete"] > 0 and logged["commit"] > 0 and logged["after"] > 0
+
+
+def test_without_log_timings_no_timings_are_logged(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=TIMINGS_LOGGER)
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  log_timings: false\n")
+    assert "persist" in _timed_turn(redis_url, config, stream=False)
+    assert not [r for r in caplog.records if r.name == TIMINGS_LOGGER]
 
 
 def test_chat_completions_rejects_a_bad_key_before_reading_anything(gateway: tuple[str, FakeUpstream]) -> None:
