@@ -395,7 +395,7 @@ class Outcome:
     tokens: int = 0  # the forwarded transcript's tokens, counted (the assembly's, exact once complete)
     sent: int = 0  # tokens of the transcript as the agent sent it
     duplicates: tuple[duplicates.Duplicate, ...] = ()  # repeated tool calls the turn's new messages issue
-    spent: dict[str, int] = field(default_factory=dict)  # ns of the save's parts: "complete", then "commit"
+    spent: dict[str, int] = field(default_factory=dict)  # ns of the save's parts: "complete", then "commit" (the rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -859,17 +859,18 @@ async def _finished_turn(
         await asyncio.sleep(0)
     started = time.perf_counter_ns()
     decision = complete(table, turn, sent)
-    outcome.spent["complete"] = time.perf_counter_ns() - started
-    written, held, failed = await _write_back(services, table, decision)
-    observation = decision.observation
-    outcome.observation, outcome.written, outcome.done = observation, written, True
-    outcome.tokens, outcome.sent, outcome.duplicates = decision.plan.assembly.tokens, decision.sent, decision.duplicates
-    outcome.glimpse = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
-    started = time.perf_counter_ns()
+    completed = time.perf_counter_ns()
+    outcome.spent["complete"] = completed - started
     try:
+        written, held, failed = await _write_back(services, table, decision)
+        observation = decision.observation
+        outcome.observation, outcome.written, outcome.done = observation, written, True
+        outcome.tokens, outcome.sent = decision.plan.assembly.tokens, decision.sent
+        outcome.duplicates = decision.duplicates
+        outcome.glimpse = glimpse(table, observation.decisions, observation.events, decision.plan.assembly)
         return await _commit(services, table, decision, written, held, unavailable or failed)
-    finally:
-        outcome.spent["commit"] = time.perf_counter_ns() - started
+    finally:  # the rest of the save: a project's or user's write-back, then the save script
+        outcome.spent["commit"] = time.perf_counter_ns() - completed
 
 
 def _moved(services: Services, table: PageTable) -> asyncio.Task[bool] | None:
