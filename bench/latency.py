@@ -249,7 +249,7 @@ def write_config(directory: Path, anthropic_base: str | None = None) -> Path:
     if anthropic_base is not None:  # the Messages API's upstream
         text += f"upstream:\n  anthropic_base: {json.dumps(anthropic_base)}\n"
     text += "limits: {max_concurrent_requests: 0}\n"  # the load bench's sessions are all one (open) tenant
-    text += "server: {log_timings: true}\n"  # each turn's stages, after-response work included (logged_after_us)
+    text += "server: {log_timings: true}\n"  # each turn's stages, after-response work included (logged_timings)
     config.write_text(text, encoding="utf-8")
     return config
 

@@ -216,12 +216,11 @@ async def _served(
         if await _quietly(turn.saved):  # an error answer acknowledges nothing, but the save ends first
             await turn.after()  # the records of a saved turn
         raise
-    if services.settings.server.log_timings:  # the save's parts ran beside "upstream": in the log, not the header
+    timed = stages if services.settings.server.log_timings else None
+    if timed is not None:  # the save's parts ran beside "upstream": in the log, not the header
         for part, spent in turn.outcome.spent.items():
-            stages.add(part, spent)
-        _then(response, turn.after, stages)
-    else:
-        _then(response, turn.after)
+            timed.add(part, spent)
+    _then(response, turn.after, timed)
     return response
 
 
