@@ -15,6 +15,8 @@ bench/results), then `DIR/report.md` and its plots (bench.report):
              upstream answering in it, the fake model recalling honestly;
 - peers      the peers side by side (bench.peers.compare); the full run installs a missing peer
              first (bench.peers.install), and one that cannot be installed is reported skipped;
+             then direct, the passthrough and the gateway again at 4,000 tokens with a fake model
+             that thinks PACED_FIRST_BYTE_S before answering (under `paced`);
 - stress     the adversarial cases (bench.stress);
 - growth     policy time and added latency at turns 10, 100 and 1,000 (bench.growth);
 - latency    direct against through the gateway, every sample kept for the CDF (bench.latency).
@@ -61,6 +63,11 @@ SECTIONS = ("synthetic", "policy", "traces", "lifecycle", "recall", "peers", "st
 RECALL_BUDGET = 4000
 BUDGETS = (4000, 8000, 16000)  # the real traces, every request
 PEER_BUDGETS = (4000, 16000)
+PACED_BUDGET = 4000
+PACED_PEERS = ("direct", "passthrough", "clawvm")
+# The paced replay's think time: well past the gateway's save (a few ms; its p99 about 15), well
+# short of a real model's first byte (0.3 to 2 s) so that the run stays short.
+PACED_FIRST_BYTE_S = 0.05
 LATENCY_BUDGET = 16000
 LIFECYCLE_BUDGET = 16000
 LIFECYCLE_BUDGETS = (LIFECYCLE_BUDGET, 8000, 4000)  # the full run replays the injectors at each; quick: the first
@@ -163,7 +170,9 @@ def peers_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
             except InstallError as exc:  # reported skipped by the comparison
                 tick(f"peers: {name} not installed ({exc})")
     result = run_compare(traces, plan.peer_budgets, PEERS, turns=plan.peer_turns)
-    return result.to_json()
+    tick("peers: at once")
+    paced = run_compare(traces, (PACED_BUDGET,), PACED_PEERS, turns=plan.peer_turns, first_byte_s=PACED_FIRST_BYTE_S)
+    return {**result.to_json(), "paced": paced.to_json()}
 
 
 def lifecycle_section(traces: Sequence[Trace], plan: Plan, tick: Tick) -> Json:
@@ -300,7 +309,7 @@ def counter() -> TokenCounter:
 # ---------------------------------------------------------------- the run
 
 
-STEPS = {"synthetic": 2, "traces": 2, "lifecycle": len(INJECTORS), "stress": 6, "growth": 2}
+STEPS = {"synthetic": 2, "traces": 2, "peers": 2, "lifecycle": len(INJECTORS), "stress": 6, "growth": 2}
 
 
 def runners(traces: Sequence[Trace], plan: Plan) -> dict[str, Callable[[Tick], Json]]:

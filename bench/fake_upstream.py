@@ -26,6 +26,9 @@ after half their events by dropping the connection (no final chunk, no `[DONE]`)
 (two parallel calls when the transcript's length is 4 modulo 5). With `calls_in_finish`, a stream
 sends its tool calls whole in the finish chunk, as some OpenAI-compatible providers do.
 
+A model's think time: with `first_byte_delay` (`--first-byte-delay`) the answer's first byte
+waits that many seconds, a stream's first event and a whole completion alike.
+
 `serve(app)` runs any ASGI app under uvicorn in a background thread on a free port.
 """
 
@@ -42,7 +45,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +140,8 @@ class Faults:
 
 
 class FakeUpstream:
-    """The fake. `responder`, `chunk_delay` and `hold` are read per request, so tests may change them."""
+    """The fake. `responder`, `chunk_delay`, `first_byte_delay`, `think` and `hold` are read per
+    request, so tests may change them."""
 
     def __init__(
         self,
@@ -150,7 +154,8 @@ class FakeUpstream:
     ) -> None:
         self.responder = responder or default_responder
         self.chunk_delay = chunk_delay
-        self.first_byte_delay = first_byte_delay  # seconds before a stream's first event (a model's think time)
+        self.first_byte_delay = first_byte_delay  # seconds before the answer's first byte (a model's think time)
+        self.think: Callable[[float], Awaitable[None]] = asyncio.sleep  # how it waits them
         self.calls_in_finish = calls_in_finish
         self.faults = faults
         self.requests: list[Recorded] = []
@@ -200,6 +205,8 @@ class FakeUpstream:
             events = stream_events(head, reply, usage, _include_usage(body), calls_in_finish=self.calls_in_finish)
             cut = len(events) // 2 if drop else None
             return StreamingResponse(self._paced(events, cut), media_type="text/event-stream")
+        if self.first_byte_delay:
+            await self.think(self.first_byte_delay)
         await self._held()
         return JSONResponse(completion(head, reply, usage))
 
@@ -226,7 +233,7 @@ class FakeUpstream:
     async def _paced(self, events: list[bytes], cut: int | None = None) -> AsyncIterator[bytes]:
         for number, event in enumerate(events):
             if number == 0 and self.first_byte_delay:
-                await asyncio.sleep(self.first_byte_delay)
+                await self.think(self.first_byte_delay)
             if number == 1:
                 await self._held()
             if number and self.chunk_delay:
@@ -454,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
-    parser.add_argument("--first-byte-delay", type=float, default=0.0, help="seconds before a stream's first event")
+    parser.add_argument("--first-byte-delay", type=float, default=0.0, help="seconds before the answer's first byte")
     parser.add_argument("--agent", action="store_true", help="answer like a tool-using agent's model")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of completions failed with 429/500/503")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of streams cut mid-way")

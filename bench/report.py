@@ -350,6 +350,38 @@ def peers_section(data: Json | None) -> list[str]:
     lines += [f"- {peer}: skipped, {why}" for peer, why in data.get("skipped", {}).items()]
     for budget in data.get("budgets", []):
         lines += [f"Budget {budget}:", ""] + _peer_table(data, budget) + _stages_line(data, budget)
+    return lines + _paced_lines(data.get("paced"))
+
+
+def _paced_lines(paced: Json | None) -> list[str]:
+    """The same requests again with a fake model that thinks before it answers: the added time
+    a user of a real model sees, beside the passthrough's in the same run."""
+    if not paced:
+        return []
+    pace = paced.get("first_byte_s", 0.0) * 1000
+    lines = [
+        f"### At a model's pace {TIMING}",
+        "",
+        f"The same requests through direct, the passthrough and clawvm, the fake model thinking {pace:g} ms "
+        "before each answer (above, it answers at once); like for like (a recall's second model call "
+        "would add a second think time). The gateway's save (complete and commit) runs while the model "
+        "thinks; what is left is its work before forwarding and the HTTP hop.",
+        "",
+    ]
+    for budget in paced.get("budgets", []):
+        rows = [r for r in paced.get("rows", []) if r["budget"] == budget and r["peer"] != "direct"]
+        hop = next((r for r in rows if r["peer"] == "passthrough"), None)
+        body = [
+            (
+                r["peer"],
+                r["like_for_like_median_us"],
+                r["like_for_like_p99_us"],
+                _ratio(r["like_for_like_median_us"], hop["like_for_like_median_us"]) if hop and r is not hop else "",
+            )
+            for r in rows
+        ]
+        header = ("peer", "added median µs", "added p99 µs", "median over the passthrough's")
+        lines += [f"Budget {budget}:", ""] + table(header, body) + _stages_line(paced, budget)
     return lines
 
 

@@ -31,7 +31,10 @@ Per peer and budget, from what the model saw:
 - added latency: per request, the peer's end-to-end time minus direct's for the same request
   (sent just before it); median and p99. "like-for-like" keeps the requests the model answered
   in one call (a recall round trip is a second model call, not proxy work). A peer that forwards
-  less also gives the (fake) upstream less to parse.
+  less also gives the (fake) upstream less to parse. The fake answers at once by default, the
+  harshest case for the gateway, whose save (`policies.step.complete` and the commit) then holds
+  the answer back; with `--first-byte-ms` it thinks first, as a real model does, and the save runs
+  while it thinks: what is left is the work before forwarding and the HTTP hop.
 """
 
 from __future__ import annotations
@@ -300,6 +303,7 @@ class CompareResult:
     rows: tuple[PeerFigures, ...]
     skipped: dict[str, str]  # peer -> why it did not run
     knowledge: str = HONEST  # how the fake model recalled (bench.peers.model)
+    first_byte_s: float = 0.0  # the fake model's think time before each answer's first byte
 
     def row(self, peer: str, budget: int) -> PeerFigures | None:
         return next((r for r in self.rows if r.peer == peer and r.budget == budget), None)
@@ -554,16 +558,18 @@ def run_compare(
     warmup: int = WARMUP,
     root: Path = install.ROOT,
     knowledge: str = HONEST,
+    first_byte_s: float = 0.0,
 ) -> CompareResult:
     """Replay the first `turns` requests of every trace through every peer at every budget, the
-    fake model recalling with `knowledge` (HONEST by default; PERFECT is the upper bound)."""
+    fake model recalling with `knowledge` (HONEST by default; PERFECT is the upper bound) and
+    answering after `first_byte_s` (0: at once; a real model thinks for seconds)."""
     names = ("direct", *(p for p in dict.fromkeys(peers) if p != "direct"))
     skipped = {p: f"not installed (python -m bench.peers.install {p})" for p in names if not available(p, root)}
     running = tuple(p for p in names if p not in skipped)
     counter = _counter()
     prepared = [t for trace in traces for t in prepare_turns(trace, turns, counter)]
     model = TraceModel(knowledge)
-    fake = FakeUpstream(model)
+    fake = FakeUpstream(model, first_byte_delay=first_byte_s)
     labels = intents(load_labels())
     rows: list[PeerFigures] = []
     with serve(fake.app) as api_base, _client() as client, tempfile.TemporaryDirectory(prefix="clawvm-peers-") as tmp:
@@ -576,7 +582,7 @@ def run_compare(
             logged = logged_timings(directory / OURS / "clawvm.log")  # once its gateway stopped: every turn's
             rows += [figures(name, budget, tallies[name], logged if name == OURS else ()) for name in running]
     names_run = tuple(t.name for t in traces)
-    return CompareResult(names_run, turns, tuple(budgets), running, tuple(rows), skipped, knowledge)
+    return CompareResult(names_run, turns, tuple(budgets), running, tuple(rows), skipped, knowledge, first_byte_s)
 
 
 def _counter() -> TokenCounter:
@@ -626,8 +632,8 @@ def _measurement_errors(row: PeerFigures) -> list[str]:
 
 def format_compare(result: CompareResult) -> list[str]:
     lines = [
-        f"peers side by side: the same requests, fake upstream (real next answers, {result.knowledge} recall) "
-        "and budget",
+        f"peers side by side: the same requests, fake upstream (real next answers, {result.knowledge} recall, "
+        f"{_pace(result.first_byte_s)}) and budget",
         f"  traces: {len(result.traces)}, first {result.turns_per_trace} requests of each; peers: "
         + ", ".join(result.peers),
     ]
@@ -635,6 +641,11 @@ def format_compare(result: CompareResult) -> list[str]:
     for budget in result.budgets:
         lines += _budget_lines(result, budget)
     return lines
+
+
+def _pace(first_byte_s: float) -> str:
+    """How soon the fake model answers, in words."""
+    return f"first byte after {first_byte_s * 1000:g} ms" if first_byte_s > 0 else "answering at once"
 
 
 def _budget_lines(result: CompareResult, budget: int) -> list[str]:
@@ -739,14 +750,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=HONEST,
         help="how the fake model recalls: honest (from its prompt; default) or perfect (upper bound)",
     )
+    parser.add_argument(
+        "--first-byte-ms",
+        type=float,
+        default=0.0,
+        help="the fake model's think time before each answer (default 0: at once, the harshest case)",
+    )
     args = parser.parse_args(argv)
+    if args.first_byte_ms < 0 or not math.isfinite(args.first_byte_ms):
+        parser.error("--first-byte-ms must be a finite number of milliseconds, 0 or more")
     directory = args.traces or traces_dir(os.environ)
     traces = load_traces(directory)
     if not traces:
         print(f"bench.peers.compare: no traces in {directory}", file=sys.stderr)
         return 2
     chosen = {"turns": args.turns, "warmup": args.warmup, "knowledge": args.knowledge}
-    result = run_compare(traces, args.budgets, args.peers, **chosen)
+    result = run_compare(traces, args.budgets, args.peers, **chosen, first_byte_s=args.first_byte_ms / 1000)
     print("\n".join(format_compare(result)), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -70,6 +70,8 @@ class MemoryService:
         wanted = list(dict.fromkeys(ids))
         cached = {scope_id: self._cache.get((table.tenant, scope_id)) for scope_id in wanted}
         missing = [scope_id for scope_id, memory in cached.items() if memory is None]
+        if not missing:  # the common turn: no read to wait for
+            return Memories(*((scope_id, cached[scope_id]) for scope_id in ids))
         read = await together(*(self.fresh(table.tenant, scope_id) for scope_id in missing))
         loaded = {**cached, **dict(zip(missing, read, strict=True))}
         return Memories(*((scope_id, loaded[scope_id]) for scope_id in ids))

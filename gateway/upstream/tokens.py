@@ -39,6 +39,7 @@ DEFAULT_ENCODING = "o200k_base"  # for models tiktoken does not know
 FALLBACK_ENCODING = "cl100k_base"  # for encodings whose files are not bundled (r50k_base, gpt2)
 TOOL_OVERHEAD = 8
 MEMO_COUNT_CHARS = 512  # texts up to this long have their counts remembered (`TiktokenCounter`) ...
+MODEL_ENCODINGS = 1024  # model names whose encoding is remembered (`encoding_for_model`)
 MEMO_COUNTS = 16_384  # ... the most recently counted this many of them, per encoding (8M characters at most)
 
 
@@ -141,8 +142,10 @@ class Tokenizers:
         return tiktoken.get_encoding(name)
 
 
+@lru_cache(maxsize=MODEL_ENCODINGS)
 def encoding_for_model(model: str) -> str:
-    """The offline encoding for `model`: tiktoken's choice, provider prefixes stripped."""
+    """The offline encoding for `model`: tiktoken's choice, provider prefixes stripped; the
+    answers for the MODEL_ENCODINGS most recent models are remembered (asked on every request)."""
     from tiktoken.model import encoding_name_for_model
 
     for candidate in (model, model.rsplit("/", 1)[-1]):

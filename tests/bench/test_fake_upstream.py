@@ -121,6 +121,24 @@ def test_same_request_gives_the_same_bytes_from_two_fakes() -> None:
     assert a == b
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_first_byte_delay_is_waited_before_every_answer_and_changes_nothing(
+    fake_upstream: Running, stream: bool
+) -> None:
+    waited: list[float] = []
+
+    async def think(seconds: float) -> None:
+        waited.append(seconds)
+
+    fake_upstream.fake.think = think
+    at_once = chat(fake_upstream.url, stream=stream).content
+    assert waited == []  # no think time unless asked
+    fake_upstream.fake.first_byte_delay = 0.05
+    thought = chat(fake_upstream.url, stream=stream).content
+    assert waited == [0.05]  # once per answer, whole or streamed
+    assert thought.replace(b"fake-2", b"fake-1") == at_once
+
+
 def test_chunk_delay_paces_but_does_not_change_the_stream(fake_upstream: Running) -> None:
     fake_upstream.fake.chunk_delay = 0.01
     paced = chat(fake_upstream.url, stream=True).content

@@ -289,6 +289,23 @@ def test_the_peers_section_says_where_the_gateways_time_goes_and_keeps_it_out_of
     assert "Where clawvm's time goes" not in render(sections(), "cmd")  # a run without them: no line
 
 
+def test_the_peers_section_shows_the_paced_replay_beside_the_passthrough() -> None:
+    data = sections()
+    rows = [
+        {**_peer(peer, 0, 1000, added), "added_median_us": added + 100, "added_p99_us": added * 30}
+        for peer, added in (("direct", 0.0), ("passthrough", 1_000.0), ("clawvm", 2_100.0))
+    ]
+    rows[2]["stages_median_us"] = {"parse": 200.0, "upstream": 50_300.0}
+    data["peers"]["paced"] = {"budgets": [4000], "first_byte_s": 0.05, "rows": rows}
+    text = render(data, "cmd")
+    assert "### At a model's pace ⏱" in text and "thinking 50 ms before each answer" in text
+    assert "| passthrough | 1,000 | 2,000 |  |" in text
+    assert "| clawvm | 2,100 | 4,200 | 2.10 |" in text
+    assert "| direct |" not in text.partition("### At a model's pace")[2]
+    assert ": parse 200, upstream 50,300." in text.partition("### At a model's pace")[2]
+    assert "At a model's pace" not in render(sections(), "cmd")  # a run without it: no section
+
+
 def test_missing_sections_are_reported_not_run() -> None:
     text = render({}, "cmd")
     assert "*Not run: no `stress` section.*" in text and "0 of 0 bars met." in text

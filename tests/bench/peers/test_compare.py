@@ -295,6 +295,35 @@ def test_the_report_and_its_json(compared: Any) -> None:
     assert all("faults" in row for row in data["rows"])
 
 
+def test_a_paced_replay_has_the_fake_model_think_before_every_answer(
+    offline: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import bench.peers.compare as compare
+    from bench.fake_upstream import FakeUpstream
+
+    waited: list[float] = []
+
+    async def think(seconds: float) -> None:
+        waited.append(seconds)
+
+    def fake(*args: Any, **kwargs: Any) -> FakeUpstream:
+        made = FakeUpstream(*args, **kwargs)
+        made.think = think  # the waits recorded, not slept
+        return made
+
+    monkeypatch.setattr(compare, "FakeUpstream", fake)
+    result = run_compare([synthetic_trace("paced", 3)], (1500,), ("direct",), turns=3, warmup=1, root=tmp_path)
+    assert result.first_byte_s == 0.0 and waited == []
+    paced = run_compare(
+        [synthetic_trace("paced", 3)], (1500,), ("direct",), turns=3, warmup=1, root=tmp_path, first_byte_s=0.04
+    )
+    assert paced.first_byte_s == 0.04 and paced.to_json()["first_byte_s"] == 0.04
+    assert waited == [0.04] * 4  # the warm-up request and each of the three
+    assert "first byte after 40 ms" in format_compare(paced)[0]
+    assert "answering at once" in format_compare(result)[0]
+    assert [r.requests for r in paced.rows] == [r.requests for r in result.rows] == [3]
+
+
 @pytest.mark.slow
 def test_all_peers_on_a_sample_of_the_real_traces(offline: None, tmp_path: Path) -> None:
     from bench.peers.servers import available
