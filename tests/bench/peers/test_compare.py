@@ -16,6 +16,7 @@ from bench.peers.compare import (
     bars,
     figures,
     format_compare,
+    main,
     plan_text,
     prepare_turns,
     prompt_tokens,
@@ -322,6 +323,15 @@ def test_a_paced_replay_has_the_fake_model_think_before_every_answer(
     assert "first byte after 40 ms" in format_compare(paced)[0]
     assert "answering at once" in format_compare(result)[0]
     assert [r.requests for r in paced.rows] == [r.requests for r in result.rows] == [3]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_think_time_that_is_no_duration_is_refused_before_anything_runs(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--first-byte-ms", value, "--traces", "/nonexistent"])
+    assert exited.value.code == 2 and "--first-byte-ms" in capsys.readouterr().err
 
 
 @pytest.mark.slow
