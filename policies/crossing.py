@@ -16,15 +16,16 @@
   (`policies.writeback.opens_sessions`). Sessions carry nothing between them when nothing says
   they are one agent's: no project named by the client and no system prompt.
 
-What a start needs from the store (the predecessor's table, the project's committed pages) is
-loaded by the gateway (`gateway.turns.boundary.load_start`) and handed in as a `Start`. Carried state
-goes into the table's `carried` list (policies.pagetable), which the assembly keeps in the
-retained-state block until the transcript states it again.
+What a start needs from the store (who the predecessor is and, if it is live, the pages it
+carries: `Live`, `live_state_of`; the project's committed pages) is loaded by the gateway
+(`gateway.turns.boundary.load_start`) and handed in as a `Start`. Carried state goes into the
+table's `carried` list (policies.pagetable), which the assembly keeps in the retained-state block
+until the transcript states it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +41,27 @@ CARRIED_TYPES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class Live:
+    """An earlier session as a start needs it: whose it is and when it was last used, and the
+    pages it carries if it is live (`live_state`: its rules, preferences, intents and current
+    plan), not the rest of its pages."""
+
+    who: Predecessor
+    state: tuple[Page, ...]
+
+    @classmethod
+    def of(cls, table: PageTable) -> Live:
+        return cls(Predecessor.of(table), tuple(live_state(table)))
+
+
+@dataclass(frozen=True, slots=True)
 class Start:
     """What the store holds for a session's first request: the committed pages of its project
     (and of the user's part of it), oldest first; the same user's newest earlier session of the
     project, if any; or why it could not be read (`failed`: the exception's name)."""
 
     project: Sequence[Page] = ()
-    previous: PageTable | None = None
+    previous: Live | None = None
     failed: str = ""
 
 
@@ -108,10 +123,11 @@ def _start(table: PageTable, crossing: Crossing, start: Start, now: int, idle: i
         return
     carried = list(start.project)
     before = start.previous
-    if before is not None and may_carry(table, Predecessor.of(before), now, idle):
-        carried = [*_live_state(before), *carried]
+    if before is not None and may_carry(table, before.who, now, idle):
+        carried = [*before.state, *carried]
         if crossing.event is Event.START:
-            evidence = f"new session after {before.session!r} (same tenant and system prompt, {now - before.seen} s)"
+            who = before.who
+            evidence = f"new session after {who.session!r} (same tenant and system prompt, {now - who.seen} s)"
             crossing.boundary = Boundary(Event.RESET, 0, "session", evidence)
     crossing.seeded = seed(table, carried)
 
@@ -148,13 +164,38 @@ def may_continue(table: PageTable, before: PageTable | Predecessor) -> bool:
     return bool(table.user) or (table.session.startswith(FINGERPRINT) and before.session.startswith(FINGERPRINT))
 
 
-def _live_state(table: PageTable) -> list[Page]:
+def live_state(table: PageTable) -> list[Page]:
     """A session's rules, preferences, intents and current plan, stated or carried."""
-    pages = table.pages
-    facts = [f for p in table.order for f in table.facts.get(p, ())]
-    plans = [p for p in table.order if pages[p].type is PageType.PLAN]
-    ids = [*table.carried, *facts, *plans[-1:]]
-    return [pages[i] for i in dict.fromkeys(ids) if pages[i].type in CARRIED_TYPES - {PageType.BOOTSTRAP}]
+    found = live_state_of(table.order, table.facts, table.carried, table.pages)
+    if found is None:  # a table holds every page it names
+        raise KeyError(f"session {table.session!r} names a page it does not hold")
+    return found
+
+
+def live_state_of(
+    order: Sequence[str],
+    facts: Mapping[str, Sequence[str]],
+    carried: Sequence[str],
+    pages: Mapping[str, Page],
+) -> list[Page] | None:
+    """`live_state` of a session known by its order, facts and carried ids and some of its
+    `pages`: the carried pages, the fact pages its messages state, and its current plan (the
+    last plan page in order, found from the end). None when `pages` lacks a page that decides it
+    (read more and ask again): a stored session's pages are read only as far back as its
+    current plan."""
+    plan: list[str] = []
+    for page_id in reversed(order):
+        page = pages.get(page_id)
+        if page is None:
+            return None
+        if page.type is PageType.PLAN:
+            plan.append(page_id)
+            break
+    stated = [f for p in order for f in facts.get(p, ())]
+    ids = dict.fromkeys([*carried, *stated, *plan])
+    if any(i not in pages for i in ids):
+        return None
+    return [pages[i] for i in ids if pages[i].type in CARRIED_TYPES - {PageType.BOOTSTRAP}]
 
 
 def seed(table: PageTable, pages: Sequence[Page]) -> list[Page]:

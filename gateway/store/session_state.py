@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 
 from gateway.store.board import VersionBoard
 from gateway.store.store import ScriptArg, Store, StoreUnavailable, TableRecord, body_digest, session_scope
-from gateway.store.tables import dump_delta, dump_table, load_table, page_ids, predecessor
-from policies.crossing import Predecessor
+from gateway.store.tables import TableFormatError, dump_delta, dump_table, load_table, outline, page_ids
+from policies.crossing import Live, Predecessor, live_state_of
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
 
 CACHE_CAPACITY = 2048
 COMPACT_EVERY = 64  # journal records between snapshots, at most
+LIVE_TAIL = 32  # a live predecessor's newest pages read first, looking for its current plan (doubled as needed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,21 +140,46 @@ class SessionState:
         is needed to know that it is current."""
         return self._board is not None and self._board.get(table.tenant, table.session) == table.version
 
-    async def read(
-        self, tenant: str, session: str, wanted: Callable[[Predecessor], bool] | None = None
-    ) -> PageTable | None:
-        """The session's table for reading (the audit API, a new session's predecessor): the
-        cached copy, left in the cache, else decoded from the store; None when the session has no
-        stored table. With `wanted`, also None unless `wanted` takes it by its session, user and
-        last use, read from the stored table record without its pages (a long session that cannot
-        carry into a new one costs that record, not its pages)."""
+    async def read(self, tenant: str, session: str) -> PageTable | None:
+        """The session's table for reading (the audit API, recall): the cached copy, left in the
+        cache, else decoded from the store; None when the session has no stored table. (A new
+        session's predecessor is read by `live`.)"""
         cached = self._cache.get((tenant, session))
         if cached is not None:
-            return cached if wanted is None or wanted(Predecessor.of(cached)) else None
+            return cached
         record = await self.store.load_table(tenant, session_scope(session))
-        if record is None or (wanted is not None and not wanted(predecessor(record.data))):
+        if record is None:
             return None
         return await self._decode(tenant, session, record)
+
+    async def live(self, tenant: str, session: str, wanted: Callable[[Predecessor], bool]) -> Live | None:
+        """The session as a new session's start needs it (`policies.crossing.Live`), or None
+        when it has no stored table or `wanted` does not take it (read from the table record
+        alone). A cached copy answers whole; else its table record, then the pages it carries,
+        and its newest pages back to its current plan (LIVE_TAIL first, then twice as many, and
+        so on): what carries, not the session's length."""
+        cached = self._cache.get((tenant, session))
+        if cached is not None:
+            return Live.of(cached) if wanted(Predecessor.of(cached)) else None
+        scope = session_scope(session)
+        record = await self.store.load_table(tenant, scope)
+        if record is None:
+            return None
+        shape = outline(record.data)
+        if not wanted(shape.who):
+            return None
+        stated = [f for p in shape.order for f in shape.facts.get(p, ())]
+        pages: dict[str, Page] = {}
+        tail = LIVE_TAIL
+        while True:
+            asked = [*shape.carried, *stated, *shape.order[-tail:]]
+            pages.update(await self.store.get_pages(tenant, scope, [p for p in asked if p not in pages]))
+            state = live_state_of(shape.order, shape.facts, shape.carried, pages)
+            if state is not None:
+                return Live(shape.who, tuple(state))
+            if tail >= len(shape.order):
+                raise TableFormatError(f"stored table of session {session!r} names pages the store does not hold")
+            tail *= 2
 
     async def _decode(self, tenant: str, session: str, record: TableRecord) -> PageTable:
         ids = page_ids(record.data)

@@ -14,6 +14,7 @@ the pages themselves, fetched by id from the store.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -98,14 +99,43 @@ def page_ids(data: str) -> list[str]:
     return sorted(set(ids))
 
 
-def predecessor(data: str) -> Predecessor:
+def _predecessor(raw: dict[str, Any], deltas: list[dict[str, Any]]) -> Predecessor:
     """A stored table's session, user and last use (`policies.crossing.Predecessor`), without
     reading its pages: the last use is the newest delta's, else the snapshot's."""
-    raw, deltas = _journal(data)
     try:
         seen = deltas[-1].get("seen", HEAD_DEFAULTS["seen"]) if deltas else raw["seen"]
         return Predecessor(str(raw["session"]), str(raw.get("user", "")), int(seen))
     except (KeyError, TypeError, ValueError) as exc:
+        raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Outline:
+    """What of a stored table a start reads without its pages: whose session it is and when it
+    was last used, then, for `policies.crossing.live_state_of`, its order, the
+    facts each message states and the state it carries."""
+
+    who: Predecessor
+    order: list[str]
+    facts: dict[str, list[str]]
+    carried: list[str]
+
+
+def outline(data: str) -> Outline:
+    """A stored table's outline, its deltas applied (one parse of the record)."""
+    raw, deltas = _journal(data)
+    who = _predecessor(raw, deltas)
+    try:
+        for delta in deltas:
+            _apply(raw, delta)
+        order, facts, carried = _list(raw, "order"), raw["facts"], _list(raw, "carried")
+        if not isinstance(facts, dict) or not all(isinstance(v, list) for v in facts.values()):
+            raise TableFormatError("stored table is malformed: 'facts' is not a mapping of lists")
+        named = {str(k): [str(f) for f in v] for k, v in facts.items()}
+        return Outline(who, [str(p) for p in order], named, [str(p) for p in carried])
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        if isinstance(exc, TableFormatError):
+            raise
         raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
 
 

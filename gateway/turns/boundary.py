@@ -30,10 +30,10 @@ async def load_start(
 ) -> Start:
     """The store's part of a session's first request (one pointer per project and user): the
     swap of the project's newest session and the committed memory of the project and of the
-    user's part of it, read together, then the pages they carry and the previous session, whole
-    only when it `carries` (`policies.crossing.may_carry`: read by its stored table record alone
-    otherwise). The memory read is fresh, and the turn's write-back is then planned on it
-    (`MemoryService.fresh`)."""
+    user's part of it, read together, then the pages they carry and the previous session: its
+    stored table record, and only when it `carries` (`policies.crossing.may_carry`) the pages
+    it carries (`SessionState.live`). The memory read is fresh, and the turn's write-back is then
+    planned on it (`MemoryService.fresh`)."""
     scope, mine = project_scope(table.project), user_scope(table)
     scopes = list(dict.fromkeys((scope, mine)))
     try:
@@ -45,7 +45,7 @@ async def load_start(
         carried = [page for pages in held for page in pages]
         before = None
         if previous is not None and previous != table.session:
-            before = await sessions.read(table.tenant, previous, carries)
+            before = await sessions.live(table.tenant, previous, carries)
     except StoreError as exc:
         return Start(failed=type(exc).__name__)
     return Start(project=carried, previous=before)

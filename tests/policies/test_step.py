@@ -12,7 +12,7 @@ import pytest
 from gateway.wire.chat_json import parse_messages
 from policies.assembler import OVERSIZE_TOKENS
 from policies.budget import TokenBudget
-from policies.crossing import Start
+from policies.crossing import Live, Start
 from policies.layout import newest_turn
 from policies.lifecycle import Event
 from policies.pages import Fidelity, PageType, Scope
@@ -101,13 +101,15 @@ def test_a_start_after_a_live_session_is_a_reset_that_seeds_its_state() -> None:
     before.seen, before.user = NOW - 60, "u-pat"
     table = PageTable("t", "s2", "p", user="u-pat")
     restart = [working_session()[0], {"role": "user", "content": "Let us start over."}]
-    decision = step(table, turn(parse_messages(restart), start=Start(previous=before)))
+    decision = step(table, turn(parse_messages(restart), start=Start(previous=Live.of(before))))
     assert decision.crossing.event is Event.RESET and decision.observation.event == "reset"
     assert f"rule: {RULE}" in {table.pages[p].reprs.full.text for p in table.carried}
     assert set(decision.crossing.seeded) <= set(decision.pages)
     stale = PageTable("t", "s3", "p", user="u-pat")
     before.seen = NOW - 601
-    assert step(stale, turn(parse_messages(restart), start=Start(previous=before))).crossing.event is Event.START
+    assert (
+        step(stale, turn(parse_messages(restart), start=Start(previous=Live.of(before)))).crossing.event is Event.START
+    )
     assert stale.carried == []
 
 
@@ -119,11 +121,14 @@ def test_a_new_named_session_of_an_unnamed_user_is_a_new_conversation_not_a_rese
     before.seen = NOW - 60
     restart = [working_session()[0], {"role": "user", "content": "Let us start over."}]
     named = PageTable("t", "customer-2", "p")
-    decision = step(named, turn(parse_messages(restart), start=Start(previous=before)))
+    decision = step(named, turn(parse_messages(restart), start=Start(previous=Live.of(before))))
     assert decision.crossing.event is Event.START and named.carried == []
     before.session = "fp-one"
     derived = PageTable("t", "fp-two", "p")
-    assert step(derived, turn(parse_messages(restart), start=Start(previous=before))).crossing.event is Event.RESET
+    assert (
+        step(derived, turn(parse_messages(restart), start=Start(previous=Live.of(before)))).crossing.event
+        is Event.RESET
+    )
     assert f"rule: {RULE}" in {derived.pages[p].reprs.full.text for p in derived.carried}
 
 

@@ -13,12 +13,12 @@ from gateway.store.tables import (
     dump_delta,
     dump_table,
     load_table,
+    outline,
     page_ids,
-    predecessor,
 )
 from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
-from policies.crossing import Predecessor
+from policies.crossing import Predecessor, live_state, live_state_of
 from policies.pages import Fidelity
 from policies.pagetable import PageTable, checkpoint
 from policies.tenant import TenantPolicy
@@ -330,14 +330,19 @@ def test_a_table_stored_before_the_boundary_fields_loads_with_empty_ones() -> No
     assert (loaded.carried, loaded.restored, loaded.tally, loaded.seen) == ([], [], {}, 0)
 
 
-def test_a_stored_table_names_its_predecessor_fields_without_its_pages() -> None:
+def test_a_stored_tables_outline_names_its_predecessor_fields_and_live_state_without_its_pages() -> None:
     table = planned_table()
     table.user, table.seen = "ada", 1_700_000_000
     snapshot = dump_table(table)
-    assert predecessor(snapshot) == Predecessor("s-1", "ada", 1_700_000_000)
+    assert outline(snapshot).who == Predecessor("s-1", "ada", 1_700_000_000)
     table.seen = 1_700_000_300
     delta = next_turn(table, follow_up())
-    assert predecessor(snapshot + "\n" + delta) == Predecessor("s-1", "ada", 1_700_000_300)
-    assert predecessor(snapshot + "\n" + delta) == Predecessor.of(load_table(snapshot + "\n" + delta, table.pages, 2))
-    with pytest.raises(TableFormatError):
-        predecessor(json.dumps({"v": FORMAT}))
+    shape = outline(snapshot + "\n" + delta)
+    loaded = load_table(snapshot + "\n" + delta, table.pages, 2)
+    assert shape.who == Predecessor("s-1", "ada", 1_700_000_300) == Predecessor.of(loaded)
+    assert (shape.order, shape.carried) == (loaded.order, loaded.carried)
+    assert shape.facts == {page: list(facts) for page, facts in loaded.facts.items()}
+    assert live_state_of(shape.order, shape.facts, shape.carried, loaded.pages) == live_state(loaded)
+    for broken in ({"v": FORMAT}, {**json.loads(snapshot), "facts": ["not", "a", "mapping"]}):
+        with pytest.raises(TableFormatError):
+            outline(json.dumps(broken))

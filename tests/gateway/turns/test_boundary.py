@@ -9,11 +9,13 @@ from functools import partial
 
 import pytest
 
+from gateway.store import session_state
 from gateway.store.embedded import free_port
 from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
 from gateway.store.session_state import SessionState
 from gateway.store.store import Keys, RedisStore, project_scope, session_scope
+from gateway.store.tables import TableFormatError
 from gateway.turns.boundary import hint_of, load_start
 from gateway.turns.sessions import FINGERPRINT
 from gateway.wire.base import NAMELESS, Names
@@ -21,7 +23,7 @@ from gateway.wire.chat_json import parse_messages
 from policies import crossing as pure
 from policies.crossing import Crossing, may_carry, seed, wants_start
 from policies.lifecycle import Event
-from policies.pages import PageType, Scope
+from policies.pages import Page, PageType, Scope
 from policies.pagetable import PageTable, ingest
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
@@ -350,11 +352,59 @@ async def test_a_predecessor_that_cannot_carry_is_not_read_whole(edge: Edge, sto
     assert crossing.event is Event.START
 
 
-async def test_a_live_predecessor_is_read_whole_for_its_state(edge: Edge, tenant: str) -> None:
+def _needed(table: PageTable) -> set[str]:
+    """The pages a live read of `table` must find: what it carries, and its newest pages back to
+    its current plan."""
+    plan = max(i for i, p in enumerate(table.order) if table.pages[p].type is PageType.PLAN)
+    return {*table.carried, *(f for p in table.order for f in table.facts.get(p, ())), *table.order[plan:]}
+
+
+async def test_a_live_predecessor_is_read_for_the_state_it_carries_not_whole(
+    edge: Edge, store: RedisStore, tenant: str
+) -> None:
     before = await predecessor(edge, tenant)
-    edge.sessions.forget(tenant, before.session)
+    whole = pure.Live.of(before)  # what reading it whole would carry
+    assert {p.type for p in whole.state} >= {PageType.PLAN, PageType.CONSTRAINT}
+    edge.sessions.forget(tenant, before.session)  # another process: only the store holds it
+    unneeded = set(before.order) - _needed(before)
+    assert unneeded  # the session's pages before its current plan
+    pages = Keys.of(tenant, session_scope(before.session))
+    await store.client.delete(*(pages.page(p) for p in unneeded))  # a whole read would fail now
     table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)
     start = await load_start(edge.sessions, edge.memory, table, partial(may_carry, table, now=T0 + 5, idle=IDLE))
-    assert start.previous is not None and start.previous.order == before.order
+    assert start.failed == "" and start.previous == whole
     crossing = pure.cross(table, parse_messages(restart()), hint=None, now=T0 + 5, idle=IDLE, start=start)
     assert crossing.event is Event.RESET
+    assert {p.id for p in crossing.seeded} >= {p.id for p in whole.state}
+
+
+async def test_a_live_predecessor_is_read_back_as_far_as_its_current_plan(
+    edge: Edge, store: RedisStore, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_state, "LIVE_TAIL", 1)  # the plan lies further back: read twice as far, and again
+    before = await predecessor(edge, tenant)
+    edge.sessions.forget(tenant, before.session)
+    asked: list[list[str]] = []
+    read = store.get_pages
+
+    async def get_pages(tenant: str, scope_id: str, page_ids: Sequence[str]) -> dict[str, Page]:
+        asked.append(list(page_ids))
+        return await read(tenant, scope_id, page_ids)
+
+    monkeypatch.setattr(store, "get_pages", get_pages)
+    live = await edge.sessions.live(tenant, before.session, lambda who: True)
+    assert live == pure.Live.of(before)
+    plan = max(i for i, p in enumerate(before.order) if before.pages[p].type is PageType.PLAN)
+    assert len(asked) == (len(before.order) - plan - 1).bit_length() + 1  # 1, 2, 4, ... pages back
+    assert set(before.order[:plan]) - _needed(before) - {p for ids in asked for p in ids}
+
+
+async def test_a_live_predecessor_missing_a_page_it_carries_is_unreadable(
+    edge: Edge, store: RedisStore, tenant: str
+) -> None:
+    before = await predecessor(edge, tenant)
+    edge.sessions.forget(tenant, before.session)
+    rule = next(p.id for p in pure.Live.of(before).state if p.type is PageType.CONSTRAINT)
+    await store.client.delete(Keys.of(tenant, session_scope(before.session)).page(rule))
+    with pytest.raises(TableFormatError, match="names pages the store does not hold"):
+        await edge.sessions.live(tenant, before.session, lambda who: True)
