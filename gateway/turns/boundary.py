@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from gateway.store.memory import MemoryService, user_scope
 from gateway.store.session_state import SessionState
 from gateway.store.store import StoreError, project_scope
+from gateway.store.tables import TableFormatError
 from gateway.store.together import together
 from gateway.wire.base import Names
 from policies.crossing import CARRIED_TYPES, Predecessor, Start
@@ -33,7 +34,8 @@ async def load_start(
     user's part of it, read together, then the pages they carry and the previous session: its
     stored table record, and only when it `carries` (`policies.crossing.may_carry`) the pages
     it carries (`SessionState.live`). The memory read is fresh, and the turn's write-back is then
-    planned on it (`MemoryService.fresh`)."""
+    planned on it (`MemoryService.fresh`). A store that fails, or a predecessor whose stored
+    state cannot be read, gives a start without carried state that says why (`Start.failed`)."""
     scope, mine = project_scope(table.project), user_scope(table)
     scopes = list(dict.fromkeys((scope, mine)))
     try:
@@ -46,7 +48,7 @@ async def load_start(
         before = None
         if previous is not None and previous != table.session:
             before = await sessions.live(table.tenant, previous, carries)
-    except StoreError as exc:
+    except (StoreError, TableFormatError) as exc:  # an unreadable predecessor fails no new session
         return Start(failed=type(exc).__name__)
     return Start(project=carried, previous=before)
 

@@ -399,7 +399,7 @@ async def test_a_live_predecessor_is_read_back_as_far_as_its_current_plan(
     assert set(before.order[:plan]) - _needed(before) - {p for ids in asked for p in ids}
 
 
-async def test_a_live_predecessor_missing_a_page_it_carries_is_unreadable(
+async def test_a_live_predecessor_missing_a_page_it_carries_is_unreadable_and_the_new_session_starts_anyway(
     edge: Edge, store: RedisStore, tenant: str
 ) -> None:
     before = await predecessor(edge, tenant)
@@ -408,3 +408,9 @@ async def test_a_live_predecessor_missing_a_page_it_carries_is_unreadable(
     await store.client.delete(Keys.of(tenant, session_scope(before.session)).page(rule))
     with pytest.raises(TableFormatError, match="names pages the store does not hold"):
         await edge.sessions.live(tenant, before.session, lambda who: True)
+    table = PageTable(tenant, f"fp-b-{tenant}", PROJECT)  # the same user's next session: not a 503
+    start = await load_start(edge.sessions, edge.memory, table, partial(may_carry, table, now=T0 + 5, idle=IDLE))
+    assert start == pure.Start(failed="TableFormatError")
+    crossing = pure.cross(table, parse_messages(restart()), hint=None, now=T0 + 5, idle=IDLE, start=start)
+    assert crossing.event is Event.START and crossing.seeded == []
+    assert lifecycle(crossing)[0] == ("start", "carried state unavailable: TableFormatError")
