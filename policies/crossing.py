@@ -166,7 +166,7 @@ def may_continue(table: PageTable, before: PageTable | Predecessor) -> bool:
 
 def live_state(table: PageTable) -> list[Page]:
     """A session's rules, preferences, intents and current plan, stated or carried."""
-    found = live_state_of(table.order, table.facts, table.carried, table.pages)
+    found = live_state_of(table.order, table.facts, table.carried, table.pages, table.plan)
     if found is None:  # a table holds every page it names
         raise KeyError(f"session {table.session!r} names a page it does not hold")
     return found
@@ -177,14 +177,16 @@ def live_state_of(
     facts: Mapping[str, Sequence[str]],
     carried: Sequence[str],
     pages: Mapping[str, Page],
+    current: str | None = None,
 ) -> list[Page] | None:
     """`live_state` of a session known by its order, facts and carried ids and some of its
-    `pages`: the carried pages, the fact pages its messages state, and its current plan (the
-    last plan page in order, found from the end). None when `pages` lacks a page that decides it
-    (read more and ask again): a stored session's pages are read only as far back as its
-    current plan."""
-    plan: list[str] = []
-    for page_id in reversed(order):
+    `pages`: the carried pages, the fact pages its messages state, and its current plan
+    (`current`: its id, "" for none, as the table keeps it, `PageTable.plan`; None when not known:
+    the last plan page in order, found from the end). None when `pages` lacks a page that
+    decides it (read more and ask again): a stored session's pages are read only as far back as
+    its current plan, and not at all when the plan is known."""
+    plan: list[str] = [current] if current else []
+    for page_id in reversed(order) if current is None else ():
         page = pages.get(page_id)
         if page is None:
             return None

@@ -150,6 +150,7 @@ class PageTable:
     restored: list[str] = field(default_factory=list)  # evidence pages shown in place of the agent's pruning
     tally: dict[str, int] = field(default_factory=dict)  # the session's fault counts (policies.faults)
     seen: int = 0  # when the session was last used, in seconds; set by the caller (no clock here)
+    plan: str = ""  # the current plan: the last plan page in `order` ("" when none); derived from `order`
     in_order: set[str] = field(default_factory=set)  # derived from `order`; not stored
     sent: int = -1  # tokens of the transcript as the client sent it (pages at full); derived, not stored
     signatures: dict[str, str] | None = field(default=None, repr=False, compare=False)  # see policies.duplicates
@@ -164,9 +165,20 @@ class PageTable:
     def __post_init__(self) -> None:
         if not self.in_order and self.order:
             self.in_order = set(self.order)
+        if not self.plan and self.order:
+            self.plan = current_plan(self.order, self.pages)
         if self.sent < 0:
             self.sent = sum(_sent(self, p) for p in self.order if p in self.pages)
         self.changes = Changes(len(self.order), head(self))  # a table is built empty or as stored: nothing unsaved
+
+
+def current_plan(order: Sequence[str], pages: Mapping[str, Page]) -> str:
+    """The last plan page in `order`, found from the end; "" when there is none."""
+    for page_id in reversed(order):
+        page = pages.get(page_id)
+        if page is not None and page.type is PageType.PLAN:
+            return page_id
+    return ""
 
 
 def head(table: PageTable) -> Head:
@@ -296,6 +308,8 @@ def ingest(
                 created.append(table.pages[page_id])
         table.order.append(page_id)
         table.in_order.add(page_id)
+        if table.pages[page_id].type is PageType.PLAN:
+            table.plan = page_id
         table.keys.append(message_key(message))
         table.lengths.append(len(message.text))
         table.sent += _sent(table, page_id)
@@ -338,6 +352,8 @@ def _truncate(table: PageTable, kept: int) -> list[str]:
     del table.order[kept:]
     del table.keys[kept:]
     del table.lengths[kept:]
+    if table.plan in dropped:
+        table.plan = current_plan(table.order, table.pages)
     table.view = None
     table.cost = -1
     return dropped

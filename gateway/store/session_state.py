@@ -155,9 +155,10 @@ class SessionState:
     async def live(self, tenant: str, session: str, wanted: Callable[[Predecessor], bool]) -> Live | None:
         """The session as a new session's start needs it (`policies.crossing.Live`), or None
         when it has no stored table or `wanted` does not take it (read from the table record
-        alone). A cached copy answers whole; else its table record, then the pages it carries,
-        and its newest pages back to its current plan (LIVE_TAIL first, then twice as many, and
-        so on): what carries, not the session's length."""
+        alone). A cached copy answers whole; else its table record, then the pages it carries
+        (its carried state, its facts' pages and its current plan, which the record names): what
+        carries, not the session's length. A record stored before it named its plan has its
+        newest pages read back to the plan (LIVE_TAIL first, then twice as many, and so on)."""
         cached = self._cache.get((tenant, session))
         if cached is not None:
             return Live.of(cached) if wanted(Predecessor.of(cached)) else None
@@ -169,15 +170,16 @@ class SessionState:
         if not wanted(shape.who):
             return None
         stated = [f for p in shape.order for f in shape.facts.get(p, ())]
+        known = [*shape.carried, *stated, *([shape.plan] if shape.plan else [])]
         pages: dict[str, Page] = {}
-        tail = LIVE_TAIL
+        tail = 0 if shape.plan is not None else LIVE_TAIL
         while True:
-            asked = [*shape.carried, *stated, *shape.order[-tail:]]
+            asked = [*known, *(shape.order[-tail:] if tail else [])]
             pages.update(await self.store.get_pages(tenant, scope, [p for p in asked if p not in pages]))
-            state = live_state_of(shape.order, shape.facts, shape.carried, pages)
+            state = live_state_of(shape.order, shape.facts, shape.carried, pages, shape.plan)
             if state is not None:
                 return Live(shape.who, tuple(state))
-            if tail >= len(shape.order):
+            if shape.plan is not None or tail >= len(shape.order):
                 raise TableFormatError(f"stored table of session {session!r} names pages the store does not hold")
             tail *= 2
 

@@ -26,8 +26,11 @@ from policies.pagetable import PageTable
 FORMAT = 1
 POSITIONAL = ("order", "keys", "lengths")  # per position: a delta rewrites them from `at` on
 PER_KEY = ("born", "entries", "facts", "covering", "names", "calls")  # a delta adds or replaces keys
-HEAD = ("cost", "plan_key", "turn", "carried", "restored", "tally", "seen")  # a delta carries them whole
-HEAD_DEFAULTS: Mapping[str, Any] = MappingProxyType({"carried": [], "restored": [], "tally": {}, "seen": 0})
+HEAD = ("cost", "plan_key", "turn", "carried", "restored", "tally", "seen", "plan")  # a delta carries them whole
+# Tables stored before a field existed: "plan" None, not known (a start reads back to find it).
+HEAD_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"carried": [], "restored": [], "tally": {}, "seen": 0, "plan": None}
+)
 MAPPINGS = (*PER_KEY, "levels")
 
 
@@ -119,6 +122,7 @@ class Outline:
     order: list[str]
     facts: dict[str, list[str]]
     carried: list[str]
+    plan: str | None  # the current plan (`PageTable.plan`); None when the record predates it
 
 
 def outline(data: str) -> Outline:
@@ -132,7 +136,10 @@ def outline(data: str) -> Outline:
         if not isinstance(facts, dict) or not all(isinstance(v, list) for v in facts.values()):
             raise TableFormatError("stored table is malformed: 'facts' is not a mapping of lists")
         named = {str(k): [str(f) for f in v] for k, v in facts.items()}
-        return Outline(who, [str(p) for p in order], named, [str(p) for p in carried])
+        plan = raw["plan"]
+        if plan is not None and not isinstance(plan, str):
+            raise TableFormatError("stored table is malformed: 'plan' is not a page id")
+        return Outline(who, [str(p) for p in order], named, [str(p) for p in carried], plan)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
         if isinstance(exc, TableFormatError):
             raise

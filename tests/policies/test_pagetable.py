@@ -18,6 +18,7 @@ from policies.pagetable import (
     PageTable,
     checkpoint,
     content_digest,
+    current_plan,
     effective_pin,
     finish,
     finish_for_plan,
@@ -411,6 +412,26 @@ def working_session() -> list[Wire]:
         *tool_pair("c1", "read_file", '{"path": "parser.py"}', "def parse(x):\n    return x\n" * 40),
         {"role": "assistant", "content": "The parser returns its input unchanged."},
     ]
+
+
+def test_the_table_keeps_its_current_plan_through_appends_and_rewrites() -> None:
+    table, policy = PageTable("t", "s", "p"), TenantPolicy()
+    wire = working_session()
+    ingest(table, parse_messages(wire[:2]), policy, CharCounter())
+    assert table.plan == ""
+    ingest(table, parse_messages(wire), policy, CharCounter())
+    first = table.order[2]
+    assert table.plan == first and table.pages[first].type is PageType.PLAN
+    later = [*wire, {"role": "user", "content": "Go on."}, {"role": "assistant", "content": PLAN + "\n4. Ship it."}]
+    ingest(table, parse_messages(later), policy, CharCounter())
+    assert table.plan == table.order[-1] != first
+    ingest(table, parse_messages([*wire, {"role": "user", "content": "No, stop."}]), policy, CharCounter())
+    assert table.plan == first  # the rewrite dropped the newer plan
+    ingest(table, parse_messages([*wire[:2], {"role": "user", "content": "Start over."}]), policy, CharCounter())
+    assert table.plan == ""
+    ingest(table, parse_messages(wire[:3]), policy, CharCounter())
+    stored = PageTable("t", "s", "p", pages=dict(table.pages), order=list(table.order))  # as loaded: derived
+    assert stored.plan == table.plan == current_plan(table.order, table.pages) == table.order[2]
 
 
 def _deferred_request() -> PageTable:

@@ -25,7 +25,7 @@ from policies.classify import extract_facts
 from policies.layout import INDEX_LISTED
 from policies.lifecycle import detect
 from policies.pages import Fidelity, Page, PageType
-from policies.pagetable import PageTable, known_prefix, paged_out
+from policies.pagetable import PageTable, current_plan, known_prefix, paged_out
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter, TokenCounter
 from policies.transcript import Message
@@ -480,6 +480,7 @@ def test_real_traces_keep_every_invariant(tiktoken: TokenCounter) -> None:
             tools = count_tools(tiktoken, trace.tools)
             budget = resolve_budget(Budget(max_prompt_tokens=cap), 128_000, "model_map", tools)
             result = replay(Session(trace.messages, budget), tiktoken)
+            assert result.table.plan == current_plan(result.table.order, result.table.pages)
             for turn in result.turns:
                 assert_invariants(result.table, turn.request, turn.plan, budget.usable, tiktoken)
                 assert_constraints_kept(result.table.pages, turn.order, turn.output)

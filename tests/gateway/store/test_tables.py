@@ -20,7 +20,7 @@ from gateway.wire.chat_json import parse_messages
 from policies.budget import TokenBudget
 from policies.crossing import Predecessor, live_state, live_state_of
 from policies.pages import Fidelity
-from policies.pagetable import PageTable, checkpoint
+from policies.pagetable import PageTable, checkpoint, current_plan
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.turn import plan_turn
@@ -342,7 +342,12 @@ def test_a_stored_tables_outline_names_its_predecessor_fields_and_live_state_wit
     assert shape.who == Predecessor("s-1", "ada", 1_700_000_300) == Predecessor.of(loaded)
     assert (shape.order, shape.carried) == (loaded.order, loaded.carried)
     assert shape.facts == {page: list(facts) for page, facts in loaded.facts.items()}
+    assert shape.plan == loaded.plan == table.plan == current_plan(table.order, table.pages)
     assert live_state_of(shape.order, shape.facts, shape.carried, loaded.pages) == live_state(loaded)
-    for broken in ({"v": FORMAT}, {**json.loads(snapshot), "facts": ["not", "a", "mapping"]}):
+    old = {k: v for k, v in json.loads(snapshot).items() if k != "plan"}  # stored before the plan was named
+    assert outline(json.dumps(old)).plan is None
+    assert load_table(json.dumps(old), table.pages, 1).plan == table.plan  # derived again on load
+    broken_plan = {**json.loads(snapshot), "plan": 7}
+    for broken in ({"v": FORMAT}, {**json.loads(snapshot), "facts": ["not", "a", "mapping"]}, broken_plan):
         with pytest.raises(TableFormatError):
             outline(json.dumps(broken))

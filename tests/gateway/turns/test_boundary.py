@@ -5,6 +5,7 @@ carried between strangers, the agent's hint, and a store failure at the start.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -15,7 +16,7 @@ from gateway.store.journal import WritebackJournal
 from gateway.store.memory import MemoryService
 from gateway.store.session_state import SessionState
 from gateway.store.store import Keys, RedisStore, project_scope, session_scope
-from gateway.store.tables import TableFormatError
+from gateway.store.tables import Outline, TableFormatError
 from gateway.turns.boundary import hint_of, load_start
 from gateway.turns.sessions import FINGERPRINT
 from gateway.wire.base import NAMELESS, Names
@@ -378,12 +379,8 @@ async def test_a_live_predecessor_is_read_for_the_state_it_carries_not_whole(
     assert {p.id for p in crossing.seeded} >= {p.id for p in whole.state}
 
 
-async def test_a_live_predecessor_is_read_back_as_far_as_its_current_plan(
-    edge: Edge, store: RedisStore, tenant: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(session_state, "LIVE_TAIL", 1)  # the plan lies further back: read twice as far, and again
-    before = await predecessor(edge, tenant)
-    edge.sessions.forget(tenant, before.session)
+def _recording(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The page ids of every `get_pages` call from now on."""
     asked: list[list[str]] = []
     read = store.get_pages
 
@@ -392,9 +389,49 @@ async def test_a_live_predecessor_is_read_back_as_far_as_its_current_plan(
         return await read(tenant, scope_id, page_ids)
 
     monkeypatch.setattr(store, "get_pages", get_pages)
+    return asked
+
+
+async def test_a_live_predecessor_is_read_in_one_go_the_record_naming_its_plan(
+    edge: Edge, store: RedisStore, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = await predecessor(edge, tenant)
+    edge.sessions.forget(tenant, before.session)
+    asked = _recording(store, monkeypatch)
+    assert await edge.sessions.live(tenant, before.session, lambda who: True) == pure.Live.of(before)
+    assert len(asked) == 1 and before.plan in asked[0]
+    assert set(asked[0]) == {p.id for p in pure.Live.of(before).state} | set(before.carried)
+
+
+async def test_a_live_predecessor_without_a_plan_is_read_for_its_facts_alone(
+    edge: Edge, store: RedisStore, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = PageTable(tenant, f"fp-a-{tenant}", PROJECT)
+    await edge.request(table, [session_wire()[0], {"role": "user", "content": f"Hello. {RULE}"}], T0)
+    assert table.plan == "" and table.facts
+    edge.sessions.forget(tenant, table.session)
+    asked = _recording(store, monkeypatch)
+    live = await edge.sessions.live(tenant, table.session, lambda who: True)
+    assert live == pure.Live.of(table) and live.state
+    assert len(asked) == 1 and not set(asked[0]) & set(table.order)  # no message page: their facts' pages
+
+
+async def test_a_record_stored_before_it_named_its_plan_is_read_back_as_far_as_the_plan(
+    edge: Edge, store: RedisStore, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_state, "LIVE_TAIL", 1)  # the plan lies further back: read twice as far, and again
+    unnamed = session_state.outline
+
+    def outline(data: str) -> Outline:
+        return replace(unnamed(data), plan=None)  # as the record of a gateway before this one
+
+    monkeypatch.setattr(session_state, "outline", outline)
+    before = await predecessor(edge, tenant)
+    edge.sessions.forget(tenant, before.session)
+    asked = _recording(store, monkeypatch)
     live = await edge.sessions.live(tenant, before.session, lambda who: True)
     assert live == pure.Live.of(before)
-    plan = max(i for i, p in enumerate(before.order) if before.pages[p].type is PageType.PLAN)
+    plan = before.order.index(before.plan)
     assert len(asked) == (len(before.order) - plan - 1).bit_length() + 1  # 1, 2, 4, ... pages back
     assert set(before.order[:plan]) - _needed(before) - {p for ids in asked for p in ids}
 
