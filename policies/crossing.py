@@ -185,19 +185,25 @@ def live_state_of(
     the last plan page in order, found from the end). None when `pages` lacks a page that
     decides it (read more and ask again): a stored session's pages are read only as far back as
     its current plan, and not at all when the plan is known."""
-    plan: list[str] = [current] if current else []
+    plan = current or ""
     for page_id in reversed(order) if current is None else ():
         page = pages.get(page_id)
         if page is None:
             return None
         if page.type is PageType.PLAN:
-            plan.append(page_id)
+            plan = page_id
             break
-    stated = [f for p in order for f in facts.get(p, ())]
-    ids = dict.fromkeys([*carried, *stated, *plan])
+    ids = live_ids(order, facts, carried, plan)
     if any(i not in pages for i in ids):
         return None
     return [pages[i] for i in ids if pages[i].type in CARRIED_TYPES - {PageType.BOOTSTRAP}]
+
+
+def live_ids(order: Sequence[str], facts: Mapping[str, Sequence[str]], carried: Sequence[str], plan: str) -> list[str]:
+    """The ids of the pages a session may carry, in order, once each: its carried state, the fact
+    pages its messages state, and its current plan (`plan`, "" for none)."""
+    stated = (f for p in order for f in facts.get(p, ()))
+    return list(dict.fromkeys([*carried, *stated, *([plan] if plan else [])]))
 
 
 def seed(table: PageTable, pages: Sequence[Page]) -> list[Page]:

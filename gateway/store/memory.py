@@ -68,12 +68,11 @@ class MemoryService:
         cached are read together (`together`)."""
         ids = (session_scope(table.session), project_scope(table.project), user_scope(table))
         wanted = list(dict.fromkeys(ids))
-        cached = {scope_id: self._cache.get((table.tenant, scope_id)) for scope_id in wanted}
-        missing = [scope_id for scope_id, memory in cached.items() if memory is None]
-        if not missing:  # the common turn: no read to wait for
-            return Memories(*((scope_id, cached[scope_id]) for scope_id in ids))
-        read = await together(*(self.fresh(table.tenant, scope_id) for scope_id in missing))
-        loaded = {**cached, **dict(zip(missing, read, strict=True))}
+        loaded = {scope_id: self._cache.get((table.tenant, scope_id)) for scope_id in wanted}
+        missing = [scope_id for scope_id, memory in loaded.items() if memory is None]
+        if missing:  # the common turn has all cached: no read to wait for
+            read = await together(*(self.fresh(table.tenant, scope_id) for scope_id in missing))
+            loaded.update(zip(missing, read, strict=True))
         return Memories(*((scope_id, loaded[scope_id]) for scope_id in ids))
 
     async def fresh(self, tenant: str, scope_id: str) -> Memory:

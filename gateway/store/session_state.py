@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from gateway.store.board import VersionBoard
 from gateway.store.store import ScriptArg, Store, StoreUnavailable, TableRecord, body_digest, session_scope
 from gateway.store.tables import TableFormatError, dump_delta, dump_table, load_table, outline, page_ids
-from policies.crossing import Live, Predecessor, live_state_of
+from policies.crossing import Live, Predecessor, live_ids, live_state_of
 from policies.pages import Page, PageType
 from policies.pagetable import PageTable, checkpoint, unchanged
 
@@ -169,8 +169,7 @@ class SessionState:
         shape = outline(record.data)
         if not wanted(shape.who):
             return None
-        stated = [f for p in shape.order for f in shape.facts.get(p, ())]
-        known = [*shape.carried, *stated, *([shape.plan] if shape.plan else [])]
+        known = live_ids(shape.order, shape.facts, shape.carried, shape.plan or "")
         pages: dict[str, Page] = {}
         tail = 0 if shape.plan is not None else LIVE_TAIL
         while True:

@@ -13,7 +13,8 @@ the pages themselves, fetched by id from the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -129,7 +130,7 @@ def outline(data: str) -> Outline:
     """A stored table's outline, its deltas applied (one parse of the record)."""
     raw, deltas = _journal(data)
     who = _predecessor(raw, deltas)
-    try:
+    with _malformed():
         for delta in deltas:
             _apply(raw, delta)
         order, facts, carried = _list(raw, "order"), raw["facts"], _list(raw, "carried")
@@ -140,15 +141,11 @@ def outline(data: str) -> Outline:
         if plan is not None and not isinstance(plan, str):
             raise TableFormatError("stored table is malformed: 'plan' is not a page id")
         return Outline(who, [str(p) for p in order], named, [str(p) for p in carried], plan)
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
-        if isinstance(exc, TableFormatError):
-            raise
-        raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
 
 
 def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
     raw, deltas = _journal(data)
-    try:
+    with _malformed():
         for delta in deltas:
             _apply(raw, delta)
         _sort(raw)
@@ -158,9 +155,16 @@ def load_table(data: str, pages: Mapping[str, Page], version: int) -> PageTable:
                 f"stored table names {len(missing)} pages the store does not hold, e.g. {missing[0]}"
             )
         return _table(raw, pages, version)
+
+
+@contextmanager
+def _malformed() -> Iterator[None]:
+    """Reading a parsed table: what a malformed one raises is a TableFormatError."""
+    try:
+        yield
+    except TableFormatError:
+        raise
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
-        if isinstance(exc, TableFormatError):
-            raise
         raise TableFormatError(f"stored table is malformed: {exc!r}") from exc
 
 

@@ -41,16 +41,16 @@ class Stages:
         """The time since the previous lap (or the start) is `name`'s; returns it in ns."""
         now = time.perf_counter_ns()
         spent, self._last = now - self._last, now
-        self.laps[name] = self.laps.get(name, 0) + spent
+        self.add(name, spent)
         return spent
 
     def split(self, name: str, parts: dict[str, int]) -> None:
         """Divide `name`'s lap into `parts` (ns each, measured inside it); the rest stays `name`'s."""
         rest = self.laps.pop(name, 0)
         for part, spent in parts.items():
-            self.laps[part] = self.laps.get(part, 0) + spent
+            self.add(part, spent)
             rest -= spent
-        self.laps[name] = self.laps.get(name, 0) + max(rest, 0)
+        self.add(name, max(rest, 0))
 
     def add(self, name: str, spent: int) -> None:
         """`spent` ns more for `name`, timed apart from the laps (work after the answer was sent)."""
