@@ -21,13 +21,12 @@ goes first, and the room left for appending turns stays large enough that they d
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from policies.layout import (
     SPAN_HEADER_TOKENS,
     Layout,
-    message_cost,
     pinned_hard,
     plan_floor,
     restorable,
@@ -36,7 +35,7 @@ from policies.layout import (
 from policies.ledger import Ledger
 from policies.pages import Fidelity, Page, PageType, Pin
 from policies.tenant import Weights
-from policies.tokens import MESSAGE_OVERHEAD
+from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING
 
 LOW_WATER = 0.75  # the re-plan target when the caller names none (the synthetic sweep); tenants name theirs
 EVIDENCE_SHARE = 0.25  # of the budget, at most, for paged-out evidence brought back beside the whole transcript
@@ -57,6 +56,46 @@ class Decision:
     reason: str  # "floor" | "budget" | "newest_turn" | "kept"
 
 
+class Decisions(Sequence[Decision]):
+    """A re-plan's decisions: every page below full, in layout order (then the evidence index),
+    with why. Made when first read, from the levels as the plan chose them: only the audit
+    reads them, after the request is on its way (policies.step.complete)."""
+
+    __slots__ = ("_pages", "_floors", "_levels", "_made")
+
+    def __init__(self, pages: Sequence[str], floors: Mapping[str, Fidelity], levels: Mapping[str, Fidelity]) -> None:
+        self._pages, self._floors, self._levels = pages, floors, dict(levels)  # the plan's levels, as chosen
+        self._made: tuple[Decision, ...] | None = None
+
+    def _all(self) -> tuple[Decision, ...]:
+        if self._made is None:
+            floors, levels = self._floors, self._levels
+            self._made = tuple(
+                Decision(p, level, "floor" if level == floors[p] else "budget")
+                for p in self._pages
+                if (level := levels[p]) is not Fidelity.FULL
+            )
+        return self._made
+
+    def __getitem__(self, index: int | slice) -> Decision | tuple[Decision, ...]:  # type: ignore[override]
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __iter__(self) -> Iterator[Decision]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
 @dataclass(frozen=True, slots=True)
 class Assembly:
     levels: Mapping[str, Fidelity]
@@ -64,7 +103,7 @@ class Assembly:
     minimum: int  # tokens of the minimum set
     insufficient: bool  # the minimum set exceeds the budget
     replanned: bool
-    decisions: tuple[Decision, ...]
+    decisions: Sequence[Decision]  # a tuple, or a re-plan's `Decisions`
 
 
 def floor_of(layout: Layout, position: int) -> Fidelity:
@@ -107,8 +146,8 @@ def replan(
     low_water: float = LOW_WATER,
 ) -> Assembly:
     whole = {**dict.fromkeys(floors, Fidelity.FULL), **dict.fromkeys(layout.index, Fidelity.POINTER)}
-    whole_cost = total_cost(layout, whole)
-    if whole_cost <= budget * low_water:
+    whole_cost = total_cost(layout, whole) if _sent_cost(layout) <= budget * low_water else None
+    if whole_cost is not None and whole_cost <= budget * low_water:
         if not layout.index:
             return Assembly(whole, whole_cost, whole_cost, False, True, ())
         target = int(min(budget * low_water, whole_cost + budget * EVIDENCE_SHARE))
@@ -126,6 +165,7 @@ def replan(
         ledger = Ledger(layout, levels, ledger.shape)
         minimum = ledger.cost
     if minimum > budget:
+        whole_cost = total_cost(layout, whole) if whole_cost is None else whole_cost
         if whole_cost < minimum:  # stubs can cost more than tiny messages sent whole
             levels, minimum = whole, whole_cost
         insufficient = minimum > budget
@@ -133,6 +173,13 @@ def replan(
     target = low_mark(budget, minimum, low_water)
     cost = _upgrade(ledger, target, weights, turn, born, paged | frozenset(layout.index))
     return Assembly(levels, cost, minimum, False, True, _decisions(layout, floors, levels))
+
+
+def _sent_cost(layout: Layout) -> int:
+    """The messages' cost sent whole, without the evidence index and retained state: a lower
+    bound of `total_cost` at full (no block folds there), in one pass over the pages."""
+    costs, full = layout.costs, Fidelity.FULL
+    return REPLY_PRIMING + sum([costs[p][full] for p in layout.order])
 
 
 def low_mark(budget: int, minimum: int, low_water: float) -> int:
@@ -236,13 +283,13 @@ def _delta(ledger: Ledger, block: int, page_id: str, level: Fidelity) -> int:
     does not list its older pages, so leaving it may save nothing), nor are facts it newly
     covers: an over-estimate, which the exact accounting at the end corrects. Block -1: a page of
     the evidence index, whose line stays when its text is shown."""
-    layout, levels = ledger.layout, ledger.levels
+    costs = ledger.layout.costs[page_id]
+    change = costs[level] - costs[ledger.levels[page_id]]
     if block < 0 or not ledger.collapsible(block):
-        return message_cost(layout, page_id, level) - message_cost(layout, page_id, levels[page_id])
-    members = ledger.shape.members[block]
-    after = sum(message_cost(layout, p, level if p == page_id else levels[p]) for p in members)
+        return change
+    after = ledger.block_cost[block] + change  # the block's members at their levels, this page's changed
     left = block > 0 and ledger.collapsible(block - 1)
-    right = block + 1 < len(layout.blocks) and ledger.collapsible(block + 1)
+    right = block + 1 < len(ledger.block_cost) and ledger.collapsible(block + 1)
     return after + (STUB if left and right else -STUB if not (left or right) else 0)
 
 
@@ -276,11 +323,5 @@ def _hold(ledger: Ledger, applied: list[tuple[str, Fidelity]], held: int, count:
     return count
 
 
-def _decisions(layout: Layout, floors: Mapping[str, Fidelity], levels: Mapping[str, Fidelity]) -> tuple[Decision, ...]:
-    out = []
-    for page_id in (*layout.order, *layout.index):
-        level = levels[page_id]
-        if level is Fidelity.FULL:
-            continue
-        out.append(Decision(page_id, level, "floor" if level == floors[page_id] else "budget"))
-    return tuple(out)
+def _decisions(layout: Layout, floors: Mapping[str, Fidelity], levels: Mapping[str, Fidelity]) -> Decisions:
+    return Decisions((*layout.order, *layout.index), floors, levels)

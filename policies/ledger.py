@@ -11,8 +11,10 @@ figure as each change comes, at the cost of the change:
   many pages the run holds and on the span entries of its newest SPAN_LISTED ones (prefix sums
   of the entries by position give both in O(1)); the runs are the gaps between the blocks that
   are not collapsible (`breaks`, kept sorted);
-- the evidence index and the retained-state message are recounted by `policies.layout` itself
-  when one of their pages changes (each is as long as the index, or the facts, not the session).
+- the evidence index is recounted by `policies.layout` itself when one of its pages changes (it
+  is as long as the index, not the session);
+- the retained-state message lists the facts no page at its level states: each fact's line cost
+  (`Shape.lines`) is added or taken away as its count of stating pages reaches or leaves zero.
 
 `Ledger.cost == total_cost(layout, levels)` after every change (tests/policies/test_ledger.py).
 """
@@ -22,16 +24,25 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from itertools import accumulate
 
-from policies.layout import SPAN_LISTED, Layout, index_cost, retained_cost, stub_cost
+from policies.layout import (
+    LINE_TOKENS,
+    RETAINED_HEADER_TOKENS,
+    SPAN_LISTED,
+    Layout,
+    index_cost,
+    retained_level,
+    stub_cost,
+)
 from policies.pages import Fidelity
-from policies.tokens import REPLY_PRIMING
+from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING
 
 
 class Shape:
     """What every ledger of one layout shares: each page's block, the blocks' members, the span
-    entries' prefix sums by position, the facts each page states. Built once per layout."""
+    entries' prefix sums by position, the facts each page states, each fact's line in the
+    retained-state message. Built once per layout."""
 
-    __slots__ = ("block_of", "members", "entry_sums", "facts_of", "indexed")
+    __slots__ = ("block_of", "members", "entry_sums", "facts_of", "indexed", "layout", "lines")
 
     def __init__(self, layout: Layout) -> None:
         order, blocks = layout.order, layout.blocks
@@ -44,12 +55,37 @@ class Shape:
                 facts_of.setdefault(parent, []).append((number, holds))
         self.facts_of = facts_of
         self.indexed = frozenset(layout.index)
+        self.layout = layout
+        self.lines: dict[int, int] = {}  # see `line`
+
+    def line(self, number: int) -> int:
+        """The line of fact `number` in the retained-state message, as `policies.layout.retained_cost`
+        counts it. Read only for a fact no page states at its level (a fact of a page not finished
+        yet has no page of its own, and is stated by that page sent whole)."""
+        line = self.lines.get(number)
+        if line is None:
+            page = self.layout.pages[self.layout.facts[number][0]]
+            line = self.lines[number] = page.tokens(retained_level(page)) + LINE_TOKENS
+        return line
 
 
 class Ledger:
     """The exact cost of `levels` (the caller's dict, changed only through `set`)."""
 
-    __slots__ = ("layout", "shape", "levels", "block_cost", "raised", "breaks", "plain", "spans", "held", "extra")
+    __slots__ = (
+        "layout",
+        "shape",
+        "levels",
+        "block_cost",
+        "raised",
+        "breaks",
+        "plain",
+        "spans",
+        "held",
+        "uncovered",
+        "listing",
+        "index",
+    )
 
     def __init__(self, layout: Layout, levels: dict[str, Fidelity], shape: Shape | None = None) -> None:
         self.layout, self.levels = layout, levels
@@ -64,11 +100,18 @@ class Ledger:
         self.held = [
             sum(levels.get(parent, Fidelity.NONE) in holds for parent, holds in parents) for _, parents in layout.facts
         ]
-        self.extra = index_cost(layout, levels) + self._retained()
+        self.uncovered = sum(count == 0 for count in self.held)  # facts the retained-state message lists
+        self.listing = sum(shape.line(n) for n, count in enumerate(self.held) if count == 0)  # their lines
+        self.index = index_cost(layout, levels)
 
     @property
     def cost(self) -> int:
-        return REPLY_PRIMING + self.plain + self.spans + self.extra
+        return REPLY_PRIMING + self.plain + self.spans + self.index + self.retained
+
+    @property
+    def retained(self) -> int:
+        """The retained-state message (`policies.layout.retained_cost` of the uncovered facts)."""
+        return MESSAGE_OVERHEAD + RETAINED_HEADER_TOKENS + self.listing if self.uncovered else 0
 
     def collapsible(self, block: int) -> bool:
         """`policies.layout.collapsible` for the current levels, in O(1)."""
@@ -120,10 +163,13 @@ class Ledger:
         return stub_cost(stop - start, sums[stop] - sums[max(start, stop - SPAN_LISTED)])
 
     def _extras(self, page_id: str, old: Fidelity, level: Fidelity) -> None:
+        held = self.held
         for number, holds in self.shape.facts_of.get(page_id, ()):
-            self.held[number] += (level in holds) - (old in holds)
-        self.extra = index_cost(self.layout, self.levels) + self._retained()
-
-    def _retained(self) -> int:
-        facts = self.layout.facts
-        return retained_cost(self.layout, [facts[n][0] for n, count in enumerate(self.held) if count == 0])
+            before = held[number]
+            held[number] = after = before + (level in holds) - (old in holds)
+            if (before == 0) != (after == 0):  # the fact joins the retained-state message, or leaves it
+                sign = 1 if after == 0 else -1
+                self.uncovered += sign
+                self.listing += sign * self.shape.line(number)
+        if page_id in self.shape.indexed:
+            self.index = index_cost(self.layout, self.levels)

@@ -8,7 +8,7 @@ rendering and costs time proportional to the new messages only.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
@@ -116,8 +116,7 @@ def assemble_turn(
     replace_levels(table, assembly.levels)
     table.plan_key = key
     table.cost = assembly.tokens
-    entries = {p: _entry(table, layout.unfinished, p)[0] for p in (*layout.order, *layout.index)}
-    view = render(layout, assembly.levels, entries, recall_tool)
+    view = render(layout, assembly.levels, _Entries(table, layout), recall_tool)
     table.view = view
     return TurnPlan(messages=view.messages(messages), assembly=assembly, ingest=result, stable=view.stable())
 
@@ -233,6 +232,25 @@ def _entry(table: PageTable, waiting: Collection[str], page_id: str) -> tuple[st
     """A page's span entry and its tokens; none yet for a page still `waiting` to be finished,
     whose entry is never shown (a block of the newest turn does not fold)."""
     return NO_ENTRY if page_id in waiting else table.entries[page_id]
+
+
+class _Entries(Mapping[str, str]):
+    """The span entries of a layout's pages (`_entry`), looked up as `render` reads them: a span
+    stub lists only its newest pages, so most are never read."""
+
+    __slots__ = ("_table", "_layout")
+
+    def __init__(self, table: PageTable, layout: Layout) -> None:
+        self._table, self._layout = table, layout
+
+    def __getitem__(self, page_id: str) -> str:
+        return _entry(self._table, self._layout.unfinished, page_id)[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*self._layout.order, *self._layout.index))
+
+    def __len__(self) -> int:
+        return len(self._layout.order) + len(self._layout.index)
 
 
 def _continues(table: PageTable) -> bool:

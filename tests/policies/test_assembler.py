@@ -11,14 +11,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.wire.chat_json import parse_messages, to_wire
-from policies.assembler import low_mark, oversize_floor
+from policies.assembler import STUB, Decision, Decisions, _delta, _sent_cost, low_mark, oversize_floor
 from policies.budget import TokenBudget, resolve_budget
-from policies.layout import PLAN_WHOLE_TOKENS
-from policies.pages import Fidelity, PageType
+from policies.layout import PLAN_WHOLE_TOKENS, collapsible, retained_cost, total_cost, uncovered_facts
+from policies.ledger import Ledger
+from policies.pages import LEVELS, Fidelity, PageType
 from policies.pagetable import PageTable
 from policies.tenant import Budget, CacheMode, CachePolicy, TenantPolicy
 from policies.tokens import CharCounter
-from policies.turn import TurnPlan, plan_turn
+from policies.turn import TurnPlan, build_layout, plan_turn
 from tests.policies.strategies import (
     Session,
     Wire,
@@ -30,6 +31,7 @@ from tests.policies.strategies import (
     sessions,
     transcripts,
 )
+from tests.policies.test_ledger import table_of
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COUNTER = CharCounter()
@@ -375,3 +377,55 @@ def test_a_large_newest_turn_does_not_make_every_following_turn_replan() -> None
     small = [replanned for number, replanned in enumerate(steps) if number % 4 and number > 4]
     assert not any(small)
     assert sum(steps[4:]) >= 4  # each large turn steps
+
+
+# ---------------------------------------------------------------- the selector's accounting
+
+
+@PROPERTY
+@given(transcripts(max_rounds=6), st.integers(0, 40), st.data())
+def test_an_upgrades_estimate_is_its_blocks_members_recounted(wire: list[Wire], kept: int, data: st.DataObject) -> None:
+    """`_delta` reads a folded block's cost from the ledger: the same figure as recounting the
+    block's members with the one page raised, a stub more or less as its neighbours fold."""
+    layout = build_layout(table_of(wire, kept))
+    ids = [*layout.order, *layout.index]
+    levels = {p: data.draw(st.sampled_from(LEVELS)) for p in ids}
+    ledger = Ledger(layout, levels)
+    for _ in range(data.draw(st.integers(1, 20))):
+        page_id = data.draw(st.sampled_from(ids))
+        level = data.draw(st.sampled_from(LEVELS))
+        block = ledger.shape.block_of.get(page_id, -1)
+        costs = layout.costs[page_id]
+        expected = costs[level] - costs[levels[page_id]]
+        if block >= 0 and collapsible(layout, block, levels):
+            members = ledger.shape.members[block]
+            after = sum(layout.costs[p][level if p == page_id else levels[p]] for p in members)
+            left = block > 0 and collapsible(layout, block - 1, levels)
+            right = block + 1 < len(layout.blocks) and collapsible(layout, block + 1, levels)
+            expected = after + (STUB if left and right else -STUB if not (left or right) else 0)
+        assert _delta(ledger, block, page_id, level) == expected
+        ledger.set(page_id, data.draw(st.sampled_from(LEVELS)))
+
+
+@PROPERTY
+@given(transcripts(max_rounds=6), st.integers(0, 40))
+def test_the_messages_sent_whole_never_cost_more_than_the_whole_prompt(wire: list[Wire], kept: int) -> None:
+    """`_sent_cost`, which lets a re-plan skip counting the whole prompt, is a lower bound of it."""
+    layout = build_layout(table_of(wire, kept))
+    whole = {**dict.fromkeys(layout.order, Fidelity.FULL), **dict.fromkeys(layout.index, Fidelity.POINTER)}
+    assert _sent_cost(layout) <= total_cost(layout, whole)
+    if not layout.index:
+        assert _sent_cost(layout) + retained_cost(layout, uncovered_facts(layout, whole)) == total_cost(layout, whole)
+
+
+def test_decisions_are_made_from_the_levels_as_planned_when_first_read() -> None:
+    floors = {"a": Fidelity.POINTER, "b": Fidelity.STRUCTURED, "c": Fidelity.FULL}
+    levels = {"a": Fidelity.POINTER, "b": Fidelity.COMPRESSED, "c": Fidelity.FULL}
+    decisions = Decisions(("a", "b", "c"), floors, levels)
+    levels["b"] = Fidelity.FULL  # a later turn raises a page: the plan's decisions stay as made
+    expected = (Decision("a", Fidelity.POINTER, "floor"), Decision("b", Fidelity.COMPRESSED, "budget"))
+    assert decisions == expected
+    assert tuple(decisions) == expected and len(decisions) == 2
+    assert decisions[1] == expected[1] and decisions[:1] == expected[:1]
+    assert Decisions((), {}, {}) == ()
+    assert decisions != expected[:1]

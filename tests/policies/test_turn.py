@@ -26,10 +26,11 @@ from policies.layout import INDEX_LISTED
 from policies.lifecycle import detect
 from policies.pages import Fidelity, Page, PageType
 from policies.pagetable import PageTable, current_plan, known_prefix, paged_out
+from policies.render import render
 from policies.tenant import Budget, TenantPolicy
 from policies.tokens import CharCounter, TokenCounter
 from policies.transcript import Message
-from policies.turn import TurnPlan, assemble_turn, ingest_turn, plan_turn
+from policies.turn import TurnPlan, _Entries, assemble_turn, build_layout, ingest_turn, plan_turn
 from tests.policies.strategies import (
     IMAGE_PART,
     RecordingCounter,
@@ -674,3 +675,22 @@ def test_the_index_lists_its_newest_pages_and_names_the_older_as_one_range() -> 
         p for p in index if p not in listed[:-INDEX_LISTED]
     ]
     assert plan.assembly.tokens >= count_messages(COUNTER, to_wire(plan.messages))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(transcripts(max_rounds=6), st.integers(0, 40), st.data())
+def test_render_reads_span_entries_as_it_lists_them(wire: list[Wire], kept: int, data: st.DataObject) -> None:
+    """A re-plan hands `render` the span entries as a lookup (`_Entries`), not a copy of them all:
+    the rendering is the one every page's entry would give."""
+    table = PageTable("t", "s", "p")
+    ingest_turn(table, parse_messages(wire), TenantPolicy(), COUNTER)
+    shorter = [r for r in requests(wire) if len(r) < len(wire)]
+    if shorter and kept:
+        ingest_turn(table, parse_messages(shorter[kept % len(shorter)]), TenantPolicy(), COUNTER)
+    layout = build_layout(table)
+    levels = {p: data.draw(st.sampled_from([Fidelity.POINTER, Fidelity.FULL])) for p in (*layout.order, *layout.index)}
+    entries = {p: table.entries[p][0] for p in (*layout.order, *layout.index)}
+    assert render(layout, levels, _Entries(table, layout), "clawvm_recall") == render(
+        layout, levels, entries, "clawvm_recall"
+    )
+    assert dict(_Entries(table, layout)) == entries
