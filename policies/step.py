@@ -32,7 +32,7 @@ from policies.recall import recall_room
 from policies.tenant import TenantPolicy
 from policies.tokens import TokenCounter
 from policies.transcript import Message
-from policies.turn import TurnPlan, assemble_turn, ingest_turn
+from policies.turn import TurnPlan, assemble_turn, ingest_turn, lay_out
 from policies.writes import Memories, WritePlan, plan_writes
 
 RECALL_TOOL = "clawvm_recall"
@@ -142,6 +142,7 @@ def complete(table: PageTable, turn: TurnInput, sent: Forwarded) -> Decision:
     the write-back planned, the turn observed. Pure, like `forward`; the decision is the one
     `step` gives, its assembly's tokens exact."""
     finish(table)
+    lay_out(table)  # the next re-plan lays out only what comes after this turn
     repeated = tuple(duplicates.after_ingest(table, sent.plan.ingest, sent.before))
     assembly = replace(sent.plan.assembly, tokens=table.cost) if sent.plan.appended else sent.plan.assembly
     plan = replace(sent.plan, assembly=assembly, ingest=replace(sent.plan.ingest, new_pages=tuple(take(table))))

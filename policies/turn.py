@@ -204,12 +204,10 @@ def _kept(table: PageTable) -> Assembly:
 
 
 def build_layout(table: PageTable, unfinished: frozenset[str] = frozenset()) -> Layout:
-    """The table's layout, built on the part of it the last re-plan laid out (`table.prefix`).
+    """The table's layout, built on the part of it already laid out (`table.prefix`, `lay_out`).
     `unfinished`: the newest turn's pages still waiting for `finish` (`finish_for_plan`)."""
     order = tuple(table.order)
-    known = table.prefix if isinstance(table.prefix, Prefix) else Prefix()
-    known.extend(order, table.pages, table.names, unfinished)
-    table.prefix = known
+    known = lay_out(table, order, unfinished)
     plans = [plan] if (plan := known.current_plan()) is not None else []
     index = tuple(paged_out(table))
     return make_layout(
@@ -226,6 +224,16 @@ def build_layout(table: PageTable, unfinished: frozenset[str] = frozenset()) -> 
         known,
         unfinished,
     )
+
+
+def lay_out(table: PageTable, order: tuple[str, ...] | None = None, unfinished: frozenset[str] = frozenset()) -> Prefix:
+    """The table's laid-out prefix (`policies.prefix`) brought to its whole `order`: a re-plan's
+    first step, and the end of every turn once its pages are finished (`policies.step.complete`),
+    so that a re-plan lays out only what came since, however long the session ran without one."""
+    known = table.prefix if isinstance(table.prefix, Prefix) else Prefix()
+    known.extend(tuple(table.order) if order is None else order, table.pages, table.names, unfinished)
+    table.prefix = known
+    return known
 
 
 def _entry(table: PageTable, waiting: Collection[str], page_id: str) -> tuple[str, int]:

@@ -17,14 +17,16 @@ from policies.layout import newest_turn
 from policies.lifecycle import Event
 from policies.pages import Fidelity, PageType, Scope
 from policies.pagetable import PageTable, ingest
+from policies.prefix import Prefix
 from policies.step import Decision, TurnInput, complete, forward, step
 from policies.tenant import TenantPolicy
 from policies.tokens import CharCounter
 from policies.transcript import Message
-from policies.turn import plan_turn, sent_whole
+from policies.turn import build_layout, plan_turn, sent_whole
 from policies.writeback import Memory
 from policies.writes import Memories
 from tests.policies.test_pagetable import RULE, Wire, tool_pair, working_session
+from tests.policies.test_prefix import from_scratch
 
 NOW = 1_700_000_000
 BUDGET = TokenBudget(cap=100_000, usable=100_000, hard_limit=100_000, source="config")
@@ -287,3 +289,17 @@ def test_a_turn_whose_completion_did_not_run_is_finished_by_the_next() -> None:
             created += complete(skipped, turn(messages, budget, memories=memories()), sent).plan.ingest.new_pages
         assert _whole(skipped) == _whole(table)
         assert sorted(p.id for p in created) == sorted(p.id for d in decisions for p in d.plan.ingest.new_pages)
+
+
+def test_every_turn_leaves_its_transcript_laid_out_for_the_next_re_plan() -> None:
+    """`complete` brings the table's layout prefix to the whole transcript (fast-path turns
+    included), so a re-plan prices only what came since; the layout stays the one from scratch."""
+    wire = working_session()
+    table = PageTable("t", "s", "p")
+    for n in requests(wire):
+        step(table, turn(parse_messages(wire[:n])))  # a generous budget: appends, no re-plan
+        assert isinstance(table.prefix, Prefix) and table.prefix.order == tuple(table.order)
+    priced = dict(table.prefix.costs)
+    layout = build_layout(table)
+    assert layout == from_scratch(layout)
+    assert all(table.prefix.costs[p] is priced[p] for p in priced)  # nothing priced again
