@@ -250,12 +250,13 @@ def _upgrade(
     heapq.heapify(heap)
     applied: list[tuple[str, Fidelity]] = []
     cost = ledger.cost  # the running estimate the upgrades are chosen by
+    pop, push, costs_of, full = heapq.heappop, heapq.heappush, layout.costs, Fidelity.FULL  # the loop's names, local
     while heap:
-        _, page_id, step = heapq.heappop(heap)
+        _, page_id, step = pop(heap)
         current = levels[page_id]
         if current + 1 != step:
             continue
-        costs = layout.costs[page_id]
+        costs = costs_of[page_id]
         if cost + costs[step] - max(STUB, costs[current]) > target:
             continue  # `_delta` is at least this (a fold saves one stub at most): it would not fit
         level = LADDER[step]
@@ -265,8 +266,8 @@ def _upgrade(
         applied.append((page_id, current))
         ledger.set(page_id, level)
         cost += delta
-        if step < Fidelity.FULL:
-            heapq.heappush(heap, _step(layout, page_id, level, scores[page_id]))
+        if step < full:
+            push(heap, _step(layout, page_id, level, scores[page_id]))
     return _settle(ledger, target, applied)
 
 

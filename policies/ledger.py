@@ -36,6 +36,8 @@ from policies.layout import (
 from policies.pages import Fidelity
 from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING
 
+_POINTER = Fidelity.POINTER
+
 
 class Shape:
     """What every ledger of one layout shares: each page's block, the blocks' members, the span
@@ -122,20 +124,21 @@ class Ledger:
         old = self.levels[page_id]
         if old == level:
             return
-        block = self.shape.block_of.get(page_id, -1)
-        folded = block >= 0 and self.collapsible(block)
+        shape = self.shape
         self.levels[page_id] = level
+        block = shape.block_of.get(page_id, -1)
         if block >= 0:
-            self._message(block, page_id, old, level, folded)
-        if page_id in self.shape.indexed or self.shape.facts_of.get(page_id):
+            self._message(block, page_id, old, level)
+        if page_id in shape.indexed or page_id in shape.facts_of:  # facts_of holds pages stating a fact only
             self._extras(page_id, old, level)
 
-    def _message(self, block: int, page_id: str, old: Fidelity, level: Fidelity, folded: bool) -> None:
-        cost = self.layout.costs[page_id]
+    def _message(self, block: int, page_id: str, old: Fidelity, level: Fidelity) -> None:
+        cost, raised, eligible = self.layout.costs[page_id], self.raised, self.layout.eligible[block]
+        folded = eligible and raised[block] == 0  # `collapsible` before the change
         before = self.block_cost[block]
         self.block_cost[block] = before + cost[level] - cost[old]
-        self.raised[block] += (level != Fidelity.POINTER) - (old != Fidelity.POINTER)
-        folds = self.collapsible(block)
+        raised[block] += (level != _POINTER) - (old != _POINTER)
+        folds = eligible and raised[block] == 0
         if folds == folded:
             if not folds:
                 self.plain += self.block_cost[block] - before
