@@ -33,6 +33,7 @@ TIMING_KEYS = frozenset({"processes", "median_bar_met", "litellm_bar_met", "samp
 POLICY_BAR_US = 50.0  # the paper's median policy time per turn
 ADDED_BAR_US = 1000.0  # the gateway's added median latency
 GROWTH_BAR = 2.0  # last mark over first mark: per-turn cost follows new content
+LARGE_STAGE_US = 1000.0  # a slowest request's stages listed from this long
 EVERY_TURN = 1000  # a replay of at least this many requests per trace is "every request"
 PLOTS = {
     "faults": "faults_vs_budget.png",
@@ -159,7 +160,30 @@ def traces_section(data: Json | None, policy: Json | None) -> list[str]:
         f"added p99 {TIMING} µs",
     )
     lines += table(header, rows)
-    return lines + _knowledge_lines(data) + _policy_lines(policy, ours)
+    return lines + _slowest_lines(ours) + _knowledge_lines(data) + _policy_lines(policy, ours)
+
+
+def _slowest_lines(ours: Sequence[Json]) -> list[str]:
+    """What the p99 is made of: each budget's requests that added most, with their large stages."""
+    rows = [
+        (r["budget"], slow["request"], round(slow["added_us"]), _large_stages(slow["stages_us"]))
+        for r in ours
+        for slow in r.get("slowest_us") or ()
+    ]
+    if not rows:
+        return []
+    lines = [
+        f"The slowest requests {TIMING}, like for like (what the p99 is made of), each with its `server-timing` "
+        f"stages of {LARGE_STAGE_US:,.0f} µs or more (upstream holds the fake's answer and the save running "
+        "beside it, persist the wait for the save after the answer):",
+        "",
+    ]
+    return lines + table(("budget", "request", f"added {TIMING} µs", "its large stages, µs"), rows)
+
+
+def _large_stages(stages: Mapping[str, float]) -> str:
+    large = [f"{name} {value:,.0f}" for name, value in stages.items() if value >= LARGE_STAGE_US]
+    return ", ".join(large) or "none"
 
 
 def _knowledge_lines(data: Json) -> list[str]:

@@ -93,6 +93,7 @@ OURS = "clawvm"
 MEDIAN_BAR_US = 1000.0  # ours over direct
 LITELLM_SHARE_BAR = 0.25  # ours at most this share of LiteLLM's added median
 EXAMPLES = 4
+SLOWEST = 5  # requests listed as the slowest, per peer and budget (`PeerFigures.slowest_us`)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MODEL = "gpt-4o"
 
@@ -245,12 +246,22 @@ class Tally:
     overhead_us: list[int] = field(default_factory=list)
     policy_us: list[int] = field(default_factory=list)
     stages: list[dict[str, float]] = field(default_factory=list)  # the gateway's server-timing, per request
+    timed: list[Slow] = field(default_factory=list)  # each request answered in one model call, for `slowest`
     examples: list[str] = field(default_factory=list)
     previous: Json | None = None  # the last upstream request of the current trace
 
     def note(self, text: str) -> None:
         if len(self.examples) < EXAMPLES:
             self.examples.append(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Slow:
+    """One request's added time (like for like: one model call) and its gateway stages."""
+
+    request: str  # trace#number
+    added_us: float
+    stages_us: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +297,7 @@ class PeerFigures:
     policy_header_median_us: float | None  # x-clawvm-policy-us
     examples: tuple[str, ...]
     stages_median_us: dict[str, float] = field(default_factory=dict)  # each stage's median (the gateway only)
+    slowest_us: tuple[Slow, ...] = ()  # the SLOWEST requests that added most, like for like (the tail's anatomy)
     session_costs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # per trace, per agent request: its (OpenAI, Anthropic)-priced cost, recall follow-ups included
 
@@ -362,6 +374,7 @@ def figures(peer: str, budget: int, tally: Tally, logged: Sequence[dict[str, flo
         policy_header_median_us=_header_median(tally.policy_us),
         examples=tuple(tally.examples),
         stages_median_us=stage_medians_us(tally.stages, logged),
+        slowest_us=tuple(sorted(tally.timed, key=lambda slow: (-slow.added_us, slow.request))[:SLOWEST]),
         session_costs={name: list(costs) for name, costs in tally.sessions.items()},
     )
 
@@ -381,16 +394,18 @@ class Judge:
             tally.errors += 1
             tally.note(f"{turn.trace}#{turn.number}: status {exchange.status}, {len(exchange.prompts)} model calls")
             return
-        self._latency(tally, exchange, direct_ns)
+        self._latency(tally, turn, exchange, direct_ns)
         self._validity(tally, turn, exchange)
         self._size(tally, turn, exchange)
         self._faults(tally, turn, exchange)
 
-    def _latency(self, tally: Tally, exchange: Exchange, direct_ns: int | None) -> None:
+    def _latency(self, tally: Tally, turn: Turn, exchange: Exchange, direct_ns: int | None) -> None:
         if direct_ns is not None:
-            tally.added_ns.append(exchange.elapsed_ns - direct_ns)
+            added = exchange.elapsed_ns - direct_ns
+            tally.added_ns.append(added)
             if len(exchange.prompts) == 1:
-                tally.single_added_ns.append(exchange.elapsed_ns - direct_ns)
+                tally.single_added_ns.append(added)
+                tally.timed.append(Slow(f"{turn.trace}#{turn.number}", round(added / 1000, 1), dict(exchange.stages)))
         for name, values in (("x-clawvm-overhead-us", tally.overhead_us), ("x-clawvm-policy-us", tally.policy_us)):
             if exchange.headers.get(name, "").isdigit():
                 values.append(int(exchange.headers[name]))
@@ -661,6 +676,9 @@ def _budget_lines(result: CompareResult, budget: int) -> list[str]:
         if row.stages_median_us:
             stages = ", ".join(f"{name} {spent:,.0f}" for name, spent in row.stages_median_us.items())
             lines.append(f"  {row.peer} stage medians, µs (complete, commit: the save; after: once answered): {stages}")
+        if row.slowest_us and row.stages_median_us:  # the gateway's: with its stages
+            slowest = "; ".join(f"{slow.request} {slow.added_us / 1000:,.1f} ms" for slow in row.slowest_us)
+            lines.append(f"  {row.peer} slowest, like for like: {slowest}")
         lines += [f"    {row.peer}: {example}" for example in row.examples]
     return lines
 

@@ -537,3 +537,21 @@ def test_a_format_losing_more_than_chat_or_sending_invalid_requests_misses_the_r
     assert not bar.met and "responses: 1 invalid" in bar.why
     data["recall"] = _recall_section(chat=_recall("chat", 0, requests=0))
     assert {b.name: b for b in bars(data)}[RECALL_BAR].error
+
+
+def test_the_traces_section_lists_the_slowest_requests_with_their_large_stages() -> None:
+    data = sections()
+    slow = [
+        {"request": "swe-agent#0", "added_us": 34_570.4, "stages_us": {"parse": 212.0, "assemble": 23_191.0}},
+        {"request": "taubench#11", "added_us": 9_400.0, "stages_us": {"parse": 160.0}},
+    ]
+    data["traces"] = {**data["traces"], "rows": [{**_peer("clawvm", 0, 1000, 300.0), "slowest_us": slow}]}
+    text = render(data, "python -m bench eval")
+    assert "The slowest requests ⏱, like for like (what the p99 is made of)" in text
+    assert "| 4,000 | swe-agent#0 | 34,570 | assemble 23,191 |" in text
+    assert "| 4,000 | taubench#11 | 9,400 | none |" in text
+    assert stable_digest(data) == stable_digest(
+        {**data, "traces": {**data["traces"], "rows": [_peer("clawvm", 0, 1000, 300.0)]}}
+    )
+    data["traces"] = {**data["traces"], "rows": [_peer("clawvm", 0, 1000, 300.0)]}
+    assert "The slowest requests" not in render(data, "python -m bench eval")  # a run from before: no listing

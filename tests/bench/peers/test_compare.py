@@ -8,6 +8,7 @@ import pytest
 
 from bench.intent_check import Label
 from bench.peers.compare import (
+    SLOWEST,
     CompareResult,
     Exchange,
     Judge,
@@ -203,6 +204,26 @@ def test_figures_summarise_a_tally() -> None:
     assert row.overhead_header_median_us is None
 
 
+def test_the_slowest_requests_like_for_like_are_listed_with_their_stages(counter: TokenCounter) -> None:
+    """What the p99 is made of: the SLOWEST requests answered in one model call that added most,
+    slowest first, each with the gateway's stages; one with a recall follow-up is not like for like."""
+    turns = list(prepare_turns(synthetic_trace(), 10, counter))
+    judge, tally = Judge(counter, 50_000), Tally()
+    one = ({"messages": turns[-1].messages, "tools": TOOLS},)
+    for number, turn in enumerate(turns):
+        stages = {"assemble": 100.0 * number, "upstream": 50.0}
+        judge.record(tally, turn, Exchange(200, 2_000_000 + 1_000 * number, one, {}, stages=stages), 1_000_000)
+    judge.record(tally, turns[0], Exchange(200, 90_000_000, one * 2, {}), 1_000_000)  # a recall round trip
+    slowest = figures("clawvm", 4000, tally).slowest_us
+    assert len(slowest) == SLOWEST < len(turns)
+    last = len(turns) - 1
+    assert [s.request for s in slowest] == [
+        f"{turns[n].trace}#{turns[n].number}" for n in range(last, last - SLOWEST, -1)
+    ]
+    assert slowest[0].added_us == 1_000 + last and slowest[0].stages_us == {"assemble": 100.0 * last, "upstream": 50.0}
+    assert figures("clawvm", 4000, Tally()).slowest_us == ()
+
+
 def _result(ours: Tally, litellm: Tally) -> CompareResult:
     rows = (figures("clawvm", 4000, ours), figures("litellm", 4000, litellm))
     return CompareResult(("t",), 4, (4000,), ("clawvm", "litellm"), rows, {})
@@ -289,7 +310,10 @@ def test_the_report_and_its_json(compared: Any) -> None:
     assert "clawvm against each" in text and "vs passthrough" in text
     assert "bar: clawvm adds" in text
     assert "clawvm stage medians, µs (complete, commit: the save; after: once answered): receive " in text
+    assert "clawvm slowest, like for like: " in text and "passthrough slowest" not in text
     data = json.loads(json.dumps(compared.to_json()))
+    ours = next(row for row in data["rows"] if row["peer"] == "clawvm")
+    assert 0 < len(ours["slowest_us"]) <= SLOWEST and {"request", "added_us", "stages_us"} <= set(ours["slowest_us"][0])
     assert data["bars"]["1500"] == bars(compared, 1500)
     assert "litellm_bar_us" not in data["bars"]["1500"]
     assert {row["peer"] for row in data["rows"]} == {"direct", "passthrough", "clawvm"}
