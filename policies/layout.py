@@ -223,10 +223,17 @@ def index_cost(layout: Layout, levels: Mapping[str, Fidelity]) -> int:
 
 
 def retained_cost(layout: Layout, fact_ids: Sequence[str]) -> int:
-    if not fact_ids:
-        return 0
-    body = sum(layout.pages[f].tokens(retained_level(layout.pages[f])) + LINE_TOKENS for f in fact_ids)
-    return MESSAGE_OVERHEAD + RETAINED_HEADER_TOKENS + body
+    return retained_message(len(fact_ids), sum(retained_line(layout.pages[f]) for f in fact_ids))
+
+
+def retained_message(count: int, listing: int) -> int:
+    """The retained-state message listing `count` facts whose lines cost `listing` (nothing for none)."""
+    return MESSAGE_OVERHEAD + RETAINED_HEADER_TOKENS + listing if count else 0
+
+
+def retained_line(page: Page) -> int:
+    """One fact's line in the retained-state message: its text at `retained_level`, then a newline."""
+    return page.tokens(retained_level(page)) + LINE_TOKENS
 
 
 def retained_level(page: Page) -> Fidelity:

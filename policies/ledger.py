@@ -14,7 +14,7 @@ figure as each change comes, at the cost of the change:
 - the evidence index is recounted by `policies.layout` itself when one of its pages changes (it
   is as long as the index, not the session);
 - the retained-state message lists the facts no page at its level states: each fact's line cost
-  (`Shape.lines`) is added or taken away as its count of stating pages reaches or leaves zero.
+  (`Shape.line`) is added or taken away as its count of stating pages reaches or leaves zero.
 
 `Ledger.cost == total_cost(layout, levels)` after every change (tests/policies/test_ledger.py).
 """
@@ -24,17 +24,9 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from itertools import accumulate
 
-from policies.layout import (
-    LINE_TOKENS,
-    RETAINED_HEADER_TOKENS,
-    SPAN_LISTED,
-    Layout,
-    index_cost,
-    retained_level,
-    stub_cost,
-)
+from policies.layout import SPAN_LISTED, Layout, index_cost, retained_line, retained_message, stub_cost
 from policies.pages import Fidelity
-from policies.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING
+from policies.tokens import REPLY_PRIMING
 
 _POINTER = Fidelity.POINTER
 
@@ -66,8 +58,7 @@ class Shape:
         yet has no page of its own, and is stated by that page sent whole)."""
         line = self.lines.get(number)
         if line is None:
-            page = self.layout.pages[self.layout.facts[number][0]]
-            line = self.lines[number] = page.tokens(retained_level(page)) + LINE_TOKENS
+            line = self.lines[number] = retained_line(self.layout.pages[self.layout.facts[number][0]])
         return line
 
 
@@ -113,7 +104,7 @@ class Ledger:
     @property
     def retained(self) -> int:
         """The retained-state message (`policies.layout.retained_cost` of the uncovered facts)."""
-        return MESSAGE_OVERHEAD + RETAINED_HEADER_TOKENS + self.listing if self.uncovered else 0
+        return retained_message(self.uncovered, self.listing)
 
     def collapsible(self, block: int) -> bool:
         """`policies.layout.collapsible` for the current levels, in O(1)."""

@@ -39,8 +39,8 @@ DEFAULT_ENCODING = "o200k_base"  # for models tiktoken does not know
 FALLBACK_ENCODING = "cl100k_base"  # for encodings whose files are not bundled (r50k_base, gpt2)
 TOOL_OVERHEAD = 8
 MEMO_COUNT_CHARS = 512  # texts up to this long have their counts remembered (`TiktokenCounter`) ...
-MODEL_ENCODINGS = 1024  # model names whose encoding is remembered (`encoding_for_model`)
 MEMO_COUNTS = 16_384  # ... the most recently counted this many of them, per encoding (8M characters at most)
+MODEL_ENCODINGS = 1024  # model names whose encoding is remembered (`encoding_for_model`)
 
 
 class TokenizerError(RuntimeError):
